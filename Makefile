@@ -1,0 +1,42 @@
+# Two commands: `make demo` and `make test`. Everything else is called by them.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test test-all demo bench lint catalog clean
+
+setup: $(STAMP)
+
+# Order matters (see README "Install notes"): torch first so that nothing
+# later pulls a CUDA build; crypten without its broken dependency list.
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet --no-deps crypten==0.4.1
+	$(PIP) install --quiet -c requirements/constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m ''
+
+demo: $(STAMP)
+	$(PY) -m secinfer.demo
+
+bench: $(STAMP)
+	$(PY) -m secinfer.bench
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+catalog: $(STAMP)
+	$(PY) -m approximations catalog --plot docs/approximation_errors.png
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

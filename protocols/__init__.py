@@ -1,0 +1,1 @@
+"""Secure kernels: `protocols.mpc` (CrypTen) and `protocols.he` (TenSEAL CKKS)."""

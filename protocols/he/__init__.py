@@ -1,0 +1,1 @@
+"""CKKS homomorphic-encryption kernels on TenSEAL (planned in issue 6)."""

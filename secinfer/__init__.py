@@ -1,0 +1,1 @@
+"""secinfer: private transformer inference."""
