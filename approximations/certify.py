@@ -3,7 +3,7 @@
 `certify` evaluates |approx(x) - f(x)| (or the relative error |approx(x)/f(x) - 1|) on at
 least 100,000 uniformly spaced points, 100,000 Chebyshev-clustered points (errors of
 polynomial fits peak near the ends), any extra points supplied (Remez extrema,
-breakpoints), then polishes the largest local maxima with a bounded scalar search. The
+breakpoints) with their two float neighbours, then polishes the largest local maxima with a bounded scalar search. The
 result is the largest error found; it is what `max_error` reports everywhere.
 """
 
@@ -81,7 +81,11 @@ def dense_grid(interval: tuple[float, float], extra: Sequence[float] = (), log: 
         uniform = np.linspace(a, b, GRID_POINTS)
     theta = np.linspace(0.0, np.pi, GRID_POINTS)
     clustered = (a + b) / 2 + (b - a) / 2 * np.cos(theta)
-    points = np.concatenate([uniform, clustered, np.asarray(extra, dtype=np.float64), [a, b]])
+    marks = np.asarray(extra, dtype=np.float64)
+    # Both float neighbours of each extra point: at a breakpoint the error's supremum is a
+    # one-sided limit that the point itself (evaluated by the next segment) does not show.
+    around = np.concatenate([marks, np.nextafter(marks, -np.inf), np.nextafter(marks, np.inf)])
+    points = np.concatenate([uniform, clustered, around, [a, b]])
     points = points[(points >= a) & (points <= b)]
     return np.unique(points)
 

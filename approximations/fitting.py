@@ -112,7 +112,8 @@ def _least_squares(g: Callable[[np.ndarray], np.ndarray], degree: int, relative:
 def _remez(
     g: Callable[[np.ndarray], np.ndarray], degree: int, relative: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Minimax Chebyshev coefficients of g on [-1, 1] and the final reference points.
+    """Minimax Chebyshev coefficients of g on [-1, 1] and the points where the error
+    equioscillates (empty if no Remez iterate beat the Chebyshev interpolant).
 
     Exchange algorithm: solve sum_k c_k T_k(t_i) + (-1)^i E w_i^-1 = g(t_i) on n + 2
     reference points (w = 1, or 1/|g| for relative error), locate the extrema of the error
@@ -121,25 +122,31 @@ def _remez(
     the extrema's |error| agree to REMEZ_TOLERANCE.
     """
     n = degree
+    search = _search_grid(n)
+    g_search = g(search)
+    # Keep the best iterate seen (smallest max error on the search grid), starting from the
+    # Chebyshev interpolant: near machine precision the error is rounding noise, the
+    # exchange can wander, and the result must never be worse than interpolation.
+    best = npcheb.chebinterpolate(g, n) if n > 0 else np.array([float(g(np.zeros(1))[0])])
+    best_error = float(np.max(np.abs(_error(best, search, g_search, relative))))
+    best_extrema = np.zeros(0)
     # Chebyshev extreme points, warped slightly off symmetry: for odd or even functions a
     # symmetric reference can be interpolated exactly (levelled error 0, too few sign runs).
     ref = np.cos(np.pi * np.arange(n + 2)[::-1] / (n + 1))
     ref = ref + REFERENCE_WARP * (1.0 - ref**2)
-    search = _search_grid(n)
-    g_search = g(search)
-    cheb = np.zeros(n + 1)
     for _ in range(REMEZ_MAX_ITERATIONS):
         cheb = _solve_reference(g, ref, n, relative)
         err = _error(cheb, search, g_search, relative)
         new_ref, values = _exchange(cheb, g, search, err, n, relative)
         if new_ref is None:
             break
-        ref = new_ref
-        biggest = np.max(np.abs(values))
+        biggest = float(np.max(np.abs(values)))
+        if biggest < best_error:
+            best, best_error, best_extrema = cheb, biggest, new_ref
         if biggest <= 1e-15 or (biggest - np.min(np.abs(values))) <= REMEZ_TOLERANCE * biggest:
-            cheb = _solve_reference(g, ref, n, relative)
             break
-    return cheb, ref
+        ref = new_ref
+    return best, best_extrema
 
 
 def _search_grid(n: int) -> np.ndarray:
