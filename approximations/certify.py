@@ -3,8 +3,9 @@
 `certify` evaluates |approx(x) - f(x)| (or the relative error |approx(x)/f(x) - 1|) on at
 least 100,000 uniformly spaced points, 100,000 Chebyshev-clustered points (errors of
 polynomial fits peak near the ends), any extra points supplied (Remez extrema,
-breakpoints) with their two float neighbours, then polishes the largest local maxima with a bounded scalar search. The
-result is the largest error found; it is what `max_error` reports everywhere.
+breakpoints) with their two float neighbours, then polishes the largest local maxima
+with a bounded scalar search. The result is the largest error found; it is what
+`max_error` reports everywhere.
 """
 
 from __future__ import annotations
@@ -68,17 +69,17 @@ def check_interval(interval: Sequence[float], *, name: str = "interval") -> tupl
     return a, b
 
 
-def dense_grid(interval: tuple[float, float], extra: Sequence[float] = (), log: bool = False) -> np.ndarray:
+def dense_grid(
+    interval: tuple[float, float], extra: Sequence[float] = (), log: bool = False
+) -> np.ndarray:
     """Sorted unique grid: uniform + Chebyshev-clustered points + `extra` within the interval.
 
     With log=True (positive intervals spanning decades), the uniform part is spaced
     geometrically instead.
     """
     a, b = interval
-    if log:
-        uniform = np.geomspace(a, b, GRID_POINTS)
-    else:
-        uniform = np.linspace(a, b, GRID_POINTS)
+    spaced = np.geomspace if log else np.linspace
+    uniform = spaced(a, b, GRID_POINTS)
     theta = np.linspace(0.0, np.pi, GRID_POINTS)
     clustered = (a + b) / 2 + (b - a) / 2 * np.cos(theta)
     marks = np.asarray(extra, dtype=np.float64)
@@ -126,9 +127,7 @@ def certify(
     if not np.isfinite(best.max_error):
         return best
     # Polish the largest local maxima between their grid neighbours.
-    interior = np.flatnonzero(
-        (values[1:-1] >= values[:-2]) & (values[1:-1] >= values[2:])
-    ) + 1
+    interior = np.flatnonzero((values[1:-1] >= values[:-2]) & (values[1:-1] >= values[2:])) + 1
     peaks = interior[np.argsort(values[interior])[::-1][:REFINED_PEAKS]]
     for i in peaks:
         lo, hi = float(grid[i - 1]), float(grid[i + 1])

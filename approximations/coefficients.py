@@ -46,7 +46,9 @@ def clenshaw(chebyshev: Sequence[float], t: torch.Tensor) -> torch.Tensor:
     return t * b1 - b2 + coeffs[0]
 
 
-def evaluate(chebyshev: Sequence[float], interval: tuple[float, float], x: torch.Tensor) -> torch.Tensor:
+def evaluate(
+    chebyshev: Sequence[float], interval: tuple[float, float], x: torch.Tensor
+) -> torch.Tensor:
     """p(x) for the polynomial with Chebyshev coefficients `chebyshev` on `interval`."""
     scale, offset = affine_map(interval)
     return clenshaw(chebyshev, x * scale + offset)
@@ -105,9 +107,10 @@ def paterson_stockmeyer_multiplications(degree: int) -> tuple[int, int]:
     """(non-scalar multiplications, baby-step size k) of the baby-step giant-step schedule.
 
     Schedule: baby steps x^2 .. x^k (k - 1 products); giant steps x^2k, x^4k, ...
-    (one squaring each, x^k being the last baby step); the d + 1 coefficients split into ceil((d + 1) / k) blocks that are
-    combined pairwise up a binary tree with one product per internal node. k ranges over
-    powers of two, keeping the depth at ceil(log2(d + 1)); the cheapest k is returned.
+    (one squaring each, x^k being the last baby step); the d + 1 coefficients split into
+    ceil((d + 1) / k) blocks that are combined pairwise up a binary tree with one product
+    per internal node. k ranges over powers of two, keeping the depth at ceil(log2(d + 1));
+    the cheapest k is returned.
     This grows like sqrt(2d) + log2(d), against d for Horner's rule.
     """
     if degree <= 1:

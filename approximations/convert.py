@@ -268,21 +268,11 @@ def _replace_layer_norms(
 
 
 # --- softmax: nn.Softmax modules ------------------------------------------------------------
-def _build_power_softmax(module: nn.Softmax, options: dict[str, Any], path: str) -> PowerSoftmax:
-    if module.dim is None:
-        raise ConversionError(
-            f"convert(softmax='power'): nn.Softmax at {path} has dim=None (implicit dim); "
-            "give it an explicit dim"
-        )
-    return PowerSoftmax(dim=module.dim, **options)
-
-
 def _replace_softmax_modules(model: nn.Module, options: dict[str, Any]) -> list[Replacement]:
-    paths = {id(m): p for p, m in model.named_modules()}
     return _swap_modules(
         model,
         lambda m: type(m) is nn.Softmax,
-        lambda m: _build_power_softmax(m, options, paths[id(m)]),
+        lambda m: PowerSoftmax(dim=m.dim, **options),
         "softmax",
     )
 
@@ -490,8 +480,13 @@ def _has_inline_softmax(module: nn.Module) -> bool:
 
 
 def _check_attention_is_swappable(model: nn.Module) -> None:
-    """Raise before changing anything if some attention's softmax cannot be replaced."""
+    """Raise before changing anything if some softmax cannot be replaced."""
     for path, module in model.named_modules():
+        if type(module) is nn.Softmax and module.dim is None:
+            raise ConversionError(
+                f"convert(softmax='power'): nn.Softmax at {path} has dim=None (implicit dim); "
+                "give it an explicit dim"
+            )
         if _has_inline_softmax(module):
             raise ConversionError(
                 f"convert(softmax='power'): {path or 'model'} ({type(module).__name__}) computes "

@@ -68,7 +68,11 @@ def fit(
 
     extrema: tuple[float, ...] = ()
     if method == "chebyshev":
-        cheb = npcheb.chebinterpolate(mapped, degree) if degree > 0 else np.array([mapped(np.zeros(1))[0]])
+        cheb = (
+            npcheb.chebinterpolate(mapped, degree)
+            if degree > 0
+            else np.array([mapped(np.zeros(1))[0]])
+        )
     elif method == "lstsq":
         cheb = _least_squares(mapped, degree, relative)
     else:
@@ -102,7 +106,9 @@ def _mapped_function(
     return g
 
 
-def _least_squares(g: Callable[[np.ndarray], np.ndarray], degree: int, relative: bool) -> np.ndarray:
+def _least_squares(
+    g: Callable[[np.ndarray], np.ndarray], degree: int, relative: bool
+) -> np.ndarray:
     t = np.linspace(-1.0, 1.0, max(10_000, 50 * (degree + 1)))
     y = g(t)
     weights = 1.0 / np.abs(y) if relative else None
@@ -214,7 +220,9 @@ def _best_window(magnitudes: np.ndarray, size: int) -> int:
     return best_start
 
 
-def _polish(cheb: np.ndarray, g: Callable, t: np.ndarray, i: int, relative: bool) -> tuple[float, float]:
+def _polish(
+    cheb: np.ndarray, g: Callable, t: np.ndarray, i: int, relative: bool
+) -> tuple[float, float]:
     """Refine the grid extremum t[i] of the error by a bounded search between neighbours."""
     lo, hi = t[max(i - 1, 0)], t[min(i + 1, t.size - 1)]
 
@@ -226,8 +234,12 @@ def _polish(cheb: np.ndarray, g: Callable, t: np.ndarray, i: int, relative: bool
     if hi <= lo:
         return float(t[i]), at_grid
     direction = 1.0 if at_grid >= 0 else -1.0
-    res = minimize_scalar(lambda s: -direction * signed(s), bounds=(lo, hi), method="bounded",
-                          options={"xatol": 1e-15})
+    res = minimize_scalar(
+        lambda s: -direction * signed(s),
+        bounds=(lo, hi),
+        method="bounded",
+        options={"xatol": 1e-15},
+    )
     value = signed(float(res.x))
     if abs(value) >= abs(at_grid):
         return float(res.x), value

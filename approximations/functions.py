@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 
 from approximations.errors import ApproximationError
 from approximations.iterative import ExpBySquaring, InverseSqrt
@@ -52,7 +51,9 @@ def gelu(x: torch.Tensor, method: str = "puma") -> torch.Tensor:
 # --- softmax ------------------------------------------------------------------------------
 def check_power_softmax_args(p: int, normalizer: str, eps: float) -> None:
     if isinstance(p, bool) or not isinstance(p, int) or p <= 0 or p % 2:
-        raise ApproximationError(f"p={p!r}: power-softmax needs a positive even integer (4 to 8 work well)")
+        raise ApproximationError(
+            f"p={p!r}: power-softmax needs a positive even integer (4 to 8 work well)"
+        )
     if normalizer not in POWER_NORMALIZERS:
         raise ApproximationError(f"normalizer={normalizer!r}: choose 'sum' or 'mean'")
     if not eps >= 0:
@@ -136,7 +137,9 @@ def softmax(
     row-sum reciprocal: "exact" or a catalog method ("goldschmidt", "newton").
     """
     if method not in SOFTMAX_METHODS:
-        raise ApproximationError(f"method={method!r}: softmax methods are {', '.join(SOFTMAX_METHODS)}")
+        raise ApproximationError(
+            f"method={method!r}: softmax methods are {', '.join(SOFTMAX_METHODS)}"
+        )
     keep = _keep(mask, x)
     if method == "exact":
         if mask is None:
@@ -182,7 +185,9 @@ def rsqrt_approximation(rsqrt: str, interval: tuple[float, float] | None) -> Inv
     if rsqrt == "exact":
         return None
     if rsqrt == "newton":
-        return InverseSqrt(interval=interval or (1e-5, 1e5), iterations=2, initial_degree=2, normalise=True)
+        return InverseSqrt(
+            interval=interval or (1e-5, 1e5), iterations=2, initial_degree=2, normalise=True
+        )
     if interval is None:
         raise ApproximationError("rsqrt='poly' needs interval=(lo, hi)")
     return InverseSqrt(interval=interval, iterations=3, initial_degree=3, normalise=False)
@@ -213,4 +218,3 @@ def layer_norm(
     if bias is not None:
         out = out + bias
     return out
-

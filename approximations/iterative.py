@@ -127,7 +127,9 @@ class ExpBySquaring(_Certified):
         _check_count(self.squarings, "squarings")
         object.__setattr__(self, "interval", check_interval(self.interval))
         if self.cutoff is not None and not self.cutoff > 0:
-            raise ApproximationError(f"cutoff={self.cutoff!r}: must be positive (inputs below -cutoff give 0)")
+            raise ApproximationError(
+                f"cutoff={self.cutoff!r}: must be positive (inputs below -cutoff give 0)"
+            )
 
     he_compatible = True
 
@@ -157,8 +159,12 @@ class ExpBySquaring(_Certified):
         return y
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "ExpBySquaring", "squarings": self.squarings,
-                "interval": list(self.interval), "cutoff": self.cutoff}
+        return {
+            "type": "ExpBySquaring",
+            "squarings": self.squarings,
+            "interval": list(self.interval),
+            "cutoff": self.cutoff,
+        }
 
 
 @dataclass(frozen=True, eq=False)
@@ -192,8 +198,14 @@ class _NewtonFamily(_Certified):
     @cached_property
     def initial(self) -> Polynomial:
         """Relative-minimax polynomial initial guess on the octave (or the whole interval)."""
-        return fit(self.exact, self._initial_interval(), self.initial_degree, "remez",
-                   relative=True, name=f"{self.reference} initial guess")
+        return fit(
+            self.exact,
+            self._initial_interval(),
+            self.initial_degree,
+            "remez",
+            relative=True,
+            name=f"{self.reference} initial guess",
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -213,7 +225,9 @@ class Reciprocal(_NewtonFamily):
     def __post_init__(self) -> None:
         self._validate()
         if self.method not in RECIPROCAL_METHODS:
-            raise ApproximationError(f"method={self.method!r}: choose one of {', '.join(RECIPROCAL_METHODS)}")
+            raise ApproximationError(
+                f"method={self.method!r}: choose one of {', '.join(RECIPROCAL_METHODS)}"
+            )
 
     @property
     def depth(self) -> int:
@@ -243,9 +257,14 @@ class Reciprocal(_NewtonFamily):
         return y
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "Reciprocal", "method": self.method, "iterations": self.iterations,
-                "interval": list(self.interval), "normalise": self.normalise,
-                "initial_degree": self.initial_degree}
+        return {
+            "type": "Reciprocal",
+            "method": self.method,
+            "iterations": self.iterations,
+            "interval": list(self.interval),
+            "normalise": self.normalise,
+            "initial_degree": self.initial_degree,
+        }
 
 
 @dataclass(frozen=True, eq=False)
@@ -286,9 +305,13 @@ class InverseSqrt(_NewtonFamily):
         return y
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "InverseSqrt", "iterations": self.iterations,
-                "interval": list(self.interval), "normalise": self.normalise,
-                "initial_degree": self.initial_degree}
+        return {
+            "type": "InverseSqrt",
+            "iterations": self.iterations,
+            "interval": list(self.interval),
+            "normalise": self.normalise,
+            "initial_degree": self.initial_degree,
+        }
 
 
 @dataclass(frozen=True, eq=False)

@@ -170,12 +170,17 @@ class Catalog(Mapping[str, Entry]):
 
     def markdown(self) -> str:
         """The catalog as a markdown table (certifies every entry: a few seconds)."""
-        head = "| name | approximates | method | interval | degree / iterations | depth | max error | HE |"
+        head = (
+            "| name | approximates | method | interval | degree / iterations | depth "
+            "| max error | HE |"
+        )
         lines = [head, "|---|---|---|---|---|---|---|---|"]
         for e in self._entries.values():
             lo, hi = e.interval
-            size = f"degree {e.degree}" if e.degree is not None else (
-                f"{e.iterations} iterations" if e.iterations is not None else "-"
+            size = (
+                f"degree {e.degree}"
+                if e.degree is not None
+                else (f"{e.iterations} iterations" if e.iterations is not None else "-")
             )
             depth = "-" if e.depth is None else str(e.depth)
             kind = " (rel.)" if e.error_kind == "relative" else ""
@@ -249,69 +254,206 @@ def bolt_gelu() -> Piecewise:
     )
 
 
-def _remez(fn: Callable, interval: tuple[float, float], degree: int, name: str) -> Callable[[], Polynomial]:
+def _remez(
+    fn: Callable, interval: tuple[float, float], degree: int, name: str
+) -> Callable[[], Polynomial]:
     return lambda: fit(fn, interval, degree, "remez", name=name)
 
 
 def _entries() -> list[Entry]:
     gelu_interval = (-8.0, 8.0)
     return [
-        Entry("gelu.exact", "gelu", "erf form (reference)", "Hendrycks & Gimpel 2016",
-              lambda: Formula(exact_gelu, exact_gelu, gelu_interval), exact_gelu),
-        Entry("gelu.tanh", "gelu", "tanh form", "torch approximate='tanh'",
-              lambda: Formula(lambda x: F.gelu(x, approximate="tanh"), exact_gelu, gelu_interval),
-              exact_gelu),
-        Entry("gelu.sigmoid", "gelu", "x sigmoid(1.702 x)", "CrypTen-style",
-              lambda: Formula(lambda x: x * torch.sigmoid(1.702 * x), exact_gelu, gelu_interval),
-              exact_gelu),
+        Entry(
+            "gelu.exact",
+            "gelu",
+            "erf form (reference)",
+            "Hendrycks & Gimpel 2016",
+            lambda: Formula(exact_gelu, exact_gelu, gelu_interval),
+            exact_gelu,
+        ),
+        Entry(
+            "gelu.tanh",
+            "gelu",
+            "tanh form",
+            "torch approximate='tanh'",
+            lambda: Formula(lambda x: F.gelu(x, approximate="tanh"), exact_gelu, gelu_interval),
+            exact_gelu,
+        ),
+        Entry(
+            "gelu.sigmoid",
+            "gelu",
+            "x sigmoid(1.702 x)",
+            "CrypTen-style",
+            lambda: Formula(lambda x: x * torch.sigmoid(1.702 * x), exact_gelu, gelu_interval),
+            exact_gelu,
+        ),
         Entry("gelu.puma", "gelu", "piecewise degrees 3 and 6", "PUMA 2023", puma_gelu, exact_gelu),
-        Entry("gelu.puma_refit", "gelu", "PUMA's segments, Remez coefficients", "ours",
-              puma_gelu_refit, exact_gelu),
-        Entry("gelu.bolt", "gelu", "ReLU outside +-2.7, degree-4 minimax inside", "after BOLT 2024",
-              bolt_gelu, exact_gelu),
-        Entry("gelu.minimax", "gelu", "single minimax polynomial", "Remez (ours)",
-              _remez(exact_gelu, gelu_interval, 20, "gelu"), exact_gelu),
-        Entry("gelu.quad", "gelu", "0.125x^2 + 0.25x + 0.5", "MPCFormer 2023",
-              lambda: Polynomial.from_coefficients(MPCFORMER_QUAD, (-4.0, 4.0), method="quad")
-              .certified(exact_gelu, reference="gelu"), exact_gelu),
-        Entry("silu.minimax", "silu", "minimax polynomial", "Remez (ours)",
-              _remez(F.silu, (-8.0, 8.0), 16, "silu"), F.silu),
-        Entry("sigmoid.minimax", "sigmoid", "minimax polynomial", "Remez (ours)",
-              _remez(torch.sigmoid, (-8.0, 8.0), 13, "sigmoid"), torch.sigmoid),
-        Entry("tanh.minimax", "tanh", "minimax polynomial", "Remez (ours)",
-              _remez(torch.tanh, (-4.0, 4.0), 13, "tanh"), torch.tanh),
-        Entry("erf.minimax", "erf", "minimax polynomial", "Remez (ours)",
-              _remez(torch.erf, (-4.0, 4.0), 15, "erf"), torch.erf),
-        Entry("softplus.minimax", "softplus", "minimax polynomial", "Remez (ours)",
-              _remez(F.softplus, (-8.0, 8.0), 16, "softplus"), F.softplus),
-        Entry("exp.minimax", "exp", "minimax polynomial", "Remez (ours)",
-              _remez(torch.exp, (-8.0, 0.0), 8, "exp"), torch.exp),
-        Entry("exp.squaring", "exp", "(1 + x/2^8)^(2^8), 0 below -14", "PUMA / CrypTen",
-              lambda: ExpBySquaring(squarings=8, interval=(-14.0, 0.0), cutoff=14.0), torch.exp),
-        Entry("exp.squaring6", "exp", "(1 + x/2^6)^(2^6), 0 below -14", "PUMA (small t)",
-              lambda: ExpBySquaring(squarings=6, interval=(-14.0, 0.0), cutoff=14.0), torch.exp),
-        Entry("log.normalised", "log", "octave normalisation + degree-8 minimax", "ours",
-              lambda: Log(interval=(1e-4, 1e4), degree=8), torch.log),
-        Entry("log.minimax", "log", "minimax polynomial", "Remez (ours)",
-              _remez(torch.log, (1.0, 16.0), 8, "log"), torch.log),
-        Entry("reciprocal.goldschmidt", "1/x", "normalised, linear guess, Goldschmidt", "SPU",
-              lambda: Reciprocal(interval=(1e-4, 1e4), iterations=2, method="goldschmidt"),
-              lambda x: 1.0 / x),
-        Entry("reciprocal.newton", "1/x", "normalised, linear guess, Newton", "ours",
-              lambda: Reciprocal(interval=(1e-4, 1e4), iterations=3, method="newton"),
-              lambda x: 1.0 / x),
-        Entry("reciprocal.goldschmidt_he", "1/x", "linear guess on the interval, Goldschmidt",
-              "HE (no normalisation)",
-              lambda: Reciprocal(interval=(1.0, 128.0), iterations=8, method="goldschmidt",
-                                 normalise=False), lambda x: 1.0 / x),
-        Entry("rsqrt.newton", "1/sqrt(x)", "normalised, degree-2 guess, Newton", "ours",
-              lambda: InverseSqrt(interval=(1e-5, 1e5), iterations=2, initial_degree=2), torch.rsqrt),
-        Entry("rsqrt.spu", "1/sqrt(x)", "normalised, degree-4 polynomial, no Newton", "SPU",
-              lambda: InverseSqrt(interval=(1e-5, 1e5), iterations=0, initial_degree=4), torch.rsqrt),
-        Entry("rsqrt.poly_he", "1/sqrt(x)", "degree-3 guess on the interval, Newton",
-              "HE (no normalisation)",
-              lambda: InverseSqrt(interval=(0.1, 10.0), iterations=3, initial_degree=3,
-                                  normalise=False), torch.rsqrt),
+        Entry(
+            "gelu.puma_refit",
+            "gelu",
+            "PUMA's segments, Remez coefficients",
+            "ours",
+            puma_gelu_refit,
+            exact_gelu,
+        ),
+        Entry(
+            "gelu.bolt",
+            "gelu",
+            "ReLU outside +-2.7, degree-4 minimax inside",
+            "after BOLT 2024",
+            bolt_gelu,
+            exact_gelu,
+        ),
+        Entry(
+            "gelu.minimax",
+            "gelu",
+            "single minimax polynomial",
+            "Remez (ours)",
+            _remez(exact_gelu, gelu_interval, 20, "gelu"),
+            exact_gelu,
+        ),
+        Entry(
+            "gelu.quad",
+            "gelu",
+            "0.125x^2 + 0.25x + 0.5",
+            "MPCFormer 2023",
+            lambda: Polynomial.from_coefficients(
+                MPCFORMER_QUAD, (-4.0, 4.0), method="quad"
+            ).certified(exact_gelu, reference="gelu"),
+            exact_gelu,
+        ),
+        Entry(
+            "silu.minimax",
+            "silu",
+            "minimax polynomial",
+            "Remez (ours)",
+            _remez(F.silu, (-8.0, 8.0), 16, "silu"),
+            F.silu,
+        ),
+        Entry(
+            "sigmoid.minimax",
+            "sigmoid",
+            "minimax polynomial",
+            "Remez (ours)",
+            _remez(torch.sigmoid, (-8.0, 8.0), 13, "sigmoid"),
+            torch.sigmoid,
+        ),
+        Entry(
+            "tanh.minimax",
+            "tanh",
+            "minimax polynomial",
+            "Remez (ours)",
+            _remez(torch.tanh, (-4.0, 4.0), 13, "tanh"),
+            torch.tanh,
+        ),
+        Entry(
+            "erf.minimax",
+            "erf",
+            "minimax polynomial",
+            "Remez (ours)",
+            _remez(torch.erf, (-4.0, 4.0), 15, "erf"),
+            torch.erf,
+        ),
+        Entry(
+            "softplus.minimax",
+            "softplus",
+            "minimax polynomial",
+            "Remez (ours)",
+            _remez(F.softplus, (-8.0, 8.0), 16, "softplus"),
+            F.softplus,
+        ),
+        Entry(
+            "exp.minimax",
+            "exp",
+            "minimax polynomial",
+            "Remez (ours)",
+            _remez(torch.exp, (-8.0, 0.0), 8, "exp"),
+            torch.exp,
+        ),
+        Entry(
+            "exp.squaring",
+            "exp",
+            "(1 + x/2^8)^(2^8), 0 below -14",
+            "PUMA / CrypTen",
+            lambda: ExpBySquaring(squarings=8, interval=(-14.0, 0.0), cutoff=14.0),
+            torch.exp,
+        ),
+        Entry(
+            "exp.squaring6",
+            "exp",
+            "(1 + x/2^6)^(2^6), 0 below -14",
+            "PUMA (small t)",
+            lambda: ExpBySquaring(squarings=6, interval=(-14.0, 0.0), cutoff=14.0),
+            torch.exp,
+        ),
+        Entry(
+            "log.normalised",
+            "log",
+            "octave normalisation + degree-8 minimax",
+            "ours",
+            lambda: Log(interval=(1e-4, 1e4), degree=8),
+            torch.log,
+        ),
+        Entry(
+            "log.minimax",
+            "log",
+            "minimax polynomial",
+            "Remez (ours)",
+            _remez(torch.log, (1.0, 16.0), 8, "log"),
+            torch.log,
+        ),
+        Entry(
+            "reciprocal.goldschmidt",
+            "1/x",
+            "normalised, linear guess, Goldschmidt",
+            "SPU",
+            lambda: Reciprocal(interval=(1e-4, 1e4), iterations=2, method="goldschmidt"),
+            lambda x: 1.0 / x,
+        ),
+        Entry(
+            "reciprocal.newton",
+            "1/x",
+            "normalised, linear guess, Newton",
+            "ours",
+            lambda: Reciprocal(interval=(1e-4, 1e4), iterations=3, method="newton"),
+            lambda x: 1.0 / x,
+        ),
+        Entry(
+            "reciprocal.goldschmidt_he",
+            "1/x",
+            "linear guess on the interval, Goldschmidt",
+            "HE (no normalisation)",
+            lambda: Reciprocal(
+                interval=(1.0, 128.0), iterations=8, method="goldschmidt", normalise=False
+            ),
+            lambda x: 1.0 / x,
+        ),
+        Entry(
+            "rsqrt.newton",
+            "1/sqrt(x)",
+            "normalised, degree-2 guess, Newton",
+            "ours",
+            lambda: InverseSqrt(interval=(1e-5, 1e5), iterations=2, initial_degree=2),
+            torch.rsqrt,
+        ),
+        Entry(
+            "rsqrt.spu",
+            "1/sqrt(x)",
+            "normalised, degree-4 polynomial, no Newton",
+            "SPU",
+            lambda: InverseSqrt(interval=(1e-5, 1e5), iterations=0, initial_degree=4),
+            torch.rsqrt,
+        ),
+        Entry(
+            "rsqrt.poly_he",
+            "1/sqrt(x)",
+            "degree-3 guess on the interval, Newton",
+            "HE (no normalisation)",
+            lambda: InverseSqrt(
+                interval=(0.1, 10.0), iterations=3, initial_degree=3, normalise=False
+            ),
+            torch.rsqrt,
+        ),
     ]
 
 

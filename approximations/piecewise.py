@@ -153,7 +153,8 @@ class Piecewise:
 
     def __repr__(self) -> str:
         parts = ", ".join(
-            f"[{_fmt(s.lower)}, {_fmt(s.upper)}): degree {s.polynomial.degree}" for s in self.segments
+            f"[{_fmt(s.lower)}, {_fmt(s.upper)}): degree {s.polynomial.degree}"
+            for s in self.segments
         )
         return f"Piecewise({parts}; max_error={self.max_error!r} on {self.interval})"
 

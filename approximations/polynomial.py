@@ -56,7 +56,9 @@ class Polynomial:
         object.__setattr__(self, "interval", check_interval(self.interval))
         object.__setattr__(self, "extrema", tuple(float(e) for e in self.extrema))
         if self.error_kind not in ("absolute", "relative"):
-            raise ApproximationError(f"error_kind={self.error_kind!r}: use 'absolute' or 'relative'")
+            raise ApproximationError(
+                f"error_kind={self.error_kind!r}: use 'absolute' or 'relative'"
+            )
 
     # --- construction -------------------------------------------------------------------
     @classmethod
@@ -129,6 +131,9 @@ class Polynomial:
         """p(x) elementwise, in x's dtype, differentiable (Clenshaw in the Chebyshev basis)."""
         if not isinstance(x, torch.Tensor):
             x = torch.as_tensor(x, dtype=torch.float64)
+        if self.degree <= 1:  # constants and lines: skip the interval map
+            p0, *p1 = self.coefficients
+            return torch.full_like(x, float(p0)) if not p1 else x * float(p1[0]) + float(p0)
         return coef.evaluate(self.chebyshev[: self.degree + 1], self.interval, x)
 
     def equioscillation(self, fn: Any) -> np.ndarray:

@@ -127,9 +127,15 @@ def test_poly_layer_norm_copies_a_layer_norm() -> None:
         (lambda: PowerSoftmax(p=0), "p=0"),
         (lambda: A.power_softmax(torch.zeros(2), normalizer="max"), "normalizer='max'"),
         (lambda: A.layer_norm(torch.zeros(2, 4), 4, rsqrt="poly"), "rsqrt='poly' needs interval"),
-        (lambda: A.layer_norm(torch.zeros(2, 4), 4, rsqrt="poly", interval=(2.0, 1.0)), "need a < b"),
+        (
+            lambda: A.layer_norm(torch.zeros(2, 4), 4, rsqrt="poly", interval=(2.0, 1.0)),
+            "need a < b",
+        ),
         (lambda: PolyLayerNorm(4, rsqrt="fast"), "rsqrt='fast'"),
-        (lambda: A.softmax(torch.ones(2, 3), method="exp_limit", reciprocal="magic"), "reciprocal='magic'"),
+        (
+            lambda: A.softmax(torch.ones(2, 3), method="exp_limit", reciprocal="magic"),
+            "reciprocal='magic'",
+        ),
     ],
 )
 def test_bad_arguments_are_named(call, needle: str) -> None:
