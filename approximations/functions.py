@@ -180,7 +180,8 @@ def rsqrt_approximation(rsqrt: str, interval: tuple[float, float] | None) -> Inv
     """The InverseSqrt object behind a `layer_norm` rsqrt choice (None for "exact").
 
     newton  normalised: degree-2 guess on [0.25, 1) + 2 Newton steps (MPC)
-    poly    polynomial-only on `interval`: degree-3 relative-minimax guess + 3 Newton steps (HE)
+    poly    polynomial-only on `interval` (HE): the shallowest relative-minimax guess +
+            Newton steps reaching 1e-3 relative error (`InverseSqrt.polynomial_only`)
     """
     if rsqrt == "exact":
         return None
@@ -190,7 +191,7 @@ def rsqrt_approximation(rsqrt: str, interval: tuple[float, float] | None) -> Inv
         )
     if interval is None:
         raise ApproximationError("rsqrt='poly' needs interval=(lo, hi)")
-    return InverseSqrt(interval=interval, iterations=3, initial_degree=3, normalise=False)
+    return InverseSqrt.polynomial_only(interval)
 
 
 def layer_norm(

@@ -288,6 +288,43 @@ class InverseSqrt(_NewtonFamily):
     def depth(self) -> int:
         return self.initial.depth + 2 * self.iterations
 
+    @classmethod
+    def polynomial_only(
+        cls,
+        interval: tuple[float, float],
+        target: float = 1e-3,
+        max_degree: int = 9,
+        max_iterations: int = 8,
+    ) -> InverseSqrt:
+        """The shallowest HE-friendly (no normalisation) configuration on `interval` whose
+        relative error is at most `target`; if none is, the most accurate one tried.
+
+        Searches initial degrees 1..max_degree and Newton steps 0..max_iterations, scoring
+        each on a 4,001-point geometric grid (the returned object's error is then certified
+        as usual). Wide intervals need deep configurations: Newton converges only once the
+        guess is within a factor sqrt(3) of the answer.
+        """
+        lo, hi = _check_positive_interval(interval, "interval")
+        x = torch.logspace(math.log10(lo), math.log10(hi), 4001, dtype=torch.float64)
+        want = torch.rsqrt(x)
+        best: tuple[tuple[int, float], int, int] | None = None
+        for degree in range(1, max_degree + 1):
+            guess = fit(_exact_rsqrt, (lo, hi), degree, "remez", relative=True)
+            y = guess(x)
+            for steps in range(max_iterations + 1):
+                if steps:
+                    y = 1.5 * y - (0.5 * x * y) * (y * y)
+                err = float(((y - want) / want).abs().max())
+                if not math.isfinite(err):
+                    break
+                depth = guess.depth + 2 * steps
+                score = (depth, err) if err <= target else (10**6, err)
+                if best is None or score < best[0]:
+                    best = (score, degree, steps)
+        assert best is not None
+        _, degree, steps = best
+        return cls(interval=(lo, hi), iterations=steps, initial_degree=degree, normalise=False)
+
     def exact(self, x: torch.Tensor) -> torch.Tensor:
         return _exact_rsqrt(x)
 

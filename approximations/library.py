@@ -447,11 +447,9 @@ def _entries() -> list[Entry]:
         Entry(
             "rsqrt.poly_he",
             "1/sqrt(x)",
-            "degree-3 guess on the interval, Newton",
+            "shallowest guess + Newton reaching 1e-3",
             "HE (no normalisation)",
-            lambda: InverseSqrt(
-                interval=(0.1, 10.0), iterations=3, initial_degree=3, normalise=False
-            ),
+            lambda: InverseSqrt.polynomial_only((0.1, 10.0)),
             torch.rsqrt,
         ),
     ]

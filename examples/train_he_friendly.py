@@ -1,0 +1,311 @@
+"""Train the bundled digits transformer and its HE/MPC-friendly twin.
+
+1. trains the plain model (`secinfer.zoo.digits.DigitsTransformer`: exact GELU, softmax and
+   LayerNorm) on scikit-learn's digits set;
+2. converts a copy with `approximations.convert`: polynomial GELU, power-softmax and
+   (by default) LayerNorm whose inverse square root is polynomial-only on an interval
+   calibrated from the variances the plain model sees on the training data;
+3. fine-tunes the converted model, distilling from the plain model's logits
+   (KL at temperature T, mixed with cross-entropy on the labels);
+4. prints both test accuracies and saves both models into --out as
+   `<name>.safetensors` (weights + architecture + conversion in its metadata),
+   `<name>.json` (the same record plus training facts) and `<name>.pt2` (torch.export).
+
+    python examples/train_he_friendly.py --out secinfer/data/
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from secinfer.zoo.digits import (
+    DigitsConfig,
+    DigitsTransformer,
+    accuracy,
+    apply_conversion,
+    export_program,
+    load_model,
+    load_split,
+    predict,
+    save_model,
+)
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options (see --help)."""
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    ap.add_argument(
+        "--out", type=Path, default=Path("secinfer/data"), help="directory for the model files"
+    )
+    ap.add_argument("--epochs", type=int, default=60, help="epochs for the plain model")
+    ap.add_argument(
+        "--ft-epochs", type=int, default=40, help="fine-tuning epochs for the converted model"
+    )
+    ap.add_argument("--seed", type=int, default=0, help="seed for split, init and batches")
+    ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (plain)")
+    ap.add_argument("--ft-lr", type=float, default=1e-3, help="peak learning rate (fine-tune)")
+    ap.add_argument(
+        "--gelu",
+        default="quad",
+        help="GELU approximation for convert (a pure polynomial for HE: quad, minimax)",
+    )
+    ap.add_argument("--p", type=int, default=4, help="power-softmax exponent (even)")
+    ap.add_argument(
+        "--normalizer",
+        default="mean",
+        choices=["sum", "mean"],
+        help="power-softmax normaliser ('mean' is the paper's inference form)",
+    )
+    ap.add_argument(
+        "--softmax-eps", type=float, default=1e-3, help="power-softmax epsilon in the denominator"
+    )
+    ap.add_argument(
+        "--layernorm",
+        default="poly",
+        choices=["poly", "newton", "exact"],
+        help="rsqrt of the converted LayerNorm ('exact' keeps nn.LayerNorm)",
+    )
+    ap.add_argument(
+        "--ln-margin",
+        type=float,
+        default=4.0,
+        help="the poly rsqrt interval is [min/m, max*m] of the observed var+eps",
+    )
+    ap.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
+    ap.add_argument(
+        "--alpha",
+        type=float,
+        default=0.7,
+        help="weight of the distillation term (1 - alpha on cross-entropy)",
+    )
+    ap.add_argument("--name", default="digits", help="file stem; the converted model is <name>_he")
+    return ap.parse_args(argv)
+
+
+def seed_everything(seed: int) -> None:
+    """Fix the Python, NumPy and torch seeds and ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, size: int, gen: torch.Generator) -> list[Batch]:
+    """One epoch of shuffled mini-batches (order drawn from `gen`)."""
+    perm = torch.randperm(len(x), generator=gen)
+    return [(x[perm[i : i + size]], y[perm[i : i + size]]) for i in range(0, len(x), size)]
+
+
+def fit(
+    model: nn.Module,
+    data: Batch,
+    epochs: int,
+    lr: float,
+    seed: int,
+    loss_fn: Any,
+    batch_size: int = 64,
+) -> None:
+    """AdamW with a one-cycle schedule; `loss_fn(model, x, y)` returns the batch loss."""
+    x, y = data
+    steps_per_epoch = math.ceil(len(x) / batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.1
+    )
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        for bx, by in batches(x, y, batch_size, gen):
+            loss = loss_fn(model, bx, by)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+
+
+def ce_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy with light label smoothing (the plain model's loss)."""
+    return F.cross_entropy(model(x), y, label_smoothing=0.05)
+
+
+def distill_loss(teacher: nn.Module, temperature: float, alpha: float) -> Any:
+    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels)."""
+
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t_logits = teacher(x)
+        s_logits = model(x)
+        kl = F.kl_div(
+            F.log_softmax(s_logits / temperature, dim=-1),
+            F.log_softmax(t_logits / temperature, dim=-1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        return alpha * temperature**2 * kl + (1 - alpha) * F.cross_entropy(s_logits, y)
+
+    return loss
+
+
+@torch.no_grad()
+def layernorm_variances(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
+    """(min, max) over every LayerNorm of `model` of var + eps seen on inputs `x`.
+
+    Works for nn.LayerNorm and for converted LayerNorms (anything with `normalized_shape`
+    and `eps`); the variance is the biased one LayerNorm uses.
+    """
+    lo, hi = math.inf, 0.0
+
+    def hook(mod: nn.Module, args: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+        nonlocal lo, hi
+        dims = tuple(range(-len(mod.normalized_shape), 0))
+        v = args[0].var(dim=dims, unbiased=False) + mod.eps
+        lo, hi = min(lo, v.min().item()), max(hi, v.max().item())
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if hasattr(m, "normalized_shape") and hasattr(m, "eps")
+    ]
+    try:
+        predict(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+    return lo, hi
+
+
+def conversion_options(args: argparse.Namespace, var_range: tuple[float, float]) -> dict:
+    """Keyword arguments for `approximations.convert`, JSON-ready (recorded with the model)."""
+    opts: dict[str, Any] = {
+        "gelu": args.gelu,
+        "softmax": "power",
+        "softmax_options": {
+            "p": args.p,
+            "normalizer": args.normalizer,
+            "eps": args.softmax_eps,
+            "scale": False,
+        },
+    }
+    if args.layernorm == "poly":
+        lo, hi = var_range
+        interval = [float(f"{lo / args.ln_margin:.3g}"), float(f"{hi * args.ln_margin:.3g}")]
+        opts["layernorm"] = "poly"
+        opts["layernorm_interval"] = interval
+    elif args.layernorm == "newton":
+        opts["layernorm"] = "newton"
+    return opts
+
+
+def check_export(model: nn.Module, path: Path, x: torch.Tensor) -> float:
+    """Max |logit difference| between the saved .pt2 program at `path` and `model` on `x`."""
+    ep = torch.export.load(str(path))
+    with torch.no_grad():
+        return (ep.module()(x) - model(x)).abs().max().item()
+
+
+def save_all(
+    model: DigitsTransformer, stem: Path, conversion: dict | None, info: dict, test_x: torch.Tensor
+) -> None:
+    """Save safetensors + json + pt2, reload both forms and check they reproduce `model`."""
+    st = save_model(model, stem, conversion=conversion, info=info)
+    pt2 = export_program(model, stem)
+    reloaded = load_model(st)
+    with torch.no_grad():
+        d_st = (reloaded(test_x) - model(test_x)).abs().max().item()
+    d_pt2 = check_export(model, pt2, test_x)
+    for p in (st, stem.with_suffix(".json"), pt2):
+        print(f"  wrote {p} ({p.stat().st_size / 1024:.1f} KiB)")
+    print(f"  reload max |diff|: safetensors {d_st:.2e}, pt2 {d_pt2:.2e}")
+    if d_st > 1e-5 or d_pt2 > 1e-5:
+        raise RuntimeError(f"{stem}: reloaded model does not reproduce the trained one")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train, convert, fine-tune, report and save (see the module docstring)."""
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    seed_everything(args.seed)
+    train_x, train_y, test_x, test_y = load_split(args.seed)
+    cfg = DigitsConfig()
+    print(f"config: {cfg.to_json()}  train {len(train_x)}  test {len(test_x)}")
+
+    plain = DigitsTransformer(cfg)
+    fit(plain, (train_x, train_y), args.epochs, args.lr, args.seed, ce_loss)
+    acc_plain = accuracy(plain, test_x, test_y)
+    t_plain = time.perf_counter() - t0
+    print(f"plain model: test accuracy {acc_plain:.4f}  ({t_plain:.1f} s)")
+
+    var_range = layernorm_variances(plain, train_x)
+    conversion = conversion_options(args, var_range)
+    print(f"LayerNorm var+eps on train data: [{var_range[0]:.3g}, {var_range[1]:.3g}]")
+    print(f"convert options: {conversion}")
+    he = apply_conversion(copy.deepcopy(plain), conversion)
+    acc_before = accuracy(he, test_x, test_y)
+    print(f"converted, before fine-tuning: test accuracy {acc_before:.4f}")
+
+    loss = distill_loss(plain, args.temperature, args.alpha)
+    fit(he, (train_x, train_y), args.ft_epochs, args.ft_lr, args.seed + 1, loss)
+    acc_he = accuracy(he, test_x, test_y)
+    he_range = layernorm_variances(he, torch.cat([train_x, test_x]))
+    agree = (predict(plain, test_x).argmax(-1) == predict(he, test_x).argmax(-1)).float().mean()
+    print(
+        f"converted, after fine-tuning:  test accuracy {acc_he:.4f} "
+        f"(plain {acc_plain:.4f}, diff {100 * (acc_he - acc_plain):+.2f} points, "
+        f"agreement {agree.item():.4f})"
+    )
+    print(
+        f"LayerNorm var+eps of the fine-tuned model (train+test): "
+        f"[{he_range[0]:.3g}, {he_range[1]:.3g}]"
+    )
+    if "layernorm_interval" in conversion:
+        lo, hi = conversion["layernorm_interval"]
+        inside = lo <= he_range[0] and he_range[1] <= hi
+        print(f"  within the poly rsqrt interval [{lo:g}, {hi:g}]: {'yes' if inside else 'NO'}")
+
+    common = {"seed": args.seed, "train_rows": len(train_x), "test_rows": len(test_x)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    print("saving:")
+    save_all(
+        plain,
+        args.out / args.name,
+        None,
+        {**common, "epochs": args.epochs, "test_accuracy": acc_plain},
+        test_x,
+    )
+    save_all(
+        he,
+        args.out / f"{args.name}_he",
+        conversion,
+        {
+            **common,
+            "teacher": f"{args.name}.safetensors",
+            "ft_epochs": args.ft_epochs,
+            "temperature": args.temperature,
+            "alpha": args.alpha,
+            "test_accuracy_before_finetune": acc_before,
+            "test_accuracy": acc_he,
+            "layernorm_var_range_train": list(var_range),
+        },
+        test_x,
+    )
+    print(f"total time {time.perf_counter() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""The `secinfer` command line as a user runs it: installed console script, exit codes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SECINFER = shutil.which("secinfer") or str(Path(sys.executable).with_name("secinfer"))
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [SECINFER, *args], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_help_lists_commands() -> None:
+    done = run("--help")
+    assert done.returncode == 0
+    assert "catalog" in done.stdout
+
+
+def test_catalog_json_rows() -> None:
+    import json
+
+    done = run("catalog", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    names = {r["name"] for r in rows}
+    assert {"gelu.puma", "exp.squaring", "rsqrt.newton"} <= names
+    assert all(r["max_error"] >= 0 for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("catalog", "--plot", "errors.jpg"), "ending in .png"),
+        (("catalog", "--bogus"), "No such option"),
+        (("nonsense",), "No such command"),
+    ],
+)
+def test_user_errors_exit_2_without_traceback(args: tuple[str, ...], needle: str, tmp_path) -> None:
+    done = subprocess.run(
+        [SECINFER, *args], capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path
+    )
+    assert done.returncode == 2
+    assert needle in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not any(tmp_path.iterdir())  # nothing half-written

@@ -1,0 +1,103 @@
+"""The bundled digits models: they load safely, keep their accuracy, and export."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from approximations import PolyGELU, PolyLayerNorm, PowerSoftmax
+from secinfer.demo import HE_FRIENDLY, PLAIN
+from secinfer.zoo.digits import (
+    DigitsTransformer,
+    ModelFileError,
+    accuracy,
+    load_model,
+    load_split,
+    predict,
+    save_model,
+)
+
+
+@pytest.fixture(scope="module")
+def split() -> tuple[torch.Tensor, ...]:
+    return load_split(seed=0)
+
+
+def test_plain_model_accuracy(split) -> None:
+    _, _, test_x, test_y = split
+    assert accuracy(load_model(PLAIN), test_x, test_y) >= 0.95
+
+
+def test_he_friendly_model_within_two_points(split) -> None:
+    _, _, test_x, test_y = split
+    plain = accuracy(load_model(PLAIN), test_x, test_y)
+    friendly_model = load_model(HE_FRIENDLY)
+    friendly = accuracy(friendly_model, test_x, test_y)
+    assert friendly >= plain - 0.02
+    kinds = {type(m) for m in friendly_model.modules()}
+    assert {PolyGELU, PowerSoftmax, PolyLayerNorm} <= kinds
+    assert not kinds & {torch.nn.GELU, torch.nn.Softmax, torch.nn.LayerNorm}
+
+
+@pytest.mark.parametrize("path", [PLAIN, HE_FRIENDLY])
+def test_exported_programs_reproduce_the_modules(path, split) -> None:
+    _, _, test_x, _ = split
+    program = torch.export.load(str(path.with_suffix(".pt2")))
+    with torch.no_grad():
+        exported = program.module()(test_x[:64])
+    assert torch.allclose(exported, predict(load_model(path), test_x[:64]), atol=1e-5)
+
+
+def test_save_load_round_trip(tmp_path) -> None:
+    torch.manual_seed(1)
+    model = DigitsTransformer().eval()
+    saved = save_model(model, tmp_path / "m")
+    again = load_model(saved)
+    x = torch.rand(3, 64)
+    assert torch.equal(predict(model, x), predict(again, x))
+
+
+def test_loader_refuses_pickles_and_foreign_files(tmp_path) -> None:
+    pickled = tmp_path / "model.safetensors"
+    pickled.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    with pytest.raises(ModelFileError, match=r"not a safetensors file.*pickle"):
+        load_model(pickled)
+    torch_saved = tmp_path / "state.safetensors"
+    torch.save(DigitsTransformer().state_dict(), torch_saved)
+    with pytest.raises(ModelFileError, match="not a safetensors file"):
+        load_model(torch_saved)
+    with pytest.raises(ModelFileError, match="no such model file"):
+        load_model(tmp_path / "missing.safetensors")
+
+
+def test_demo_runs_and_says_what_it_is() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "secinfer.demo"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "HE-friendly model accuracy" in done.stdout
+    assert "arrives with the MPC backend" in done.stdout
+
+
+def test_training_example_end_to_end(tmp_path) -> None:
+    """examples/train_he_friendly.py trains, converts, fine-tunes and saves (about 30 s)."""
+    done = subprocess.run(
+        [sys.executable, "examples/train_he_friendly.py", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    plain = accuracy(load_model(tmp_path / "digits.safetensors"), *load_split(0)[2:])
+    friendly = accuracy(load_model(tmp_path / "digits_he.safetensors"), *load_split(0)[2:])
+    assert plain >= 0.95 and friendly >= plain - 0.02
+    assert "converted, after fine-tuning" in done.stdout
