@@ -69,7 +69,7 @@ class Replacement:
 
 def convert(
     model: nn.Module,
-    gelu: str | None = "puma",
+    gelu: str | None = "puma_refit",
     softmax: str | None = "power",
     layernorm: str | None = None,
     *,
@@ -79,7 +79,8 @@ def convert(
 ) -> tuple[nn.Module, list[Replacement]]:
     """Replace GELU, softmax and LayerNorm in `model` by MPC/HE-friendly modules.
 
-    gelu       PolyGELU method ("puma", "exact", ...), or None to keep the GELUs.
+    gelu       PolyGELU method (default "puma_refit"; "quad" or "minimax" for HE, where
+               piecewise forms need comparisons), or None to keep the GELUs.
     softmax    "power" for PowerSoftmax(**softmax_options), or None to keep the softmaxes.
                `softmax_options` takes PowerSoftmax's arguments except `dim`, which comes
                from each site (the last dimension for attention).

@@ -28,7 +28,7 @@ def check_gelu_method(method: str) -> None:
         raise ApproximationError(f"method={method!r}: GELU methods are {', '.join(GELU_METHODS)}")
 
 
-def gelu(x: torch.Tensor, method: str = "puma") -> torch.Tensor:
+def gelu(x: torch.Tensor, method: str = "puma_refit") -> torch.Tensor:
     """GELU(x) = x Phi(x) or an approximation of it.
 
     exact    x/2 (1 + erf(x / sqrt 2))
