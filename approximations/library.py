@@ -100,7 +100,7 @@ class Entry:
     @property
     def degree(self) -> int | None:
         a = self.approximation
-        return a.degree if isinstance(a, (Polynomial, Piecewise)) else None
+        return a.degree if isinstance(a, (Polynomial, Piecewise, Log)) else None
 
     @property
     def iterations(self) -> int | None:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from approximations.functions import rsqrt_approximation
 from secinfer.zoo.digits import (
     DigitsConfig,
     DigitsTransformer,
@@ -273,10 +274,17 @@ def main(argv: list[str] | None = None) -> None:
         f"LayerNorm var+eps of the fine-tuned model (train+test): "
         f"[{he_range[0]:.3g}, {he_range[1]:.3g}]"
     )
+    rsqrt_record: dict[str, Any] = {}
     if "layernorm_interval" in conversion:
         lo, hi = conversion["layernorm_interval"]
         inside = lo <= he_range[0] and he_range[1] <= hi
         print(f"  within the poly rsqrt interval [{lo:g}, {hi:g}]: {'yes' if inside else 'NO'}")
+        rsqrt = rsqrt_approximation("poly", (lo, hi))
+        rsqrt_record = {"layernorm_rsqrt": rsqrt.to_dict() | {"max_error": rsqrt.max_error}}
+        print(
+            f"  rsqrt: degree {rsqrt.initial_degree} guess + {rsqrt.iterations} Newton steps, "
+            f"depth {rsqrt.depth}, relative error {rsqrt.max_error:.2e}"
+        )
 
     common = {"seed": args.seed, "train_rows": len(train_x), "test_rows": len(test_x)}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -294,6 +302,7 @@ def main(argv: list[str] | None = None) -> None:
         conversion,
         {
             **common,
+            **rsqrt_record,
             "teacher": f"{args.name}.safetensors",
             "ft_epochs": args.ft_epochs,
             "temperature": args.temperature,

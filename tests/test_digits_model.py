@@ -101,3 +101,19 @@ def test_training_example_end_to_end(tmp_path) -> None:
     friendly = accuracy(load_model(tmp_path / "digits_he.safetensors"), *load_split(0)[2:])
     assert plain >= 0.95 and friendly >= plain - 0.02
     assert "converted, after fine-tuning" in done.stdout
+
+
+def test_bundled_rsqrt_configuration_is_what_the_code_picks() -> None:
+    """The HE-friendly LayerNorm's rsqrt is chosen from its interval by a search; if that
+    search changes, the bundled model silently changes too: retrain it then."""
+    import json
+
+    from approximations.functions import rsqrt_approximation
+
+    record = json.loads(HE_FRIENDLY.with_suffix(".json").read_text())
+    interval = tuple(record["conversion"]["layernorm_interval"])
+    picked = rsqrt_approximation("poly", interval)
+    recorded = record["info"]["layernorm_rsqrt"]
+    assert picked.initial_degree == recorded["initial_degree"], "retrain: rsqrt search changed"
+    assert picked.iterations == recorded["iterations"], "retrain: rsqrt search changed"
+    assert picked.max_error <= 1e-3
