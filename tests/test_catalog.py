@@ -154,3 +154,13 @@ def test_unknown_name_says_what_is_known() -> None:
     with pytest.raises(KeyError, match=r"gelu\.puma"):
         catalog["gelu.nope"]
     assert np.isfinite(catalog["log.normalised"].max_error)
+
+
+def test_readme_catalog_table_is_current() -> None:
+    """The README shows the catalog as `make bench` last wrote it; a changed approximation
+    must be followed by `make bench` (which rewrites that section)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("<!-- catalog:start -->\n", 1)[1].split("\n<!-- catalog:end -->", 1)[0]
+    assert section == catalog.markdown()
