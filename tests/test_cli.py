@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-SECINFER = shutil.which("secinfer") or str(Path(sys.executable).with_name("secinfer"))
+# The console script installed beside this interpreter (the project's .venv), else PATH's.
+_BESIDE = Path(sys.executable).with_name("secinfer")
+SECINFER = str(_BESIDE) if _BESIDE.exists() else (shutil.which("secinfer") or "secinfer")
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
