@@ -1,0 +1,173 @@
+"""The executor: one interpreter for every backend (the torch.fx Interpreter pattern).
+
+`Executor(graph, backend, plan).run(inputs)` walks the nodes in order: placeholders are
+seeded with the model owner's tensors and the data owner's inputs; each call is
+dispatched to the registry's kernel for the backend with the plan's choice for the node;
+values are freed after their last use. The executor knows nothing about cryptography.
+Failures are re-raised naming the node, its op and the module it came from.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.fx.node import map_arg
+
+import secinfer.kernels  # noqa: F401 - registers the local backends' kernels
+from secinfer.errors import UserError
+from secinfer.graph import Graph, op_name
+from secinfer.plan import Plan
+from secinfer.registry import Call, RangeStats, lookup, supported_backends
+
+FLOAT = {"approx": torch.float64}  # backends that compute in a dtype of their own
+Hook = Callable[[str, Call, Any], None]
+
+
+class UnsupportedOpError(UserError):
+    """The graph holds an op that the chosen backend has no kernel for."""
+
+
+class ExecutionError(RuntimeError):
+    """A kernel failed; the message names the node, op and module."""
+
+
+@dataclass
+class NodeRecord:
+    """What one node cost and saw."""
+
+    name: str
+    op: str
+    module: str
+    block: str
+    seconds: float
+    stats: RangeStats
+
+
+@dataclass
+class RunResult:
+    outputs: list[Any]
+    seconds: float
+    records: list[NodeRecord]
+    watched: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def out_of_range(self) -> int:
+        return sum(r.stats.count for r in self.records)
+
+
+def check_supported(graph: Graph, backend: str) -> None:
+    """Raise UnsupportedOpError for the first op without a kernel on `backend`."""
+    for node in graph.calls:
+        spec = lookup(node.op)
+        if spec is None or backend not in spec.kernels:
+            where = f" at {node.module}" if node.module else ""
+            backends = supported_backends(node.op)
+            raise UnsupportedOpError(
+                f"{node.op} (node {node.name}){where} has no {backend} kernel; supported on: "
+                f"{', '.join(backends) if backends else 'no backend'}"
+            )
+
+
+class Executor:
+    """Runs `graph` on one backend with `plan` (required for approximating backends)."""
+
+    def __init__(self, graph: Graph, backend: str, plan: Plan | None = None) -> None:
+        check_supported(graph, backend)
+        self.graph = graph
+        self.backend = backend
+        self.plan = plan
+        self.dtype = FLOAT.get(backend)
+        self._last_use = self._last_uses()
+
+    def _last_uses(self) -> dict[str, int]:
+        last: dict[str, int] = {}
+        for index, fx_node in enumerate(self.graph.program.graph.nodes):
+            for used in fx_node.all_input_nodes:
+                last[used.name] = index
+        return last
+
+    def _cast(self, value: Any) -> Any:
+        if self.dtype is not None and isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value.to(self.dtype)
+        return value
+
+    def run(
+        self,
+        inputs: tuple[torch.Tensor, ...],
+        *,
+        watch: frozenset[str] | set[str] = frozenset(),
+        hook: Hook | None = None,
+        progress: bool = False,
+    ) -> RunResult:
+        """Execute once. `watch` names nodes whose values are kept in the result; `hook`
+        sees every call (calibration uses it)."""
+        env: dict[str, Any] = {}
+        records: list[NodeRecord] = []
+        watched: dict[str, torch.Tensor] = {}
+        user = iter(inputs)
+        outputs: list[Any] = []
+        nodes = list(self.graph.program.graph.nodes)
+        bar = _progress(len(self.graph.calls), progress)
+        start = time.perf_counter()
+        for index, fx_node in enumerate(nodes):
+            if fx_node.op == "placeholder":
+                if fx_node.name in self.graph.owned:
+                    env[fx_node.name] = self._cast(self.graph.owned[fx_node.name])
+                else:
+                    env[fx_node.name] = self._cast(next(user))
+            elif fx_node.op == "call_function":
+                env[fx_node.name], record = self._call(fx_node, env, hook)
+                records.append(record)
+                if fx_node.name in watch:
+                    watched[fx_node.name] = env[fx_node.name]
+                if bar is not None:
+                    bar.update(1)
+            elif fx_node.op == "output":
+                outputs = list(map_arg(fx_node.args[0], lambda n: env[n.name]))
+            for used in fx_node.all_input_nodes:
+                if self._last_use.get(used.name) == index:
+                    env.pop(used.name, None)
+        if bar is not None:
+            bar.close()
+        return RunResult(outputs, time.perf_counter() - start, records, watched)
+
+    def _call(
+        self, fx_node: torch.fx.Node, env: dict[str, Any], hook: Hook | None
+    ) -> tuple[Any, NodeRecord]:
+        node = self.graph.node_by_name[fx_node.name]
+        spec = lookup(node.op)
+        assert spec is not None  # checked in __init__
+        args = map_arg(fx_node.args, lambda n: env[n.name])
+        kwargs = map_arg(fx_node.kwargs, lambda n: env[n.name])
+        choice = self.plan.choices.get(fx_node.name) if self.plan else None
+        call = Call(fx_node.target, tuple(args), dict(kwargs), choice)
+        began = time.perf_counter()
+        try:
+            value = spec.kernels[self.backend](call)
+        except UserError:
+            raise
+        except Exception as exc:
+            where = f" at {node.module}" if node.module else ""
+            raise ExecutionError(
+                f"{node.op} (node {node.name}){where} failed on {self.backend}: {exc}"
+            ) from exc
+        seconds = time.perf_counter() - began
+        if hook is not None:
+            hook(fx_node.name, call, value)
+        return value, NodeRecord(node.name, node.op, node.module, node.block, seconds, call.stats)
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="op", leave=False, file=sys.stderr)
+
+
+__all__ = ["ExecutionError", "Executor", "RunResult", "UnsupportedOpError", "op_name"]
