@@ -118,6 +118,8 @@ class Executor:
             if fx_node.op == "placeholder":
                 if fx_node.name in self.graph.owned:
                     env[fx_node.name] = self._cast(self.graph.owned[fx_node.name])
+                elif fx_node.name in self.graph.fixed_inputs:
+                    env[fx_node.name] = self.graph.fixed_inputs[fx_node.name]
                 else:
                     env[fx_node.name] = self._cast(next(user))
             elif fx_node.op == "call_function":

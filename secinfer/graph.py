@@ -87,6 +87,7 @@ class Graph:
     owned: dict[str, torch.Tensor] = field(repr=False)  # placeholder name -> tensor
     user_inputs: list[str]
     fx_nodes: dict[str, torch.fx.Node] = field(repr=False)
+    fixed_inputs: dict[str, Any] = field(default_factory=dict)  # user inputs traced as constants
     node_by_name: dict[str, Node] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -123,11 +124,19 @@ def build_graph(program: ExportedProgram, *, decomposed: bool = False) -> Graph:
     nodes: list[Node] = []
     fx_nodes: dict[str, torch.fx.Node] = {}
     user_inputs: list[str] = []
+    fixed_inputs: dict[str, Any] = {}
     for fx_node in program.graph.nodes:
         fx_nodes[fx_node.name] = fx_node
         shape, dtype = _shape_dtype(fx_node)
         if fx_node.op == "placeholder":
             spec = kinds.get(fx_node.name)
+            if (
+                spec is not None
+                and spec.kind == InputKind.USER_INPUT
+                and hasattr(spec.arg, "value")
+            ):
+                fixed_inputs[fx_node.name] = spec.arg.value  # e.g. an argument passed as None
+                continue
             if spec is None or spec.kind == InputKind.USER_INPUT:
                 user_inputs.append(fx_node.name)
                 nodes.append(Node(fx_node.name, "input", "input", "", shape, dtype, DATA_OWNER))
@@ -164,7 +173,7 @@ def build_graph(program: ExportedProgram, *, decomposed: bool = False) -> Graph:
             )
         elif fx_node.op == "output":
             nodes.append(Node(fx_node.name, "output", "output", "", None, None, DATA_OWNER))
-    return Graph(program, nodes, owned, user_inputs, fx_nodes)
+    return Graph(program, nodes, owned, user_inputs, fx_nodes, fixed_inputs)
 
 
 def _shape_dtype(fx_node: torch.fx.Node) -> tuple[tuple[int, ...] | None, str | None]:
