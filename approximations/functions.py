@@ -182,16 +182,29 @@ def rsqrt_approximation(rsqrt: str, interval: tuple[float, float] | None) -> Inv
     newton  normalised: degree-2 guess on [0.25, 1) + 2 Newton steps (MPC)
     poly    polynomial-only on `interval` (HE): the shallowest relative-minimax guess +
             Newton steps reaching 1e-3 relative error (`InverseSqrt.polynomial_only`)
+    The initial polynomial is fitted here, eagerly: fitting evaluates torch functions, which
+    must not happen for the first time inside a torch.export trace.
     """
     if rsqrt == "exact":
         return None
     if rsqrt == "newton":
-        return InverseSqrt(
+        approx = InverseSqrt(
             interval=interval or (1e-5, 1e5), iterations=2, initial_degree=2, normalise=True
         )
-    if interval is None:
+    elif interval is None:
         raise ApproximationError("rsqrt='poly' needs interval=(lo, hi)")
-    return InverseSqrt.polynomial_only(interval)
+    else:
+        approx = InverseSqrt.polynomial_only(interval)
+    _ = approx.initial
+    return approx
+
+
+def prepare_gelu(method: str) -> None:
+    """Build (fit) the approximation behind `gelu(x, method)` now, outside any trace."""
+    check_gelu_method(method)
+    from approximations.library import catalog
+
+    _ = catalog[f"gelu.{method}"].approximation
 
 
 def layer_norm(

@@ -25,7 +25,7 @@ class PolyGELU(nn.Module):
 
     def __init__(self, method: str = "puma_refit") -> None:
         super().__init__()
-        functions.check_gelu_method(method)
+        functions.prepare_gelu(method)  # fit now: never inside a torch.export trace
         self.method = method
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,6 +95,7 @@ class PolyLayerNorm(nn.Module):
         self.normalized_shape = tuple(normalized_shape)
         self.eps = eps
         functions.check_rsqrt_method(rsqrt, interval)
+        functions.rsqrt_approximation(rsqrt, tuple(interval) if interval else None)  # fit now
         self.rsqrt = rsqrt
         self.interval = interval
         if elementwise_affine:

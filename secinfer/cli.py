@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ class Group(click.Group):
     """Turns UserError anywhere below into `error: <message>` and exit status 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        # torch.export's own deprecation noise when loading programs; not the user's concern
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         try:
             return super().invoke(ctx)
         except UserError as exc:
@@ -65,6 +68,7 @@ def _inputs(loaded: Any, input_path: Path | None, text: str | None) -> tuple[Any
         inputs = tuple(loaded.example_inputs)
         if not inputs:
             raise UserError(f"{loaded.path}: this model has no default sample; pass --input FILE")
+    loaded.ensure_program(inputs)
     loaded.check_inputs(inputs)
     return inputs
 
@@ -182,7 +186,7 @@ def inspect(model: Path, trust_model: bool, input_path: Path | None, as_json: bo
 
     loaded = load.load_model(model, trust_model=trust_model)
     samples = []
-    if input_path is not None or loaded.example_inputs:
+    if input_path is not None or loaded.example_inputs or loaded.program is None:
         samples = [_inputs(loaded, input_path, None)]
     graph = build_graph(loaded.program)
     info = inspect_graph(graph, samples)

@@ -21,7 +21,8 @@ def plot_layers(report: dict[str, Any], path: str | Path) -> Path:
     top.bar(range(len(names)), errors, color="tab:red")
     top.set_yscale("log")
     top.set_ylabel("max abs error vs plain")
-    top.set_title(f"{report['model']} on {report['backend']}: cosine {report['cosine']:.6f}")
+    name = Path(report["model"]).name
+    top.set_title(f"{name} on {report['backend']}: cosine {report['cosine']:.6f}")
     bottom.bar(range(len(names)), seconds, color="tab:blue")
     bottom.set_ylabel("seconds")
     bottom.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)

@@ -206,16 +206,17 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def apply_conversion(model: nn.Module, conversion: dict[str, Any] | None) -> nn.Module:
-    """Apply `approximations.convert(model, **conversion)` (nothing if `conversion` is None).
+    """`model` converted by `approximations.convert(model, **conversion)`; `model` if None.
 
-    `conversion` is the JSON record of the keyword arguments; lists that stand for intervals
-    are turned back into tuples.
+    `conversion` is the JSON record of convert's keyword arguments (all of them, so that a
+    change of convert's defaults cannot change a saved model); JSON lists are turned back
+    into tuples (intervals). `model` itself is left unchanged.
     """
     if not conversion:
         return model
     from approximations.convert import convert
 
-    converted, _replaced = convert(model, **_tuplify(conversion))
+    converted, _replacements = convert(model, **_tuplify(conversion))
     return converted
 
 
