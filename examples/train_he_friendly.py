@@ -61,6 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (plain)")
     ap.add_argument("--ft-lr", type=float, default=1e-3, help="peak learning rate (fine-tune)")
     ap.add_argument(
+        "--plain",
+        type=Path,
+        default=None,
+        help="start from this saved plain model (.safetensors) instead of training one",
+    )
+    ap.add_argument(
         "--gelu",
         default="quad",
         help="GELU approximation for convert (a pure polynomial for HE: quad, minimax)",
@@ -74,6 +80,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--softmax-eps", type=float, default=1e-3, help="power-softmax epsilon in the denominator"
+    )
+    ap.add_argument(
+        "--softmax-scale",
+        action="store_true",
+        help="divide scores by max|x| before the power (the paper's training form; the max "
+        "needs comparisons, so it is off for HE)",
     )
     ap.add_argument(
         "--layernorm",
@@ -192,7 +204,12 @@ def layernorm_variances(model: nn.Module, x: torch.Tensor) -> tuple[float, float
 
 
 def conversion_options(args: argparse.Namespace, var_range: tuple[float, float]) -> dict:
-    """Keyword arguments for `approximations.convert`, JSON-ready (recorded with the model)."""
+    """All keyword arguments of `approximations.convert`, JSON-ready (saved with the model).
+
+    For rsqrt "poly" the interval is the observed range of var + eps widened by the factor
+    --ln-margin on both ends: a polynomial rsqrt is accurate only on its interval (its Newton
+    steps diverge above it), and a wider interval costs depth, not accuracy.
+    """
     opts: dict[str, Any] = {
         "gelu": args.gelu,
         "softmax": "power",
@@ -200,16 +217,17 @@ def conversion_options(args: argparse.Namespace, var_range: tuple[float, float])
             "p": args.p,
             "normalizer": args.normalizer,
             "eps": args.softmax_eps,
-            "scale": False,
+            "scale": args.softmax_scale,
         },
+        "layernorm": None if args.layernorm == "exact" else args.layernorm,
+        "layernorm_interval": None,
     }
     if args.layernorm == "poly":
         lo, hi = var_range
-        interval = [float(f"{lo / args.ln_margin:.3g}"), float(f"{hi * args.ln_margin:.3g}")]
-        opts["layernorm"] = "poly"
-        opts["layernorm_interval"] = interval
-    elif args.layernorm == "newton":
-        opts["layernorm"] = "newton"
+        opts["layernorm_interval"] = [
+            float(f"{lo / args.ln_margin:.3g}"),
+            float(f"{hi * args.ln_margin:.3g}"),
+        ]
     return opts
 
 
@@ -246,8 +264,12 @@ def main(argv: list[str] | None = None) -> None:
     cfg = DigitsConfig()
     print(f"config: {cfg.to_json()}  train {len(train_x)}  test {len(test_x)}")
 
-    plain = DigitsTransformer(cfg)
-    fit(plain, (train_x, train_y), args.epochs, args.lr, args.seed, ce_loss)
+    if args.plain is not None:
+        plain = load_model(args.plain)
+        print(f"plain model loaded from {args.plain}")
+    else:
+        plain = DigitsTransformer(cfg)
+        fit(plain, (train_x, train_y), args.epochs, args.lr, args.seed, ce_loss)
     acc_plain = accuracy(plain, test_x, test_y)
     t_plain = time.perf_counter() - t0
     print(f"plain model: test accuracy {acc_plain:.4f}  ({t_plain:.1f} s)")
@@ -275,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
         f"[{he_range[0]:.3g}, {he_range[1]:.3g}]"
     )
     rsqrt_record: dict[str, Any] = {}
-    if "layernorm_interval" in conversion:
+    if conversion["layernorm_interval"] is not None:
         lo, hi = conversion["layernorm_interval"]
         inside = lo <= he_range[0] and he_range[1] <= hi
         print(f"  within the poly rsqrt interval [{lo:g}, {hi:g}]: {'yes' if inside else 'NO'}")

@@ -48,8 +48,8 @@ def test_exported_programs_reproduce_the_modules(path, split) -> None:
     _, _, test_x, _ = split
     program = torch.export.load(str(path.with_suffix(".pt2")))
     with torch.no_grad():
-        exported = program.module()(test_x[:64])
-    assert torch.allclose(exported, predict(load_model(path), test_x[:64]), atol=1e-5)
+        exported = program.module()(test_x)
+    assert torch.allclose(exported, predict(load_model(path), test_x), atol=1e-5, rtol=0)
 
 
 def test_save_load_round_trip(tmp_path) -> None:
@@ -87,8 +87,10 @@ def test_demo_runs_and_says_what_it_is() -> None:
     assert "arrives with the MPC backend" in done.stdout
 
 
+@pytest.mark.slow
 def test_training_example_end_to_end(tmp_path) -> None:
-    """examples/train_he_friendly.py trains, converts, fine-tunes and saves (about 30 s)."""
+    """examples/train_he_friendly.py trains, converts, fine-tunes and saves (about 30 s on an
+    idle 2-core machine, minutes on a busy one: `make test-all` only)."""
     done = subprocess.run(
         [sys.executable, "examples/train_he_friendly.py", "--out", str(tmp_path)],
         capture_output=True,
