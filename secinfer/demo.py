@@ -21,6 +21,7 @@ HE_FRIENDLY = DATA / "digits_he.safetensors"
 
 
 def main() -> int:
+    """Evaluate both bundled models on the fixed test split and print the comparison."""
     torch.set_num_threads(2)
     start = time.perf_counter()
     _, _, test_x, test_y = load_split(seed=0)
