@@ -1,0 +1,172 @@
+"""Start and stop one party of a CrypTen run: model owner, data owner, or dealer.
+
+Ranks are fixed: the model owner is CrypTen rank 0, the data owner rank 1, and the dealer
+(CrypTen's trusted third party, which only deals Beaver triples and other correlated
+randomness and never sees a share of any value) rank 2. Each party is its own OS process;
+they meet at a torch.distributed rendezvous (`tcp://HOST:PORT`, the model owner's host
+listens) over gloo sockets.
+
+Every connection and every receive has a deadline (`PartySettings.timeout`): gloo raises
+when a peer does not connect or stops answering, so a vanished peer ends the run with an
+error instead of a hang.
+
+Providers of correlated randomness:
+  "dealer" (default)     CrypTen's TrustedThirdParty, a third process.
+  "trusted-first-party"  CrypTen's default: the model owner generates every triple itself,
+                         so it knows the masks the data owner's values are opened under. It
+                         is insecure against the model owner and exists for quick local
+                         experiments only; choosing it prints that warning.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from protocols.mpc.crypten_setup import import_crypten
+
+DEFAULT_TIMEOUT = 60.0
+"""Seconds a party waits for a peer to connect or to send the next message."""
+
+PROVIDERS = ("dealer", "trusted-first-party")
+INSECURE_PROVIDER_WARNING = (
+    "warning: --provider trusted-first-party lets the model owner generate every Beaver "
+    "triple, so it can unmask the data owner's input; use it only for local experiments"
+)
+
+
+class Role(IntEnum):
+    """The CrypTen rank of each role."""
+
+    MODEL_OWNER = 0
+    DATA_OWNER = 1
+    DEALER = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+    @classmethod
+    def from_label(cls, label: str) -> Role:
+        return cls[label.upper().replace("-", "_")]
+
+
+COMPUTING_PARTIES = 2
+
+
+@dataclass(frozen=True)
+class PartySettings:
+    """How a party reaches the others."""
+
+    rendezvous: str  # tcp://HOST:PORT (or file:///path for one machine)
+    timeout: float = DEFAULT_TIMEOUT
+    provider: str = "dealer"
+    precision_bits: int = 16  # fractional bits of CrypTen's fixed-point encoding
+
+    def __post_init__(self) -> None:
+        if self.provider not in PROVIDERS:
+            raise ValueError(f"provider {self.provider!r}: choose one of {', '.join(PROVIDERS)}")
+        if self.timeout <= 0:
+            raise ValueError(f"timeout {self.timeout}: must be positive (seconds)")
+
+
+@contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """Give torch.distributed's process groups a timeout (CrypTen passes none).
+
+    gloo applies it to the rendezvous and to every later send, receive and collective.
+    """
+    import torch.distributed as dist
+
+    original = dist.init_process_group
+    new_group = dist.new_group
+    delta = datetime.timedelta(seconds=seconds)
+
+    def init_process_group(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("timeout", delta)
+        return original(*args, **kwargs)
+
+    def make_group(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("timeout", delta)
+        return new_group(*args, **kwargs)
+
+    dist.init_process_group = init_process_group
+    dist.new_group = make_group
+    try:
+        yield
+    finally:
+        dist.init_process_group = original
+        dist.new_group = new_group
+
+
+def _configure(role: Role, settings: PartySettings) -> Any:
+    crypten = import_crypten()
+    os.environ.update(
+        {
+            "RANK": str(int(role)),
+            "WORLD_SIZE": str(COMPUTING_PARTIES),
+            "RENDEZVOUS": settings.rendezvous,
+            "DISTRIBUTED_BACKEND": "gloo",
+        }
+    )
+    crypten.cfg.mpc.provider = "TTP" if settings.provider == "dealer" else "TFP"
+    crypten.cfg.encoder.precision_bits = settings.precision_bits
+    crypten.cfg.communicator.verbose = False  # protocols.mpc.meter counts instead
+    return crypten
+
+
+def start_party(role: Role, settings: PartySettings) -> Any:
+    """Join the run as a computing party; returns the `crypten` module, ready to use."""
+    if role is Role.DEALER:
+        raise ValueError("the dealer runs run_dealer(), not start_party()")
+    crypten = _configure(role, settings)
+    if settings.provider == "trusted-first-party" and role is Role.MODEL_OWNER:
+        print(INSECURE_PROVIDER_WARNING, file=sys.stderr)
+    with _deadline(settings.timeout):
+        crypten.init()
+    return crypten
+
+
+def run_dealer(settings: PartySettings) -> None:
+    """Serve correlated randomness until the model owner says the run is over."""
+    if settings.provider != "dealer":
+        raise ValueError("a dealer process is only needed with provider 'dealer'")
+    _configure(Role.DEALER, settings)
+    from crypten.mpc.provider.ttp_provider import TTPServer
+
+    with _deadline(settings.timeout):
+        TTPServer()  # returns when party 0 sends "terminate" (or a peer fails)
+    _shutdown_quietly()
+
+
+def stop_party() -> None:
+    """Leave the run (the model owner also tells the dealer to stop)."""
+    crypten = import_crypten()
+    if crypten.is_initialized():
+        crypten.uninit()
+
+
+def _shutdown_quietly() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        with suppress(Exception):
+            dist.destroy_process_group()
+
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "INSECURE_PROVIDER_WARNING",
+    "PROVIDERS",
+    "PartySettings",
+    "Role",
+    "run_dealer",
+    "start_party",
+    "stop_party",
+]
