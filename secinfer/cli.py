@@ -1,7 +1,8 @@
 """The `secinfer` command line.
 
 Exit codes: 0 success, 2 user error (bad file, bad flag, unsupported op, bad input),
-1 internal error. User errors are one line on stderr (`error: ...`), never a traceback,
+1 internal error or a failed secure run (a peer that never connected, vanished or timed
+out: one line, no traceback). User errors are one line on stderr (`error: ...`), never a traceback,
 and nothing is half-written: outputs and reports are written only after a run succeeds.
 """
 
@@ -15,10 +16,10 @@ from typing import Any
 
 import click
 
-from secinfer.errors import UserError
+from secinfer.errors import PartyError, UserError
 
 BACKEND_CHOICES = ("plain", "approx", "mpc", "he")
-AVAILABLE_BACKENDS = ("plain", "approx")
+AVAILABLE_BACKENDS = ("plain", "approx", "mpc")
 
 
 class Group(click.Group):
@@ -32,6 +33,9 @@ class Group(click.Group):
         except UserError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except PartyError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -113,6 +117,27 @@ def _inputs(loaded: Any, input_path: Path | None, text: str | None) -> tuple[Any
     help="Draw the per-layer error against plaintext to this PNG.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--provider",
+    type=click.Choice(["dealer", "trusted-first-party"]),
+    default="dealer",
+    show_default=True,
+    help="mpc: who makes Beaver triples (trusted-first-party is insecure: local tests only).",
+)
+@click.option(
+    "--precision-bits",
+    type=click.IntRange(8, 24),
+    default=16,
+    show_default=True,
+    help="mpc: fractional bits of the fixed-point encoding.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="mpc: seconds a party waits for a peer before giving up.",
+)
 def run(
     model: Path,
     trust_model: bool,
@@ -124,15 +149,22 @@ def run(
     config_path: Path | None,
     plot: Path | None,
     as_json: bool,
+    provider: str,
+    precision_bits: int,
+    timeout: float,
 ) -> None:
     """Run MODEL on a backend and compare its output with plaintext.
+
+    With --backend mpc, the model owner, the data owner and the dealer run as three
+    processes on this machine (see `secinfer party` for several hosts); only the data
+    owner's process sees the input and the output, only the model owner's the weights.
 
     With no --input or --text, the model's default sample is used (digits: the first
     test image; text models: 16 fixed token ids; ViT: fixed pixels).
     """
     if backend not in AVAILABLE_BACKENDS:
         raise UserError(
-            f"--backend {backend}: not built yet (MPC arrives with issue 5, HE with issue 6); "
+            f"--backend {backend}: not built yet (HE arrives with issue 6); "
             f"available: {', '.join(AVAILABLE_BACKENDS)}"
         )
     _check_suffix(output, ".npy", "--output")
@@ -144,16 +176,35 @@ def run(
     loaded = load.load_model(model, trust_model=trust_model)
     inputs = _inputs(loaded, input_path, text)
     samples = [tuple(loaded.example_inputs)] if loaded.example_inputs else [inputs]
-    outcome = runner.run(
-        loaded.program,
-        backend,
-        inputs,
-        samples=samples,
-        model_name=str(model),
-        output_name=loaded.output_name,
-        config_path=config_path,
-        progress=len(loaded.program.graph.nodes) > 2000,
-    )
+    if backend == "mpc":
+        if loaded.source_module is not None:
+            raise UserError(
+                f"{model}: the mpc backend needs a torch.export program; {load.EXPORT_RECIPE}"
+            )
+        outcome = runner.run_mpc(
+            model,
+            loaded.program,
+            inputs,
+            samples=samples,
+            model_name=str(model),
+            output_name=loaded.output_name,
+            config_path=config_path,
+            trust_model=trust_model,
+            provider=provider,
+            precision_bits=precision_bits,
+            peer_timeout=timeout,
+        )
+    else:
+        outcome = runner.run(
+            loaded.program,
+            backend,
+            inputs,
+            samples=samples,
+            model_name=str(model),
+            output_name=loaded.output_name,
+            config_path=config_path,
+            progress=len(loaded.program.graph.nodes) > 2000,
+        )
     if output is not None:
         _write_npy(output, outcome.output)
     if report_path is not None:
@@ -166,6 +217,10 @@ def run(
         click.echo(json.dumps(outcome.report, indent=2))
     else:
         click.echo(summary(outcome.report))
+        if backend == "mpc":
+            from secinfer.secure_report import comm_summary
+
+            click.echo(comm_summary(outcome.report))
         click.echo(f"{loaded.output_name}: shape {tuple(outcome.output.shape)}")
 
 
@@ -204,6 +259,86 @@ def inspect(model: Path, trust_model: bool, input_path: Path | None, as_json: bo
         f"inputs (data owner): {', '.join(loaded.input_names)}; output: {loaded.output_name}",
     ]
     click.echo(format_inspection(info, header))
+
+
+@main.command()
+@click.option(
+    "--role",
+    type=click.Choice(["model-owner", "data-owner", "dealer"]),
+    required=True,
+    help="Which party this process is.",
+)
+@click.option(
+    "--rendezvous",
+    required=True,
+    help="Where the parties meet: tcp://HOST:PORT (the model owner's host listens there).",
+)
+@click.option("--model", type=click.Path(path_type=Path), help="Model owner: the model file.")
+@click.option("--trust-model", is_flag=True, help="Model owner: allow a pickled nn.Module.")
+@click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), help="Model owner: plan overrides."
+)
+@click.option(
+    "--input", "input_path", type=click.Path(path_type=Path), help="Data owner: input (.npy/.pt)."
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("."),
+    show_default=True,
+    help="Directory for this party's cost record (and the data owner's output.npy).",
+)
+@click.option(
+    "--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for a peer."
+)
+@click.option(
+    "--provider",
+    type=click.Choice(["dealer", "trusted-first-party"]),
+    default="dealer",
+    show_default=True,
+    help="Who makes Beaver triples: the dealer process, or (insecure) the model owner.",
+)
+@click.option(
+    "--precision-bits",
+    type=click.IntRange(8, 24),
+    default=16,
+    show_default=True,
+    help="Fractional bits of the fixed-point encoding.",
+)
+def party(
+    role: str,
+    rendezvous: str,
+    model: Path | None,
+    trust_model: bool,
+    config_path: Path | None,
+    input_path: Path | None,
+    out_dir: Path,
+    timeout: float,
+    provider: str,
+    precision_bits: int,
+) -> None:
+    """Run one party of an MPC run (for several hosts; `run --backend mpc` starts all three).
+
+    \b
+    host A:  secinfer party --role model-owner --model M.pt2 --rendezvous tcp://A:29500
+    host A:  secinfer party --role dealer --rendezvous tcp://A:29500
+    host B:  secinfer party --role data-owner --input x.npy --rendezvous tcp://A:29500
+    """
+    from secinfer.party_main import main_for_role
+
+    main_for_role(
+        role,
+        rendezvous=rendezvous,
+        model=model,
+        trust_model=trust_model,
+        config_path=config_path,
+        input_path=input_path,
+        out_dir=out_dir,
+        timeout=timeout,
+        provider=provider,
+        precision_bits=precision_bits,
+    )
 
 
 @main.command()

@@ -7,3 +7,8 @@ class UserError(Exception):
     Messages are one line. The CLI prints `error: <message>` on stderr, no traceback,
     and exits with status 2.
     """
+
+
+class PartyError(Exception):
+    """A secure run failed for a reason outside the user's files: a peer that never
+    connected, vanished or timed out. The CLI prints one line and exits with status 1."""

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.fx.node import map_arg
@@ -26,6 +26,20 @@ from secinfer.registry import Call, RangeStats, lookup, supported_backends
 
 FLOAT = {"approx": torch.float64}  # backends that compute in a dtype of their own
 Hook = Callable[[str, Call, Any], None]
+
+
+class Seeder(Protocol):
+    """Turns placeholder tensors into a backend's values (the mpc backend shares them)."""
+
+    def owned(self, name: str, value: torch.Tensor) -> Any:
+        """A model owner's parameter, buffer or constant."""
+
+    def user(self, name: str, value: torch.Tensor) -> Any:
+        """A data owner's input."""
+
+
+Meter = Callable[[], Any]
+"""Returns a snapshot of a secure backend's cost counters; differences are per node."""
 
 
 class UnsupportedOpError(UserError):
@@ -46,6 +60,7 @@ class NodeRecord:
     block: str
     seconds: float
     stats: RangeStats
+    cost: Any = None  # the meter's difference over this node (secure backends)
 
 
 @dataclass
@@ -74,14 +89,28 @@ def check_supported(graph: Graph, backend: str) -> None:
 
 
 class Executor:
-    """Runs `graph` on one backend with `plan` (required for approximating backends)."""
+    """Runs `graph` on one backend with `plan` (required for approximating backends).
 
-    def __init__(self, graph: Graph, backend: str, plan: Plan | None = None) -> None:
+    `seeder` turns placeholders into the backend's values (default: the tensors, cast to
+    the backend's dtype); `meter` snapshots cost counters around every node.
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        backend: str,
+        plan: Plan | None = None,
+        *,
+        seeder: Seeder | None = None,
+        meter: Meter | None = None,
+    ) -> None:
         check_supported(graph, backend)
         self.graph = graph
         self.backend = backend
         self.plan = plan
         self.dtype = FLOAT.get(backend)
+        self.seeder = seeder
+        self.meter = meter
         self._last_use = self._last_uses()
 
     def _last_uses(self) -> dict[str, int]:
@@ -117,11 +146,17 @@ class Executor:
         for index, fx_node in enumerate(nodes):
             if fx_node.op == "placeholder":
                 if fx_node.name in self.graph.owned:
-                    env[fx_node.name] = self._cast(self.graph.owned[fx_node.name])
+                    value = self.graph.owned[fx_node.name]
+                    env[fx_node.name] = (
+                        self.seeder.owned(fx_node.name, value) if self.seeder else self._cast(value)
+                    )
                 elif fx_node.name in self.graph.fixed_inputs:
                     env[fx_node.name] = self.graph.fixed_inputs[fx_node.name]
                 else:
-                    env[fx_node.name] = self._cast(next(user))
+                    value = next(user)
+                    env[fx_node.name] = (
+                        self.seeder.user(fx_node.name, value) if self.seeder else self._cast(value)
+                    )
             elif fx_node.op == "call_function":
                 env[fx_node.name], record = self._call(fx_node, env, hook)
                 records.append(record)
@@ -148,6 +183,7 @@ class Executor:
         kwargs = map_arg(fx_node.kwargs, lambda n: env[n.name])
         choice = self.plan.choices.get(fx_node.name) if self.plan else None
         call = Call(fx_node.target, tuple(args), dict(kwargs), choice)
+        before = self.meter() if self.meter else None
         began = time.perf_counter()
         try:
             value = spec.kernels[self.backend](call)
@@ -159,9 +195,11 @@ class Executor:
                 f"{node.op} (node {node.name}){where} failed on {self.backend}: {exc}"
             ) from exc
         seconds = time.perf_counter() - began
+        cost = self.meter() - before if self.meter else None
         if hook is not None:
             hook(fx_node.name, call, value)
-        return value, NodeRecord(node.name, node.op, node.module, node.block, seconds, call.stats)
+        record = NodeRecord(node.name, node.op, node.module, node.block, seconds, call.stats, cost)
+        return value, record
 
 
 def _progress(total: int, enabled: bool) -> Any:
@@ -172,4 +210,12 @@ def _progress(total: int, enabled: bool) -> Any:
     return tqdm(total=total, unit="op", leave=False, file=sys.stderr)
 
 
-__all__ = ["ExecutionError", "Executor", "RunResult", "UnsupportedOpError", "op_name"]
+__all__ = [
+    "ExecutionError",
+    "Executor",
+    "Meter",
+    "RunResult",
+    "Seeder",
+    "UnsupportedOpError",
+    "op_name",
+]

@@ -82,6 +82,15 @@ class Plan:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        """The inverse of `to_dict` (how the model owner's plan reaches the data owner)."""
+        return cls(data["backend"], {k: Choice(**c) for k, c in data["nodes"].items()})
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        return cls.from_dict(json.loads(text))
+
 
 def read_config(path: str | Path | None) -> dict[str, Any]:
     """A plan config from JSON or YAML; {} for None. User mistakes raise UserError."""

@@ -73,3 +73,55 @@ def run(
         output_name=output_name,
     )
     return Outcome(result.outputs[0], report, plan, graph)
+
+
+def run_mpc(
+    model_path: str | Path,
+    program: torch.export.ExportedProgram,
+    inputs: tuple[torch.Tensor, ...],
+    *,
+    samples: list[tuple[torch.Tensor, ...]],
+    model_name: str,
+    output_name: str,
+    config_path: str | Path | None = None,
+    trust_model: bool = False,
+    provider: str = "dealer",
+    precision_bits: int = 16,
+    peer_timeout: float = 60.0,
+) -> Outcome:
+    """The three parties as local processes, then plain and approx here for comparison.
+
+    The parties compute their own plan (the model owner calibrates it); the same plan,
+    computed here the same way, drives the `approx` run that counts out-of-range inputs
+    and gives each block's approximation error.
+    """
+    from secinfer.launch import run_local_parties
+    from secinfer.secure_report import build_secure_report
+
+    graph, plan = prepare(program, "mpc", samples, config_path)
+    local = run_local_parties(
+        Path(model_path),
+        inputs,
+        trust_model=trust_model,
+        config=Path(config_path) if config_path else None,
+        provider=provider,
+        precision_bits=precision_bits,
+        peer_timeout=peer_timeout,
+    )
+    watch = frozenset(block_ends(graph).values())
+    reference = Executor(graph, "plain").run(inputs, watch=watch)
+    approx = Executor(graph, "approx", plan).run(inputs, watch=watch)
+    output = torch.from_numpy(local.output)
+    report = build_secure_report(
+        graph=graph,
+        backend="mpc",
+        model=model_name,
+        output=output,
+        seconds=local.seconds,
+        model_owner=local.model_owner,
+        data_owner=local.data_owner,
+        reference=reference,
+        approx=approx,
+        output_name=output_name,
+    )
+    return Outcome(output, report, plan, graph)

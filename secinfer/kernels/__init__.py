@@ -1,10 +1,11 @@
-"""Kernels of the local backends; importing this package registers them.
+"""Kernels of every backend; importing this package registers them.
 
 `plain` runs every op exactly as torch does. `approx` runs the same graph in float64 with
 the approximations the plan chose, isolating approximation error from the fixed-point and
-encryption errors of the secure backends.
+encryption errors of the secure backends. `mpc` runs it on CrypTen secret shares (CrypTen
+is imported only when an mpc kernel runs).
 """
 
-from secinfer.kernels import approx, plain
+from secinfer.kernels import approx, mpc, mpc_nonlinear, plain
 
-__all__ = ["approx", "plain"]
+__all__ = ["approx", "mpc", "mpc_nonlinear", "plain"]

@@ -1,0 +1,343 @@
+"""The `mpc` backend: graph ops on CrypTen secret shares (kernels in `protocols.mpc`).
+
+Values are either secret (a CrypTen `CrypTensor`, arithmetic shares held by the model
+owner and the data owner) or public (a torch tensor or a number both parties know: shapes,
+constants built from shapes, the plan). An op whose arguments are all public runs as
+plain torch on both parties and costs nothing. Otherwise:
+
+  shape ops     rearrange both parties' shares locally (no communication)
+  arith/linear  local for additions and products with public values; a product or
+                matmul of two secrets is one Beaver multiplication (one round, both
+                operands opened once under masks); products are truncated locally
+  select        where/masked_fill with a public condition are local; comparisons,
+                max, relu and clamps of secrets use CrypTen's secure comparison
+  nonlinear     `protocols.mpc`: piecewise GELU, softmax with exp by squaring and one
+                reciprocal per row, LayerNorm with a range-normalised inverse square root,
+                each on the interval the plan calibrated
+
+Additive masks that are public and huge (torch.finfo.min in attention masks) are clamped
+to -MASK_LIMIT first: the fixed-point ring (16 fractional bits in 64 bits) holds about
++-1.4e14, and softmax's exponential is zero below -cutoff anyway.
+
+This module imports CrypTen only when a kernel runs, so that the registry knows the mpc
+backend's coverage without CrypTen installed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from secinfer.graph import op_name
+from secinfer.registry import REGISTRY, Call, register
+
+MASK_LIMIT = 1e4
+"""Public additive constants are clamped to [-MASK_LIMIT, MASK_LIMIT] before meeting shares."""
+
+_CRYPTENSOR: list[type] = []
+
+
+def _cryptensor_type() -> type:
+    if not _CRYPTENSOR:
+        from protocols.mpc.crypten_setup import import_crypten
+
+        _CRYPTENSOR.append(import_crypten().CrypTensor)
+    return _CRYPTENSOR[0]
+
+
+def is_secret(value: Any) -> bool:
+    return isinstance(value, _cryptensor_type())
+
+
+def _any_secret(values: Any) -> bool:
+    if isinstance(values, list | tuple):
+        return any(_any_secret(v) for v in values)
+    if isinstance(values, dict):
+        return any(_any_secret(v) for v in values.values())
+    return is_secret(values)
+
+
+def _crypten() -> Any:
+    from protocols.mpc.crypten_setup import import_crypten
+
+    return import_crypten()
+
+
+def share_public(value: Any, like: Any = None) -> Any:
+    """A public tensor as shares (both parties know it: the model owner holds it all)."""
+    if is_secret(value):
+        return value
+    tensor = torch.as_tensor(value, dtype=torch.float32)
+    if like is not None:
+        tensor = tensor.expand(like.size()).contiguous() if tensor.dim() == 0 else tensor
+    return _crypten().cryptensor(tensor, src=0)
+
+
+def _clamped(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.clamp(-MASK_LIMIT, MASK_LIMIT)
+    if isinstance(value, float) and not math.isnan(value):
+        return max(-MASK_LIMIT, min(MASK_LIMIT, value))
+    return value
+
+
+# --- shape ops -------------------------------------------------------------------------------
+def _slice(x: Any, dim: int = 0, start: Any = None, end: Any = None, step: int = 1) -> Any:
+    index = [slice(None)] * x.dim()
+    index[dim] = slice(start, end, step)
+    return x[tuple(index)]
+
+
+def _select(x: Any, dim: int, i: int) -> Any:
+    index: list[Any] = [slice(None)] * x.dim()
+    index[dim] = i
+    return x[tuple(index)]
+
+
+def _squeeze(x: Any, dims: Any = None) -> Any:
+    if dims is None:
+        return x.squeeze()
+    for d in sorted([dims] if isinstance(dims, int) else list(dims), reverse=True):
+        x = x.squeeze(d % x.dim())
+    return x
+
+
+def _unflatten(x: Any, dim: int, sizes: list[int]) -> Any:
+    shape = list(x.size())
+    dim %= len(shape)
+    return x.view(shape[:dim] + list(sizes) + shape[dim + 1 :])
+
+
+def _to_copy(x: Any, *args: Any, dtype: Any = None, **kwargs: Any) -> Any:
+    if dtype is not None and not dtype.is_floating_point:
+        raise NotImplementedError(f"casting a secret value to {dtype} has no mpc kernel")
+    return x
+
+
+def _join(join: str) -> Callable[..., Any]:
+    def kernel(values: list[Any], dim: int = 0) -> Any:
+        secret = next(v for v in values if is_secret(v))
+        shared = [share_public(v, secret) for v in values]
+        return getattr(_crypten(), join)(shared, dim=dim)
+
+    return kernel
+
+
+SHAPE: dict[str, Callable[..., Any]] = {
+    "aten.view": lambda x, shape: x.view(list(shape)),
+    "aten._unsafe_view": lambda x, shape: x.view(list(shape)),
+    "aten.reshape": lambda x, shape: x.reshape(list(shape)),
+    "aten.permute": lambda x, dims: x.permute(*dims),
+    "aten.transpose": lambda x, a, b: x.transpose(a, b),
+    "aten.t": lambda x: x.transpose(0, 1),
+    "aten.unsqueeze": lambda x, d: x.unsqueeze(d),
+    "aten.squeeze": _squeeze,
+    "aten.expand": lambda x, size, implicit=False: x.expand(*size),
+    "aten.slice": _slice,
+    "aten.select": _select,
+    "aten.narrow": lambda x, dim, start, length: x.narrow(dim, start, length),
+    "aten.clone": lambda x, **kw: x.clone(),
+    "aten.contiguous": lambda x, **kw: x,
+    "aten.alias": lambda x: x,
+    "aten.detach": lambda x: x,
+    "aten.lift_fresh_copy": lambda x: x,
+    "aten.dropout": lambda x, p=0.0, train=False: x,
+    "aten._to_copy": _to_copy,
+    "aten.to": _to_copy,
+    "aten.flatten": lambda x, start=0, end=-1: x.flatten(start, end),
+    "aten.unflatten": _unflatten,
+    "aten.repeat": lambda x, sizes: x.repeat(*sizes),
+    "aten.split": lambda x, size, dim=0: list(x.split(size, dim)),
+    "aten.split_with_sizes": lambda x, sizes, dim=0: list(x.split(list(sizes), dim)),
+    "aten.chunk": lambda x, chunks, dim=0: list(x.chunk(chunks, dim)),
+    "aten.unbind": lambda x, dim=0: list(x.unbind(dim)),
+    "aten.cat": _join("cat"),
+    "aten.stack": _join("stack"),
+    "getitem": lambda values, index: values[index],
+}
+
+
+# --- arithmetic and linear ------------------------------------------------------------------
+def _add(a: Any, b: Any, alpha: float = 1) -> Any:
+    if alpha != 1:
+        b = b * alpha
+    if is_secret(a):
+        return a + _clamped(b)
+    return b + _clamped(a)
+
+
+def _sub(a: Any, b: Any, alpha: float = 1) -> Any:
+    if alpha != 1:
+        b = b * alpha
+    if is_secret(a):
+        return a - _clamped(b)
+    return -b + _clamped(a)
+
+
+def _mul(a: Any, b: Any) -> Any:
+    return a * b if is_secret(a) else b * a
+
+
+def _integer_power(x: Any, exponent: int) -> Any:
+    """x^k by square-and-multiply: about 2 log2 k multiplications (CrypTen's own pow is wrong
+    for odd exponents of 5 and above)."""
+    result, base, k = None, x, exponent
+    while k:
+        if k & 1:
+            result = base if result is None else result * base
+        k >>= 1
+        if k:
+            base = base * base
+    return result if result is not None else share_public(torch.ones(x.size()))
+
+
+def _reduce(method: str) -> Callable[..., Any]:
+    def kernel(x: Any, dims: Any = None, keepdim: bool = False, *, dtype: Any = None) -> Any:
+        if dims is None or (isinstance(dims, list | tuple) and not dims):
+            return getattr(x, method)()
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        for d in sorted((d % x.dim() for d in dims), reverse=True):
+            x = getattr(x, method)(d, keepdim=keepdim)
+        return x
+
+    return kernel
+
+
+def matmul(a: Any, b: Any) -> Any:
+    """a @ b with either operand secret (one Beaver matmul when both are)."""
+    if is_secret(a):
+        return a.matmul(b)
+    return b.transpose(-1, -2).matmul(a.transpose(-1, -2)).transpose(-1, -2)
+
+
+def _linear(x: Any, weight: Any, bias: Any = None) -> Any:
+    out = matmul(x, weight.transpose(0, 1))
+    return out if bias is None else _add(out, bias)
+
+
+def _addmm(bias: Any, a: Any, b: Any, *, beta: float = 1, alpha: float = 1) -> Any:
+    out = matmul(a, b)
+    if alpha != 1:
+        out = out * alpha
+    return _add(out, bias, beta) if beta else out
+
+
+def _convolution(
+    x: Any,
+    weight: Any,
+    bias: Any,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    transposed: bool,
+    output_padding: list[int],
+    groups: int,
+) -> Any:
+    if transposed or x.dim() != 4 or not is_secret(x):
+        raise NotImplementedError("only 2-d, non-transposed convolutions of a secret input")
+    out = x.conv2d(weight, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return out if bias is None else _add(out, bias.view(-1, 1, 1))
+
+
+ARITH: dict[str, Callable[..., Any]] = {
+    "aten.add": _add,
+    "aten.sub": _sub,
+    "aten.rsub": lambda a, b, alpha=1: _sub(b, a, alpha),
+    "aten.mul": _mul,
+    "aten.neg": lambda x: -x,
+    "aten.square": lambda x: x * x,
+    "aten.mean": _reduce("mean"),
+    "aten.sum": _reduce("sum"),
+    "aten.cumsum": lambda x, dim, **kw: x.cumsum(dim),
+    "aten.linear": _linear,
+    "aten.matmul": matmul,
+    "aten.mm": matmul,
+    "aten.bmm": matmul,
+    "aten.addmm": _addmm,
+    "aten.baddbmm": _addmm,
+    "aten.convolution": _convolution,
+}
+
+
+# --- selection ------------------------------------------------------------------------------
+def _where(condition: Any, a: Any, b: Any) -> Any:
+    if is_secret(condition):  # a secret 0/1 bit: b + c (a - b)
+        return _add(_mul(condition, _sub(a, b)), b)
+    if is_secret(a):
+        return a.where(condition, _clamped(b))
+    return b.where(~condition, _clamped(a))
+
+
+def _masked_fill(x: Any, mask: Any, value: Any) -> Any:
+    if is_secret(mask):
+        return _where(mask, value, x)
+    return x.where(~mask, _clamped(float(value)))
+
+
+def _compare(method: str, swapped: str) -> Callable[..., Any]:
+    def kernel(a: Any, b: Any) -> Any:
+        return getattr(a, method)(b) if is_secret(a) else getattr(b, swapped)(a)
+
+    return kernel
+
+
+def _max_dim(x: Any, dim: int, keepdim: bool = False) -> Any:
+    values = x.max(dim=dim, keepdim=keepdim)
+    return values[0] if isinstance(values, tuple) else values
+
+
+SELECT: dict[str, Callable[..., Any]] = {
+    "aten.where": _where,
+    "aten.masked_fill": _masked_fill,
+    "aten.ge": _compare("ge", "le"),
+    "aten.gt": _compare("gt", "lt"),
+    "aten.le": _compare("le", "ge"),
+    "aten.lt": _compare("lt", "gt"),
+    "aten.eq": _compare("eq", "eq"),
+    "aten.ne": _compare("ne", "ne"),
+    "aten.logical_and": _mul,
+    "aten.bitwise_and": _mul,
+    "aten.logical_not": lambda x: 1 - x,
+    "aten.bitwise_not": lambda x: 1 - x,
+    "aten.relu": lambda x: x.relu(),
+    "aten.abs": lambda x: x.abs(),
+    "aten.clamp_min": lambda x, lo: (x - lo).relu() + lo,
+    "aten.clamp_max": lambda x, hi: -((hi - x).relu()) + hi,
+    "aten.maximum": lambda a, b: _add(_sub(a, b).relu(), b),
+    "aten.minimum": lambda a, b: _sub(a, _sub(a, b).relu()),
+    "aten.amax": lambda x, dims=(), keepdim=False: _max_dim(x, next(iter(dims)), keepdim),
+    "aten.max": _max_dim,
+}
+
+
+def structural(call: Call) -> Any:
+    """Shape, arithmetic, linear and selection ops: plain torch when every argument is public."""
+    if call.target is torch.ops.aten._assert_tensor_metadata.default:
+        return None
+    if not (_any_secret(call.args) or _any_secret(call.kwargs)):
+        return call.run_exact()
+    name = op_name(call.target)
+    kernel = SHAPE.get(name) or ARITH.get(name) or SELECT.get(name)
+    if kernel is None:
+        raise NotImplementedError(f"{name} on a secret value has no mpc kernel")
+    return kernel(*call.args, **call.kwargs)
+
+
+def public_only(call: Call) -> Any:
+    """Ops that build public values from shapes (arange, full, ...)."""
+    return call.run_exact()
+
+
+for _name in [*SHAPE, *ARITH, *SELECT, "sym.mul", "sym.add", "sym.sub"]:
+    if _name in REGISTRY:
+        register("mpc", _name, structural)
+for _spec in REGISTRY.values():
+    if _spec.category == "create":
+        register("mpc", _spec.name, public_only)
+for _name in ("aten._assert_tensor_metadata", "aten.sym_size", "sym.floordiv", "sym.truediv"):
+    register("mpc", _name, structural)
+
+__all__ = ["MASK_LIMIT", "is_secret", "matmul", "share_public"]

@@ -1,0 +1,151 @@
+"""Run the three parties of an MPC run as separate processes on this machine.
+
+`run_local_parties(...)` starts `secinfer party` three times (model owner, data owner,
+dealer) as fresh processes on a loopback rendezvous, waits for them with a deadline, and
+collects the data owner's output and both parties' cost records. If any party fails, the
+others are stopped (no orphan processes) and the failing party's one-line error is raised.
+On another host each role runs by hand with the same command (see the README).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from protocols.mpc.local import free_port
+from protocols.mpc.runtime import DEFAULT_TIMEOUT, Role
+from secinfer.errors import PartyError, UserError
+
+RUN_TIMEOUT = 3600.0
+"""Default bound on a whole local run (seconds); each peer wait has its own timeout."""
+
+
+@dataclass
+class LocalRun:
+    output: np.ndarray
+    model_owner: dict[str, Any]
+    data_owner: dict[str, Any]
+    seconds: float
+
+
+def _party_command(role: Role, rendezvous: str, options: dict[str, Any]) -> list[str]:
+    command = [sys.executable, "-m", "secinfer.cli", "party", "--role", role.label]
+    command += ["--rendezvous", rendezvous, "--timeout", str(options["timeout"])]
+    command += ["--provider", options["provider"]]
+    command += ["--precision-bits", str(options["precision_bits"])]
+    if role is not Role.DEALER:
+        command += ["--out", str(options["out"][role])]
+    if role is Role.MODEL_OWNER:
+        command += ["--model", str(options["model"])]
+        if options.get("trust_model"):
+            command.append("--trust-model")
+        if options.get("config"):
+            command += ["--config", str(options["config"])]
+    if role is Role.DATA_OWNER:
+        command += ["--input", str(options["input"])]
+    return command
+
+
+def _last_error(path: Path) -> str:
+    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    if errors:
+        return errors[-1].removeprefix("error:").strip()
+    return lines[-1] if lines else "exited without a message"
+
+
+def run_local_parties(
+    model: Path,
+    inputs: tuple[torch.Tensor, ...],
+    *,
+    trust_model: bool = False,
+    config: Path | None = None,
+    provider: str = "dealer",
+    precision_bits: int = 16,
+    peer_timeout: float = DEFAULT_TIMEOUT,
+    run_timeout: float = RUN_TIMEOUT,
+) -> LocalRun:
+    """Model owner, data owner and dealer as three processes; the data owner's output."""
+    roles = [Role.MODEL_OWNER, Role.DATA_OWNER]
+    if provider == "dealer":
+        roles.append(Role.DEALER)
+    with tempfile.TemporaryDirectory(prefix="secinfer-mpc-") as tmp:
+        root = Path(tmp)
+        out = {role: root / role.label for role in roles}
+        for directory in out.values():
+            directory.mkdir()
+        input_path = out[Role.DATA_OWNER] / "input.pt"
+        torch.save(tuple(t.detach().clone() for t in inputs), input_path)
+        options = {
+            "timeout": peer_timeout,
+            "provider": provider,
+            "precision_bits": precision_bits,
+            "out": out,
+            "model": Path(model).resolve(),
+            "trust_model": trust_model,
+            "config": Path(config).resolve() if config else None,
+            "input": input_path,
+        }
+        rendezvous = f"tcp://127.0.0.1:{free_port()}"
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        began = time.perf_counter()
+        processes: dict[Role, subprocess.Popen[bytes]] = {}
+        logs = {role: root / f"{role.label}.log" for role in roles}
+        try:
+            for role in roles:
+                with logs[role].open("wb") as log:
+                    processes[role] = subprocess.Popen(
+                        _party_command(role, rendezvous, options),
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                    )
+            _wait(processes, logs, run_timeout)
+        finally:
+            for process in processes.values():
+                if process.poll() is None:
+                    process.kill()
+                process.wait()
+        seconds = time.perf_counter() - began
+        import json
+
+        return LocalRun(
+            output=np.load(out[Role.DATA_OWNER] / "output.npy", allow_pickle=False),
+            model_owner=json.loads((out[Role.MODEL_OWNER] / "model-owner.json").read_text()),
+            data_owner=json.loads((out[Role.DATA_OWNER] / "data-owner.json").read_text()),
+            seconds=seconds,
+        )
+
+
+def _wait(
+    processes: dict[Role, subprocess.Popen[bytes]], logs: dict[Role, Path], timeout: float
+) -> None:
+    """Until every party exits 0; on the first failure or the deadline, raise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        codes = {role: p.poll() for role, p in processes.items()}
+        failed = [role for role, code in codes.items() if code not in (None, 0)]
+        if failed:
+            time.sleep(0.5)  # let the peer that caused it report too
+            failed = [r for r, p in processes.items() if p.poll() not in (None, 0)]
+            user = [r for r in failed if processes[r].returncode == 2]
+            role = (user or failed)[0]
+            message = f"{role.label}: {_last_error(logs[role])}"
+            raise (UserError if processes[role].returncode == 2 else PartyError)(message)
+        if all(code == 0 for code in codes.values()):
+            return
+        if time.monotonic() > deadline:
+            raise PartyError(f"the parties did not finish within {timeout:.0f} s; stopped them")
+        time.sleep(0.1)
+
+
+__all__ = ["LocalRun", "run_local_parties"]

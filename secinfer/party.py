@@ -1,0 +1,175 @@
+"""One party of a secure run: what the model owner and the data owner each do.
+
+  model owner  loads the model, calibrates the plan on its own sample data, sends the
+               public architecture (weights zeroed) and the plan, learns the input's
+               shapes, shares its weights, runs the graph on shares, gets nothing back.
+  data owner   receives the architecture and plan, reads its input, sends the input's
+               shapes (or why it gives up), shares its input, runs the graph on shares,
+               and alone receives the output.
+  dealer       serves Beaver triples (`protocols.mpc.runtime.run_dealer`).
+
+Each party writes `<role>.json` (its traffic: setup and secure run apart, per node and in
+total) into its output directory; the data owner also writes `output.npy`. Files are
+written atomically: a failed run leaves no half-written output.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from protocols.mpc.meter import Meter, Traffic
+from protocols.mpc.runtime import PartySettings, Role, start_party, stop_party
+from secinfer import wire
+from secinfer.errors import UserError
+from secinfer.execute import Executor, RunResult
+from secinfer.graph import Graph, build_graph
+from secinfer.plan import Plan
+from secinfer.report import write_json
+
+
+class PeerAborted(UserError):
+    """The other party gave up before the secure run (its reason is in the message)."""
+
+
+@dataclass
+class Seeder:
+    """Shares placeholders: weights from the model owner, inputs from the data owner."""
+
+    role: Role
+
+    def owned(self, name: str, value: torch.Tensor) -> Any:
+        if not value.is_floating_point():
+            return value  # integer buffers (position ids) are public architecture
+        return self._share(value, Role.MODEL_OWNER)
+
+    def user(self, name: str, value: torch.Tensor) -> Any:
+        if not value.is_floating_point():
+            raise UserError(
+                f"input {name}: integer inputs (token ids, masks) are not supported by the "
+                "mpc backend yet; give a model whose inputs are floating point"
+            )
+        return self._share(value, Role.DATA_OWNER)
+
+    def _share(self, value: torch.Tensor, owner: Role) -> Any:
+        from protocols.mpc.crypten_setup import import_crypten
+
+        tensor = value.detach().float() if self.role is owner else torch.zeros(value.shape)
+        return import_crypten().cryptensor(tensor, src=int(owner))
+
+
+def _node_costs(graph: Graph, result: RunResult) -> list[dict[str, Any]]:
+    return [
+        {
+            "node": r.name,
+            "op": r.op,
+            "block": r.block,
+            "seconds": r.seconds,
+            **(r.cost.to_dict() if isinstance(r.cost, Traffic) else {}),
+        }
+        for r in result.records
+    ]
+
+
+def _execute(graph: Graph, plan: Plan, role: Role, inputs: tuple[torch.Tensor, ...], meter: Meter):
+    executor = Executor(graph, "mpc", plan, seeder=Seeder(role), meter=meter.snapshot)
+    result = executor.run(inputs)
+    out = result.outputs[0]
+    revealed = out.get_plain_text(dst=int(Role.DATA_OWNER))
+    return result, revealed
+
+
+def run_model_owner(
+    settings: PartySettings,
+    program: torch.export.ExportedProgram,
+    plan: Plan,
+    meta: dict[str, Any],
+    out_dir: Path,
+) -> dict[str, Any]:
+    """The model owner's side; returns (and writes) its cost record."""
+    graph = build_graph(program)
+    architecture = wire.public_architecture(program)
+    start_party(Role.MODEL_OWNER, settings)
+    meter = Meter().install()
+    try:
+        wire.send_bytes(architecture, src=Role.MODEL_OWNER)
+        wire.send_json({"plan": plan.to_dict(), **meta}, src=Role.MODEL_OWNER)
+        spec = wire.send_json(None, src=Role.DATA_OWNER)
+        if "error" in spec:
+            raise PeerAborted(f"the data owner gave up: {spec['error']}")
+        inputs = tuple(
+            torch.zeros(shape, dtype=getattr(torch, dtype))
+            for shape, dtype in zip(spec["shapes"], spec["dtypes"], strict=True)
+        )
+        setup = meter.snapshot()
+        began = time.perf_counter()
+        result, _ = _execute(graph, plan, Role.MODEL_OWNER, inputs, meter)
+        seconds = time.perf_counter() - began
+        record = _record(Role.MODEL_OWNER, meter, setup, seconds, graph, result)
+    finally:
+        meter.remove()
+        stop_party()
+    write_json(out_dir / f"{Role.MODEL_OWNER.label}.json", record)
+    return record
+
+
+def run_data_owner(
+    settings: PartySettings,
+    read_inputs: Any,
+    out_dir: Path,
+) -> dict[str, Any]:
+    """The data owner's side. `read_inputs(program, meta)` returns its input tensors (it
+    may raise UserError, which is sent to the model owner before re-raising)."""
+    start_party(Role.DATA_OWNER, settings)
+    meter = Meter().install()
+    try:
+        program = wire.load_architecture(wire.send_bytes(None, src=Role.MODEL_OWNER))
+        meta = wire.send_json(None, src=Role.MODEL_OWNER)
+        try:
+            inputs = tuple(read_inputs(program, meta))
+        except UserError as exc:
+            wire.send_json({"error": str(exc)}, src=Role.DATA_OWNER)
+            raise
+        wire.send_json(
+            {
+                "shapes": [list(t.shape) for t in inputs],
+                "dtypes": [str(t.dtype).removeprefix("torch.") for t in inputs],
+            },
+            src=Role.DATA_OWNER,
+        )
+        graph = build_graph(program)
+        plan = Plan.from_dict(meta["plan"])
+        setup = meter.snapshot()
+        began = time.perf_counter()
+        result, revealed = _execute(graph, plan, Role.DATA_OWNER, inputs, meter)
+        seconds = time.perf_counter() - began
+        record = _record(Role.DATA_OWNER, meter, setup, seconds, graph, result)
+    finally:
+        meter.remove()
+        stop_party()
+    output = revealed.detach().numpy()
+    tmp = out_dir / "output.tmp.npy"
+    np.save(tmp, output)
+    tmp.replace(out_dir / "output.npy")
+    write_json(out_dir / f"{Role.DATA_OWNER.label}.json", record)
+    return record
+
+
+def _record(
+    role: Role, meter: Meter, setup: Traffic, seconds: float, graph: Graph, result: RunResult
+) -> dict[str, Any]:
+    return {
+        "role": role.label,
+        "seconds": seconds,
+        "setup": setup.to_dict(),
+        "run": (meter.snapshot() - setup).to_dict(),
+        "nodes": _node_costs(graph, result),
+    }
+
+
+__all__ = ["PeerAborted", "Seeder", "run_data_owner", "run_model_owner"]

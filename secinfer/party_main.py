@@ -1,0 +1,122 @@
+"""`secinfer party --role ...`: check one party's arguments, load what it owns, run it.
+
+Failures of the connection (a peer that never connects, vanishes or times out) become one
+`PartyError` line naming the role and the rendezvous; the user's own mistakes stay
+`UserError`s.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from secinfer.errors import PartyError, UserError
+
+_CONNECTION_WORDS = ("timed out", "timeout", "connection", "closed", "reset", "refused", "peer")
+
+
+def _settings(rendezvous: str, timeout: float, provider: str, precision_bits: int) -> Any:
+    from protocols.mpc.runtime import PartySettings
+
+    if not rendezvous.startswith(("tcp://", "file://")):
+        raise UserError(f"--rendezvous {rendezvous}: give tcp://HOST:PORT")
+    try:
+        return PartySettings(rendezvous, timeout, provider, precision_bits)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def main_for_role(
+    role: str,
+    *,
+    rendezvous: str,
+    model: Path | None,
+    trust_model: bool,
+    config_path: Path | None,
+    input_path: Path | None,
+    out_dir: Path,
+    timeout: float,
+    provider: str,
+    precision_bits: int,
+) -> None:
+    from protocols.mpc.runtime import Role, run_dealer
+
+    settings = _settings(rendezvous, timeout, provider, precision_bits)
+    party = Role.from_label(role)
+    if party is not Role.DEALER and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir}: no such directory")
+    try:
+        if party is Role.DEALER:
+            run_dealer(settings)
+        elif party is Role.MODEL_OWNER:
+            _model_owner(settings, model, trust_model, config_path, out_dir)
+        else:
+            _data_owner(settings, input_path, out_dir)
+    except (UserError, PartyError):
+        raise
+    except RuntimeError as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if any(word in text.lower() for word in _CONNECTION_WORDS):
+            raise PartyError(
+                f"{role}: lost the other parties at {rendezvous} ({text[:160]}); "
+                f"check that all three roles run and can reach it within --timeout {timeout:g} s"
+            ) from None
+        raise
+
+
+def _model_owner(
+    settings: Any,
+    model: Path | None,
+    trust_model: bool,
+    config_path: Path | None,
+    out_dir: Path,
+) -> None:
+    from secinfer import load, runner
+    from secinfer.party import run_model_owner
+
+    if model is None:
+        raise UserError("--role model-owner needs --model FILE")
+    loaded = load.load_model(model, trust_model=trust_model)
+    samples = [tuple(loaded.example_inputs)] if loaded.example_inputs else []
+    if loaded.program is None:
+        raise UserError(
+            f"{model}: a {loaded.source} model records no input shapes; export it with "
+            "torch.export for the mpc backend"
+        )
+    _, plan = runner.prepare(loaded.program, "mpc", samples, config_path)
+    meta = {
+        "model": model.name,
+        "input_names": loaded.input_names,
+        "output_name": loaded.output_name,
+    }
+    run_model_owner(settings, loaded.program, plan, meta, out_dir)
+
+
+def _data_owner(settings: Any, input_path: Path | None, out_dir: Path) -> None:
+    from secinfer import load
+    from secinfer.party import run_data_owner
+
+    if input_path is None:
+        raise UserError("--role data-owner needs --input FILE (.npy or .pt)")
+    if not input_path.is_file():
+        raise UserError(f"--input {input_path}: no such file")
+
+    def read_inputs(program: torch.export.ExportedProgram, meta: dict[str, Any]) -> tuple:
+        architecture = load.LoadedModel(
+            program,
+            "architecture",
+            input_path,
+            (),
+            list(meta.get("input_names") or program.graph_signature.user_inputs),
+            str(meta.get("output_name", "output")),
+        )
+        inputs = load.read_input(input_path, architecture)
+        architecture.check_inputs(inputs)
+        return inputs
+
+    run_data_owner(settings, read_inputs, out_dir)
+
+
+__all__ = ["main_for_role"]
