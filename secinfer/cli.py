@@ -325,6 +325,9 @@ def party(
     host A:  secinfer party --role dealer --rendezvous tcp://A:29500
     host B:  secinfer party --role data-owner --input x.npy --rendezvous tcp://A:29500
     """
+    import os
+
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")  # c10d's C++ traces on a lost peer
     from secinfer.party_main import main_for_role
 
     main_for_role(

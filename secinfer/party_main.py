@@ -60,8 +60,8 @@ def main_for_role(
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if any(word in text.lower() for word in _CONNECTION_WORDS):
             raise PartyError(
-                f"{role}: lost the other parties at {rendezvous} ({text[:160]}); "
-                f"check that all three roles run and can reach it within --timeout {timeout:g} s"
+                f"{role}: no answer from the other parties at {rendezvous} ({text[:160]}); "
+                f"check that all three roles run and reach it within --timeout {timeout:g} s"
             ) from None
         raise
 

@@ -16,7 +16,8 @@ two computing parties.
 
 With `keep_views=True` the meter also keeps every tensor received from the other
 computing party (for an all-reduce: the result minus this party's own contribution),
-which is exactly the party's view of the protocol; the privacy tests inspect it.
+(XOR for binary shares), which is exactly the party's view of the protocol; the privacy
+tests inspect it.
 """
 
 from __future__ import annotations
@@ -169,7 +170,9 @@ class Meter:
             if self.keep_views:
                 own = payload if isinstance(payload, list) else [payload]
                 total = result if isinstance(result, list) else [result]
-                self._keep([r - o for r, o in zip(total, own, strict=True)], dealer)
+                xor = "BXOR" in str(kwargs.get("op", args[1] if len(args) > 1 else ""))
+                peer = [r ^ o if xor else r - o for r, o in zip(total, own, strict=True)]
+                self._keep(peer, dealer)
         elif name in ("reduce", "gather"):
             dst = args[1] if len(args) > 1 else kwargs.get("dst")
             if dst == rank:

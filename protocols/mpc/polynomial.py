@@ -1,0 +1,186 @@
+"""Polynomials on secret-shared values: log-depth powers, power-basis evaluation.
+
+Cost model (CrypTen, two parties, Beaver triples): a product of two secret tensors is one
+round in which each party opens 8 bytes per element of each operand (a square opens one
+operand); products by public constants, additions and stacking are local. Every product
+of two fixed-point values is followed by a local truncation (error up to about one unit of
+2^-16, CrypTen's default 16 fractional bits).
+
+Fixed point holds values to 2^-16 absolutely: x^6 for x = 8 is 262144, and a coefficient
+0.0018 rounded to the grid already moves that term by 0.03. `evaluate_polynomial` with an
+interval therefore maps x to t = (x - mid) / half, |t| <= 1 on the interval, and evaluates
+the same polynomial re-expressed in t.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, TypeAlias
+
+import numpy as np
+import torch
+from numpy.polynomial import Polynomial as NpPolynomial
+
+from protocols.mpc.crypten_setup import import_crypten
+
+Secret: TypeAlias = Any
+"""A CrypTen MPCTensor (CrypTen ships no type information)."""
+
+FRACTION_BITS = 16
+"""CrypTen's default fixed-point precision; public constants are rounded to this grid."""
+
+
+def on_grid(values: Any, bits: int = FRACTION_BITS) -> Any:
+    """Round public constants to the nearest multiple of 2^-bits.
+
+    CrypTen encodes a public float by truncating toward zero (error up to one unit);
+    rounding first makes the encoding exact, so the error is at most half a unit.
+    """
+    scale = float(2**bits)
+    if isinstance(values, torch.Tensor):
+        return torch.round(values.to(torch.float64) * scale) / scale
+    if isinstance(values, np.ndarray):
+        return np.round(values * scale) / scale
+    return round(float(values) * scale) / scale
+
+
+def powers(x: Secret, degree: int) -> list[Secret]:
+    """[x, x^2, ..., x^degree] in ceil(log2(degree)) rounds of multiplication.
+
+    Level k computes every power in (2^(k-1), 2^k] at once: x^(2^(k-1) + j) =
+    x^(2^(k-1)) * x^j for j = 1 .. min(2^(k-1), degree - 2^(k-1)), as ONE product of the
+    stacked x^j by the broadcast x^(2^(k-1)) (level 1 is a square). Products: degree - 1;
+    bytes opened per party at level k: 8 (j_max + 1) per element of x (8 at level 1).
+
+    Error: each product adds one truncation (<= about 2^-16) to the product of the
+    operands' errors; for |x| <= 1 the error of x^k is at most about k 2^-16 plus k times
+    the error of x. Values must stay below 2^31 (products are formed at scale 2^32 in a
+    64-bit ring); larger values wrap around silently.
+    """
+    if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
+        raise ValueError(f"degree={degree!r}: expected an integer >= 1")
+    crypten = import_crypten()
+    out = [x]
+    while len(out) < degree:
+        have = len(out)  # x^1 .. x^have are known, have = 2^(k-1)
+        count = min(have, degree - have)
+        top = out[-1]
+        if have == 1:
+            out.append(x.square())
+        elif count == 1:
+            out.append(top * out[0])
+        else:
+            block = crypten.stack(out[:count]) * top.unsqueeze(0)
+            out.extend(block[i] for i in range(count))
+    return out
+
+
+def power(x: Secret, exponent: int) -> Secret:
+    """x^exponent by square-and-multiply in ceil(log2(exponent)) rounds.
+
+    Round i squares x^(2^(i-1)) and, in the same stacked product, multiplies the running
+    product by the square of the previous round when bit i-1 of the exponent is set; a
+    last product joins the running product to the highest square when both are needed.
+    Products: about log2(exponent) + popcount(exponent) - 1 (x^6: 3 products, where
+    `powers(x, 6)` makes 5). Error and range as for `powers`.
+    """
+    if isinstance(exponent, bool) or not isinstance(exponent, int) or exponent < 1:
+        raise ValueError(f"exponent={exponent!r}: expected an integer >= 1")
+    crypten = import_crypten()
+    square, acc = x, None  # square = x^(2^i); acc = product of the set bits below i
+    bits = bin(exponent)[2:][::-1]
+    for bit in bits[:-1]:
+        take = bit == "1"
+        if take and acc is not None:
+            both = crypten.stack([square, acc]) * square.unsqueeze(0)
+            square, acc = both[0], both[1]
+        else:
+            if take:
+                acc = square
+            square = square.square()
+    return square if acc is None else square * acc
+
+
+def to_unit_interval(coefficients: Sequence[float], interval: tuple[float, float]) -> np.ndarray:
+    """Power-basis coefficients in t of p(mid + half t), where p has `coefficients` in x.
+
+    With mid = (lo + hi)/2 and half = (hi - lo)/2, x in [lo, hi] is t in [-1, 1].
+    """
+    lo, hi = float(interval[0]), float(interval[1])
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"interval=({lo}, {hi}): expected finite lo < hi")
+    mid, half = (lo + hi) / 2.0, (hi - lo) / 2.0
+    composed = NpPolynomial(np.asarray(coefficients, dtype=np.float64))(NpPolynomial([mid, half]))
+    out = np.zeros(len(coefficients), dtype=np.float64)
+    out[: len(composed.coef)] = composed.coef[: len(out)]
+    return out
+
+
+def unit_variable(x: Secret, interval: tuple[float, float]) -> Secret:
+    """t = (x - mid) / half: local (one product by a public constant, one truncation)."""
+    lo, hi = float(interval[0]), float(interval[1])
+    mid, half = (lo + hi) / 2.0, (hi - lo) / 2.0
+    return (x - on_grid(mid)) * on_grid(1.0 / half)
+
+
+def degree_of(coefficients: Sequence[float]) -> int:
+    """Index of the last non-zero coefficient (0 for a constant)."""
+    nonzero = np.flatnonzero(np.asarray(coefficients, dtype=np.float64) != 0.0)
+    return int(nonzero[-1]) if nonzero.size else 0
+
+
+def combine(terms: Sequence[Secret], coefficients: Sequence[float], like: Secret) -> Secret:
+    """c_0 + sum_k c_k terms[k-1]: local (public coefficients; one truncation per term).
+
+    `terms` are [t, t^2, ...] (at least degree-many); `like` gives the shape of a constant.
+    """
+    crypten = import_crypten()
+    coeffs = np.asarray(coefficients, dtype=np.float64)
+    used = [k for k in range(1, len(coeffs)) if coeffs[k] != 0.0]
+    constant = on_grid(float(coeffs[0]))
+    if not used:
+        return like * 0.0 + constant
+    stacked = crypten.stack([terms[k - 1] for k in used])
+    scales = torch.tensor([coeffs[k] for k in used], dtype=torch.float64)
+    scales = on_grid(scales).view(len(used), *([1] * like.dim()))
+    return (stacked * scales).sum(0) + constant
+
+
+def evaluate_polynomial(
+    x: Secret, coefficients: Sequence[float], interval: tuple[float, float] | None = None
+) -> Secret:
+    """p(x) = sum_k coefficients[k] x^k on a secret x (power basis, lowest degree first).
+
+    With `interval` = (lo, hi), evaluates the same polynomial as q(t) with
+    t = (x - mid)/half and q's coefficients `to_unit_interval(coefficients, interval)`:
+    on the interval |t| <= 1, so powers stay small and the fixed-point error of the result
+    is about (sum_k |q_k| k + 2) 2^-16. Outside the interval the value is still p(x), with
+    |t| > 1 growing like |t|^degree (values above 2^31 wrap around).
+
+    Rounds: ceil(log2(degree)) multiplications (`powers`); degree <= 1 is local.
+    """
+    coeffs = np.asarray(coefficients, dtype=np.float64)
+    if coeffs.ndim != 1 or coeffs.size == 0 or not np.all(np.isfinite(coeffs)):
+        raise ValueError(f"coefficients={coefficients!r}: expected a finite 1-d sequence")
+    t = x
+    if interval is not None:
+        coeffs = to_unit_interval(coeffs, interval)
+        t = unit_variable(x, interval)
+    degree = degree_of(coeffs)
+    terms = powers(t, degree) if degree >= 1 else []
+    return combine(terms, coeffs[: degree + 1], like=x)
+
+
+__all__ = [
+    "FRACTION_BITS",
+    "Secret",
+    "combine",
+    "degree_of",
+    "evaluate_polynomial",
+    "on_grid",
+    "power",
+    "powers",
+    "to_unit_interval",
+    "unit_variable",
+]
