@@ -16,7 +16,7 @@ written atomically: a failed run leaves no half-written output.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ from protocols.mpc.runtime import PartySettings, Role, start_party, stop_party
 from secinfer import wire
 from secinfer.errors import UserError
 from secinfer.execute import Executor, RunResult
-from secinfer.graph import Graph, build_graph
+from secinfer.graph import Graph, build_graph, op_name
+from secinfer.kernels.mpc import OneHot
 from secinfer.plan import Plan
 from secinfer.report import write_json
 
@@ -37,23 +38,58 @@ class PeerAborted(UserError):
     """The other party gave up before the secure run (its reason is in the message)."""
 
 
+_PASS_THROUGH = (
+    "aten.view",
+    "aten.reshape",
+    "aten._unsafe_view",
+    "aten.unsqueeze",
+    "aten.clone",
+    "aten._to_copy",
+    "aten.alias",
+    "aten.detach",
+    "aten.contiguous",
+)
+
+
+def token_id_inputs(graph: Graph) -> dict[str, int]:
+    """User inputs that reach an embedding lookup as its indices -> the table's rows."""
+    found: dict[str, int] = {}
+    for fx_node in graph.program.graph.nodes:
+        if fx_node.op != "call_function" or op_name(fx_node.target) != "aten.embedding":
+            continue
+        index = fx_node.args[1]
+        while index.op == "call_function" and op_name(index.target) in _PASS_THROUGH:
+            index = index.args[0]
+        if index.op == "placeholder" and index.name in graph.user_inputs:
+            found[index.name] = int(fx_node.args[0].meta["val"].shape[0])
+    return found
+
+
 @dataclass
 class Seeder:
-    """Shares placeholders: weights from the model owner, inputs from the data owner."""
+    """Shares placeholders: weights from the model owner, inputs from the data owner.
+
+    Floating-point parameters and buffers are the model owner's secrets; integer ones
+    (position ids) are public architecture. The data owner's token ids (`vocab` names
+    them) are shared as one-hot rows; its other integer inputs (attention masks, 0/1)
+    and its floating-point inputs are shared as they are.
+    """
 
     role: Role
+    vocab: dict[str, int] = field(default_factory=dict)
 
     def owned(self, name: str, value: torch.Tensor) -> Any:
         if not value.is_floating_point():
-            return value  # integer buffers (position ids) are public architecture
+            return value
         return self._share(value, Role.MODEL_OWNER)
 
     def user(self, name: str, value: torch.Tensor) -> Any:
-        if not value.is_floating_point():
-            raise UserError(
-                f"input {name}: integer inputs (token ids, masks) are not supported by the "
-                "mpc backend yet; give a model whose inputs are floating point"
-            )
+        if name in self.vocab:
+            size = self.vocab[name]
+            if self.role is Role.DATA_OWNER and (value.min() < 0 or value.max() >= size):
+                raise UserError(f"input {name}: token ids must lie in [0, {size})")
+            rows = torch.nn.functional.one_hot(value.long().clamp(0, size - 1), size)
+            return OneHot(self._share(rows, Role.DATA_OWNER))
         return self._share(value, Role.DATA_OWNER)
 
     def _share(self, value: torch.Tensor, owner: Role) -> Any:
@@ -77,7 +113,8 @@ def _node_costs(graph: Graph, result: RunResult) -> list[dict[str, Any]]:
 
 
 def _execute(graph: Graph, plan: Plan, role: Role, inputs: tuple[torch.Tensor, ...], meter: Meter):
-    executor = Executor(graph, "mpc", plan, seeder=Seeder(role), meter=meter.snapshot)
+    seeder = Seeder(role, token_id_inputs(graph))
+    executor = Executor(graph, "mpc", plan, seeder=seeder, meter=meter.snapshot)
     result = executor.run(inputs)
     out = result.outputs[0]
     revealed = out.get_plain_text(dst=int(Role.DATA_OWNER))

@@ -40,7 +40,7 @@ import torch
 from approximations import fit
 from protocols.mpc.compare import linear_combination, stacked_indicators
 from protocols.mpc.crypten_setup import import_crypten
-from protocols.mpc.polynomial import FRACTION_BITS, Secret, evaluate_polynomial
+from protocols.mpc.polynomial import FRACTION_BITS, Secret, evaluate_polynomial, on_grid
 
 MAX_INPUT = 2.0**30
 
@@ -171,7 +171,7 @@ def reciprocal(
     y = evaluate_polynomial(m, coefficients, interval=(0.5, 1.0))
     for _ in range(newton):
         y = y * 2 - m * y.square()
-    return y * scale
+    return _centred(y, "reciprocal", degree, newton) * scale
 
 
 def inv_sqrt(
@@ -204,7 +204,14 @@ def inv_sqrt(
     y = evaluate_polynomial(m, coefficients, interval=(0.25, 1.0))
     for _ in range(newton):
         y = y * 1.5 - _m_y_cubed(m, y) * 0.5
-    return y * scale
+    return _centred(y, "rsqrt", degree, newton) * scale
+
+
+def _centred(y: Secret, kind: str, degree: int, newton: int) -> Secret:
+    """After a Newton step the relative error is one-sided, in [-b, 0]; a public factor
+    1 / (1 - b/2) centres it to +-b/2 (local)."""
+    factor = on_grid(1.0 / (1.0 - error_bound(kind, degree, newton) / 2.0))
+    return y if newton == 0 or factor == 1.0 else y * factor
 
 
 def _m_y_cubed(m: Secret, y: Secret) -> Secret:

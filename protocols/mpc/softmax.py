@@ -10,7 +10,7 @@ from approximations.functions import check_power_softmax_args
 from protocols.mpc.compare import maximum, times_public_integers
 from protocols.mpc.exp import exp_by_squaring
 from protocols.mpc.inverse import reciprocal
-from protocols.mpc.polynomial import FRACTION_BITS, Secret, power
+from protocols.mpc.polynomial import Secret, power
 
 MASK_FLOOR = -1.0e4
 """Additive mask values are clamped to this (the ring holds +-2^47, but torch.finfo.min
@@ -111,20 +111,18 @@ def power_softmax(
         powered = times_public_integers(powered, keep)
         count = keep.expand(x.size()).sum(dim=dim, keepdim=True).clamp_min(1)
     else:
-        count = torch.full((1,), n, dtype=torch.long)
+        count = torch.tensor(n, dtype=torch.long)
     total = powered.sum(dim, keepdim=True)
     low = max(float(eps), RECIPROCAL_FLOOR)
     if normalizer == "sum":
         lo, hi = interval or (low, float(n) + eps)
-        g = _shift_for(1.0 / lo)
-        inverse = reciprocal(total + eps, (lo, hi), shift=min(g, FRACTION_BITS))
-        return (powered * inverse).div(2 ** min(g, FRACTION_BITS))
-    lo, hi = interval or (low, 1.0 + eps)
-    g = min(_shift_for(1.0 / lo), FRACTION_BITS)
-    mean = total.div(count) if mask is not None else total.div(n)
-    inverse = reciprocal(mean + eps, (lo, hi), shift=g)
-    weights = (powered * inverse).div(2**g)
-    return weights.div(count) if mask is not None else weights.div(n)
+        den = total + eps
+    else:
+        lo, hi = interval or (low, 1.0 + eps)
+        den = total.div(count) + eps
+    g = _shift_for(hi)
+    weights = (powered * reciprocal(den, (lo, hi), shift=g)).div(2**g)
+    return weights if normalizer == "sum" else weights.div(count)
 
 
 __all__ = ["MASK_FLOOR", "power_softmax", "softmax"]

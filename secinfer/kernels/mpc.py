@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,6 +39,31 @@ MASK_LIMIT = 1e4
 """Public additive constants are clamped to [-MASK_LIMIT, MASK_LIMIT] before meeting shares."""
 
 _CRYPTENSOR: list[type] = []
+
+
+@dataclass
+class OneHot:
+    """The data owner's token ids as shares of their one-hot rows, shape (..., vocab).
+
+    An embedding lookup is then one product with the (secret) table: the ids never leave
+    the data owner, at the cost of a (tokens x vocab) by (vocab x hidden) Beaver matmul.
+    Shape ops act on the leading dimensions.
+    """
+
+    shares: Any
+
+    @property
+    def vocab(self) -> int:
+        return int(self.shares.size()[-1])
+
+    def dim(self) -> int:
+        return self.shares.dim() - 1
+
+    def size(self) -> torch.Size:
+        return self.shares.size()[:-1]
+
+    def with_shape(self, shape: list[int]) -> OneHot:
+        return OneHot(self.shares.reshape([*shape, self.vocab]))
 
 
 def _cryptensor_type() -> type:
@@ -57,7 +83,14 @@ def _any_secret(values: Any) -> bool:
         return any(_any_secret(v) for v in values)
     if isinstance(values, dict):
         return any(_any_secret(v) for v in values.values())
-    return is_secret(values)
+    return isinstance(values, OneHot) or is_secret(values)
+
+
+def _public(value: Any) -> Any:
+    """Public booleans as 0/1 floats, so that they can meet shares."""
+    if isinstance(value, torch.Tensor) and value.dtype == torch.bool:
+        return value.float()
+    return value
 
 
 def _crypten() -> Any:
@@ -112,8 +145,8 @@ def _unflatten(x: Any, dim: int, sizes: list[int]) -> Any:
 
 
 def _to_copy(x: Any, *args: Any, dtype: Any = None, **kwargs: Any) -> Any:
-    if dtype is not None and not dtype.is_floating_point:
-        raise NotImplementedError(f"casting a secret value to {dtype} has no mpc kernel")
+    """Casts leave shares alone. Secret values cast to an integer or bool dtype are the data
+    owner's integer inputs (attention masks, 0/1), already integral."""
     return x
 
 
@@ -127,8 +160,8 @@ def _join(join: str) -> Callable[..., Any]:
 
 
 SHAPE: dict[str, Callable[..., Any]] = {
-    "aten.view": lambda x, shape: x.view(list(shape)),
-    "aten._unsafe_view": lambda x, shape: x.view(list(shape)),
+    "aten.view": lambda x, shape: x.reshape(list(shape)),  # shares may be non-contiguous
+    "aten._unsafe_view": lambda x, shape: x.reshape(list(shape)),
     "aten.reshape": lambda x, shape: x.reshape(list(shape)),
     "aten.permute": lambda x, dims: x.permute(*dims),
     "aten.transpose": lambda x, a, b: x.transpose(a, b),
@@ -157,11 +190,13 @@ SHAPE: dict[str, Callable[..., Any]] = {
     "aten.cat": _join("cat"),
     "aten.stack": _join("stack"),
     "getitem": lambda values, index: values[index],
+    "aten.sym_size": lambda x, dim: int(x.size(dim)),
 }
 
 
 # --- arithmetic and linear ------------------------------------------------------------------
 def _add(a: Any, b: Any, alpha: float = 1) -> Any:
+    a, b = _public(a), _public(b)
     if alpha != 1:
         b = b * alpha
     if is_secret(a):
@@ -170,6 +205,7 @@ def _add(a: Any, b: Any, alpha: float = 1) -> Any:
 
 
 def _sub(a: Any, b: Any, alpha: float = 1) -> Any:
+    a, b = _public(a), _public(b)
     if alpha != 1:
         b = b * alpha
     if is_secret(a):
@@ -178,6 +214,7 @@ def _sub(a: Any, b: Any, alpha: float = 1) -> Any:
 
 
 def _mul(a: Any, b: Any) -> Any:
+    a, b = _public(a), _public(b)
     return a * b if is_secret(a) else b * a
 
 
@@ -265,6 +302,7 @@ ARITH: dict[str, Callable[..., Any]] = {
 # --- selection ------------------------------------------------------------------------------
 def _where(condition: Any, a: Any, b: Any) -> Any:
     if is_secret(condition):  # a secret 0/1 bit: b + c (a - b)
+        a, b = _clamped(_public(a)), _clamped(_public(b))
         return _add(_mul(condition, _sub(a, b)), b)
     if is_secret(a):
         return a.where(condition, _clamped(b))
@@ -289,8 +327,23 @@ def _max_dim(x: Any, dim: int, keepdim: bool = False) -> Any:
     return values[0] if isinstance(values, tuple) else values
 
 
+def _index(x: Any, indices: list[Any]) -> Any:
+    """Advanced indexing with public index tensors: a local gather of the shares."""
+    return x[tuple(slice(None) if i is None else i for i in indices)]
+
+
+def _embedding(weight: Any, ids: Any, padding_idx: int = -1, *args: Any) -> Any:
+    """Rows of the (secret) table: one-hot ids times the table, or a local gather of public
+    ids."""
+    if isinstance(ids, OneHot):
+        return matmul(ids.shares, weight)
+    return weight[ids]
+
+
 SELECT: dict[str, Callable[..., Any]] = {
     "aten.where": _where,
+    "aten.index": _index,
+    "aten.embedding": _embedding,
     "aten.masked_fill": _masked_fill,
     "aten.ge": _compare("ge", "le"),
     "aten.gt": _compare("gt", "lt"),
@@ -313,6 +366,22 @@ SELECT: dict[str, Callable[..., Any]] = {
 }
 
 
+def _one_hot_shape(name: str, ids: OneHot, args: tuple[Any, ...]) -> OneHot:
+    """view/reshape/unsqueeze/copies of secret token ids (leading dimensions only)."""
+    if name in ("aten.view", "aten._unsafe_view", "aten.reshape"):
+        shape = list(args[0])
+        if -1 in shape:
+            known = math.prod(s for s in shape if s != -1)
+            shape[shape.index(-1)] = math.prod(ids.size()) // known
+        return ids.with_shape(shape)
+    if name == "aten.unsqueeze":
+        d = args[0] if args[0] >= 0 else args[0] + ids.dim() + 1
+        return OneHot(ids.shares.unsqueeze(d))
+    if name in ("aten.clone", "aten.alias", "aten.detach", "aten._to_copy", "aten.contiguous"):
+        return ids
+    raise NotImplementedError(f"{name} on secret token ids has no mpc kernel")
+
+
 def structural(call: Call) -> Any:
     """Shape, arithmetic, linear and selection ops: plain torch when every argument is public."""
     if call.target is torch.ops.aten._assert_tensor_metadata.default:
@@ -320,6 +389,8 @@ def structural(call: Call) -> Any:
     if not (_any_secret(call.args) or _any_secret(call.kwargs)):
         return call.run_exact()
     name = op_name(call.target)
+    if call.args and isinstance(call.args[0], OneHot):
+        return _one_hot_shape(name, call.args[0], call.args[1:])
     kernel = SHAPE.get(name) or ARITH.get(name) or SELECT.get(name)
     if kernel is None:
         raise NotImplementedError(f"{name} on a secret value has no mpc kernel")
@@ -340,4 +411,4 @@ for _spec in REGISTRY.values():
 for _name in ("aten._assert_tensor_metadata", "aten.sym_size", "sym.floordiv", "sym.truediv"):
     register("mpc", _name, structural)
 
-__all__ = ["MASK_LIMIT", "is_secret", "matmul", "share_public"]
+__all__ = ["MASK_LIMIT", "OneHot", "is_secret", "matmul", "share_public"]

@@ -73,7 +73,7 @@ def softmax(call: Call) -> Any:
             x, dim, squarings=int(options.get("squarings", 8)), cutoff=options.get("cutoff", 14.0)
         )
     if call.choice.method == "power":
-        keys = ("p", "normalizer", "eps", "scale")
+        keys = ("p", "normalizer", "eps")
         return secure.power_softmax(x, dim, **{k: options[k] for k in keys if k in options})
     raise NotImplementedError(f"softmax method {call.choice.method!r} has no mpc kernel")
 
