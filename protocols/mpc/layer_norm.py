@@ -77,7 +77,7 @@ def layer_norm(
     total = x
     for d in reversed(dims):
         total = total.sum(d, keepdim=True)
-    centred = (x - total.div(n)) * (2**a)
+    centred = x * (2**a) - (total * (2**a)).div(n)  # the mean held to 2^-(16 + a)
     squares = centred.square()
     for d in reversed(dims):
         squares = squares.sum(d, keepdim=True)

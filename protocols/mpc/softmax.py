@@ -32,6 +32,7 @@ def softmax(
     squarings: int = 8,
     cutoff: float | None = 14.0,
     mask: torch.Tensor | None = None,
+    order: int = 1,
 ) -> Secret:
     """softmax(x) along `dim`: PUMA's form with exp by squaring and one reciprocal per row.
 
@@ -60,7 +61,7 @@ def softmax(
         x = x + additive
         keep = (additive > MASK_FLOOR).to(torch.long)
     z = x - maximum(x, dim, keepdim=True)
-    e = exp_by_squaring(z, squarings, cutoff)
+    e = exp_by_squaring(z, squarings, cutoff, order=order)
     if keep is not None:
         e = times_public_integers(e, keep)
     g = _shift_for(n)

@@ -344,6 +344,7 @@ SELECT: dict[str, Callable[..., Any]] = {
     "aten.where": _where,
     "aten.index": _index,
     "aten.embedding": _embedding,
+    "aten.gather": lambda x, dim, index, sparse_grad=False: x.gather(dim, index),
     "aten.masked_fill": _masked_fill,
     "aten.ge": _compare("ge", "le"),
     "aten.gt": _compare("gt", "lt"),
@@ -366,8 +367,10 @@ SELECT: dict[str, Callable[..., Any]] = {
 }
 
 
-def _one_hot_shape(name: str, ids: OneHot, args: tuple[Any, ...]) -> OneHot:
-    """view/reshape/unsqueeze/copies of secret token ids (leading dimensions only)."""
+def _one_hot_shape(name: str, ids: OneHot, args: tuple[Any, ...]) -> OneHot | int:
+    """view/reshape/unsqueeze/copies and sizes of secret token ids (leading dimensions)."""
+    if name == "aten.sym_size":
+        return int(ids.size()[args[0]])
     if name in ("aten.view", "aten._unsafe_view", "aten.reshape"):
         shape = list(args[0])
         if -1 in shape:
@@ -382,6 +385,18 @@ def _one_hot_shape(name: str, ids: OneHot, args: tuple[Any, ...]) -> OneHot:
     raise NotImplementedError(f"{name} on secret token ids has no mpc kernel")
 
 
+def plain_containers(value: Any) -> Any:
+    """torch.fx's immutable lists and dicts as plain ones: CrypTen sends some arguments (sizes,
+    strides) to the dealer, whose restricted unpickler accepts only builtin containers."""
+    if isinstance(value, list):
+        return [plain_containers(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(plain_containers(v) for v in value)
+    if isinstance(value, dict):
+        return {k: plain_containers(v) for k, v in value.items()}
+    return value
+
+
 def structural(call: Call) -> Any:
     """Shape, arithmetic, linear and selection ops: plain torch when every argument is public."""
     if call.target is torch.ops.aten._assert_tensor_metadata.default:
@@ -389,12 +404,13 @@ def structural(call: Call) -> Any:
     if not (_any_secret(call.args) or _any_secret(call.kwargs)):
         return call.run_exact()
     name = op_name(call.target)
-    if call.args and isinstance(call.args[0], OneHot):
-        return _one_hot_shape(name, call.args[0], call.args[1:])
+    args, kwargs = plain_containers(call.args), plain_containers(call.kwargs)
+    if args and isinstance(args[0], OneHot):
+        return _one_hot_shape(name, args[0], args[1:])
     kernel = SHAPE.get(name) or ARITH.get(name) or SELECT.get(name)
     if kernel is None:
         raise NotImplementedError(f"{name} on a secret value has no mpc kernel")
-    return kernel(*call.args, **call.kwargs)
+    return kernel(*args, **kwargs)
 
 
 def public_only(call: Call) -> Any:
