@@ -13,6 +13,7 @@ indicator of 0 removes a value completely, even one that overflowed to garbage.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -24,8 +25,9 @@ from protocols.mpc.polynomial import Secret, on_grid
 def stacked_indicators(x: Secret, thresholds: Sequence[float]) -> Secret:
     """[x >= t_i] for public thresholds t_i, stacked along a new dimension 0.
 
-    Thresholds are rounded to the 2^-16 grid, where the comparison is exact: the result
-    is 1 exactly when x's fixed-point value is >= the rounded threshold. One call to
+    Thresholds are rounded UP to the 2^-16 grid: for every value on the grid (every value
+    a fixed-point x can hold) x >= t and x >= ceil(t 2^16) 2^-16 agree, so the result is
+    exactly the real comparison of x's fixed-point value with t. One call to
     CrypTen's comparison on the stacked differences x - t_i: rounds of one comparison
     (8), bytes of len(thresholds) comparisons. Returns an integer (scale-1) sharing of
     shape (len(thresholds), *x.shape).
@@ -33,7 +35,8 @@ def stacked_indicators(x: Secret, thresholds: Sequence[float]) -> Secret:
     if len(thresholds) == 0:
         raise ValueError("thresholds=(): need at least one threshold")
     crypten = import_crypten()
-    diffs = crypten.stack([x - on_grid(float(t)) for t in thresholds])
+    bits = int(x.encoder._precision_bits)
+    diffs = crypten.stack([x - math.ceil(float(t) * 2**bits) / 2**bits for t in thresholds])
     return diffs.ge(0)
 
 

@@ -9,27 +9,31 @@ ONE stacked comparison of x against the powers B^j inside the interval gives the
 indicators c_j = [x >= B^j]; since they are monotone, k = k_lo + sum_j c_j and every
 power of two of k is a telescoping LOCAL linear combination with public constants:
 B^-k = B^-k_lo + sum_j c_j (B^-(j+1) - B^-j). Then a relative-minimax polynomial on the
-octave (fitted once with `approximations.fit`, cached), Newton steps, and the scale back.
+octave (fitted once with `approximations.fit`, cached), Newton steps, a public factor
+that centres the Newton step's one-sided error, and the scale back (one product).
 
 Error: the polynomial's relative error e0 on the octave becomes e0^2 after one Newton
-step for 1/x and 1.5 e0^2 for 1/sqrt(x); the defaults give 1.0e-4 (1/x: degree 2, one
-step) and 6.7e-6 (1/sqrt x: degree 4, one step), then fixed point: the result carries
-about 2 units of 2^-16 absolutely. Results smaller than 2^-16 cannot be represented:
-`shift` = g returns 2^g times the value instead (multiply, then divide by 2^g: the product
-keeps its precision). Inputs are themselves held to 2^-16, so near lo = 1e-3 the input
-alone is known only to 1.5e-2 relatively; the kernels add their error to that.
+step for 1/x and 1.5 e0^2 for 1/sqrt(x), one-sided, then centred to half that: the
+defaults give +-5.1e-5 (1/x: degree 2, one step) and +-3.4e-6 (1/sqrt x: degree 4, one
+step). Fixed point then adds about 2 units of 2^-16 absolutely; a result below 2^-16 (1/x
+for x > 2^16) is 0 on the grid: `shift` = g returns 2^g times the value instead, to be
+multiplied and then divided by 2^g. Inputs are themselves held to 2^-16 only (relative
+1.5e-2 at x = 1e-3): the kernels add their error to the value actually shared.
 
-Valid range: [lo, hi] with 2^-16 <= lo < hi <= 2^30; inputs outside the octaves covering
-it fall on the polynomial's extrapolation (a factor 2 beyond still converges with the
-Newton step, much further does not).
+Valid range: 0 < lo < hi <= 2^30 (lo below 2^-16, the smallest positive fixed-point
+value, is raised to it). Inputs outside the octaves covering [lo, hi] are evaluated on
+the polynomial's extrapolation: a factor 2 beyond still converges with one Newton step,
+much further does not.
 
-Rounds: one comparison (8) + 1 (normalise) + ceil(log2 degree) + 2 per Newton step +
-1 (scale back). Bytes per element and party: 216 per threshold (log_B(hi/lo) of them),
-plus about 16 per product.
+Rounds: one comparison (8; none when [lo, hi] lies in one octave) + 1 (normalise) +
+ceil(log2 degree) + 2 per Newton step + 1 (scale back): 13 for 1/x, 14 for 1/sqrt(x).
+Bytes per element and party: 216 per threshold (log_B(hi/lo) of them, 19 for 1/x and 9
+for 1/sqrt(x) on [1e-3, 1e3]), plus 8 to 24 per product.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -55,10 +59,11 @@ class Octaves:
 
     @classmethod
     def covering(cls, interval: tuple[float, float], step: int) -> Octaves:
-        lo, hi = float(interval[0]), float(interval[1])
-        if not (2.0**-FRACTION_BITS <= lo < hi <= MAX_INPUT):
+        """Positive fixed-point values are >= 2^-16, so lo is raised to that silently."""
+        lo, hi = max(float(interval[0]), 2.0**-FRACTION_BITS), float(interval[1])
+        if not (float(interval[0]) > 0 and lo < hi <= MAX_INPUT):
             raise ValueError(
-                f"interval=({lo:g}, {hi:g}): expected 2^-{FRACTION_BITS} <= lo < hi <= 2^30 "
+                f"interval=({interval[0]:g}, {hi:g}): expected 0 < lo < hi <= 2^30 "
                 "(a positive range the fixed-point encoding holds)"
             )
         _, e_lo = math.frexp(lo)  # lo in [2^(e_lo - 1), 2^e_lo)
@@ -78,13 +83,11 @@ class Octaves:
         return [2.0 ** (self.step * j) for j in self.exponents]
 
     def scale(self, exponent: float, shift: int = 0) -> tuple[list[float], float]:
-        """Weights and constant of 2^(shift + exponent k) as a combination of the c_j."""
-        value = lambda k: 2.0 ** (shift + exponent * k)  # noqa: E731
-        weights = [value(j + 1) - value(j) for j in self.exponents]
-        return weights, value(self.k_lo)
-
-    def smallest(self, exponent: float, shift: int = 0) -> float:
-        return min(2.0 ** (shift + exponent * k) for k in (self.k_lo, self.k_hi))
+        """Weights and constant of 2^(shift + exponent k), k = k_lo + sum_j c_j, as a
+        combination of the c_j: differences of the grid-rounded values, so the sum
+        telescopes to exactly the rounded value of every octave."""
+        value = [on_grid(2.0 ** (shift + exponent * k)) for k in range(self.k_lo, self.k_hi + 1)]
+        return [b - a for a, b in itertools.pairwise(value)], value[0]
 
 
 @lru_cache(maxsize=32)
@@ -119,12 +122,6 @@ def _normalise(
     x: Secret, octaves: Octaves, out_exponent: float, shift: int
 ) -> tuple[Secret, Secret]:
     """(m, scale): m = x B^-k on the octave, scale = 2^(shift + out_exponent k)."""
-    if octaves.smallest(out_exponent, shift) < 2.0**-FRACTION_BITS:
-        needed = math.ceil(-FRACTION_BITS - math.log2(octaves.smallest(out_exponent)))
-        raise ValueError(
-            f"the result falls below 2^-{FRACTION_BITS} at the top of the interval: "
-            f"pass shift >= {needed} and divide by 2^shift after multiplying"
-        )
     # The normaliser B^-k shifted up so that its smallest value is on the grid.
     spare = max(0, octaves.step * octaves.k_hi - FRACTION_BITS)
     if not octaves.exponents:  # one octave: both scales are public
@@ -156,12 +153,13 @@ def reciprocal(
     j = k_lo .. k_hi - 1), y0 = p(m) with p the relative-minimax polynomial of `degree` on
     [1/2, 1], then Newton y <- 2y - m y^2 (relative error e -> e^2), result y 2^(shift-k).
 
-    Relative error (exact arithmetic): degree 2, 1 step: 1.0e-4; degree 3, 1 step: 3.0e-6;
-    degree 1, 2 steps: 1.2e-5 (`error_bound`). Fixed point adds about 2 units of 2^-16 to
-    the result and the input's own rounding (2^-16/x relative).
+    Relative error in exact arithmetic (`error_bound`, one-sided, halved by centring):
+    degree 2, 1 step: 1.0e-4; degree 3, 1 step: 3.0e-6; degree 1, 2 steps: 1.2e-5. Fixed
+    point adds about 2 units of 2^-16 to 2^shift / x (measured on [1e-3, 1e3]: within
+    2e-4 relative + 4 units).
 
-    Rounds: 8 (comparison, skipped when [lo, hi] is inside one octave) + 1 + ceil(log2
-    degree) + 2 newton + 1: 12 with the defaults. Bytes per element and party: 216 per
+    Rounds: 8 (comparison, none when [lo, hi] lies in one octave) + 1 + ceil(log2 degree)
+    + 2 per Newton step + 1: 13 with the defaults. Bytes per element and party: 216 per
     threshold (about log2(hi/lo)) + 16 (normalise) + 8 (degree 2) + 24 per step + 16.
     """
     _check(degree, newton)
@@ -189,13 +187,14 @@ def inv_sqrt(
     relative-minimax polynomial of `degree` on [1/4, 1], then Newton
     y <- 1.5 y - 0.5 m y^3 (relative error e -> 1.5 e^2 + 0.5 e^3), result y 2^(shift-k).
 
-    Relative error (exact arithmetic): degree 4, 1 step: 6.7e-6; degree 3, 1 step:
-    7.4e-5; degree 2, 2 steps: 1.1e-6; degree 4, no step (SPU): 2.1e-3. Fixed point adds
-    about 2 units of 2^-16 to the result, and the input's rounding (2^-17/x relative).
+    Relative error in exact arithmetic (`error_bound`): degree 4, 1 step: 6.7e-6; degree
+    3, 1 step: 7.4e-5; degree 2, 2 steps: 1.1e-6; degree 4, no step (SPU's choice): 2.1e-3.
+    Fixed point adds about 2 units of 2^-16 to 2^shift / sqrt(x) (measured on [1e-3, 1e3]:
+    within 5e-5 relative + 4 units).
 
-    Rounds: 8 (comparison, skipped within one octave) + 1 + ceil(log2 degree) + 2 newton
-    + 1: 13 with the defaults. Bytes per element and party: 216 per threshold (about
-    log4(hi/lo)) + 16 + 40 (degree 4) + 40 per step + 16.
+    Rounds: 8 (comparison, none within one octave) + 1 + ceil(log2 degree) + 2 per Newton
+    step + 1: 14 with the defaults. Bytes per element and party: 216 per threshold (about
+    log4(hi/lo)) + 16 (normalise) + 40 (degree 4) + 40 per step + 16.
     """
     _check(degree, newton)
     octaves = Octaves.covering(interval, step=2)

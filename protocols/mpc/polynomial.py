@@ -6,8 +6,15 @@ operand); products by public constants, additions and stacking are local. Every 
 of two fixed-point values is followed by a local truncation (error up to about one unit of
 2^-16, CrypTen's default 16 fractional bits).
 
-Fixed point holds values to 2^-16 absolutely: x^6 for x = 8 is 262144, and a coefficient
-0.0018 rounded to the grid already moves that term by 0.03. `evaluate_polynomial` with an
+Products are truncated locally by each party (SecureML's two-party trick, CrypTen's only
+option with two computing parties): the result is off by up to one unit, and with
+probability about |v| 2^-32 for a product of value v it is off by 2^32 instead. Kernels
+therefore form their per-element products at small values (powers of a variable mapped
+into [-1, 1], normalised rows), and values that may be large only where they are
+discarded (a segment's polynomial far outside its segment is multiplied by an exact 0).
+
+Fixed point holds values to 2^-16 absolutely: x^6 for x = 4 is 4096, and a coefficient
+0.0018 rounded to the grid (by up to 7.6e-6) already moves that term by up to 0.03. `evaluate_polynomial` with an
 interval therefore maps x to t = (x - mid) / half, |t| <= 1 on the interval, and evaluates
 the same polynomial re-expressed in t.
 """
@@ -56,7 +63,8 @@ def powers(x: Secret, degree: int) -> list[Secret]:
     Error: each product adds one truncation (<= about 2^-16) to the product of the
     operands' errors; for |x| <= 1 the error of x^k is at most about k 2^-16 plus k times
     the error of x. Values must stay below 2^31 (products are formed at scale 2^32 in a
-    64-bit ring); larger values wrap around silently.
+    64-bit ring; larger values wrap around silently) and a product of value v fails with
+    probability about |v| 2^-32 (module docstring).
     """
     if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
         raise ValueError(f"degree={degree!r}: expected an integer >= 1")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from approximations.functions import check_power_softmax_args
@@ -20,11 +18,6 @@ RECIPROCAL_FLOOR = 2.0**-12
 """Default low end of the power-softmax reciprocal's interval when eps is smaller."""
 
 
-def _shift_for(hi: float) -> int:
-    """g with 2^g / hi >= 1: the reciprocal then keeps its 16 fractional bits."""
-    return max(0, math.ceil(math.log2(hi)))
-
-
 def softmax(
     x: Secret,
     dim: int = -1,
@@ -36,23 +29,28 @@ def softmax(
 ) -> Secret:
     """softmax(x) along `dim`: PUMA's form with exp by squaring and one reciprocal per row.
 
-    z = x + mask - max(x + mask) <= 0 (the tournament `maximum`), e = exp_by_squaring(z)
-    (0 below -cutoff), s = sum e in [1, n] (the maximum contributes exactly 1; n = row
-    length, public), w = e * (2^g / s) / 2^g with the reciprocal on [1, n] and g =
-    ceil(log2 n) so that 2^g/s keeps its precision. `mask` is a PUBLIC additive tensor
-    broadcastable to x (0 keeps, very negative drops, e.g. torch.finfo.min): it is clamped
-    to MASK_FLOOR = -1e4 and added, and positions at the floor are multiplied by an exact
-    public 0 after the exp. Every row needs at least one kept position.
+    z = x + mask - max(x + mask) <= 0 (the tournament `maximum`, exact), e =
+    exp_by_squaring(z, squarings, cutoff, order) (exactly 0 below -cutoff), s = sum e in
+    [1, n] (the maximum contributes exactly 1; n = row length, public), w = e r with r the
+    `reciprocal` of s on [1, n]. With order 1 this is `approximations.softmax(x, dim,
+    "exp_limit", squarings=n, cutoff=T)`, the plaintext form the `approx` backend runs.
+    `mask` is a PUBLIC additive tensor broadcastable to x (0 keeps, very negative drops,
+    e.g. torch.finfo.min): it is clamped to MASK_FLOOR = -1e4 and added, and positions at
+    the floor are multiplied by an exact public 0 after the exp. Every row needs at least
+    one kept position.
 
-    Error (max abs per weight): exp's approximation error <= 2 e^-2/2^n (1.06e-3 for
-    n = 8), plus its fixed-point error, up to about 2^n 2^-16 relative (measured below
-    4e-3 for n = 8), plus the reciprocal's 1e-4 relative: a few 1e-3 in all. Scores may
-    spread by any amount with a cutoff; without one (cutoff=None, cheaper: no comparison
-    per entry) every kept z must be >= -2^n.
+    Error (max abs per weight): the exp's approximation error is a relative underestimate
+    of about z^2/2^(n+1) (order 1), which biases each row sum low: up to 0.0098 on rows of
+    128 N(0, 4) scores for n = 8 (7e-4 with squarings=7, order=2, at the same cost); then
+    fixed point, up to about 2^n 2^-16 relative on each exp (<= 5e-3 against the plaintext
+    form, measured), and the reciprocal's 1e-4 relative. Scores may spread by any amount
+    with a cutoff; without one (cutoff=None: no comparison per entry, 40 % fewer bytes)
+    every kept z must be >= -2^n.
 
-    Rounds: ceil(log2 n) (8 + 1) for the max, n squarings, 8 + 1 for the cutoff, 13 for
-    the reciprocal, 1 final product: 94 for n = 128 with the defaults. Bytes per entry and
-    party: about 232 (max) + 8 n + 232 (cutoff) + 16, plus the per-row reciprocal.
+    Rounds: ceil(log2 n) (8 + 1) for the max, n squarings (+1 for order 2), 8 + 1 for the
+    cutoff, 13 for the reciprocal, 1 final product: 94 for n = 128 with the defaults.
+    Bytes per entry and party: about 230 (max) + 8 per squaring + 232 (cutoff) + 8, plus
+    the per-row reciprocal (216 per power of two in [1, n]): 545 for n = 128.
     """
     n = x.size(dim)
     keep = None
@@ -64,9 +62,7 @@ def softmax(
     e = exp_by_squaring(z, squarings, cutoff, order=order)
     if keep is not None:
         e = times_public_integers(e, keep)
-    g = _shift_for(n)
-    inverse = reciprocal(e.sum(dim, keepdim=True), (1.0, float(max(n, 2))), shift=g)
-    return (e * inverse).div(2**g)
+    return e * reciprocal(e.sum(dim, keepdim=True), (1.0, float(max(n, 2))))
 
 
 def power_softmax(
@@ -85,20 +81,25 @@ def power_softmax(
     With u = x / scale (a PUBLIC bound on |x|, or x itself when scale is None) and the
     multiplicative PUBLIC 0/1 `mask` (1 keeps, 0 drops; broadcastable to x):
       normalizer "sum":  w_i = u_i^p / (sum_j u_j^p + eps)
-      normalizer "mean": w_i = u_i^p / (L (mean_j u_j^p + eps)), L = kept positions (public)
+      normalizer "mean": w_i = u_i^p / (L (mean_j u_j^p + eps)) = u_i^p / (sum_j u_j^p +
+                         L eps), L = kept positions of the row (public); computed in the
+                         second form, so nothing is divided by L and rounded.
     This equals `approximations.power_softmax(x / scale, ..., scale=False)`. The plaintext
     training form scale=True divides by the secret row max |x| + delta instead; for eps = 0
-    the weights do not depend on the scale, for eps > 0 they differ by eps's relative
-    weight only. A secret row max would cost a tournament of comparisons: use a public
-    bound (calibrated), which also keeps u^p inside the fixed-point range (|u| <= 1).
+    the weights do not depend on the scale, for eps > 0 they differ through eps's relative
+    size only. A secret row max would cost a tournament of comparisons: use a public
+    bound (calibrated), which also keeps u^p within the fixed-point range (|u| <= 1).
 
-    The reciprocal's input lies in `interval`, by default [max(eps, 2^-12), n] for "sum"
-    and [max(eps, 2^-12), 1 + eps] for "mean" (valid when |u| <= 1); below its low end it
-    extrapolates and loses accuracy, so keep eps >= 1e-3 (the paper's inference setting).
+    The denominator d lies in `interval` (in terms of the mean + eps for "mean"), by
+    default [max(eps, 2^-12), n + eps] for "sum" and [max(eps, 2^-12), 1 + eps] for "mean"
+    (valid when |u| <= 1); below its low end the reciprocal extrapolates.
 
-    Error: p |du|/|u| from u's rounding, plus the reciprocal's 1e-4 relative, plus about
-    2^-16 absolute. Rounds: ceil(log2 p) + 13 (reciprocal) + 1. Bytes per entry and party:
-    about 8-16 per product of the power, plus 16.
+    Error: u^p is held to 2^-16 absolutely and divided by d, so the weights' error is
+    about 2^-16 / d (up to 1.5e-2 with eps = 1e-3 in rows whose sum u^p is below eps: a
+    tight public scale keeps d large), plus the reciprocal's 1e-4 relative. Rounds:
+    ceil(log2 p) + 13 (reciprocal) + 1: 16 for p = 4. Bytes per entry and party: 8 per
+    squaring of the power (16 per other product), 8 for the final product, plus the
+    per-row reciprocal.
     """
     check_power_softmax_args(p, normalizer, eps)
     if scale is not None:
@@ -108,22 +109,20 @@ def power_softmax(
     powered = power(x, p)
     n = x.size(dim)
     if mask is not None:
-        keep = torch.as_tensor(mask).to(torch.long)
+        keep = torch.as_tensor(mask).to(torch.long).expand(tuple(x.size()))
         powered = times_public_integers(powered, keep)
-        count = keep.expand(x.size()).sum(dim=dim, keepdim=True).clamp_min(1)
+        count = keep.sum(dim=dim, keepdim=True).clamp_min(1)
+        fewest = int(count.min())
     else:
-        count = torch.tensor(n, dtype=torch.long)
+        count, fewest = torch.tensor(n), n
     total = powered.sum(dim, keepdim=True)
-    low = max(float(eps), RECIPROCAL_FLOOR)
+    lo, hi = interval or (max(float(eps), RECIPROCAL_FLOOR), 1.0 + eps)
     if normalizer == "sum":
-        lo, hi = interval or (low, float(n) + eps)
-        den = total + eps
-    else:
-        lo, hi = interval or (low, 1.0 + eps)
-        den = total.div(count) + eps
-    g = _shift_for(hi)
-    weights = (powered * reciprocal(den, (lo, hi), shift=g)).div(2**g)
-    return weights if normalizer == "sum" else weights.div(count)
+        if interval is None:
+            hi = float(n) + eps
+        return powered * reciprocal(total + eps, (lo, hi))
+    # total + L eps = L (mean + eps): no division by L, whose rounding would cost precision
+    return powered * reciprocal(total + count.to(torch.float64) * eps, (lo * fewest, hi * n))
 
 
 __all__ = ["MASK_FLOOR", "power_softmax", "softmax"]

@@ -1,0 +1,175 @@
+"""`secinfer run --backend mpc`: three real processes (model owner, data owner, dealer) over
+loopback sockets, compared in the same run with plaintext torch.
+
+Tolerances (from the issue): the digits classifier agrees with plain on the class of each
+of 200 test images; small random BERT, GPT-2 and ViT reach cosine >= 0.999 on the final
+hidden states, a BERT scaled to trained-model outliers >= 0.99. Text models get a batch of
+two sequences, one padded, whose ids differ from the calibration sample's.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from test_executor import bert, gpt2, text_inputs, vit
+
+from secinfer.cli import main
+
+DIGITS = Path(__file__).resolve().parents[1] / "secinfer" / "data" / "digits.safetensors"
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("hf")
+    paths = {}
+    for name, build in [
+        ("bert", bert),
+        ("gpt2", gpt2),
+        ("vit", vit),
+        ("bert-outliers", lambda: bert(scaled=True)),
+    ]:
+        paths[name] = root / name
+        build().save_pretrained(paths[name])
+    ids, mask = text_inputs()
+    torch.save({"input_ids": ids, "attention_mask": mask}, root / "text.pt")
+    pixels = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    torch.save(pixels, root / "pixels.pt")
+    paths["text"], paths["pixels"] = root / "text.pt", root / "pixels.pt"
+    return paths
+
+
+def test_digits_agrees_with_plain_on_200_images(tmp_path: Path) -> None:
+    from secinfer.zoo.digits import load_split
+
+    _, _, test_x, _ = load_split(0)
+    np.save(tmp_path / "x.npy", test_x[:200].numpy())
+    code, out, err = run_cli(
+        "run", str(DIGITS), "--backend", "mpc", "--input", str(tmp_path / "x.npy"),
+        "--report", str(tmp_path / "r.json"), "--output", str(tmp_path / "y.npy"),
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["backend"] == "mpc" and report["output_shape"] == [200, 10]
+    assert report["argmax_agreement"] == 1.0
+    assert np.load(tmp_path / "y.npy").shape == (200, 10)
+    sent = report["comm"]["bytes_sent"]
+    assert sent["model_owner"] > 0 and sent["data_owner"] > 0 and sent["dealer"] > 0
+    assert report["comm"]["rounds"] > 0
+    assert report["estimates"]["wan"] > report["estimates"]["lan"] > 0
+    per_layer = sum(layer["bytes_sent"]["data_owner"] for layer in report["layers"])
+    assert 0 < per_layer <= sent["data_owner"]
+    assert "communication:" in out and "rounds" in out
+
+
+@pytest.mark.parametrize(
+    ("name", "inputs", "cosine"),
+    [
+        ("bert", "text", 0.999),
+        ("gpt2", "text", 0.999),
+        ("vit", "pixels", 0.999),
+        ("bert-outliers", "text", 0.99),
+    ],
+)
+def test_hugging_face_models_match_plain(
+    models: dict[str, Path], tmp_path: Path, name: str, inputs: str, cosine: float
+) -> None:
+    report_path = tmp_path / "r.json"
+    code, _, err = run_cli(
+        "run", str(models[name]), "--backend", "mpc", "--input", str(models[inputs]),
+        "--report", str(report_path),
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads(report_path.read_text())
+    assert report["cosine"] >= cosine, report["cosine"]
+    assert report["output_shape"][0] == 2
+
+
+def test_an_op_without_mpc_kernel_fails_before_any_party_starts(tmp_path: Path) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LogSoftmax(-1)).eval()
+    path = tmp_path / "m.pt2"
+    torch.export.save(torch.export.export(model, (torch.randn(2, 4),)), path)
+    began = time.monotonic()
+    code, _, err = run_cli("run", str(path), "--backend", "mpc")
+    assert code == 2
+    assert err.count("\n") == 1 and "has no mpc kernel" in err and "supported on" in err
+    assert time.monotonic() - began < 30
+
+
+def test_a_peer_that_never_connects_gives_an_error_within_the_timeout(tmp_path: Path) -> None:
+    from protocols.mpc.local import free_port
+
+    np.save(tmp_path / "x.npy", np.zeros((1, 64), dtype=np.float32))
+    began = time.monotonic()
+    process = subprocess.run(
+        [sys.executable, "-m", "secinfer.cli", "party", "--role", "data-owner",
+         "--input", str(tmp_path / "x.npy"), "--out", str(tmp_path),
+         "--rendezvous", f"tcp://127.0.0.1:{free_port()}", "--timeout", "2"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert process.returncode == 1
+    lines = process.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: data-owner: no answer"), lines
+    assert time.monotonic() - began < 40
+    assert not list(tmp_path.glob("output*"))
+
+
+def test_a_data_owner_input_of_the_wrong_shape_stops_every_party(tmp_path: Path) -> None:
+    from secinfer.errors import UserError
+    from secinfer.launch import run_local_parties
+
+    with pytest.raises(UserError, match=r"data owner.*input x: shape \(1, 63\)"):
+        run_local_parties(DIGITS, (torch.zeros(1, 63),), peer_timeout=20)
+
+
+def test_a_peer_that_dies_mid_run_stops_the_others(tmp_path: Path) -> None:
+    """Kill the data owner while the parties compute: the model owner and the dealer must
+    exit non-zero with one line within the timeout, leaving no process behind."""
+    from protocols.mpc.local import free_port
+    from secinfer.zoo.digits import load_split
+
+    _, _, test_x, _ = load_split(0)
+    batch = test_x[:1].repeat(2000, 1)
+    np.save(tmp_path / "x.npy", batch.numpy())
+    rendezvous = f"tcp://127.0.0.1:{free_port()}"
+    common = ["--rendezvous", rendezvous, "--timeout", "10"]
+    base = [sys.executable, "-m", "secinfer.cli", "party", "--role"]
+    model_owner = subprocess.Popen(
+        [*base, "model-owner", "--model", str(DIGITS), "--out", str(tmp_path), *common],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    dealer = subprocess.Popen([*base, "dealer", *common], stderr=subprocess.PIPE, text=True)
+    data_owner = subprocess.Popen(
+        [*base, "data-owner", "--input", str(tmp_path / "x.npy"), "--out", str(tmp_path),
+         *common],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(15)  # start-up and set-up take about 8 s here; the run about 60 s
+        assert model_owner.poll() is None, model_owner.stderr.read()
+        data_owner.kill()
+        began = time.monotonic()
+        _, err = model_owner.communicate(timeout=60)
+        assert model_owner.returncode not in (0, None)
+        assert time.monotonic() - began < 40
+        assert err.strip().splitlines()[-1].startswith("error: model-owner:"), err[-500:]
+        dealer.wait(timeout=60)
+    finally:
+        for process in (model_owner, dealer, data_owner):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert dealer.returncode is not None
+    assert not list(tmp_path.glob("output*"))
