@@ -26,7 +26,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
 
 demo: $(STAMP)
-	$(PY) -m secinfer.demo
+	$(PY) examples/two_party/run_demo.py
 
 bench: $(STAMP)
 	$(PY) -m secinfer.bench

@@ -1,8 +1,8 @@
-"""`make demo`: the bundled digits models, plain and HE-friendly, on the test split.
+"""`python -m secinfer.demo`: the bundled digits models, plain and HE-friendly, in plaintext.
 
-The two-party run (model owner and data owner as separate processes) arrives with the MPC
-backend; until then this shows what the demo model is and how close its HE-friendly twin
-(polynomial GELU, power-softmax, polynomial LayerNorm) stays to it, in plaintext.
+Shows what the demo model is and how close its HE-friendly twin (polynomial GELU,
+power-softmax, polynomial LayerNorm) stays to it on the test split. `make demo` runs the
+secure two-party demo instead (examples/two_party/run_demo.py).
 """
 
 from __future__ import annotations
@@ -36,10 +36,7 @@ def main() -> int:
     print(f"  HE-friendly model accuracy:   {acc_friendly:.4f}  ({HE_FRIENDLY.name})")
     print(f"  predictions that agree:       {agree.mean().item():.4f}")
     print(f"  ({time.perf_counter() - start:.1f} s, plaintext)")
-    print(
-        "The two-party secure demo (model owner, data owner and dealer as separate "
-        "processes) arrives with the MPC backend (issue 5); this run is plaintext only."
-    )
+    print("(plaintext only; `make demo` runs the secure two-party demo)")
     return 0
 
 

@@ -109,7 +109,7 @@ def run_local_parties(
                         stderr=subprocess.STDOUT,
                         env=env,
                     )
-            _wait(processes, logs, run_timeout)
+            wait_for_parties(processes, logs, run_timeout)
         finally:
             for process in processes.values():
                 if process.poll() is None:
@@ -126,7 +126,7 @@ def run_local_parties(
         )
 
 
-def _wait(
+def wait_for_parties(
     processes: dict[Role, subprocess.Popen[bytes]], logs: dict[Role, Path], timeout: float
 ) -> None:
     """Until every party exits 0; on the first failure or the deadline, raise."""
@@ -148,4 +148,4 @@ def _wait(
         time.sleep(0.1)
 
 
-__all__ = ["LocalRun", "run_local_parties"]
+__all__ = ["LocalRun", "run_local_parties", "wait_for_parties"]

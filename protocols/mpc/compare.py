@@ -82,15 +82,6 @@ def linear_combination(
     return out + on_grid(constant, bits)
 
 
-def to_fixed_point(indicator: Secret, like: Secret) -> Secret:
-    """An integer (scale-1) sharing re-encoded as a fixed-point one (local, exact)."""
-    crypten = import_crypten()
-    bits = int(like.encoder._precision_bits)
-    out = times_public_integers(indicator, torch.tensor(2**bits))
-    out.encoder = crypten.encoder.FixedPointEncoder(precision_bits=bits)
-    return out
-
-
 def maximum(x: Secret, dim: int = -1, keepdim: bool = False) -> Secret:
     """max of x along `dim` by a tournament: ceil(log2 n) levels for n entries.
 
@@ -120,5 +111,4 @@ __all__ = [
     "maximum",
     "stacked_indicators",
     "times_public_integers",
-    "to_fixed_point",
 ]

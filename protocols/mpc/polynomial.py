@@ -14,9 +14,9 @@ into [-1, 1], normalised rows), and values that may be large only where they are
 discarded (a segment's polynomial far outside its segment is multiplied by an exact 0).
 
 Fixed point holds values to 2^-16 absolutely: x^6 for x = 4 is 4096, and a coefficient
-0.0018 rounded to the grid (by up to 7.6e-6) already moves that term by up to 0.03. `evaluate_polynomial` with an
-interval therefore maps x to t = (x - mid) / half, |t| <= 1 on the interval, and evaluates
-the same polynomial re-expressed in t.
+0.0018 rounded to the grid (by up to 7.6e-6) already moves that term by up to 0.03.
+`evaluate_polynomial` with an interval therefore maps x to t = (x - mid) / half, |t| <= 1
+on the interval, and evaluates the same polynomial re-expressed in t.
 """
 
 from __future__ import annotations
@@ -110,26 +110,34 @@ def power(x: Secret, exponent: int) -> Secret:
     return square if acc is None else square * acc
 
 
-def to_unit_interval(coefficients: Sequence[float], interval: tuple[float, float]) -> np.ndarray:
-    """Power-basis coefficients in t of p(mid + half t), where p has `coefficients` in x.
+def unit_map(interval: tuple[float, float]) -> tuple[float, float]:
+    """(mid, scale) with t = (x - mid) scale mapping [lo, hi] onto about [-1, 1].
 
-    With mid = (lo + hi)/2 and half = (hi - lo)/2, x in [lo, hi] is t in [-1, 1].
+    Both are rounded to the 2^-16 grid, so that the map the parties apply is exactly the
+    one the coefficients are re-expressed for (`to_unit_interval`).
     """
     lo, hi = float(interval[0]), float(interval[1])
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise ValueError(f"interval=({lo}, {hi}): expected finite lo < hi")
-    mid, half = (lo + hi) / 2.0, (hi - lo) / 2.0
-    composed = NpPolynomial(np.asarray(coefficients, dtype=np.float64))(NpPolynomial([mid, half]))
+    return on_grid((lo + hi) / 2.0), on_grid(2.0 / (hi - lo))
+
+
+def to_unit_interval(coefficients: Sequence[float], interval: tuple[float, float]) -> np.ndarray:
+    """Power-basis coefficients in t of p(mid + t / scale), where p has `coefficients` in x
+    and (mid, scale) = `unit_map(interval)`: x in [lo, hi] is t in about [-1, 1]."""
+    mid, scale = unit_map(interval)
+    composed = NpPolynomial(np.asarray(coefficients, dtype=np.float64))(
+        NpPolynomial([mid, 1.0 / scale])
+    )
     out = np.zeros(len(coefficients), dtype=np.float64)
     out[: len(composed.coef)] = composed.coef[: len(out)]
     return out
 
 
 def unit_variable(x: Secret, interval: tuple[float, float]) -> Secret:
-    """t = (x - mid) / half: local (one product by a public constant, one truncation)."""
-    lo, hi = float(interval[0]), float(interval[1])
-    mid, half = (lo + hi) / 2.0, (hi - lo) / 2.0
-    return (x - on_grid(mid)) * on_grid(1.0 / half)
+    """t = (x - mid) scale (`unit_map`): local, one product by a public constant."""
+    mid, scale = unit_map(interval)
+    return (x - mid) * scale
 
 
 def degree_of(coefficients: Sequence[float]) -> int:
@@ -190,5 +198,6 @@ __all__ = [
     "power",
     "powers",
     "to_unit_interval",
+    "unit_map",
     "unit_variable",
 ]
