@@ -23,6 +23,7 @@ built-in (or PUMA's published GELU), so these tests can fail.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,7 +33,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from approximations import catalog
+from approximations import Piecewise, Polynomial, Segment, catalog
 from approximations.functions import power_softmax as plain_power_softmax
 from approximations.functions import softmax as plain_softmax
 from protocols.mpc.local import run_local
@@ -81,6 +82,7 @@ def make_inputs() -> dict[str, np.ndarray]:
             )
         ),
         "pos": _grid(np.logspace(-3, 3, 2001)),
+        "narrow": _grid(np.linspace(1.0, 1.9, 1001)),
         "scores": _grid(scores),
         "mask": mask,
         "ln": _grid(ln),
@@ -88,6 +90,21 @@ def make_inputs() -> dict[str, np.ndarray]:
         "bias": _grid(0.1 * rng.normal(size=LN_SHAPE[1])),
         "variance": _grid(variances + LN_EPS),
     }
+
+
+def saturated_sigmoid() -> Piecewise:
+    """0 below -8, the catalog's degree-13 minimax sigmoid on [-8, 8], 1 above: constant
+    segments on both sides (they cost no product)."""
+    inner = catalog["sigmoid.minimax"].approximation
+    lo, hi = inner.interval
+    return Piecewise(
+        (
+            Segment(-math.inf, lo, Polynomial.constant(0.0)),
+            Segment(lo, hi, inner),
+            Segment(hi, math.inf, Polynomial.constant(1.0)),
+        ),
+        (lo, hi),
+    )
 
 
 # --- the parties' program ---------------------------------------------------------------
@@ -149,6 +166,9 @@ def kernels(role: Role, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
     measure("reciprocal", lambda: inverse.reciprocal(pos, (1e-3, 1e3)))
     measure("reciprocal.shift", lambda: inverse.reciprocal(pos, (1e-3, 1e3), shift=10))
     measure("inv_sqrt", lambda: inverse.inv_sqrt(pos, (1e-3, 1e3)))
+    narrow = share("narrow")
+    measure("reciprocal.one_octave", lambda: inverse.reciprocal(narrow, (1.0, 1.9)))
+    measure("sigmoid.saturated", lambda: piecewise.evaluate_piecewise(gelu, saturated_sigmoid()))
     measure("reciprocal.crypten", lambda: pos.reciprocal())
     measure("inv_sqrt.crypten", lambda: pos.inv_sqrt())
 
@@ -324,6 +344,22 @@ def test_reciprocal_and_inverse_square_root_over_six_decades(run) -> None:
     assert traffic["inv_sqrt"]["rounds"] == cmp_["rounds"] + 6 * mul["rounds"]
     assert traffic["reciprocal"]["rounds"] < traffic["reciprocal.crypten"]["rounds"]
     assert traffic["inv_sqrt"]["rounds"] < traffic["inv_sqrt.crypten"]["rounds"]
+
+
+def test_one_octave_reciprocal_needs_no_comparison(run) -> None:
+    x, traffic = run["inputs"]["narrow"], run["traffic"]
+    assert _within(run["values"]["reciprocal.one_octave"], 1.0 / x, 2e-4, 4 * ULP)
+    assert traffic["reciprocal.one_octave"]["rounds"] == 4 * traffic["mul"]["rounds"]
+
+
+def test_piecewise_with_constant_segments(run) -> None:
+    x = run["inputs"]["gelu"]
+    got = run["values"]["sigmoid.saturated"]
+    assert _max_abs(got, saturated_sigmoid()(_t(x)).numpy()) < 2e-3
+    assert _max_abs(got, torch.sigmoid(_t(x)).numpy()) < 2e-3
+    # only the polynomial segment is multiplied: 216 B per breakpoint, powers of degree 13
+    # (levels of 1, 2, 4 and 5 new powers: 8 + 24 + 40 + 48) and one selection product
+    assert run["traffic"]["sigmoid.saturated"]["bytes_sent"] == (2 * 216 + 120 + 16) * x.size
 
 
 # --- softmax ------------------------------------------------------------------------------
