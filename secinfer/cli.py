@@ -177,6 +177,10 @@ def run(
     inputs = _inputs(loaded, input_path, text)
     samples = [tuple(loaded.example_inputs)] if loaded.example_inputs else [inputs]
     if backend == "mpc":
+        if provider == "trusted-first-party":
+            from protocols.mpc.runtime import INSECURE_PROVIDER_WARNING
+
+            click.echo(INSECURE_PROVIDER_WARNING, err=True)
         if loaded.source_module is not None:
             raise UserError(
                 f"{model}: the mpc backend needs a torch.export program; {load.EXPORT_RECIPE}"

@@ -173,3 +173,15 @@ def test_a_peer_that_dies_mid_run_stops_the_others(tmp_path: Path) -> None:
                 process.wait()
     assert dealer.returncode is not None
     assert not list(tmp_path.glob("output*"))
+
+
+def test_trusted_first_party_needs_its_option_and_warns(tmp_path: Path) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    path = tmp_path / "mlp.pt2"
+    torch.export.save(torch.export.export(model.eval(), (torch.randn(3, 8),)), path)
+    code, out, err = run_cli(
+        "run", str(path), "--backend", "mpc", "--provider", "trusted-first-party"
+    )
+    assert code == 0, err
+    assert "can unmask the data owner's input" in err
+    assert "dealer 0.00 MB" in out
