@@ -17,6 +17,7 @@ from secinfer.calibrate import calibrate
 from secinfer.execute import Executor, RunResult, check_supported
 from secinfer.graph import Graph, build_graph
 from secinfer.plan import Plan, make_plan, read_config
+from secinfer.registry import Call, RangeStats
 from secinfer.report import block_ends, build_report
 
 LOCAL_BACKENDS = ("plain", "approx")
@@ -109,7 +110,8 @@ def run_mpc(
         peer_timeout=peer_timeout,
     )
     watch = frozenset(block_ends(graph).values())
-    reference = Executor(graph, "plain").run(inputs, watch=watch)
+    outside = OutsideCounter(graph, plan)
+    reference = Executor(graph, "plain").run(inputs, watch=watch, hook=outside)
     approx = Executor(graph, "approx", plan).run(inputs, watch=watch)
     output = torch.from_numpy(local.output)
     report = build_secure_report(
@@ -122,6 +124,27 @@ def run_mpc(
         data_owner=local.data_owner,
         reference=reference,
         approx=approx,
+        outside=outside.stats,
         output_name=output_name,
     )
     return Outcome(output, report, plan, graph)
+
+
+class OutsideCounter:
+    """Hook for a plaintext run: counts each node's approximated input outside the interval
+    where its mpc kernel is accurate (a secure kernel cannot look at its inputs)."""
+
+    def __init__(self, graph: Graph, plan: Plan) -> None:
+        self.graph, self.plan = graph, plan
+        self.stats: dict[str, RangeStats] = {}
+
+    def __call__(self, name: str, call: Call, _value: object) -> None:
+        from secinfer.calibrate import approximated_input
+        from secinfer.kernels.mpc_nonlinear import kernel_interval
+
+        interval = kernel_interval(self.plan.choices.get(name))
+        if interval is None:
+            return
+        tensor = approximated_input(self.graph.node_by_name[name].op, call)
+        if tensor is not None:
+            self.stats.setdefault(name, RangeStats()).record(tensor, interval)

@@ -13,8 +13,8 @@ Adds to the fields of `secinfer.report` (never renaming them):
                        max_abs_error is null (intermediate values stay secret) and
                        approx_max_abs_error is the same block's error under `approx` with
                        the same plan, the part of the error the approximations explain
-  out_of_range         inputs outside the calibrated intervals, counted by the `approx` run
-                       of the same plan on the same input (a secure kernel cannot look)
+  out_of_range         inputs outside the intervals where the mpc kernels are accurate,
+                       counted by the plaintext reference run (a secure kernel cannot look)
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch
 
 from secinfer.execute import RunResult
 from secinfer.graph import Graph
+from secinfer.registry import RangeStats
 from secinfer.report import block_ends, compare
 
 NETWORKS = {"lan": (0.001, 5e9), "wan": (0.040, 100e6)}
@@ -60,6 +61,7 @@ def build_secure_report(
     data_owner: dict[str, Any],
     reference: RunResult,
     approx: RunResult,
+    outside: dict[str, RangeStats],
     output_name: str,
 ) -> dict[str, Any]:
     ref = reference.outputs[0]
@@ -102,18 +104,18 @@ def build_secure_report(
         "max_abs_error": max_err,
         "cosine": cosine,
         "argmax_agreement": None,
-        "out_of_range": approx.out_of_range,
+        "out_of_range": sum(stats.count for stats in outside.values()),
         "out_of_range_nodes": [
             {
-                "node": r.name,
-                "op": r.op,
-                "module": r.module,
-                "count": r.stats.count,
-                "worst": r.stats.worst,
-                "interval": list(r.stats.interval or []),
+                "node": name,
+                "op": graph.node_by_name[name].op,
+                "module": graph.node_by_name[name].module,
+                "count": stats.count,
+                "worst": stats.worst,
+                "interval": list(stats.interval or []),
             }
-            for r in approx.records
-            if r.stats.count
+            for name, stats in outside.items()
+            if stats.count
         ],
         "comm": {
             "bytes_sent": {

@@ -9,7 +9,7 @@ model owner, rounds: receives that wait on the other party).
 
 Tolerances (max over all inputs):
   GELU puma_refit on [-12, 12]       abs <= 0.015 vs exact GELU; every method within
-                                     2e-3 of its own plaintext approximation
+                                     1e-3 of its own plaintext approximation
   exp (cutoff 14) on [-40, 0] + far  abs <= 5e-3 vs exp (0 below the cutoff)
   1/x, 1/sqrt(x) on [1e-3, 1e3]      |err| <= 2e-4 |want| + 4 2^-16 (1/x),
                                      |err| <= 5e-5 |want| + 4 2^-16 (1/sqrt x)
@@ -286,7 +286,7 @@ def test_gelu_methods_match_their_approximations_and_exact_gelu(run) -> None:
     for method in ("puma", "puma_refit", "bolt", "quad"):
         approximation = catalog[f"gelu.{method}"].approximation
         plain = approximation(_t(x)).numpy()
-        tol = 2e-3 if method != "quad" else 2e-3 * max(1.0, float(np.abs(plain).max()))
+        tol = 1e-3 if method != "quad" else 1e-3 * max(1.0, float(np.abs(plain).max()))
         assert _max_abs(values[f"gelu.{method}"], plain) < tol, method
         if method != "quad":
             assert _max_abs(values[f"gelu.{method}"], exact) < approximation.max_error + 2e-3
@@ -355,7 +355,7 @@ def test_one_octave_reciprocal_needs_no_comparison(run) -> None:
 def test_piecewise_with_constant_segments(run) -> None:
     x = run["inputs"]["gelu"]
     got = run["values"]["sigmoid.saturated"]
-    assert _max_abs(got, saturated_sigmoid()(_t(x)).numpy()) < 2e-3
+    assert _max_abs(got, saturated_sigmoid()(_t(x)).numpy()) < 1e-3  # fixed point alone
     assert _max_abs(got, torch.sigmoid(_t(x)).numpy()) < 2e-3
     # only the polynomial segment is multiplied: 216 B per breakpoint, powers of degree 13
     # (levels of 1, 2, 4 and 5 new powers: 8 + 24 + 40 + 48) and one selection product

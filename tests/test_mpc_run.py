@@ -185,3 +185,20 @@ def test_trusted_first_party_needs_its_option_and_warns(tmp_path: Path) -> None:
     assert code == 0, err
     assert "can unmask the data owner's input" in err
     assert "dealer 0.00 MB" in out
+
+
+def test_inputs_outside_the_calibrated_range_are_counted_and_warned(tmp_path: Path) -> None:
+    """A secure kernel cannot look at its inputs: the plaintext reference run counts them."""
+    from secinfer.zoo.digits import load_split
+
+    _, _, test_x, _ = load_split(0)
+    np.save(tmp_path / "x.npy", (test_x[:2] * 300).numpy())  # variances ~1e5 x calibrated
+    code, out, err = run_cli(
+        "run", str(DIGITS), "--backend", "mpc", "--input", str(tmp_path / "x.npy"),
+        "--report", str(tmp_path / "r.json"),
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["out_of_range"] > 0
+    assert {n["op"] for n in report["out_of_range_nodes"]} == {"aten.layer_norm"}
+    assert "inputs fell outside their approximation's interval" in out

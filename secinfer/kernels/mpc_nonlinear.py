@@ -35,12 +35,15 @@ from secinfer.registry import Call, register
 
 MPC_WIDEN = 16.0
 """Calibrated positive intervals are stretched to [lo / MPC_WIDEN, hi * MPC_WIDEN]."""
+LAYER_NORM_WIDEN = 2.0**10
+"""LayerNorm variances (one per row: few elements, so extra octaves cost little) get
+[lo / 2^10, hi * 2^10], within the fixed-point range [2^-16, 2^30]."""
 DEFAULT_POSITIVE = (1e-4, 1e4)
 """Interval of an uncalibrated positive input (variance, denominator)."""
 GELU_METHODS = ("puma", "puma_refit", "bolt", "quad")
 
 
-def _positive_interval(choice: Any) -> tuple[float, float]:
+def _positive_interval(choice: Any, widen: float = MPC_WIDEN) -> tuple[float, float]:
     if choice is None or not choice.interval:
         return DEFAULT_POSITIVE
     lo, hi = choice.interval
@@ -49,7 +52,21 @@ def _positive_interval(choice: Any) -> tuple[float, float]:
             f"{choice.function} at {choice.node}: calibrated interval [{lo:.3g}, {hi:.3g}] "
             "reaches zero or below; the mpc kernel needs a positive input"
         )
-    return (lo / MPC_WIDEN, hi * MPC_WIDEN)
+    return (max(lo / widen, 2.0**-16), min(hi * widen, 2.0**30))
+
+
+def kernel_interval(choice: Any) -> tuple[float, float] | None:
+    """Where this node's mpc kernel is accurate (None: on every input), for counting the
+    inputs outside it in a plaintext run."""
+    if choice is None:
+        return None
+    if choice.function == "layer_norm":
+        return _positive_interval(choice, LAYER_NORM_WIDEN)
+    if choice.function in ("rsqrt", "sqrt", "reciprocal"):
+        return _positive_interval(choice)
+    if choice.function == "exp" and choice.interval:
+        return (-math.inf, max(0.0, math.ceil(choice.interval[1])))
+    return None
 
 
 def gelu(call: Call) -> Any:
@@ -85,7 +102,8 @@ def layer_norm(call: Call) -> Any:
     weight = call.args[2] if len(call.args) > 2 else call.kwargs.get("weight")
     bias = call.args[3] if len(call.args) > 3 else call.kwargs.get("bias")
     eps = call.args[4] if len(call.args) > 4 else call.kwargs.get("eps", 1e-5)
-    return secure(x, shape, weight, bias, eps, variance_interval=_positive_interval(call.choice))
+    interval = _positive_interval(call.choice, LAYER_NORM_WIDEN)
+    return secure(x, shape, weight, bias, eps, variance_interval=interval)
 
 
 @lru_cache(maxsize=8)
