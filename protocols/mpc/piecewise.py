@@ -2,9 +2,11 @@
 
 f(x) = sum_i I_i(x) p_i(x) with segment indicators I_i from ONE stacked comparison at the
 breakpoints b_1 < ... < b_s (c_j = [x >= b_j]; I_0 = 1 - c_1, I_i = c_i - c_(i+1),
-I_s = c_s), every polynomial segment evaluated from ONE shared set of powers of
-t = (x - mid)/half over the hull [a, b] of the polynomial segments (each segment's
-coefficients re-expressed in t), and ONE stacked product of indicators by segment values.
+I_s = c_s), every polynomial segment evaluated from ONE shared set of terms in
+t = (x - mid)/half over the hull [a, b] of the polynomial segments (Chebyshev terms T_k(t),
+`polynomial.chebyshev_terms`: the products of powers of t, better conditioned; each
+segment's polynomial re-expressed as a Chebyshev series in t), and ONE stacked product of
+indicators by segment values.
 Zero segments are dropped, constant segments are a local combination of indicators, an
 identity segment is x itself: none costs a polynomial evaluation.
 
@@ -24,11 +26,11 @@ from protocols.mpc.compare import linear_combination, stacked_indicators
 from protocols.mpc.crypten_setup import import_crypten
 from protocols.mpc.polynomial import (
     Secret,
+    chebyshev_coefficients,
+    chebyshev_terms,
     combine,
     degree_of,
     evaluate_polynomial,
-    powers,
-    to_unit_interval,
     unit_variable,
 )
 
@@ -84,15 +86,16 @@ def evaluate_piecewise(x: Secret, piecewise: Piecewise) -> Secret:
     """f(x) for an `approximations.Piecewise` f, on a secret x (module docstring).
 
     Error: f's own error (`piecewise.max_error`, e.g. 0.0075 for "gelu.puma_refit" against
-    exact GELU) plus fixed point, about (sum_k |q_k| k + 2) 2^-16 for the segment
-    polynomial q in t (below 3e-4 for the catalog's GELUs, measured). The segment is
+    exact GELU) plus fixed point, about (sum_k |c_k| e_k + 2) 2^-16 for the segment's
+    Chebyshev series c in t, e_k a few units (measured 1.4e-4 for the catalog's GELUs and
+    1e-4 for its degree-13 sigmoid). The segment is
     chosen exactly: breakpoints are rounded up to the grid (`stacked_indicators`). Valid
     for any x whose polynomial-segment values stay small on their own segments; elsewhere
     they may overflow and are multiplied by exactly 0.
 
     Rounds: one comparison (8) + ceil(log2 d) (powers, d the largest degree) + 1
     (selection): 12 for PUMA's GELU (d = 6), 11 for BOLT's (d = 4). Bytes per element and
-    party: 216 per breakpoint, 8 (j + 1) per level of `powers` making j new powers (56 for
+    party: 216 per breakpoint, 8 (j + 1) per level of terms making j new ones (56 for
     d = 6, 32 for d = 4), 16 per nonzero non-constant segment: 752 for PUMA's GELU, 496
     for BOLT's (CrypTen's x sigmoid(1.702 x): 392).
     """
@@ -112,12 +115,11 @@ def evaluate_piecewise(x: Secret, piecewise: Piecewise) -> Secret:
     values, chosen = [], []
     if polys:
         hull = _hull(polys, piecewise.interval)
-        t = unit_variable(x, hull)
-        degree = max(degree_of(p.coefficients) for p in polys)
-        terms = powers(t, degree) if degree >= 1 else []
-        for p in polys:
-            q = to_unit_interval(p.coefficients, hull)
-            values.append(combine(terms, q, like=x))
+        series = [chebyshev_coefficients(p.coefficients, hull) for p in polys]
+        degree = max(degree_of(c) for c in series)
+        terms = chebyshev_terms(unit_variable(x, hull), degree) if degree >= 1 else []
+        for p, c in zip(polys, series, strict=True):
+            values.append(combine(terms, c[: degree_of(c) + 1], like=x))
             chosen.append(indicator(p.index))
     for p in pieces:
         if p.kind == "identity":
@@ -150,8 +152,8 @@ def gelu(x: Secret, method: str = "puma_refit") -> Secret:
     """GELU(x) = x Phi(x) by a catalog approximation: `GELU_METHODS` names them.
 
     puma_refit  PUMA's segments (0 | cubic | sextic | x at -4, -1.95, 3), Remez
-                coefficients: 0.0075 from exact GELU, plus fixed point (measured 2.5e-4;
-                0.0077 in all on [-12, 12])
+                coefficients: 0.0075 from exact GELU, plus fixed point (measured 1.4e-4;
+                0.0076 in all on [-12, 12])
     puma        the same with PUMA's published coefficients: 0.0199
     bolt        0 | degree-4 minimax on [-2.7, 2.7] | x: 0.0275, two comparisons
     quad        MPCFormer's 0.125 x^2 + 0.25 x + 0.5: no comparison, one round; not GELU

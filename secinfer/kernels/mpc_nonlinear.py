@@ -60,6 +60,8 @@ def kernel_interval(choice: Any) -> tuple[float, float] | None:
     inputs outside it in a plaintext run."""
     if choice is None:
         return None
+    if choice.interval and choice.interval[0] <= 0 and choice.function != "exp":
+        return None  # a positive-domain kernel is not used here (an integer power, say)
     if choice.function == "layer_norm":
         return _positive_interval(choice, LAYER_NORM_WIDEN)
     if choice.function in ("rsqrt", "sqrt", "reciprocal"):
