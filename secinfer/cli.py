@@ -175,7 +175,7 @@ def run(
 
     loaded = load.load_model(model, trust_model=trust_model)
     inputs = _inputs(loaded, input_path, text)
-    samples = [tuple(loaded.example_inputs)] if loaded.example_inputs else [inputs]
+    samples = loaded.calibration_samples() or [inputs]
     if backend == "mpc":
         if provider == "trusted-first-party":
             from protocols.mpc.runtime import INSECURE_PROVIDER_WARNING

@@ -79,7 +79,7 @@ def _model_owner(
     if model is None:
         raise UserError("--role model-owner needs --model FILE")
     loaded = load.load_model(model, trust_model=trust_model)
-    samples = [tuple(loaded.example_inputs)] if loaded.example_inputs else []
+    samples = loaded.calibration_samples()
     if loaded.program is None:
         raise UserError(
             f"{model}: a {loaded.source} model records no input shapes; export it with "

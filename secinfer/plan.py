@@ -31,7 +31,7 @@ MARGIN = 1.25  # calibrated ranges are widened by this factor around their centr
 DEFAULTS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "gelu": (
         "puma_refit",
-        ("exact", "tanh", "sigmoid", "puma", "puma_refit", "bolt", "minimax", "quad"),
+        ("exact", "tanh", "sigmoid", "puma", "puma_refit", "bolt", "minimax", "quad", "auto"),
         {},
     ),
     "softmax": (
@@ -51,6 +51,10 @@ DEFAULTS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "sqrt": ("newton", ("exact", "newton"), {}),
     "reciprocal": ("goldschmidt", ("exact", "goldschmidt", "newton"), {}),
 }
+# defaults that differ per backend: under MPC a comparison costs ~25x a product's bytes, so
+# GELU is x/2 + q(x^2) on the calibrated interval when that reaches 5e-3 ("auto", see
+# approximations.even_gelu), PUMA's piecewise form otherwise
+BACKEND_DEFAULTS: dict[str, dict[str, str]] = {"mpc": {"gelu": "auto"}}
 # functions whose calibrated quantity is positive (for layer_norm: var + eps)
 POSITIVE_DOMAIN = frozenset({"layer_norm", "log", "rsqrt", "sqrt"})
 # ops that are nonlinear only for some arguments (division by a tensor, fractional powers)
@@ -133,6 +137,7 @@ def make_plan(
         if function is None:
             continue
         method, allowed, options = DEFAULTS[function]
+        method = BACKEND_DEFAULTS.get(backend, {}).get(function, method)
         layer = {**defaults.get(function, {}), **per_node.get(node.name, {})}
         method = layer.get("method", method)
         if method not in allowed:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import approximations as A
+from approximations.even_gelu import auto_gelu, even_gelu
 from approximations.functions import rsqrt_approximation
 from secinfer.registry import REGISTRY, Call, register, register_all
 
@@ -53,6 +54,12 @@ def generic(call: Call) -> Any:
 def gelu_approximation(method: str, interval: tuple[float, float] | None) -> tuple[Any, tuple]:
     """(callable, interval where it holds). A single polynomial ("minimax") is refit on
     the calibrated interval when one is given, so that calibration widens it."""
+    if method == "auto":
+        q = auto_gelu(interval)
+        if q is not None:
+            bound = math.sqrt(q.interval[1])
+            return (lambda x: even_gelu(x, q)), (-bound, bound)
+        return A.catalog["gelu.puma_refit"].approximation, UNBOUNDED
     if method == "minimax" and interval is not None:
         poly = A.fit(F.gelu, interval, A.catalog["gelu.minimax"].degree, "remez", name="gelu")
         return poly, poly.interval

@@ -39,6 +39,15 @@ class LoadedModel:
     tokenizer_problem: str | None = field(default=None, repr=False)
     source_module: Any = field(default=None, repr=False)
     """TorchScript or pickled module exported by `program_for`; None for other formats."""
+    calibration_inputs: tuple[torch.Tensor, ...] | None = field(default=None, repr=False)
+    """The model owner's calibration batch when the format has one (the digits models: 256
+    training images); else calibration uses `example_inputs`."""
+
+    def calibration_samples(self) -> list[tuple[torch.Tensor, ...]]:
+        """What calibration runs `plain` on: the calibration batch, else the default sample."""
+        if self.calibration_inputs:
+            return [tuple(self.calibration_inputs)]
+        return [tuple(self.example_inputs)] if self.example_inputs else []
 
     def program_for(self, inputs: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
         """The exported program, checked against `inputs`.

@@ -19,6 +19,8 @@ from secinfer.load.messages import EXPORT_RECIPE, one_line, quiet
 from secinfer.load.model import LoadedModel
 
 MAX_BATCH = 4096
+CALIBRATION_IMAGES = 256
+"""Training images the digits models calibrate on (the model owner's own data)."""
 """Largest batch the exported programs of Hugging Face and digits models accept."""
 
 
@@ -214,14 +216,16 @@ def load_safetensors(path: Path) -> LoadedModel:
         model = digits.load_model(path)
     except Exception as exc:  # anything the file's content makes the rebuild fail on
         raise UserError(f"{path}: a damaged secinfer model file ({one_line(exc)})") from None
-    _, _, test_x, _ = digits.load_split(0)
+    train_x, _, test_x, _ = digits.load_split(0)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     with quiet():  # traced on two rows so that the batch dimension stays symbolic
         program = torch.export.export(model, (test_x[:2],), dynamic_shapes=({0: batch},))
     names = positional_names(model)
-    return LoadedModel(
+    model_info = LoadedModel(
         program, "secinfer-safetensors", path, (test_x[:1].clone(),), names, "logits"
     )
+    model_info.calibration_inputs = (train_x[:CALIBRATION_IMAGES].clone(),)
+    return model_info
 
 
 def _safetensors_metadata(path: Path) -> dict[str, str]:
