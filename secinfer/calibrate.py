@@ -17,6 +17,8 @@ from secinfer.plan import CONDITIONAL
 from secinfer.registry import Call, lookup
 
 Range = tuple[float, float]
+SENTINEL = 1e30
+"""Values this large are masks' stand-ins for -inf (torch.finfo.min), not activations."""
 
 
 def approximated_input(op: str, call: Call) -> torch.Tensor | None:
@@ -46,7 +48,8 @@ def calibrate(graph: Graph, samples: list[tuple[torch.Tensor, ...]]) -> dict[str
         tensor = approximated_input(graph.node_by_name[name].op, call)
         if tensor is None or tensor.numel() == 0:
             return
-        finite = tensor.detach()[torch.isfinite(tensor.detach())]
+        values = tensor.detach()
+        finite = values[torch.isfinite(values) & (values.abs() < SENTINEL)]
         if finite.numel() == 0:
             return
         lo, hi = float(finite.min()), float(finite.max())

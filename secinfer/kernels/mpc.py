@@ -15,9 +15,9 @@ plain torch on both parties and costs nothing. Otherwise:
                 reciprocal per row, LayerNorm with a range-normalised inverse square root,
                 each on the interval the plan calibrated
 
-Additive masks that are public and huge (torch.finfo.min in attention masks) are clamped
-to -MASK_LIMIT first: the fixed-point ring (16 fractional bits in 64 bits) holds about
-+-1.4e14, and softmax's exponential is zero below -cutoff anyway.
+Public sentinels (torch.finfo.min in attention masks, |v| >= 1e9) become -MASK_LIMIT
+(-200) before they meet shares: the fixed-point ring (16 fractional bits in 64 bits)
+holds about +-1.4e14, and exp(-200) is 0 on its grid.
 
 This module imports CrypTen only when a kernel runs, so that the registry knows the mpc
 backend's coverage without CrypTen installed.
@@ -35,8 +35,11 @@ import torch
 from secinfer.graph import op_name
 from secinfer.registry import REGISTRY, Call, register
 
-MASK_LIMIT = 1e4
-"""Public additive constants are clamped to [-MASK_LIMIT, MASK_LIMIT] before meeting shares."""
+MASK_LIMIT = 200.0
+"""Public sentinels (|v| >= SENTINEL, such as attention masks' torch.finfo.min) become
+-+MASK_LIMIT before meeting shares: exp(-200) is 0 on the fixed-point grid, and softmax's
+exp by squaring stays valid down to -2^squarings without a cut-off comparison."""
+SENTINEL = 1e9
 
 _CRYPTENSOR: list[type] = []
 
@@ -110,10 +113,12 @@ def share_public(value: Any, like: Any = None) -> Any:
 
 
 def _clamped(value: Any) -> Any:
+    """Sentinel values (|v| >= SENTINEL, infinities) as -+MASK_LIMIT; others unchanged."""
     if isinstance(value, torch.Tensor) and value.is_floating_point():
-        return value.clamp(-MASK_LIMIT, MASK_LIMIT)
-    if isinstance(value, float) and not math.isnan(value):
-        return max(-MASK_LIMIT, min(MASK_LIMIT, value))
+        huge = value.abs() >= SENTINEL
+        return torch.where(huge, value.sign() * MASK_LIMIT, value) if huge.any() else value
+    if isinstance(value, float) and abs(value) >= SENTINEL:
+        return math.copysign(MASK_LIMIT, value)
     return value
 
 

@@ -32,7 +32,7 @@ import torch
 import approximations as A
 from approximations.piecewise import Piecewise, Segment
 from approximations.polynomial import Polynomial
-from secinfer.kernels.mpc import is_secret
+from secinfer.kernels.mpc import MASK_LIMIT, is_secret
 from secinfer.registry import Call, register
 
 MPC_WIDEN = 16.0
@@ -97,15 +97,34 @@ def gelu(call: Call) -> Any:
     return secure_gelu(call.args[0], method)
 
 
+def softmax_exp_settings(choice: Any) -> tuple[int, float | None]:
+    """(squarings, cutoff) for softmax's exp by squaring on shares.
+
+    After the row maximum is subtracted, z >= -(spread + MASK_LIMIT) where spread is the
+    calibrated width of the scores and MASK_LIMIT what masked positions add. When
+    2^squarings covers that, (1 + z/2^n)^(2^n) has a non-negative base everywhere, masked
+    positions come out 0 (exp(-200) is below the grid), and the cut-off comparison per
+    entry (about 40 % of softmax's bytes) is skipped; one more squaring is allowed for it.
+    Without a calibrated interval the cut-off stays.
+    """
+    squarings = int(choice.options.get("squarings", 8))
+    cutoff = choice.options.get("cutoff", 14.0)
+    if choice.interval and cutoff is not None:
+        reach = (choice.interval[1] - choice.interval[0]) + MASK_LIMIT
+        needed = max(squarings, math.ceil(math.log2(reach)))
+        if needed <= squarings + 1:
+            return needed, None
+    return squarings, cutoff
+
+
 def softmax(call: Call) -> Any:
     from protocols.mpc import softmax as secure
 
     x, dim = call.args[0], call.args[1]
     options = dict(call.choice.options)
     if call.choice.method == "exp_limit":
-        return secure.softmax(
-            x, dim, squarings=int(options.get("squarings", 8)), cutoff=options.get("cutoff", 14.0)
-        )
+        squarings, cutoff = softmax_exp_settings(call.choice)
+        return secure.softmax(x, dim, squarings=squarings, cutoff=cutoff)
     if call.choice.method == "power":
         keys = ("p", "normalizer", "eps")
         return secure.power_softmax(x, dim, **{k: options[k] for k in keys if k in options})
