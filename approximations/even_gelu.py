@@ -11,7 +11,7 @@ three secure comparisons. It holds only on [-B, B]: beyond it q diverges, so B c
 calibration (the plan's interval) and inputs outside it are counted. Larger B needs a
 higher degree for the same error (measured: degree 10 in s reaches 2.8e-3 at B = 8 and
 2.4e-2 at B = 12), so `fit_even_gelu` returns None when no degree up to `max_degree`
-meets the target, and the caller falls back to a piecewise form.
+meets the target, and `auto_gelu` falls back to the one-comparison `SignExpGELU`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 
 from approximations.fitting import fit
 from approximations.polynomial import Polynomial
+from approximations.sign_exp_gelu import SignExpGELU
 
 TARGET = 5e-3
 """Default max error of the even form (below PUMA's 0.0075 refit and CrypTen's 0.019)."""
@@ -30,7 +31,9 @@ SAFETY = 1.5
 """`auto_gelu` fits on 1.5 times the calibrated bound: the even form fails abruptly beyond
 its bound, so inputs a little past the calibrated range must still be covered."""
 MAX_BOUND = 10.0
-"""Above this (after SAFETY) no degree up to MAX_DEGREE reaches TARGET: piecewise instead."""
+"""Above this (after SAFETY) no degree up to MAX_DEGREE reaches TARGET: `SignExpGELU`."""
+DEFAULT_BOUND = 30.0
+"""`SignExpGELU`'s smallest bound (its cost does not grow until 34: 9 squarings)."""
 MAX_DEGREE = 12
 """Highest degree in s = x^2 tried (24 in x)."""
 
@@ -66,13 +69,15 @@ def fit_even_gelu(
     return _fit(_bucket(bound), float(target), int(max_degree))
 
 
-def auto_gelu(interval: tuple[float, float] | None) -> Polynomial | None:
-    """The even form for a calibrated interval (bound SAFETY max(|lo|, |hi|)), or None when
-    the interval is unknown or too wide for `TARGET` (use a piecewise form then)."""
+def auto_gelu(interval: tuple[float, float] | None) -> Polynomial | SignExpGELU:
+    """The cheapest secure GELU form for a calibrated interval: the even form on SAFETY
+    times the bound max(|lo|, |hi|) when it reaches TARGET there, else the one-comparison
+    `SignExpGELU` on that bound (on DEFAULT_BOUND when the interval is unknown)."""
     if not interval:
-        return None
-    bound = SAFETY * max(abs(float(interval[0])), abs(float(interval[1])))
-    return fit_even_gelu(bound) if 0 < bound <= MAX_BOUND else None
+        return SignExpGELU.for_bound(DEFAULT_BOUND)
+    bound = SAFETY * max(abs(float(interval[0])), abs(float(interval[1])), 1e-3)
+    even = fit_even_gelu(bound) if bound <= MAX_BOUND else None
+    return even if even is not None else SignExpGELU.for_bound(max(bound, DEFAULT_BOUND))
 
 
 def even_gelu(x: torch.Tensor, q: Polynomial) -> torch.Tensor:

@@ -31,7 +31,18 @@ MARGIN = 1.25  # calibrated ranges are widened by this factor around their centr
 DEFAULTS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "gelu": (
         "puma_refit",
-        ("exact", "tanh", "sigmoid", "puma", "puma_refit", "bolt", "minimax", "quad", "auto"),
+        (
+            "exact",
+            "tanh",
+            "sigmoid",
+            "puma",
+            "puma_refit",
+            "bolt",
+            "minimax",
+            "quad",
+            "auto",
+            "sign_exp",
+        ),
         {},
     ),
     "softmax": (
@@ -53,7 +64,7 @@ DEFAULTS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
 }
 # defaults that differ per backend: under MPC a comparison costs ~25x a product's bytes, so
 # GELU is x/2 + q(x^2) on the calibrated interval when that reaches 5e-3 ("auto", see
-# approximations.even_gelu), PUMA's piecewise form otherwise
+# approximations.even_gelu), the one-comparison sign_exp form otherwise
 BACKEND_DEFAULTS: dict[str, dict[str, str]] = {"mpc": {"gelu": "auto"}}
 # functions whose calibrated quantity is positive (for layer_norm: var + eps)
 POSITIVE_DOMAIN = frozenset({"layer_norm", "log", "rsqrt", "sqrt"})

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from approximations.even_gelu import TARGET, auto_gelu, even_gelu, fit_even_gelu
+from approximations.sign_exp_gelu import SignExpGELU
 
 
 @pytest.mark.parametrize("bound", [2.0, 4.0, 6.5, 8.0, 10.0])
@@ -25,11 +26,20 @@ def test_the_lowest_degree_that_reaches_the_target_is_chosen() -> None:
     assert small.degree < large.degree <= 12
 
 
-def test_too_wide_or_unknown_intervals_fall_back() -> None:
+def test_too_wide_or_unknown_intervals_fall_back_to_sign_exp() -> None:
     assert fit_even_gelu(14.0) is None
-    assert auto_gelu(None) is None
-    assert auto_gelu((-9.0, 2.0)) is None  # 1.5 x 9 = 13.5: beyond what degree 12 reaches
-    assert auto_gelu((-3.0, 2.0)) is not None
+    assert isinstance(auto_gelu(None), SignExpGELU)
+    wide = auto_gelu((-9.0, 2.0))  # 1.5 x 9 = 13.5: beyond what degree 12 reaches
+    assert isinstance(wide, SignExpGELU) and wide.bound >= 13.5
+    assert not isinstance(auto_gelu((-3.0, 2.0)), SignExpGELU)
+
+
+@pytest.mark.parametrize("bound", [4.0, 30.0, 45.0])
+def test_sign_exp_form_is_certified_on_wide_intervals(bound: float) -> None:
+    form = SignExpGELU.for_bound(bound)
+    assert form.max_error < 1e-3
+    x = torch.linspace(-bound, bound, 100_001, dtype=torch.float64)
+    assert float((form(x) - F.gelu(x)).abs().max()) <= form.max_error * 1.001
 
 
 def test_bad_bound_names_the_argument() -> None:

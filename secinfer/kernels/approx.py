@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import approximations as A
 from approximations.even_gelu import auto_gelu, even_gelu
 from approximations.functions import rsqrt_approximation
+from approximations.sign_exp_gelu import SignExpGELU
 from secinfer.registry import REGISTRY, Call, register, register_all
 
 aten = torch.ops.aten
@@ -54,12 +55,18 @@ def generic(call: Call) -> Any:
 def gelu_approximation(method: str, interval: tuple[float, float] | None) -> tuple[Any, tuple]:
     """(callable, interval where it holds). A single polynomial ("minimax") is refit on
     the calibrated interval when one is given, so that calibration widens it."""
-    if method == "auto":
-        q = auto_gelu(interval)
-        if q is not None:
-            bound = math.sqrt(q.interval[1])
-            return (lambda x: even_gelu(x, q)), (-bound, bound)
-        return A.catalog["gelu.puma_refit"].approximation, UNBOUNDED
+    if method in ("auto", "sign_exp"):
+        form = (
+            auto_gelu(interval)
+            if method == "auto"
+            else SignExpGELU.for_bound(
+                max(30.0, max(abs(v) for v in interval)) if interval else 30.0
+            )
+        )
+        if isinstance(form, SignExpGELU):
+            return form, (-form.bound, form.bound)
+        bound = math.sqrt(form.interval[1])
+        return (lambda x: even_gelu(x, form)), (-bound, bound)
     if method == "minimax" and interval is not None:
         poly = A.fit(F.gelu, interval, A.catalog["gelu.minimax"].degree, "remez", name="gelu")
         return poly, poly.interval

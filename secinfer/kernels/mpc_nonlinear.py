@@ -1,9 +1,9 @@
 """Nonlinear graph ops on the `mpc` backend: the plan's choice mapped to `protocols.mpc`.
 
   gelu        "auto" (default): x/2 + q(x^2) on the calibrated interval, no comparison,
-              when that reaches 5e-3; else a piecewise polynomial selected by secure
-              comparisons ("puma_refit"; also "puma", "bolt", and "quad" for models
-              trained with it)
+              when that reaches 5e-3; else "sign_exp": relu(x) - (|x|/2) exp(-u(|x|)),
+              one comparison, 7.8e-4 on |x| <= 34. Also PUMA's piecewise polynomials
+              ("puma_refit", "puma"), "bolt", and "quad" for models trained with it
   softmax     max subtraction, exp by repeated squaring with a cut-off, one reciprocal
               per row ("exp_limit"); x^p normalised ("power") for power-softmax models
   layer_norm  mean, variance, range-normalised inverse square root on the calibrated
@@ -42,7 +42,7 @@ LAYER_NORM_WIDEN = 2.0**10
 [lo / 2^10, hi * 2^10], within the fixed-point range [2^-16, 2^30]."""
 DEFAULT_POSITIVE = (1e-4, 1e4)
 """Interval of an uncalibrated positive input (variance, denominator)."""
-GELU_METHODS = ("auto", "puma", "puma_refit", "bolt", "quad")
+GELU_METHODS = ("auto", "sign_exp", "puma", "puma_refit", "bolt", "quad")
 
 
 def _positive_interval(choice: Any, widen: float = MPC_WIDEN) -> tuple[float, float]:
@@ -68,28 +68,39 @@ def kernel_interval(choice: Any) -> tuple[float, float] | None:
         return _positive_interval(choice, LAYER_NORM_WIDEN)
     if choice.function in ("rsqrt", "sqrt", "reciprocal"):
         return _positive_interval(choice)
-    if choice.function == "gelu" and choice.method == "auto":
-        from approximations.even_gelu import auto_gelu
-
-        q = auto_gelu(tuple(choice.interval) if choice.interval else None)
-        return None if q is None else (-math.sqrt(q.interval[1]), math.sqrt(q.interval[1]))
+    if choice.function == "gelu" and choice.method in ("auto", "sign_exp"):
+        form = gelu_form(choice)
+        bound = form.bound if hasattr(form, "bound") else math.sqrt(form.interval[1])
+        return (-bound, bound)
     if choice.function == "exp" and choice.interval:
         return (-math.inf, max(0.0, math.ceil(choice.interval[1])))
     return None
+
+
+def gelu_form(choice: Any) -> Any:
+    """The even polynomial or the SignExpGELU behind an "auto" / "sign_exp" choice."""
+    from approximations.even_gelu import DEFAULT_BOUND, auto_gelu
+    from approximations.sign_exp_gelu import SignExpGELU
+
+    interval = tuple(choice.interval) if choice.interval else None
+    if choice.method == "auto":
+        return auto_gelu(interval)
+    bound = max(abs(v) for v in interval) if interval else DEFAULT_BOUND
+    return SignExpGELU.for_bound(max(bound, DEFAULT_BOUND))
 
 
 def gelu(call: Call) -> Any:
     from protocols.mpc.piecewise import gelu as secure_gelu
 
     method = call.choice.method
-    if method == "auto":
-        from approximations.even_gelu import auto_gelu
-        from protocols.mpc.gelu import even_gelu
+    if method in ("auto", "sign_exp"):
+        from approximations.sign_exp_gelu import SignExpGELU
+        from protocols.mpc.gelu import even_gelu, sign_exp_gelu
 
-        q = auto_gelu(tuple(call.choice.interval) if call.choice.interval else None)
-        if q is not None:
-            return even_gelu(call.args[0], q)
-        method = "puma_refit"
+        form = gelu_form(call.choice)
+        if isinstance(form, SignExpGELU):
+            return sign_exp_gelu(call.args[0], form)
+        return even_gelu(call.args[0], form)
     if method not in GELU_METHODS:
         raise NotImplementedError(
             f"gelu method {method!r} has no mpc kernel; choose one of {', '.join(GELU_METHODS)}"
