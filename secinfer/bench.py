@@ -7,6 +7,10 @@ Sections (each compares in one run, on the same inputs, and reports ratios):
    float64, so its column is the approximation error alone.
 2. Plaintext training cost of the HE/MPC-friendly modules vs the torch functions they
    replace (forward + backward), as a time ratio.
+3. MPC (`secinfer.bench_mpc`): our secure kernels and one whole encoder layer vs CrypTen's
+   built-ins, for real with two parties and a dealer as separate processes: error, rounds,
+   MB per party, dealer MB, seconds and ratios. Written to `bench/mpc.json` and
+   `bench/mpc.md` (`--mpc-out`) and added to the README's bench section.
 
 Absolute times on a 2-core machine are noise; the ratios are the figures to read.
 """
@@ -220,36 +224,82 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default="bench-results", help="directory for JSON and markdown")
     parser.add_argument(
+        "--mpc-out", default="bench", help="directory for the MPC section's mpc.json and mpc.md"
+    )
+    parser.add_argument(
         "--readme", default="README.md", help="README whose bench section to refresh"
     )
     parser.add_argument("--no-readme", action="store_true", help="do not touch the README")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--mpc-only", action="store_true", help="run the MPC section only")
+    which.add_argument("--no-mpc", action="store_true", help="skip the MPC section")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="MPC section at tiny shapes, to mpc.quick.* (checks that it runs, gives no "
+        "figures; the README is left alone)",
+    )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.no_readme = True
     torch.set_num_threads(2)
-    catalog_table = A.catalog.markdown()
-    accuracy = accuracy_section()
-    cost = training_cost_section()
-    table = markdown(accuracy, cost)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     meta = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d"),
     }
-    record = {
-        "meta": meta,
-        "catalog": A.catalog.rows(),
-        "accuracy_vs_crypten": accuracy,
-        "training_cost": cost,
-    }
-    (out / "bench.json").write_text(json.dumps(record, indent=2))
-    (out / "bench.md").write_text(f"{catalog_table}\n\n{table}\n")
-    print(table)
+    sections: list[tuple[str, str]] = []  # (README section, markdown)
+    if not args.mpc_only:
+        catalog_table = A.catalog.markdown()
+        accuracy = accuracy_section()
+        cost = training_cost_section()
+        table = markdown(accuracy, cost)
+        out.mkdir(parents=True, exist_ok=True)
+        record = {
+            "meta": meta,
+            "catalog": A.catalog.rows(),
+            "accuracy_vs_crypten": accuracy,
+            "training_cost": cost,
+        }
+        (out / "bench.json").write_text(json.dumps(record, indent=2))
+        (out / "bench.md").write_text(f"{catalog_table}\n\n{table}\n")
+        print(table)
+        sections += [("bench", table), ("catalog", catalog_table)]
+    if not args.no_mpc:
+        from secinfer import bench_mpc
+
+        mpc = bench_mpc.run(quick=args.quick)
+        mpc["meta"] = meta
+        mpc_table = bench_mpc.write(mpc, Path(args.mpc_out))
+        print(f"\n{mpc_table}")
+        stem = Path(args.mpc_out) / ("mpc.quick" if args.quick else "mpc")
+        print(
+            f"MPC section: {mpc['seconds']:.0f} s; wrote {stem}.json and {stem}.md",
+            file=sys.stderr,
+        )
+        if sections:
+            sections[0] = ("bench", f"{sections[0][1]}\n\n{mpc_table}")
+        else:
+            sections.append(("bench-mpc", mpc_table))
+    elif sections and (Path(args.mpc_out) / "mpc.json").is_file():
+        # keep the README's MPC table: the last full run's, saying when it was measured
+        previous = json.loads((Path(args.mpc_out) / "mpc.json").read_text())
+        date = previous.get("meta", {}).get("date", "an earlier run")
+        stored = (Path(args.mpc_out) / "mpc.md").read_text().strip()
+        note = f"_MPC tables from the run of {date} (`--no-mpc` this time)._"
+        sections[0] = ("bench", f"{sections[0][1]}\n\n{note}\n\n{stored}")
     if not args.no_readme:
         readme = Path(args.readme)
-        for section, text in (("bench", table), ("catalog", catalog_table)):
+        for section, text in sections:
             if update_readme(readme, section, text):
                 print(f"updated the {section} section of {readme}", file=sys.stderr)
+            elif section == "bench-mpc":
+                print(
+                    f"{readme} has no <!-- bench-mpc:start/end --> section: run the full "
+                    "bench to put the MPC table into its bench section",
+                    file=sys.stderr,
+                )
     return 0
 
 
