@@ -57,6 +57,7 @@ CRYPTEN_SCRIPT = textwrap.dedent(
     import json, sys
     import torch
     from protocols.mpc.crypten_setup import import_crypten
+    from protocols.mpc.reveal import decode
     crypten = import_crypten()
     crypten.init()
     cases = json.loads(sys.stdin.read())
@@ -68,7 +69,8 @@ CRYPTEN_SCRIPT = textwrap.dedent(
         else:
             xs = torch.linspace(lo, hi, points)
         x = crypten.cryptensor(xs)
-        out[name] = {"x": xs.tolist(), "y": eval(expr).get_plain_text().tolist()}
+        y = eval(expr)  # decoded exactly: CrypTen's own decode is off by 1 for some negatives
+        out[name] = {"x": xs.tolist(), "y": decode(y.reveal(), int(y.encoder.scale)).tolist()}
     print(json.dumps(out))
     """
 )

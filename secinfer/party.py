@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from protocols.mpc.meter import Meter, Traffic
+from protocols.mpc.reveal import reveal_to
 from protocols.mpc.runtime import PartySettings, Role, start_party, stop_party
 from secinfer import wire
 from secinfer.errors import UserError
@@ -117,7 +118,7 @@ def _execute(graph: Graph, plan: Plan, role: Role, inputs: tuple[torch.Tensor, .
     executor = Executor(graph, "mpc", plan, seeder=seeder, meter=meter.snapshot)
     result = executor.run(inputs)
     out = result.outputs[0]
-    revealed = out.get_plain_text(dst=int(Role.DATA_OWNER))
+    revealed = reveal_to(out, int(Role.DATA_OWNER))
     return result, revealed
 
 
@@ -189,7 +190,7 @@ def run_data_owner(
     finally:
         meter.remove()
         stop_party()
-    output = revealed.detach().numpy()
+    output = revealed.float().numpy()
     tmp = out_dir / "output.tmp.npy"
     np.save(tmp, output)
     tmp.replace(out_dir / "output.npy")

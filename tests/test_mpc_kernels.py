@@ -37,6 +37,7 @@ from approximations import Piecewise, Polynomial, Segment, catalog
 from approximations.functions import power_softmax as plain_power_softmax
 from approximations.functions import softmax as plain_softmax
 from protocols.mpc.local import run_local
+from protocols.mpc.reveal import reveal_to
 from protocols.mpc.runtime import Role
 
 SCALE = 2.0**16
@@ -141,8 +142,8 @@ def kernels(role: Role, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
         traffic = {**meter.traffic.to_dict(), "seconds": seconds}
         if isinstance(result, list):
             result = crypten.stack(result)
-        plain = result.get_plain_text(dst=int(Role.DATA_OWNER))
-        out[name] = (plain.double().numpy(), traffic) if mine else traffic
+        plain = reveal_to(result, int(Role.DATA_OWNER))
+        out[name] = (plain.numpy(), traffic) if mine else traffic
 
     unit, wide, neg, pos = share("unit"), share("wide"), share("neg"), share("pos")
     measure("mul", lambda: unit * unit)

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from protocols.mpc.local import run_local
+from protocols.mpc.reveal import reveal_to
 from protocols.mpc.runtime import Role
 
 SCALE = 2**16  # CrypTen's default fixed-point scale
@@ -44,7 +45,7 @@ def network(role: Role, input_seed: int, weight_seed: int) -> list[int] | None:
     w1s = crypten.cryptensor(w1 if not mine else torch.zeros_like(w1), src=0)
     w2s = crypten.cryptensor(w2 if not mine else torch.zeros_like(w2), src=0)
     h = xs.matmul(w1s).relu().matmul(w2s).softmax(-1)
-    out = h.get_plain_text(dst=1)
+    out = reveal_to(h, 1)
     return None if out is None else out.reshape(-1).tolist()
 
 
