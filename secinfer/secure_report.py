@@ -141,13 +141,22 @@ def comm_summary(report: dict[str, Any]) -> str:
     """Two lines for the terminal: the bill and the network estimates."""
     sent = report["comm"]["bytes_sent"]
     est = report["estimates"]
-    return (
+    lines = [
         f"communication: model owner sent {sent['model_owner'] / 1e6:.2f} MB, data owner "
         f"{sent['data_owner'] / 1e6:.2f} MB, dealer {sent['dealer'] / 1e6:.2f} MB; "
-        f"{report['comm']['rounds']} rounds\n"
+        f"{report['comm']['rounds']} rounds",
         f"estimated wall time: LAN (1 ms, 5 Gbps) {est['lan']:.2f} s, "
-        f"WAN (40 ms, 100 Mbps) {est['wan']:.2f} s"
-    )
+        f"WAN (40 ms, 100 Mbps) {est['wan']:.2f} s",
+    ]
+    total = sum(sum(layer["bytes_sent"].values()) for layer in report["layers"])
+    costly = sorted(report["layers"], key=lambda la: -sum(la["bytes_sent"].values()))[:3]
+    if total > 0:
+        parts = [
+            f"{la['name']} {sum(la['bytes_sent'].values()) / total:.0%} ({la['rounds']} rounds)"
+            for la in costly
+        ]
+        lines.append("most bytes: " + ", ".join(parts))
+    return "\n".join(lines)
 
 
 __all__ = ["NETWORKS", "build_secure_report", "comm_summary", "estimate"]

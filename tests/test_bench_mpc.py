@@ -1,4 +1,4 @@
-"""Smoke test of the MPC bench (`secinfer.bench_mpc`) at tiny shapes: real parties (model
+"""Smoke test of the MPC bench (`secinfer.benchmarks`) at tiny shapes: real parties (model
 owner, data owner, dealer as three processes), both implementations measured in one run,
 ratios computed from the measured rows, published figures kept apart."""
 
@@ -11,17 +11,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from secinfer import bench_mpc as B
+from protocols.mpc.reveal import decode
+from secinfer.benchmarks.cases import OP_CASES, LayerSize, OpCase
+from secinfer.benchmarks.crypten_baselines import crypten_bert_layer, crypten_decode_errors
+from secinfer.benchmarks.inputs import EncoderLayer, layer_input, op_input
+from secinfer.benchmarks.layer import layer_run
+from secinfer.benchmarks.ops import op_section
+from secinfer.benchmarks.published import PUBLISHED
+from secinfer.benchmarks.records import write
+from secinfer.benchmarks.traffic import combine
 
-SMALL_LAYER = B.LayerSize("smoke", hidden=32, heads=2, intermediate=64, seq=8)
+SMALL_LAYER = LayerSize("smoke", hidden=32, heads=2, intermediate=64, seq=8)
 
 
 def test_inputs_have_the_documented_ranges() -> None:
-    gelu = B.op_input("GELU", (64, 256), 0)
+    gelu = op_input("GELU", (64, 256), 0)
     assert 2.5 < float(gelu.std()) < 3.5 and float(gelu.abs().max()) <= 12.0
-    scores = B.op_input("softmax", (4, 32, 32), 0)
+    scores = op_input("softmax", (4, 32, 32), 0)
     assert float((scores.amax(-1) - scores.amin(-1)).max()) < 30
-    rows = B.op_input("LayerNorm", (64, 128), 0).double().var(-1, unbiased=False)
+    rows = op_input("LayerNorm", (64, 128), 0).double().var(-1, unbiased=False)
     assert float(rows.min()) >= 1e-2 * 0.99 and float(rows.max()) <= 1e2 * 1.01
 
 
@@ -30,7 +38,7 @@ def test_combine_takes_the_larger_party_and_adds_the_dealer() -> None:
               dealer_bytes_received=1_000_000, dealer_rounds=2)  # fmt: skip
     do = dict(bytes_sent=2_000_000, bytes_received=3_000_000, rounds=6, dealer_bytes_sent=0,
               dealer_bytes_received=0, dealer_rounds=0)  # fmt: skip
-    row = B.combine(mo, do)
+    row = combine(mo, do)
     assert row["rounds"] == 6 and row["mb_sent_per_party"] == 3.0
     assert math.isclose(row["dealer_mb"], 1.00001)
     assert row["mb_sent_plus_received_per_party"] == 5.0
@@ -38,22 +46,22 @@ def test_combine_takes_the_larger_party_and_adds_the_dealer() -> None:
 
 # one of ours and CrypTen's baseline per op (the other variants run the same code paths)
 SMOKE_CASES = tuple(
-    B.OpCase(c.op, c.shape, (c.variants[0], c.baseline), c.baseline) for c in B.OP_CASES
+    OpCase(c.op, c.shape, (c.variants[0], c.baseline), c.baseline) for c in OP_CASES
 )
 
 
-def test_outputs_are_decoded_exactly_where_cryptens_decode_is_off_by_one() -> None:
+def test_cryptens_decode_errors_are_counted_on_exactly_decoded_outputs() -> None:
     ring = torch.tensor([-2621433, -65536 * 3, 65536 * 2 + 5, -7], dtype=torch.long)
-    opened = {"ring": ring.numpy(), "scale": 2**16}
-    assert torch.equal(B.decoded(opened), ring.double() / 2**16)
-    assert B.crypten_decode_errors(opened) == 1  # -39.9999 comes back as -40.9999
+    values = decode(ring, 2**16)
+    assert torch.equal(values, ring.double() / 2**16)
+    assert crypten_decode_errors(values, 2**16) == 1  # -39.9999 comes back as -40.9999
 
 
 @pytest.fixture(scope="module")
 def record() -> dict:
-    ops = B.op_section(quick=True, selection=SMOKE_CASES)
-    layers = [B.layer_run(SMALL_LAYER, repeats=1)]
-    return {"quick": True, "ops": ops, "layers": layers, "published_elsewhere": B.PUBLISHED}
+    ops = op_section(quick=True, selection=SMOKE_CASES)
+    layers = [layer_run(SMALL_LAYER, repeats=1)]
+    return {"quick": True, "ops": ops, "layers": layers, "published_elsewhere": PUBLISHED}
 
 
 def test_ops_are_measured_side_by_side(record: dict) -> None:
@@ -85,7 +93,7 @@ def test_the_layer_runs_through_the_product_path_and_crypten(record: dict) -> No
 
 
 def test_markdown_and_json_keep_published_figures_apart(record: dict, tmp_path: Path) -> None:
-    table = B.write(record, tmp_path)
+    table = write(record, tmp_path)
     assert (tmp_path / "mpc.quick.md").read_text().strip() == table.strip()
     assert not (tmp_path / "mpc.json").exists()  # a quick run never replaces real figures
     saved = json.loads((tmp_path / "mpc.quick.json").read_text())
@@ -136,13 +144,13 @@ def test_the_crypten_layer_by_hand_matches_torch_in_plaintext_form() -> None:
         def inv_sqrt(self):
             return Plain(torch.rsqrt(self.t))
 
-    module = B.EncoderLayer(SMALL_LAYER, 0).double().eval()
-    x = B.layer_input(SMALL_LAYER, 1).double()
+    module = EncoderLayer(SMALL_LAYER, 0).double().eval()
+    x = layer_input(SMALL_LAYER, 1).double()
     weights = {
         n: Plain(p.detach().t() if p.dim() == 2 else p.detach())
         for n, p in module.layer.named_parameters()
     }
-    got = B.crypten_bert_layer(Plain(x), weights, SMALL_LAYER.heads, module.eps, lambda s: None)
+    got = crypten_bert_layer(Plain(x), weights, SMALL_LAYER.heads, module.eps, lambda s: None)
     want = module(x)
     gelu_gap = 0.1  # x sigmoid(1.702 x) is not GELU: differences of this order pass through
     assert (got.t - want).abs().max() < gelu_gap

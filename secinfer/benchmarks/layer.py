@@ -1,0 +1,149 @@
+"""The encoder-layer section: one BertLayer (batch 1) per size, ours (the product path:
+torch.export, `runner.prepare` calibrated on a sample, the mpc executor) vs CrypTen's
+built-ins by hand vs plain torch float32, on the same weights and input. Per implementation:
+max abs error and cosine against float64 torch (worst repeat), rounds, MB sent per party,
+dealer MB, the fastest repeat's seconds (the slower party's), ratios, and costs per op."""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from protocols.mpc.runtime import Role
+from secinfer.benchmarks.cases import PEER_TIMEOUT, PRECISION_BITS, LayerSize
+from secinfer.benchmarks.crypten_baselines import crypten_decode_errors
+from secinfer.benchmarks.inputs import EncoderLayer, layer_input, layer_internals
+from secinfer.benchmarks.layer_party import layer_party
+from secinfer.benchmarks.traffic import by_category, combine, crypten_categories, ratios, top_nodes
+
+
+def plain_seconds(module: torch.nn.Module, x: torch.Tensor, repeats: int = 5) -> float:
+    """Median float32 forward time on one thread (each party also computes on one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            module(x)
+            times = []
+            for _ in range(repeats):
+                began = time.perf_counter()
+                module(x)
+                times.append(time.perf_counter() - began)
+    finally:
+        torch.set_num_threads(threads)
+    return statistics.median(times)
+
+
+def _summarise(
+    runs_mo: list[dict], runs_do: list[dict], reference: torch.Tensor
+) -> tuple[dict[str, Any], int]:
+    """One implementation's row over its repeats: the largest error and the smallest
+    cosine of any repeat, the fastest repeat's seconds (the slower party's), and traffic
+    (the same in every repeat; checked). Also returns the fastest repeat's index."""
+    errors, cosines, seconds, decode_errors = [], [], [], []
+    for mo, do in zip(runs_mo, runs_do, strict=True):
+        got = torch.from_numpy(do["y"]["values"])
+        decode_errors.append(crypten_decode_errors(got, do["y"]["scale"]))
+        errors.append((got - reference).abs().max().item())
+        cosines.append(F.cosine_similarity(got.flatten(), reference.flatten(), dim=0).item())
+        seconds.append(max(mo["seconds"], do["seconds"]))
+    traffic = [
+        combine(mo["traffic"], do["traffic"]) for mo, do in zip(runs_mo, runs_do, strict=True)
+    ]
+    fastest = int(np.argmin(seconds))
+    return {
+        "max_abs_error": max(errors),
+        "cosine": min(cosines),
+        "seconds": seconds[fastest],
+        "seconds_each_repeat": seconds,
+        "max_abs_error_each_repeat": errors,
+        "traffic_same_every_repeat": all(t == traffic[0] for t in traffic),
+        "crypten_decode_errors_each_repeat": decode_errors,
+        **traffic[0],
+    }, fastest
+
+
+def layer_run(size: LayerSize, seed: int = 0, repeats: int = 2) -> dict[str, Any]:
+    """One size: ours, CrypTen built-ins and plain, on the same weights and input; the
+    secure layers `repeats` times each, alternating which goes first."""
+    from protocols.mpc.local import LocalRunError, run_local
+    from secinfer import wire
+    from secinfer.runner import prepare
+
+    module = EncoderLayer(size, seed).eval()
+    x = layer_input(size, seed + 1)
+    sample = layer_input(size, seed + 2)  # the model owner's calibration sample
+    with torch.no_grad():
+        reference = copy.deepcopy(module).double()(x.double())
+    record: dict[str, Any] = {
+        "size": asdict(size),
+        "parameters": sum(p.numel() for p in module.parameters()),
+        "internals": layer_internals(copy.deepcopy(module).double(), x.double()),
+        "plain_seconds": plain_seconds(module, x),
+        "repeats": repeats,
+    }
+    program = torch.export.export(module, (sample,))
+    _, plan = prepare(program, "mpc", [(sample,)], None)
+    weights = {
+        name: (p.detach().t().contiguous() if p.dim() == 2 else p.detach()).numpy()
+        for name, p in module.layer.named_parameters()
+    }
+    with tempfile.TemporaryDirectory(prefix="secinfer-bench-") as tmp:
+        full, public = Path(tmp) / "layer.pt2", Path(tmp) / "public.pt2"
+        torch.export.save(program, full)
+        public.write_bytes(wire.public_architecture(program))
+        began = time.perf_counter()
+        try:
+            parties = run_local(
+                layer_party,
+                str(full),
+                str(public),
+                plan.to_dict(),
+                x.numpy(),
+                weights,
+                size.heads,
+                module.eps,
+                repeats,
+                timeout=1800,
+                peer_timeout=PEER_TIMEOUT,
+                precision_bits=PRECISION_BITS,
+            )
+        except LocalRunError as exc:
+            record["error"] = f"did not run: {exc}"
+            return record
+        record["wall_seconds"] = time.perf_counter() - began
+    mo, do = parties[Role.MODEL_OWNER].value, parties[Role.DATA_OWNER].value
+    record["peak_rss_mb"] = {"model_owner": mo["peak_rss_mb"], "data_owner": do["peak_rss_mb"]}
+    ours, i = _summarise(mo["ours"], do["ours"], reference)
+    crypten, j = _summarise(mo["crypten"], do["crypten"], reference)
+    record["ours"] = {**ours, "implementation": "ours: secinfer executor, mpc backend"}
+    record["crypten"] = {**crypten, "implementation": "CrypTen built-ins by hand"}
+    record["ratio_ours_over_crypten"] = ratios(ours, crypten)
+    record["ours_by_op"] = by_category(mo["ours"][i]["nodes"], do["ours"][i]["nodes"])
+    record["crypten_by_stage"] = crypten_categories(
+        mo["crypten"][j]["stages"], do["crypten"][j]["stages"]
+    )
+    record["ours_top_nodes"] = top_nodes(mo["ours"][i]["nodes"], do["ours"][i]["nodes"])
+    record["plan"] = {
+        name: {"method": c.method, "interval": c.interval} for name, c in plan.choices.items()
+    }
+    return record
+
+
+def layer_section(
+    sizes: tuple[LayerSize, ...], seed: int = 0, repeats: int = 2
+) -> list[dict[str, Any]]:
+    """`layer_run` for each size, one after the other."""
+    return [layer_run(size, seed, repeats) for size in sizes]
+
+
+__all__ = ["layer_run", "layer_section", "plain_seconds"]

@@ -1,0 +1,120 @@
+"""The encoder-layer party program (runs inside each party process): ours, the product's
+executor on the mpc backend, and CrypTen's hand-written layer on the same shares, each
+metered (rounds, bytes, dealer traffic) and timed; outputs opened to the data owner."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from protocols.mpc.runtime import Role
+from secinfer.benchmarks.crypten_baselines import crypten_bert_layer
+from secinfer.benchmarks.party_helpers import (
+    open_output,
+    peak_rss_mb,
+    share,
+    warm_up_kernels,
+    warm_up_protocol,
+)
+
+
+def _ours_layer(role: Role, graph: Any, plan: Any, x: np.ndarray, meter: Any) -> dict[str, Any]:
+    """The product path: the executor on the mpc backend, the Seeder sharing placeholders."""
+    from secinfer.execute import Executor
+    from secinfer.party import Seeder
+
+    inputs = (torch.from_numpy(x) if role is Role.DATA_OWNER else torch.zeros(x.shape),)
+    executor = Executor(graph, "mpc", plan, seeder=Seeder(role), meter=meter.snapshot)
+    before = meter.snapshot()
+    began = time.perf_counter()
+    result = executor.run(inputs)
+    seconds = time.perf_counter() - began
+    cost = meter.snapshot() - before
+    y = open_output(result.outputs[0])
+    nodes = [
+        {"node": r.name, "op": r.op, "seconds": r.seconds, **r.cost.to_dict()}
+        for r in result.records
+        if r.cost is not None
+    ]
+    return {
+        "seconds": seconds,
+        "traffic": cost.to_dict(),
+        "nodes": nodes,
+        "y": y,
+    }
+
+
+def _crypten_layer(
+    role: Role, x: np.ndarray, weights: dict[str, np.ndarray], heads: int, eps: float, meter: Any
+) -> dict[str, Any]:
+    """CrypTen's built-ins by hand, on the model owner's weights and the data owner's x."""
+    stages: dict[str, dict[str, float]] = {}
+    last = [meter.snapshot(), time.perf_counter()]
+
+    def mark(stage: str) -> None:
+        now, clock = meter.snapshot(), time.perf_counter()
+        entry = stages.setdefault(stage, {"seconds": 0.0})
+        entry["seconds"] += clock - last[1]
+        for k, v in (now - last[0]).to_dict().items():
+            entry[k] = entry.get(k, 0) + v
+        last[:] = [now, clock]
+
+    before = meter.snapshot()
+    began = time.perf_counter()
+    shared = {name: share(value, Role.MODEL_OWNER, role) for name, value in weights.items()}
+    secret_x = share(x, Role.DATA_OWNER, role)
+    mark("sharing")
+    y = crypten_bert_layer(secret_x, shared, heads, eps, mark)
+    seconds = time.perf_counter() - began
+    cost = meter.snapshot() - before
+    revealed = open_output(y)
+    return {
+        "seconds": seconds,
+        "traffic": cost.to_dict(),
+        "stages": stages,
+        "y": revealed,
+    }
+
+
+def layer_party(
+    role: Role,
+    full_archive: str,
+    public_archive: str,
+    plan: dict[str, Any],
+    x: np.ndarray,
+    weights: dict[str, np.ndarray],
+    heads: int,
+    eps: float,
+    repeats: int = 2,
+) -> dict[str, Any]:
+    """Ours (the product's executor) and CrypTen's hand-written layer on the same inputs,
+    `repeats` times each in the order A B B A A B ... (neither always goes first)."""
+    from protocols.mpc.meter import Meter
+    from secinfer.graph import build_graph
+    from secinfer.plan import Plan
+
+    warm_up_kernels()
+    # The data owner gets the public architecture only (floating-point weights zeroed).
+    program = torch.export.load(full_archive if role is Role.MODEL_OWNER else public_archive)
+    graph = build_graph(program)
+    executor_plan = Plan.from_dict(plan)
+    meter = Meter().install()
+    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "crypten": []}
+    try:
+        warm_up_protocol()
+        for i in range(repeats):
+            order = ("ours", "crypten") if i % 2 == 0 else ("crypten", "ours")
+            for which in order:
+                if which == "ours":
+                    runs["ours"].append(_ours_layer(role, graph, executor_plan, x, meter))
+                else:
+                    runs["crypten"].append(_crypten_layer(role, x, weights, heads, eps, meter))
+    finally:
+        meter.remove()
+    return {**runs, "peak_rss_mb": peak_rss_mb()}
+
+
+__all__ = ["layer_party"]

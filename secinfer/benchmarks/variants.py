@@ -1,0 +1,138 @@
+"""The implementations compared in the op section (`VARIANTS`, run inside the parties):
+the product's kernel with the plan's choice, our other kernels, and CrypTen's built-ins;
+and the plan's choice for an op, calibrated as for a node of a real model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from secinfer.benchmarks.cases import EPS
+from secinfer.benchmarks.crypten_baselines import (
+    crypten_gelu,
+    crypten_gelu_erf,
+    crypten_layer_norm,
+)
+
+PRODUCT_TARGETS = {
+    "gelu": torch.ops.aten.gelu.default,
+    "softmax": torch.ops.aten.softmax.int,
+    "layer_norm": torch.ops.aten.layer_norm.default,
+}
+
+
+class _OpModule(torch.nn.Module):
+    """One op as a model, to be planned exactly as a node of a real model is."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.op = op
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.op == "GELU":
+            return F.gelu(x)
+        if self.op == "softmax":
+            return torch.softmax(x, -1)
+        return F.layer_norm(x, (x.shape[-1],), eps=EPS)
+
+
+def plan_choice(op: str, sample: torch.Tensor) -> dict[str, Any]:
+    """The plan's choice for this op calibrated on `sample` (the model owner's data, not
+    the measured input): the op exported alone and planned by `runner.prepare` for the mpc
+    backend, as any model's node would be."""
+    from secinfer.runner import prepare
+
+    program = torch.export.export(_OpModule(op), (sample,))
+    _, plan = prepare(program, "mpc", [(sample,)], None)
+    (choice,) = plan.choices.values()
+    return asdict(choice)
+
+
+def describe_choice(choice: dict[str, Any]) -> str:
+    """What the plan's default resolves to (for the table's label)."""
+    from secinfer.kernels import mpc_nonlinear as K
+    from secinfer.plan import Choice
+
+    c = Choice(**choice)
+    lo, hi = c.interval
+    where = f"calibrated [{lo:.3g}, {hi:.3g}]"
+    if c.function == "gelu" and c.method in ("auto", "sign_exp"):
+        form = K.gelu_form(c)
+        if hasattr(form, "squarings"):
+            shape = (
+                f"sign_exp: 1 comparison, exp by {form.squarings} squarings, "
+                f"abs(x) <= {form.bound:g}"
+            )
+        else:
+            shape = f"even polynomial x/2 + q(x^2), no comparison, degree {form.degree}"
+        return f"{c.method} -> {shape}; {where}"
+    if c.function == "softmax" and c.method == "exp_limit":
+        squarings, cutoff = K.softmax_exp_settings(c)
+        return f"exp_limit, {squarings} squarings, cut-off {cutoff}; {where}"
+    return f"{c.method}; {where}"
+
+
+def _gelu_ours(method: str) -> Callable[[Any, dict], Any]:
+    def run(x: Any, params: dict) -> Any:
+        from protocols.mpc.piecewise import gelu
+
+        return gelu(x, method)
+
+    return run
+
+
+def _product_kernel(x: Any, params: dict) -> Any:
+    """The mpc backend's kernel for the op, with the plan's choice for the calibrated input:
+    exactly what the executor calls for such a node."""
+    import secinfer.kernels  # noqa: F401 - registers the kernels
+    from secinfer.plan import Choice
+    from secinfer.registry import Call, lookup
+
+    choice = Choice(**params["choice"])
+    target = PRODUCT_TARGETS[choice.function]
+    if choice.function == "gelu":
+        args: tuple[Any, ...] = (x,)
+    elif choice.function == "softmax":
+        args = (x, -1)
+    else:
+        args = (x, [int(x.size(-1))], None, None, params["eps"])
+    spec = lookup(choice.op)
+    assert spec is not None
+    return spec.kernels["mpc"](Call(target, args, {}, choice))
+
+
+def _softmax_order2(x: Any, params: dict) -> Any:
+    from protocols.mpc.softmax import softmax
+
+    squarings, cutoff = params["product_exp"]
+    return softmax(x, -1, squarings=squarings - 1, cutoff=cutoff, order=2)
+
+
+# key -> (label, fn(secret x, params))
+VARIANTS: dict[str, tuple[str, Callable[[Any, dict], Any]]] = {
+    "gelu.product": ("ours: the plan's default", _product_kernel),
+    "gelu.puma_refit": ("ours: piecewise puma_refit", _gelu_ours("puma_refit")),
+    "gelu.bolt": ("ours: piecewise bolt", _gelu_ours("bolt")),
+    "gelu.crypten_sigmoid": ("CrypTen: x * (1.702x).sigmoid()", lambda x, p: crypten_gelu(x)),
+    "gelu.crypten_erf": (
+        "CrypTen: 0.5x (1 + (x/sqrt2).erf())",
+        lambda x, p: crypten_gelu_erf(x),
+    ),
+    "softmax.product": ("ours: the plan's default", _product_kernel),
+    "softmax.order2": (
+        "ours: the same with order=2 and one squaring fewer (not the plan's default)",
+        _softmax_order2,
+    ),
+    "softmax.crypten": ("CrypTen: x.softmax(-1)", lambda x, p: x.softmax(-1)),
+    "layer_norm.product": ("ours: the plan's default", _product_kernel),
+    "layer_norm.crypten": (
+        "CrypTen: mean, var, (var + eps).inv_sqrt()",
+        lambda x, p: crypten_layer_norm(x, None, None, p["eps"]),
+    ),
+}
+
+__all__ = ["PRODUCT_TARGETS", "VARIANTS", "describe_choice", "plan_choice"]
