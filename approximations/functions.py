@@ -123,6 +123,7 @@ def softmax(
     eps: float = 1e-6,
     scale: bool = True,
     c: float = 5.0,
+    order: int = 1,
 ) -> torch.Tensor:
     """Softmax along `dim` or an MPC/HE-friendly variant.
 
@@ -130,7 +131,9 @@ def softmax(
     exp_limit  PUMA: z = x - max(x); exp(z) ~ (1 + z/2^n)^(2^n) with n = `squarings`, set
                to 0 where z < -cutoff; one reciprocal of the row sum (>= 1, since the max
                contributes exactly 1), then a product. Error per weight about
-               2 e^-2 / 2^n plus the reciprocal's.
+               2 e^-2 / 2^n plus the reciprocal's. `order` 2 takes the base
+               1 + u + u^2/2 (`ExpBySquaring`): with one squaring fewer, the same cost
+               and about 20 times less error.
     power      power-softmax, see `power_softmax` (p, normalizer, eps, scale)
     2quad      MPCFormer: (x_i + c)^2 / sum_j (x_j + c)^2 (needs distillation)
     `mask` is multiplicative (1 keep, 0 drop), broadcastable to x. `reciprocal` picks the
@@ -150,7 +153,7 @@ def softmax(
     if method == "2quad":
         powered = (x + c) ** 2 * keep
         return powered * _reciprocal(powered.sum(dim=dim, keepdim=True), reciprocal)
-    exp = _exp_by_squaring(squarings, cutoff)
+    exp = _exp_by_squaring(squarings, cutoff, order)
     shifted = x - x.masked_fill(keep == 0, float("-inf")).amax(dim=dim, keepdim=True).detach()
     shifted = shifted.masked_fill(keep == 0, -cutoff - 1.0)
     weights = exp(shifted) * keep
@@ -158,8 +161,8 @@ def softmax(
 
 
 @lru_cache(maxsize=32)
-def _exp_by_squaring(squarings: int, cutoff: float) -> ExpBySquaring:
-    return ExpBySquaring(squarings=squarings, interval=(-cutoff, 0.0), cutoff=cutoff)
+def _exp_by_squaring(squarings: int, cutoff: float, order: int = 1) -> ExpBySquaring:
+    return ExpBySquaring(squarings=squarings, interval=(-cutoff, 0.0), cutoff=cutoff, order=order)
 
 
 # --- LayerNorm ----------------------------------------------------------------------------

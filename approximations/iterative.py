@@ -109,12 +109,15 @@ class _Certified:
 
 @dataclass(frozen=True, eq=False)
 class ExpBySquaring(_Certified):
-    """exp(x) ~ (1 + x / 2^n)^(2^n) for x <= 0, n = `squarings`.
+    """exp(x) ~ b(x / 2^n)^(2^n) for x <= 0, n = `squarings`.
 
-    Error: about x^2 e^x / 2^(n+1), at most 2 e^-2 / 2^n (near x = -2). Valid for
-    x >= -2^n; with `cutoff` = T, inputs below -T return 0 (PUMA), which adds at most e^-T
-    and makes every x <= 0 valid. Depth n + 1 (the scalar 1/2^n, then n squarings); MPC
-    rounds: n multiplications (plus one comparison with a cutoff).
+    order 1: b(u) = 1 + u. Error about x^2 e^x / 2^(n+1), at most 2 e^-2 / 2^n (near
+    x = -2). Valid for x >= -2^n.
+    order 2: b(u) = 1 + u + u^2/2 (one more product). Error about |x|^3 e^x / (6 4^n),
+    at most 27 e^-3 / (6 4^n) (1.4e-5 for n = 7). Valid for x >= -2^(n+1) (b <= 1 there).
+    With `cutoff` = T, inputs below -T return 0 (PUMA), which adds at most e^-T and makes
+    every x <= 0 valid. Depth n + order (the scalar 1/2^n, the base, n squarings); MPC
+    rounds: n + order - 1 multiplications (plus one comparison with a cutoff).
     """
 
     squarings: int = 8
@@ -122,9 +125,12 @@ class ExpBySquaring(_Certified):
     cutoff: float | None = None
     reference: str = "exp"
     error_kind: str = "absolute"
+    order: int = 1
 
     def __post_init__(self) -> None:
         _check_count(self.squarings, "squarings")
+        if self.order not in (1, 2):
+            raise ApproximationError(f"order={self.order!r}: expected 1 or 2")
         object.__setattr__(self, "interval", check_interval(self.interval))
         if self.cutoff is not None and not self.cutoff > 0:
             raise ApproximationError(
@@ -139,19 +145,21 @@ class ExpBySquaring(_Certified):
 
     @property
     def depth(self) -> int:
-        return self.squarings + 1
+        return self.squarings + self.order
 
     @property
     def valid_range(self) -> tuple[float, float]:
-        if self.cutoff is not None and self.cutoff <= 2.0**self.squarings:
+        reach = 2.0 ** (self.squarings + self.order - 1)
+        if self.cutoff is not None and self.cutoff <= reach:
             return (-math.inf, 0.0)
-        return (-(2.0**self.squarings), 0.0)
+        return (-reach, 0.0)
 
     def exact(self, x: torch.Tensor) -> torch.Tensor:
         return _exact_exp(x)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        y = 1.0 + x / 2.0**self.squarings
+        u = x / 2.0**self.squarings
+        y = 1.0 + u if self.order == 1 else 1.0 + u + 0.5 * u * u
         for _ in range(self.squarings):
             y = y * y
         if self.cutoff is not None:
@@ -164,6 +172,7 @@ class ExpBySquaring(_Certified):
             "squarings": self.squarings,
             "interval": list(self.interval),
             "cutoff": self.cutoff,
+            "order": self.order,
         }
 
 

@@ -48,7 +48,7 @@ DEFAULTS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "softmax": (
         "exp_limit",
         ("exact", "exp_limit", "power", "2quad"),
-        {"squarings": 8, "cutoff": 14.0, "reciprocal": "goldschmidt"},
+        {"squarings": 7, "order": 2, "cutoff": 14.0, "reciprocal": "goldschmidt"},
     ),
     "log_softmax": ("exp_limit", ("exact", "exp_limit"), {"squarings": 8}),
     "layer_norm": ("newton", ("exact", "newton", "poly"), {}),

@@ -108,24 +108,25 @@ def gelu(call: Call) -> Any:
     return secure_gelu(call.args[0], method)
 
 
-def softmax_exp_settings(choice: Any) -> tuple[int, float | None]:
-    """(squarings, cutoff) for softmax's exp by squaring on shares.
+def softmax_exp_settings(choice: Any) -> tuple[int, float | None, int]:
+    """(squarings, cutoff, order) for softmax's exp by squaring on shares.
 
     After the row maximum is subtracted, z >= -(spread + MASK_LIMIT) where spread is the
-    calibrated width of the scores and MASK_LIMIT what masked positions add. When
-    2^squarings covers that, (1 + z/2^n)^(2^n) has a non-negative base everywhere, masked
-    positions come out 0 (exp(-200) is below the grid), and the cut-off comparison per
-    entry (about 40 % of softmax's bytes) is skipped; one more squaring is allowed for it.
-    Without a calibrated interval the cut-off stays.
+    calibrated width of the scores and MASK_LIMIT what masked positions add. The base
+    stays in [0, 1] for z >= -2^(squarings + order - 1); when that covers the reach,
+    masked positions come out 0 (exp(-200) is below the grid) and the cut-off comparison
+    per entry (about 40 % of softmax's bytes) is skipped; one more squaring is allowed for
+    it. Without a calibrated interval the cut-off stays.
     """
     squarings = int(choice.options.get("squarings", 8))
+    order = int(choice.options.get("order", 1))
     cutoff = choice.options.get("cutoff", 14.0)
     if choice.interval and cutoff is not None:
         reach = (choice.interval[1] - choice.interval[0]) + MASK_LIMIT
-        needed = max(squarings, math.ceil(math.log2(reach)))
+        needed = max(squarings, math.ceil(math.log2(reach)) - (order - 1))
         if needed <= squarings + 1:
-            return needed, None
-    return squarings, cutoff
+            return needed, None, order
+    return squarings, cutoff, order
 
 
 def softmax(call: Call) -> Any:
@@ -134,8 +135,8 @@ def softmax(call: Call) -> Any:
     x, dim = call.args[0], call.args[1]
     options = dict(call.choice.options)
     if call.choice.method == "exp_limit":
-        squarings, cutoff = softmax_exp_settings(call.choice)
-        return secure.softmax(x, dim, squarings=squarings, cutoff=cutoff)
+        squarings, cutoff, order = softmax_exp_settings(call.choice)
+        return secure.softmax(x, dim, squarings=squarings, cutoff=cutoff, order=order)
     if call.choice.method == "power":
         keys = ("p", "normalizer", "eps")
         return secure.power_softmax(x, dim, **{k: options[k] for k in keys if k in options})
