@@ -91,21 +91,23 @@ class Octaves:
 
 
 @lru_cache(maxsize=32)
-def initial_guess(kind: str, degree: int) -> tuple[np.ndarray, float]:
+def initial_guess(kind: str, degree: int, low: float | None = None) -> tuple[np.ndarray, float]:
     """(power-basis coefficients, certified relative error) of the relative-minimax
-    polynomial for 1/m on [1/2, 1] (kind "reciprocal") or 1/sqrt(m) on [1/4, 1] ("rsqrt")."""
+    polynomial for 1/m on [1/2, 1] (kind "reciprocal") or 1/sqrt(m) on [low, 1] ("rsqrt",
+    low = 1/4 by default: even octaves; 1/16 for octaves of ratio 16)."""
     if kind == "reciprocal":
         poly = fit(lambda m: 1.0 / m, (0.5, 1.0), degree, "remez", relative=True, name="1/x")
     elif kind == "rsqrt":
-        poly = fit(torch.rsqrt, (0.25, 1.0), degree, "remez", relative=True, name="rsqrt")
+        interval = (low or 0.25, 1.0)
+        poly = fit(torch.rsqrt, interval, degree, "remez", relative=True, name="rsqrt")
     else:
         raise ValueError(f"kind={kind!r}: 'reciprocal' or 'rsqrt'")
     return poly.coefficients, float(poly.max_error or 0.0)
 
 
-def error_bound(kind: str, degree: int, newton: int) -> float:
+def error_bound(kind: str, degree: int, newton: int, low: float | None = None) -> float:
     """Relative error of the approximation in exact arithmetic (fixed point adds ~2^-15)."""
-    _, e = initial_guess(kind, degree)
+    _, e = initial_guess(kind, degree, low)
     for _ in range(newton):
         e = e * e if kind == "reciprocal" else 1.5 * e * e + 0.5 * e**3
     return e
@@ -179,8 +181,14 @@ def inv_sqrt(
     degree: int = 4,
     newton: int = 1,
     shift: int = 0,
+    step: int = 2,
 ) -> Secret:
     """2^shift / sqrt(x) for secret x in the public interval [lo, hi] (module docstring).
+
+    `step` 4 takes octaves of ratio 16 (m in [1/16, 1)): half the thresholds, so half the
+    comparison bytes, for a weaker initial guess (degree 5: 2.5e-2 relative) that needs
+    `newton` = 2 (then 1.3e-6). Worth it where comparisons dominate (LayerNorm: one per
+    row against 3 products per Newton step).
 
     Even octaves: m = x 4^-k in [1/4, 1) (one stacked comparison against 4^j), so that
     1/sqrt(x) = (1/sqrt m) 2^-k with an integer power of two for any k. y0 = p(m) with p the
@@ -197,19 +205,22 @@ def inv_sqrt(
     log4(hi/lo)) + 16 (normalise) + 40 (degree 4) + 40 per step + 16.
     """
     _check(degree, newton)
-    octaves = Octaves.covering(interval, step=2)
-    coefficients, _ = initial_guess("rsqrt", degree)
-    m, scale = _normalise(x, octaves, -1.0, shift)
-    y = evaluate_polynomial(m, coefficients, interval=(0.25, 1.0))
+    if step not in (2, 4):
+        raise ValueError(f"step={step!r}: octaves of ratio 4 (step 2) or 16 (step 4)")
+    low = 2.0**-step
+    octaves = Octaves.covering(interval, step=step)
+    coefficients, _ = initial_guess("rsqrt", degree, low)
+    m, scale = _normalise(x, octaves, -step / 2, shift)  # 1/sqrt(2^(step k)) = 2^(-step k/2)
+    y = evaluate_polynomial(m, coefficients, interval=(low, 1.0))
     for _ in range(newton):
         y = y * 1.5 - _m_y_cubed(m, y) * 0.5
-    return _centred(y, "rsqrt", degree, newton) * scale
+    return _centred(y, "rsqrt", degree, newton, low) * scale
 
 
-def _centred(y: Secret, kind: str, degree: int, newton: int) -> Secret:
+def _centred(y: Secret, kind: str, degree: int, newton: int, low: float | None = None) -> Secret:
     """After a Newton step the relative error is one-sided, in [-b, 0]; a public factor
     1 / (1 - b/2) centres it to +-b/2 (local)."""
-    factor = on_grid(1.0 / (1.0 - error_bound(kind, degree, newton) / 2.0))
+    factor = on_grid(1.0 / (1.0 - error_bound(kind, degree, newton, low) / 2.0))
     return y if newton == 0 or factor == 1.0 else y * factor
 
 

@@ -11,6 +11,10 @@ import torch
 from protocols.mpc.inverse import inv_sqrt
 from protocols.mpc.polynomial import Secret
 
+RSQRT_SETTINGS = {"step": 4, "degree": 4, "newton": 2}
+"""Octaves of ratio 16 (half the comparisons of ratio 4: a comparison costs ~27 products'
+bytes and there is one per row), a degree-4 guess and two Newton steps: 1.4e-5 relative."""
+
 
 def output_shift(interval: tuple[float, float]) -> int:
     """g such that 2^g / sqrt(S) lies in [2^-4, ...) over the interval of S (see below)."""
@@ -41,14 +45,14 @@ def layer_norm(
     Valid when every row's variance lies in `variance_interval` (public, calibrated on
     sample inputs); outside it the inverse square root extrapolates.
 
-    Error: relative about 1e-5 from inv_sqrt (degree 4, one Newton step), 2^-16/|f| from
+    Error: relative about 1.4e-5 from inv_sqrt (RSQRT_SETTINGS), 2^-16/|f| from
     f's rounding (<= 1.5e-4 at the top of [1e-3, 1e3]), plus the mean's rounding, one unit
     of 2^-16 shared by the row: 2^-16 / sqrt(var) absolute on the normalised output
-    (4.8e-4 at var = 1e-3); all times |weight|. Rounds: 1 (squares) + 14 (inv_sqrt:
-    comparison 8, normalise 1, polynomial 2, Newton 2, scale 1) + 1 (c f) + 1 with a
-    secret weight: 17. Bytes per element and party: 8 (square) + 8 (c f) + 8 (secret
-    weight), plus per row 216 per even octave of n (variance_interval + eps) (10 for
-    [1e-3, 1e3] and n = 384) and about 150 for the rest of inv_sqrt.
+    (4.8e-4 at var = 1e-3); all times |weight|. Rounds: 1 (squares) + 16 (inv_sqrt:
+    comparison 8, normalise 1, polynomial 2, Newton 2 x 2, scale 1) + 1 (c f) + 1 with a
+    secret weight: 19. Bytes per element and party: 8 (square) + 8 (c f) + 8 (secret
+    weight), plus per row 216 per octave of ratio 16 of n (variance_interval + eps) (5
+    for [1e-3, 1e3] and n = 384) and about 200 for the rest of inv_sqrt.
     """
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     dims = tuple(range(x.dim() - len(shape), x.dim()))
@@ -67,7 +71,7 @@ def layer_norm(
         squares = squares.sum(d, keepdim=True)
     interval = (n * (lo + eps), n * (hi + eps))
     g = output_shift(interval)
-    f = inv_sqrt(squares + n * eps, interval, shift=g)
+    f = inv_sqrt(squares + n * eps, interval, shift=g, **RSQRT_SETTINGS)
     out = (centred * f) * (math.sqrt(n) / 2**g)
     if weight is not None:
         out = out * weight

@@ -71,8 +71,9 @@ def describe_choice(choice: dict[str, Any]) -> str:
             shape = f"even polynomial x/2 + q(x^2), no comparison, degree {form.degree}"
         return f"{c.method} -> {shape}; {where}"
     if c.function == "softmax" and c.method == "exp_limit":
-        squarings, cutoff = K.softmax_exp_settings(c)
-        return f"exp_limit, {squarings} squarings, cut-off {cutoff}; {where}"
+        squarings, cutoff, order = K.softmax_exp_settings(c)
+        cut = "no cut-off" if cutoff is None else f"cut-off {cutoff:g}"
+        return f"exp_limit, order {order}, {squarings} squarings, {cut}; {where}"
     return f"{c.method}; {where}"
 
 
@@ -105,11 +106,12 @@ def _product_kernel(x: Any, params: dict) -> Any:
     return spec.kernels["mpc"](Call(target, args, {}, choice))
 
 
-def _softmax_order2(x: Any, params: dict) -> Any:
+def _softmax_order1(x: Any, params: dict) -> Any:
+    """PUMA's base 1 + u with one more squaring than the default's order-2 base: same cost."""
     from protocols.mpc.softmax import softmax
 
-    squarings, cutoff = params["product_exp"]
-    return softmax(x, -1, squarings=squarings - 1, cutoff=cutoff, order=2)
+    squarings, cutoff, order = params["product_exp"]
+    return softmax(x, -1, squarings=squarings + order - 1, cutoff=cutoff, order=1)
 
 
 # key -> (label, fn(secret x, params))
@@ -123,9 +125,9 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, dict], Any]]] = {
         lambda x, p: crypten_gelu_erf(x),
     ),
     "softmax.product": ("ours: the plan's default", _product_kernel),
-    "softmax.order2": (
-        "ours: the same with order=2 and one squaring fewer (not the plan's default)",
-        _softmax_order2,
+    "softmax.order1": (
+        "ours: the same with PUMA's order-1 base and one more squaring (same cost)",
+        _softmax_order1,
     ),
     "softmax.crypten": ("CrypTen: x.softmax(-1)", lambda x, p: x.softmax(-1)),
     "layer_norm.product": ("ours: the plan's default", _product_kernel),

@@ -37,9 +37,10 @@ from secinfer.registry import Call, register
 
 MPC_WIDEN = 16.0
 """Calibrated positive intervals are stretched to [lo / MPC_WIDEN, hi * MPC_WIDEN]."""
-LAYER_NORM_WIDEN = 2.0**10
+LAYER_NORM_WIDEN = 2.0**8
 """LayerNorm variances (one per row: few elements, so extra octaves cost little) get
-[lo / 2^10, hi * 2^10], within the fixed-point range [2^-16, 2^30]."""
+[lo / 2^8, hi * 2^8] (activations 16 times off the calibrated scale still fit), within the
+fixed-point range [2^-16, 2^30]."""
 DEFAULT_POSITIVE = (1e-4, 1e4)
 """Interval of an uncalibrated positive input (variance, denominator)."""
 GELU_METHODS = ("auto", "sign_exp", "puma", "puma_refit", "bolt", "quad")
