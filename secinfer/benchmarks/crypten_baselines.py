@@ -14,9 +14,10 @@ from protocols.mpc.reveal import decode
 
 
 def crypten_layer_norm(x: Any, weight: Any, bias: Any, eps: float) -> Any:
-    """LayerNorm with CrypTen's built-ins: mean, variance, `(var + eps).inv_sqrt()`."""
+    """LayerNorm with CrypTen's built-ins: mean, variance (`square`, which opens its input
+    once, not `c * c`, which opens it twice), `(var + eps).inv_sqrt()`."""
     centred = x - x.mean(-1, keepdim=True)
-    variance = (centred * centred).mean(-1, keepdim=True)
+    variance = centred.square().mean(-1, keepdim=True)
     out = centred * (variance + eps).inv_sqrt()
     if weight is not None:
         out = out * weight
