@@ -59,6 +59,31 @@ def _model_options(fn: Any) -> Any:
     return click.argument("model", type=click.Path(path_type=Path))(fn)
 
 
+def _mpc_options(fn: Any) -> Any:
+    """--provider, --precision-bits and --timeout, shared by `run` (mpc) and `party`."""
+    fn = click.option(
+        "--timeout",
+        type=float,
+        default=60.0,
+        show_default=True,
+        help="mpc: seconds a party waits for a peer before giving up.",
+    )(fn)
+    fn = click.option(
+        "--precision-bits",
+        type=click.IntRange(8, 24),
+        default=16,
+        show_default=True,
+        help="mpc: fractional bits of the fixed-point encoding.",
+    )(fn)
+    return click.option(
+        "--provider",
+        type=click.Choice(["dealer", "trusted-first-party"]),
+        default="dealer",
+        show_default=True,
+        help="mpc: who makes Beaver triples (trusted-first-party is insecure: local tests only).",
+    )(fn)
+
+
 def _inputs(loaded: Any, input_path: Path | None, text: str | None) -> tuple[Any, ...]:
     from secinfer import load
 
@@ -117,27 +142,7 @@ def _inputs(loaded: Any, input_path: Path | None, text: str | None) -> tuple[Any
     help="Draw the per-layer error against plaintext to this PNG.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option(
-    "--provider",
-    type=click.Choice(["dealer", "trusted-first-party"]),
-    default="dealer",
-    show_default=True,
-    help="mpc: who makes Beaver triples (trusted-first-party is insecure: local tests only).",
-)
-@click.option(
-    "--precision-bits",
-    type=click.IntRange(8, 24),
-    default=16,
-    show_default=True,
-    help="mpc: fractional bits of the fixed-point encoding.",
-)
-@click.option(
-    "--timeout",
-    type=float,
-    default=60.0,
-    show_default=True,
-    help="mpc: seconds a party waits for a peer before giving up.",
-)
+@_mpc_options
 def run(
     model: Path,
     trust_model: bool,
@@ -293,23 +298,7 @@ def inspect(model: Path, trust_model: bool, input_path: Path | None, as_json: bo
     show_default=True,
     help="Directory for this party's cost record (and the data owner's output.npy).",
 )
-@click.option(
-    "--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for a peer."
-)
-@click.option(
-    "--provider",
-    type=click.Choice(["dealer", "trusted-first-party"]),
-    default="dealer",
-    show_default=True,
-    help="Who makes Beaver triples: the dealer process, or (insecure) the model owner.",
-)
-@click.option(
-    "--precision-bits",
-    type=click.IntRange(8, 24),
-    default=16,
-    show_default=True,
-    help="Fractional bits of the fixed-point encoding.",
-)
+@_mpc_options
 def party(
     role: str,
     rendezvous: str,

@@ -113,13 +113,18 @@ def _node_costs(graph: Graph, result: RunResult) -> list[dict[str, Any]]:
     ]
 
 
-def _execute(graph: Graph, plan: Plan, role: Role, inputs: tuple[torch.Tensor, ...], meter: Meter):
+def _run_secure(
+    graph: Graph, plan: Plan, role: Role, inputs: tuple[torch.Tensor, ...], meter: Meter
+) -> tuple[dict[str, Any], torch.Tensor | None]:
+    """Run the graph on shares; (this party's cost record, the output on the data owner)."""
+    setup = meter.snapshot()
+    began = time.perf_counter()
     seeder = Seeder(role, token_id_inputs(graph))
     executor = Executor(graph, "mpc", plan, seeder=seeder, meter=meter.snapshot)
     result = executor.run(inputs)
-    out = result.outputs[0]
-    revealed = reveal_to(out, int(Role.DATA_OWNER))
-    return result, revealed
+    revealed = reveal_to(result.outputs[0], int(Role.DATA_OWNER))
+    seconds = time.perf_counter() - began
+    return _record(role, meter, setup, seconds, graph, result), revealed
 
 
 def run_model_owner(
@@ -144,11 +149,7 @@ def run_model_owner(
             torch.zeros(shape, dtype=getattr(torch, dtype))
             for shape, dtype in zip(spec["shapes"], spec["dtypes"], strict=True)
         )
-        setup = meter.snapshot()
-        began = time.perf_counter()
-        result, _ = _execute(graph, plan, Role.MODEL_OWNER, inputs, meter)
-        seconds = time.perf_counter() - began
-        record = _record(Role.MODEL_OWNER, meter, setup, seconds, graph, result)
+        record, _ = _run_secure(graph, plan, Role.MODEL_OWNER, inputs, meter)
     finally:
         meter.remove()
         stop_party()
@@ -182,11 +183,7 @@ def run_data_owner(
         )
         graph = build_graph(program)
         plan = Plan.from_dict(meta["plan"])
-        setup = meter.snapshot()
-        began = time.perf_counter()
-        result, revealed = _execute(graph, plan, Role.DATA_OWNER, inputs, meter)
-        seconds = time.perf_counter() - began
-        record = _record(Role.DATA_OWNER, meter, setup, seconds, graph, result)
+        record, revealed = _run_secure(graph, plan, Role.DATA_OWNER, inputs, meter)
     finally:
         meter.remove()
         stop_party()

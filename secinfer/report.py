@@ -33,6 +33,14 @@ def block_ends(graph: Graph) -> OrderedDict[str, str]:
     return ends
 
 
+def block_error(result: RunResult, reference: RunResult, node: str) -> float | None:
+    """Max abs error of a watched node's value against the reference run (None if unseen)."""
+    got, want = result.watched.get(node), reference.watched.get(node)
+    if isinstance(got, torch.Tensor) and isinstance(want, torch.Tensor):
+        return compare(got, want)[0]
+    return None
+
+
 def compare(a: Any, b: Any) -> tuple[float, float]:
     """(max abs error, cosine) between two tensors, flattened, in float64."""
     x = a.detach().double().reshape(-1)
@@ -84,12 +92,7 @@ def _layers(graph: Graph, result: RunResult, reference: RunResult) -> list[dict[
         outside[record.block] = outside.get(record.block, 0) + record.stats.count
     layers = []
     for block, node in block_ends(graph).items():
-        got, want = result.watched.get(node), reference.watched.get(node)
-        err = (
-            compare(got, want)[0]
-            if isinstance(got, torch.Tensor) and isinstance(want, torch.Tensor)
-            else None
-        )
+        err = block_error(result, reference, node)
         layers.append(
             {
                 "name": block,

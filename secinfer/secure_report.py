@@ -26,7 +26,7 @@ import torch
 from secinfer.execute import RunResult
 from secinfer.graph import Graph
 from secinfer.registry import RangeStats
-from secinfer.report import block_ends, compare
+from secinfer.report import block_ends, block_error, compare
 
 NETWORKS = {"lan": (0.001, 5e9), "wan": (0.040, 100e6)}
 """name -> (round-trip seconds, bits per second)."""
@@ -74,12 +74,7 @@ def build_secure_report(
     mo_blocks, do_blocks = _per_block(model_owner), _per_block(data_owner)
     layers = []
     for block, node in block_ends(graph).items():
-        got, want = approx.watched.get(node), reference.watched.get(node)
-        approx_err = (
-            compare(got, want)[0]
-            if isinstance(got, torch.Tensor) and isinstance(want, torch.Tensor)
-            else None
-        )
+        approx_err = block_error(approx, reference, node)
         mo, do = mo_blocks.get(block, {}), do_blocks.get(block, {})
         layers.append(
             {
