@@ -239,7 +239,7 @@ def run(
     "--input",
     "input_path",
     type=click.Path(path_type=Path),
-    help="Calibrate on this input instead of the default sample.",
+    help="Calibrate on this input instead of the model owner's sample.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the inspection as JSON.")
 def inspect(model: Path, trust_model: bool, input_path: Path | None, as_json: bool) -> None:
@@ -250,8 +250,10 @@ def inspect(model: Path, trust_model: bool, input_path: Path | None, as_json: bo
 
     loaded = load.load_model(model, trust_model=trust_model)
     samples = []
-    if input_path is not None or loaded.example_inputs or loaded.program is None:
+    if input_path is not None or loaded.program is None:
         samples = [_inputs(loaded, input_path, None)]
+    elif loaded.example_inputs:
+        samples = loaded.calibration_samples()
     graph = build_graph(loaded.program)
     info = inspect_graph(graph, samples)
     info["model"] = {

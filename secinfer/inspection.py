@@ -2,7 +2,7 @@
 
 Ops and their counts with the backends that support each, coverage per backend, the
 model owner's parameters and the data owner's inputs, calibrated input ranges of the
-nonlinear nodes (plain run on the default sample), and an estimate of the multiplicative
+nonlinear nodes (plain run on the calibration samples), and an estimate of the multiplicative
 depth an HE run would need.
 
 Depth estimate: the longest path through the graph where each node adds the CKKS levels
@@ -197,7 +197,7 @@ def format_inspection(info: dict[str, Any], header: list[str]) -> str:
         f"parameters (model owner): {info['parameters']:,} "
         f"({info['parameter_bytes'] / 1e6:.2f} MB)",
         "",
-        "calibrated input ranges of nonlinear nodes (plain run on the default sample):",
+        "calibrated input ranges of nonlinear nodes (plain run on the calibration samples):",
     ]
     for row in info["calibrated_ranges"]:
         lo, hi = row["range"]
