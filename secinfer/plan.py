@@ -66,7 +66,8 @@ DEFAULTS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
 # GELU is x/2 + q(x^2) on the calibrated interval when that reaches 5e-3 ("auto", see
 # approximations.even_gelu), the one-comparison sign_exp form otherwise
 BACKEND_DEFAULTS: dict[str, dict[str, str]] = {"mpc": {"gelu": "auto"}}
-# functions whose calibrated quantity is positive (for layer_norm: var + eps)
+# functions whose calibrated quantity is positive (for layer_norm: var + eps); a reciprocal
+# whose observed denominators are all positive is widened the same (geometrically)
 POSITIVE_DOMAIN = frozenset({"layer_norm", "log", "rsqrt", "sqrt"})
 # ops that are nonlinear only for some arguments (division by a tensor, fractional powers)
 CONDITIONAL = {"aten.div": "reciprocal", "aten.pow": "reciprocal"}
@@ -170,7 +171,8 @@ def make_plan(
             lo, hi = calibration[node.name]
             choice.observed = [lo, hi]
             if not layer.get("interval"):
-                choice.interval = widen(lo, hi, positive=function in POSITIVE_DOMAIN)
+                positive = function in POSITIVE_DOMAIN or (function == "reciprocal" and lo > 0)
+                choice.interval = widen(lo, hi, positive=positive)
         choices[node.name] = choice
     return Plan(backend, choices)
 

@@ -202,3 +202,19 @@ def test_inputs_outside_the_calibrated_range_are_counted_and_warned(tmp_path: Pa
     assert report["out_of_range"] > 0
     assert {n["op"] for n in report["out_of_range_nodes"]} == {"aten.layer_norm"}
     assert "inputs fell outside their approximation's interval" in out
+
+
+def test_a_model_trained_with_power_softmax_runs_under_mpc(tmp_path: Path) -> None:
+    """The bundled HE-friendly digits model: power-softmax, quad GELU, polynomial LayerNorm."""
+    from secinfer.zoo.digits import load_split
+
+    _, _, test_x, _ = load_split(0)
+    np.save(tmp_path / "x.npy", test_x[:50].numpy())
+    code, _, err = run_cli(
+        "run", str(DIGITS.with_name("digits_he.safetensors")), "--backend", "mpc",
+        "--input", str(tmp_path / "x.npy"), "--report", str(tmp_path / "r.json"),
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["argmax_agreement"] == 1.0
+    assert report["cosine"] >= 0.999

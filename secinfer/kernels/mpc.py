@@ -327,6 +327,15 @@ def _compare(method: str, swapped: str) -> Callable[..., Any]:
     return kernel
 
 
+def _clamp(x: Any, lo: Any = None, hi: Any = None) -> Any:
+    """min(max(x, lo), hi) with public bounds: one comparison (relu) per given bound."""
+    if lo is not None:
+        x = (x - lo).relu() + lo
+    if hi is not None:
+        x = -((hi - x).relu()) + hi
+    return x
+
+
 def _max_dim(x: Any, dim: int, keepdim: bool = False) -> Any:
     values = x.max(dim=dim, keepdim=keepdim)
     return values[0] if isinstance(values, tuple) else values
@@ -363,6 +372,7 @@ SELECT: dict[str, Callable[..., Any]] = {
     "aten.bitwise_not": lambda x: 1 - x,
     "aten.relu": lambda x: x.relu(),
     "aten.abs": lambda x: x.abs(),
+    "aten.clamp": lambda x, lo=None, hi=None: _clamp(x, lo, hi),
     "aten.clamp_min": lambda x, lo: (x - lo).relu() + lo,
     "aten.clamp_max": lambda x, hi: -((hi - x).relu()) + hi,
     "aten.maximum": lambda a, b: _add(_sub(a, b).relu(), b),
@@ -419,8 +429,17 @@ def structural(call: Call) -> Any:
 
 
 def public_only(call: Call) -> Any:
-    """Ops that build public values from shapes (arange, full, ...)."""
-    return call.run_exact()
+    """Ops that build public values from shapes (arange, full, full_like, new_zeros, ...):
+    a secret argument contributes only its (public) shape."""
+
+    def shape_only(value: Any) -> Any:
+        if isinstance(value, OneHot) or is_secret(value):
+            return torch.zeros(tuple(value.size()))
+        return value
+
+    args = tuple(shape_only(v) for v in call.args)
+    kwargs = {k: shape_only(v) for k, v in call.kwargs.items()}
+    return call.target(*args, **kwargs)
 
 
 for _name in [*SHAPE, *ARITH, *SELECT, "sym.mul", "sym.add", "sym.sub"]:
