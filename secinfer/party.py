@@ -30,7 +30,7 @@ from secinfer import wire
 from secinfer.errors import UserError
 from secinfer.execute import Executor, RunResult
 from secinfer.graph import Graph, build_graph, op_name
-from secinfer.kernels.mpc import OneHot
+from secinfer.kernels.mpc_values import OneHot
 from secinfer.plan import Plan
 from secinfer.report import write_json
 

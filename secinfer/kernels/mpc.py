@@ -15,111 +15,30 @@ plain torch on both parties and costs nothing. Otherwise:
                 reciprocal per row, LayerNorm with a range-normalised inverse square root,
                 each on the interval the plan calibrated
 
-Public sentinels (torch.finfo.min in attention masks, |v| >= 1e9) become -MASK_LIMIT
-(-200) before they meet shares: the fixed-point ring (16 fractional bits in 64 bits)
-holds about +-1.4e14, and exp(-200) is 0 on its grid.
-
-This module imports CrypTen only when a kernel runs, so that the registry knows the mpc
-backend's coverage without CrypTen installed.
+Values, secrets and sentinels: `secinfer.kernels.mpc_values`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from secinfer.graph import op_name
+from secinfer.kernels.mpc_values import (
+    MASK_LIMIT,
+    OneHot,
+    _any_secret,
+    _clamped,
+    _crypten,
+    _public,
+    is_secret,
+    one_hot_shape,
+    plain_containers,
+    share_public,
+)
 from secinfer.registry import REGISTRY, Call, register
-
-MASK_LIMIT = 200.0
-"""Public sentinels (|v| >= SENTINEL, such as attention masks' torch.finfo.min) become
--+MASK_LIMIT before meeting shares: exp(-200) is 0 on the fixed-point grid, and softmax's
-exp by squaring stays valid down to -2^squarings without a cut-off comparison."""
-SENTINEL = 1e9
-
-_CRYPTENSOR: list[type] = []
-
-
-@dataclass
-class OneHot:
-    """The data owner's token ids as shares of their one-hot rows, shape (..., vocab).
-
-    An embedding lookup is then one product with the (secret) table: the ids never leave
-    the data owner, at the cost of a (tokens x vocab) by (vocab x hidden) Beaver matmul.
-    Shape ops act on the leading dimensions.
-    """
-
-    shares: Any
-
-    @property
-    def vocab(self) -> int:
-        return int(self.shares.size()[-1])
-
-    def dim(self) -> int:
-        return self.shares.dim() - 1
-
-    def size(self) -> torch.Size:
-        return self.shares.size()[:-1]
-
-    def with_shape(self, shape: list[int]) -> OneHot:
-        return OneHot(self.shares.reshape([*shape, self.vocab]))
-
-
-def _cryptensor_type() -> type:
-    if not _CRYPTENSOR:
-        from protocols.mpc.crypten_setup import import_crypten
-
-        _CRYPTENSOR.append(import_crypten().CrypTensor)
-    return _CRYPTENSOR[0]
-
-
-def is_secret(value: Any) -> bool:
-    return isinstance(value, _cryptensor_type())
-
-
-def _any_secret(values: Any) -> bool:
-    if isinstance(values, list | tuple):
-        return any(_any_secret(v) for v in values)
-    if isinstance(values, dict):
-        return any(_any_secret(v) for v in values.values())
-    return isinstance(values, OneHot) or is_secret(values)
-
-
-def _public(value: Any) -> Any:
-    """Public booleans as 0/1 floats, so that they can meet shares."""
-    if isinstance(value, torch.Tensor) and value.dtype == torch.bool:
-        return value.float()
-    return value
-
-
-def _crypten() -> Any:
-    from protocols.mpc.crypten_setup import import_crypten
-
-    return import_crypten()
-
-
-def share_public(value: Any, like: Any = None) -> Any:
-    """A public tensor as shares (both parties know it: the model owner holds it all)."""
-    if is_secret(value):
-        return value
-    tensor = torch.as_tensor(value, dtype=torch.float32)
-    if like is not None:
-        tensor = tensor.expand(like.size()).contiguous() if tensor.dim() == 0 else tensor
-    return _crypten().cryptensor(tensor, src=0)
-
-
-def _clamped(value: Any) -> Any:
-    """Sentinel values (|v| >= SENTINEL, infinities) as -+MASK_LIMIT; others unchanged."""
-    if isinstance(value, torch.Tensor) and value.is_floating_point():
-        huge = value.abs() >= SENTINEL
-        return torch.where(huge, value.sign() * MASK_LIMIT, value) if huge.any() else value
-    if isinstance(value, float) and abs(value) >= SENTINEL:
-        return math.copysign(MASK_LIMIT, value)
-    return value
 
 
 # --- shape ops -------------------------------------------------------------------------------
@@ -223,7 +142,7 @@ def _mul(a: Any, b: Any) -> Any:
     return a * b if is_secret(a) else b * a
 
 
-def _integer_power(x: Any, exponent: int) -> Any:
+def integer_power(x: Any, exponent: int) -> Any:
     """x^k by square-and-multiply: about 2 log2 k multiplications (CrypTen's own pow is wrong
     for odd exponents of 5 and above)."""
     result, base, k = None, x, exponent
@@ -382,36 +301,6 @@ SELECT: dict[str, Callable[..., Any]] = {
 }
 
 
-def _one_hot_shape(name: str, ids: OneHot, args: tuple[Any, ...]) -> OneHot | int:
-    """view/reshape/unsqueeze/copies and sizes of secret token ids (leading dimensions)."""
-    if name == "aten.sym_size":
-        return int(ids.size()[args[0]])
-    if name in ("aten.view", "aten._unsafe_view", "aten.reshape"):
-        shape = list(args[0])
-        if -1 in shape:
-            known = math.prod(s for s in shape if s != -1)
-            shape[shape.index(-1)] = math.prod(ids.size()) // known
-        return ids.with_shape(shape)
-    if name == "aten.unsqueeze":
-        d = args[0] if args[0] >= 0 else args[0] + ids.dim() + 1
-        return OneHot(ids.shares.unsqueeze(d))
-    if name in ("aten.clone", "aten.alias", "aten.detach", "aten._to_copy", "aten.contiguous"):
-        return ids
-    raise NotImplementedError(f"{name} on secret token ids has no mpc kernel")
-
-
-def plain_containers(value: Any) -> Any:
-    """torch.fx's immutable lists and dicts as plain ones: CrypTen sends some arguments (sizes,
-    strides) to the dealer, whose restricted unpickler accepts only builtin containers."""
-    if isinstance(value, list):
-        return [plain_containers(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(plain_containers(v) for v in value)
-    if isinstance(value, dict):
-        return {k: plain_containers(v) for k, v in value.items()}
-    return value
-
-
 def structural(call: Call) -> Any:
     """Shape, arithmetic, linear and selection ops: plain torch when every argument is public."""
     if call.target is torch.ops.aten._assert_tensor_metadata.default:
@@ -421,7 +310,7 @@ def structural(call: Call) -> Any:
     name = op_name(call.target)
     args, kwargs = plain_containers(call.args), plain_containers(call.kwargs)
     if args and isinstance(args[0], OneHot):
-        return _one_hot_shape(name, args[0], args[1:])
+        return one_hot_shape(name, args[0], args[1:])
     kernel = SHAPE.get(name) or ARITH.get(name) or SELECT.get(name)
     if kernel is None:
         raise NotImplementedError(f"{name} on a secret value has no mpc kernel")

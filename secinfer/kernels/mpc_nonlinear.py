@@ -32,7 +32,7 @@ import torch
 import approximations as A
 from approximations.piecewise import Piecewise, Segment
 from approximations.polynomial import Polynomial
-from secinfer.kernels.mpc import MASK_LIMIT, is_secret
+from secinfer.kernels.mpc_values import MASK_LIMIT, is_secret
 from secinfer.registry import Call, register
 
 MPC_WIDEN = 16.0
@@ -234,13 +234,13 @@ def div(call: Call) -> Any:
 
 def pow_(call: Call) -> Any:
     """Integer powers by square-and-multiply; -1, 0.5 and -0.5 by the inverse kernels."""
-    from secinfer.kernels.mpc import _integer_power
+    from secinfer.kernels.mpc import integer_power
 
     x, exponent = call.args[0], call.args[1]
     if not is_secret(x):
         return call.run_exact()
     if isinstance(exponent, int | float) and float(exponent).is_integer() and exponent >= 0:
-        return _integer_power(x, int(exponent))
+        return integer_power(x, int(exponent))
     if exponent == -1:
         return _reciprocal(call, x)
     if exponent == -0.5:
