@@ -301,18 +301,7 @@ def inspect(model: Path, trust_model: bool, input_path: Path | None, as_json: bo
     help="Directory for this party's cost record (and the data owner's output.npy).",
 )
 @_mpc_options
-def party(
-    role: str,
-    rendezvous: str,
-    model: Path | None,
-    trust_model: bool,
-    config_path: Path | None,
-    input_path: Path | None,
-    out_dir: Path,
-    timeout: float,
-    provider: str,
-    precision_bits: int,
-) -> None:
+def party(role: str, **options: Any) -> None:
     """Run one party of an MPC run (for several hosts; `run --backend mpc` starts all three).
 
     \b
@@ -325,18 +314,7 @@ def party(
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")  # c10d's C++ traces on a lost peer
     from secinfer.party_main import main_for_role
 
-    main_for_role(
-        role,
-        rendezvous=rendezvous,
-        model=model,
-        trust_model=trust_model,
-        config_path=config_path,
-        input_path=input_path,
-        out_dir=out_dir,
-        timeout=timeout,
-        provider=provider,
-        precision_bits=precision_bits,
-    )
+    main_for_role(role, **options)
 
 
 @main.command()
