@@ -1,8 +1,9 @@
 """One model run end to end: graph, calibration, plan, backend run, plain reference, report.
 
-Calibration runs `plain` on the model's documented default sample (the model owner's
-sample data), never on the data owner's input: the run then reports how many of the real
-input's values fell outside the calibrated intervals.
+Calibration runs `plain` on the model owner's samples (`LoadedModel.calibration_samples`:
+the default sample, or the digits models' 256 training images), never on the data owner's
+input: the run then reports how many of the real input's values fell outside the
+calibrated intervals. `run_mpc` starts the three MPC parties as processes.
 """
 
 from __future__ import annotations
@@ -92,9 +93,10 @@ def run_mpc(
 ) -> Outcome:
     """The three parties as local processes, then plain and approx here for comparison.
 
-    The parties compute their own plan (the model owner calibrates it); the same plan,
-    computed here the same way, drives the `approx` run that counts out-of-range inputs
-    and gives each block's approximation error.
+    The parties compute their own plan (the model owner calibrates it). The same plan,
+    computed here the same way, drives the plaintext reference run, which counts the
+    inputs outside the mpc kernels' intervals (`OutsideCounter`), and the `approx` run,
+    which gives each block's approximation error.
     """
     from secinfer.launch import run_local_parties
     from secinfer.secure_report import build_secure_report

@@ -11,9 +11,10 @@ plain torch on both parties and costs nothing. Otherwise:
                 operands opened once under masks); products are truncated locally
   select        where/masked_fill with a public condition are local; comparisons,
                 max, relu and clamps of secrets use CrypTen's secure comparison
-  nonlinear     `protocols.mpc`: piecewise GELU, softmax with exp by squaring and one
-                reciprocal per row, LayerNorm with a range-normalised inverse square root,
-                each on the interval the plan calibrated
+  nonlinear     `secinfer.kernels.mpc_nonlinear` on `protocols.mpc`: GELU without or
+                with one comparison, softmax with exp by squaring and one reciprocal per
+                row, LayerNorm with a range-normalised inverse square root, each on the
+                interval the plan calibrated
 
 Values, secrets and sentinels: `secinfer.kernels.mpc_values`.
 """
