@@ -15,6 +15,7 @@ written atomically: a failed run leaves no half-written output.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,29 @@ class Seeder:
         return import_crypten().cryptensor(tensor, src=int(owner))
 
 
+INPUT_DTYPES = {
+    name: getattr(torch, name)
+    for name in ("float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8",
+                 "uint8", "bool")
+}  # fmt: skip
+MAX_INPUT_ELEMENTS = 1 << 31
+
+
+def placeholders(spec: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+    """Zero tensors of the shapes and dtypes the data owner announced (checked: a peer's
+    message names no function and allocates no more than MAX_INPUT_ELEMENTS)."""
+    shapes, dtypes = spec.get("shapes"), spec.get("dtypes")
+    if not isinstance(shapes, list) or not isinstance(dtypes, list) or len(shapes) != len(dtypes):
+        raise PeerAborted("the data owner sent a malformed input description")
+    out = []
+    for shape, dtype in zip(shapes, dtypes, strict=True):
+        ok_shape = isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
+        if not ok_shape or dtype not in INPUT_DTYPES or math.prod(shape) > MAX_INPUT_ELEMENTS:
+            raise PeerAborted(f"the data owner announced an unusable input: {shape} {dtype}")
+        out.append(torch.zeros(shape, dtype=INPUT_DTYPES[dtype]))
+    return tuple(out)
+
+
 def _node_costs(graph: Graph, result: RunResult) -> list[dict[str, Any]]:
     return [
         {
@@ -145,10 +169,7 @@ def run_model_owner(
         spec = wire.send_json(None, src=Role.DATA_OWNER)
         if "error" in spec:
             raise PeerAborted(f"the data owner gave up: {spec['error']}")
-        inputs = tuple(
-            torch.zeros(shape, dtype=getattr(torch, dtype))
-            for shape, dtype in zip(spec["shapes"], spec["dtypes"], strict=True)
-        )
+        inputs = placeholders(spec)
         record, _ = _run_secure(graph, plan, Role.MODEL_OWNER, inputs, meter)
     finally:
         meter.remove()

@@ -218,3 +218,19 @@ def test_a_model_trained_with_power_softmax_runs_under_mpc(tmp_path: Path) -> No
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["argmax_agreement"] == 1.0
     assert report["cosine"] >= 0.999
+
+
+def test_the_model_owner_checks_the_data_owners_input_description() -> None:
+    """A peer's message can name no function and allocate no unbounded memory."""
+    from secinfer.party import PeerAborted, placeholders
+
+    (x,) = placeholders({"shapes": [[2, 3]], "dtypes": ["int64"]})
+    assert x.shape == (2, 3) and x.dtype == torch.int64
+    for bad in (
+        {"shapes": [[2]], "dtypes": ["load"]},
+        {"shapes": [[-1]], "dtypes": ["float32"]},
+        {"shapes": [[2**20, 2**20]], "dtypes": ["float32"]},
+        {"shapes": "x", "dtypes": []},
+    ):
+        with pytest.raises(PeerAborted):
+            placeholders(bad)
