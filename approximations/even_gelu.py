@@ -80,9 +80,28 @@ def auto_gelu(interval: tuple[float, float] | None) -> Polynomial | SignExpGELU:
     return even if even is not None else SignExpGELU.for_bound(max(bound, DEFAULT_BOUND))
 
 
+def secure_gelu_form(method: str, interval: tuple[float, float] | None) -> Polynomial | SignExpGELU:
+    """The form behind the plan's GELU methods "auto" (`auto_gelu`) and "sign_exp" (the
+    one-comparison form on max(|lo|, |hi|), at least DEFAULT_BOUND)."""
+    if method == "auto":
+        return auto_gelu(interval)
+    if method != "sign_exp":
+        raise ValueError(f"method={method!r}: expected 'auto' or 'sign_exp'")
+    bound = max(abs(float(v)) for v in interval) if interval else DEFAULT_BOUND
+    return SignExpGELU.for_bound(max(bound, DEFAULT_BOUND))
+
+
 def even_gelu(x: torch.Tensor, q: Polynomial) -> torch.Tensor:
     """x/2 + q(x^2): the plaintext form of the secure kernel (any dtype, autograd intact)."""
     return 0.5 * x + q(x * x)
 
 
-__all__ = ["MAX_DEGREE", "TARGET", "auto_gelu", "even_gelu", "even_part", "fit_even_gelu"]
+__all__ = [
+    "MAX_DEGREE",
+    "TARGET",
+    "auto_gelu",
+    "even_gelu",
+    "even_part",
+    "fit_even_gelu",
+    "secure_gelu_form",
+]

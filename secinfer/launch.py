@@ -9,6 +9,7 @@ On another host each role runs by hand with the same command (see the README).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -98,32 +99,39 @@ def run_local_parties(
         rendezvous = f"tcp://127.0.0.1:{free_port()}"
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         began = time.perf_counter()
-        processes: dict[Role, subprocess.Popen[bytes]] = {}
-        logs = {role: root / f"{role.label}.log" for role in roles}
-        try:
-            for role in roles:
-                with logs[role].open("wb") as log:
-                    processes[role] = subprocess.Popen(
-                        _party_command(role, rendezvous, options),
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        env=env,
-                    )
-            wait_for_parties(processes, logs, run_timeout)
-        finally:
-            for process in processes.values():
-                if process.poll() is None:
-                    process.kill()
-                process.wait()
+        commands = {role: _party_command(role, rendezvous, options) for role in roles}
+        run_parties(commands, root, run_timeout, env=env)
         seconds = time.perf_counter() - began
-        import json
-
         return LocalRun(
             output=np.load(out[Role.DATA_OWNER] / "output.npy", allow_pickle=False),
             model_owner=json.loads((out[Role.MODEL_OWNER] / "model-owner.json").read_text()),
             data_owner=json.loads((out[Role.DATA_OWNER] / "data-owner.json").read_text()),
             seconds=seconds,
         )
+
+
+def run_parties(
+    commands: dict[Role, list[str]],
+    root: Path,
+    timeout: float,
+    env: dict[str, str] | None = None,
+) -> None:
+    """Start one process per role (output to `root/<role>.log`), wait until all exit 0;
+    on the first failure or the deadline raise, and never leave a process behind."""
+    logs = {role: root / f"{role.label}.log" for role in commands}
+    processes: dict[Role, subprocess.Popen[bytes]] = {}
+    try:
+        for role, command in commands.items():
+            with logs[role].open("wb") as log:
+                processes[role] = subprocess.Popen(
+                    command, stdout=log, stderr=subprocess.STDOUT, env=env
+                )
+        wait_for_parties(processes, logs, timeout)
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+            process.wait()
 
 
 def wait_for_parties(
@@ -148,4 +156,4 @@ def wait_for_parties(
         time.sleep(0.1)
 
 
-__all__ = ["LocalRun", "run_local_parties", "wait_for_parties"]
+__all__ = ["LocalRun", "run_local_parties", "run_parties", "wait_for_parties"]

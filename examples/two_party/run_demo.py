@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ import torch
 from protocols.mpc.local import free_port
 from protocols.mpc.runtime import Role
 from secinfer.errors import PartyError, UserError
-from secinfer.launch import wait_for_parties
+from secinfer.launch import run_parties
 from secinfer.secure_report import estimate
 from secinfer.zoo.digits import load_model, load_split
 
@@ -46,22 +45,11 @@ def start_parties(root: Path, images: Path, timeout: float) -> dict[str, dict]:
         Role.DATA_OWNER: ["--input", str(images), "--out", str(root)],
         Role.DEALER: [],
     }
-    logs = {role: root / f"{role.label}.log" for role in SCRIPTS}
-    processes = {}
-    try:
-        for role, script in SCRIPTS.items():
-            with logs[role].open("wb") as log:
-                processes[role] = subprocess.Popen(
-                    [sys.executable, str(script), *common, *extra[role]],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-        wait_for_parties(processes, logs, timeout=20 * timeout)
-    finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.kill()
-            process.wait()
+    commands = {
+        role: [sys.executable, str(script), *common, *extra[role]]
+        for role, script in SCRIPTS.items()
+    }
+    run_parties(commands, root, timeout=20 * timeout)
     return {
         role.label: json.loads((root / f"{role.label}.json").read_text())
         for role in (Role.MODEL_OWNER, Role.DATA_OWNER)

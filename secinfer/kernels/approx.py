@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import approximations as A
-from approximations.even_gelu import auto_gelu, even_gelu
+from approximations.even_gelu import even_gelu, secure_gelu_form
 from approximations.functions import rsqrt_approximation
 from approximations.sign_exp_gelu import SignExpGELU
 from secinfer.registry import REGISTRY, Call, register, register_all
@@ -56,13 +56,7 @@ def gelu_approximation(method: str, interval: tuple[float, float] | None) -> tup
     """(callable, interval where it holds). A single polynomial ("minimax") is refit on
     the calibrated interval when one is given, so that calibration widens it."""
     if method in ("auto", "sign_exp"):
-        form = (
-            auto_gelu(interval)
-            if method == "auto"
-            else SignExpGELU.for_bound(
-                max(30.0, max(abs(v) for v in interval)) if interval else 30.0
-            )
-        )
+        form = secure_gelu_form(method, interval)
         if isinstance(form, SignExpGELU):
             return form, (-form.bound, form.bound)
         bound = math.sqrt(form.interval[1])

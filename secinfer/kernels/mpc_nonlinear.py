@@ -80,14 +80,9 @@ def kernel_interval(choice: Any) -> tuple[float, float] | None:
 
 def gelu_form(choice: Any) -> Any:
     """The even polynomial or the SignExpGELU behind an "auto" / "sign_exp" choice."""
-    from approximations.even_gelu import DEFAULT_BOUND, auto_gelu
-    from approximations.sign_exp_gelu import SignExpGELU
+    from approximations.even_gelu import secure_gelu_form
 
-    interval = tuple(choice.interval) if choice.interval else None
-    if choice.method == "auto":
-        return auto_gelu(interval)
-    bound = max(abs(v) for v in interval) if interval else DEFAULT_BOUND
-    return SignExpGELU.for_bound(max(bound, DEFAULT_BOUND))
+    return secure_gelu_form(choice.method, tuple(choice.interval) if choice.interval else None)
 
 
 def gelu(call: Call) -> Any:
