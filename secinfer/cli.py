@@ -314,7 +314,21 @@ def party(role: str, **options: Any) -> None:
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")  # c10d's C++ traces on a lost peer
     from secinfer.party_main import main_for_role
 
-    main_for_role(role, **options)
+    code = 0
+    try:
+        main_for_role(role, **options)
+    except UserError as exc:
+        click.echo(f"error: {exc}", err=True)
+        code = 2
+    except PartyError as exc:
+        click.echo(f"error: {exc}", err=True)
+        code = 1
+    # A party is always its own process. Gloo can abort (SIGABRT) while the interpreter
+    # tears its process groups down after a peer has left; this party's results and error
+    # line are written by now, so it leaves without that teardown and keeps its exit status.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @main.command()
