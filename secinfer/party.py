@@ -32,6 +32,7 @@ from secinfer.errors import UserError
 from secinfer.execute import Executor, RunResult
 from secinfer.graph import Graph, build_graph, op_name
 from secinfer.kernels.mpc_values import OneHot
+from secinfer.kernels.mpc_weights import open_weights
 from secinfer.plan import Plan
 from secinfer.report import write_json
 
@@ -79,10 +80,22 @@ class Seeder:
 
     role: Role
     vocab: dict[str, int] = field(default_factory=dict)
+    shared: dict[str, Any] = field(default_factory=dict)
+
+    def prepare(self, graph: Graph) -> int:
+        """The offline phase, before any input exists: share every floating-point weight
+        and open once the masks of those that feed products (`mpc_weights`); returns how
+        many weight masks were opened."""
+        for name, value in graph.owned.items():
+            if value.is_floating_point():
+                self.shared[name] = self._share(value, Role.MODEL_OWNER)
+        return open_weights(graph, self.shared)
 
     def owned(self, name: str, value: torch.Tensor) -> Any:
         if not value.is_floating_point():
             return value
+        if name in self.shared:
+            return self.shared[name]
         return self._share(value, Role.MODEL_OWNER)
 
     def user(self, name: str, value: torch.Tensor) -> Any:
@@ -137,18 +150,41 @@ def _node_costs(graph: Graph, result: RunResult) -> list[dict[str, Any]]:
     ]
 
 
-def _run_secure(
-    graph: Graph, plan: Plan, role: Role, inputs: tuple[torch.Tensor, ...], meter: Meter
-) -> tuple[dict[str, Any], torch.Tensor | None]:
-    """Run the graph on shares; (this party's cost record, the output on the data owner)."""
-    setup = meter.snapshot()
+@dataclass
+class Offline:
+    """What the offline phase left: the seeder holding the shared weights, its traffic."""
+
+    seeder: Seeder
+    traffic: Traffic
+    seconds: float
+    weights_opened: int
+
+
+def _offline(graph: Graph, role: Role, meter: Meter) -> Offline:
+    before = meter.snapshot()
     began = time.perf_counter()
     seeder = Seeder(role, token_id_inputs(graph))
-    executor = Executor(graph, "mpc", plan, seeder=seeder, meter=meter.snapshot)
+    opened = seeder.prepare(graph)
+    return Offline(seeder, meter.snapshot() - before, time.perf_counter() - began, opened)
+
+
+def _run_secure(
+    graph: Graph,
+    plan: Plan,
+    role: Role,
+    inputs: tuple[torch.Tensor, ...],
+    meter: Meter,
+    offline: Offline,
+) -> tuple[dict[str, Any], torch.Tensor | None]:
+    """Run the graph on shares (the online phase); (this party's cost record, the output
+    on the data owner)."""
+    before = meter.snapshot()
+    began = time.perf_counter()
+    executor = Executor(graph, "mpc", plan, seeder=offline.seeder, meter=meter.snapshot)
     result = executor.run(inputs)
     revealed = reveal_to(result.outputs[0], int(Role.DATA_OWNER))
     seconds = time.perf_counter() - began
-    return _record(role, meter, setup, seconds, graph, result), revealed
+    return _record(role, meter, before, offline, seconds, graph, result), revealed
 
 
 def run_model_owner(
@@ -166,11 +202,12 @@ def run_model_owner(
     try:
         wire.send_bytes(architecture, src=Role.MODEL_OWNER)
         wire.send_json({"plan": plan.to_dict(), **meta}, src=Role.MODEL_OWNER)
+        offline = _offline(graph, Role.MODEL_OWNER, meter)
         spec = wire.send_json(None, src=Role.DATA_OWNER)
         if "error" in spec:
             raise PeerAborted(f"the data owner gave up: {spec['error']}")
         inputs = placeholders(spec)
-        record, _ = _run_secure(graph, plan, Role.MODEL_OWNER, inputs, meter)
+        record, _ = _run_secure(graph, plan, Role.MODEL_OWNER, inputs, meter, offline)
     finally:
         meter.remove()
         stop_party()
@@ -190,6 +227,9 @@ def run_data_owner(
     try:
         program = wire.load_architecture(wire.send_bytes(None, src=Role.MODEL_OWNER))
         meta = wire.send_json(None, src=Role.MODEL_OWNER)
+        graph = build_graph(program)
+        plan = Plan.from_dict(meta["plan"])
+        offline = _offline(graph, Role.DATA_OWNER, meter)
         try:
             inputs = tuple(read_inputs(program, meta))
         except UserError as exc:
@@ -202,9 +242,7 @@ def run_data_owner(
             },
             src=Role.DATA_OWNER,
         )
-        graph = build_graph(program)
-        plan = Plan.from_dict(meta["plan"])
-        record, revealed = _run_secure(graph, plan, Role.DATA_OWNER, inputs, meter)
+        record, revealed = _run_secure(graph, plan, Role.DATA_OWNER, inputs, meter, offline)
     finally:
         meter.remove()
         stop_party()
@@ -217,13 +255,26 @@ def run_data_owner(
 
 
 def _record(
-    role: Role, meter: Meter, setup: Traffic, seconds: float, graph: Graph, result: RunResult
+    role: Role,
+    meter: Meter,
+    before: Traffic,
+    offline: Offline,
+    seconds: float,
+    graph: Graph,
+    result: RunResult,
 ) -> dict[str, Any]:
+    """setup: agreeing on architecture, plan and shapes; offline: the weights, before the
+    input existed; run: the online phase (this query)."""
     return {
         "role": role.label,
         "seconds": seconds,
-        "setup": setup.to_dict(),
-        "run": (meter.snapshot() - setup).to_dict(),
+        "setup": (before - offline.traffic).to_dict(),
+        "offline": {
+            **offline.traffic.to_dict(),
+            "seconds": offline.seconds,
+            "weights_opened": offline.weights_opened,
+        },
+        "run": (meter.snapshot() - before).to_dict(),
         "nodes": _node_costs(graph, result),
     }
 

@@ -6,6 +6,10 @@ Adds to the fields of `secinfer.report` (never renaming them):
   comm.rounds          the larger of the two computing parties' round counts (a round is a
                        wait for the peer's message)
   comm.setup           the same counters for agreeing on the architecture, plan and shapes
+  comm.offline         {model_owner, data_owner}: the weights shared and their Beaver masks
+                       opened once per model, before the input existed (counters, seconds,
+                       weights_opened); bytes_sent and rounds above are the online phase:
+                       what each further query costs
   estimates            wall time on a LAN (1 ms round trip, 5 Gbps: PUMA's setting) and a
                        WAN (40 ms, 100 Mbps): compute seconds + rounds x RTT + the busier
                        party's bytes / bandwidth
@@ -120,6 +124,10 @@ def build_secure_report(
             },
             "rounds": rounds,
             "setup": {"model_owner": model_owner["setup"], "data_owner": data_owner["setup"]},
+            "offline": {
+                "model_owner": model_owner["offline"],
+                "data_owner": data_owner["offline"],
+            },
             "model_owner": mo_run,
             "data_owner": do_run,
         },
@@ -139,7 +147,8 @@ def comm_summary(report: dict[str, Any]) -> str:
     lines = [
         f"communication: model owner sent {sent['model_owner'] / 1e6:.2f} MB, data owner "
         f"{sent['data_owner'] / 1e6:.2f} MB, dealer {sent['dealer'] / 1e6:.2f} MB; "
-        f"{report['comm']['rounds']} rounds",
+        f"{report['comm']['rounds']} rounds (online; once per model before it: "
+        f"{_offline_line(report['comm']['offline'])})",
         f"estimated wall time: LAN (1 ms, 5 Gbps) {est['lan']:.2f} s, "
         f"WAN (40 ms, 100 Mbps) {est['wan']:.2f} s",
     ]
@@ -152,6 +161,14 @@ def comm_summary(report: dict[str, Any]) -> str:
         ]
         lines.append("most bytes: " + ", ".join(parts))
     return "\n".join(lines)
+
+
+def _offline_line(offline: dict[str, Any]) -> str:
+    mo, do = offline["model_owner"], offline["data_owner"]
+    return (
+        f"{mo['weights_opened']} weights opened, {mo['bytes_sent'] / 1e6:.2f} + "
+        f"{do['bytes_sent'] / 1e6:.2f} MB, {max(mo['rounds'], do['rounds'])} rounds"
+    )
 
 
 __all__ = ["NETWORKS", "build_secure_report", "comm_summary", "estimate"]

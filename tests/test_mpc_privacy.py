@@ -34,7 +34,11 @@ def secrets(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def network(role: Role, input_seed: int, weight_seed: int) -> list[int] | None:
-    """linear -> relu -> linear -> softmax on shares; the output revealed to the data owner."""
+    """linear -> relu -> linear -> a LayerNorm-like scaling -> softmax on shares; the output
+    revealed to the data owner. The weights' masks are kept and opened once before the
+    input is used, and the scaling reuses its input's mask (`protocols.mpc.reuse`), so the
+    views include those protocols."""
+    from protocols.mpc import reuse
     from protocols.mpc.crypten_setup import import_crypten
 
     crypten = import_crypten()
@@ -44,7 +48,12 @@ def network(role: Role, input_seed: int, weight_seed: int) -> list[int] | None:
     xs = crypten.cryptensor(x if mine else torch.zeros_like(x), src=1)
     w1s = crypten.cryptensor(w1 if not mine else torch.zeros_like(w1), src=0)
     w2s = crypten.cryptensor(w2 if not mine else torch.zeros_like(w2), src=0)
-    h = xs.matmul(w1s).relu().matmul(w2s).softmax(-1)
+    reuse.open_all([(w1s, "w1"), (w2s, "w2")])
+    h = reuse.product(xs, w1s, "matmul", y_key="w1").relu()
+    h = reuse.product(h, w2s, "matmul", y_key="w2")
+    squares = reuse.square(h, key="h").sum(-1, keepdim=True)
+    h = reuse.product(h, squares * 0.01 + 1, x_key="h", release=("h",))
+    h = h.softmax(-1)
     out = reveal_to(h, 1)
     return None if out is None else out.reshape(-1).tolist()
 
@@ -134,7 +143,8 @@ def test_the_view_is_not_empty_and_the_output_is_right(runs) -> None:
     assert len(views) > 10
     x, _, _ = secrets(1)
     _, w1, w2 = secrets(10)
-    expected = torch.softmax(torch.relu(x @ w1) @ w2, -1)
+    h = torch.relu(x @ w1) @ w2
+    expected = torch.softmax(h * ((h * h).sum(-1, keepdim=True) * 0.01 + 1), -1)
     got = run_local(network, 1, 10)[Role.DATA_OWNER].value
     assert np.abs(np.array(got) - expected.reshape(-1).numpy()).max() < 0.02
 

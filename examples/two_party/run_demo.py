@@ -103,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         f"communication: model owner sent {mo['bytes_sent'] / 1e6:.1f} MB, data owner "
         f"{do['bytes_sent'] / 1e6:.1f} MB, dealer {dealer / 1e6:.1f} MB; {rounds} rounds"
     )
+    off = records["model-owner"]["offline"]
+    print(
+        f"  before the images existed (once per model): {off['weights_opened']} weights "
+        f"shared and opened, {off['bytes_sent'] / 1e6:.1f} MB, {off['rounds']} rounds"
+    )
     est = estimate(compute, rounds, max(mo["bytes_sent"], do["bytes_sent"]))
     print(
         f"secure computation {compute:.1f} s here (3 processes on 2 cores), estimated "

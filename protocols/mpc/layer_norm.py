@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
+from protocols.mpc import reuse
 from protocols.mpc.inverse import inv_sqrt
 from protocols.mpc.polynomial import Secret
 
@@ -50,8 +51,10 @@ def layer_norm(
     of 2^-16 shared by the row: 2^-16 / sqrt(var) absolute on the normalised output
     (4.8e-4 at var = 1e-3); all times |weight|. Rounds: 1 (squares) + 16 (inv_sqrt:
     comparison 8, normalise 1, polynomial 2, Newton 2 x 2, scale 1) + 1 (c f) + 1 with a
-    secret weight: 19. Bytes per element and party: 8 (square) + 8 (c f) + 8 (secret
-    weight), plus per row 216 per octave of ratio 16 of n (variance_interval + eps) (5
+    secret weight: 19. Bytes per element and party: 8 for c, opened once (with the dealer,
+    `protocols.mpc.reuse` keeps its mask for the square and for c f, which then opens
+    only f's per-row values; 16 with CrypTen's own products) + 8 (a secret weight), plus
+    per row 216 per octave of ratio 16 of n (variance_interval + eps) (5
     for [1e-3, 1e3] and n = 384) and about 200 for the rest of inv_sqrt.
     """
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
@@ -66,13 +69,15 @@ def layer_norm(
     for d in reversed(dims):
         total = total.sum(d, keepdim=True)
     centred = x - total.div(n)
-    squares = centred.square()
+    key = reuse.new_key("layer_norm") if reuse.available() else None
+    squares = reuse.square(centred, key=key) if key else centred.square()
     for d in reversed(dims):
         squares = squares.sum(d, keepdim=True)
     interval = (n * (lo + eps), n * (hi + eps))
     g = output_shift(interval)
     f = inv_sqrt(squares + n * eps, interval, shift=g, **RSQRT_SETTINGS)
-    out = (centred * f) * (math.sqrt(n) / 2**g)
+    scaled = reuse.product(centred, f, x_key=key, release=(key,)) if key else centred * f
+    out = scaled * (math.sqrt(n) / 2**g)
     if weight is not None:
         out = out * weight
     if bias is not None:

@@ -138,15 +138,18 @@ def run_dealer(settings: PartySettings) -> None:
     if settings.provider != "dealer":
         raise ValueError("a dealer process is only needed with provider 'dealer'")
     _configure(Role.DEALER, settings)
-    from crypten.mpc.provider.ttp_provider import TTPServer
+    from protocols.mpc.reuse import masking_dealer_class
 
     with _deadline(settings.timeout):
-        TTPServer()  # returns when party 0 sends "terminate" (or a peer fails)
+        masking_dealer_class()()  # returns when party 0 sends "terminate" (or a peer fails)
     _shutdown_quietly()
 
 
 def stop_party() -> None:
     """Leave the run (the model owner also tells the dealer to stop)."""
+    from protocols.mpc import reuse
+
+    reuse.reset()
     crypten = import_crypten()
     if crypten.is_initialized():
         crypten.uninit()

@@ -39,6 +39,7 @@ from secinfer.kernels.mpc_values import (
     plain_containers,
     share_public,
 )
+from secinfer.kernels.mpc_weights import secret_product, transposed_weight
 from secinfer.registry import REGISTRY, Call, register
 
 
@@ -170,13 +171,16 @@ def _reduce(method: str) -> Callable[..., Any]:
 
 def matmul(a: Any, b: Any) -> Any:
     """a @ b with either operand secret (one Beaver matmul when both are)."""
+    if is_secret(a) and is_secret(b):
+        return secret_product(a, b)
     if is_secret(a):
         return a.matmul(b)
     return b.transpose(-1, -2).matmul(a.transpose(-1, -2)).transpose(-1, -2)
 
 
 def _linear(x: Any, weight: Any, bias: Any = None) -> Any:
-    out = matmul(x, weight.transpose(0, 1))
+    weight_t = transposed_weight(weight) if is_secret(weight) else weight.transpose(0, 1)
+    out = matmul(x, weight_t)
     return out if bias is None else _add(out, bias)
 
 

@@ -52,6 +52,21 @@ class OneHot:
         return OneHot(self.shares.reshape([*shape, self.vocab]))
 
 
+MASK_KEY = "_secinfer_mask_key"
+"""Attribute naming the `protocols.mpc.reuse` key of a secret whose Beaver mask is kept
+(the model owner's weights: opened once per model, see `secinfer.kernels.mpc_weights`)."""
+
+
+def keep_mask(value: Any, key: str) -> Any:
+    """Mark a secret so that products open it once under `key` and reuse the mask."""
+    setattr(value, MASK_KEY, key)
+    return value
+
+
+def mask_key(value: Any) -> str | None:
+    return getattr(value, MASK_KEY, None)
+
+
 def _cryptensor_type() -> type:
     if not _CRYPTENSOR:
         from protocols.mpc.crypten_setup import import_crypten
@@ -136,10 +151,13 @@ def plain_containers(value: Any) -> Any:
 
 
 __all__ = [
+    "MASK_KEY",
     "MASK_LIMIT",
     "SENTINEL",
     "OneHot",
     "is_secret",
+    "keep_mask",
+    "mask_key",
     "one_hot_shape",
     "plain_containers",
     "share_public",
