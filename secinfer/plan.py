@@ -23,6 +23,7 @@ from typing import Any
 
 from secinfer.errors import UserError
 from secinfer.graph import Graph
+from secinfer.kernels.mpc_precision import OPTION, check_bits, check_headroom
 from secinfer.registry import lookup
 
 MARGIN = 1.25  # calibrated ranges are widened by this factor around their centre
@@ -173,6 +174,7 @@ def make_plan(
             if not layer.get("interval"):
                 positive = function in POSITIVE_DOMAIN or (function == "reciprocal" and lo > 0)
                 choice.interval = widen(lo, hi, positive=positive)
+        _check_precision(choice)
         choices[node.name] = choice
     return Plan(backend, choices)
 
@@ -184,6 +186,18 @@ def widen(lo: float, hi: float, margin: float = MARGIN, *, positive: bool = Fals
         return [lo / margin**2, hi * margin**2]
     centre, half = (lo + hi) / 2, max((hi - lo) / 2, 1e-6)
     return [centre - margin * half, centre + margin * half]
+
+
+def _check_precision(choice: Choice) -> None:
+    """`precision_bits` (mpc backend): an allowed value that the calibrated range fits."""
+    bits = choice.options.get(OPTION)
+    if bits is None:
+        return
+    where = f"config: {choice.function} ({choice.node})"
+    try:
+        check_headroom(check_bits(bits, where), choice.observed or choice.interval, where)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _check_config_keys(defaults: dict, per_node: dict, graph: Graph) -> None:

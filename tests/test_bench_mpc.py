@@ -90,6 +90,13 @@ def test_the_layer_runs_through_the_product_path_and_crypten(record: dict) -> No
     assert set(layer["ours_by_op"]) >= {"matmul", "softmax", "layer_norm", "gelu"}
     assert layer["ratio_ours_over_crypten"]["mb_sent_per_party"] > 0
     assert layer["plain_seconds"] > 0
+    # the weights' masks are opened once, offline: 8 bytes per product weight and party
+    offline = layer["ours"]["offline"]
+    h, i = layer["size"]["hidden"], layer["size"]["intermediate"]
+    weights = 4 * h * h + 2 * h * i  # query, key, value, output; intermediate, output
+    assert offline["weights_opened"] == 6
+    assert offline["mb_sent_per_party"] * 1e6 >= 8 * weights
+    assert offline["rounds"] <= 3
 
 
 def test_markdown_and_json_keep_published_figures_apart(record: dict, tmp_path: Path) -> None:

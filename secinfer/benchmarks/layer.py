@@ -125,6 +125,15 @@ def layer_run(size: LayerSize, seed: int = 0, repeats: int = 2) -> dict[str, Any
     record["peak_rss_mb"] = {"model_owner": mo["peak_rss_mb"], "data_owner": do["peak_rss_mb"]}
     ours, i = _summarise(mo["ours"], do["ours"], reference)
     crypten, j = _summarise(mo["crypten"], do["crypten"], reference)
+    offline = combine(mo["ours_offline"]["traffic"], do["ours_offline"]["traffic"])
+    ours["offline"] = {
+        **offline,
+        "weights_opened": mo["ours_offline"]["weights_opened"],
+        "seconds": max(mo["ours_offline"]["seconds"], do["ours_offline"]["seconds"]),
+    }
+    ours["mb_sent_per_party_with_offline"] = (
+        ours["mb_sent_per_party"] + offline["mb_sent_per_party"]
+    )
     record["ours"] = {**ours, "implementation": "ours: secinfer executor, mpc backend"}
     record["crypten"] = {**crypten, "implementation": "CrypTen built-ins by hand"}
     record["ratio_ours_over_crypten"] = ratios(ours, crypten)

@@ -82,6 +82,7 @@ def gelu(call: Call) -> torch.Tensor:
 def softmax(call: Call) -> torch.Tensor:
     x, dim = call.args[0], call.args[1]
     options = dict(call.choice.options)
+    options.pop("precision_bits", None)  # the mpc backend's encoding, not the function's
     return A.softmax(x, dim, method=call.choice.method, **options)
 
 

@@ -32,6 +32,7 @@ import torch
 import approximations as A
 from approximations.piecewise import Piecewise, Segment
 from approximations.polynomial import Polynomial
+from secinfer.kernels.mpc_precision import at_precision
 from secinfer.kernels.mpc_values import MASK_LIMIT, is_secret
 from secinfer.registry import Call, register
 
@@ -261,4 +262,4 @@ for _name, _kernel in {
     "aten.div": div,
     "aten.pow": pow_,
 }.items():
-    register("mpc", _name, _kernel)
+    register("mpc", _name, at_precision(_kernel))
