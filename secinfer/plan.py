@@ -195,7 +195,8 @@ def _check_precision(choice: Choice) -> None:
         return
     where = f"config: {choice.function} ({choice.node})"
     try:
-        check_headroom(check_bits(bits, where), choice.observed or choice.interval, where)
+        bits = check_bits(bits, where)
+        check_headroom(bits, choice.function, choice.observed or choice.interval, where)
     except ValueError as exc:
         raise UserError(str(exc)) from None
 

@@ -37,7 +37,23 @@ def stacked_indicators(x: Secret, thresholds: Sequence[float]) -> Secret:
     crypten = import_crypten()
     bits = int(x.encoder._precision_bits)
     diffs = crypten.stack([x - math.ceil(float(t) * 2**bits) / 2**bits for t in thresholds])
-    return diffs.ge(0)
+    return nonnegative(diffs)
+
+
+def nonnegative(d: Secret) -> Secret:
+    """[d >= 0] as an integer (scale-1) sharing, at any fixed-point precision of d.
+
+    CrypTen 0.4.1's comparison turns the sign bit back into arithmetic shares at the
+    *configured* precision and multiplies by (configured scale // d's scale): 0 when d
+    carries more fractional bits than the run (a node at its own `precision_bits`), so
+    every comparison would say "d >= 0". The sign of a ring element does not depend on
+    its scale, so the comparison runs on a scale-1 view of the same shares. Costs as
+    CrypTen's comparison (8 rounds, about 216 bytes per element and party).
+    """
+    crypten = import_crypten()
+    view = d.clone()
+    view._tensor.encoder = crypten.encoder.FixedPointEncoder(precision_bits=0)
+    return view.ge(0)
 
 
 def indicators(x: Secret, thresholds: Sequence[float]) -> list[Secret]:
@@ -100,7 +116,7 @@ def maximum(x: Secret, dim: int = -1, keepdim: bool = False) -> Secret:
         half = n // 2
         a, b, rest = current.split([half, half, n - 2 * half], dim=dim)
         diff = a - b
-        winner = b + diff * diff.ge(0)
+        winner = b + diff * nonnegative(diff)
         current = winner if n == 2 * half else crypten.cat([winner, rest], dim=dim)
     return current if keepdim else current.squeeze(dim)
 
@@ -109,6 +125,7 @@ __all__ = [
     "indicators",
     "linear_combination",
     "maximum",
+    "nonnegative",
     "stacked_indicators",
     "times_public_integers",
 ]

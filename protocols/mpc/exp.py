@@ -40,9 +40,13 @@ def exp_by_squaring(
         raise ValueError(f"cutoff={cutoff!r}: must be positive (inputs below -cutoff give 0)")
     if order not in (1, 2):
         raise ValueError(f"order={order!r}: the base is 1 + u (order 1) or 1 + u + u^2/2 (2)")
-    y = x.div(2**squarings) + 1.0
+    u = x.div(2**squarings)
+    y = u + 1.0
     if order == 2:
-        y = y + x.square().div(2 ** (2 * squarings + 1))
+        # u^2, not x^2 / 4^n: a product of value v fails CrypTen's two-party truncation
+        # with probability about v 2^(2f - 63) at f fractional bits, and x^2 reaches 6e4
+        # at masked positions (x ~ -240): 1 in 2^7 per entry at f = 20.
+        y = y + u.square() * 0.5
     for _ in range(squarings):
         y = y.square()
     if cutoff is None:
