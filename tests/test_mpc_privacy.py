@@ -34,12 +34,14 @@ def secrets(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def network(role: Role, input_seed: int, weight_seed: int) -> list[int] | None:
-    """linear -> relu -> linear -> a LayerNorm-like scaling -> softmax on shares; the output
-    revealed to the data owner. The weights' masks are kept and opened once before the
-    input is used, and the scaling reuses its input's mask (`protocols.mpc.reuse`), so the
-    views include those protocols."""
+    """linear -> relu -> linear -> a LayerNorm-like scaling -> plus a power -> softmax on
+    shares; the output revealed to the data owner. The weights' masks are kept and opened
+    once before the input is used, the scaling reuses its input's mask, and the powers
+    are batched products of kept terms (`protocols.mpc.reuse`), so the views include
+    those protocols."""
     from protocols.mpc import reuse
     from protocols.mpc.crypten_setup import import_crypten
+    from protocols.mpc.polynomial import powers
 
     crypten = import_crypten()
     x, _, _ = secrets(input_seed)
@@ -53,6 +55,7 @@ def network(role: Role, input_seed: int, weight_seed: int) -> list[int] | None:
     h = reuse.product(h, w2s, "matmul", y_key="w2")
     squares = reuse.square(h, key="h").sum(-1, keepdim=True)
     h = reuse.product(h, squares * 0.01 + 1, x_key="h", release=("h",))
+    h = h + powers(h * 0.1, 5)[4]  # batched products of kept terms
     h = h.softmax(-1)
     out = reveal_to(h, 1)
     return None if out is None else out.reshape(-1).tolist()
@@ -144,7 +147,8 @@ def test_the_view_is_not_empty_and_the_output_is_right(runs) -> None:
     x, _, _ = secrets(1)
     _, w1, w2 = secrets(10)
     h = torch.relu(x @ w1) @ w2
-    expected = torch.softmax(h * ((h * h).sum(-1, keepdim=True) * 0.01 + 1), -1)
+    h = h * ((h * h).sum(-1, keepdim=True) * 0.01 + 1)
+    expected = torch.softmax(h + (h * 0.1) ** 5, -1)
     got = run_local(network, 1, 10)[Role.DATA_OWNER].value
     assert np.abs(np.array(got) - expected.reshape(-1).numpy()).max() < 0.02
 

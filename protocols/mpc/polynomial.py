@@ -76,11 +76,14 @@ def powers(x: Secret, degree: int) -> list[Secret]:
         raise ValueError(f"degree={degree!r}: expected an integer >= 1")
     crypten = import_crypten()
     out = [x]
+    kept = _KeptTerms("powers", degree)
     while len(out) < degree:
         have = len(out)  # x^1 .. x^have are known, have = 2^(k-1)
         count = min(have, degree - have)
         top = out[-1]
-        if have == 1:
+        if kept.active:
+            out.extend(kept.level(out, count))
+        elif have == 1:
             out.append(x.square())
         elif count == 1:
             out.append(top * out[0])
@@ -88,6 +91,35 @@ def powers(x: Secret, degree: int) -> list[Secret]:
             block = crypten.stack(out[:count]) * top.unsqueeze(0)
             out.extend(block[i] for i in range(count))
     return out
+
+
+class _KeptTerms:
+    """The products of one level, top * term_j (j = 1 .. count), with every term's Beaver
+    mask kept (`protocols.mpc.reuse`, with the dealer): each term is opened once, the
+    first time it is an operand, so a level opens only the terms it meets for the first
+    time (8 bytes per element each) instead of count + 1 of them; one round as before.
+    Over a whole evaluation of degree d, terms 1 .. ceil(d/2) are opened once each:
+    8 ceil(d/2) bytes per element and party instead of about 8 (d + log2 d)."""
+
+    def __init__(self, prefix: str, degree: int) -> None:
+        from protocols.mpc import reuse
+
+        self.active = degree >= 2 and reuse.available()
+        self.prefix = reuse.new_key(prefix) if self.active else ""
+        self.degree = degree
+
+    def key(self, j: int) -> str:
+        return f"{self.prefix}.{j}"
+
+    def level(self, terms: list[Secret], count: int) -> list[Secret]:
+        from protocols.mpc import reuse
+
+        have = len(terms)
+        top = terms[-1]
+        items = [(top, terms[j - 1], self.key(have), self.key(j)) for j in range(1, count + 1)]
+        last = have + count >= self.degree
+        release = tuple(self.key(j) for j in range(1, have + 1)) if last else ()
+        return reuse.products(items, release=release)
 
 
 def chebyshev_terms(t: Secret, degree: int) -> list[Secret]:
@@ -105,11 +137,14 @@ def chebyshev_terms(t: Secret, degree: int) -> list[Secret]:
         raise ValueError(f"degree={degree!r}: expected an integer >= 1")
     crypten = import_crypten()
     terms = [t]
+    kept = _KeptTerms("chebyshev", degree)
     while len(terms) < degree:
         have = len(terms)  # T_1 .. T_have are known, have = 2^(k-1)
         count = min(have, degree - have)
         top = terms[-1]
-        if have == 1:
+        if kept.active:
+            products = kept.level(terms, count)
+        elif have == 1:
             products = [t.square()]
         elif count == 1:
             products = [top * terms[0]]

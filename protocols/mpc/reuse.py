@@ -34,6 +34,7 @@ Needs the dealer (provider "dealer"); with CrypTen's trusted-first-party provide
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,8 +83,7 @@ def open_all(items: list[tuple[Any, str]]) -> None:
     element and party; keys already kept are skipped."""
     items = [(x, key) for x, key in items if not is_kept(key)]
     if items:
-        sizes = [(key, tuple(x.size())) for x, key in items]
-        _operands(items, request=("reuse_open", sizes))
+        _exchange([_Operand(x, key) for x, key in items], [])
 
 
 def product(
@@ -98,88 +98,126 @@ def product(
     """x op y (op "mul" with broadcasting, or "matmul") for MPCTensors, keeping the mask of
     each keyed operand; `release` names keys not needed after this product (both parties
     and the dealer drop them). Fixed point: one truncation, as CrypTen's product."""
-    if op not in OPS:
-        raise ValueError(f"op={op!r}: one of {OPS}")
-    if x_key is not None and x_key == y_key and not is_kept(x_key):
-        raise ValueError(f"x_key = y_key = {x_key!r} before it is kept: use square()")
-    size = getattr(torch, op)(
-        torch.empty(tuple(x.size()), device="meta"), torch.empty(tuple(y.size()), device="meta")
-    ).shape
-    request = ("reuse_product", op, (x_key, tuple(x.size())), (y_key, tuple(y.size())), release)
-    [(a, dx), (b, dy)], c = _operands([(x, x_key), (y, y_key)], request=request, c_size=size)
-    f = getattr(torch, op)
-    z = c + f(dx, b) + f(a, dy)
-    if _rank() == 0:
-        z = z + f(dx, dy)
-    _release(release)
-    return _truncated(z, x)
+    return products([(x, y, x_key, y_key)], op, release=release)[0]
 
 
 def square(x: Any, *, key: str | None = None, release: tuple[str, ...] = ()) -> Any:
     """x * x keeping x's mask under `key` (nothing opened when it is already kept)."""
-    size = tuple(x.size())
-    [(a, dx)], a2 = _operands(
-        [(x, key)], request=("reuse_square", (key, size), release), c_size=size
-    )
-    z = a2 + 2 * dx * a
-    if _rank() == 0:
-        z = z + dx * dx
+    if key is None:
+        key = new_key("square")
+        release = (*release, key)
+    return products([(x, x, key, key)], release=release)[0]
+
+
+def products(
+    items: list[tuple[Any, Any, str | None, str | None]],
+    op: str = "mul",
+    *,
+    release: tuple[str, ...] = (),
+) -> list[Any]:
+    """[x_i op y_i] for items (x_i, y_i, x_key_i, y_key_i), all in ONE round: each
+    operand not yet kept is opened once, a key met twice in the batch (x * x, or T_h
+    times several T_j) is opened once and its mask shared, so x * x with one key is a
+    square (the dealer's c = a a). Keys named in `release` are dropped afterwards."""
+    if op not in OPS:
+        raise ValueError(f"op={op!r}: one of {OPS}")
+    operands: list[_Operand] = []
+    pairs: list[tuple[int, int]] = []
+    index: dict[str, int] = {}
+    for x, y, x_key, y_key in items:
+        slots = []
+        for value, key in ((x, x_key), (y, y_key)):
+            if key is not None and key in index:
+                slots.append(index[key])
+                continue
+            if key is not None:
+                index[key] = len(operands)
+            slots.append(len(operands))
+            operands.append(_Operand(value, key))
+        pairs.append((slots[0], slots[1]))
+    f = getattr(torch, op)
+    sizes = [
+        tuple(f(*(torch.empty(operands[i].size, device="meta") for i in pair)).shape)
+        for pair in pairs
+    ]
+    opened, correlated = _exchange(operands, [(op, i, j) for i, j in pairs], sizes, release)
+    out = []
+    for (i, j), c in zip(pairs, correlated, strict=True):
+        (a, dx), (b, dy) = opened[i], opened[j]
+        z = c + f(dx, b) + f(a, dy)
+        if _rank() == 0:
+            z = z + f(dx, dy)
+        out.append(_truncated(z, operands[i].value))
     _release(release)
-    return _truncated(z, x)
+    return out
 
 
 # --- the steps ---------------------------------------------------------------------------
+@dataclass
+class _Operand:
+    value: Any
+    key: str | None
+
+    @property
+    def size(self) -> tuple[int, ...]:
+        return tuple(self.value.size())
+
+
 def _rank() -> int:
     return import_crypten().communicator.get().get_rank()
 
 
-def _operands(
-    pairs: list[tuple[Any, str | None]],
-    *,
-    request: tuple[Any, ...],
-    c_size: torch.Size | tuple[int, ...] | None = None,
-) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-    """(mask share, public delta) of each operand: kept ones as they are, fresh masks drawn
-    from this party's generator shared with the dealer (in the order the dealer draws
-    them), their deltas opened together in one round; and this party's share of the
-    dealer's correlated value of `c_size` (a op b, or a^2): party 0 asks the dealer for
-    it, party 1 draws it from its generator, as in CrypTen's TTP provider."""
+def _exchange(
+    operands: list[_Operand],
+    products: list[tuple[str, int, int]],
+    sizes: list[tuple[int, ...]] | None = None,
+    release: tuple[str, ...] = (),
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[torch.Tensor]]:
+    """(mask share, public delta) of each operand, and this party's share of the dealer's
+    c = a op b for each (op, i, j) of `products` (of the given sizes).
+
+    Kept operands come as they are; fresh masks are drawn from this party's generator
+    shared with the dealer, in operand order (the dealer draws in the same order), and
+    their deltas opened together in one round. Party 0 asks the dealer for its c shares
+    (one flat tensor); party 1 draws its own from the generator after the masks, as in
+    CrypTen's TTP provider. Keyed fresh operands are kept afterwards."""
     from crypten.common.rng import generate_random_ring_element
     from crypten.mpc.provider.ttp_provider import TTPClient
 
     client = TTPClient.get()
     generator = client.get_generator()
     masks: list[torch.Tensor | None] = []
-    for x, key in pairs:
-        if is_kept(key):
-            kept_shape = tuple(_kept[key].mask.shape)  # type: ignore[index]
-            if kept_shape != tuple(x.size()):
-                raise ValueError(f"mask key {key!r} was kept for shape {kept_shape}")
+    for operand in operands:
+        if is_kept(operand.key):
+            kept_shape = tuple(_kept[operand.key].mask.shape)  # type: ignore[index]
+            if kept_shape != operand.size:
+                raise ValueError(f"mask key {operand.key!r} was kept for shape {kept_shape}")
             masks.append(None)
-            continue
-        masks.append(generate_random_ring_element(tuple(x.size()), generator=generator))
+        else:
+            masks.append(generate_random_ring_element(operand.size, generator=generator))
     fresh = [i for i, m in enumerate(masks) if m is not None]
+    opened: list[torch.Tensor] = []
     if fresh:
-        differences = [pairs[i][0]._tensor.share - masks[i] for i in fresh]
+        differences = [operands[i].value._tensor.share - masks[i] for i in fresh]
         opened = import_crypten().communicator.get().all_reduce(differences, batched=True)
-    else:
-        opened = []
+    sizes = sizes or []
     if _rank() == 0:
-        correlated = client.ttp_request(request[0], None, *request[1:])
-    elif c_size is not None:
-        correlated = generate_random_ring_element(tuple(c_size), generator=generator)
+        spec = [(o.key, o.size) for o in operands]
+        flat = client.ttp_request("reuse_products", None, spec, products, release)
+        pieces = torch.split(flat, [math.prod(size) for size in sizes]) if sizes else []
+        correlated = [c.reshape(size) for c, size in zip(pieces, sizes, strict=True)]
     else:
-        correlated = torch.empty(0, dtype=torch.long)
+        correlated = [generate_random_ring_element(size, generator=generator) for size in sizes]
     out = []
     deltas = iter(opened)
-    for (_, key), mask in zip(pairs, masks, strict=True):
+    for operand, mask in zip(operands, masks, strict=True):
         if mask is None:
-            kept = _kept[key]  # type: ignore[index]
+            kept = _kept[operand.key]  # type: ignore[index]
             out.append((kept.mask, kept.delta))
             continue
         delta = next(deltas)
-        if key is not None:
-            _kept[key] = Opened(mask, delta)
+        if operand.key is not None:
+            _kept[operand.key] = Opened(mask, delta)
         out.append((mask, delta))
     return out, correlated
 
@@ -220,32 +258,22 @@ def masking_dealer_class() -> type:
         def _share_for_party_0(self, value: torch.Tensor) -> torch.Tensor:
             return value - self._get_additive_PRSS(value.size(), remove_rank=True)
 
-        def reuse_open(self, sizes: list[tuple[str, tuple[int, ...]]]) -> torch.Tensor:
-            for key, size in sizes:
-                self._mask(key, size)
-            return torch.empty(0, dtype=torch.long)
-
-        def reuse_product(
+        def reuse_products(
             self,
-            op: str,
-            first: tuple[str | None, tuple[int, ...]],
-            second: tuple[str | None, tuple[int, ...]],
+            operands: list[tuple[str | None, tuple[int, ...]]],
+            products: list[tuple[str, int, int]],
             release: tuple[str, ...] = (),
         ) -> torch.Tensor:
-            a, b = self._mask(*first), self._mask(*second)
-            out = self._share_for_party_0(getattr(torch, op)(a, b))
+            """Masks of every operand (kept, or drawn in order and kept under their key),
+            then party 0's share of a_i op a_j for each product, flattened together."""
+            masks = [self._mask(key, size) for key, size in operands]
+            shares = [
+                self._share_for_party_0(getattr(torch, op)(masks[i], masks[j])).reshape(-1)
+                for op, i, j in products
+            ]
             for key in release:
                 self.kept.pop(key, None)
-            return out
-
-        def reuse_square(
-            self, first: tuple[str | None, tuple[int, ...]], release: tuple[str, ...] = ()
-        ) -> torch.Tensor:
-            a = self._mask(*first)
-            out = self._share_for_party_0(a * a)
-            for key in release:
-                self.kept.pop(key, None)
-            return out
+            return torch.cat(shares) if shares else torch.empty(0, dtype=torch.long)
 
     return MaskingDealer
 
@@ -258,6 +286,7 @@ __all__ = [
     "new_key",
     "open_all",
     "product",
+    "products",
     "reset",
     "square",
 ]
