@@ -163,11 +163,15 @@ def comm_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def _offline_line(offline: dict[str, Any]) -> str:
     mo, do = offline["model_owner"], offline["data_owner"]
     return (
         f"{mo['weights_opened']} weights opened, {mo['bytes_sent'] / 1e6:.2f} + "
-        f"{do['bytes_sent'] / 1e6:.2f} MB, {max(mo['rounds'], do['rounds'])} rounds"
+        f"{do['bytes_sent'] / 1e6:.2f} MB, {_count(max(mo['rounds'], do['rounds']), 'round')}"
     )
 
 
