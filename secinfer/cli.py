@@ -290,7 +290,12 @@ def inspect(model: Path, trust_model: bool, input_path: Path | None, as_json: bo
     "--config", "config_path", type=click.Path(path_type=Path), help="Model owner: plan overrides."
 )
 @click.option(
-    "--input", "input_path", type=click.Path(path_type=Path), help="Data owner: input (.npy/.pt)."
+    "--input",
+    "input_paths",
+    type=click.Path(path_type=Path),
+    multiple=True,
+    help="Data owner: input (.npy/.pt); repeat for several queries in one session (the "
+    "weights' masks are opened once for all; outputs output-1.npy, output-2.npy, ...).",
 )
 @click.option(
     "--out",

@@ -137,7 +137,7 @@ def placeholders(spec: dict[str, Any]) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
-def _node_costs(graph: Graph, result: RunResult) -> list[dict[str, Any]]:
+def _node_costs(result: RunResult) -> list[dict[str, Any]]:
     return [
         {
             "node": r.name,
@@ -168,23 +168,31 @@ def _offline(graph: Graph, role: Role, meter: Meter) -> Offline:
     return Offline(seeder, meter.snapshot() - before, time.perf_counter() - began, opened)
 
 
-def _run_secure(
+@dataclass
+class Query:
+    """One query's online phase on this party: its traffic, seconds and per-node costs."""
+
+    traffic: Traffic
+    seconds: float
+    nodes: list[dict[str, Any]]
+
+
+def _run_query(
     graph: Graph,
     plan: Plan,
-    role: Role,
     inputs: tuple[torch.Tensor, ...],
     meter: Meter,
     offline: Offline,
-) -> tuple[dict[str, Any], torch.Tensor | None]:
-    """Run the graph on shares (the online phase); (this party's cost record, the output
-    on the data owner)."""
+) -> tuple[Query, torch.Tensor | None]:
+    """Run the graph on shares once (an online phase); (its costs, the output on the data
+    owner, None on the model owner)."""
     before = meter.snapshot()
     began = time.perf_counter()
     executor = Executor(graph, "mpc", plan, seeder=offline.seeder, meter=meter.snapshot)
     result = executor.run(inputs)
     revealed = reveal_to(result.outputs[0], int(Role.DATA_OWNER))
-    seconds = time.perf_counter() - began
-    return _record(role, meter, before, offline, seconds, graph, result), revealed
+    query = Query(meter.snapshot() - before, time.perf_counter() - began, _node_costs(result))
+    return query, revealed
 
 
 def run_model_owner(
@@ -194,20 +202,26 @@ def run_model_owner(
     meta: dict[str, Any],
     out_dir: Path,
 ) -> dict[str, Any]:
-    """The model owner's side; returns (and writes) its cost record."""
+    """The model owner's side: the offline phase, then the data owner's queries until it
+    says it is done; returns (and writes) its cost record."""
     graph = build_graph(program)
     architecture = wire.public_architecture(program)
     start_party(Role.MODEL_OWNER, settings)
     meter = Meter().install()
+    queries: list[Query] = []
     try:
         wire.send_bytes(architecture, src=Role.MODEL_OWNER)
         wire.send_json({"plan": plan.to_dict(), **meta}, src=Role.MODEL_OWNER)
         offline = _offline(graph, Role.MODEL_OWNER, meter)
-        spec = wire.send_json(None, src=Role.DATA_OWNER)
-        if "error" in spec:
-            raise PeerAborted(f"the data owner gave up: {spec['error']}")
-        inputs = placeholders(spec)
-        record, _ = _run_secure(graph, plan, Role.MODEL_OWNER, inputs, meter, offline)
+        while True:
+            spec = wire.send_json(None, src=Role.DATA_OWNER)
+            if "error" in spec:
+                raise PeerAborted(f"the data owner gave up: {spec['error']}")
+            if spec.get("done"):
+                break
+            query, _ = _run_query(graph, plan, placeholders(spec), meter, offline)
+            queries.append(query)
+        record = _record(Role.MODEL_OWNER, meter, offline, queries)
     finally:
         meter.remove()
         stop_party()
@@ -217,13 +231,18 @@ def run_model_owner(
 
 def run_data_owner(
     settings: PartySettings,
-    read_inputs: Any,
+    read_queries: Any,
     out_dir: Path,
 ) -> dict[str, Any]:
-    """The data owner's side. `read_inputs(program, meta)` returns its input tensors (it
-    may raise UserError, which is sent to the model owner before re-raising)."""
+    """The data owner's side. `read_queries(program, meta)` returns one tuple of input
+    tensors per query (it may raise UserError, which is sent to the model owner before
+    re-raising). All queries run in one session after one offline phase: the weights'
+    masks are opened once for all of them. Writes `output.npy` for one query,
+    `output-1.npy` ... `output-<n>.npy` for several."""
     start_party(Role.DATA_OWNER, settings)
     meter = Meter().install()
+    queries: list[Query] = []
+    outputs: list[np.ndarray] = []
     try:
         program = wire.load_architecture(wire.send_bytes(None, src=Role.MODEL_OWNER))
         meta = wire.send_json(None, src=Role.MODEL_OWNER)
@@ -231,52 +250,58 @@ def run_data_owner(
         plan = Plan.from_dict(meta["plan"])
         offline = _offline(graph, Role.DATA_OWNER, meter)
         try:
-            inputs = tuple(read_inputs(program, meta))
+            inputs_each = [tuple(inputs) for inputs in read_queries(program, meta)]
         except UserError as exc:
             wire.send_json({"error": str(exc)}, src=Role.DATA_OWNER)
             raise
-        wire.send_json(
-            {
-                "shapes": [list(t.shape) for t in inputs],
-                "dtypes": [str(t.dtype).removeprefix("torch.") for t in inputs],
-            },
-            src=Role.DATA_OWNER,
-        )
-        record, revealed = _run_secure(graph, plan, Role.DATA_OWNER, inputs, meter, offline)
+        for inputs in inputs_each:
+            wire.send_json(
+                {
+                    "shapes": [list(t.shape) for t in inputs],
+                    "dtypes": [str(t.dtype).removeprefix("torch.") for t in inputs],
+                },
+                src=Role.DATA_OWNER,
+            )
+            query, revealed = _run_query(graph, plan, inputs, meter, offline)
+            queries.append(query)
+            outputs.append(revealed.float().numpy())
+        wire.send_json({"done": True}, src=Role.DATA_OWNER)
+        record = _record(Role.DATA_OWNER, meter, offline, queries)
     finally:
         meter.remove()
         stop_party()
-    output = revealed.float().numpy()
-    tmp = out_dir / "output.tmp.npy"
-    np.save(tmp, output)
-    tmp.replace(out_dir / "output.npy")
+    names = ["output.npy"] if len(outputs) == 1 else output_names(len(outputs))
+    for name, output in zip(names, outputs, strict=True):
+        tmp = out_dir / f"{name}.tmp.npy"
+        np.save(tmp, output)
+        tmp.replace(out_dir / name)
     write_json(out_dir / f"{Role.DATA_OWNER.label}.json", record)
     return record
 
 
-def _record(
-    role: Role,
-    meter: Meter,
-    before: Traffic,
-    offline: Offline,
-    seconds: float,
-    graph: Graph,
-    result: RunResult,
-) -> dict[str, Any]:
-    """setup: agreeing on architecture, plan and shapes; offline: the weights, before the
-    input existed; run: the online phase (this query)."""
+def output_names(count: int) -> list[str]:
+    return [f"output-{k}.npy" for k in range(1, count + 1)]
+
+
+def _record(role: Role, meter: Meter, offline: Offline, queries: list[Query]) -> dict[str, Any]:
+    """setup: agreeing on architecture, plan and shapes; offline: the weights, before any
+    input existed, once per session; run: the online phases of all queries together;
+    queries: each one's online traffic and seconds; nodes: the first query's per-node
+    costs (every query of the same shape costs the same)."""
+    online = sum((q.traffic for q in queries), Traffic())
     return {
         "role": role.label,
-        "seconds": seconds,
-        "setup": (before - offline.traffic).to_dict(),
+        "seconds": sum(q.seconds for q in queries),
+        "setup": (meter.snapshot() - offline.traffic - online).to_dict(),
         "offline": {
             **offline.traffic.to_dict(),
             "seconds": offline.seconds,
             "weights_opened": offline.weights_opened,
         },
-        "run": (meter.snapshot() - before).to_dict(),
-        "nodes": _node_costs(graph, result),
+        "run": online.to_dict(),
+        "queries": [{"seconds": q.seconds, **q.traffic.to_dict()} for q in queries],
+        "nodes": queries[0].nodes if queries else [],
     }
 
 
-__all__ = ["PeerAborted", "Seeder", "run_data_owner", "run_model_owner"]
+__all__ = ["PeerAborted", "Query", "Seeder", "output_names", "run_data_owner", "run_model_owner"]

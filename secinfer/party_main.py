@@ -35,7 +35,7 @@ def main_for_role(
     model: Path | None,
     trust_model: bool,
     config_path: Path | None,
-    input_path: Path | None,
+    input_paths: tuple[Path, ...],
     out_dir: Path,
     timeout: float,
     provider: str,
@@ -53,7 +53,7 @@ def main_for_role(
         elif party is Role.MODEL_OWNER:
             _model_owner(settings, model, trust_model, config_path, out_dir)
         else:
-            _data_owner(settings, input_path, out_dir)
+            _data_owner(settings, input_paths, out_dir)
     except (UserError, PartyError):
         raise
     except RuntimeError as exc:
@@ -94,29 +94,35 @@ def _model_owner(
     run_model_owner(settings, loaded.program, plan, meta, out_dir)
 
 
-def _data_owner(settings: Any, input_path: Path | None, out_dir: Path) -> None:
+def _data_owner(settings: Any, input_paths: tuple[Path, ...], out_dir: Path) -> None:
     from secinfer import load
     from secinfer.party import run_data_owner
 
-    if input_path is None:
-        raise UserError("--role data-owner needs --input FILE (.npy or .pt)")
-    if not input_path.is_file():
-        raise UserError(f"--input {input_path}: no such file")
-
-    def read_inputs(program: torch.export.ExportedProgram, meta: dict[str, Any]) -> tuple:
-        architecture = load.LoadedModel(
-            program,
-            "architecture",
-            input_path,
-            (),
-            list(meta.get("input_names") or program.graph_signature.user_inputs),
-            str(meta.get("output_name", "output")),
+    if not input_paths:
+        raise UserError(
+            "--role data-owner needs --input FILE (.npy or .pt; repeat it for several queries)"
         )
-        inputs = load.read_input(input_path, architecture)
-        architecture.check_inputs(inputs)
-        return inputs
+    for path in input_paths:
+        if not path.is_file():
+            raise UserError(f"--input {path}: no such file")
 
-    run_data_owner(settings, read_inputs, out_dir)
+    def read_queries(program: torch.export.ExportedProgram, meta: dict[str, Any]) -> list:
+        queries = []
+        for path in input_paths:
+            architecture = load.LoadedModel(
+                program,
+                "architecture",
+                path,
+                (),
+                list(meta.get("input_names") or program.graph_signature.user_inputs),
+                str(meta.get("output_name", "output")),
+            )
+            inputs = load.read_input(path, architecture)
+            architecture.check_inputs(inputs)
+            queries.append(inputs)
+        return queries
+
+    run_data_owner(settings, read_queries, out_dir)
 
 
 __all__ = ["main_for_role"]

@@ -259,3 +259,54 @@ def test_per_node_precision_from_the_config_runs_end_to_end(
     assert code == 0, err
     report = json.loads(report_path.read_text())
     assert report["cosine"] >= 0.99 and report["max_abs_error"] < 5e-3, report["max_abs_error"]
+
+
+def test_several_queries_share_one_offline_phase(tmp_path: Path) -> None:
+    """`secinfer party` with two --input files: one session, the weights' masks opened
+    once before the first query; each query's output agrees with plain, and both queries
+    cost the same online."""
+    from protocols.mpc.local import free_port
+    from secinfer.zoo.digits import load_split
+
+    _, _, test_x, _ = load_split(0)
+    batches = [test_x[:20], test_x[20:40]]
+    for k, batch in enumerate(batches, start=1):
+        np.save(tmp_path / f"x{k}.npy", batch.numpy())
+    rendezvous = f"tcp://127.0.0.1:{free_port()}"
+    common = ["--rendezvous", rendezvous, "--timeout", "60"]
+    base = [sys.executable, "-m", "secinfer.cli", "party", "--role"]
+    mo_dir, do_dir = tmp_path / "mo", tmp_path / "do"
+    mo_dir.mkdir()
+    do_dir.mkdir()
+    processes = [
+        subprocess.Popen([*base, "model-owner", "--model", str(DIGITS), "--out", str(mo_dir),
+                          *common], stderr=subprocess.PIPE, text=True),
+        subprocess.Popen([*base, "dealer", *common], stderr=subprocess.PIPE, text=True),
+        subprocess.Popen([*base, "data-owner", "--input", str(tmp_path / "x1.npy"), "--input",
+                          str(tmp_path / "x2.npy"), "--out", str(do_dir), *common],
+                         stderr=subprocess.PIPE, text=True),
+    ]  # fmt: skip
+    try:
+        for process in processes:
+            _, err = process.communicate(timeout=300)
+            assert process.returncode == 0, err[-800:]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    from secinfer.load import load_model
+
+    model = load_model(DIGITS).program.module()
+    for k, batch in enumerate(batches, start=1):
+        secure = np.load(do_dir / f"output-{k}.npy")
+        with torch.no_grad():
+            plain = model(batch).numpy()
+        assert (secure.argmax(-1) == plain.argmax(-1)).all()
+    assert not (do_dir / "output.npy").exists()
+    for record_path in (mo_dir / "model-owner.json", do_dir / "data-owner.json"):
+        record = json.loads(record_path.read_text())
+        assert record["offline"]["weights_opened"] > 0 and record["offline"]["bytes_sent"] > 0
+        first, second = record["queries"]
+        assert first["bytes_sent"] == second["bytes_sent"] > 0
+        assert record["run"]["bytes_sent"] == first["bytes_sent"] + second["bytes_sent"]

@@ -4,9 +4,11 @@ The model owner (examples/two_party/model_owner.py) holds the bundled digits tra
 the data owner (data_owner.py) holds test images, the dealer (dealer.py) deals Beaver
 triples. They meet on a loopback rendezvous. Afterwards this script, which played neither
 role and has both files only because it is a demo, compares the data owner's secure
-predictions with plaintext torch and prints the communication bill.
+predictions with plaintext torch and prints the communication bill. The images go in as
+`--queries` separate queries of one session: the weights' masks are opened once, before
+the first, and every query pays only its own online traffic.
 
-    python examples/two_party/run_demo.py [--images 50] [--timeout 60]
+    python examples/two_party/run_demo.py [--images 50] [--queries 2] [--timeout 60]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from protocols.mpc.local import free_port
 from protocols.mpc.runtime import Role
 from secinfer.errors import PartyError, UserError
 from secinfer.launch import run_parties
+from secinfer.party import output_names
 from secinfer.secure_report import estimate
 from secinfer.zoo.digits import load_model, load_split
 
@@ -37,12 +40,13 @@ SCRIPTS = {
 }
 
 
-def start_parties(root: Path, images: Path, timeout: float) -> dict[str, dict]:
+def start_parties(root: Path, queries: list[Path], timeout: float) -> dict[str, dict]:
     rendezvous = f"tcp://127.0.0.1:{free_port()}"
     common = ["--rendezvous", rendezvous, "--timeout", str(timeout)]
+    inputs = [arg for path in queries for arg in ("--input", str(path))]
     extra = {
         Role.MODEL_OWNER: ["--model", str(MODEL), "--out", str(root)],
-        Role.DATA_OWNER: ["--input", str(images), "--out", str(root)],
+        Role.DATA_OWNER: [*inputs, "--out", str(root)],
         Role.DEALER: [],
     }
     commands = {
@@ -59,23 +63,33 @@ def start_parties(root: Path, images: Path, timeout: float) -> dict[str, dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=50, help="test images to classify")
+    parser.add_argument("--queries", type=int, default=2, help="queries to split them into")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a peer")
     args = parser.parse_args(argv)
     _, _, test_x, test_y = load_split(0)
     if not 1 <= args.images <= len(test_x):
         parser.error(f"--images {args.images}: choose 1 to {len(test_x)}")
+    if not 1 <= args.queries <= args.images:
+        parser.error(f"--queries {args.queries}: choose 1 to --images ({args.images})")
     x, y = test_x[: args.images], test_y[: args.images]
-    print(f"two-party demo: {args.images} digit images, model owner + data owner + dealer")
+    print(
+        f"two-party demo: {args.images} digit images in {args.queries} queries, "
+        "model owner + data owner + dealer"
+    )
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="secinfer-demo-") as tmp:
         root = Path(tmp)
-        np.save(root / "images.npy", x.numpy())
+        queries = []
+        for k, part in enumerate(torch.tensor_split(x, args.queries), start=1):
+            queries.append(root / f"images-{k}.npy")
+            np.save(queries[-1], part.numpy())
         try:
-            records = start_parties(root, root / "images.npy", args.timeout)
+            records = start_parties(root, queries, args.timeout)
         except (UserError, PartyError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2 if isinstance(exc, UserError) else 1
-        secure = np.load(root / "output.npy", allow_pickle=False)
+        names = ["output.npy"] if args.queries == 1 else output_names(args.queries)
+        secure = np.concatenate([np.load(root / n, allow_pickle=False) for n in names])
     seconds = time.perf_counter() - began
     with torch.no_grad():
         plain = load_model(MODEL)(x).numpy()
@@ -101,13 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     compute = max(records["model-owner"]["seconds"], records["data-owner"]["seconds"])
     print(
         f"communication: model owner sent {mo['bytes_sent'] / 1e6:.1f} MB, data owner "
-        f"{do['bytes_sent'] / 1e6:.1f} MB, dealer {dealer / 1e6:.1f} MB; {rounds} rounds"
+        f"{do['bytes_sent'] / 1e6:.1f} MB, dealer {dealer / 1e6:.1f} MB; {rounds} rounds "
+        "(all queries, online)"
     )
     off = records["model-owner"]["offline"]
     print(
-        f"  before the images existed (once per model): {off['weights_opened']} weights "
-        f"shared and opened, {off['bytes_sent'] / 1e6:.1f} MB, {off['rounds']} rounds"
+        f"  before the images existed (once per session): {off['weights_opened']} weights "
+        f"shared and opened, {off['bytes_sent'] / 1e6:.2f} MB, {off['rounds']} round(s)"
     )
+    for k, query in enumerate(records["data-owner"]["queries"], start=1):
+        print(
+            f"  query {k}: data owner sent {query['bytes_sent'] / 1e6:.1f} MB in "
+            f"{query['rounds']} rounds, {query['seconds']:.1f} s"
+        )
     est = estimate(compute, rounds, max(mo["bytes_sent"], do["bytes_sent"]))
     print(
         f"secure computation {compute:.1f} s here (3 processes on 2 cores), estimated "
