@@ -23,9 +23,12 @@ kept operand costs nothing); one round when something is opened, none otherwise.
 dealer sends the same c share as for a fresh triple (dealer traffic, counted apart), and
 keeps the masks of the session's keys in memory.
 
-Where it is used: model weights (opened once per model, before the input exists; every
-query's products with them open only the activations) and LayerNorm's centred input
-(one opening for its square and for its product with the row scale).
+Where it is used: model weights (opened once per session, before the input exists;
+every query's products with them open only the activations), LayerNorm's centred input
+(one opening for its square and for its product with the row scale), polynomial terms
+(`polynomial.powers` / `chebyshev_terms`: each term opened once over all levels) and
+sign_exp GELU's |x| (for |x|^2 and |x| e). `products` batches several products into one
+round.
 
 Needs the dealer (provider "dealer"); with CrypTen's trusted-first-party provider
 `available()` is False and callers use CrypTen's own products.
@@ -64,7 +67,9 @@ def available() -> bool:
 
 
 def reset() -> None:
-    """Forget every kept mask (a new session; the dealer starts empty too)."""
+    """Forget every kept mask: only when the session ends (`runtime.stop_party`), as the
+    dealer's kept masks end with its own process; forgetting them mid-session would make
+    the parties draw fresh masks where the dealer reuses old ones."""
     _kept.clear()
 
 
