@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-all demo bench lint catalog clean
+.PHONY: setup test test-all demo bench spu lint catalog clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,16 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m secinfer.bench
 
+# Optional: SecretFlow-SPU 0.9.5 in its own venv (it needs numpy < 2); `make bench` adds
+# an SPU row to the layer table when .venv-spu exists.
+SPU_STAMP := .venv-spu/.installed
+spu: $(SPU_STAMP)
+
+$(SPU_STAMP):
+	test -x .venv-spu/bin/python || $(PYTHON) -m venv .venv-spu
+	.venv-spu/bin/python -m pip install --quiet spu==0.9.5
+	touch $(SPU_STAMP)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -39,4 +49,4 @@ catalog: $(STAMP)
 	$(PY) -m approximations catalog --plot docs/approximation_errors.png
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-spu build *.egg-info .pytest_cache

@@ -97,6 +97,9 @@ def test_the_layer_runs_through_the_product_path_and_crypten(record: dict) -> No
     assert offline["weights_opened"] == 6
     assert offline["mb_sent_per_party"] * 1e6 >= 8 * weights
     assert offline["rounds"] <= 3
+    # SPU's row: measured where `make spu` installed it, else a row saying how to get it
+    spu = layer["spu"]
+    assert ("make spu" in spu["error"]) if "error" in spu else spu["mb_sent_per_party"] > 0
 
 
 def test_markdown_and_json_keep_published_figures_apart(record: dict, tmp_path: Path) -> None:

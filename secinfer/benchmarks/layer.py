@@ -23,6 +23,7 @@ from secinfer.benchmarks.cases import PEER_TIMEOUT, PRECISION_BITS, LayerSize
 from secinfer.benchmarks.crypten_baselines import crypten_decode_errors
 from secinfer.benchmarks.inputs import EncoderLayer, layer_input, layer_internals
 from secinfer.benchmarks.layer_party import layer_party
+from secinfer.benchmarks.spu_column import spu_row
 from secinfer.benchmarks.traffic import by_category, combine, crypten_categories, ratios, top_nodes
 
 
@@ -136,6 +137,7 @@ def layer_run(size: LayerSize, seed: int = 0, repeats: int = 2) -> dict[str, Any
     )
     record["ours"] = {**ours, "implementation": "ours: secinfer executor, mpc backend"}
     record["crypten"] = {**crypten, "implementation": "CrypTen built-ins by hand"}
+    record["spu"] = spu_row(weights, x, size.heads, module.eps, reference)
     record["ratio_ours_over_crypten"] = ratios(ours, crypten)
     record["ours_by_op"] = by_category(mo["ours"][i]["nodes"], do["ours"][i]["nodes"])
     record["crypten_by_stage"] = crypten_categories(

@@ -94,6 +94,15 @@ def _layer_table(layers: list[dict[str, Any]]) -> list[str]:
                 + " | ".join(_ratio(ratio.get(k)) if ratio else "-" for k in RATIO_KEYS)
                 + " |"
             )
+        spu = layer.get("spu")
+        if spu and "error" in spu:
+            lines.append(f"| {name} | SecretFlow-SPU: {spu['error']} |" + " |" * 11)
+        elif spu:
+            lines.append(
+                f"| {name} | {spu['implementation']} | {_fmt(spu['max_abs_error'])} "
+                f"| {spu['cosine']:.5f} | {spu['send_actions']} messages "
+                f"| {_fmt(spu['mb_sent_per_party'])} | - | {_fmt(spu['seconds'])} |" + " - |" * 5
+            )
         off = layer["ours"].get("offline")
         if off:
             lines.append(
