@@ -1,16 +1,20 @@
-"""One party of a secure run: what the model owner and the data owner each do.
+"""One party of a secure session: what the model owner and the data owner each do.
 
   model owner  loads the model, calibrates the plan on its own sample data, sends the
-               public architecture (weights zeroed) and the plan, learns the input's
-               shapes, shares its weights, runs the graph on shares, gets nothing back.
-  data owner   receives the architecture and plan, reads its input, sends the input's
-               shapes (or why it gives up), shares its input, runs the graph on shares,
-               and alone receives the output.
-  dealer       serves Beaver triples (`protocols.mpc.runtime.run_dealer`).
+               public architecture (weights zeroed) and the plan; offline, before any
+               input exists, shares its weights and opens their Beaver masks once
+               (`Seeder.prepare`); then, per query, learns the input's shapes and runs
+               the graph on shares; gets nothing back.
+  data owner   receives the architecture and plan, takes part in the offline phase,
+               reads its inputs (one query each), and per query sends the input's shapes
+               (or why it gives up), shares the input, runs the graph on shares and alone
+               receives the output; says when it is done.
+  dealer       serves Beaver triples and keeps reused masks (`protocols.mpc.runtime`).
 
-Each party writes `<role>.json` (its traffic: setup and secure run apart, per node and in
-total) into its output directory; the data owner also writes `output.npy`. Files are
-written atomically: a failed run leaves no half-written output.
+Each party writes `<role>.json` (its traffic: setup, offline and the queries apart, per
+node and in total) into its output directory; the data owner also writes `output.npy`
+(`output-1.npy` ... for several queries). Files are written atomically: a failed run
+leaves no half-written output.
 """
 
 from __future__ import annotations
