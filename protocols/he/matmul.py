@@ -365,16 +365,7 @@ def diagonal_bsgs(
                 plain = plains.get(n1 * g + i)
                 if plain is None:
                     continue
-                if inner is None:
-                    inner = sealapi.Ciphertext()
-                    evaluator.multiply_plain(baby[i], plain, inner)
-                else:
-                    evaluator.multiply_plain(baby[i], plain, term)
-                    evaluator.add_inplace(inner, term)
-                    if cost is not None:
-                        cost.additions += 1
-                if cost is not None:
-                    cost.ct_pt_mults += 1
+                inner = _multiply_add(evaluator, inner, baby[i], plain, term, cost)
             if acc is not None:  # Horner: acc <- inner_g + rot(acc, n1)
                 acc = rotate_ciphertext(acc, n1, context, evaluator)
                 if cost is not None:
@@ -438,16 +429,7 @@ def feature_major(
         acc: sealapi.Ciphertext | None = None
         for k in np.flatnonzero(w[:, j]):
             encoder.encode(float(w[k, j]), parms_id, scale, plain)
-            if acc is None:
-                acc = sealapi.Ciphertext()
-                evaluator.multiply_plain(inputs[k], plain, acc)
-            else:
-                evaluator.multiply_plain(inputs[k], plain, term)
-                evaluator.add_inplace(acc, term)
-                if cost is not None:
-                    cost.additions += 1
-            if cost is not None:
-                cost.ct_pt_mults += 1
+            acc = _multiply_add(evaluator, acc, inputs[k], plain, term, cost)
         if acc is None:
             raise ValueError(f"feature_major: column {j} of W is all zeros")
         evaluator.rescale_to_next_inplace(acc)
@@ -491,3 +473,26 @@ def choose(
     if len(ranked) > 1:
         reason += "; next: " + describe(ranked[1])
     return ranked[0].strategy, reason
+
+
+def _multiply_add(
+    evaluator: sealapi.Evaluator,
+    acc: sealapi.Ciphertext | None,
+    ciphertext: sealapi.Ciphertext,
+    plain: sealapi.Plaintext,
+    scratch: sealapi.Ciphertext,
+    cost: HeCost | None,
+) -> sealapi.Ciphertext:
+    """acc + ciphertext * plain (acc None: the product alone); one ct-pt product and, when
+    acc exists, one addition, counted into `cost`."""
+    if cost is not None:
+        cost.ct_pt_mults += 1
+    if acc is None:
+        acc = sealapi.Ciphertext()
+        evaluator.multiply_plain(ciphertext, plain, acc)
+        return acc
+    evaluator.multiply_plain(ciphertext, plain, scratch)
+    evaluator.add_inplace(acc, scratch)
+    if cost is not None:
+        cost.additions += 1
+    return acc
