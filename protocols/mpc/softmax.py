@@ -96,7 +96,9 @@ def power_softmax(
 
     Error: u^p is held to 2^-16 absolutely and divided by d, so the weights' error is
     about 2^-16 / d (up to 1.5e-2 with eps = 1e-3 in rows whose sum u^p is below eps: a
-    tight public scale keeps d large), plus the reciprocal's 1e-4 relative. Rounds:
+    tight public scale keeps d large), plus w times d's own rounding over d (the n kept
+    entries' roundings add up: about 0.7 sqrt(n) units of 2^-16 standard deviation),
+    plus the reciprocal's 1e-4 relative. Rounds:
     ceil(log2 p) + 13 (reciprocal) + 1: 16 for p = 4. Bytes per entry and party: 8 per
     squaring of the power (16 per other product), 8 for the final product, plus the
     per-row reciprocal.
