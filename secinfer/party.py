@@ -164,7 +164,9 @@ class Offline:
     weights_opened: int
 
 
-def _offline(graph: Graph, role: Role, meter: Meter) -> Offline:
+def offline_phase(graph: Graph, role: Role, meter: Meter) -> Offline:
+    """Before any input exists: share the weights and open once the masks of those that
+    feed products (`Seeder.prepare`), metered and timed."""
     before = meter.snapshot()
     began = time.perf_counter()
     seeder = Seeder(role, token_id_inputs(graph))
@@ -216,7 +218,7 @@ def run_model_owner(
     try:
         wire.send_bytes(architecture, src=Role.MODEL_OWNER)
         wire.send_json({"plan": plan.to_dict(), **meta}, src=Role.MODEL_OWNER)
-        offline = _offline(graph, Role.MODEL_OWNER, meter)
+        offline = offline_phase(graph, Role.MODEL_OWNER, meter)
         while True:
             spec = wire.send_json(None, src=Role.DATA_OWNER)
             if "error" in spec:
@@ -252,7 +254,7 @@ def run_data_owner(
         meta = wire.send_json(None, src=Role.MODEL_OWNER)
         graph = build_graph(program)
         plan = Plan.from_dict(meta["plan"])
-        offline = _offline(graph, Role.DATA_OWNER, meter)
+        offline = offline_phase(graph, Role.DATA_OWNER, meter)
         try:
             inputs_each = [tuple(inputs) for inputs in read_queries(program, meta)]
         except UserError as exc:
@@ -308,4 +310,13 @@ def _record(role: Role, meter: Meter, offline: Offline, queries: list[Query]) ->
     }
 
 
-__all__ = ["PeerAborted", "Query", "Seeder", "output_names", "run_data_owner", "run_model_owner"]
+__all__ = [
+    "Offline",
+    "PeerAborted",
+    "Query",
+    "Seeder",
+    "offline_phase",
+    "output_names",
+    "run_data_owner",
+    "run_model_owner",
+]

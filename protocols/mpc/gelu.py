@@ -44,12 +44,12 @@ def sign_exp_gelu(x: Secret, form: SignExpGELU) -> Secret:
     t = relu * 2 - x
     c0, c1, c2 = form.u
     scale = 2.0**-form.squarings
-    key = reuse.new_key("gelu.t") if reuse.available() else None
-    t2 = reuse.square(t, key=key) if key else t.square()
+    key = reuse.new_key("gelu.t")
+    t2 = reuse.square(t, key=key)
     e = (t2 * (-c2 * scale) + t * (-c1 * scale)) + (1.0 - c0 * scale)
     for _ in range(form.squarings):
         e = e.square()
-    te = reuse.product(t, e, x_key=key, release=(key,)) if key else t * e
+    te = reuse.product(t, e, x_key=key, release=(key,))
     return relu - te * 0.5
 
 

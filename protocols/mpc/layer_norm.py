@@ -69,14 +69,14 @@ def layer_norm(
     for d in reversed(dims):
         total = total.sum(d, keepdim=True)
     centred = x - total.div(n)
-    key = reuse.new_key("layer_norm") if reuse.available() else None
-    squares = reuse.square(centred, key=key) if key else centred.square()
+    key = reuse.new_key("layer_norm")
+    squares = reuse.square(centred, key=key)
     for d in reversed(dims):
         squares = squares.sum(d, keepdim=True)
     interval = (n * (lo + eps), n * (hi + eps))
     g = output_shift(interval)
     f = inv_sqrt(squares + n * eps, interval, shift=g, **RSQRT_SETTINGS)
-    scaled = reuse.product(centred, f, x_key=key, release=(key,)) if key else centred * f
+    scaled = reuse.product(centred, f, x_key=key, release=(key,))
     out = scaled * (math.sqrt(n) / 2**g)
     if weight is not None:
         out = out * weight

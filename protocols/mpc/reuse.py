@@ -31,7 +31,8 @@ sign_exp GELU's |x| (for |x|^2 and |x| e). `products` batches several products i
 round.
 
 Needs the dealer (provider "dealer"); with CrypTen's trusted-first-party provider
-`available()` is False and callers use CrypTen's own products.
+`available()` is False, and `product` and `square` are CrypTen's own products (keys are
+then ignored); `products` and `open_all` need the dealer.
 """
 
 from __future__ import annotations
@@ -102,12 +103,18 @@ def product(
 ) -> Any:
     """x op y (op "mul" with broadcasting, or "matmul") for MPCTensors, keeping the mask of
     each keyed operand; `release` names keys not needed after this product (both parties
-    and the dealer drop them). Fixed point: one truncation, as CrypTen's product."""
+    and the dealer drop them). Fixed point: one truncation, as CrypTen's product. Without
+    the dealer (`available()` False) this is CrypTen's own product and keys are ignored."""
+    if not available():
+        return x * y if op == "mul" else x.matmul(y)
     return products([(x, y, x_key, y_key)], op, release=release)[0]
 
 
 def square(x: Any, *, key: str | None = None, release: tuple[str, ...] = ()) -> Any:
-    """x * x keeping x's mask under `key` (nothing opened when it is already kept)."""
+    """x * x keeping x's mask under `key` (nothing opened when it is already kept); without
+    the dealer, CrypTen's own square."""
+    if not available():
+        return x.square()
     if key is None:
         key = new_key("square")
         release = (*release, key)

@@ -21,20 +21,6 @@ from secinfer.benchmarks.party_helpers import (
 )
 
 
-def _ours_offline(role: Role, graph: Any, meter: Any) -> tuple[Any, dict[str, Any]]:
-    """The product's offline phase, once per model: the Seeder shares the weights and
-    opens the masks of those that feed products (before any input exists)."""
-    from secinfer.party import Seeder
-
-    seeder = Seeder(role)
-    before = meter.snapshot()
-    began = time.perf_counter()
-    opened = seeder.prepare(graph)
-    cost = meter.snapshot() - before
-    seconds = time.perf_counter() - began
-    return seeder, {"seconds": seconds, "traffic": cost.to_dict(), "weights_opened": opened}
-
-
 def _ours_layer(
     role: Role, graph: Any, plan: Any, x: np.ndarray, meter: Any, seeder: Any
 ) -> dict[str, Any]:
@@ -111,6 +97,7 @@ def layer_party(
     query on the same model. CrypTen's layer shares and opens its weights in every run."""
     from protocols.mpc.meter import Meter
     from secinfer.graph import build_graph
+    from secinfer.party import offline_phase
     from secinfer.plan import Plan
 
     warm_up_kernels()
@@ -122,7 +109,8 @@ def layer_party(
     runs: dict[str, list[dict[str, Any]]] = {"ours": [], "crypten": []}
     try:
         warm_up_protocol()
-        seeder, offline = _ours_offline(role, graph, meter)
+        offline = offline_phase(graph, role, meter)  # the product's, once per model
+        seeder = offline.seeder
         for i in range(repeats):
             order = ("ours", "crypten") if i % 2 == 0 else ("crypten", "ours")
             for which in order:
@@ -132,7 +120,12 @@ def layer_party(
                     runs["crypten"].append(_crypten_layer(role, x, weights, heads, eps, meter))
     finally:
         meter.remove()
-    return {**runs, "ours_offline": offline, "peak_rss_mb": peak_rss_mb()}
+    ours_offline = {
+        "seconds": offline.seconds,
+        "traffic": offline.traffic.to_dict(),
+        "weights_opened": offline.weights_opened,
+    }
+    return {**runs, "ours_offline": ours_offline, "peak_rss_mb": peak_rss_mb()}
 
 
 __all__ = ["layer_party"]
