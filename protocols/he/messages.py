@@ -552,3 +552,54 @@ __all__ = [
     "send_vectors",
     "verify_handshake",
 ]
+
+
+# -- SEAL ciphertexts ------------------------------------------------------------------------
+
+
+def send_ciphertexts(
+    sock: socket.socket,
+    ciphertexts: list[Any],
+    context: tenseal.Context,
+    *,
+    context_digest: bytes,
+    timeout: float | None = None,
+    counter: Counter | None = None,
+) -> None:
+    """Send SEAL ciphertexts (`tenseal.sealapi.Ciphertext`, one per message entry) as
+    full-width CKKS vectors in a CIPHERTEXTS message."""
+    from protocols.he.rotation import slot_count, vector_from_ciphertexts
+
+    slots = slot_count(context)
+    vectors = [vector_from_ciphertexts(context, [ct], [slots]) for ct in ciphertexts]
+    send_vectors(sock, vectors, context_digest=context_digest, timeout=timeout, counter=counter)
+
+
+def recv_ciphertexts(
+    sock: socket.socket,
+    context: tenseal.Context,
+    *,
+    timeout: float,
+    max_bytes: int,
+    expected_context_digest: bytes,
+    count: int,
+    counter: Counter | None = None,
+) -> list[Any]:
+    """Receive exactly `count` single-ciphertext vectors; their SEAL ciphertexts."""
+    vectors = recv_vectors(
+        sock,
+        context,
+        timeout=timeout,
+        max_bytes=max_bytes,
+        expected_context_digest=expected_context_digest,
+        counter=counter,
+    )
+    if len(vectors) != count:
+        raise MessageError(f"expected {count} ciphertexts, received {len(vectors)}")
+    out = []
+    for index, vector in enumerate(vectors):
+        chunks = vector.ciphertext()
+        if len(chunks) != 1:
+            raise MessageError(f"ciphertext {index} spans {len(chunks)} ciphertexts, expected 1")
+        out.append(chunks[0])
+    return out

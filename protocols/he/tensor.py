@@ -1,0 +1,569 @@
+"""Encrypted tensors: a `Layout` plus a grid of CKKS ciphertexts, with torch-like operations.
+
+`HeTensor` is what the server computes on. Operations and what they cost (L: levels):
+
+    a + b, a - b, -a (b encrypted or plain)         additions, 0 L
+    a * c (c plain: number or tensor)               one ct-pt product per ciphertext, 1 L
+    a * b (both encrypted)                          one ct-ct product per ciphertext, 1 L
+    sum / mean over ciphertext axes                 additions (mean: one more product, 1 L)
+    sum over a slot axis of size n                  log2(n') rotations per ciphertext
+                                                    (n' = n rounded up to a power of two)
+    linear(x, W, b): x @ W.T + b, features a        d_in d_out plain-scalar products summed
+        ciphertext axis (feature-major)              before one rescale per output, 1 L
+    matmul(a, b), both encrypted (attention)        b's slot axis is replicated into
+                                                    ciphertexts (n masks, 1 L, and
+                                                    n (1 + log2 n') rotations), then one
+                                                    ct-ct dot product per output, 1 L
+    merge(a, axis): a ciphertext axis into slots    one rotation per ciphertext moved, 0 L
+    view, permute, transpose, select, unsqueeze     bookkeeping only (`Layout`)
+
+Operands are brought to the lowest level of the two. When a product finds no level left,
+the tensor is refreshed first (`Refresher`, one client round trip; the refreshed
+ciphertexts replace the old ones in place, so every holder of the tensor benefits).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from protocols.he.engine import Ciphertext, Engine
+from protocols.he.layout import Layout, LayoutError, next_power_of_two
+
+Plain = float | int | np.ndarray | torch.Tensor
+Refresher = Callable[[list[Ciphertext]], list[Ciphertext]]
+"""Takes ciphertexts (any levels), returns fresh encryptions of the same slots."""
+
+
+class HeTensor:
+    """An encrypted tensor on the server (module docstring)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        layout: Layout,
+        grid: np.ndarray,
+        *,
+        clean: bool,
+        refresher: Refresher | None,
+    ) -> None:
+        if tuple(grid.shape) != layout.grid_shape:
+            raise ValueError(f"grid {grid.shape} does not match layout {layout.grid_shape}")
+        self.engine = engine
+        self.layout = layout
+        self.grid = grid
+        self.clean = clean
+        self.refresher = refresher
+
+    # --- torch-like attributes ------------------------------------------------------------------
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size(self.layout.shape)
+
+    def size(self, dim: int | None = None) -> Any:
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self) -> int:
+        return len(self.layout.shape)
+
+    @property
+    def ndim(self) -> int:
+        return self.dim()
+
+    def __repr__(self) -> str:
+        return (
+            f"HeTensor(shape={tuple(self.shape)}, ciphertexts={self.grid.size}, level={self.level})"
+        )
+
+    @property
+    def level(self) -> int:
+        return min(self.engine.level(ct) for ct in self.grid.flat)
+
+    def _new(self, layout: Layout, grid: np.ndarray, clean: bool) -> HeTensor:
+        return HeTensor(self.engine, layout, grid, clean=clean, refresher=self.refresher)
+
+    def _map(self, fn: Callable[[Ciphertext], Ciphertext], clean: bool) -> HeTensor:
+        return self._new(self.layout, _object_map(fn, self.grid), clean)
+
+    # --- levels ----------------------------------------------------------------------------
+    def ensure_level(self, levels: int = 1) -> HeTensor:
+        """Refresh in place when some ciphertext has fewer than `levels` levels left."""
+        if self.level >= levels:
+            return self
+        if self.refresher is None:
+            raise DepthExhausted(
+                f"an encrypted tensor of shape {tuple(self.shape)} has {self.level} levels left, "
+                f"{levels} needed, and refreshing is not allowed: use a larger context or allow "
+                "refresh (a client round trip)"
+            )
+        flat = list(self.grid.flat)
+        fresh = self.refresher(flat)
+        grid = np.empty(len(fresh), dtype=object)
+        grid[:] = fresh
+        self.grid = grid.reshape(self.grid.shape)
+        return self
+
+    # --- shape bookkeeping -----------------------------------------------------------------
+    def permute(self, dims: Sequence[int]) -> HeTensor:
+        dims = [d % self.dim() for d in dims]
+        layout = self.layout.permute(dims)
+        ct_order = [self.layout.ct_axes.index(d) for d in dims if self.layout.strides[d] is None]
+        return self._new(
+            layout, np.transpose(self.grid, ct_order) if ct_order else self.grid, self.clean
+        )
+
+    def transpose(self, a: int, b: int) -> HeTensor:
+        dims = list(range(self.dim()))
+        a, b = a % self.dim(), b % self.dim()
+        dims[a], dims[b] = dims[b], dims[a]
+        return self.permute(dims)
+
+    def reshape(self, shape: Sequence[int]) -> HeTensor:
+        shape = list(shape)
+        if -1 in shape:
+            known = math.prod(n for n in shape if n != -1)
+            shape[shape.index(-1)] = math.prod(self.layout.shape) // max(known, 1)
+        layout = self.layout.reshape(tuple(shape))
+        return self._new(layout, self.grid.reshape(layout.grid_shape), self.clean)
+
+    view = reshape
+
+    def unsqueeze(self, dim: int) -> HeTensor:
+        layout = self.layout.unsqueeze(dim)
+        return self._new(layout, self.grid.reshape(layout.grid_shape), self.clean)
+
+    def squeeze(self, dim: int | None = None) -> HeTensor:
+        dims = range(self.dim()) if dim is None else [dim % self.dim()]
+        shape = [n for a, n in enumerate(self.layout.shape) if not (a in dims and n == 1)]
+        return self.reshape(shape)
+
+    def select(self, dim: int, index: int) -> HeTensor:
+        layout, grid_index = self.layout.select(dim, index)
+        grid = self.grid
+        if grid_index is not None:
+            grid = np.take(grid, grid_index, axis=self.layout.ct_axes.index(dim % self.dim()))
+        return self._new(layout, np.asarray(grid, dtype=object).reshape(layout.grid_shape), False)
+
+    def slice(self, dim: int, start: int, end: int, step: int = 1) -> HeTensor:
+        dim %= self.dim()
+        n = self.layout.shape[dim]
+        indices = range(*slice(start, end, step).indices(n))
+        if len(indices) == n:
+            return self
+        if self.layout.strides[dim] is not None:
+            if len(indices) != 1:
+                raise LayoutError(f"slicing the slot axis {dim} to {len(indices)} entries")
+            return self.select(dim, indices[0]).unsqueeze(dim)
+        axis = self.layout.ct_axes.index(dim)
+        grid = np.take(self.grid, list(indices), axis=axis)
+        shape = list(self.layout.shape)
+        shape[dim] = len(indices)
+        layout = Layout(tuple(shape), self.layout.strides, self.layout.offset)
+        return self._new(layout, grid, self.clean)
+
+    def expand(self, shape: Sequence[int]) -> HeTensor:
+        shape = [
+            self.layout.shape[i - (len(shape) - self.dim())] if n == -1 else n
+            for i, n in enumerate(shape)
+        ]
+        target = self
+        while target.dim() < len(shape):
+            target = target.unsqueeze(0)
+        grid = np.broadcast_to(
+            target.grid, [n for a, n in enumerate(shape) if target.layout.strides[a] is None]
+        )
+        for a, n in enumerate(shape):
+            if target.layout.strides[a] is not None and target.layout.shape[a] != n:
+                raise LayoutError("expand along a slot axis")
+        layout = Layout(tuple(shape), target.layout.strides, target.layout.offset)
+        return self._new(layout, np.array(grid, dtype=object), target.clean)
+
+    # --- elementwise -----------------------------------------------------------------------
+    def __neg__(self) -> HeTensor:
+        return self._map(self.engine.negate, self.clean)
+
+    def __add__(self, other: Any) -> HeTensor:
+        return _binary(self, other, "add")
+
+    __radd__ = __add__
+
+    def __sub__(self, other: Any) -> HeTensor:
+        return _binary(self, other, "sub")
+
+    def __rsub__(self, other: Any) -> HeTensor:
+        return _binary(-self, other, "add")
+
+    def __mul__(self, other: Any) -> HeTensor:
+        return _binary(self, other, "mul")
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other: Any) -> HeTensor:
+        if isinstance(other, HeTensor):
+            raise TypeError("division by an encrypted tensor: use a reciprocal approximation")
+        return _binary(self, 1.0 / _as_plain(other), "mul")
+
+    def square(self) -> HeTensor:
+        self.ensure_level(1)
+        return self._map(self.engine.square, self.clean)
+
+    def __pow__(self, exponent: int) -> HeTensor:
+        return power(self, exponent)
+
+    def copy(self) -> HeTensor:
+        return self._new(self.layout, self.grid.copy(), self.clean)
+
+    # --- reductions ------------------------------------------------------------------------
+    def sum(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> HeTensor:
+        dims = range(self.dim()) if dim is None else ([dim] if isinstance(dim, int) else dim)
+        dims = sorted({d % self.dim() for d in dims}, reverse=True)
+        out = self
+        for d in dims:
+            out = out._sum_ct(d) if out.layout.strides[d] is None else out._sum_slot(d)
+        if not keepdim:
+            for d in dims:
+                out = out.squeeze(d)
+        return out
+
+    def mean(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> HeTensor:
+        dims = range(self.dim()) if dim is None else ([dim] if isinstance(dim, int) else dim)
+        count = math.prod(self.layout.shape[d % self.dim()] for d in dims)
+        return self.sum(dim, keepdim) * (1.0 / count)
+
+    def _sum_ct(self, dim: int) -> HeTensor:
+        axis = self.layout.ct_axes.index(dim)
+        moved = np.moveaxis(self.grid, axis, -1)
+        out = np.empty(moved.shape[:-1], dtype=object)
+        for index in np.ndindex(out.shape):
+            out[index] = self.engine.add_many(list(moved[index]))
+        shape = list(self.layout.shape)
+        shape[dim] = 1
+        layout = Layout(tuple(shape), self.layout.strides, self.layout.offset)
+        return self._new(layout, out.reshape(layout.grid_shape), self.clean)
+
+    def _sum_slot(self, dim: int) -> HeTensor:
+        n, stride = self.layout.shape[dim], self.layout.strides[dim]
+        padded = next_power_of_two(n)
+        source = self if padded == n or self.clean else self.masked()
+        steps = [stride * (1 << k) for k in range(int(math.log2(padded)))]
+
+        def fold(ct: Ciphertext) -> Ciphertext:
+            for step in steps:
+                ct = self.engine.add(ct, self.engine.rotate(ct, step))
+            return ct
+
+        shape = list(self.layout.shape)
+        shape[dim] = 1
+        layout = Layout(tuple(shape), self.layout.strides, self.layout.offset)
+        return self._new(layout, _object_map(fold, source.grid).reshape(layout.grid_shape), False)
+
+    # --- masks and layout moves ------------------------------------------------------------
+    def slot_mask(self) -> np.ndarray:
+        mask = np.zeros(self.engine.slots)
+        mask[self.layout.positions().reshape(-1)] = 1.0
+        return mask
+
+    def masked(self) -> HeTensor:
+        """The same values with junk slots zeroed: one plain product, 1 L."""
+        self.ensure_level(1)
+        mask = self.slot_mask()
+        return self._map(lambda ct: self.engine.mul_plain(ct, mask), True)
+
+    def merge(self, dim: int) -> HeTensor:
+        """Move ciphertext axis `dim` into the free slots below the innermost slot axis:
+        entry i of the axis rotates right by i * t, t = (smallest slot stride) / n'. Needs a
+        clean tensor (masked first otherwise) and room (t >= 1)."""
+        n = self.layout.shape[dim]
+        strides = [t for t in self.layout.strides if t is not None]
+        room = min(strides) if strides else self.engine.slots
+        padded = next_power_of_two(n)
+        if self.layout.strides[dim] is not None or n == 1:
+            return self
+        if room % padded or (self.layout.offset % room):
+            raise LayoutError(f"no room to merge an axis of {n} into slots (stride {room})")
+        stride = room // padded
+        source = self if self.clean else self.masked()
+        axis = source.layout.ct_axes.index(dim)
+        moved = np.moveaxis(source.grid, axis, -1)
+        out = np.empty(moved.shape[:-1], dtype=object)
+        for index in np.ndindex(out.shape):
+            parts = [
+                ct if i == 0 else self.engine.rotate(ct, -i * stride)
+                for i, ct in enumerate(moved[index])
+            ]
+            out[index] = self.engine.add_many(parts)
+        strides_new = list(self.layout.strides)
+        strides_new[dim] = stride
+        layout = Layout(self.layout.shape, tuple(strides_new), self.layout.offset)
+        return self._new(layout, out.reshape(layout.grid_shape), True)
+
+    def replicate(self, dim: int) -> HeTensor:
+        """Slot axis `dim` (size n, stride t) becomes a ciphertext axis; ciphertext j holds
+        entry j broadcast over all n' = next_power_of_two(n) slots of the axis (positions
+        offset + i t, i < n'), so it can meet a tensor whose slot axis sits there.
+        Per entry: one mask product (1 L), one rotation to the front, log2(n') rotations."""
+        n, stride = self.layout.shape[dim], self.layout.strides[dim]
+        if stride is None:
+            return self
+        steps = int(math.log2(next_power_of_two(n)))
+        self.ensure_level(1)
+        positions = self.layout.positions()
+        slot_axis = self.layout.slot_axes.index(dim)
+        masks = []
+        for j in range(n):
+            mask = np.zeros(self.engine.slots)
+            mask[np.take(positions, j, axis=slot_axis).reshape(-1)] = 1.0
+            masks.append(mask)
+
+        def spread(ct: Ciphertext, j: int) -> Ciphertext:
+            picked = self.engine.mul_plain(ct, masks[j])
+            if j:
+                picked = self.engine.rotate(picked, j * stride)
+            for k in range(steps):
+                picked = self.engine.add(picked, self.engine.rotate(picked, -stride * (1 << k)))
+            return picked
+
+        grid = np.empty((*self.grid.shape, n), dtype=object)
+        for index in np.ndindex(self.grid.shape):
+            for j in range(n):
+                grid[(*index, j)] = spread(self.grid[index], j)
+        strides = list(self.layout.strides)
+        strides[dim] = None
+        layout = Layout(self.layout.shape, tuple(strides), self.layout.offset)
+        grid = np.moveaxis(grid, -1, layout.ct_axes.index(dim))
+        return self._new(layout, grid, False)
+
+
+class DepthExhausted(ValueError):
+    """A product needs a level that neither the context nor a refresh can give."""
+
+
+# --- helpers ------------------------------------------------------------------------------
+def _object_map(fn: Callable[[Ciphertext], Ciphertext], grid: np.ndarray) -> np.ndarray:
+    out = np.empty(grid.shape, dtype=object)
+    for index in np.ndindex(grid.shape):
+        out[index] = fn(grid[index])
+    return out
+
+
+def _as_plain(value: Any) -> float | np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().double().numpy()
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return float(value)
+    return value if isinstance(value, np.ndarray) else float(value)
+
+
+def _aligned_axes(layout: Layout, ndim: int) -> Layout:
+    while len(layout.shape) < ndim:
+        layout = layout.unsqueeze(0)
+    return layout
+
+
+def _grid_view(t: HeTensor, out: Layout) -> np.ndarray:
+    """t's grid broadcast to `out`'s ciphertext axes (t aligned to out's number of axes)."""
+    layout = _aligned_axes(t.layout, len(out.shape))
+    grid = t.grid.reshape(layout.grid_shape)
+    index = [layout.ct_axes.index(a) if a in layout.ct_axes else None for a in out.ct_axes]
+    # axes of `out` that are ciphertext axes of t keep their grid axis; slot axes of t that
+    # are ciphertext axes of out have size 1 in t (layout normalisation)
+    expanded = grid
+    shape = []
+    for a in out.ct_axes:
+        shape.append(layout.shape[a] if a in layout.ct_axes else 1)
+    order = [i for i in index if i is not None]
+    expanded = np.transpose(grid, order) if order else grid
+    return np.broadcast_to(expanded.reshape(shape), out.grid_shape)
+
+
+def _result_layout(a: Layout, b_shape: tuple[int, ...], b_layout: Layout | None) -> Layout:
+    """The layout of a slot-wise a (op) b; b is plain when `b_layout` is None (a plain operand
+    is encoded slot by slot, so it broadcasts along anything)."""
+    ndim = max(len(a.shape), len(b_shape))
+    la = _aligned_axes(a, ndim)
+    lb = _aligned_axes(b_layout, ndim) if b_layout is not None else None
+    shape_b = (1,) * (ndim - len(b_shape)) + tuple(b_shape)
+    shape = tuple(max(x, y) for x, y in zip(la.shape, shape_b, strict=False))
+    for k in range(ndim):
+        if la.shape[k] != shape_b[k] and 1 not in (la.shape[k], shape_b[k]):
+            raise ValueError(f"shapes {la.shape} and {shape_b} do not broadcast")
+    strides: list[int | None] = []
+    for k in range(ndim):
+        ta = la.strides[k]
+        tb = lb.strides[k] if lb is not None else None
+        if lb is not None:
+            if ta is not None and tb is not None and ta != tb:
+                raise LayoutError(f"axis {k} sits in slots with strides {ta} and {tb}")
+            if (ta is not None and tb is None) or (tb is not None and ta is None):
+                raise LayoutError(
+                    f"axis {k} is in slots in one encrypted operand and not in the other "
+                    f"(shapes {la.shape}, {lb.shape})"
+                )
+        strides.append(ta if ta is not None else tb)
+    offset = la.offset
+    if lb is not None and la.slot_axes and lb.offset != la.offset:
+        raise LayoutError(f"operands at slot offsets {la.offset} and {lb.offset}")
+    if lb is not None and not la.slot_axes:
+        offset = lb.offset
+    return Layout(shape, tuple(strides), offset)
+
+
+def _binary(a: HeTensor, b: Any, op: str) -> HeTensor:
+    engine = a.engine
+    if isinstance(b, HeTensor):
+        out = _result_layout(a.layout, tuple(b.layout.shape), b.layout)
+        if op == "mul":
+            a.ensure_level(1)
+            b.ensure_level(1)
+        ga, gb = _grid_view(a, out), _grid_view(b, out)
+        fn = {"add": engine.add, "sub": engine.sub, "mul": engine.mul}[op]
+        grid = np.empty(out.grid_shape, dtype=object)
+        for index in np.ndindex(out.grid_shape):
+            x, y = ga[index], gb[index]
+            grid[index] = engine.square(x) if (op == "mul" and x is y) else fn(x, y)
+        clean = a.clean and b.clean if op != "mul" else (a.clean or b.clean)
+        return a._new(out, grid, clean)
+    plain = _as_plain(b)
+    if op == "sub":
+        plain = -plain
+        op = "add"
+    if isinstance(plain, float):
+        if op == "add" and plain == 0.0:
+            return a
+        if op == "mul" and plain == 1.0:
+            return a
+        if op == "mul":
+            a.ensure_level(1)
+        fn = engine.add_plain if op == "add" else engine.mul_plain
+        return a._map(lambda ct: fn(ct, plain), a.clean and op == "mul")
+    out = _result_layout(a.layout, tuple(plain.shape), None)
+    values = np.broadcast_to(
+        plain.reshape((1,) * (len(out.shape) - plain.ndim) + plain.shape), out.shape
+    )
+    ga = _grid_view(a, out)
+    if op == "mul":
+        a.ensure_level(1)
+        ga = _grid_view(a, out)
+    positions = out.positions().reshape(-1)
+    grid = np.empty(out.grid_shape, dtype=object)
+    slot_order = list(out.ct_axes) + list(out.slot_axes)
+    arranged = np.transpose(values, slot_order).reshape((*out.grid_shape, -1))
+    clean = a.clean
+    for index in np.ndindex(out.grid_shape):
+        entries = arranged[index]
+        first = float(entries[0])
+        if np.all(entries == first):
+            factor: float | np.ndarray = first
+            if op == "add":
+                clean = False
+        else:
+            factor = np.zeros(engine.slots)
+            factor[positions] = entries
+        if op == "add":
+            grid[index] = engine.add_plain(ga[index], factor) if factor is not None else ga[index]
+        else:
+            grid[index] = engine.mul_plain(ga[index], factor)
+    return a._new(out, grid, clean if op == "add" else a.clean)
+
+
+def power(x: HeTensor, exponent: int) -> HeTensor:
+    """x^k for an integer k >= 1 by repeated squaring: ceil(log2 k) levels for k a power of two."""
+    if not isinstance(exponent, int) or exponent < 1:
+        raise ValueError(f"power {exponent!r}: only positive integer exponents on ciphertexts")
+    result: HeTensor | None = None
+    base = x
+    k = exponent
+    while k:
+        if k & 1:
+            result = base if result is None else result * base
+        k >>= 1
+        if k:
+            base = base.square()
+    assert result is not None
+    return result
+
+
+# --- products with a matrix ---------------------------------------------------------------
+def linear(
+    x: HeTensor, weight: Plain, bias: Plain | None = None, *, merge: bool = True
+) -> HeTensor:
+    """x @ weight.T + bias with x's last axis (d_in) a ciphertext axis: for every output
+    feature j one `dot_plain` of the d_in input ciphertexts (zero weights skipped), 1 L.
+
+    With `merge`, leading ciphertext axes are first moved into free slots (`merge`) when the
+    layout has room, so that the products are paid once for all of them."""
+    w = np.asarray(_as_plain(weight), dtype=np.float64)
+    if w.ndim != 2 or w.shape[1] != x.shape[-1]:
+        raise ValueError(f"linear: weight {w.shape} for input {tuple(x.shape)}")
+    if x.layout.strides[-1] is not None:
+        raise LayoutError("linear: the feature axis is in slots; expected feature-major packing")
+    if merge:
+        for dim in x.layout.ct_axes[:-1]:
+            try:
+                x = x.merge(dim)
+            except LayoutError:
+                continue
+    x.ensure_level(1)
+    d_out = w.shape[0]
+    shape = (*x.layout.shape[:-1], d_out)
+    layout = Layout(shape, (*x.layout.strides[:-1], None), x.layout.offset)
+    grid = np.empty(layout.grid_shape, dtype=object)
+    for index in np.ndindex(x.grid.shape[:-1]):
+        inputs = list(x.grid[index])
+        for j in range(d_out):
+            nonzero = np.flatnonzero(w[j])
+            if nonzero.size == 0:
+                grid[(*index, j)] = x.engine.mul_plain(inputs[0], 0.0)
+                continue
+            grid[(*index, j)] = x.engine.dot_plain(
+                [inputs[k] for k in nonzero], [float(w[j, k]) for k in nonzero]
+            )
+    out = x._new(layout, grid, x.clean)
+    if bias is not None:
+        out = out + bias
+    return out
+
+
+def matmul(a: HeTensor, b: HeTensor | Plain) -> HeTensor:
+    """a @ b. With b plain: `linear(a, b.T)`. With both encrypted (attention scores q k^T,
+    weights v): a is (..., i, c) with i in slots and c in ciphertexts; b's slot axis among
+    its last two must sit where a's i does; it is replicated into ciphertexts, and every
+    output is one ct-ct dot product over c (module docstring)."""
+    if not isinstance(b, HeTensor):
+        w = np.asarray(_as_plain(b), dtype=np.float64)
+        return linear(a, w.T if w.ndim == 2 else w[:, None].T)
+    if a.dim() < 2 or b.dim() < 2:
+        raise LayoutError("matmul of encrypted tensors needs at least 2 axes each")
+    t_i = a.layout.strides[-2]
+    if t_i is None or a.layout.strides[-1] is not None:
+        raise LayoutError(
+            f"matmul: expected a (..., i, c) with i in slots and c in ciphertexts, got strides "
+            f"{a.layout.strides}"
+        )
+    spread = [d for d in (b.dim() - 2, b.dim() - 1) if b.layout.strides[d] == t_i]
+    if not spread:
+        raise LayoutError("matmul: b has no slot axis where a's rows sit")
+    a.ensure_level(1)
+    b.ensure_level(2)
+    bp = b.replicate(spread[0])
+    n_i = a.layout.shape[-2]
+    # b' seen with an explicit row axis i in slots: (..., i, c, j)
+    b_shape = (*bp.layout.shape[:-2], n_i, *bp.layout.shape[-2:])
+    b_layout = Layout(b_shape, (*bp.layout.strides[:-2], t_i, None, None), bp.layout.offset)
+    b4 = a._new(b_layout, bp.grid.reshape(b_layout.grid_shape), False)
+    a4 = a.unsqueeze(-1)  # (..., i, c, 1)
+    out4 = _result_layout(a4.layout, b_shape, b_layout)
+    ga, gb = _grid_view(a4, out4), _grid_view(b4, out4)
+    # contract over c: grid axis of out4's axis -2
+    c_axis = out4.ct_axes.index(len(out4.shape) - 2)
+    ga, gb = np.moveaxis(ga, c_axis, -1), np.moveaxis(gb, c_axis, -1)
+    shape = out4.shape[:-2] + out4.shape[-1:]
+    layout = Layout(shape, out4.strides[:-2] + out4.strides[-1:], out4.offset)
+    grid = np.empty(layout.grid_shape, dtype=object)
+    for index in np.ndindex(layout.grid_shape):
+        grid[index] = a.engine.dot(list(ga[index]), list(gb[index]))
+    return a._new(layout, grid, False)

@@ -1,0 +1,455 @@
+"""An HE session: the client (data owner) and the server (model owner), one process each.
+
+  server  loads the model, calibrates and plans it for `he`, listens on a socket; tells the
+          client the CKKS parameters and how to pack each input (`Layout`); receives the
+          public context (relinearisation and Galois keys, no secret key) and the encrypted
+          inputs; runs the graph on ciphertexts; when a product finds no level left it asks
+          the client to refresh a masked tensor (`protocols.he.refresh`); sends the
+          encrypted output. It never holds a key that decrypts.
+  client  owns the input and the secret key; encrypts, answers refreshes (it sees masked
+          values only), decrypts the output alone.
+
+Inputs: a float input is encrypted; token ids that feed an embedding are encrypted as a
+one-hot encoding over the vocabulary (`public_embedding=False`, the default) or looked up
+by the client in the table the server then sends (`public_embedding=True`: the table is
+public, the server gets the embedded vectors encrypted); other integer inputs (attention
+masks, token types) are public (their values travel in clear: padding is visible).
+
+Records: the server writes `server.json` (parameters and why, refreshes, counts, bytes,
+per-node costs), the client `client.json` (bytes each way) and `output.npy`, atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from protocols.he import messages as M
+from protocols.he.codec import Codec
+from protocols.he.engine import Engine
+from protocols.he.layout import Layout, next_power_of_two
+from protocols.he.params import CkksParams, make_context, public_copy
+from protocols.he.refresh import MaskingRefresher, default_mask_bits
+from protocols.he.tensor import HeTensor
+from secinfer.errors import PartyError, UserError
+from secinfer.execute import Executor, RunResult
+from secinfer.graph import Graph, op_name
+from secinfer.party import token_id_inputs
+from secinfer.plan import Plan
+from secinfer.report import write_json
+
+DEFAULT_PARAMS = CkksParams(8192, [60, 40, 40, 60], 40)
+MAX_MESSAGE = 1 << 31
+
+
+class Channel:
+    """A connected socket with its timeout, traffic counter and context digest."""
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        self.sock = sock
+        self.timeout = timeout
+        self.counter = M.Counter()
+        self.digest = b""
+        self.context: Any = None
+
+    def send_json(self, message: dict[str, Any]) -> None:
+        M.send_json(self.sock, message, timeout=self.timeout, counter=self.counter)
+
+    def recv_json(self) -> dict[str, Any]:
+        return M.recv_json(
+            self.sock, timeout=self.timeout, max_bytes=MAX_MESSAGE, counter=self.counter
+        )
+
+    def send_cts(self, cts: list[Any]) -> None:
+        M.send_ciphertexts(
+            self.sock,
+            cts,
+            self.context,
+            context_digest=self.digest,
+            timeout=self.timeout,
+            counter=self.counter,
+        )
+
+    def recv_cts(self, count: int) -> list[Any]:
+        return M.recv_ciphertexts(
+            self.sock,
+            self.context,
+            timeout=self.timeout,
+            max_bytes=MAX_MESSAGE,
+            expected_context_digest=self.digest,
+            count=count,
+            counter=self.counter,
+        )
+
+    def send_error(self, reason: str) -> None:
+        with contextlib.suppress(OSError):
+            M.send_error(self.sock, reason, timeout=5.0, counter=self.counter)
+
+
+# --- input packing ------------------------------------------------------------------------
+def input_specs(graph: Graph, public_embedding: bool) -> list[dict[str, Any]]:
+    """How the client sends each user input: mode, shape and layout (module docstring)."""
+    tokens = token_id_inputs(graph)
+    placeholders = {n.name: n for n in graph.program.graph.nodes if n.op == "placeholder"}
+    specs = []
+    for name in graph.user_inputs:
+        val = placeholders[name].meta["val"]
+        shape = [int(n) for n in val.shape]
+        if name in tokens:
+            vocab = tokens[name]
+            mode = "embedded" if public_embedding else "one_hot"
+            specs.append({"name": name, "mode": mode, "vocab": vocab, "shape": shape})
+        elif val.dtype.is_floating_point:
+            specs.append({"name": name, "mode": "encrypted", "shape": shape})
+        else:
+            specs.append({"name": name, "mode": "public", "shape": shape})
+    return specs
+
+
+def _inner_room(graph: Graph) -> int:
+    """Free slots per row for axes merged later: the largest product of the middle axes of
+    a linear layer's input (patches of an image, tokens), rounded up to a power of two."""
+    room = 1
+    for node in graph.program.graph.nodes:
+        if node.op == "call_function" and op_name(node.target) == "aten.linear":
+            shape = node.args[0].meta["val"].shape
+            if len(shape) >= 3:
+                room = max(room, next_power_of_two(math.prod(int(n) for n in shape[1:-1])))
+    return room
+
+
+def packed_layout(shape: list[int], graph: Graph, encrypted_shape: list[int]) -> Layout:
+    """Feature-major: every axis but the last in slots (2-D inputs: the batch axis, with
+    room for the axes a later view splits off the features)."""
+    if len(encrypted_shape) <= 2:
+        return Layout.rows(tuple(encrypted_shape), 1, inner=_inner_room(graph))
+    return Layout.rows(tuple(encrypted_shape), len(encrypted_shape) - 1)
+
+
+def layouts_for(graph: Graph, specs: list[dict[str, Any]], embedding_dim: int | None) -> None:
+    for spec in specs:
+        if spec["mode"] == "public":
+            continue
+        shape = list(spec["shape"])
+        if spec["mode"] == "one_hot":
+            shape = [*shape, spec["vocab"]]
+        elif spec["mode"] == "embedded":
+            shape = [*shape, int(embedding_dim or 0)]
+        spec["layout"] = packed_layout(spec["shape"], graph, shape).to_dict()
+
+
+# --- per-op latency ---------------------------------------------------------------------
+def latency_group(record: Any) -> str:
+    """matmul, attention, softmax, GELU, LayerNorm or other, from the node's op and module."""
+    module = (record.module or "").lower()
+    if "softmax" in module:
+        return "softmax"
+    if "norm" in module or ".ln" in module or module.startswith("ln"):
+        return "LayerNorm"
+    if "act" in module.split(".")[-1] or "gelu" in module:
+        return "GELU"
+    if record.op in ("aten.matmul", "aten.bmm"):
+        return "attention"
+    if record.op in ("aten.linear", "aten.mm", "aten.addmm", "aten.embedding"):
+        return "matmul"
+    return "other"
+
+
+def latency_table(records: list[Any]) -> dict[str, dict[str, float]]:
+    """Seconds per group, refresh round trips apart (their time is taken out of the nodes')."""
+    table: dict[str, dict[str, float]] = {}
+    refresh = {"seconds": 0.0, "nodes": 0, "refreshes": 0}
+    for record in records:
+        spent = float(record.cost.get("refresh_seconds", 0.0)) if record.cost else 0.0
+        row = table.setdefault(latency_group(record), {"seconds": 0.0, "nodes": 0})
+        row["seconds"] += record.seconds - spent
+        row["nodes"] += 1
+        refresh["seconds"] += spent
+        refresh["refreshes"] += int(record.cost.get("refreshes", 0)) if record.cost else 0
+        refresh["nodes"] += 1 if spent else 0
+    table["refresh"] = refresh
+    return table
+
+
+# --- server -------------------------------------------------------------------------------
+def serve(
+    graph: Graph,
+    plan: Plan,
+    listener: socket.socket,
+    out_dir: Path,
+    *,
+    timeout: float,
+    allow_refresh: bool = True,
+    public_embedding: bool = False,
+    params: CkksParams = DEFAULT_PARAMS,
+) -> dict[str, Any]:
+    """Accept one client and answer its query (module docstring); returns the record."""
+    listener.settimeout(timeout)
+    try:
+        sock, _ = listener.accept()
+    except TimeoutError:
+        raise PartyError(f"server: no client connected within {timeout:g} s") from None
+    channel = Channel(sock, timeout)
+    with sock:
+        try:
+            return _serve(graph, plan, channel, out_dir, allow_refresh, public_embedding, params)
+        except Exception as exc:
+            channel.send_error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise
+
+
+def _embedding_table(graph: Graph, spec_name: str) -> torch.Tensor | None:
+    for node in graph.program.graph.nodes:
+        if node.op == "call_function" and op_name(node.target) == "aten.embedding":
+            index = node.args[1]
+            while index.op == "call_function" and index.args:
+                index = index.args[0]
+            if index.name == spec_name:
+                return graph.owned[node.args[0].name]
+    return None
+
+
+def _serve(
+    graph: Graph,
+    plan: Plan,
+    channel: Channel,
+    out_dir: Path,
+    allow_refresh: bool,
+    public_embedding: bool,
+    params: CkksParams,
+) -> dict[str, Any]:
+    began = time.perf_counter()
+    specs = input_specs(graph, public_embedding)
+    tables = {
+        s["name"]: _embedding_table(graph, s["name"]) for s in specs if s["mode"] == "embedded"
+    }
+    dim = next((int(t.shape[1]) for t in tables.values() if t is not None), None)
+    layouts_for(graph, specs, dim)
+    mask_bits = default_mask_bits(params.coeff_mod_bit_sizes[0], params.scale_bits)
+    channel.send_json(
+        {"kind": "hello", "params": params.to_dict(), "inputs": specs, "mask_bits": mask_bits}
+    )
+    for name, table in tables.items():
+        channel.send_json({"kind": "embedding", "name": name, "table": table.double().tolist()})
+    context, digest = M.recv_context_with_digest(
+        channel.sock, timeout=channel.timeout, max_bytes=MAX_MESSAGE, counter=channel.counter
+    )
+    if context.is_private():
+        raise UserError("the client sent a context holding its secret key; refusing it")
+    M.verify_handshake(channel.recv_json(), digest)
+    channel.context, channel.digest = context, digest
+    engine = Engine(context)
+
+    def transport(cts: list[Any]) -> list[Any]:
+        channel.send_json({"kind": "refresh", "count": len(cts)})
+        channel.send_cts(cts)
+        return channel.recv_cts(len(cts))
+
+    refresher = MaskingRefresher(engine, transport, mask_bits) if allow_refresh else None
+    inputs = []
+    for spec in specs:
+        if spec["mode"] == "public":
+            values = channel.recv_json()["values"]
+            inputs.append(torch.tensor(values).reshape(spec["shape"]))
+            continue
+        layout = Layout.from_dict(spec["layout"])
+        cts = channel.recv_cts(int(np.prod(layout.grid_shape)))
+        grid = np.empty(len(cts), dtype=object)
+        grid[:] = cts
+        inputs.append(
+            HeTensor(
+                engine,
+                layout,
+                grid.reshape(layout.grid_shape),
+                clean=True,
+                refresher=refresher,
+            )
+        )
+        inputs[-1].embedded = spec["mode"] == "embedded"
+    seeder = _ServerSeeder()
+
+    def meter() -> _Counts:
+        stats = refresher.stats if refresher else None
+        return _Counts(
+            **engine.cost.to_dict(),
+            key_switches=engine.key_switches,
+            refreshes=stats.refreshes if stats else 0,
+            refresh_seconds=stats.seconds if stats else 0.0,
+        )
+
+    executor = Executor(graph, "he", plan, seeder=seeder, meter=meter)
+    result = executor.run(tuple(inputs))
+    output = result.outputs[0]
+    if not isinstance(output, HeTensor):
+        raise UserError("the model's output does not depend on the encrypted input")
+    output.ensure_level(0)
+    channel.send_json({"kind": "output", "layout": output.layout.to_dict()})
+    channel.send_cts(list(output.grid.flat))
+    done = channel.recv_json()
+    if done.get("kind") != "received":
+        raise M.MessageError("the client did not confirm the output")
+    record = _server_record(graph, params, engine, refresher, result, channel)
+    record["seconds"] = time.perf_counter() - began
+    write_json(out_dir / "server.json", record)
+    return record
+
+
+class _ServerSeeder:
+    def owned(self, name: str, value: torch.Tensor) -> Any:
+        return value.double() if value.is_floating_point() else value
+
+    def user(self, name: str, value: Any) -> Any:
+        return value
+
+
+class _Counts(dict):
+    """Counter snapshot; `after - before` is a node's share."""
+
+    def __sub__(self, other: dict[str, Any]) -> dict[str, Any]:
+        return {k: self[k] - other.get(k, 0) for k in self}
+
+
+def _server_record(
+    graph: Graph,
+    params: CkksParams,
+    engine: Engine,
+    refresher: MaskingRefresher | None,
+    result: RunResult,
+    channel: Channel,
+) -> dict[str, Any]:
+    stats = refresher.stats if refresher else None
+    return {
+        "role": "server",
+        "params": params.to_dict(),
+        "params_explained": params.explain(),
+        "depth_per_context": params.depth,
+        "refreshes": stats.refreshes if stats else 0,
+        "refreshed_ciphertexts": stats.ciphertexts if stats else 0,
+        "levels_used": params.depth * (stats.refreshes + 1 if stats else 1),
+        "counts": {**engine.cost.to_dict(), "key_switches": engine.key_switches},
+        "bytes_sent": channel.counter.bytes_sent,
+        "bytes_received": channel.counter.bytes_received,
+        "messages_sent": channel.counter.messages_sent,
+        "run_seconds": result.seconds,
+        "latency": latency_table(result.records),
+        "nodes": [
+            {"name": r.name, "op": r.op, "module": r.module, "seconds": r.seconds, "cost": r.cost}
+            for r in result.records
+        ],
+        "nodes_total": len(graph.calls),
+    }
+
+
+# --- client -------------------------------------------------------------------------------
+def query(
+    address: tuple[str, int],
+    inputs: tuple[torch.Tensor, ...],
+    out_dir: Path,
+    *,
+    timeout: float,
+) -> np.ndarray:
+    """Connect, encrypt `inputs`, answer refreshes, decrypt the output (module docstring)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock = socket.create_connection(address, timeout=timeout)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise PartyError(
+                    f"client: no server at {address[0]}:{address[1]} within {timeout:g} s"
+                ) from None
+            time.sleep(0.2)
+    channel = Channel(sock, timeout)
+    with sock:
+        return _query(channel, inputs, out_dir)
+
+
+def _query(channel: Channel, inputs: tuple[torch.Tensor, ...], out_dir: Path) -> np.ndarray:
+    began = time.perf_counter()
+    hello = channel.recv_json()
+    params = CkksParams.from_dict(hello["params"])
+    specs = hello["inputs"]
+    if len(specs) != len(inputs):
+        raise UserError(f"the model takes {len(specs)} inputs, {len(inputs)} given")
+    tables = {}
+    for spec in specs:
+        if spec["mode"] == "embedded":
+            message = channel.recv_json()
+            tables[message["name"]] = np.asarray(message["table"], dtype=np.float64)
+    context = make_context(params)
+    codec = Codec(context)
+    public = public_copy(context)
+    digest = M.send_context(channel.sock, public, timeout=channel.timeout, counter=channel.counter)
+    context_bytes = channel.counter.bytes_sent
+    channel.send_json(M.handshake_message(digest))
+    channel.context, channel.digest = context, digest
+    for spec, value in zip(specs, inputs, strict=True):
+        if list(value.shape) != list(spec["shape"]):
+            raise UserError(
+                f"input {spec['name']}: shape {tuple(value.shape)}, the model expects "
+                f"{tuple(spec['shape'])}"
+            )
+        if spec["mode"] == "public":
+            channel.send_json({"values": value.reshape(-1).tolist()})
+            continue
+        values = _client_values(spec, value, tables)
+        layout = Layout.from_dict(spec["layout"])
+        channel.send_cts(list(codec.encrypt(values, layout).flat))
+    refreshes = 0
+    while True:
+        message = channel.recv_json()
+        if message.get("kind") == "refresh":
+            masked = channel.recv_cts(int(message["count"]))
+            channel.send_cts([codec.encrypt_slots(codec.decrypt_slots(ct)) for ct in masked])
+            refreshes += 1
+            continue
+        if message.get("kind") != "output":
+            raise M.MessageError(f"unexpected message {message.get('kind')!r}")
+        layout = Layout.from_dict(message["layout"])
+        cts = channel.recv_cts(int(np.prod(layout.grid_shape)))
+        grid = np.empty(len(cts), dtype=object)
+        grid[:] = cts
+        output = codec.decrypt(grid.reshape(layout.grid_shape), layout)
+        channel.send_json({"kind": "received"})
+        break
+    _save_npy(out_dir / "output.npy", output)
+    write_json(
+        out_dir / "client.json",
+        {
+            "role": "client",
+            "refreshes_answered": refreshes,
+            "bytes_sent": channel.counter.bytes_sent,
+            "bytes_received": channel.counter.bytes_received,
+            "public_context_bytes": context_bytes,
+            "seconds": time.perf_counter() - began,
+        },
+    )
+    return output
+
+
+def _client_values(
+    spec: dict[str, Any], value: torch.Tensor, tables: dict[str, np.ndarray]
+) -> np.ndarray:
+    if spec["mode"] == "encrypted":
+        return value.detach().double().numpy()
+    ids = value.detach().long().numpy()
+    vocab = int(spec["vocab"])
+    if ids.min(initial=0) < 0 or ids.max(initial=0) >= vocab:
+        raise UserError(f"input {spec['name']}: token ids outside [0, {vocab})")
+    if spec["mode"] == "one_hot":
+        return np.eye(vocab)[ids]
+    return tables[spec["name"]][ids]
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, array)
+    tmp.replace(path)

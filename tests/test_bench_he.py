@@ -1,0 +1,90 @@
+"""Smoke test of the HE matmul bench (`secinfer.benchmarks.he_matmul`) in quick mode: real
+TenSEAL at N = 8192, the three strategies side by side on tiny shapes, no mocks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tenseal")
+
+from secinfer.benchmarks import he_matmul as bench
+
+ROW_KEYS = {
+    "shape", "strategy", "skipped", "seconds", "predicted_seconds", "rotations",
+    "key_switches", "ct_pt_mults", "additions", "depth", "counts_match_model",
+    "ciphertexts_in", "ciphertexts_out", "bytes_in", "bytes_out", "max_abs_error",
+    "client_seconds", "details", "time_ratio_vs_builtin",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def record() -> dict:
+    return bench.run(quick=True)
+
+
+def test_every_shape_has_the_three_strategies(record: dict) -> None:
+    rows = record["rows"]
+    assert record["quick"] is True
+    assert len(rows) == 3 * len(bench.QUICK_SHAPES)
+    for shape in bench.QUICK_SHAPES:
+        same = [r for r in rows if tuple(r["shape"]) == shape]
+        assert [r["strategy"] for r in same] == list(bench.STRATEGIES)
+
+
+def test_rows_are_measured_and_accurate(record: dict) -> None:
+    for r in record["rows"]:
+        assert set(r) == ROW_KEYS and r["skipped"] is None
+        assert r["seconds"] > 0 and r["predicted_seconds"] > 0
+        assert r["max_abs_error"] < 1e-3
+        assert r["counts_match_model"] and r["depth"] == 1
+        assert r["ciphertexts_in"] >= 1 and r["ciphertexts_out"] >= 1
+        assert r["bytes_in"] > 100_000 * r["ciphertexts_in"]  # ~330 KB per fresh ciphertext
+        assert 0 < r["bytes_out"] < r["bytes_in"] * r["ciphertexts_out"]
+        assert r["time_ratio_vs_builtin"] > 0
+        if r["strategy"] == "builtin_rows":
+            assert r["time_ratio_vs_builtin"] == 1.0
+        if r["strategy"] == "feature_major":
+            assert r["rotations"] == r["key_switches"] == 0
+        if r["strategy"] == "diagonal_bsgs":  # one key switch per rotation, steps 1 and n1
+            assert r["rotations"] == r["key_switches"] > 0
+
+
+def test_the_step_limited_context_is_much_smaller(record: dict) -> None:
+    section = record["contexts"]
+    assert section["all_galois_keys_count"] == 24
+    (limited,) = section["bsgs_steps_only"]
+    assert limited["steps"] == [1, 4]  # d_in = 16: n1 = 4, n2 = 4
+    assert section["no_galois_keys"] < limited["bytes"] < section["all_galois_keys"] / 8
+    assert limited["all_over_chosen"] > 8
+
+
+def test_a_strategy_that_does_not_fit_is_skipped_with_the_reason() -> None:
+    contexts = bench.make_contexts()
+    x, w, y = bench.shape_data(1, 16, bench.PARAMS.slots)
+    row = bench.measure("diagonal_bsgs", contexts, x, w, y)
+    assert row["skipped"].startswith("does not fit") and "slots" in row["skipped"]
+    line = bench._table_row({**row, "time_ratio_vs_builtin": None})
+    assert "skipped: does not fit" in line and line.count("|") == 12
+
+
+def test_write_gives_json_and_a_markdown_table(record: dict, tmp_path: Path) -> None:
+    table = bench.write(record, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["he.quick.json", "he.quick.md"]
+    assert json.loads((tmp_path / "he.quick.json").read_text())["rows"] == record["rows"]
+    lines = [ln for ln in table.splitlines() if ln.startswith("|")]
+    assert len(lines) == 2 + len(record["rows"])
+    assert len({ln.count("|") for ln in lines}) == 1  # every row has every column
+    assert "MB with only the steps [1, 4]" in table and "noise" in table
+
+
+def test_the_data_follow_the_stated_distributions() -> None:
+    x, w, y = bench.shape_data(64, 384, 384)
+    assert x.min() >= -1 and x.max() <= 1
+    assert abs(w.std() * np.sqrt(384) - 1) < 0.02
+    np.testing.assert_allclose(y, x @ w)
+    again = bench.shape_data(64, 384, 384)
+    assert all(np.array_equal(a, b) for a, b in zip((x, w, y), again, strict=True))
