@@ -19,7 +19,7 @@ import click
 from secinfer.errors import PartyError, UserError
 
 BACKEND_CHOICES = ("plain", "approx", "mpc", "he")
-AVAILABLE_BACKENDS = ("plain", "approx", "mpc")
+AVAILABLE_BACKENDS = ("plain", "approx", "mpc", "he")
 
 
 class Group(click.Group):
@@ -66,7 +66,7 @@ def _mpc_options(fn: Any) -> Any:
         type=float,
         default=60.0,
         show_default=True,
-        help="mpc: seconds a party waits for a peer before giving up.",
+        help="mpc, he: seconds a party waits for a peer before giving up.",
     )(fn)
     fn = click.option(
         "--precision-bits",
@@ -143,6 +143,17 @@ def _inputs(loaded: Any, input_path: Path | None, text: str | None) -> tuple[Any
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_mpc_options
+@click.option(
+    "--no-refresh",
+    is_flag=True,
+    help="he: never ask the client to re-encrypt; a model deeper than one context fails.",
+)
+@click.option(
+    "--public-embedding",
+    is_flag=True,
+    help="he: the embedding table is public; the client embeds its token ids itself "
+    "(default: it encrypts them one-hot and the server multiplies by its table).",
+)
 def run(
     model: Path,
     trust_model: bool,
@@ -157,12 +168,18 @@ def run(
     provider: str,
     precision_bits: int,
     timeout: float,
+    no_refresh: bool,
+    public_embedding: bool,
 ) -> None:
     """Run MODEL on a backend and compare its output with plaintext.
 
     With --backend mpc, the model owner, the data owner and the dealer run as three
     processes on this machine (see `secinfer party` for several hosts); only the data
     owner's process sees the input and the output, only the model owner's the weights.
+
+    With --backend he, the model owner (server) and the data owner (client, who holds
+    the only secret key) run as two processes over a loopback socket (see
+    `secinfer he-party`); convert the model to polynomial form first (README).
 
     With no --input or --text, the model's default sample is used (digits: the first
     test image; text models: 16 fixed token ids; ViT: fixed pixels).
@@ -203,6 +220,24 @@ def run(
             precision_bits=precision_bits,
             peer_timeout=timeout,
         )
+    elif backend == "he":
+        if loaded.source_module is not None:
+            raise UserError(
+                f"{model}: the he backend needs a torch.export program; {load.EXPORT_RECIPE}"
+            )
+        outcome = runner.run_he(
+            model,
+            loaded.program,
+            inputs,
+            samples=samples,
+            model_name=str(model),
+            output_name=loaded.output_name,
+            config_path=config_path,
+            trust_model=trust_model,
+            refresh=not no_refresh,
+            public_embedding=public_embedding,
+            peer_timeout=timeout,
+        )
     else:
         outcome = runner.run(
             loaded.program,
@@ -230,6 +265,10 @@ def run(
             from secinfer.secure_report import comm_summary
 
             click.echo(comm_summary(outcome.report))
+        if backend == "he":
+            from secinfer.he_report import he_summary
+
+            click.echo(he_summary(outcome.report))
         click.echo(f"{loaded.output_name}: shape {tuple(outcome.output.shape)}")
 
 
@@ -334,6 +373,92 @@ def party(role: str, **options: Any) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+@main.command("he-party")
+@click.option(
+    "--role",
+    type=click.Choice(["server", "client"]),
+    required=True,
+    help="server: the model owner (no secret key); client: the data owner (the key).",
+)
+@click.option("--model", type=click.Path(path_type=Path), help="Server: the model file.")
+@click.option("--trust-model", is_flag=True, help="Server: allow a pickled nn.Module.")
+@click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), help="Server: plan overrides."
+)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Server: address to listen on."
+)
+@click.option("--port", type=click.IntRange(1, 65535), help="Server: port to listen on.")
+@click.option("--connect", help="Client: the server's HOST:PORT.")
+@click.option(
+    "--input",
+    "input_paths",
+    type=click.Path(path_type=Path),
+    multiple=True,
+    help="Client: the input (.npy or .pt).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("."),
+    show_default=True,
+    help="Directory for this side's record (and the client's output.npy).",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the peer's next message.",
+)
+@click.option("--no-refresh", is_flag=True, help="Server: never ask the client to re-encrypt.")
+@click.option(
+    "--public-embedding", is_flag=True, help="Server: send the embedding table to the client."
+)
+def he_party(role: str, **options: Any) -> None:
+    """Run one side of an HE run (for two hosts; `run --backend he` starts both).
+
+    \b
+    host A:  secinfer he-party --role server --model M.pt2 --host 0.0.0.0 --port 29600
+    host B:  secinfer he-party --role client --connect A:29600 --input x.npy
+    """
+    from secinfer.he_main import client_main, server_main
+
+    code = 0
+    try:
+        if role == "server":
+            if options["port"] is None:
+                raise UserError("--role server needs --port PORT")
+            server_main(
+                model=options["model"],
+                trust_model=options["trust_model"],
+                config_path=options["config_path"],
+                host=options["host"],
+                port=options["port"],
+                out_dir=options["out_dir"],
+                timeout=options["timeout"],
+                refresh=not options["no_refresh"],
+                public_embedding=options["public_embedding"],
+            )
+        else:
+            if not options["connect"]:
+                raise UserError("--role client needs --connect HOST:PORT")
+            client_main(
+                connect=options["connect"],
+                input_paths=options["input_paths"],
+                out_dir=options["out_dir"],
+                timeout=options["timeout"],
+            )
+    except UserError as exc:
+        click.echo(f"error: {exc}", err=True)
+        code = 2
+    except PartyError as exc:
+        click.echo(f"error: {exc}", err=True)
+        code = 1
+    sys.exit(code)
 
 
 @main.command()

@@ -25,6 +25,7 @@ import contextlib
 import math
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,9 @@ import torch
 from protocols.he import messages as M
 from protocols.he.codec import Codec
 from protocols.he.engine import Engine
+from protocols.he.galois import public_context_with_steps
 from protocols.he.layout import Layout, next_power_of_two
-from protocols.he.params import CkksParams, make_context, public_copy
+from protocols.he.params import CkksParams, make_context
 from protocols.he.refresh import MaskingRefresher, default_mask_bits
 from protocols.he.tensor import HeTensor
 from secinfer.errors import PartyError, UserError
@@ -95,21 +97,19 @@ class Channel:
 
 # --- input packing ------------------------------------------------------------------------
 def input_specs(graph: Graph, public_embedding: bool) -> list[dict[str, Any]]:
-    """How the client sends each user input: mode, shape and layout (module docstring)."""
+    """How the client sends each user input (module docstring): name, mode, vocabulary."""
     tokens = token_id_inputs(graph)
     placeholders = {n.name: n for n in graph.program.graph.nodes if n.op == "placeholder"}
     specs = []
     for name in graph.user_inputs:
         val = placeholders[name].meta["val"]
-        shape = [int(n) for n in val.shape]
         if name in tokens:
-            vocab = tokens[name]
             mode = "embedded" if public_embedding else "one_hot"
-            specs.append({"name": name, "mode": mode, "vocab": vocab, "shape": shape})
+            specs.append({"name": name, "mode": mode, "vocab": tokens[name]})
         elif val.dtype.is_floating_point:
-            specs.append({"name": name, "mode": "encrypted", "shape": shape})
+            specs.append({"name": name, "mode": "encrypted"})
         else:
-            specs.append({"name": name, "mode": "public", "shape": shape})
+            specs.append({"name": name, "mode": "public"})
     return specs
 
 
@@ -125,15 +125,19 @@ def _inner_room(graph: Graph) -> int:
     return room
 
 
-def packed_layout(shape: list[int], graph: Graph, encrypted_shape: list[int]) -> Layout:
+def packed_layout(graph: Graph, shape: list[int]) -> Layout:
     """Feature-major: every axis but the last in slots (2-D inputs: the batch axis, with
     room for the axes a later view splits off the features)."""
-    if len(encrypted_shape) <= 2:
-        return Layout.rows(tuple(encrypted_shape), 1, inner=_inner_room(graph))
-    return Layout.rows(tuple(encrypted_shape), len(encrypted_shape) - 1)
+    if len(shape) <= 2:
+        return Layout.rows(tuple(shape), 1, inner=_inner_room(graph))
+    return Layout.rows(tuple(shape), len(shape) - 1)
 
 
-def layouts_for(graph: Graph, specs: list[dict[str, Any]], embedding_dim: int | None) -> None:
+def layouts_for(
+    graph: Graph, specs: list[dict[str, Any]], embedding_dim: int | None, slots: int
+) -> None:
+    """Add each encrypted input's layout to its spec; UserError when it needs more slots
+    than a ciphertext has."""
     for spec in specs:
         if spec["mode"] == "public":
             continue
@@ -142,7 +146,34 @@ def layouts_for(graph: Graph, specs: list[dict[str, Any]], embedding_dim: int | 
             shape = [*shape, spec["vocab"]]
         elif spec["mode"] == "embedded":
             shape = [*shape, int(embedding_dim or 0)]
-        spec["layout"] = packed_layout(spec["shape"], graph, shape).to_dict()
+        layout = packed_layout(graph, shape)
+        if layout.span() > slots:
+            rows = math.prod(shape[:-1])
+            raise UserError(
+                f"input {spec['name']} of shape {tuple(spec['shape'])} needs {layout.span()} "
+                f"slots per ciphertext ({rows} rows, padded to powers of two), a ciphertext has "
+                f"{slots}: send fewer rows per query"
+            )
+        spec["layout"] = layout.to_dict()
+
+
+def rotation_steps(specs: list[dict[str, Any]]) -> list[int]:
+    """The Galois keys the server asks for: +-2^i up to the largest slot stride of the
+    inputs. Every rotation of `protocols.he.tensor` stays inside a row (reductions,
+    replication and merges of the axes below the batch axis), and SEAL composes a step from
+    its non-adjacent form, whose terms never exceed twice the step; the batch axis itself is
+    never rotated."""
+    largest = 1
+    for spec in specs:
+        if "layout" in spec:
+            strides = [t for t in Layout.from_dict(spec["layout"]).strides if t is not None]
+            largest = max([largest, *strides])
+    steps = []
+    power = 1
+    while power <= largest:
+        steps += [power, -power]
+        power *= 2
+    return steps
 
 
 # --- per-op latency ---------------------------------------------------------------------
@@ -189,8 +220,10 @@ def serve(
     allow_refresh: bool = True,
     public_embedding: bool = False,
     params: CkksParams = DEFAULT_PARAMS,
+    check_inputs: Callable[[tuple[torch.Tensor, ...]], None] | None = None,
 ) -> dict[str, Any]:
-    """Accept one client and answer its query (module docstring); returns the record."""
+    """Accept one client and answer its query (module docstring); returns the record.
+    `check_inputs` sees placeholder tensors of the client's shapes and dtypes."""
     listener.settimeout(timeout)
     try:
         sock, _ = listener.accept()
@@ -199,7 +232,8 @@ def serve(
     channel = Channel(sock, timeout)
     with sock:
         try:
-            return _serve(graph, plan, channel, out_dir, allow_refresh, public_embedding, params)
+            settings = (allow_refresh, public_embedding, params, check_inputs)
+            return _serve(graph, plan, channel, out_dir, *settings)
         except Exception as exc:
             channel.send_error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             raise
@@ -224,17 +258,26 @@ def _serve(
     allow_refresh: bool,
     public_embedding: bool,
     params: CkksParams,
+    check_inputs: Callable[[tuple[torch.Tensor, ...]], None] | None,
 ) -> dict[str, Any]:
     began = time.perf_counter()
     specs = input_specs(graph, public_embedding)
+    channel.send_json({"kind": "hello", "inputs": specs})
+    _check_shapes(specs, channel.recv_json(), check_inputs)
     tables = {
         s["name"]: _embedding_table(graph, s["name"]) for s in specs if s["mode"] == "embedded"
     }
     dim = next((int(t.shape[1]) for t in tables.values() if t is not None), None)
-    layouts_for(graph, specs, dim)
+    layouts_for(graph, specs, dim, params.slots)
     mask_bits = default_mask_bits(params.coeff_mod_bit_sizes[0], params.scale_bits)
     channel.send_json(
-        {"kind": "hello", "params": params.to_dict(), "inputs": specs, "mask_bits": mask_bits}
+        {
+            "kind": "layouts",
+            "params": params.to_dict(),
+            "inputs": specs,
+            "mask_bits": mask_bits,
+            "galois_steps": rotation_steps(specs),
+        }
     )
     for name, table in tables.items():
         channel.send_json({"kind": "embedding", "name": name, "table": table.double().tolist()})
@@ -301,6 +344,26 @@ def _serve(
     return record
 
 
+def _check_shapes(
+    specs: list[dict[str, Any]],
+    message: dict[str, Any],
+    check_inputs: Callable[[tuple[torch.Tensor, ...]], None] | None,
+) -> None:
+    """The client's input shapes and dtypes, checked against the model; stored in `specs`."""
+    shapes, dtypes = message.get("shapes"), message.get("dtypes")
+    if message.get("kind") != "shapes" or not isinstance(shapes, list) or len(shapes) != len(specs):
+        raise UserError(f"the model takes {len(specs)} inputs; the client announced {shapes}")
+    placeholders = []
+    for spec, shape, dtype in zip(specs, shapes, dtypes or [], strict=False):
+        if not (isinstance(shape, list) and all(isinstance(n, int) and n > 0 for n in shape)):
+            raise UserError(f"input {spec['name']}: shape {shape} is not a list of sizes")
+        spec["shape"] = shape
+        kind = torch.float32 if dtype == "float" else torch.int64
+        placeholders.append(torch.zeros(shape, dtype=kind))
+    if check_inputs is not None:
+        check_inputs(tuple(placeholders))
+
+
 class _ServerSeeder:
     def owned(self, name: str, value: torch.Tensor) -> Any:
         return value.double() if value.is_floating_point() else value
@@ -350,12 +413,13 @@ def _server_record(
 # --- client -------------------------------------------------------------------------------
 def query(
     address: tuple[str, int],
-    inputs: tuple[torch.Tensor, ...],
+    read_inputs: Callable[[list[str]], tuple[torch.Tensor, ...]],
     out_dir: Path,
     *,
     timeout: float,
 ) -> np.ndarray:
-    """Connect, encrypt `inputs`, answer refreshes, decrypt the output (module docstring)."""
+    """Connect, read the inputs (`read_inputs(input_names)`), encrypt them, answer
+    refreshes, decrypt the output (module docstring)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -369,46 +433,55 @@ def query(
             time.sleep(0.2)
     channel = Channel(sock, timeout)
     with sock:
-        return _query(channel, inputs, out_dir)
+        return _query(channel, read_inputs, out_dir)
 
 
-def _query(channel: Channel, inputs: tuple[torch.Tensor, ...], out_dir: Path) -> np.ndarray:
+def _query(
+    channel: Channel,
+    read_inputs: Callable[[list[str]], tuple[torch.Tensor, ...]],
+    out_dir: Path,
+) -> np.ndarray:
     began = time.perf_counter()
-    hello = channel.recv_json()
-    params = CkksParams.from_dict(hello["params"])
-    specs = hello["inputs"]
-    if len(specs) != len(inputs):
-        raise UserError(f"the model takes {len(specs)} inputs, {len(inputs)} given")
+    hello = _expect_kind(channel, "hello")
+    inputs = read_inputs([spec["name"] for spec in hello["inputs"]])
+    channel.send_json(
+        {
+            "kind": "shapes",
+            "shapes": [list(t.shape) for t in inputs],
+            "dtypes": ["float" if t.is_floating_point() else "int" for t in inputs],
+        }
+    )
+    plan = _expect_kind(channel, "layouts")
+    params = CkksParams.from_dict(plan["params"])
+    specs = plan["inputs"]
     tables = {}
     for spec in specs:
         if spec["mode"] == "embedded":
-            message = channel.recv_json()
+            message = _expect_kind(channel, "embedding")
             tables[message["name"]] = np.asarray(message["table"], dtype=np.float64)
-    context = make_context(params)
+    context = make_context(params, galois_steps=[])
     codec = Codec(context)
-    public = public_copy(context)
-    digest = M.send_context(channel.sock, public, timeout=channel.timeout, counter=channel.counter)
+    public = public_context_with_steps(context, plan["galois_steps"])
+    digest = M.send_context_bytes(
+        channel.sock, public, timeout=channel.timeout, counter=channel.counter
+    )
     context_bytes = channel.counter.bytes_sent
     channel.send_json(M.handshake_message(digest))
     channel.context, channel.digest = context, digest
     for spec, value in zip(specs, inputs, strict=True):
-        if list(value.shape) != list(spec["shape"]):
-            raise UserError(
-                f"input {spec['name']}: shape {tuple(value.shape)}, the model expects "
-                f"{tuple(spec['shape'])}"
-            )
         if spec["mode"] == "public":
             channel.send_json({"values": value.reshape(-1).tolist()})
             continue
         values = _client_values(spec, value, tables)
         layout = Layout.from_dict(spec["layout"])
-        channel.send_cts(list(codec.encrypt(values, layout).flat))
+        channel.send_cts(list(codec.encrypt(values, layout, seeded=True).flat))
     refreshes = 0
     while True:
         message = channel.recv_json()
         if message.get("kind") == "refresh":
             masked = channel.recv_cts(int(message["count"]))
-            channel.send_cts([codec.encrypt_slots(codec.decrypt_slots(ct)) for ct in masked])
+            fresh = [codec.encrypt_slots(codec.decrypt_slots(ct), seeded=True) for ct in masked]
+            channel.send_cts(fresh)
             refreshes += 1
             continue
         if message.get("kind") != "output":
@@ -433,6 +506,13 @@ def _query(channel: Channel, inputs: tuple[torch.Tensor, ...], out_dir: Path) ->
         },
     )
     return output
+
+
+def _expect_kind(channel: Channel, kind: str) -> dict[str, Any]:
+    message = channel.recv_json()
+    if message.get("kind") != kind:
+        raise M.MessageError(f"expected a {kind!r} message, got {message.get('kind')!r}")
+    return message
 
 
 def _client_values(

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -156,4 +157,67 @@ def wait_for_parties(
         time.sleep(0.1)
 
 
-__all__ = ["LocalRun", "run_local_parties", "run_parties", "wait_for_parties"]
+class HeRole(Enum):
+    """The two processes of an HE run."""
+
+    SERVER = "server"
+    CLIENT = "client"
+
+    @property
+    def label(self) -> str:
+        return self.value
+
+
+def run_local_he(
+    model: Path,
+    inputs: tuple[torch.Tensor, ...],
+    *,
+    trust_model: bool = False,
+    config: Path | None = None,
+    refresh: bool = True,
+    public_embedding: bool = False,
+    peer_timeout: float = DEFAULT_TIMEOUT,
+    run_timeout: float = RUN_TIMEOUT,
+) -> LocalRun:
+    """Server (model owner) and client (data owner) of an HE run as two processes on
+    loopback; the client's decrypted output and both records."""
+    with tempfile.TemporaryDirectory(prefix="secinfer-he-") as tmp:
+        root = Path(tmp)
+        out = {role: root / role.label for role in HeRole}
+        for directory in out.values():
+            directory.mkdir()
+        input_path = out[HeRole.CLIENT] / "input.pt"
+        torch.save(tuple(t.detach().clone() for t in inputs), input_path)
+        port = free_port()
+        base = [sys.executable, "-m", "secinfer.cli", "he-party", "--timeout", str(peer_timeout)]
+        server = [*base, "--role", "server", "--port", str(port), "--out", str(out[HeRole.SERVER])]
+        server += ["--model", str(Path(model).resolve())]
+        if trust_model:
+            server.append("--trust-model")
+        if config:
+            server += ["--config", str(Path(config).resolve())]
+        if not refresh:
+            server.append("--no-refresh")
+        if public_embedding:
+            server.append("--public-embedding")
+        client = [*base, "--role", "client", "--connect", f"127.0.0.1:{port}"]
+        client += ["--input", str(input_path), "--out", str(out[HeRole.CLIENT])]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        began = time.perf_counter()
+        run_parties({HeRole.SERVER: server, HeRole.CLIENT: client}, root, run_timeout, env=env)
+        return LocalRun(
+            output=np.load(out[HeRole.CLIENT] / "output.npy", allow_pickle=False),
+            model_owner=json.loads((out[HeRole.SERVER] / "server.json").read_text()),
+            data_owner=json.loads((out[HeRole.CLIENT] / "client.json").read_text()),
+            seconds=time.perf_counter() - began,
+        )
+
+
+__all__ = [
+    "HeRole",
+    "LocalRun",
+    "run_local_he",
+    "run_local_parties",
+    "run_parties",
+    "wait_for_parties",
+]

@@ -3,7 +3,8 @@
 Calibration runs `plain` on the model owner's samples (`LoadedModel.calibration_samples`:
 the default sample, or the digits models' 256 training images), never on the data owner's
 input: the run then reports how many of the real input's values fell outside the
-calibrated intervals. `run_mpc` starts the three MPC parties as processes.
+calibrated intervals. `run_mpc` starts the three MPC parties as processes, `run_he` the
+HE server and client.
 """
 
 from __future__ import annotations
@@ -127,6 +128,55 @@ def run_mpc(
         reference=reference,
         approx=approx,
         outside=outside.stats,
+        output_name=output_name,
+    )
+    return Outcome(output, report, plan, graph)
+
+
+def run_he(
+    model_path: str | Path,
+    program: torch.export.ExportedProgram,
+    inputs: tuple[torch.Tensor, ...],
+    *,
+    samples: list[tuple[torch.Tensor, ...]],
+    model_name: str,
+    output_name: str,
+    config_path: str | Path | None = None,
+    trust_model: bool = False,
+    refresh: bool = True,
+    public_embedding: bool = False,
+    peer_timeout: float = 60.0,
+) -> Outcome:
+    """Server and client as two local processes, then plain and approx here for comparison
+    (the same plan, computed the same way as the server does)."""
+    from secinfer.he_report import build_he_report
+    from secinfer.kernels.he import check_he_plan
+    from secinfer.launch import run_local_he
+
+    graph, plan = prepare(program, "he", samples, config_path)
+    check_he_plan(graph, plan)
+    local = run_local_he(
+        Path(model_path),
+        inputs,
+        trust_model=trust_model,
+        config=Path(config_path) if config_path else None,
+        refresh=refresh,
+        public_embedding=public_embedding,
+        peer_timeout=peer_timeout,
+    )
+    watch = frozenset(block_ends(graph).values())
+    reference = Executor(graph, "plain").run(inputs, watch=watch)
+    approx = Executor(graph, "approx", plan).run(inputs, watch=watch)
+    output = torch.from_numpy(local.output)
+    report = build_he_report(
+        graph=graph,
+        model=model_name,
+        output=output,
+        seconds=local.seconds,
+        server=local.model_owner,
+        client=local.data_owner,
+        reference=reference,
+        approx=approx,
         output_name=output_name,
     )
     return Outcome(output, report, plan, graph)

@@ -385,6 +385,22 @@ def send_context(
     return context_digest(data)
 
 
+def send_context_bytes(
+    sock: socket.socket,
+    data: bytes,
+    *,
+    timeout: float | None = None,
+    counter: Counter | None = None,
+) -> bytes:
+    """Send an already serialized public context (such as `galois.public_context_with_steps`
+    writes); its digest. Refuses (ValueError, nothing sent) bytes that load as a private
+    context."""
+    if tenseal.context_from(data).is_private():
+        raise ValueError("refusing to send a serialized context that holds a secret key")
+    send_message(sock, MessageKind.PUBLIC_CONTEXT, data, timeout=timeout, counter=counter)
+    return context_digest(data)
+
+
 def recv_context_with_digest(
     sock: socket.socket,
     *,
@@ -426,9 +442,15 @@ def encode_vectors(vectors: list[tenseal.CKKSVector], digest: bytes) -> bytes:
     """The CIPHERTEXTS payload: digest, count, then each serialized vector with its length."""
     if len(digest) != DIGEST_BYTES:
         raise ValueError(f"a context digest has {DIGEST_BYTES} bytes, not {len(digest)}")
-    parts = [digest, _COUNT.pack(len(vectors))]
-    for vector in vectors:
-        data = vector.serialize()
+    return encode_serialized([vector.serialize() for vector in vectors], digest)
+
+
+def encode_serialized(serialized: list[bytes], digest: bytes) -> bytes:
+    """The CIPHERTEXTS payload from already serialized vectors."""
+    if len(digest) != DIGEST_BYTES:
+        raise ValueError(f"a context digest has {DIGEST_BYTES} bytes, not {len(digest)}")
+    parts = [digest, _COUNT.pack(len(serialized))]
+    for data in serialized:
         parts += [_LENGTH.pack(len(data)), data]
     return b"".join(parts)
 
@@ -538,14 +560,18 @@ __all__ = [
     "PeerTimeout",
     "context_digest",
     "decode_vectors",
+    "encode_serialized",
     "encode_vectors",
     "handshake_message",
+    "recv_ciphertexts",
     "recv_context",
     "recv_context_with_digest",
     "recv_json",
     "recv_message",
     "recv_vectors",
+    "send_ciphertexts",
     "send_context",
+    "send_context_bytes",
     "send_error",
     "send_json",
     "send_message",
@@ -566,13 +592,15 @@ def send_ciphertexts(
     timeout: float | None = None,
     counter: Counter | None = None,
 ) -> None:
-    """Send SEAL ciphertexts (`tenseal.sealapi.Ciphertext`, one per message entry) as
-    full-width CKKS vectors in a CIPHERTEXTS message."""
-    from protocols.he.rotation import slot_count, vector_from_ciphertexts
+    """Send SEAL ciphertexts (`tenseal.sealapi.Ciphertext`, or the seeded `Serializable`
+    that symmetric encryption returns: about half the bytes) as full-width CKKS vectors
+    in a CIPHERTEXTS message, serialized directly (no TenSEAL vector is built)."""
+    from protocols.he.rotation import ciphertext_bytes, slot_count, vector_proto
 
-    slots = slot_count(context)
-    vectors = [vector_from_ciphertexts(context, [ct], [slots]) for ct in ciphertexts]
-    send_vectors(sock, vectors, context_digest=context_digest, timeout=timeout, counter=counter)
+    slots, scale = slot_count(context), context.global_scale
+    serialized = [vector_proto([ciphertext_bytes(ct)], [slots], scale) for ct in ciphertexts]
+    payload = encode_serialized(serialized, context_digest)
+    send_message(sock, MessageKind.CIPHERTEXTS, payload, timeout=timeout, counter=counter)
 
 
 def recv_ciphertexts(

@@ -139,6 +139,25 @@ def _ciphertext_bytes(ciphertext: sealapi.Ciphertext) -> bytes:
         os.unlink(path)
 
 
+def vector_proto(raw_ciphertexts: Sequence[bytes], sizes: Sequence[int], scale: float) -> bytes:
+    """TenSEAL's serialization of a `CKKSVector` (`CKKSVectorProto`) holding SEAL-serialized
+    ciphertexts (chunk i of logical size sizes[i]) at TenSEAL scale `scale`: what
+    `CKKSVector.serialize` writes, without building the vector."""
+    if len(raw_ciphertexts) != len(sizes) or not raw_ciphertexts:
+        raise ValueError("expected one size per ciphertext, at least one ciphertext")
+    packed_sizes = b"".join(_varint(int(size)) for size in sizes)
+    message = bytearray(b"\x0a" + _varint(len(packed_sizes)) + packed_sizes)
+    for raw in raw_ciphertexts:
+        message += b"\x12" + _varint(len(raw)) + raw
+    message += b"\x19" + struct.pack("<d", float(scale))
+    return bytes(message)
+
+
+def ciphertext_bytes(ciphertext: sealapi.Ciphertext) -> bytes:
+    """SEAL's own serialization (zstd) of a ciphertext, or of a seeded `Serializable` one."""
+    return _ciphertext_bytes(ciphertext)
+
+
 def vector_from_ciphertexts(
     context: ts.Context,
     ciphertexts: Sequence[sealapi.Ciphertext],
@@ -146,19 +165,12 @@ def vector_from_ciphertexts(
 ) -> ts.CKKSVector:
     """A TenSEAL `CKKSVector` holding `ciphertexts` (chunk i of logical size sizes[i]).
 
-    Built through TenSEAL's serialization (`CKKSVectorProto`), linked to `context`; its
+    Built through TenSEAL's serialization (`vector_proto`), linked to `context`; its
     TenSEAL scale (used to encode later plain operands) is the context's global scale, the
     ciphertexts keep their own SEAL scales and levels. About 2.7 ms per ciphertext at 8192.
     """
-    if len(ciphertexts) != len(sizes) or not ciphertexts:
-        raise ValueError("expected one size per ciphertext, at least one ciphertext")
-    packed_sizes = b"".join(_varint(int(size)) for size in sizes)
-    message = bytearray(b"\x0a" + _varint(len(packed_sizes)) + packed_sizes)
-    for ciphertext in ciphertexts:
-        raw = _ciphertext_bytes(ciphertext)
-        message += b"\x12" + _varint(len(raw)) + raw
-    message += b"\x19" + struct.pack("<d", float(context.global_scale))
-    return ts.ckks_vector_from(context, bytes(message))
+    raw = [_ciphertext_bytes(ciphertext) for ciphertext in ciphertexts]
+    return ts.ckks_vector_from(context, vector_proto(raw, sizes, context.global_scale))
 
 
 def rotate(vec: ts.CKKSVector, steps: int, cost: HeCost | None = None) -> ts.CKKSVector:

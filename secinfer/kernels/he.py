@@ -301,3 +301,23 @@ for _spec in REGISTRY.values():
 REGISTRY["aten.div"].kernels["he"] = dispatch(_div)
 REGISTRY["aten.pow"].kernels["he"] = dispatch(_pow)
 register("he", "aten.embedding", dispatch(_embedding))
+
+
+HE_FUNCTIONS = {"reciprocal": None, "rsqrt": None, "sqrt": None, "gelu": ("quad", "minimax")}
+"""Nonlinear functions with a CKKS kernel, and the plan methods allowed (None: any)."""
+
+
+def check_he_plan(graph: Any, plan: Any) -> None:
+    """UnsupportedHeOp, before any work, for the first nonlinear node CKKS cannot run."""
+    for node in graph.calls:
+        spec = REGISTRY.get(node.op)
+        if spec is None or spec.category != "nonlinear":
+            continue
+        where = f" at {node.module}" if node.module else ""
+        methods = HE_FUNCTIONS.get(spec.function or "", False)
+        choice = plan.choices.get(node.name)
+        if methods is False or (methods and choice is not None and choice.method not in methods):
+            how = f" with method {choice.method!r}" if choice is not None and methods else ""
+            raise UnsupportedHeOp(
+                f"{node.op} (node {node.name}){where} has no he kernel{how}; {CONVERT_HINT}"
+            )

@@ -1,0 +1,101 @@
+"""`secinfer he-party --role server|client`: check one side's arguments, load what it owns, run.
+
+The server (model owner) listens on --port; the client (data owner) connects to --connect
+HOST:PORT with its --input. Connection failures become one `PartyError` line; the user's
+own mistakes stay `UserError`s.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import torch
+
+from protocols.he.messages import MessageError, PeerError, PeerTimeout
+from secinfer.errors import PartyError, UserError
+
+
+def server_main(
+    *,
+    model: Path | None,
+    trust_model: bool,
+    config_path: Path | None,
+    host: str,
+    port: int,
+    out_dir: Path,
+    timeout: float,
+    refresh: bool,
+    public_embedding: bool,
+) -> None:
+    from secinfer import load, runner
+    from secinfer.he_session import serve
+    from secinfer.kernels.he import check_he_plan
+
+    if model is None:
+        raise UserError("--role server needs --model FILE")
+    if not out_dir.is_dir():
+        raise UserError(f"--out {out_dir}: no such directory")
+    loaded = load.load_model(model, trust_model=trust_model)
+    if loaded.program is None:
+        raise UserError(
+            f"{model}: the he backend needs a torch.export program; {load.EXPORT_RECIPE}"
+        )
+    graph, plan = runner.prepare(loaded.program, "he", loaded.calibration_samples(), config_path)
+    check_he_plan(graph, plan)
+    try:
+        listener = socket.create_server((host, port))
+    except OSError as exc:
+        raise UserError(f"--port {port}: cannot listen on {host} ({exc.strerror})") from None
+    with listener:
+        _guard(
+            "server",
+            lambda: serve(
+                graph,
+                plan,
+                listener,
+                out_dir,
+                timeout=timeout,
+                allow_refresh=refresh,
+                public_embedding=public_embedding,
+                check_inputs=loaded.check_inputs,
+            ),
+        )
+
+
+def client_main(
+    *, connect: str, input_paths: tuple[Path, ...], out_dir: Path, timeout: float
+) -> None:
+    from secinfer import load
+    from secinfer.he_session import query
+
+    host, _, port = connect.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--connect {connect}: give HOST:PORT")
+    if len(input_paths) != 1:
+        raise UserError("--role client needs one --input FILE (.npy or .pt)")
+    if not out_dir.is_dir():
+        raise UserError(f"--out {out_dir}: no such directory")
+    path = input_paths[0]
+    if not path.is_file():
+        raise UserError(f"--input {path}: no such file")
+
+    def read_inputs(names: list[str]) -> tuple[torch.Tensor, ...]:
+        stub = load.LoadedModel(None, "architecture", path, (), names)
+        return load.read_input(path, stub)
+
+    _guard("client", lambda: query((host, int(port)), read_inputs, out_dir, timeout=timeout))
+
+
+def _guard(role: str, work: object) -> None:
+    """Run `work`; the peer's error, a timeout or a broken message become one line."""
+    try:
+        work()  # type: ignore[operator]
+    except PeerError as exc:
+        raise UserError(f"{role}: {exc}") from None
+    except PeerTimeout as exc:
+        raise PartyError(f"{role}: {exc}") from None
+    except MessageError as exc:
+        raise PartyError(f"{role}: {exc}") from None
+    except (ConnectionError, TimeoutError) as exc:
+        raise PartyError(f"{role}: the connection failed ({exc})") from None

@@ -1,0 +1,121 @@
+"""The report of an HE run: accuracy against plain, and the bill in levels, operations, bytes.
+
+Fields shared with `secinfer.report` (backend, model, seconds, output_shape, max_abs_error,
+cosine, argmax_agreement, out_of_range) keep their meaning; `he` adds:
+  he.params            ring degree, modulus chain, scale, and the planner's explanation
+  he.depth             levels a fresh ciphertext has (depth_per_context), refreshes (client
+                       round trips) and levels_used = depth_per_context x (refreshes + 1),
+                       an upper bound on the levels the run consumed
+  he.counts            ct-ct and ct-pt products, additions, rotations, key switches
+  he.bytes             server -> client and client -> server (framed), and the public
+                       context the client sent (part of client -> server)
+  he.latency           seconds per group (matmul, attention, softmax, GELU, LayerNorm,
+                       refresh, other); refresh round trips are taken out of the node times
+  layers[i]            per block: max_abs_error null (intermediate values stay encrypted) and
+                       approx_max_abs_error, the same block's error under `approx`
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from secinfer.execute import RunResult
+from secinfer.graph import Graph
+from secinfer.report import block_ends, block_error, compare
+
+LATENCY_ORDER = ("matmul", "attention", "softmax", "GELU", "LayerNorm", "refresh", "other")
+
+
+def build_he_report(
+    *,
+    graph: Graph,
+    model: str,
+    output: torch.Tensor,
+    seconds: float,
+    server: dict[str, Any],
+    client: dict[str, Any],
+    reference: RunResult,
+    approx: RunResult,
+    output_name: str,
+) -> dict[str, Any]:
+    ref = reference.outputs[0]
+    max_err, cosine = compare(output, ref)
+    layers = [
+        {
+            "name": block,
+            "node": node,
+            "max_abs_error": None,
+            "approx_max_abs_error": block_error(approx, reference, node),
+        }
+        for block, node in block_ends(graph).items()
+    ]
+    report: dict[str, Any] = {
+        "backend": "he",
+        "model": model,
+        "seconds": seconds,
+        "output_shape": list(output.shape),
+        "reference": "plain",
+        "max_abs_error": max_err,
+        "cosine": cosine,
+        "argmax_agreement": None,
+        "out_of_range": 0,
+        "out_of_range_nodes": [],
+        "he": {
+            "params": server["params"],
+            "params_explained": server["params_explained"],
+            "depth": {
+                "depth_per_context": server["depth_per_context"],
+                "refreshes": server["refreshes"],
+                "refreshed_ciphertexts": server["refreshed_ciphertexts"],
+                "levels_used": server["levels_used"],
+            },
+            "counts": server["counts"],
+            "bytes": {
+                "server_to_client": server["bytes_sent"],
+                "client_to_server": client["bytes_sent"],
+                "public_context": client["public_context_bytes"],
+            },
+            "latency": server["latency"],
+            "server_seconds": server["seconds"],
+            "client_seconds": client["seconds"],
+        },
+        "layers": layers,
+    }
+    if output_name == "logits" and output.dim() >= 1:
+        report["argmax_agreement"] = float((output.argmax(-1) == ref.argmax(-1)).double().mean())
+    return report
+
+
+def he_summary(report: dict[str, Any]) -> str:
+    """Lines for the terminal: levels and refreshes, bytes, operations, latency per group."""
+    he = report["he"]
+    depth, counts, sent = he["depth"], he["counts"], he["bytes"]
+    params = he["params"]
+    lines = [
+        f"CKKS N={params['poly_modulus_degree']}, chain {params['coeff_mod_bit_sizes']}, "
+        f"scale 2^{params['scale_bits']}: {depth['depth_per_context']} levels per ciphertext, "
+        f"{depth['refreshes']} refreshes ({depth['refreshed_ciphertexts']} ciphertexts), "
+        f"at most {depth['levels_used']} levels used",
+        f"bytes: server -> client {sent['server_to_client'] / 1e6:.1f} MB, client -> server "
+        f"{sent['client_to_server'] / 1e6:.1f} MB "
+        f"(public context {sent['public_context'] / 1e6:.1f} MB)",
+        f"operations: {counts['ct_ct_mults']} ct-ct and {counts['ct_pt_mults']} ct-pt products, "
+        f"{counts['rotations']} rotations ({counts['key_switches']} key switches)",
+        latency_markdown(he["latency"]),
+    ]
+    return "\n".join(lines)
+
+
+def latency_markdown(latency: dict[str, dict[str, float]]) -> str:
+    total = sum(row["seconds"] for row in latency.values()) or 1.0
+    rows = ["| operation | seconds | share |", "|---|---|---|"]
+    for group in LATENCY_ORDER:
+        if group in latency:
+            s = latency[group]["seconds"]
+            rows.append(f"| {group} | {s:.2f} | {s / total:.0%} |")
+    return "\n".join(rows)
+
+
+__all__ = ["build_he_report", "he_summary", "latency_markdown"]
