@@ -49,7 +49,13 @@ def __getattr__(name: str):
     # `convert` (and its Replacement record) live in their own module, imported on demand
     # so that a missing optional piece never breaks `import approximations`.
     if name in ("convert", "Replacement"):
-        from approximations import convert as _convert_module
+        import importlib
 
-        return getattr(_convert_module, name)
+        # import_module, not `from approximations import convert`: that form looks the
+        # name up on this package first and would re-enter this function forever. Loading
+        # the submodule binds the package attribute `convert` to the MODULE; rebinding it
+        # (and Replacement) here keeps `approximations.convert` the function from then on.
+        module = importlib.import_module("approximations.convert")
+        globals().update(convert=module.convert, Replacement=module.Replacement)
+        return getattr(module, name)
     raise AttributeError(f"module 'approximations' has no attribute {name!r}")

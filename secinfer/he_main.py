@@ -43,6 +43,8 @@ def server_main(
         )
     graph, plan = runner.prepare(loaded.program, "he", loaded.calibration_samples(), config_path)
     check_he_plan(graph, plan)
+    if not refresh:
+        _check_depth(graph, plan)
     try:
         listener = socket.create_server((host, port))
     except OSError as exc:
@@ -87,12 +89,34 @@ def client_main(
     _guard("client", lambda: query((host, int(port)), read_inputs, out_dir, timeout=timeout))
 
 
+def _check_depth(graph: object, plan: object) -> None:
+    """Without refresh, the whole model must fit one ciphertext's levels."""
+    from secinfer.he_session import DEFAULT_PARAMS
+    from secinfer.inspection import he_depth
+
+    ranges = {
+        name: tuple(choice.observed or choice.interval)
+        for name, choice in plan.choices.items()  # type: ignore[attr-defined]
+        if choice.observed or choice.interval
+    }
+    needed = he_depth(graph, ranges)["depth"]  # type: ignore[arg-type]
+    available = DEFAULT_PARAMS.depth
+    if needed > available:
+        raise UserError(
+            f"--no-refresh: the model needs about {needed} levels of multiplicative depth "
+            f"(estimate) and a ciphertext at N={DEFAULT_PARAMS.poly_modulus_degree} offers "
+            f"{available}; allow refresh (client round trips) or use a shallower model"
+        )
+
+
 def _guard(role: str, work: object) -> None:
     """Run `work`; the peer's error, a timeout or a broken message become one line."""
     try:
         work()  # type: ignore[operator]
     except PeerError as exc:
-        raise UserError(f"{role}: {exc}") from None
+        raise UserError(
+            f"the {'client' if role == 'server' else 'server'} stopped: {exc}"
+        ) from None
     except PeerTimeout as exc:
         raise PartyError(f"{role}: {exc}") from None
     except MessageError as exc:

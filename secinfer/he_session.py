@@ -475,13 +475,14 @@ def _query(
         values = _client_values(spec, value, tables)
         layout = Layout.from_dict(spec["layout"])
         channel.send_cts(list(codec.encrypt(values, layout, seeded=True).flat))
+    bound = 2.0 ** (int(plan["mask_bits"]) + 1)
     refreshes = 0
     while True:
         message = channel.recv_json()
         if message.get("kind") == "refresh":
             masked = channel.recv_cts(int(message["count"]))
-            fresh = [codec.encrypt_slots(codec.decrypt_slots(ct), seeded=True) for ct in masked]
-            channel.send_cts(fresh)
+            values = [_plausible(codec.decrypt_slots(ct), bound, "a refresh") for ct in masked]
+            channel.send_cts([codec.encrypt_slots(v, seeded=True) for v in values])
             refreshes += 1
             continue
         if message.get("kind") != "output":
@@ -490,7 +491,9 @@ def _query(
         cts = channel.recv_cts(int(np.prod(layout.grid_shape)))
         grid = np.empty(len(cts), dtype=object)
         grid[:] = cts
-        output = codec.decrypt(grid.reshape(layout.grid_shape), layout)
+        output = _plausible(
+            codec.decrypt(grid.reshape(layout.grid_shape), layout), bound, "the output"
+        )
         channel.send_json({"kind": "received"})
         break
     _save_npy(out_dir / "output.npy", output)
@@ -506,6 +509,19 @@ def _query(
         },
     )
     return output
+
+
+def _plausible(values: np.ndarray, bound: float, what: str) -> np.ndarray:
+    """Decrypted values beyond twice the refresh mask's bound (itself a quarter of the
+    message space) mean a ciphertext not made under this key, or damaged: CKKS decrypts
+    those to huge numbers (about 1e31) rather than failing."""
+    worst = float(np.max(np.abs(values))) if values.size else 0.0
+    if not np.isfinite(worst) or worst > bound:
+        raise M.MessageError(
+            f"{what} decrypted to {worst:.3g}, beyond the message space (|x| <= {bound:g}): "
+            "a ciphertext not made under this key, or damaged on the way"
+        )
+    return values
 
 
 def _expect_kind(channel: Channel, kind: str) -> dict[str, Any]:

@@ -532,3 +532,13 @@ def test_t5_position_bias_is_refused_clearly() -> None:
     converted, _ = convert(transformers.T5EncoderModel(config).eval())
     with pytest.raises(ConversionError, match=r"T5Attention.*position_bias.*softmax=None"):
         converted(input_ids=text_inputs()["input_ids"])
+
+
+def test_the_package_attribute_convert_is_the_function_every_time():
+    """`approximations.convert` is loaded lazily; it once recursed forever, and loading the
+    submodule rebinds the package attribute to the module."""
+    import approximations
+
+    first = approximations.convert
+    assert callable(first) and first is approximations.convert
+    assert approximations.Replacement.__name__ == "Replacement"

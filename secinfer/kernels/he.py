@@ -27,8 +27,9 @@ import torch
 
 import approximations as A
 from approximations.iterative import InverseSqrt, Reciprocal
+from protocols.he.layout import LayoutError
 from protocols.he.polynomial import plan as polynomial_schedule
-from protocols.he.tensor import HeTensor, linear, matmul, power
+from protocols.he.tensor import DepthExhausted, HeTensor, linear, matmul, power
 from secinfer.errors import UserError
 from secinfer.registry import REGISTRY, Call, register
 
@@ -74,7 +75,13 @@ def dispatch(kernel: Any) -> Any:
     def run(call: Call) -> Any:
         if not _encrypted(call.args) and not _encrypted(list(call.kwargs.values())):
             return _plain(call)
-        return kernel(call)
+        try:
+            return kernel(call)
+        except DepthExhausted as exc:
+            raise UserError(str(exc)) from None
+        except LayoutError as exc:
+            name = str(call.target).replace(".default", "")
+            raise UnsupportedHeOp(f"{name}: {exc} (no packing for it yet)") from None
 
     run.__name__ = getattr(kernel, "__name__", "he_kernel")
     return run
