@@ -290,8 +290,8 @@ def _serve(
     channel.context, channel.digest = context, digest
     engine = Engine(context)
 
-    def transport(cts: list[Any]) -> list[Any]:
-        channel.send_json({"kind": "refresh", "count": len(cts)})
+    def transport(cts: list[Any], layout: Layout) -> list[Any]:
+        channel.send_json({"kind": "refresh", "count": len(cts), "layout": layout.to_dict()})
         channel.send_cts(cts)
         return channel.recv_cts(len(cts))
 
@@ -481,8 +481,13 @@ def _query(
         message = channel.recv_json()
         if message.get("kind") == "refresh":
             masked = channel.recv_cts(int(message["count"]))
-            values = [_plausible(codec.decrypt_slots(ct), bound, "a refresh") for ct in masked]
-            channel.send_cts([codec.encrypt_slots(v, seeded=True) for v in values])
+            used = Layout.from_dict(message["layout"]).positions().reshape(-1)
+            fresh = []
+            for ct in masked:
+                values = np.zeros(codec.slots)
+                values[used] = _plausible(codec.decrypt_slots(ct)[used], bound, "a refresh")
+                fresh.append(codec.encrypt_slots(values, seeded=True))
+            channel.send_cts(fresh)
             refreshes += 1
             continue
         if message.get("kind") != "output":

@@ -2,10 +2,12 @@
 
 One round trip per refresh (all ciphertexts of one tensor travel together):
 
-    server:  c' = c + Enc-free plain mask r   (r uniform in [-R, R] in every slot, fresh)
-             mod-switch c' to the last level (fewer bytes), send
-    client:  m' = Dec(c') = x + r + e;  send Enc(m') at the top level
-    server:  Enc(m') - r = Enc(x + e + e')
+    server:  c' = c + r, a plain mask (r uniform in [-R, R] in every slot, fresh)
+             mod-switch c' to the last level (fewer bytes), send it with the tensor's
+             layout (public: which slots hold entries)
+    client:  m' = Dec(c') = x + r + e; keep the layout's slots, zero the others;
+             send Enc(m') at the top level
+    server:  Enc(m') - r (r on the layout's slots) = Enc(x + e + e'), zero elsewhere
 
 The masking argument (semi-honest client). Slot by slot the client sees x + r with r
 uniform on [-R, R] and independent of everything else; for |x| <= B the distribution of
@@ -14,9 +16,11 @@ is. So the client learns about each masked value at most what a B / (2R) advanta
 R is bounded by the message space at the last level: |x + r| must stay below
 2^(q_0 bits - scale bits - 1) (2^19 for the chain [60, 40, 40, 60]), so the default
 R = 2^17 hides values up to B = 2^6 = 64 to within 2^-12 per slot (`hiding_bits`). Unused
-slots are masked as well: the client learns nothing of the layout beyond the shapes it
-was told. Noise: the fresh encryption adds the encryption noise (about 2^-30 at scale
-2^40), the decryption at the last level that of the level's noise; R does not enter the
+slots are masked as well, then zeroed by the client: their junk (partial sums left by
+rotations) never grows across refreshes, and a refreshed tensor is clean.
+
+Noise: the fresh encryption adds the encryption noise (about 2^-30 at scale 2^40), the
+decryption at the last level that of the level's noise; R does not enter the
 error (CKKS noise is absolute), only the room above it. The random source is the OS's
 (`secrets`), not a seeded generator.
 """
@@ -32,9 +36,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from protocols.he.engine import Ciphertext, Engine
+from protocols.he.layout import Layout
 
-Transport = Callable[[list[Ciphertext]], list[Ciphertext]]
-"""Sends masked ciphertexts to the client and returns its fresh encryptions."""
+Transport = Callable[[list[Ciphertext], Layout], list[Ciphertext]]
+"""Sends masked ciphertexts and their layout to the client; returns its fresh encryptions."""
 
 
 def uniform_mask(slots: int, bound: float) -> np.ndarray:
@@ -70,21 +75,23 @@ class MaskingRefresher:
         self.bound = math.ldexp(1.0, mask_bits)
         self.stats = RefreshStats()
 
-    def __call__(self, cts: list[Ciphertext]) -> list[Ciphertext]:
+    def __call__(self, cts: list[Ciphertext], layout: Layout) -> list[Ciphertext]:
         began = time.perf_counter()
         engine = self.engine
         masks = [uniform_mask(engine.slots, self.bound) for _ in cts]
         masked = [engine.add_plain(ct, mask) for ct, mask in zip(cts, masks, strict=True)]
         bottom = engine.data.last_parms_id()
         masked = [engine.mod_switch(ct, bottom) if ct.parms_id() != bottom else ct for ct in masked]
-        fresh = self.transport(masked)
+        fresh = self.transport(masked, layout)
         if len(fresh) != len(cts):
             raise ValueError(f"refresh: sent {len(cts)} ciphertexts, got {len(fresh)} back")
+        used = np.zeros(engine.slots, dtype=bool)
+        used[layout.positions().reshape(-1)] = True
         out = []
         for ct, mask in zip(fresh, masks, strict=True):
             if engine.level(ct) != engine.top_level:
                 raise ValueError("refresh: the client's ciphertext is not at the top level")
-            out.append(engine.add_plain(ct, -mask))
+            out.append(engine.add_plain(ct, np.where(used, -mask, 0.0)))
         self.stats.refreshes += 1
         self.stats.ciphertexts += len(cts)
         self.stats.per_refresh.append(len(cts))

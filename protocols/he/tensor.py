@@ -35,8 +35,9 @@ from protocols.he.engine import Ciphertext, Engine
 from protocols.he.layout import Layout, LayoutError, next_power_of_two
 
 Plain = float | int | np.ndarray | torch.Tensor
-Refresher = Callable[[list[Ciphertext]], list[Ciphertext]]
-"""Takes ciphertexts (any levels), returns fresh encryptions of the same slots."""
+Refresher = Callable[[list[Ciphertext], Layout], list[Ciphertext]]
+"""Takes a tensor's ciphertexts (any levels) and layout; returns fresh encryptions of the
+layout's slots, zero elsewhere (so a refreshed tensor is clean)."""
 
 
 class HeTensor:
@@ -101,10 +102,11 @@ class HeTensor:
                 "refresh (a client round trip)"
             )
         flat = list(self.grid.flat)
-        fresh = self.refresher(flat)
+        fresh = self.refresher(flat, self.layout)
         grid = np.empty(len(fresh), dtype=object)
         grid[:] = fresh
         self.grid = grid.reshape(self.grid.shape)
+        self.clean = True
         return self
 
     # --- shape bookkeeping -----------------------------------------------------------------
