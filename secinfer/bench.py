@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--mpc-only", action="store_true", help="run the MPC section only")
     which.add_argument("--no-mpc", action="store_true", help="skip the MPC section")
+    which.add_argument("--he-only", action="store_true", help="run the HE section only")
+    parser.add_argument("--no-he", action="store_true", help="skip the HE section")
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -76,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"),
     }
     sections: list[tuple[str, str]] = []  # (README section, markdown)
-    if not args.mpc_only:
+    if args.he_only:
+        args.no_mpc = True
+    if not args.mpc_only and not args.he_only:
         catalog_table = A.catalog.markdown()
         accuracy = accuracy_section()
         cost = training_cost_section()
@@ -115,15 +119,26 @@ def main(argv: list[str] | None = None) -> int:
         stored = (Path(args.mpc_out) / "mpc.md").read_text().strip()
         note = f"_MPC tables from the run of {date} (`--no-mpc` this time)._"
         sections[0] = ("bench", f"{sections[0][1]}\n\n{note}\n\n{stored}")
+    if not args.no_he and not args.mpc_only:
+        from secinfer.benchmarks import he_matmul, he_model
+
+        he = he_matmul.run(quick=args.quick)
+        he["model"] = he_model.run(quick=args.quick)
+        he["meta"] = meta
+        he_table = he_matmul.write(he, Path(args.mpc_out)) + "\n\n" + he_model.markdown(he["model"])
+        (Path(args.mpc_out) / ("he.quick.md" if args.quick else "he.md")).write_text(
+            he_table + "\n"
+        )
+        print(f"\n{he_table}")
+        sections.append(("bench-he", he_table))
     if not args.no_readme:
         readme = Path(args.readme)
         for section, text in sections:
             if update_readme(readme, section, text):
                 print(f"updated the {section} section of {readme}", file=sys.stderr)
-            elif section == "bench-mpc":
+            elif section in ("bench-mpc", "bench-he"):
                 print(
-                    f"{readme} has no <!-- bench-mpc:start/end --> section: run the full "
-                    "bench to put the MPC table into its bench section",
+                    f"{readme} has no <!-- {section}:start/end --> section to update",
                     file=sys.stderr,
                 )
     return 0

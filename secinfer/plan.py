@@ -61,15 +61,16 @@ DEFAULTS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "log": ("normalised", ("exact", "normalised"), {}),
     "rsqrt": ("newton", ("exact", "newton"), {}),
     "sqrt": ("newton", ("exact", "newton"), {}),
-    "reciprocal": ("goldschmidt", ("exact", "goldschmidt", "newton"), {}),
+    "reciprocal": ("goldschmidt", ("exact", "goldschmidt", "newton", "polynomial"), {}),
 }
 # defaults that differ per backend: under MPC a comparison costs ~25x a product's bytes, so
 # GELU is x/2 + q(x^2) on the calibrated interval when that reaches 5e-3 ("auto", see
 # approximations.even_gelu), the one-comparison sign_exp form otherwise; under HE GELU must be
-# one polynomial (minimax, refit on the calibrated interval)
+# one polynomial (minimax, refit on the calibrated interval) and a reciprocal has no
+# normalisation ("polynomial": approximations.iterative.he_reciprocal)
 BACKEND_DEFAULTS: dict[str, dict[str, str]] = {
     "mpc": {"gelu": "auto"},
-    "he": {"gelu": "minimax"},
+    "he": {"gelu": "minimax", "reciprocal": "polynomial"},
 }
 # functions whose calibrated quantity is positive (for layer_norm: var + eps); a reciprocal
 # whose observed denominators are all positive is widened the same (geometrically)

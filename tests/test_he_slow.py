@@ -39,9 +39,11 @@ def test_one_hundred_digits_fully_encrypted(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(report_path.read_text())
     program = torch.export.load(ROOT / "secinfer/data/digits_he.pt2")
-    plain = program.module()(images).double().numpy()
+    with torch.no_grad():
+        plain = program.module()(images).double().numpy()
     secure = np.load(output_path)
     agree = int((secure.argmax(-1) == plain.argmax(-1)).sum())
     assert agree >= 99, agree
     assert np.abs(secure - plain).max() < 1e-2
     assert report["max_abs_error"] < 1e-2
+    print(f"agreement {agree}/100, max abs error {np.abs(secure - plain).max():.3g}")

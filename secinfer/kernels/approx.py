@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import approximations as A
 from approximations.even_gelu import even_gelu, secure_gelu_form
 from approximations.functions import rsqrt_approximation
+from approximations.iterative import he_reciprocal
 from approximations.sign_exp_gelu import SignExpGELU
 from secinfer.registry import REGISTRY, Call, register, register_all
 
@@ -172,6 +173,11 @@ def _reciprocal_values(call: Call, x: torch.Tensor, method: str) -> torch.Tensor
     """sign(x) / |x| with the normalised reciprocal; |x| outside its interval is counted."""
     if method == "exact":
         return 1.0 / x
+    if method == "polynomial":  # the HE form, on the node's calibrated interval
+        lo, hi = _interval(call.choice) or (1e-4, 1e4)
+        approximation = he_reciprocal(lo, hi)
+        call.stats.record(x, approximation.interval)
+        return approximation(x)
     entry = A.catalog[f"reciprocal.{method}"]
     magnitude = x.abs()
     call.stats.record(magnitude, entry.interval)

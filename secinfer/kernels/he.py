@@ -11,7 +11,8 @@ tensors maps to HeTensor arithmetic:
   create     full_like / ones_like / zeros_like of an encrypted tensor: a plain tensor
   select     embedding with an encrypted one-hot input: a linear layer over the vocabulary
   nonlinear  polynomial GELU ("quad", "minimax"), reciprocal and division by an encrypted
-             tensor (Goldschmidt on the calibrated interval, no normalisation), inverse
+             tensor ("polynomial": Goldschmidt without normalisation on the calibrated
+             interval widened 16x, `approximations.iterative.he_reciprocal`), inverse
              square root (Newton on the calibrated interval)
 
 Comparisons, max, exp-based softmax, LayerNorm as one op and piecewise GELUs have no CKKS
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 
 import approximations as A
-from approximations.iterative import InverseSqrt, Reciprocal
+from approximations.iterative import InverseSqrt, he_reciprocal
 from protocols.he.layout import LayoutError
 from protocols.he.polynomial import plan as polynomial_schedule
 from protocols.he.tensor import DepthExhausted, HeTensor, linear, matmul, power
@@ -245,11 +246,6 @@ def _interval(call: Call, function: str) -> tuple[float, float]:
 
 
 @lru_cache(maxsize=64)
-def reciprocal_for(interval: tuple[float, float]) -> Reciprocal:
-    return Reciprocal.polynomial_only(interval)
-
-
-@lru_cache(maxsize=64)
 def rsqrt_for(interval: tuple[float, float]) -> InverseSqrt:
     return InverseSqrt.polynomial_only(interval)
 
@@ -261,7 +257,7 @@ def evaluate_polynomial(x: HeTensor, poly: A.Polynomial) -> HeTensor:
 
 
 def _reciprocal(call: Call, x: HeTensor) -> HeTensor:
-    approximation = reciprocal_for(_interval(call, "reciprocal"))
+    approximation = he_reciprocal(*_interval(call, "reciprocal"))
     return approximation.iterate(x, lambda b: evaluate_polynomial(b, approximation.initial))
 
 
@@ -310,7 +306,12 @@ REGISTRY["aten.pow"].kernels["he"] = dispatch(_pow)
 register("he", "aten.embedding", dispatch(_embedding))
 
 
-HE_FUNCTIONS = {"reciprocal": None, "rsqrt": None, "sqrt": None, "gelu": ("quad", "minimax")}
+HE_FUNCTIONS = {
+    "reciprocal": ("polynomial",),
+    "rsqrt": None,
+    "sqrt": None,
+    "gelu": ("quad", "minimax"),
+}
 """Nonlinear functions with a CKKS kernel, and the plan methods allowed (None: any)."""
 
 
