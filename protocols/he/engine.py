@@ -13,8 +13,9 @@ Scale. Every ciphertext is kept at the global scale Delta = 2^s. A plain factor 
 at the scale q of the prime the following rescale drops, so Delta q / q = Delta exactly. A
 ciphertext product has scale Delta^2 / q after rescaling; it is reset to Delta, which
 multiplies the message by Delta / q: SEAL's s-bit primes are the primes = 1 mod 2N closest
-below 2^s, so |Delta / q - 1| < 2^-20 for s >= 30 at N <= 16384 (`scale_drift` gives
-the exact bound of a context; 1.5e-8 at N = 8192, s = 40).
+below 2^s: |Delta / q - 1| is 6.7e-7 at N = 8192, s = 40 (primes 2^40 - 147455 and
+2^40 - 737279), but 2.4e-4 at s = 30, where such primes are sparser (`scale_drift` gives
+the bound of a context).
 
 Levels. `level(ct)` is the SEAL chain index: the rescales still possible (0: none left).
 Operands at different levels are aligned by mod-switching a copy of the higher one down.
@@ -107,12 +108,18 @@ class Engine:
             raise LevelError("a product needs one level; the ciphertext has none left")
 
     # --- plaintexts ----------------------------------------------------------------------------
-    def encode(self, values: float | np.ndarray, ct: Ciphertext, scale: float) -> sealapi.Plaintext:
+    def encode(
+        self, values: float | np.ndarray, ct: Ciphertext, scale: float, *, cache: bool = True
+    ) -> sealapi.Plaintext:
         """A plaintext at `ct`'s level and `scale`: a scalar in every slot, or a vector of at
-        most `slots` values (the rest zero). Vectors are cached by content."""
+        most `slots` values (the rest zero). Vectors are cached by content unless `cache` is
+        False (one-time masks)."""
         plain = sealapi.Plaintext()
         if isinstance(values, float | int):
             self.encoder.encode(float(values), ct.parms_id(), scale, plain)
+            return plain
+        if not cache:
+            self.encoder.encode(values.tolist(), ct.parms_id(), scale, plain)
             return plain
         key = (values.tobytes(), self.level(ct), scale)
         cached = self._plain_cache.get(key)
@@ -128,7 +135,10 @@ class Engine:
     def add(self, a: Ciphertext, b: Ciphertext) -> Ciphertext:
         a, b = self._aligned(a, b)
         out = Ciphertext()
-        self.evaluator.add(a, b, out)
+        try:
+            self.evaluator.add(a, b, out)
+        except RuntimeError:  # a + (-a): SEAL refuses the transparent result
+            return self._zero_at(a)
         self.cost.additions += 1
         return out
 
@@ -144,7 +154,10 @@ class Engine:
     def sub(self, a: Ciphertext, b: Ciphertext) -> Ciphertext:
         a, b = self._aligned(a, b)
         out = Ciphertext()
-        self.evaluator.sub(a, b, out)
+        try:
+            self.evaluator.sub(a, b, out)
+        except RuntimeError:  # a - a: SEAL refuses the transparent result
+            return self._zero_at(a)
         self.cost.additions += 1
         return out
 
@@ -153,9 +166,11 @@ class Engine:
         self.evaluator.negate(a, out)
         return out
 
-    def add_plain(self, a: Ciphertext, values: float | np.ndarray) -> Ciphertext:
+    def add_plain(
+        self, a: Ciphertext, values: float | np.ndarray, *, cache: bool = True
+    ) -> Ciphertext:
         out = Ciphertext()
-        self.evaluator.add_plain(a, self.encode(values, a, a.scale), out)
+        self.evaluator.add_plain(a, self.encode(values, a, a.scale, cache=cache), out)
         self.cost.additions += 1
         return out
 
@@ -183,6 +198,13 @@ class Engine:
         if isinstance(values, float | int) and values == -1.0:
             return self.negate(a)
         return self.dot_plain([a], [values])
+
+    def _zero_at(self, like: Ciphertext) -> Ciphertext:
+        """A fresh encryption of 0 (public key) at `like`'s level and scale."""
+        out = Ciphertext()
+        self._zero_encryptor.encrypt_zero(like.parms_id(), out)
+        out.scale = like.scale
+        return out
 
     def zero(self, like: Ciphertext) -> Ciphertext:
         """A fresh encryption of 0 (public key) one level below `like`: the product of

@@ -154,6 +154,13 @@ class Layout:
                     raise LayoutError(
                         f"view {self.shape} -> {shape}: slot axes {a}, {b} do not nest"
                     )
+            sizes = [shape[i] for i in new if shape[i] > 1]
+            if any(n != next_power_of_two(n) for n in sizes[1:]):
+                raise LayoutError(
+                    f"view {self.shape} -> {shape}: splits a slot axis into inner sizes "
+                    f"{sizes[1:]} that are not powers of two (slot reductions and "
+                    "replication assume power-of-two rows)"
+                )
             stride = inner
             group: list[int | None] = []
             for n in reversed([shape[i] for i in new]):
@@ -170,6 +177,8 @@ def _reshape_groups(
     run on their left, or the first run)."""
     if math.prod(old) != math.prod(new):
         raise LayoutError(f"view {old} -> {new}: sizes differ")
+    if not old or not new:  # to or from a 0-d tensor: every axis has size 1
+        return [(list(range(len(old))), list(range(len(new))))]
     groups: list[tuple[list[int], list[int]]] = []
     i = j = 0
     while i < len(old) or j < len(new):

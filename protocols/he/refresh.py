@@ -79,7 +79,9 @@ class MaskingRefresher:
         began = time.perf_counter()
         engine = self.engine
         masks = [uniform_mask(engine.slots, self.bound) for _ in cts]
-        masked = [engine.add_plain(ct, mask) for ct, mask in zip(cts, masks, strict=True)]
+        masked = [
+            engine.add_plain(ct, mask, cache=False) for ct, mask in zip(cts, masks, strict=True)
+        ]
         bottom = engine.data.last_parms_id()
         masked = [engine.mod_switch(ct, bottom) if ct.parms_id() != bottom else ct for ct in masked]
         fresh = self.transport(masked, layout)
@@ -91,7 +93,7 @@ class MaskingRefresher:
         for ct, mask in zip(fresh, masks, strict=True):
             if engine.level(ct) != engine.top_level:
                 raise ValueError("refresh: the client's ciphertext is not at the top level")
-            out.append(engine.add_plain(ct, np.where(used, -mask, 0.0)))
+            out.append(engine.add_plain(ct, np.where(used, -mask, 0.0), cache=False))
         self.stats.refreshes += 1
         self.stats.ciphertexts += len(cts)
         self.stats.per_refresh.append(len(cts))

@@ -12,7 +12,7 @@
         ciphertext axis (feature-major)              before one rescale per output, 1 L
     matmul(a, b), both encrypted (attention)        b's slot axis is replicated into
                                                     ciphertexts (n masks, 1 L, and
-                                                    n (1 + log2 n') rotations), then one
+                                                    n - 1 + n log2 n' rotations), then one
                                                     ct-ct dot product per output, 1 L
     merge(a, axis): a ciphertext axis into slots    one rotation per ciphertext moved, 0 L
     view, permute, transpose, select, unsqueeze     bookkeeping only (`Layout`)
@@ -42,6 +42,8 @@ layout's slots, zero elsewhere (so a refreshed tensor is clean)."""
 
 class HeTensor:
     """An encrypted tensor on the server (module docstring)."""
+
+    __array_ufunc__ = None  # numpy operands on the left defer to our operators
 
     def __init__(
         self,
@@ -95,6 +97,11 @@ class HeTensor:
         """Refresh in place when some ciphertext has fewer than `levels` levels left."""
         if self.level >= levels:
             return self
+        if levels > self.engine.top_level:
+            raise DepthExhausted(
+                f"an operation needs {levels} levels at once; a fresh ciphertext of this "
+                f"context has {self.engine.top_level}: use a deeper modulus chain"
+            )
         if self.refresher is None:
             raise DepthExhausted(
                 f"an encrypted tensor of shape {tuple(self.shape)} has {self.level} levels left, "
@@ -407,7 +414,7 @@ def _result_layout(a: Layout, b_shape: tuple[int, ...], b_layout: Layout | None)
                 )
         strides.append(ta if ta is not None else tb)
     offset = la.offset
-    if lb is not None and la.slot_axes and lb.offset != la.offset:
+    if lb is not None and lb.offset != la.offset and (la.slot_axes or not lb.slot_axes):
         raise LayoutError(f"operands at slot offsets {la.offset} and {lb.offset}")
     if lb is not None and not la.slot_axes:
         offset = lb.offset
