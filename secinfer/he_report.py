@@ -2,7 +2,9 @@
 
 Fields shared with `secinfer.report` (backend, model, seconds, output_shape, max_abs_error,
 cosine, argmax_agreement, out_of_range) keep their meaning; `he` adds:
-  he.params            ring degree, modulus chain, scale, and the planner's explanation
+  he.params            ring degree, modulus chain, scale; params_explained (security bound,
+                       precision) and params_reason (the depth the model needs against what
+                       a context offers)
   he.depth             levels a fresh ciphertext has (depth_per_context), refreshes (client
                        round trips) and levels_used = depth_per_context x (refreshes + 1),
                        an upper bound on the levels the run consumed
@@ -65,6 +67,7 @@ def build_he_report(
         "he": {
             "params": server["params"],
             "params_explained": server["params_explained"],
+            "params_reason": server.get("params_reason", ""),
             "depth": {
                 "depth_per_context": server["depth_per_context"],
                 "refreshes": server["refreshes"],
@@ -98,6 +101,7 @@ def he_summary(report: dict[str, Any]) -> str:
         f"scale 2^{params['scale_bits']}: {depth['depth_per_context']} levels per ciphertext, "
         f"{depth['refreshes']} refreshes ({depth['refreshed_ciphertexts']} ciphertexts), "
         f"at most {depth['levels_used']} levels used",
+        f"why: {he['params_reason']}",
         f"bytes: server -> client {sent['server_to_client'] / 1e6:.1f} MB, client -> server "
         f"{sent['client_to_server'] / 1e6:.1f} MB "
         f"(public context {sent['public_context'] / 1e6:.1f} MB)",

@@ -176,6 +176,29 @@ def rotation_steps(specs: list[dict[str, Any]]) -> list[int]:
     return steps
 
 
+def parameter_reason(graph: Graph, plan: Plan, params: CkksParams, refresh: bool) -> str:
+    """Why these CKKS parameters: the model's estimated depth against what contexts offer."""
+    from protocols.he.params import max_depth
+    from secinfer.inspection import he_depth
+
+    ranges = {
+        name: tuple(choice.observed or choice.interval)
+        for name, choice in plan.choices.items()
+        if choice.observed or choice.interval
+    }
+    needed = he_depth(graph, ranges)["depth"]
+    largest = max_depth(32768, params.scale_bits)
+    if needed <= params.depth:
+        return f"the model needs about {needed} levels (estimate): one context holds them"
+    how = "refresh every" if refresh else "(refresh is off) only"
+    return (
+        f"the model needs about {needed} levels (estimate); no 128-bit context holds that "
+        f"(N=32768 offers {largest} with {params.scale_bits}-bit primes; a product at N=16384 "
+        f"costs 8x one at N=8192, measured), so N={params.poly_modulus_degree}, the smallest "
+        f"ring that holds a {params.scale_bits}-bit scale, with a {how} {params.depth} levels"
+    )
+
+
 # --- per-op latency ---------------------------------------------------------------------
 def latency_group(record: Any) -> str:
     """matmul, attention, softmax, GELU, LayerNorm or other, from the node's op and module."""
@@ -339,6 +362,7 @@ def _serve(
     if done.get("kind") != "received":
         raise M.MessageError("the client did not confirm the output")
     record = _server_record(graph, params, engine, refresher, result, channel)
+    record["params_reason"] = parameter_reason(graph, plan, params, allow_refresh)
     record["seconds"] = time.perf_counter() - began
     write_json(out_dir / "server.json", record)
     return record

@@ -57,12 +57,41 @@ def op_table(graph: Graph) -> list[dict[str, Any]]:
     return rows
 
 
+SHAPE_ONLY = frozenset({"aten.sym_size", "aten.full_like", "aten.ones_like", "aten.zeros_like"})
+"""Ops whose result depends on their input's shape only (public), not its values."""
+
+
+def input_dependent(graph: Graph) -> set[str]:
+    """Nodes whose value depends on the data owner's inputs (what a secure backend holds
+    encrypted or shared); the rest are the model owner's plain computations."""
+    tainted = set(graph.user_inputs)
+    for node in graph.calls:
+        if node.op in SHAPE_ONLY:
+            continue
+        inputs = graph.fx_nodes[node.name].all_input_nodes
+        if any(i.name in tainted for i in inputs):
+            tainted.add(node.name)
+    return tainted
+
+
 def coverage(graph: Graph) -> dict[str, dict[str, Any]]:
+    """Per backend: nodes it can run (an input-dependent node needs a kernel that computes
+    on secret values; the others are plain computations any backend does)."""
     calls = graph.calls
     result = {}
+
+    def runs(op: str, backend: str) -> bool:
+        """A kernel that computes on the backend's secret values (the he backend's
+        `plain_only` kernels run the model owner's plain computations only)."""
+        spec = lookup(op)
+        kernel = spec.kernels.get(backend) if spec else None
+        return kernel is not None and not getattr(kernel, "plain_only", False)
+
+    secret = input_dependent(graph)
     for backend in BACKENDS:
-        missing = sorted({n.op for n in calls if backend not in supported_backends(n.op)})
-        supported = sum(1 for n in calls if backend in supported_backends(n.op))
+        ok = [runs(n.op, backend) or n.name not in secret for n in calls]
+        missing = sorted({n.op for n, good in zip(calls, ok, strict=True) if not good})
+        supported = sum(ok)
         result[backend] = {
             "supported_nodes": supported,
             "nodes": len(calls),
@@ -189,8 +218,6 @@ def format_inspection(info: dict[str, Any], header: list[str]) -> str:
     lines += ["", "coverage:"]
     for backend, cov in info["coverage"].items():
         missing = f" (missing: {', '.join(cov['missing_ops'])})" if cov["missing_ops"] else ""
-        if cov["supported_nodes"] == 0:
-            missing = " (backend not built yet)" if backend in ("mpc", "he") else missing
         lines.append(f"  {backend:<7} {cov['supported_nodes']}/{cov['nodes']} nodes{missing}")
     lines += [
         "",

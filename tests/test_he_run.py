@@ -221,7 +221,15 @@ def _raw(vector: ts.CKKSVector) -> bytes:
 
 
 # --- a converted BERT ---------------------------------------------------------------------------
-def test_a_converted_random_bert_runs_encrypted_with_cosine_above_0_99() -> None:
+@pytest.mark.parametrize(
+    ("layers", "public_embedding"), [(2, False), (1, True)], ids=["one-hot", "public-table"]
+)
+def test_a_converted_random_bert_runs_encrypted_with_cosine_above_0_99(
+    layers: int, public_embedding: bool
+) -> None:
+    """Token ids encrypted one-hot (the server multiplies by its table), or embedded by the
+    client with the table the server declared public (one layer: the embedding is what
+    differs)."""
     import transformers
 
     import approximations
@@ -229,7 +237,7 @@ def test_a_converted_random_bert_runs_encrypted_with_cosine_above_0_99() -> None
     torch.manual_seed(0)
     config = transformers.BertConfig(
         hidden_size=32,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=64,
         vocab_size=100,
@@ -260,7 +268,7 @@ def test_a_converted_random_bert_runs_encrypted_with_cosine_above_0_99() -> None
     program = torch.export.export(Hidden(converted).eval(), (ids, mask))
     samples = [(torch.randint(0, 100, (2, 8)), mask) for _ in range(4)]
     graph, plan = runner.prepare(program, "he", samples, None)
-    port, outcome, thread = start_server(graph, plan)
+    port, outcome, thread = start_server(graph, plan, public_embedding=public_embedding)
     y = he_session.query(
         ("127.0.0.1", port), lambda names: (ids, mask), Path(tempfile.mkdtemp()), timeout=60
     )

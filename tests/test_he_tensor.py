@@ -681,15 +681,13 @@ def test_full_reduction_to_a_scalar(kit: Kit) -> None:
     _close(kit.dec(t.sum()), np.asarray(x.sum()))
 
 
-@pytest.mark.parametrize("op", ["sum", "matmul"])
-def test_a_slot_axis_split_into_a_non_power_of_two_inner_axis_is_refused(kit: Kit, op: str) -> None:
+def test_a_slot_axis_split_into_a_non_power_of_two_inner_axis_is_refused(kit: Kit) -> None:
     """6 -> 2 x 3 would put rows of 3 at stride 3, but slot sums and replication work on
     rows of n' = 4 slots: the next row's entry would be summed in (it was, before)."""
     x = _uniform(75, (6, 2))
     t = kit.enc(x, Layout.rows((6, 2), 1))
     with pytest.raises(LayoutError, match="powers of two"):
         t.reshape((2, 3, 2))
-    assert op in ("sum", "matmul")
 
 
 def test_slotless_operands_at_different_offsets(kit: Kit) -> None:

@@ -137,7 +137,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, bert_dir) -> None:
     assert_user_error(secinfer("run", str(DIGITS), "--input", str(wrong_shape)), "shape (2, 63)")
     assert_user_error(secinfer("run", str(DIGITS), "--input", str(wrong_dtype)), "dtype int64")
     assert_user_error(secinfer("run", str(DIGITS), "--text", "hello"), "tokenizer")
-    assert_user_error(secinfer("run", str(DIGITS), "-b", "he"), "not built yet")
+    assert_user_error(secinfer("run", str(DIGITS), "-b", "he"), "approximations.convert")
     assert_user_error(secinfer("run", str(DIGITS), "--output", str(tmp_path / "y.txt")), ".npy")
     assert not (tmp_path / "y.txt").exists()
 

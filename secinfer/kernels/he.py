@@ -291,21 +291,6 @@ def _nonlinear(call: Call) -> Any:
 
 
 # --- registration ----------------------------------------------------------------------------
-_BY_CATEGORY = {
-    "shape": _shape,
-    "create": _create,
-    "arith": _arith,
-    "linear": _linear,
-    "nonlinear": _nonlinear,
-}
-for _spec in REGISTRY.values():
-    kernel = _BY_CATEGORY.get(_spec.category, _unsupported)
-    _spec.kernels.setdefault("he", dispatch(kernel))
-REGISTRY["aten.div"].kernels["he"] = dispatch(_div)
-REGISTRY["aten.pow"].kernels["he"] = dispatch(_pow)
-register("he", "aten.embedding", dispatch(_embedding))
-
-
 HE_FUNCTIONS = {
     "reciprocal": ("polynomial",),
     "rsqrt": None,
@@ -313,6 +298,33 @@ HE_FUNCTIONS = {
     "gelu": ("quad", "minimax"),
 }
 """Nonlinear functions with a CKKS kernel, and the plan methods allowed (None: any)."""
+
+_BY_CATEGORY = {
+    "shape": _shape,
+    "create": _create,
+    "arith": _arith,
+    "linear": _linear,
+    "nonlinear": _nonlinear,
+}
+
+
+def _register() -> None:
+    """Every op gets an `he` kernel, since the model owner's own plain computations (masks,
+    counts) may use any op; an op with no encrypted form is marked `plain_only` (it runs on
+    plain values and refuses ciphertexts), which `secinfer inspect` reports as missing."""
+    for spec in REGISTRY.values():
+        encrypted = spec.category in _BY_CATEGORY and (
+            spec.category != "nonlinear" or (spec.function or "") in HE_FUNCTIONS
+        )
+        kernel = dispatch(_BY_CATEGORY[spec.category] if encrypted else _unsupported)
+        kernel.plain_only = not encrypted  # type: ignore[attr-defined]
+        spec.kernels.setdefault("he", kernel)
+    REGISTRY["aten.div"].kernels["he"] = dispatch(_div)
+    REGISTRY["aten.pow"].kernels["he"] = dispatch(_pow)
+    register("he", "aten.embedding", dispatch(_embedding))
+
+
+_register()
 
 
 def check_he_plan(graph: Any, plan: Any) -> None:
