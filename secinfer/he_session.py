@@ -457,7 +457,13 @@ def query(
             time.sleep(0.2)
     channel = Channel(sock, timeout)
     with sock:
-        return _query(channel, read_inputs, out_dir)
+        try:
+            return _query(channel, read_inputs, out_dir)
+        except M.PeerError:
+            raise
+        except Exception as exc:  # tell the server why, then stop
+            channel.send_error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise
 
 
 def _query(
