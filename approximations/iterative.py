@@ -176,6 +176,40 @@ class ExpBySquaring(_Certified):
         }
 
 
+def _shallowest(
+    interval: tuple[float, float],
+    exact: Callable[[torch.Tensor], torch.Tensor],
+    target: float,
+    max_degree: int,
+    max_iterations: int,
+    start: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]],
+    step: Callable[[tuple[torch.Tensor, ...], torch.Tensor], tuple[torch.Tensor, ...]],
+    error: Callable[[tuple[torch.Tensor, ...], torch.Tensor], float],
+    extra_depth: Callable[[int], int],
+) -> tuple[int, int]:
+    """(initial degree, iterations) of the shallowest configuration whose error on a
+    4,001-point geometric grid of `interval` is at most `target`; if none is, the most
+    accurate one tried. Depth = the guess's depth + extra_depth(iterations)."""
+    lo, hi = interval
+    x = torch.logspace(math.log10(lo), math.log10(hi), 4001, dtype=torch.float64)
+    best: tuple[tuple[int, float], int, int] | None = None
+    for degree in range(1, max_degree + 1):
+        guess = fit(exact, (lo, hi), degree, "remez", relative=True)
+        state = start(guess(x), x)
+        for steps in range(max_iterations + 1):
+            if steps:
+                state = step(state, x)
+            err = error(state, x)
+            if not math.isfinite(err):
+                break
+            depth = guess.depth + extra_depth(steps)
+            score = (depth, err) if err <= target else (10**6, err)
+            if best is None or score < best[0]:
+                best = (score, degree, steps)
+    assert best is not None
+    return best[1], best[2]
+
+
 @dataclass(frozen=True, eq=False)
 class _NewtonFamily(_Certified):
     """Common fields of reciprocal and inverse square root."""
@@ -283,24 +317,21 @@ class Reciprocal(_NewtonFamily):
         one tried. Scored on a 4,001-point geometric grid, as `InverseSqrt.polynomial_only`.
         Depth: initial degree's ceil(log2(d + 1)) + iterations + 1."""
         lo, hi = _check_positive_interval(interval, "interval")
-        x = torch.logspace(math.log10(lo), math.log10(hi), 4001, dtype=torch.float64)
-        best: tuple[tuple[int, float], int, int] | None = None
-        for degree in range(1, max_degree + 1):
-            guess = fit(_exact_reciprocal, (lo, hi), degree, "remez", relative=True)
-            y = guess(x)
-            err = 1.0 - x * y
-            for steps in range(max_iterations + 1):
-                if steps:
-                    y = y * (1.0 + err)
-                    err = err * err
-                worst = float((x * y - 1.0).abs().max())
-                if not math.isfinite(worst):
-                    break
-                score = (guess.depth + steps + 1, worst) if worst <= target else (10**6, worst)
-                if best is None or score < best[0]:
-                    best = (score, degree, steps)
-        assert best is not None
-        _, degree, steps = best
+
+        def start(y: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return (y, 1.0 - x * y)
+
+        def step(state: tuple[torch.Tensor, ...], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            y, err = state
+            return (y * (1.0 + err), err * err)
+
+        def error(state: tuple[torch.Tensor, ...], x: torch.Tensor) -> float:
+            return float((x * state[0] - 1.0).abs().max())
+
+        degree, steps = _shallowest(
+            (lo, hi), _exact_reciprocal, target, max_degree, max_iterations,
+            start, step, error, extra_depth=lambda steps: steps + 1,
+        )  # fmt: skip
         return cls(interval=(lo, hi), iterations=steps, initial_degree=degree, normalise=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -352,24 +383,22 @@ class InverseSqrt(_NewtonFamily):
         guess is within a factor sqrt(3) of the answer.
         """
         lo, hi = _check_positive_interval(interval, "interval")
-        x = torch.logspace(math.log10(lo), math.log10(hi), 4001, dtype=torch.float64)
-        want = torch.rsqrt(x)
-        best: tuple[tuple[int, float], int, int] | None = None
-        for degree in range(1, max_degree + 1):
-            guess = fit(_exact_rsqrt, (lo, hi), degree, "remez", relative=True)
-            y = guess(x)
-            for steps in range(max_iterations + 1):
-                if steps:
-                    y = 1.5 * y - (0.5 * x * y) * (y * y)
-                err = float(((y - want) / want).abs().max())
-                if not math.isfinite(err):
-                    break
-                depth = guess.depth + 2 * steps
-                score = (depth, err) if err <= target else (10**6, err)
-                if best is None or score < best[0]:
-                    best = (score, degree, steps)
-        assert best is not None
-        _, degree, steps = best
+
+        def start(y: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return (y,)
+
+        def step(state: tuple[torch.Tensor, ...], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            (y,) = state
+            return (1.5 * y - (0.5 * x * y) * (y * y),)
+
+        def error(state: tuple[torch.Tensor, ...], x: torch.Tensor) -> float:
+            want = torch.rsqrt(x)
+            return float(((state[0] - want) / want).abs().max())
+
+        degree, steps = _shallowest(
+            (lo, hi), _exact_rsqrt, target, max_degree, max_iterations,
+            start, step, error, extra_depth=lambda steps: 2 * steps,
+        )  # fmt: skip
         return cls(interval=(lo, hi), iterations=steps, initial_degree=degree, normalise=False)
 
     def exact(self, x: torch.Tensor) -> torch.Tensor:

@@ -38,24 +38,19 @@ with all keys.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import tenseal as ts
 from tenseal import sealapi
 
 from protocols.he.matmul import bsgs_split
 from protocols.he.rotation import naf, slot_count
+from protocols.he.serial import read_varint, saved_bytes, varint
 
 _PUBLIC_CONTEXT = 2  # TenSEALContextProto.public_context
 _PRIVATE_CONTEXT = 3  # TenSEALContextProto.private_context
 _GALOIS_KEYS = 5  # TenSEALPublicProto.galois_keys
-
-
-class _Saveable(Protocol):
-    def save(self, path: str) -> None: ...
 
 
 # --- steps and Galois elements ------------------------------------------------------------
@@ -110,20 +105,6 @@ def bsgs_rotation_steps(d_in: int) -> list[int]:
 
 
 # --- key generation and the context bytes -------------------------------------------------
-def _saved_bytes(obj: _Saveable) -> bytes:
-    """SEAL's serialization of `obj` (sealapi only saves to a path: a RAM disk when there
-    is one)."""
-    directory = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    handle, path = tempfile.mkstemp(suffix=".seal", dir=directory)
-    os.close(handle)
-    try:
-        obj.save(path)
-        with open(path, "rb") as stream:
-            return stream.read()
-    finally:
-        os.unlink(path)
-
-
 def galois_keys_bytes(context: ts.Context, steps: Iterable[int]) -> bytes:
     """SEAL-serialized Galois keys (seeded form) for exactly the normalized `steps`.
 
@@ -133,29 +114,7 @@ def galois_keys_bytes(context: ts.Context, steps: Iterable[int]) -> bytes:
         raise ValueError("Galois keys are made from the secret key: pass the PRIVATE context")
     data = context.seal_context().data
     generator = sealapi.KeyGenerator(data, context.secret_key().data)
-    return _saved_bytes(generator.create_galois_keys(galois_elements(context, steps)))
-
-
-def _read_varint(buffer: bytes, pos: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if pos >= len(buffer):
-            raise ValueError("truncated protobuf varint")
-        byte = buffer[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, pos
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        out.append(low | 0x80 if value else low)
-        if not value:
-            return bytes(out)
+    return saved_bytes(generator.create_galois_keys(galois_elements(context, steps)))
 
 
 def _fields(buffer: bytes) -> list[tuple[int, bytes]]:
@@ -164,14 +123,14 @@ def _fields(buffer: bytes) -> list[tuple[int, bytes]]:
     out, pos = [], 0
     while pos < len(buffer):
         start = pos
-        key, pos = _read_varint(buffer, pos)
+        key, pos = read_varint(buffer, pos)
         wire = key & 7
         if wire == 0:
-            _, pos = _read_varint(buffer, pos)
+            _, pos = read_varint(buffer, pos)
         elif wire in (1, 5):
             pos += 8 if wire == 1 else 4
         elif wire == 2:
-            length, pos = _read_varint(buffer, pos)
+            length, pos = read_varint(buffer, pos)
             pos += length
         else:
             raise ValueError(f"unexpected protobuf wire type {wire}")
@@ -183,13 +142,13 @@ def _fields(buffer: bytes) -> list[tuple[int, bytes]]:
 
 def _payload(field: bytes) -> bytes:
     """The payload of one length-delimited field (its raw bytes, key included)."""
-    _, pos = _read_varint(field, 0)
-    length, pos = _read_varint(field, pos)
+    _, pos = read_varint(field, 0)
+    length, pos = read_varint(field, pos)
     return field[pos : pos + length]
 
 
 def _length_delimited(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
 
 
 def splice_galois_keys(public_context: bytes, keys: bytes) -> bytes:

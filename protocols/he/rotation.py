@@ -37,15 +37,14 @@ counts logical rotations (calls of `rotate`); key switches are the real work.
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 from collections.abc import Sequence
 
 import tenseal as ts
 from tenseal import sealapi
 
 from protocols.he.polynomial import HeCost
+from protocols.he.serial import saved_bytes, varint
 
 
 def slot_count(context: ts.Context) -> int:
@@ -115,47 +114,23 @@ def rotate_ciphertext(
     return result
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
-
-
-def _ciphertext_bytes(ciphertext: sealapi.Ciphertext) -> bytes:
-    # sealapi only saves to a path; a RAM-backed directory when there is one.
-    directory = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    handle, path = tempfile.mkstemp(suffix=".ct", dir=directory)
-    os.close(handle)
-    try:
-        ciphertext.save(path)
-        with open(path, "rb") as stream:
-            return stream.read()
-    finally:
-        os.unlink(path)
-
-
 def vector_proto(raw_ciphertexts: Sequence[bytes], sizes: Sequence[int], scale: float) -> bytes:
     """TenSEAL's serialization of a `CKKSVector` (`CKKSVectorProto`) holding SEAL-serialized
     ciphertexts (chunk i of logical size sizes[i]) at TenSEAL scale `scale`: what
     `CKKSVector.serialize` writes, without building the vector."""
     if len(raw_ciphertexts) != len(sizes) or not raw_ciphertexts:
         raise ValueError("expected one size per ciphertext, at least one ciphertext")
-    packed_sizes = b"".join(_varint(int(size)) for size in sizes)
-    message = bytearray(b"\x0a" + _varint(len(packed_sizes)) + packed_sizes)
+    packed_sizes = b"".join(varint(int(size)) for size in sizes)
+    message = bytearray(b"\x0a" + varint(len(packed_sizes)) + packed_sizes)
     for raw in raw_ciphertexts:
-        message += b"\x12" + _varint(len(raw)) + raw
+        message += b"\x12" + varint(len(raw)) + raw
     message += b"\x19" + struct.pack("<d", float(scale))
     return bytes(message)
 
 
 def ciphertext_bytes(ciphertext: sealapi.Ciphertext) -> bytes:
     """SEAL's own serialization (zstd) of a ciphertext, or of a seeded `Serializable` one."""
-    return _ciphertext_bytes(ciphertext)
+    return saved_bytes(ciphertext)
 
 
 def vector_from_ciphertexts(
@@ -169,7 +144,7 @@ def vector_from_ciphertexts(
     TenSEAL scale (used to encode later plain operands) is the context's global scale, the
     ciphertexts keep their own SEAL scales and levels. About 2.7 ms per ciphertext at 8192.
     """
-    raw = [_ciphertext_bytes(ciphertext) for ciphertext in ciphertexts]
+    raw = [saved_bytes(ciphertext) for ciphertext in ciphertexts]
     return ts.ckks_vector_from(context, vector_proto(raw, sizes, context.global_scale))
 
 
