@@ -46,16 +46,12 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # `convert` (and its Replacement record) live in their own module, imported on demand
-    # so that a missing optional piece never breaks `import approximations`.
+    # `convert` (and its Replacement record) live in `approximations.conversion`, imported
+    # on demand so that a missing optional piece never breaks `import approximations`. (The
+    # module is not called `convert`: importing it would rebind this package's attribute
+    # `convert` from the function to the module.)
     if name in ("convert", "Replacement"):
-        import importlib
+        from approximations import conversion
 
-        # import_module, not `from approximations import convert`: that form looks the
-        # name up on this package first and would re-enter this function forever. Loading
-        # the submodule binds the package attribute `convert` to the MODULE; rebinding it
-        # (and Replacement) here keeps `approximations.convert` the function from then on.
-        module = importlib.import_module("approximations.convert")
-        globals().update(convert=module.convert, Replacement=module.Replacement)
-        return getattr(module, name)
+        return getattr(conversion, name)
     raise AttributeError(f"module 'approximations' has no attribute {name!r}")

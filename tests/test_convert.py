@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from approximations.convert import (
+from approximations.conversion import (
     SOFTMAX_ATTRIBUTE,
     ExplicitMultiheadAttention,
     Replacement,
@@ -535,8 +535,8 @@ def test_t5_position_bias_is_refused_clearly() -> None:
 
 
 def test_the_package_attribute_convert_is_the_function_every_time():
-    """`approximations.convert` is loaded lazily; it once recursed forever, and loading the
-    submodule rebinds the package attribute to the module."""
+    """`approximations.convert` is loaded lazily; it once recursed forever, and a submodule
+    of the same name rebound it to the module once imported (this file imports it first)."""
     import approximations
 
     first = approximations.convert

@@ -109,7 +109,7 @@ def _from_pretrained(path: Path, config: dict[str, Any]) -> nn.Module:
 
     implementation = "eager"
     if config.get("_attn_implementation") == "secinfer_power_softmax":
-        from approximations.convert import ATTENTION_IMPLEMENTATION, register_attention
+        from approximations.conversion import ATTENTION_IMPLEMENTATION, register_attention
 
         register_attention()
         implementation = ATTENTION_IMPLEMENTATION

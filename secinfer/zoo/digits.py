@@ -214,7 +214,7 @@ def apply_conversion(model: nn.Module, conversion: dict[str, Any] | None) -> nn.
     """
     if not conversion:
         return model
-    from approximations.convert import convert
+    from approximations.conversion import convert
 
     converted, _replacements = convert(model, **_tuplify(conversion))
     return converted
