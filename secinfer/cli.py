@@ -45,6 +45,8 @@ def main() -> None:
     \b
     secinfer inspect MODEL          what the model needs: ops, coverage, ranges, HE depth
     secinfer run MODEL -b approx    run with the approximations, compare with plaintext
+    secinfer run MODEL -b mpc|he    run it securely (parties as local processes)
+    secinfer eval MODEL DATA        losses and accuracy on labelled data, vs plaintext
     secinfer catalog                the approximations and their certified errors
     """
 
@@ -367,6 +369,101 @@ def party(role: str, **options: Any) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+@main.command("eval")
+@_model_options
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option(
+    "-b",
+    "--backend",
+    type=click.Choice(BACKEND_CHOICES),
+    default="approx",
+    show_default=True,
+    help="Where to run the model and the losses.",
+)
+@click.option(
+    "--loss",
+    "loss_names",
+    default="ce",
+    show_default=True,
+    help="Comma-separated: ce, square, zloss, gce, mae (accuracy is always reported).",
+)
+@click.option(
+    "--reveal-to",
+    type=click.Choice(["model-owner", "data-owner"]),
+    default="data-owner",
+    show_default=True,
+    help="mpc, he: the party that learns the aggregate losses (and nothing per example).",
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the evaluation report here (JSON).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="Plan overrides (JSON or YAML).",
+)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option(
+    "--zloss-a", type=float, default=1.0, show_default=True, help="Z-loss sharpness a > 0."
+)
+@click.option("--zloss-b", type=float, default=1.0, show_default=True, help="Z-loss offset b.")
+@click.option(
+    "--gce-q", type=float, default=0.7, show_default=True, help="Generalised cross-entropy q."
+)
+def eval_(
+    model: Path,
+    trust_model: bool,
+    data: Path,
+    backend: str,
+    loss_names: str,
+    reveal_to: str,
+    report_path: Path | None,
+    config_path: Path | None,
+    batch_size: int,
+    zloss_a: float,
+    zloss_b: float,
+    gce_q: float,
+) -> None:
+    """Evaluate MODEL's losses and accuracy on labelled DATA, against plaintext.
+
+    DATA is a .npz with arrays `inputs` (the model's input, batch first) and `labels`
+    (integer classes), or a directory of such shards (read one at a time). Losses are
+    means over examples; the square loss of one example sums (o_k - onehot(y)_k)^2 over
+    classes. Prints each loss under the backend and in plaintext, and their relative error.
+    """
+    from approximations import losses as L
+    from secinfer import load, runner
+    from secinfer.dataset import open_dataset
+    from secinfer.evaluate import LOCAL, evaluate_local, parse_losses, table
+    from secinfer.report import write_json
+
+    _check_suffix(report_path, ".json", "--report")
+    names = parse_losses(loss_names)
+    if zloss_a <= 0 or not 0 < gce_q <= 1:
+        raise UserError(f"--zloss-a {zloss_a} / --gce-q {gce_q}: need a > 0 and 0 < q <= 1")
+    if backend not in LOCAL:
+        raise UserError(
+            f"--backend {backend}: secure evaluation is being built (issue 7); use plain or "
+            "approx for now"
+        )
+    dataset = open_dataset(data)
+    loaded = load.load_model(model, trust_model=trust_model)
+    if loaded.program is None:
+        raise UserError(f"{model}: eval needs a torch.export program; {load.EXPORT_RECIPE}")
+    samples = loaded.calibration_samples()
+    graph, plan = runner.prepare(loaded.program, backend, samples, config_path)
+    options = L.LossOptions(zloss_a, zloss_b, gce_q)
+    report = evaluate_local(loaded, graph, plan, backend, dataset, names, options, batch_size)
+    report.update(model=str(model), reveal_to=reveal_to)
+    if report_path is not None:
+        write_json(report_path, report)
+    click.echo(table(report))
 
 
 @main.command("he-party")

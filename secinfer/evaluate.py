@@ -1,0 +1,130 @@
+"""`secinfer eval`: losses and accuracy of a model on labelled data, backend vs plaintext.
+
+The data set streams batch by batch (`secinfer.dataset`); per batch the backend and the
+plaintext reference each give logits, and each chosen loss adds its per-example sum to a
+running total (losses are means over examples: total / count at the end). Accuracy counts
+argmax hits. Memory holds one batch and the totals.
+
+Backends here: `plain` and `approx` (float64 with the plan's approximations: the
+approximation error of the model alone). Secure evaluation (`mpc`, `he`), where only the
+aggregate leaves the protocol, is issue 7's next step.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from approximations import losses as L
+from secinfer.dataset import Batch, Dataset
+from secinfer.errors import UserError
+from secinfer.execute import Executor
+
+LOCAL = ("plain", "approx")
+
+
+@dataclass
+class Totals:
+    """Running sums over examples: per loss, and argmax hits."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    correct: int = 0
+    count: int = 0
+
+    def add(
+        self, logits: torch.Tensor, labels: torch.Tensor, names: list[str], options: L.LossOptions
+    ) -> None:
+        n = len(labels)
+        for name in names:
+            mean = float(L.reference(name, options)(logits, labels))
+            self.sums[name] = self.sums.get(name, 0.0) + mean * n
+        self.correct += int((logits.argmax(-1) == labels).sum())
+        self.count += n
+
+    def means(self) -> dict[str, float]:
+        return {name: total / self.count for name, total in self.sums.items()}
+
+
+def parse_losses(text: str) -> list[str]:
+    """`--loss ce,square`: known names, in the order given, without repeats."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in L.LOSS_NAMES]
+    if unknown or not names:
+        raise UserError(
+            f"--loss {text}: unknown loss {', '.join(map(repr, unknown)) or '(none given)'}; "
+            f"choose from {', '.join(L.LOSS_NAMES)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def _check_labels(batch: Batch, logits: torch.Tensor, seen: int) -> None:
+    classes = logits.shape[-1]
+    bad = (batch.labels < 0) | (batch.labels >= classes)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise UserError(
+            f"DATA: label {int(batch.labels[row])} at row {seen + row} is outside the model's "
+            f"{classes} classes [0, {classes})"
+        )
+
+
+def evaluate_local(
+    loaded: Any,
+    graph: Any,
+    plan: Any,
+    backend: str,
+    data: Dataset,
+    names: list[str],
+    options: L.LossOptions,
+    batch_size: int,
+) -> dict[str, Any]:
+    """Run `backend` and `plain` over `data`; the report's losses, accuracy and counts."""
+    began = time.perf_counter()
+    secure, plain = Totals(), Totals()
+    bar = _bar(data.rows)
+    for batch in data.batches(batch_size, loaded.input_names):
+        loaded.check_inputs(batch.inputs)
+        reference = Executor(graph, "plain").run(batch.inputs).outputs[0].double()
+        _check_labels(batch, reference, plain.count)
+        ours = (
+            reference
+            if backend == "plain"
+            else Executor(graph, backend, plan).run(batch.inputs).outputs[0].double()
+        )
+        secure.add(ours, batch.labels, names, options)
+        plain.add(reference, batch.labels, names, options)
+        if bar is not None:
+            bar.update(len(batch.labels))
+    if bar is not None:
+        bar.close()
+    got, want = secure.means(), plain.means()
+    return {
+        "backend": backend,
+        "examples": secure.count,
+        "seconds": time.perf_counter() - began,
+        "losses": {name: {"secure": got[name], "plain": want[name]} for name in names},
+        "accuracy": {"secure": secure.correct / secure.count, "plain": plain.correct / plain.count},
+    }
+
+
+def _bar(total: int) -> Any:
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="example", leave=False, file=sys.stderr)
+
+
+def table(report: dict[str, Any]) -> str:
+    """The terminal table: each loss and accuracy, secure vs plaintext, relative error."""
+    rows = [f"| metric | {report['backend']} | plain | relative error |", "|---|---|---|---|"]
+    for name, pair in report["losses"].items():
+        rel = abs(pair["secure"] - pair["plain"]) / max(abs(pair["plain"]), 1e-12)
+        rows.append(f"| {name} | {pair['secure']:.6g} | {pair['plain']:.6g} | {rel:.2e} |")
+    acc = report["accuracy"]
+    rows.append(f"| accuracy | {acc['secure']:.4f} | {acc['plain']:.4f} | - |")
+    return "\n".join(rows) + f"\n{report['examples']} examples in {report['seconds']:.2f} s"
