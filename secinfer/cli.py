@@ -341,6 +341,27 @@ def inspect(model: Path, trust_model: bool, input_path: Path | None, as_json: bo
     help="Directory for this party's cost record (and the data owner's output.npy).",
 )
 @_mpc_options
+@click.option(
+    "--loss",
+    "eval_losses",
+    help="Private evaluation instead of queries (both parties): comma-separated losses.",
+)
+@click.option(
+    "--eval-data",
+    type=click.Path(path_type=Path),
+    help="Data owner, private evaluation: labelled .npz (or a directory of them).",
+)
+@click.option(
+    "--reveal-to",
+    type=click.Choice(["model-owner", "data-owner"]),
+    default="data-owner",
+    show_default=True,
+    help="Private evaluation: who learns the aggregate.",
+)
+@click.option("--zloss-a", type=float, default=1.0, show_default=True)
+@click.option("--zloss-b", type=float, default=1.0, show_default=True)
+@click.option("--gce-q", type=float, default=0.7, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 def party(role: str, **options: Any) -> None:
     """Run one party of an MPC run (for several hosts; `run --backend mpc` starts all three).
 
@@ -354,9 +375,17 @@ def party(role: str, **options: Any) -> None:
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")  # c10d's C++ traces on a lost peer
     from secinfer.party_main import main_for_role
 
+    evaluation = None
+    names, a, b, q = (options.pop(k) for k in ("eval_losses", "zloss_a", "zloss_b", "gce_q"))
+    reveal = options.pop("reveal_to")
     code = 0
     try:
-        main_for_role(role, **options)
+        if names is not None:
+            from secinfer.eval_party import Evaluation
+            from secinfer.evaluate import parse_losses
+
+            evaluation = Evaluation(tuple(parse_losses(names)), reveal, a, b, q)
+        main_for_role(role, evaluation=evaluation, **options)
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)
         code = 2
@@ -440,16 +469,16 @@ def eval_(
     from approximations import losses as L
     from secinfer import load, runner
     from secinfer.dataset import open_dataset
-    from secinfer.evaluate import LOCAL, evaluate_local, parse_losses, table
+    from secinfer.evaluate import LOCAL, evaluate_local, evaluate_mpc, parse_losses, table
     from secinfer.report import write_json
 
     _check_suffix(report_path, ".json", "--report")
     names = parse_losses(loss_names)
     if zloss_a <= 0 or not 0 < gce_q <= 1:
         raise UserError(f"--zloss-a {zloss_a} / --gce-q {gce_q}: need a > 0 and 0 < q <= 1")
-    if backend not in LOCAL:
+    if backend == "he":
         raise UserError(
-            f"--backend {backend}: secure evaluation is being built (issue 7); use plain or "
+            "--backend he: encrypted evaluation is being built (issue 7); use mpc, plain or "
             "approx for now"
         )
     dataset = open_dataset(data)
@@ -459,7 +488,13 @@ def eval_(
     samples = loaded.calibration_samples()
     graph, plan = runner.prepare(loaded.program, backend, samples, config_path)
     options = L.LossOptions(zloss_a, zloss_b, gce_q)
-    report = evaluate_local(loaded, graph, plan, backend, dataset, names, options, batch_size)
+    if backend in LOCAL:
+        report = evaluate_local(loaded, graph, plan, backend, dataset, names, options, batch_size)
+    else:
+        report = evaluate_mpc(
+            loaded, graph, plan, model, data, dataset, names, options, batch_size, reveal_to,
+            config_path=config_path, trust_model=trust_model,
+        )  # fmt: skip
     report.update(model=str(model), reveal_to=reveal_to)
     if report_path is not None:
         write_json(report_path, report)

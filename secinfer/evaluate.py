@@ -5,9 +5,11 @@ plaintext reference each give logits, and each chosen loss adds its per-example 
 running total (losses are means over examples: total / count at the end). Accuracy counts
 argmax hits. Memory holds one batch and the totals.
 
-Backends here: `plain` and `approx` (float64 with the plan's approximations: the
-approximation error of the model alone). Secure evaluation (`mpc`, `he`), where only the
-aggregate leaves the protocol, is issue 7's next step.
+Backends: `plain` and `approx` (float64 with the plan's approximations: the approximation
+error of the model alone) run here; `mpc` runs the three parties as processes
+(`secinfer.eval_party`: losses on shares, only the aggregate opened, to one party), and
+the plaintext reference is computed here, where model and data both are (a local run).
+`he` is not built yet.
 """
 
 from __future__ import annotations
@@ -127,4 +129,61 @@ def table(report: dict[str, Any]) -> str:
         rows.append(f"| {name} | {pair['secure']:.6g} | {pair['plain']:.6g} | {rel:.2e} |")
     acc = report["accuracy"]
     rows.append(f"| accuracy | {acc['secure']:.4f} | {acc['plain']:.4f} | - |")
-    return "\n".join(rows) + f"\n{report['examples']} examples in {report['seconds']:.2f} s"
+    lines = [*rows, f"{report['examples']} examples in {report['seconds']:.2f} s"]
+    if "comm" in report:
+        sent = report["comm"]["bytes_sent"]
+        lines.append(
+            f"revealed to the {report['reveal_to']} only (the aggregate); sent: model owner "
+            f"{sent['model_owner'] / 1e6:.1f} MB, data owner {sent['data_owner'] / 1e6:.1f} MB, "
+            f"{report['comm']['rounds']} rounds"
+        )
+    return "\n".join(lines)
+
+
+def evaluate_mpc(
+    loaded: Any,
+    graph: Any,
+    plan: Any,
+    model_path: Any,
+    data_path: Any,
+    data: Dataset,
+    names: list[str],
+    options: L.LossOptions,
+    batch_size: int,
+    reveal_to: str,
+    config_path: Any = None,
+    trust_model: bool = False,
+) -> dict[str, Any]:
+    """The parties' private evaluation, with the plaintext reference beside it."""
+    from secinfer.eval_party import Evaluation
+    from secinfer.launch import run_local_evaluation
+
+    evaluation = Evaluation(
+        tuple(names), reveal_to, options.zloss_a, options.zloss_b, options.gce_q
+    )
+    aggregate, model_owner, data_owner, seconds = run_local_evaluation(
+        model_path,
+        data_path,
+        evaluation,
+        trust_model=trust_model,
+        config=config_path,
+        batch_size=batch_size,
+    )
+    reference = evaluate_local(loaded, graph, plan, "plain", data, names, options, batch_size)
+    mo, do = model_owner["run"], data_owner["run"]
+    return {
+        "backend": "mpc",
+        "examples": aggregate["examples"],
+        "seconds": seconds,
+        "reveal_to": reveal_to,
+        "losses": {
+            name: {"secure": aggregate["losses"][name], "plain": reference["losses"][name]["plain"]}
+            for name in names
+        },
+        "accuracy": {"secure": aggregate["accuracy"], "plain": reference["accuracy"]["plain"]},
+        "comm": {
+            "bytes_sent": {"model_owner": mo["bytes_sent"], "data_owner": do["bytes_sent"]},
+            "rounds": max(mo["rounds"], do["rounds"]),
+            "offline": {"model_owner": model_owner["offline"], "data_owner": data_owner["offline"]},
+        },
+    }

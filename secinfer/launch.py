@@ -52,8 +52,16 @@ def _party_command(role: Role, rendezvous: str, options: dict[str, Any]) -> list
             command.append("--trust-model")
         if options.get("config"):
             command += ["--config", str(options["config"])]
-    if role is Role.DATA_OWNER:
+    if role is Role.DATA_OWNER and options.get("eval_data") is None:
         command += ["--input", str(options["input"])]
+    evaluation = options.get("evaluation")
+    if evaluation is not None and role is not Role.DEALER:
+        command += ["--loss", ",".join(evaluation.losses), "--reveal-to", evaluation.reveal_to]
+        command += ["--zloss-a", repr(evaluation.zloss_a), "--zloss-b", repr(evaluation.zloss_b)]
+        command += ["--gce-q", repr(evaluation.gce_q)]
+        if role is Role.DATA_OWNER:
+            command += ["--eval-data", str(options["eval_data"])]
+            command += ["--batch-size", str(options["batch_size"])]
     return command
 
 
@@ -108,6 +116,52 @@ def run_local_parties(
             model_owner=json.loads((out[Role.MODEL_OWNER] / "model-owner.json").read_text()),
             data_owner=json.loads((out[Role.DATA_OWNER] / "data-owner.json").read_text()),
             seconds=seconds,
+        )
+
+
+def run_local_evaluation(
+    model: Path,
+    data: Path,
+    evaluation: Any,
+    *,
+    trust_model: bool = False,
+    config: Path | None = None,
+    batch_size: int = 64,
+    peer_timeout: float = DEFAULT_TIMEOUT,
+    run_timeout: float = RUN_TIMEOUT,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], float]:
+    """A private evaluation by the three MPC parties as processes: (the aggregate the chosen
+    party learned, the model owner's record, the data owner's record, seconds)."""
+    roles = [Role.MODEL_OWNER, Role.DATA_OWNER, Role.DEALER]
+    with tempfile.TemporaryDirectory(prefix="secinfer-eval-") as tmp:
+        root = Path(tmp)
+        out = {role: root / role.label for role in roles}
+        for directory in out.values():
+            directory.mkdir()
+        options = {
+            "timeout": peer_timeout,
+            "provider": "dealer",
+            "precision_bits": 16,
+            "out": out,
+            "model": Path(model).resolve(),
+            "trust_model": trust_model,
+            "config": Path(config).resolve() if config else None,
+            "evaluation": evaluation,
+            "eval_data": Path(data).resolve(),
+            "batch_size": batch_size,
+        }
+        rendezvous = f"tcp://127.0.0.1:{free_port()}"
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        began = time.perf_counter()
+        commands = {role: _party_command(role, rendezvous, options) for role in roles}
+        run_parties(commands, root, run_timeout, env=env)
+        seconds = time.perf_counter() - began
+        learner = out[evaluation.destination]
+        return (
+            json.loads((learner / "aggregate.json").read_text()),
+            json.loads((out[Role.MODEL_OWNER] / "model-owner.json").read_text()),
+            json.loads((out[Role.DATA_OWNER] / "data-owner.json").read_text()),
+            seconds,
         )
 
 

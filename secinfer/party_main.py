@@ -40,7 +40,12 @@ def main_for_role(
     timeout: float,
     provider: str,
     precision_bits: int,
+    evaluation: Any = None,
+    eval_data: Path | None = None,
+    batch_size: int = 64,
 ) -> None:
+    """Run one party; with `evaluation` (an `eval_party.Evaluation`) a private evaluation
+    on the data owner's labelled `eval_data` instead of queries."""
     from protocols.mpc.runtime import Role, run_dealer
 
     settings = _settings(rendezvous, timeout, provider, precision_bits)
@@ -50,6 +55,10 @@ def main_for_role(
     try:
         if party is Role.DEALER:
             run_dealer(settings)
+        elif evaluation is not None and party is Role.MODEL_OWNER:
+            _eval_model_owner(settings, model, trust_model, config_path, evaluation, out_dir)
+        elif evaluation is not None:
+            _eval_data_owner(settings, eval_data, evaluation, batch_size, out_dir)
         elif party is Role.MODEL_OWNER:
             _model_owner(settings, model, trust_model, config_path, out_dir)
         else:
@@ -64,6 +73,59 @@ def main_for_role(
                 f"check that all three roles run and reach it within --timeout {timeout:g} s"
             ) from None
         raise
+
+
+def _loaded_for_mpc(model: Path | None, trust_model: bool) -> Any:
+    from secinfer import load
+
+    if model is None:
+        raise UserError("--role model-owner needs --model FILE")
+    loaded = load.load_model(model, trust_model=trust_model)
+    if loaded.program is None:
+        raise UserError(
+            f"{model}: a {loaded.source} model records no input shapes; export it with "
+            "torch.export for the mpc backend"
+        )
+    return loaded
+
+
+def _eval_model_owner(
+    settings: Any,
+    model: Path | None,
+    trust_model: bool,
+    config_path: Path | None,
+    evaluation: Any,
+    out_dir: Path,
+) -> None:
+    from secinfer import runner
+    from secinfer.eval_party import eval_model_owner
+
+    loaded = _loaded_for_mpc(model, trust_model)
+    graph, plan = runner.prepare(loaded.program, "mpc", loaded.calibration_samples(), config_path)
+    classes = int(graph.program.graph.output_node().args[0][0].meta["val"].shape[-1])
+    meta = {"input_names": loaded.input_names, "classes": classes}
+    eval_model_owner(settings, loaded.program, plan, meta, evaluation, out_dir)
+
+
+def _eval_data_owner(
+    settings: Any, data: Path | None, evaluation: Any, batch_size: int, out_dir: Path
+) -> None:
+    from secinfer import load
+    from secinfer.dataset import open_dataset
+    from secinfer.eval_party import eval_data_owner
+
+    if data is None:
+        raise UserError("--role data-owner needs --eval-data DATA for an evaluation")
+    dataset = open_dataset(data)
+
+    def read_batches(program: torch.export.ExportedProgram, meta: dict[str, Any]) -> Any:
+        names = list(meta.get("input_names") or program.graph_signature.user_inputs)
+        architecture = load.LoadedModel(program, "architecture", data, (), names)
+        for batch in dataset.batches(batch_size, names):
+            architecture.check_inputs(batch.inputs)
+            yield batch.inputs, batch.labels
+
+    eval_data_owner(settings, read_batches, evaluation, out_dir)
 
 
 def _model_owner(

@@ -1,0 +1,222 @@
+"""Private evaluation under MPC: losses on shares, one aggregate revealed to one party.
+
+Both parties run the graph on each batch as in a query (`secinfer.party`), but the logits
+are never opened: the data owner shares its labels as one-hot rows, `protocols.mpc.losses`
+gives every requested loss per example on shares, and each party adds the batch's sums to
+its running share of the totals. After the last batch the totals (one value per loss and
+the hit count) are opened to the party named by `reveal_to` only; the other party learns
+nothing but the number of examples and the shapes (public, as in every run).
+
+Both parties must be started with the same losses, hyper-parameters and `reveal_to`: the
+model owner announces its settings and the data owner refuses a mismatch (it consents to
+what is revealed). The revealed party writes `aggregate.json`: {"examples", "losses":
+{name: mean}, "accuracy"}; both write their cost record as `secinfer.party` does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from protocols.mpc.meter import Meter
+from protocols.mpc.reveal import reveal_to
+from protocols.mpc.runtime import PartySettings, Role, start_party, stop_party
+from secinfer import wire
+from secinfer.errors import UserError
+from secinfer.execute import Executor
+from secinfer.graph import Graph, build_graph
+from secinfer.party import (
+    Offline,
+    PeerAborted,
+    Query,
+    _node_costs,
+    _record,
+    offline_phase,
+    placeholders,
+)
+from secinfer.plan import Plan
+from secinfer.report import write_json
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What is computed and who learns it (both parties must agree)."""
+
+    losses: tuple[str, ...]
+    reveal_to: str  # "model-owner" or "data-owner"
+    zloss_a: float = 1.0
+    zloss_b: float = 1.0
+    gce_q: float = 0.7
+
+    @property
+    def destination(self) -> Role:
+        return Role.from_label(self.reveal_to)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "losses": list(self.losses)}
+
+
+Batches = Iterable[tuple[tuple[torch.Tensor, ...], torch.Tensor]]
+
+
+def _batch_totals(
+    graph: Graph,
+    plan: Plan,
+    inputs: tuple[torch.Tensor, ...],
+    labels: torch.Tensor,
+    classes: int,
+    role: Role,
+    meter: Meter,
+    offline: Offline,
+    evaluation: Evaluation,
+) -> tuple[Any, Query]:
+    """One batch on shares: (a sharing of [sum of each loss..., hits], its costs)."""
+    from protocols.mpc import losses
+    from protocols.mpc.crypten_setup import import_crypten
+
+    crypten = import_crypten()
+    before = meter.snapshot()
+    began = time.perf_counter()
+    executor = Executor(graph, "mpc", plan, seeder=offline.seeder, meter=meter.snapshot)
+    result = executor.run(inputs)
+    logits = result.outputs[0]
+    onehot = torch.nn.functional.one_hot(labels.long().clamp(0, classes - 1), classes).float()
+    mine = role is Role.DATA_OWNER
+    target = crypten.cryptensor(
+        onehot if mine else torch.zeros_like(onehot), src=int(Role.DATA_OWNER)
+    )
+    values = losses.per_example(
+        logits.reshape(-1, classes),
+        target,
+        list(evaluation.losses),
+        a=evaluation.zloss_a,
+        b=evaluation.zloss_b,
+        q=evaluation.gce_q,
+    )
+    order = [*evaluation.losses, "hit"]
+    sums = crypten.stack([values[name].sum() for name in order])
+    query = Query(meter.snapshot() - before, time.perf_counter() - began, _node_costs(result))
+    return sums, query
+
+
+def _aggregate(opened: torch.Tensor, evaluation: Evaluation, examples: int) -> dict[str, Any]:
+    values = opened.double().tolist()
+    means = {name: values[k] / examples for k, name in enumerate(evaluation.losses)}
+    return {"examples": examples, "losses": means, "accuracy": round(values[-1]) / examples}
+
+
+def eval_model_owner(
+    settings: PartySettings,
+    program: torch.export.ExportedProgram,
+    plan: Plan,
+    meta: dict[str, Any],
+    evaluation: Evaluation,
+    out_dir: Path,
+) -> dict[str, Any]:
+    """The model owner's side of a private evaluation; returns (and writes) its record."""
+    graph = build_graph(program)
+    start_party(Role.MODEL_OWNER, settings)
+    meter = Meter().install()
+    batches: list[Query] = []
+    try:
+        wire.send_bytes(wire.public_architecture(program), src=Role.MODEL_OWNER)
+        message = {"plan": plan.to_dict(), "evaluation": evaluation.to_dict(), **meta}
+        wire.send_json(message, src=Role.MODEL_OWNER)
+        offline = offline_phase(graph, Role.MODEL_OWNER, meter)
+        totals, examples = None, 0
+        while True:
+            spec = wire.send_json(None, src=Role.DATA_OWNER)
+            if "error" in spec:
+                raise PeerAborted(f"the data owner gave up: {spec['error']}")
+            if spec.get("done"):
+                break
+            labels = torch.zeros(int(spec["labels"]), dtype=torch.long)
+            sums, query = _batch_totals(
+                graph, plan, placeholders(spec), labels, int(spec["classes"]),
+                Role.MODEL_OWNER, meter, offline, evaluation,
+            )  # fmt: skip
+            totals = sums if totals is None else totals + sums
+            examples += len(labels)
+            batches.append(query)
+        opened = reveal_to(totals, int(evaluation.destination))
+        record = _record(Role.MODEL_OWNER, meter, offline, batches)
+    finally:
+        meter.remove()
+        stop_party()
+    if opened is not None:
+        write_json(out_dir / "aggregate.json", _aggregate(opened, evaluation, examples))
+    write_json(out_dir / f"{Role.MODEL_OWNER.label}.json", record)
+    return record
+
+
+def eval_data_owner(
+    settings: PartySettings,
+    read_batches: Callable[[torch.export.ExportedProgram, dict[str, Any]], Batches],
+    evaluation: Evaluation,
+    out_dir: Path,
+) -> dict[str, Any]:
+    """The data owner's side: its batches' shapes, its labels as shares, its consent."""
+    start_party(Role.DATA_OWNER, settings)
+    meter = Meter().install()
+    batches: list[Query] = []
+    try:
+        program = wire.load_architecture(wire.send_bytes(None, src=Role.MODEL_OWNER))
+        meta = wire.send_json(None, src=Role.MODEL_OWNER)
+        graph = build_graph(program)
+        plan = Plan.from_dict(meta["plan"])
+        offline = offline_phase(graph, Role.DATA_OWNER, meter)
+        totals, examples = None, 0
+        try:
+            if meta.get("evaluation") != evaluation.to_dict():
+                raise UserError(
+                    f"the model owner asks for {meta.get('evaluation')}, this data owner "
+                    f"agreed to {evaluation.to_dict()}: start both with the same --loss, "
+                    "hyper-parameters and --reveal-to"
+                )
+            stream = iter(read_batches(program, meta))
+            for inputs, labels in stream:
+                classes = int(meta["classes"])
+                bad = (labels < 0) | (labels >= classes)
+                if bool(bad.any()):
+                    row = examples + int(bad.nonzero()[0, 0])
+                    raise UserError(
+                        f"DATA: label {int(labels[bad][0])} at row {row} is outside the "
+                        f"model's {classes} classes [0, {classes})"
+                    )
+                spec = {
+                    "shapes": [list(t.shape) for t in inputs],
+                    "dtypes": [str(t.dtype).removeprefix("torch.") for t in inputs],
+                    "labels": len(labels),
+                    "classes": classes,
+                }
+                wire.send_json(spec, src=Role.DATA_OWNER)
+                sums, query = _batch_totals(
+                    graph, plan, inputs, labels, classes, Role.DATA_OWNER, meter, offline,
+                    evaluation,
+                )  # fmt: skip
+                totals = sums if totals is None else totals + sums
+                examples += len(labels)
+                batches.append(query)
+            if totals is None:
+                raise UserError("DATA: the data set is empty (0 labelled rows)")
+        except UserError as exc:
+            wire.send_json({"error": str(exc)}, src=Role.DATA_OWNER)
+            raise
+        wire.send_json({"done": True}, src=Role.DATA_OWNER)
+        opened = reveal_to(totals, int(evaluation.destination))
+        record = _record(Role.DATA_OWNER, meter, offline, batches)
+    finally:
+        meter.remove()
+        stop_party()
+    if opened is not None:
+        write_json(out_dir / "aggregate.json", _aggregate(opened, evaluation, examples))
+    write_json(out_dir / f"{Role.DATA_OWNER.label}.json", record)
+    return record
+
+
+__all__ = ["Evaluation", "eval_data_owner", "eval_model_owner"]
