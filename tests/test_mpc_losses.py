@@ -128,3 +128,5 @@ def test_the_model_owner_learns_the_aggregate_and_no_per_example_value() -> None
     logits, labels = rng.normal(size=(32, 10)) * 4.0, rng.integers(0, 10, 32)
     want = [_reference(n, logits, labels).sum() for n in NAMES]
     assert np.allclose(totals[: len(NAMES)], want, rtol=1e-3, atol=1e-2)
+    hits = int((logits.argmax(-1) == labels).sum())
+    assert round(totals[-1]) == hits and abs(totals[-1] - hits) < 1e-2  # same scale as losses

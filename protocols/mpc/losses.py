@@ -125,5 +125,8 @@ def per_example(
             out[name] = 1.0 - label_probability_power(o_y, lse, 1.0)
         else:
             raise ValueError(f"unknown loss {name!r}")
-    out["hit"] = nonnegative(o_y - m)
+    # [o_y >= m] comes as a scale-1 (integer) sharing; its product with a standard-scale
+    # sharing of ones brings it to the scale of the losses, so that all can be summed and
+    # stacked together (one product round)
+    out["hit"] = (o_y * 0.0 + 1.0) * nonnegative(o_y - m)
     return out
