@@ -112,6 +112,17 @@ def main(argv: list[str] | None = None) -> int:
             sections[0] = ("bench", f"{sections[0][1]}\n\n{mpc_table}")
         else:
             sections.append(("bench-mpc", mpc_table))
+    if not args.no_mpc:
+        from secinfer.benchmarks import loss_costs
+
+        evaluation = loss_costs.run(quick=args.quick)
+        evaluation["meta"] = meta
+        stem = Path(args.mpc_out) / ("eval.quick" if args.quick else "eval")
+        eval_table = loss_costs.markdown(evaluation)
+        Path(f"{stem}.json").write_text(json.dumps(evaluation, indent=2))
+        Path(f"{stem}.md").write_text(eval_table + "\n")
+        print(f"\n{eval_table}")
+        sections.append(("bench-eval", eval_table))
     elif sections and (Path(args.mpc_out) / "mpc.json").is_file():
         # keep the README's MPC table: the last full run's, saying when it was measured
         previous = json.loads((Path(args.mpc_out) / "mpc.json").read_text())
@@ -136,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         for section, text in sections:
             if update_readme(readme, section, text):
                 print(f"updated the {section} section of {readme}", file=sys.stderr)
-            elif section in ("bench-mpc", "bench-he"):
+            elif section in ("bench-mpc", "bench-he", "bench-eval"):
                 print(
                     f"{readme} has no <!-- {section}:start/end --> section to update",
                     file=sys.stderr,

@@ -130,3 +130,16 @@ def test_the_model_owner_learns_the_aggregate_and_no_per_example_value() -> None
     assert np.allclose(totals[: len(NAMES)], want, rtol=1e-3, atol=1e-2)
     hits = int((logits.argmax(-1) == labels).sum())
     assert round(totals[-1]) == hits and abs(totals[-1] - hits) < 1e-2  # same scale as losses
+
+
+def test_the_loss_cost_bench_runs_and_its_sums_are_right() -> None:
+    """`make bench`'s private-evaluation table, at 100 rows (figures scaled to 1,000)."""
+    from secinfer.benchmarks import loss_costs
+
+    record = loss_costs.run(quick=True)
+    rows = {r["loss"]: r for r in record["losses"]}
+    assert set(rows) == {*NAMES, "accuracy"}
+    for r in rows.values():
+        assert r["relative_error_of_sum"] < 1e-3 and r["rounds"] > 0
+    assert rows["square"]["rounds"] < rows["ce"]["rounds"]  # products only vs max + exp + log
+    assert "| zloss |" in loss_costs.markdown(record)

@@ -105,13 +105,24 @@ def label_probability_power(o_y: Secret, lse: Secret, q: float) -> Secret:
 
 
 def per_example(
-    logits: Secret, onehot: Secret, names: list[str], *, a: float, b: float, q: float
+    logits: Secret,
+    onehot: Secret,
+    names: list[str],
+    *,
+    a: float,
+    b: float,
+    q: float,
+    accuracy: bool = True,
 ) -> dict[str, Secret]:
-    """Each requested loss per example, plus "hit" (accuracy), sharing the common terms."""
+    """Each requested loss per example, plus "hit" (accuracy) unless `accuracy` is False,
+    sharing the common terms (o_y, the maximum, log-sum-exp)."""
     out: dict[str, Secret] = {}
     o_y = label_logit(logits, onehot)
     needs_lse = {"ce", "gce", "mae"} & set(names)
-    lse, m = log_sum_exp(logits) if needs_lse else (None, maximum(logits, -1))
+    if needs_lse:
+        lse, m = log_sum_exp(logits)
+    else:
+        lse, m = None, maximum(logits, -1) if accuracy else None
     for name in names:
         if name == "ce":
             out[name] = lse - o_y
@@ -128,5 +139,6 @@ def per_example(
     # [o_y >= m] comes as a scale-1 (integer) sharing; its product with a standard-scale
     # sharing of ones brings it to the scale of the losses, so that all can be summed and
     # stacked together (one product round)
-    out["hit"] = (o_y * 0.0 + 1.0) * nonnegative(o_y - m)
+    if accuracy:
+        out["hit"] = (o_y * 0.0 + 1.0) * nonnegative(o_y - m)
     return out
