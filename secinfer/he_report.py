@@ -30,6 +30,38 @@ from secinfer.report import block_ends, block_error, compare
 LATENCY_ORDER = ("matmul", "attention", "softmax", "GELU", "LayerNorm", "refresh", "other")
 
 
+def latency_group(record: Any) -> str:
+    """matmul, attention, softmax, GELU, LayerNorm or other, from the node's op and module."""
+    module = (record.module or "").lower()
+    if "softmax" in module:
+        return "softmax"
+    if "norm" in module or ".ln" in module or module.startswith("ln"):
+        return "LayerNorm"
+    if "act" in module.split(".")[-1] or "gelu" in module:
+        return "GELU"
+    if record.op in ("aten.matmul", "aten.bmm"):
+        return "attention"
+    if record.op in ("aten.linear", "aten.mm", "aten.addmm", "aten.embedding"):
+        return "matmul"
+    return "other"
+
+
+def latency_table(records: list[Any]) -> dict[str, dict[str, float]]:
+    """Seconds per group, refresh round trips apart (their time is taken out of the nodes')."""
+    table: dict[str, dict[str, float]] = {}
+    refresh = {"seconds": 0.0, "nodes": 0, "refreshes": 0}
+    for record in records:
+        spent = float(record.cost.get("refresh_seconds", 0.0)) if record.cost else 0.0
+        row = table.setdefault(latency_group(record), {"seconds": 0.0, "nodes": 0})
+        row["seconds"] += record.seconds - spent
+        row["nodes"] += 1
+        refresh["seconds"] += spent
+        refresh["refreshes"] += int(record.cost.get("refreshes", 0)) if record.cost else 0
+        refresh["nodes"] += 1 if spent else 0
+    table["refresh"] = refresh
+    return table
+
+
 def build_he_report(
     *,
     graph: Graph,

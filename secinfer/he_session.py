@@ -22,7 +22,6 @@ per-node costs), the client `client.json` (bytes each way) and `output.npy`, ato
 from __future__ import annotations
 
 import contextlib
-import math
 import socket
 import time
 from collections.abc import Callable
@@ -36,14 +35,21 @@ from protocols.he import messages as M
 from protocols.he.codec import Codec
 from protocols.he.engine import Engine
 from protocols.he.galois import public_context_with_steps
-from protocols.he.layout import Layout, next_power_of_two
+from protocols.he.layout import Layout
 from protocols.he.params import CkksParams, make_context
 from protocols.he.refresh import MaskingRefresher, default_mask_bits
 from protocols.he.tensor import HeTensor
 from secinfer.errors import PartyError, UserError
 from secinfer.execute import Executor, RunResult
-from secinfer.graph import Graph, op_name
-from secinfer.party import token_id_inputs
+from secinfer.graph import Graph
+from secinfer.he_inputs import (
+    embedding_table,
+    input_specs,
+    layouts_for,
+    parameter_reason,
+    rotation_steps,
+)
+from secinfer.he_report import latency_table
 from secinfer.plan import Plan
 from secinfer.report import write_json
 
@@ -95,143 +101,6 @@ class Channel:
             M.send_error(self.sock, reason, timeout=5.0, counter=self.counter)
 
 
-# --- input packing ------------------------------------------------------------------------
-def input_specs(graph: Graph, public_embedding: bool) -> list[dict[str, Any]]:
-    """How the client sends each user input (module docstring): name, mode, vocabulary."""
-    tokens = token_id_inputs(graph)
-    placeholders = {n.name: n for n in graph.program.graph.nodes if n.op == "placeholder"}
-    specs = []
-    for name in graph.user_inputs:
-        val = placeholders[name].meta["val"]
-        if name in tokens:
-            mode = "embedded" if public_embedding else "one_hot"
-            specs.append({"name": name, "mode": mode, "vocab": tokens[name]})
-        elif val.dtype.is_floating_point:
-            specs.append({"name": name, "mode": "encrypted"})
-        else:
-            specs.append({"name": name, "mode": "public"})
-    return specs
-
-
-def _inner_room(graph: Graph) -> int:
-    """Free slots per row for axes merged later: the largest product of the middle axes of
-    a linear layer's input (patches of an image, tokens), rounded up to a power of two."""
-    room = 1
-    for node in graph.program.graph.nodes:
-        if node.op == "call_function" and op_name(node.target) == "aten.linear":
-            shape = node.args[0].meta["val"].shape
-            if len(shape) >= 3:
-                room = max(room, next_power_of_two(math.prod(int(n) for n in shape[1:-1])))
-    return room
-
-
-def packed_layout(graph: Graph, shape: list[int]) -> Layout:
-    """Feature-major: every axis but the last in slots (2-D inputs: the batch axis, with
-    room for the axes a later view splits off the features)."""
-    if len(shape) <= 2:
-        return Layout.rows(tuple(shape), 1, inner=_inner_room(graph))
-    return Layout.rows(tuple(shape), len(shape) - 1)
-
-
-def layouts_for(
-    graph: Graph, specs: list[dict[str, Any]], embedding_dim: int | None, slots: int
-) -> None:
-    """Add each encrypted input's layout to its spec; UserError when it needs more slots
-    than a ciphertext has."""
-    for spec in specs:
-        if spec["mode"] == "public":
-            continue
-        shape = list(spec["shape"])
-        if spec["mode"] == "one_hot":
-            shape = [*shape, spec["vocab"]]
-        elif spec["mode"] == "embedded":
-            shape = [*shape, int(embedding_dim or 0)]
-        layout = packed_layout(graph, shape)
-        if layout.span() > slots:
-            rows = math.prod(shape[:-1])
-            raise UserError(
-                f"input {spec['name']} of shape {tuple(spec['shape'])} needs {layout.span()} "
-                f"slots per ciphertext ({rows} rows, padded to powers of two), a ciphertext has "
-                f"{slots}: send fewer rows per query"
-            )
-        spec["layout"] = layout.to_dict()
-
-
-def rotation_steps(specs: list[dict[str, Any]]) -> list[int]:
-    """The Galois keys the server asks for: +-2^i up to the largest slot stride of the
-    inputs. Every rotation of `protocols.he.tensor` stays inside a row (reductions,
-    replication and merges of the axes below the batch axis), and SEAL composes a step from
-    its non-adjacent form, whose terms never exceed twice the step; the batch axis itself is
-    never rotated."""
-    largest = 1
-    for spec in specs:
-        if "layout" in spec:
-            strides = [t for t in Layout.from_dict(spec["layout"]).strides if t is not None]
-            largest = max([largest, *strides])
-    steps = []
-    power = 1
-    while power <= largest:
-        steps += [power, -power]
-        power *= 2
-    return steps
-
-
-def parameter_reason(graph: Graph, plan: Plan, params: CkksParams, refresh: bool) -> str:
-    """Why these CKKS parameters: the model's estimated depth against what contexts offer."""
-    from protocols.he.params import max_depth
-    from secinfer.inspection import he_depth
-
-    ranges = {
-        name: tuple(choice.observed or choice.interval)
-        for name, choice in plan.choices.items()
-        if choice.observed or choice.interval
-    }
-    needed = he_depth(graph, ranges)["depth"]
-    largest = max_depth(32768, params.scale_bits)
-    if needed <= params.depth:
-        return f"the model needs about {needed} levels (estimate): one context holds them"
-    how = "refresh every" if refresh else "(refresh is off) only"
-    return (
-        f"the model needs about {needed} levels (estimate); no 128-bit context holds that "
-        f"(N=32768 offers {largest} with {params.scale_bits}-bit primes; a product at N=16384 "
-        f"costs 8x one at N=8192, measured), so N={params.poly_modulus_degree}, the smallest "
-        f"ring that holds a {params.scale_bits}-bit scale, with a {how} {params.depth} levels"
-    )
-
-
-# --- per-op latency ---------------------------------------------------------------------
-def latency_group(record: Any) -> str:
-    """matmul, attention, softmax, GELU, LayerNorm or other, from the node's op and module."""
-    module = (record.module or "").lower()
-    if "softmax" in module:
-        return "softmax"
-    if "norm" in module or ".ln" in module or module.startswith("ln"):
-        return "LayerNorm"
-    if "act" in module.split(".")[-1] or "gelu" in module:
-        return "GELU"
-    if record.op in ("aten.matmul", "aten.bmm"):
-        return "attention"
-    if record.op in ("aten.linear", "aten.mm", "aten.addmm", "aten.embedding"):
-        return "matmul"
-    return "other"
-
-
-def latency_table(records: list[Any]) -> dict[str, dict[str, float]]:
-    """Seconds per group, refresh round trips apart (their time is taken out of the nodes')."""
-    table: dict[str, dict[str, float]] = {}
-    refresh = {"seconds": 0.0, "nodes": 0, "refreshes": 0}
-    for record in records:
-        spent = float(record.cost.get("refresh_seconds", 0.0)) if record.cost else 0.0
-        row = table.setdefault(latency_group(record), {"seconds": 0.0, "nodes": 0})
-        row["seconds"] += record.seconds - spent
-        row["nodes"] += 1
-        refresh["seconds"] += spent
-        refresh["refreshes"] += int(record.cost.get("refreshes", 0)) if record.cost else 0
-        refresh["nodes"] += 1 if spent else 0
-    table["refresh"] = refresh
-    return table
-
-
 # --- server -------------------------------------------------------------------------------
 def serve(
     graph: Graph,
@@ -262,17 +131,6 @@ def serve(
             raise
 
 
-def _embedding_table(graph: Graph, spec_name: str) -> torch.Tensor | None:
-    for node in graph.program.graph.nodes:
-        if node.op == "call_function" and op_name(node.target) == "aten.embedding":
-            index = node.args[1]
-            while index.op == "call_function" and index.args:
-                index = index.args[0]
-            if index.name == spec_name:
-                return graph.owned[node.args[0].name]
-    return None
-
-
 def _serve(
     graph: Graph,
     plan: Plan,
@@ -288,7 +146,7 @@ def _serve(
     channel.send_json({"kind": "hello", "inputs": specs})
     _check_shapes(specs, channel.recv_json(), check_inputs)
     tables = {
-        s["name"]: _embedding_table(graph, s["name"]) for s in specs if s["mode"] == "embedded"
+        s["name"]: embedding_table(graph, s["name"]) for s in specs if s["mode"] == "embedded"
     }
     dim = next((int(t.shape[1]) for t in tables.values() if t is not None), None)
     layouts_for(graph, specs, dim, params.slots)

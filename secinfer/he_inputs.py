@@ -1,0 +1,138 @@
+"""How an HE client packs its inputs, and what the server's rotations need.
+
+The server decides per user input (`input_specs`): a float input is encrypted; token ids
+that feed an embedding are sent one-hot (encrypted, the default) or embedded by the client
+with a table the model owner declared public; other integer inputs (attention masks, token
+types) are public. Encrypted inputs use the feature-major `Layout` (`packed_layout`): rows
+in slots, features in ciphertexts, with room left for the axes a later view splits off the
+features (an image's patches). `rotation_steps` names the Galois keys the client generates:
++-2^i up to the largest slot stride. `parameter_reason` says why the CKKS parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from protocols.he.layout import Layout, next_power_of_two
+from protocols.he.params import CkksParams
+from secinfer.errors import UserError
+from secinfer.graph import Graph, op_name
+from secinfer.party import token_id_inputs
+from secinfer.plan import Plan
+
+
+def input_specs(graph: Graph, public_embedding: bool) -> list[dict[str, Any]]:
+    """How the client sends each user input (module docstring): name, mode, vocabulary."""
+    tokens = token_id_inputs(graph)
+    placeholders = {n.name: n for n in graph.program.graph.nodes if n.op == "placeholder"}
+    specs = []
+    for name in graph.user_inputs:
+        val = placeholders[name].meta["val"]
+        if name in tokens:
+            mode = "embedded" if public_embedding else "one_hot"
+            specs.append({"name": name, "mode": mode, "vocab": tokens[name]})
+        elif val.dtype.is_floating_point:
+            specs.append({"name": name, "mode": "encrypted"})
+        else:
+            specs.append({"name": name, "mode": "public"})
+    return specs
+
+
+def _inner_room(graph: Graph) -> int:
+    """Free slots per row for axes merged later: the largest product of the middle axes of
+    a linear layer's input (patches of an image, tokens), rounded up to a power of two."""
+    room = 1
+    for node in graph.program.graph.nodes:
+        if node.op == "call_function" and op_name(node.target) == "aten.linear":
+            shape = node.args[0].meta["val"].shape
+            if len(shape) >= 3:
+                room = max(room, next_power_of_two(math.prod(int(n) for n in shape[1:-1])))
+    return room
+
+
+def packed_layout(graph: Graph, shape: list[int]) -> Layout:
+    """Feature-major: every axis but the last in slots (2-D inputs: the batch axis, with
+    room for the axes a later view splits off the features)."""
+    if len(shape) <= 2:
+        return Layout.rows(tuple(shape), 1, inner=_inner_room(graph))
+    return Layout.rows(tuple(shape), len(shape) - 1)
+
+
+def layouts_for(
+    graph: Graph, specs: list[dict[str, Any]], embedding_dim: int | None, slots: int
+) -> None:
+    """Add each encrypted input's layout to its spec; UserError when it needs more slots
+    than a ciphertext has."""
+    for spec in specs:
+        if spec["mode"] == "public":
+            continue
+        shape = list(spec["shape"])
+        if spec["mode"] == "one_hot":
+            shape = [*shape, spec["vocab"]]
+        elif spec["mode"] == "embedded":
+            shape = [*shape, int(embedding_dim or 0)]
+        layout = packed_layout(graph, shape)
+        if layout.span() > slots:
+            rows = math.prod(shape[:-1])
+            raise UserError(
+                f"input {spec['name']} of shape {tuple(spec['shape'])} needs {layout.span()} "
+                f"slots per ciphertext ({rows} rows, padded to powers of two), a ciphertext has "
+                f"{slots}: send fewer rows per query"
+            )
+        spec["layout"] = layout.to_dict()
+
+
+def rotation_steps(specs: list[dict[str, Any]]) -> list[int]:
+    """The Galois keys the server asks for: +-2^i up to the largest slot stride of the
+    inputs. Every rotation of `protocols.he.tensor` stays inside a row (reductions,
+    replication and merges of the axes below the batch axis), and SEAL composes a step from
+    its non-adjacent form, whose terms never exceed twice the step; the batch axis itself is
+    never rotated."""
+    largest = 1
+    for spec in specs:
+        if "layout" in spec:
+            strides = [t for t in Layout.from_dict(spec["layout"]).strides if t is not None]
+            largest = max([largest, *strides])
+    steps = []
+    power = 1
+    while power <= largest:
+        steps += [power, -power]
+        power *= 2
+    return steps
+
+
+def parameter_reason(graph: Graph, plan: Plan, params: CkksParams, refresh: bool) -> str:
+    """Why these CKKS parameters: the model's estimated depth against what contexts offer."""
+    from protocols.he.params import max_depth
+    from secinfer.inspection import he_depth
+
+    ranges = {
+        name: tuple(choice.observed or choice.interval)
+        for name, choice in plan.choices.items()
+        if choice.observed or choice.interval
+    }
+    needed = he_depth(graph, ranges)["depth"]
+    largest = max_depth(32768, params.scale_bits)
+    if needed <= params.depth:
+        return f"the model needs about {needed} levels (estimate): one context holds them"
+    how = "refresh every" if refresh else "(refresh is off) only"
+    return (
+        f"the model needs about {needed} levels (estimate); no 128-bit context holds that "
+        f"(N=32768 offers {largest} with {params.scale_bits}-bit primes; a product at N=16384 "
+        f"costs 8x one at N=8192, measured), so N={params.poly_modulus_degree}, the smallest "
+        f"ring that holds a {params.scale_bits}-bit scale, with a {how} {params.depth} levels"
+    )
+
+
+def embedding_table(graph: Graph, spec_name: str) -> torch.Tensor | None:
+    for node in graph.program.graph.nodes:
+        if node.op == "call_function" and op_name(node.target) == "aten.embedding":
+            index = node.args[1]
+            while index.op == "call_function" and index.args:
+                index = index.args[0]
+            if index.name == spec_name:
+                return graph.owned[node.args[0].name]
+    return None
