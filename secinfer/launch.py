@@ -73,6 +73,25 @@ def _last_error(path: Path) -> str:
     return lines[-1] if lines else "exited without a message"
 
 
+def _party_dirs(root: Path, roles: list[Any]) -> dict[Any, Path]:
+    """One output directory per role under `root`."""
+    out = {role: root / role.label for role in roles}
+    for directory in out.values():
+        directory.mkdir()
+    return out
+
+
+def _launch(roles: list[Role], options: dict[str, Any], root: Path, run_timeout: float) -> float:
+    """The roles' `secinfer party` processes on a fresh loopback rendezvous, until all exit
+    (`run_parties`); the wall seconds."""
+    rendezvous = f"tcp://127.0.0.1:{free_port()}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    began = time.perf_counter()
+    commands = {role: _party_command(role, rendezvous, options) for role in roles}
+    run_parties(commands, root, run_timeout, env=env)
+    return time.perf_counter() - began
+
+
 def run_local_parties(
     model: Path,
     inputs: tuple[torch.Tensor, ...],
@@ -90,9 +109,7 @@ def run_local_parties(
         roles.append(Role.DEALER)
     with tempfile.TemporaryDirectory(prefix="secinfer-mpc-") as tmp:
         root = Path(tmp)
-        out = {role: root / role.label for role in roles}
-        for directory in out.values():
-            directory.mkdir()
+        out = _party_dirs(root, roles)
         input_path = out[Role.DATA_OWNER] / "input.pt"
         torch.save(tuple(t.detach().clone() for t in inputs), input_path)
         options = {
@@ -105,12 +122,7 @@ def run_local_parties(
             "config": Path(config).resolve() if config else None,
             "input": input_path,
         }
-        rendezvous = f"tcp://127.0.0.1:{free_port()}"
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        began = time.perf_counter()
-        commands = {role: _party_command(role, rendezvous, options) for role in roles}
-        run_parties(commands, root, run_timeout, env=env)
-        seconds = time.perf_counter() - began
+        seconds = _launch(roles, options, root, run_timeout)
         return LocalRun(
             output=np.load(out[Role.DATA_OWNER] / "output.npy", allow_pickle=False),
             model_owner=json.loads((out[Role.MODEL_OWNER] / "model-owner.json").read_text()),
@@ -135,9 +147,7 @@ def run_local_evaluation(
     roles = [Role.MODEL_OWNER, Role.DATA_OWNER, Role.DEALER]
     with tempfile.TemporaryDirectory(prefix="secinfer-eval-") as tmp:
         root = Path(tmp)
-        out = {role: root / role.label for role in roles}
-        for directory in out.values():
-            directory.mkdir()
+        out = _party_dirs(root, roles)
         options = {
             "timeout": peer_timeout,
             "provider": "dealer",
@@ -150,12 +160,7 @@ def run_local_evaluation(
             "eval_data": Path(data).resolve(),
             "batch_size": batch_size,
         }
-        rendezvous = f"tcp://127.0.0.1:{free_port()}"
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        began = time.perf_counter()
-        commands = {role: _party_command(role, rendezvous, options) for role in roles}
-        run_parties(commands, root, run_timeout, env=env)
-        seconds = time.perf_counter() - began
+        seconds = _launch(roles, options, root, run_timeout)
         learner = out[evaluation.destination]
         return (
             json.loads((learner / "aggregate.json").read_text()),
@@ -237,9 +242,7 @@ def run_local_he(
     loopback; the client's decrypted output and both records."""
     with tempfile.TemporaryDirectory(prefix="secinfer-he-") as tmp:
         root = Path(tmp)
-        out = {role: root / role.label for role in HeRole}
-        for directory in out.values():
-            directory.mkdir()
+        out = _party_dirs(root, list(HeRole))
         input_path = out[HeRole.CLIENT] / "input.pt"
         torch.save(tuple(t.detach().clone() for t in inputs), input_path)
         port = free_port()
