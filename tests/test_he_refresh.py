@@ -51,15 +51,6 @@ FULL = Layout((SLOTS,), (1,))  # every slot used
 
 
 @pytest.fixture(scope="module")
-def ctx() -> ts.Context:
-    """The client's private context: N = 8192, [60, 40, 40, 60], 2^40, relin + Galois keys."""
-    context = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 40, 40, 60])
-    context.global_scale = 2.0**40
-    context.generate_galois_keys()
-    return context
-
-
-@pytest.fixture(scope="module")
 def codec(ctx: ts.Context) -> Codec:
     return Codec(ctx)
 
