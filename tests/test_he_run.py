@@ -300,3 +300,28 @@ def _layer_norm_variance_range(model: torch.nn.Module, ids: torch.Tensor, mask: 
         handle.remove()
     values = torch.cat([v.reshape(-1) for v in seen])
     return (float(values.min()) / 2, float(values.max()) * 2)
+
+
+class Normalise(torch.nn.Module):
+    """x / sqrt(mean(x^2) + 1): an inverse square root and a GELU on encrypted values."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = torch.rsqrt((x * x).mean(-1, keepdim=True) + 1.0)
+        return torch.nn.functional.gelu(x * scale)
+
+
+def test_inverse_square_root_and_gelu_kernels_on_ciphertexts() -> None:
+    """The he kernels of aten.rsqrt (Newton from a polynomial guess on the calibrated
+    interval) and aten.gelu (one minimax polynomial), against plaintext: within 1e-2."""
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 8)
+    program = torch.export.export(Normalise().eval(), (x,))
+    graph, plan = runner.prepare(program, "he", [(torch.randn(2, 3, 8),) for _ in range(4)], None)
+    port, outcome, thread = start_server(graph, plan)
+    y = he_session.query(
+        ("127.0.0.1", port), lambda names: (x,), Path(tempfile.mkdtemp()), timeout=60
+    )
+    thread.join(60)
+    assert "error" not in outcome, outcome.get("error")
+    expected = Executor(graph, "plain").run((x,)).outputs[0].double().numpy()
+    assert np.abs(y - expected).max() < 1e-2
