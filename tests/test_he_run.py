@@ -10,7 +10,8 @@
 - Bad input: no refresh allowed, an op without an HE kernel, a truncated ciphertext, ciphertexts
   under another context, a wrong input shape: one clear line each, the server ends cleanly.
 
-The 100-image digits check is in the slow suite (`test_he_slow.py`).
+The digits model through the CLI, the public-embedding mode and the 100-image digits
+check (`test_he_slow.py`) are in the slow suite.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
 
 
 # --- the digits model through the CLI ------------------------------------------------------
+@pytest.mark.slow
 def test_digits_he_runs_encrypted_and_matches_plaintext(tmp_path: Path) -> None:
     report_path, output_path = tmp_path / "r.json", tmp_path / "y.npy"
     done = cli(
@@ -75,6 +77,26 @@ def test_digits_he_runs_encrypted_and_matches_plaintext(tmp_path: Path) -> None:
         assert group in he["latency"], group
     assert "| attention |" in done.stdout and "refreshes" in done.stdout
     assert np.load(output_path).shape == tuple(report["output_shape"])
+
+
+def test_run_backend_he_on_a_small_model_through_the_cli(tmp_path: Path) -> None:
+    """The whole CLI path (two processes, report, output file) on a small exported model;
+    the digits model's run is in the slow suite."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8)
+    path = tmp_path / "small.pt2"
+    torch.export.save(torch.export.export(Square().eval(), (x,)), path)
+    np.save(tmp_path / "x.npy", x.numpy())
+    report_path, output_path = tmp_path / "r.json", tmp_path / "y.npy"
+    done = cli(
+        "run", str(path), "--backend", "he", "--input", str(tmp_path / "x.npy"),
+        "--report", str(report_path), "--output", str(output_path),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(report_path.read_text())
+    assert report["max_abs_error"] < 1e-4 and report["he"]["bytes"]["client_to_server"] > 0
+    assert "why:" in done.stdout and "| matmul |" in done.stdout
+    assert np.load(output_path).shape == (2, 3)
 
 
 def test_without_refresh_the_error_states_depth_needed_and_available() -> None:
@@ -222,7 +244,9 @@ def _raw(vector: ts.CKKSVector) -> bytes:
 
 # --- a converted BERT ---------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("layers", "public_embedding"), [(2, False), (1, True)], ids=["one-hot", "public-table"]
+    ("layers", "public_embedding"),
+    [(2, False), pytest.param(1, True, marks=pytest.mark.slow)],
+    ids=["one-hot", "public-table"],
 )
 def test_a_converted_random_bert_runs_encrypted_with_cosine_above_0_99(
     layers: int, public_embedding: bool
