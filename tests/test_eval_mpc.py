@@ -53,3 +53,17 @@ def test_two_batches_revealed_to_the_data_owner(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_the_whole_test_split_revealed_to_the_model_owner(tmp_path: Path) -> None:
     check(evaluate(tmp_path, 360, "model-owner", 64), 360)
+
+
+def test_a_label_out_of_range_stops_both_parties_with_one_line(tmp_path: Path) -> None:
+    """The data owner checks its labels before sharing them and tells the model owner."""
+    _, _, x, y = load_split(0)
+    labels = y[:12].numpy().copy()
+    labels[5] = 10
+    data = tmp_path / "bad.npz"
+    np.savez(data, inputs=x[:12].numpy(), labels=labels)
+    args = ["eval", str(MODEL), str(data), "-b", "mpc", "--loss", "ce", "--batch-size", "12"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "label 10 at row 5" in lines[0], result.stderr
