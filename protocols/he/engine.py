@@ -189,6 +189,8 @@ class Engine:
 
     # --- one level -------------------------------------------------------------------------------
     def _rescale(self, ct: Ciphertext) -> Ciphertext:
+        """Drop the last prime q and set the scale to Delta (module docstring: exact after
+        plain products, a drift of |Delta / q - 1| after ciphertext products)."""
         self.evaluator.rescale_to_next_inplace(ct)
         ct.scale = self.scale
         return ct
@@ -199,21 +201,19 @@ class Engine:
             return self.negate(a)
         return self.dot_plain([a], [values])
 
-    def _zero_at(self, like: Ciphertext) -> Ciphertext:
-        """A fresh encryption of 0 (public key) at `like`'s level and scale."""
+    def _zero_at(self, like: Ciphertext, parms_id: object = None) -> Ciphertext:
+        """A fresh encryption of 0 (public key) at `like`'s level (or `parms_id`'s), at the
+        scale ciphertexts have there: what SEAL refuses to form as a + (-a) or a * 0 (a
+        transparent ciphertext)."""
         out = Ciphertext()
-        self._zero_encryptor.encrypt_zero(like.parms_id(), out)
-        out.scale = like.scale
+        self._zero_encryptor.encrypt_zero(parms_id or like.parms_id(), out)
+        out.scale = like.scale if parms_id is None else self.scale
         return out
 
     def zero(self, like: Ciphertext) -> Ciphertext:
-        """A fresh encryption of 0 (public key) one level below `like`: the product of
-        `like` by zero, which SEAL itself refuses to form (a transparent ciphertext)."""
-        out = Ciphertext()
-        parms = self.data.get_context_data(like.parms_id()).next_context_data().parms_id()
-        self._zero_encryptor.encrypt_zero(parms, out)
-        out.scale = self.scale
-        return out
+        """0 one level below `like`: the product of `like` by zero."""
+        below = self.data.get_context_data(like.parms_id()).next_context_data().parms_id()
+        return self._zero_at(like, below)
 
     def dot_plain(
         self, cts: Sequence[Ciphertext], factors: Sequence[float | np.ndarray]
@@ -238,12 +238,7 @@ class Engine:
                 self.evaluator.add_inplace(acc, term)
                 self.cost.additions += 1
         assert acc is not None, "dot_plain of no terms"
-        return self._rescale_plain(acc)
-
-    def _rescale_plain(self, acc: Ciphertext) -> Ciphertext:
-        self.evaluator.rescale_to_next_inplace(acc)  # scale Delta q / q: exactly Delta
-        acc.scale = self.scale
-        return acc
+        return self._rescale(acc)  # scale Delta q / q: exactly Delta
 
     def mul(self, a: Ciphertext, b: Ciphertext) -> Ciphertext:
         return self.dot([a], [b])

@@ -453,10 +453,9 @@ def _binary(a: HeTensor, b: Any, op: str) -> HeTensor:
     values = np.broadcast_to(
         plain.reshape((1,) * (len(out.shape) - plain.ndim) + plain.shape), out.shape
     )
-    ga = _grid_view(a, out)
     if op == "mul":
         a.ensure_level(1)
-        ga = _grid_view(a, out)
+    ga = _grid_view(a, out)
     positions = out.positions().reshape(-1)
     grid = np.empty(out.grid_shape, dtype=object)
     slot_order = list(out.ct_axes) + list(out.slot_axes)
@@ -472,11 +471,9 @@ def _binary(a: HeTensor, b: Any, op: str) -> HeTensor:
         else:
             factor = np.zeros(engine.slots)
             factor[positions] = entries
-        if op == "add":
-            grid[index] = engine.add_plain(ga[index], factor) if factor is not None else ga[index]
-        else:
-            grid[index] = engine.mul_plain(ga[index], factor)
-    return a._new(out, grid, clean if op == "add" else a.clean)
+        fn = engine.add_plain if op == "add" else engine.mul_plain
+        grid[index] = fn(ga[index], factor)
+    return a._new(out, grid, clean)
 
 
 def power(x: HeTensor, exponent: int) -> HeTensor:
