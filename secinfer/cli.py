@@ -246,7 +246,9 @@ def run(
             progress=len(loaded.program.graph.nodes) > 2000,
         )
     if output is not None:
-        _write_npy(output, outcome.output)
+        from secinfer.report import write_npy
+
+        write_npy(output, outcome.output)
     if report_path is not None:
         write_json(report_path, outcome.report)
     if plot is not None:
@@ -618,14 +620,6 @@ def _check_suffix(path: Path | None, suffix: str, flag: str) -> None:
         raise UserError(f"{flag} {path}: give a file name ending in {suffix}")
     if path is not None and not path.parent.exists():
         raise UserError(f"{flag} {path}: directory {path.parent} does not exist")
-
-
-def _write_npy(path: Path, tensor: Any) -> None:
-    import numpy as np
-
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, tensor.detach().cpu().numpy())
-    tmp.replace(path)
 
 
 if __name__ == "__main__":  # pragma: no cover

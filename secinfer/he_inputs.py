@@ -104,9 +104,9 @@ def rotation_steps(specs: list[dict[str, Any]]) -> list[int]:
     return steps
 
 
-def parameter_reason(graph: Graph, plan: Plan, params: CkksParams, refresh: bool) -> str:
-    """Why these CKKS parameters: the model's estimated depth against what contexts offer."""
-    from protocols.he.params import max_depth
+def estimated_depth(graph: Graph, plan: Plan) -> int:
+    """The model's multiplicative depth (`inspection.he_depth`, longest path) on the plan's
+    calibrated ranges."""
     from secinfer.inspection import he_depth
 
     ranges = {
@@ -114,7 +114,14 @@ def parameter_reason(graph: Graph, plan: Plan, params: CkksParams, refresh: bool
         for name, choice in plan.choices.items()
         if choice.observed or choice.interval
     }
-    needed = he_depth(graph, ranges)["depth"]
+    return int(he_depth(graph, ranges)["depth"])
+
+
+def parameter_reason(graph: Graph, plan: Plan, params: CkksParams, refresh: bool) -> str:
+    """Why these CKKS parameters: the model's estimated depth against what contexts offer."""
+    from protocols.he.params import max_depth
+
+    needed = estimated_depth(graph, plan)
     largest = max_depth(32768, params.scale_bits)
     if needed <= params.depth:
         return f"the model needs about {needed} levels (estimate): one context holds them"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -89,17 +90,12 @@ def client_main(
     _guard("client", lambda: query((host, int(port)), read_inputs, out_dir, timeout=timeout))
 
 
-def _check_depth(graph: object, plan: object) -> None:
+def _check_depth(graph: Any, plan: Any) -> None:
     """Without refresh, the whole model must fit one ciphertext's levels."""
+    from secinfer.he_inputs import estimated_depth
     from secinfer.he_session import DEFAULT_PARAMS
-    from secinfer.inspection import he_depth
 
-    ranges = {
-        name: tuple(choice.observed or choice.interval)
-        for name, choice in plan.choices.items()  # type: ignore[attr-defined]
-        if choice.observed or choice.interval
-    }
-    needed = he_depth(graph, ranges)["depth"]  # type: ignore[arg-type]
+    needed = estimated_depth(graph, plan)
     available = DEFAULT_PARAMS.depth
     if needed > available:
         raise UserError(

@@ -51,7 +51,7 @@ from secinfer.he_inputs import (
 )
 from secinfer.he_report import latency_table
 from secinfer.plan import Plan
-from secinfer.report import write_json
+from secinfer.report import write_json, write_npy
 
 DEFAULT_PARAMS = CkksParams(8192, [60, 40, 40, 60], 40)
 MAX_MESSAGE = 1 << 31
@@ -389,7 +389,7 @@ def _query(
         )
         channel.send_json({"kind": "received"})
         break
-    _save_npy(out_dir / "output.npy", output)
+    write_npy(out_dir / "output.npy", output)
     write_json(
         out_dir / "client.json",
         {
@@ -436,9 +436,3 @@ def _client_values(
     if spec["mode"] == "one_hot":
         return np.eye(vocab)[ids]
     return tables[spec["name"]][ids]
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, array)
-    tmp.replace(path)

@@ -38,7 +38,7 @@ from secinfer.graph import Graph, build_graph, op_name
 from secinfer.kernels.mpc_values import OneHot
 from secinfer.kernels.mpc_weights import open_weights
 from secinfer.plan import Plan
-from secinfer.report import write_json
+from secinfer.report import write_json, write_npy
 
 
 class PeerAborted(UserError):
@@ -278,9 +278,7 @@ def run_data_owner(
         stop_party()
     names = ["output.npy"] if len(outputs) == 1 else output_names(len(outputs))
     for name, output in zip(names, outputs, strict=True):
-        tmp = out_dir / f"{name}.tmp.npy"
-        np.save(tmp, output)
-        tmp.replace(out_dir / name)
+        write_npy(out_dir / name, output)
     write_json(out_dir / f"{Role.DATA_OWNER.label}.json", record)
     return record
 

@@ -128,6 +128,18 @@ def write_json(path: str | Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def write_npy(path: str | Path, array: Any) -> None:
+    """Write an array (numpy or torch) as .npy atomically, like `write_json`."""
+    import numpy as np
+
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().numpy()
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, np.asarray(array), allow_pickle=False)
+    tmp.replace(path)
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and value != value:
         return None
