@@ -55,6 +55,17 @@ def _model_inputs(
     return (first,)
 
 
+def check_labels(labels: torch.Tensor, classes: int, seen: int) -> None:
+    """UserError naming the first label outside [0, classes) (`seen`: rows before these)."""
+    bad = (labels < 0) | (labels >= classes)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise UserError(
+            f"DATA: label {int(labels[row])} at row {seen + row} is outside the model's "
+            f"{classes} classes [0, {classes})"
+        )
+
+
 def open_dataset(path: str | Path) -> Dataset:
     """Check `path` (a `.npz` or a directory of them) and count its rows; UserError naming
     the problem and the fix otherwise."""

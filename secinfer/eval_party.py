@@ -27,6 +27,7 @@ from protocols.mpc.meter import Meter
 from protocols.mpc.reveal import reveal_to
 from protocols.mpc.runtime import PartySettings, Role, start_party, stop_party
 from secinfer import wire
+from secinfer.dataset import check_labels
 from secinfer.errors import UserError
 from secinfer.execute import Executor
 from secinfer.graph import Graph, build_graph
@@ -181,13 +182,7 @@ def eval_data_owner(
             stream = iter(read_batches(program, meta))
             for inputs, labels in stream:
                 classes = int(meta["classes"])
-                bad = (labels < 0) | (labels >= classes)
-                if bool(bad.any()):
-                    row = examples + int(bad.nonzero()[0, 0])
-                    raise UserError(
-                        f"DATA: label {int(labels[bad][0])} at row {row} is outside the "
-                        f"model's {classes} classes [0, {classes})"
-                    )
+                check_labels(labels, classes, examples)
                 spec = {
                     "shapes": [list(t.shape) for t in inputs],
                     "dtypes": [str(t.dtype).removeprefix("torch.") for t in inputs],

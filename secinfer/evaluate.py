@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from approximations import losses as L
-from secinfer.dataset import Batch, Dataset
+from secinfer.dataset import Dataset, check_labels
 from secinfer.errors import UserError
 from secinfer.execute import Executor
 
@@ -63,17 +63,6 @@ def parse_losses(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _check_labels(batch: Batch, logits: torch.Tensor, seen: int) -> None:
-    classes = logits.shape[-1]
-    bad = (batch.labels < 0) | (batch.labels >= classes)
-    if bool(bad.any()):
-        row = int(bad.nonzero()[0, 0])
-        raise UserError(
-            f"DATA: label {int(batch.labels[row])} at row {seen + row} is outside the model's "
-            f"{classes} classes [0, {classes})"
-        )
-
-
 def evaluate_local(
     loaded: Any,
     graph: Any,
@@ -91,7 +80,7 @@ def evaluate_local(
     for batch in data.batches(batch_size, loaded.input_names):
         loaded.check_inputs(batch.inputs)
         reference = Executor(graph, "plain").run(batch.inputs).outputs[0].double()
-        _check_labels(batch, reference, plain.count)
+        check_labels(batch.labels, reference.shape[-1], plain.count)
         ours = (
             reference
             if backend == "plain"
