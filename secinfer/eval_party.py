@@ -33,11 +33,11 @@ from secinfer.execute import Executor
 from secinfer.graph import Graph, build_graph
 from secinfer.party import (
     Offline,
-    PeerAborted,
     Query,
-    _node_costs,
-    _record,
+    announced_queries,
+    node_costs,
     offline_phase,
+    party_record,
     placeholders,
 )
 from secinfer.plan import Plan
@@ -101,7 +101,7 @@ def _batch_totals(
     )
     order = [*evaluation.losses, "hit"]
     sums = crypten.stack([values[name].sum() for name in order])
-    query = Query(meter.snapshot() - before, time.perf_counter() - began, _node_costs(result))
+    query = Query(meter.snapshot() - before, time.perf_counter() - began, node_costs(result))
     return sums, query
 
 
@@ -130,12 +130,7 @@ def eval_model_owner(
         wire.send_json(message, src=Role.MODEL_OWNER)
         offline = offline_phase(graph, Role.MODEL_OWNER, meter)
         totals, examples = None, 0
-        while True:
-            spec = wire.send_json(None, src=Role.DATA_OWNER)
-            if "error" in spec:
-                raise PeerAborted(f"the data owner gave up: {spec['error']}")
-            if spec.get("done"):
-                break
+        for spec in announced_queries():
             labels = torch.zeros(int(spec["labels"]), dtype=torch.long)
             sums, query = _batch_totals(
                 graph, plan, placeholders(spec), labels, int(spec["classes"]),
@@ -145,7 +140,7 @@ def eval_model_owner(
             examples += len(labels)
             batches.append(query)
         opened = reveal_to(totals, int(evaluation.destination))
-        record = _record(Role.MODEL_OWNER, meter, offline, batches)
+        record = party_record(Role.MODEL_OWNER, meter, offline, batches)
     finally:
         meter.remove()
         stop_party()
@@ -204,7 +199,7 @@ def eval_data_owner(
             raise
         wire.send_json({"done": True}, src=Role.DATA_OWNER)
         opened = reveal_to(totals, int(evaluation.destination))
-        record = _record(Role.DATA_OWNER, meter, offline, batches)
+        record = party_record(Role.DATA_OWNER, meter, offline, batches)
     finally:
         meter.remove()
         stop_party()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,7 @@ def placeholders(spec: dict[str, Any]) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
-def _node_costs(result: RunResult) -> list[dict[str, Any]]:
+def node_costs(result: RunResult) -> list[dict[str, Any]]:
     return [
         {
             "node": r.name,
@@ -197,8 +198,20 @@ def _run_query(
     executor = Executor(graph, "mpc", plan, seeder=offline.seeder, meter=meter.snapshot)
     result = executor.run(inputs)
     revealed = reveal_to(result.outputs[0], int(Role.DATA_OWNER))
-    query = Query(meter.snapshot() - before, time.perf_counter() - began, _node_costs(result))
+    query = Query(meter.snapshot() - before, time.perf_counter() - began, node_costs(result))
     return query, revealed
+
+
+def announced_queries() -> Iterator[dict[str, Any]]:
+    """The model owner's side of the query loop: each description the data owner sends,
+    until it says it is done (PeerAborted when it gives up instead)."""
+    while True:
+        spec = wire.send_json(None, src=Role.DATA_OWNER)
+        if "error" in spec:
+            raise PeerAborted(f"the data owner gave up: {spec['error']}")
+        if spec.get("done"):
+            return
+        yield spec
 
 
 def run_model_owner(
@@ -219,15 +232,10 @@ def run_model_owner(
         wire.send_bytes(architecture, src=Role.MODEL_OWNER)
         wire.send_json({"plan": plan.to_dict(), **meta}, src=Role.MODEL_OWNER)
         offline = offline_phase(graph, Role.MODEL_OWNER, meter)
-        while True:
-            spec = wire.send_json(None, src=Role.DATA_OWNER)
-            if "error" in spec:
-                raise PeerAborted(f"the data owner gave up: {spec['error']}")
-            if spec.get("done"):
-                break
+        for spec in announced_queries():
             query, _ = _run_query(graph, plan, placeholders(spec), meter, offline)
             queries.append(query)
-        record = _record(Role.MODEL_OWNER, meter, offline, queries)
+        record = party_record(Role.MODEL_OWNER, meter, offline, queries)
     finally:
         meter.remove()
         stop_party()
@@ -272,7 +280,7 @@ def run_data_owner(
             queries.append(query)
             outputs.append(revealed.float().numpy())
         wire.send_json({"done": True}, src=Role.DATA_OWNER)
-        record = _record(Role.DATA_OWNER, meter, offline, queries)
+        record = party_record(Role.DATA_OWNER, meter, offline, queries)
     finally:
         meter.remove()
         stop_party()
@@ -287,7 +295,9 @@ def output_names(count: int) -> list[str]:
     return [f"output-{k}.npy" for k in range(1, count + 1)]
 
 
-def _record(role: Role, meter: Meter, offline: Offline, queries: list[Query]) -> dict[str, Any]:
+def party_record(
+    role: Role, meter: Meter, offline: Offline, queries: list[Query]
+) -> dict[str, Any]:
     """setup: agreeing on architecture, plan and shapes; offline: the weights, before any
     input existed, once per session; run: the online phases of all queries together;
     queries: each one's online traffic and seconds; nodes: the first query's per-node
