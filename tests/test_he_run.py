@@ -160,6 +160,21 @@ def start_server(graph: Any, plan: Any, **options: Any) -> tuple[int, dict[str, 
     return port, outcome, thread
 
 
+def encrypted_run(
+    graph: Any, plan: Any, inputs: tuple[torch.Tensor, ...], timeout: float = 60, **options: Any
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """A server thread and a client on real sockets: (the client's decrypted output, the
+    plaintext run of the same graph, what the server returned)."""
+    port, outcome, thread = start_server(graph, plan, **options)
+    y = he_session.query(
+        ("127.0.0.1", port), lambda names: inputs, Path(tempfile.mkdtemp()), timeout=timeout
+    )
+    thread.join(timeout)
+    assert "error" not in outcome, outcome.get("error")
+    expected = Executor(graph, "plain").run(inputs).outputs[0].double().numpy()
+    return y, expected, outcome
+
+
 def test_the_server_holds_a_public_context_that_cannot_decrypt(small, monkeypatch) -> None:
     graph, plan, x = small
     received: list[ts.Context] = []
@@ -171,13 +186,7 @@ def test_the_server_holds_a_public_context_that_cannot_decrypt(small, monkeypatc
         return context, digest
 
     monkeypatch.setattr(M, "recv_context_with_digest", spy)
-    port, outcome, thread = start_server(graph, plan)
-    y = he_session.query(
-        ("127.0.0.1", port), lambda names: (x,), Path(tempfile.mkdtemp()), timeout=30
-    )
-    thread.join(30)
-    assert "error" not in outcome, outcome.get("error")
-    expected = Executor(graph, "plain").run((x,)).outputs[0].double().numpy()
+    y, expected, _ = encrypted_run(graph, plan, (x,), timeout=30)
     assert np.abs(y - expected).max() < 1e-4
     (context,) = received
     assert not context.is_private()
@@ -292,13 +301,9 @@ def test_a_converted_random_bert_runs_encrypted_with_cosine_above_0_99(
     program = torch.export.export(Hidden(converted).eval(), (ids, mask))
     samples = [(torch.randint(0, 100, (2, 8)), mask) for _ in range(4)]
     graph, plan = runner.prepare(program, "he", samples, None)
-    port, outcome, thread = start_server(graph, plan, public_embedding=public_embedding)
-    y = he_session.query(
-        ("127.0.0.1", port), lambda names: (ids, mask), Path(tempfile.mkdtemp()), timeout=60
+    y, expected, outcome = encrypted_run(
+        graph, plan, (ids, mask), public_embedding=public_embedding
     )
-    thread.join(60)
-    assert "error" not in outcome, outcome.get("error")
-    expected = Executor(graph, "plain").run((ids, mask)).outputs[0].double().numpy()
     cosine = float((y * expected).sum() / np.linalg.norm(y) / np.linalg.norm(expected))
     assert cosine >= 0.99
     assert np.abs(y - expected).max() < 1e-2
@@ -341,11 +346,5 @@ def test_inverse_square_root_and_gelu_kernels_on_ciphertexts() -> None:
     x = torch.randn(2, 3, 8)
     program = torch.export.export(Normalise().eval(), (x,))
     graph, plan = runner.prepare(program, "he", [(torch.randn(2, 3, 8),) for _ in range(4)], None)
-    port, outcome, thread = start_server(graph, plan)
-    y = he_session.query(
-        ("127.0.0.1", port), lambda names: (x,), Path(tempfile.mkdtemp()), timeout=60
-    )
-    thread.join(60)
-    assert "error" not in outcome, outcome.get("error")
-    expected = Executor(graph, "plain").run((x,)).outputs[0].double().numpy()
+    y, expected, _ = encrypted_run(graph, plan, (x,))
     assert np.abs(y - expected).max() < 1e-2
