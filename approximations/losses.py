@@ -21,15 +21,21 @@ The Z-loss here is the spherical-family loss of the seeds, not PaLM's auxiliary 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 
 from approximations.errors import ApproximationError
+from approximations.fitting import fit
+from approximations.polynomial import Polynomial
 
 LOSS_NAMES = ("ce", "square", "zloss", "gce", "mae")
+LOG_DEGREE = 10
+SOFTPLUS_DEGREE = 12
 
 
 def _check(logits: torch.Tensor, labels: torch.Tensor) -> None:
@@ -115,3 +121,22 @@ def reference(name: str, options: LossOptions | None = None) -> Callable[..., to
     if name not in table:
         raise ApproximationError(f"unknown loss {name!r}; choose from {', '.join(LOSS_NAMES)}")
     return table[name]
+
+
+# --- the polynomials secure evaluation uses (MPC and HE alike) ------------------------------
+@lru_cache(maxsize=16)
+def softmax_log_polynomial(upper: float) -> Polynomial:
+    """log s on [1, upper], where a softmax row sum taken after subtracting (at least
+    nearly) the row maximum lies: its largest term is 1 (upper = C with an exact maximum).
+    Degree LOG_DEGREE, Remez, certified."""
+    return fit(torch.log, (1.0, float(max(upper, 2.0))), LOG_DEGREE, "remez", name="log")
+
+
+@lru_cache(maxsize=16)
+def zloss_softplus_polynomial(a: float, b: float, classes: int) -> Polynomial:
+    """softplus on a (b -+ sqrt(C - 1)): every value a (b - z_y) can take, since a
+    standardised coordinate of C numbers (population sigma) has |z| <= sqrt(C - 1).
+    Degree SOFTPLUS_DEGREE, Remez, certified."""
+    reach = math.sqrt(max(classes - 1, 1))
+    lo, hi = sorted((a * (b - reach), a * (b + reach)))
+    return fit(F.softplus, (lo, hi), SOFTPLUS_DEGREE, "remez", name="softplus")

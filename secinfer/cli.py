@@ -377,16 +377,9 @@ def party(role: str, **options: Any) -> None:
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")  # c10d's C++ traces on a lost peer
     from secinfer.party_main import main_for_role
 
-    evaluation = None
-    names, a, b, q = (options.pop(k) for k in ("eval_losses", "zloss_a", "zloss_b", "gce_q"))
-    reveal = options.pop("reveal_to")
     code = 0
     try:
-        if names is not None:
-            from secinfer.eval_party import Evaluation
-            from secinfer.evaluate import parse_losses
-
-            evaluation = Evaluation(tuple(parse_losses(names)), reveal, a, b, q)
+        evaluation = _evaluation_settings(options)
         main_for_role(role, evaluation=evaluation, **options)
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -400,6 +393,20 @@ def party(role: str, **options: Any) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _evaluation_settings(options: dict[str, Any]) -> Any:
+    """`--loss` and its hyper-parameters, popped from a party's options: an
+    `evaluate.Evaluation`, or None for queries."""
+    names, a, b, q = (options.pop(k) for k in ("eval_losses", "zloss_a", "zloss_b", "gce_q"))
+    reveal = options.pop("reveal_to")
+    if names is None:
+        return None
+    from secinfer.evaluate import Evaluation, parse_losses
+
+    if a <= 0 or not 0 < q <= 1:
+        raise UserError(f"--zloss-a {a} / --gce-q {q}: need a > 0 and 0 < q <= 1")
+    return Evaluation(tuple(parse_losses(names)), reveal, a, b, q)
 
 
 @main.command("eval")
@@ -467,22 +474,23 @@ def eval_(
     (integer classes), or a directory of such shards (read one at a time). Losses are
     means over examples; the square loss of one example sums (o_k - onehot(y)_k)^2 over
     classes. Prints each loss under the backend and in plaintext, and their relative error.
+
+    \b
+    mpc: losses on shares, only the totals opened, to --reveal-to.
+    he:  the server sums encrypted losses; the client decrypts the totals alone (and
+         sends them to the server for --reveal-to model-owner). Needs an HE-friendly model
+         (`approximations.convert`), like `run -b he`.
     """
     from approximations import losses as L
     from secinfer import load, runner
     from secinfer.dataset import open_dataset
-    from secinfer.evaluate import LOCAL, evaluate_local, evaluate_mpc, parse_losses, table
+    from secinfer.evaluate import LOCAL, evaluate_local, evaluate_secure, parse_losses, table
     from secinfer.report import write_json
 
     _check_suffix(report_path, ".json", "--report")
     names = parse_losses(loss_names)
     if zloss_a <= 0 or not 0 < gce_q <= 1:
         raise UserError(f"--zloss-a {zloss_a} / --gce-q {gce_q}: need a > 0 and 0 < q <= 1")
-    if backend == "he":
-        raise UserError(
-            "--backend he: encrypted evaluation is being built (issue 7); use mpc, plain or "
-            "approx for now"
-        )
     dataset = open_dataset(data)
     loaded = load.load_model(model, trust_model=trust_model)
     if loaded.program is None:
@@ -493,9 +501,13 @@ def eval_(
     if backend in LOCAL:
         report = evaluate_local(loaded, graph, plan, backend, dataset, names, options, batch_size)
     else:
-        report = evaluate_mpc(
-            loaded, graph, plan, model, data, dataset, names, options, batch_size, reveal_to,
-            config_path=config_path, trust_model=trust_model,
+        if backend == "he":
+            from secinfer.kernels.he import check_he_plan
+
+            check_he_plan(graph, plan)
+        report = evaluate_secure(
+            backend, loaded, graph, plan, model, data, dataset, names, options, batch_size,
+            reveal_to, config_path=config_path, trust_model=trust_model,
         )  # fmt: skip
     report.update(model=str(model), reveal_to=reveal_to)
     if report_path is not None:
@@ -546,17 +558,40 @@ def eval_(
 @click.option(
     "--public-embedding", is_flag=True, help="Server: send the embedding table to the client."
 )
+@click.option(
+    "--loss",
+    "eval_losses",
+    help="Private evaluation instead of a query (both sides): comma-separated losses.",
+)
+@click.option(
+    "--eval-data",
+    type=click.Path(path_type=Path),
+    help="Client, private evaluation: labelled .npz (or a directory of them).",
+)
+@click.option(
+    "--reveal-to",
+    type=click.Choice(["model-owner", "data-owner"]),
+    default="data-owner",
+    show_default=True,
+    help="Private evaluation: who learns the aggregate (the client decrypts it).",
+)
+@click.option("--zloss-a", type=float, default=1.0, show_default=True)
+@click.option("--zloss-b", type=float, default=1.0, show_default=True)
+@click.option("--gce-q", type=float, default=0.7, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 def he_party(role: str, **options: Any) -> None:
     """Run one side of an HE run (for two hosts; `run --backend he` starts both).
 
     \b
     host A:  secinfer he-party --role server --model M.pt2 --host 0.0.0.0 --port 29600
     host B:  secinfer he-party --role client --connect A:29600 --input x.npy
+    private evaluation: add --loss ce,square to both, --eval-data test.npz to the client
     """
     from secinfer.he_main import client_main, server_main
 
     code = 0
     try:
+        evaluation = _evaluation_settings(options)
         if role == "server":
             if options["port"] is None:
                 raise UserError("--role server needs --port PORT")
@@ -570,6 +605,7 @@ def he_party(role: str, **options: Any) -> None:
                 timeout=options["timeout"],
                 refresh=not options["no_refresh"],
                 public_embedding=options["public_embedding"],
+                evaluation=evaluation,
             )
         else:
             if not options["connect"]:
@@ -579,6 +615,9 @@ def he_party(role: str, **options: Any) -> None:
                 input_paths=options["input_paths"],
                 out_dir=options["out_dir"],
                 timeout=options["timeout"],
+                evaluation=evaluation,
+                eval_data=options["eval_data"],
+                batch_size=options["batch_size"],
             )
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)

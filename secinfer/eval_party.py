@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from protocols.mpc.runtime import PartySettings, Role, start_party, stop_party
 from secinfer import wire
 from secinfer.dataset import check_labels
 from secinfer.errors import UserError
+from secinfer.evaluate import Evaluation, aggregate
 from secinfer.execute import Executor
 from secinfer.graph import Graph, build_graph
 from secinfer.party import (
@@ -42,25 +42,6 @@ from secinfer.party import (
 )
 from secinfer.plan import Plan
 from secinfer.report import write_json
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """What is computed and who learns it (both parties must agree)."""
-
-    losses: tuple[str, ...]
-    reveal_to: str  # "model-owner" or "data-owner"
-    zloss_a: float = 1.0
-    zloss_b: float = 1.0
-    gce_q: float = 0.7
-
-    @property
-    def destination(self) -> Role:
-        return Role.from_label(self.reveal_to)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "losses": list(self.losses)}
-
 
 Batches = Iterable[tuple[tuple[torch.Tensor, ...], torch.Tensor]]
 
@@ -105,12 +86,6 @@ def _batch_totals(
     return sums, query
 
 
-def _aggregate(opened: torch.Tensor, evaluation: Evaluation, examples: int) -> dict[str, Any]:
-    values = opened.double().tolist()
-    means = {name: values[k] / examples for k, name in enumerate(evaluation.losses)}
-    return {"examples": examples, "losses": means, "accuracy": round(values[-1]) / examples}
-
-
 def eval_model_owner(
     settings: PartySettings,
     program: torch.export.ExportedProgram,
@@ -139,13 +114,15 @@ def eval_model_owner(
             totals = sums if totals is None else totals + sums
             examples += len(labels)
             batches.append(query)
-        opened = reveal_to(totals, int(evaluation.destination))
+        opened = reveal_to(totals, int(Role.from_label(evaluation.reveal_to)))
         record = party_record(Role.MODEL_OWNER, meter, offline, batches)
     finally:
         meter.remove()
         stop_party()
     if opened is not None:
-        write_json(out_dir / "aggregate.json", _aggregate(opened, evaluation, examples))
+        write_json(
+            out_dir / "aggregate.json", aggregate(opened.double().tolist(), evaluation, examples)
+        )
     write_json(out_dir / f"{Role.MODEL_OWNER.label}.json", record)
     return record
 
@@ -198,13 +175,15 @@ def eval_data_owner(
             wire.send_json({"error": str(exc)}, src=Role.DATA_OWNER)
             raise
         wire.send_json({"done": True}, src=Role.DATA_OWNER)
-        opened = reveal_to(totals, int(evaluation.destination))
+        opened = reveal_to(totals, int(Role.from_label(evaluation.reveal_to)))
         record = party_record(Role.DATA_OWNER, meter, offline, batches)
     finally:
         meter.remove()
         stop_party()
     if opened is not None:
-        write_json(out_dir / "aggregate.json", _aggregate(opened, evaluation, examples))
+        write_json(
+            out_dir / "aggregate.json", aggregate(opened.double().tolist(), evaluation, examples)
+        )
     write_json(out_dir / f"{Role.DATA_OWNER.label}.json", record)
     return record
 

@@ -9,14 +9,15 @@ Backends: `plain` and `approx` (float64 with the plan's approximations: the appr
 error of the model alone) run here; `mpc` runs the three parties as processes
 (`secinfer.eval_party`: losses on shares, only the aggregate opened, to one party), and
 the plaintext reference is computed here, where model and data both are (a local run).
-`he` is not built yet.
+`he` runs the server and the client as processes (`secinfer.he_eval`: encrypted
+per-batch sums, the aggregate decrypted by the client alone).
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -27,6 +28,28 @@ from secinfer.errors import UserError
 from secinfer.execute import Executor
 
 LOCAL = ("plain", "approx")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What is computed and who learns it (both parties must agree)."""
+
+    losses: tuple[str, ...]
+    reveal_to: str  # "model-owner" or "data-owner"
+    zloss_a: float = 1.0
+    zloss_b: float = 1.0
+    gce_q: float = 0.7
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "losses": list(self.losses)}
+
+
+def aggregate(totals: list[float], evaluation: Evaluation, examples: int) -> dict[str, Any]:
+    """What the revealed party writes: the mean of each loss and the accuracy, from the
+    opened totals (one per loss, in order, then the hit count, rounded: exact while the
+    count's error stays below 1/2)."""
+    means = {name: totals[k] / examples for k, name in enumerate(evaluation.losses)}
+    return {"examples": examples, "losses": means, "accuracy": round(totals[-1]) / examples}
 
 
 @dataclass
@@ -124,12 +147,17 @@ def table(report: dict[str, Any]) -> str:
         lines.append(
             f"revealed to the {report['reveal_to']} only (the aggregate); sent: model owner "
             f"{sent['model_owner'] / 1e6:.1f} MB, data owner {sent['data_owner'] / 1e6:.1f} MB, "
-            f"{report['comm']['rounds']} rounds"
+            + (
+                f"{report['comm']['rounds']} rounds"
+                if "rounds" in report["comm"]
+                else f"{report['comm']['refreshes']} refreshes"
+            )
         )
     return "\n".join(lines)
 
 
-def evaluate_mpc(
+def evaluate_secure(
+    backend: str,
     loaded: Any,
     graph: Any,
     plan: Any,
@@ -143,14 +171,15 @@ def evaluate_mpc(
     config_path: Any = None,
     trust_model: bool = False,
 ) -> dict[str, Any]:
-    """The parties' private evaluation, with the plaintext reference beside it."""
-    from secinfer.eval_party import Evaluation
-    from secinfer.launch import run_local_evaluation
+    """The parties' private evaluation (`mpc`: three processes, `he`: two), with the
+    plaintext reference computed here beside it."""
+    from secinfer.launch import run_local_evaluation, run_local_he_evaluation
 
     evaluation = Evaluation(
         tuple(names), reveal_to, options.zloss_a, options.zloss_b, options.gce_q
     )
-    aggregate, model_owner, data_owner, seconds = run_local_evaluation(
+    launch = run_local_evaluation if backend == "mpc" else run_local_he_evaluation
+    aggregate_, model_owner, data_owner, seconds = launch(
         model_path,
         data_path,
         evaluation,
@@ -159,20 +188,40 @@ def evaluate_mpc(
         batch_size=batch_size,
     )
     reference = evaluate_local(loaded, graph, plan, "plain", data, names, options, batch_size)
-    mo, do = model_owner["run"], data_owner["run"]
-    return {
-        "backend": "mpc",
-        "examples": aggregate["examples"],
+    report = {
+        "backend": backend,
+        "examples": aggregate_["examples"],
         "seconds": seconds,
         "reveal_to": reveal_to,
         "losses": {
-            name: {"secure": aggregate["losses"][name], "plain": reference["losses"][name]["plain"]}
+            name: {
+                "secure": aggregate_["losses"][name],
+                "plain": reference["losses"][name]["plain"],
+            }
             for name in names
         },
-        "accuracy": {"secure": aggregate["accuracy"], "plain": reference["accuracy"]["plain"]},
-        "comm": {
+        "accuracy": {"secure": aggregate_["accuracy"], "plain": reference["accuracy"]["plain"]},
+    }
+    if backend == "mpc":
+        mo, do = model_owner["run"], data_owner["run"]
+        report["comm"] = {
             "bytes_sent": {"model_owner": mo["bytes_sent"], "data_owner": do["bytes_sent"]},
             "rounds": max(mo["rounds"], do["rounds"]),
             "offline": {"model_owner": model_owner["offline"], "data_owner": data_owner["offline"]},
-        },
-    }
+        }
+    else:
+        report["comm"] = {
+            "bytes_sent": {
+                "model_owner": model_owner["bytes_sent"],
+                "data_owner": data_owner["bytes_sent"],
+            },
+            "refreshes": model_owner["refreshes"],
+            "public_context_bytes": data_owner["public_context_bytes"],
+        }
+        report["he"] = {
+            "params": model_owner["params"],
+            "loss_depth": model_owner["loss_depth"],
+            "loss_seconds": model_owner["loss_seconds"],
+            "approximations": model_owner["evaluation"]["approximations"],
+        }
+    return report

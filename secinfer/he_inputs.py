@@ -85,17 +85,19 @@ def layouts_for(
         spec["layout"] = layout.to_dict()
 
 
-def rotation_steps(specs: list[dict[str, Any]]) -> list[int]:
+def rotation_steps(specs: list[dict[str, Any]], rows: bool = False) -> list[int]:
     """The Galois keys the server asks for: +-2^i up to the largest slot stride of the
     inputs. Every rotation of `protocols.he.tensor` stays inside a row (reductions,
     replication and merges of the axes below the batch axis), and SEAL composes a step from
     its non-adjacent form, whose terms never exceed twice the step; the batch axis itself is
-    never rotated."""
+    rotated only by a private evaluation (`rows`), whose sums over examples fold the whole
+    span: then up to half the span."""
     largest = 1
     for spec in specs:
         if "layout" in spec:
-            strides = [t for t in Layout.from_dict(spec["layout"]).strides if t is not None]
-            largest = max([largest, *strides])
+            layout = Layout.from_dict(spec["layout"])
+            strides = [t for t in layout.strides if t is not None]
+            largest = max([largest, *strides, next_power_of_two(layout.span()) // 2 if rows else 1])
     steps = []
     power = 1
     while power <= largest:

@@ -28,7 +28,9 @@ def server_main(
     timeout: float,
     refresh: bool,
     public_embedding: bool,
+    evaluation: Any = None,
 ) -> None:
+    """With `evaluation` (an `evaluate.Evaluation`) the session is a private evaluation."""
     from secinfer import load, runner
     from secinfer.he_session import serve
     from secinfer.kernels.he import check_he_plan
@@ -42,10 +44,18 @@ def server_main(
         raise UserError(
             f"{model}: the he backend needs a torch.export program; {load.EXPORT_RECIPE}"
         )
-    graph, plan = runner.prepare(loaded.program, "he", loaded.calibration_samples(), config_path)
+    samples = loaded.calibration_samples()
+    graph, plan = runner.prepare(loaded.program, "he", samples, config_path)
     check_he_plan(graph, plan)
     if not refresh:
         _check_depth(graph, plan)
+    he_evaluation = None
+    if evaluation is not None:
+        from secinfer.he_eval import HeEvaluation, loss_plan
+
+        if not refresh:
+            raise UserError("--no-refresh: a private evaluation's losses need refreshes")
+        he_evaluation = HeEvaluation(evaluation, loss_plan(graph, samples, evaluation))
     try:
         listener = socket.create_server((host, port))
     except OSError as exc:
@@ -62,19 +72,43 @@ def server_main(
                 allow_refresh=refresh,
                 public_embedding=public_embedding,
                 check_inputs=loaded.check_inputs,
+                evaluation=he_evaluation,
             ),
         )
 
 
 def client_main(
-    *, connect: str, input_paths: tuple[Path, ...], out_dir: Path, timeout: float
+    *,
+    connect: str,
+    input_paths: tuple[Path, ...],
+    out_dir: Path,
+    timeout: float,
+    evaluation: Any = None,
+    eval_data: Path | None = None,
+    batch_size: int = 64,
 ) -> None:
+    """A query on --input, or with `evaluation` a private evaluation on --eval-data."""
     from secinfer import load
     from secinfer.he_session import query
 
     host, _, port = connect.rpartition(":")
     if not host or not port.isdigit():
         raise UserError(f"--connect {connect}: give HOST:PORT")
+    if evaluation is not None:
+        from secinfer.dataset import open_dataset
+        from secinfer.he_eval import evaluate
+
+        if eval_data is None:
+            raise UserError("--role client needs --eval-data DATA for an evaluation")
+        if not out_dir.is_dir():
+            raise UserError(f"--out {out_dir}: no such directory")
+        data = open_dataset(eval_data)
+        address = (host, int(port))
+        _guard(
+            "client",
+            lambda: evaluate(address, data, batch_size, evaluation, out_dir, timeout=timeout),
+        )
+        return
     if len(input_paths) != 1:
         raise UserError("--role client needs one --input FILE (.npy or .pt)")
     if not out_dir.is_dir():

@@ -25,6 +25,7 @@ import contextlib
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +114,11 @@ def serve(
     public_embedding: bool = False,
     params: CkksParams = DEFAULT_PARAMS,
     check_inputs: Callable[[tuple[torch.Tensor, ...]], None] | None = None,
+    evaluation: Any = None,
 ) -> dict[str, Any]:
     """Accept one client and answer its query (module docstring); returns the record.
-    `check_inputs` sees placeholder tensors of the client's shapes and dtypes."""
+    `check_inputs` sees placeholder tensors of the client's shapes and dtypes. With
+    `evaluation` (a `he_eval.HeEvaluation`) the session is a private evaluation instead."""
     listener.settimeout(timeout)
     try:
         sock, _ = listener.accept()
@@ -124,11 +127,69 @@ def serve(
     channel = Channel(sock, timeout)
     with sock:
         try:
-            settings = (allow_refresh, public_embedding, params, check_inputs)
+            settings = (allow_refresh, public_embedding, params, check_inputs, evaluation)
             return _serve(graph, plan, channel, out_dir, *settings)
         except Exception as exc:
             channel.send_error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             raise
+
+
+@dataclass
+class ServerSession:
+    """The server's side once the keys are in: what runs the graph on the client's inputs."""
+
+    graph: Graph
+    plan: Plan
+    channel: Channel
+    params: CkksParams
+    specs: list[dict[str, Any]]
+    engine: Engine
+    refresher: MaskingRefresher | None
+
+    def receive_inputs(self) -> tuple[Any, ...]:
+        """The client's inputs for one run: encrypted tensors, or public values."""
+        inputs: list[Any] = []
+        for spec in self.specs:
+            if spec["mode"] == "public":
+                values = self.channel.recv_json()["values"]
+                inputs.append(torch.tensor(values).reshape(spec["shape"]))
+                continue
+            layout = Layout.from_dict(spec["layout"])
+            tensor = self.receive_tensor(layout)
+            tensor.embedded = spec["mode"] == "embedded"
+            inputs.append(tensor)
+        return tuple(inputs)
+
+    def receive_tensor(self, layout: Layout) -> HeTensor:
+        cts = self.channel.recv_cts(int(np.prod(layout.grid_shape)))
+        grid = np.empty(len(cts), dtype=object)
+        grid[:] = cts
+        return HeTensor(
+            self.engine,
+            layout,
+            grid.reshape(layout.grid_shape),
+            clean=True,
+            refresher=self.refresher,
+        )
+
+    def send_tensor(self, kind: str, tensor: HeTensor, **fields: Any) -> None:
+        self.channel.send_json({"kind": kind, "layout": tensor.layout.to_dict(), **fields})
+        self.channel.send_cts(list(tensor.grid.flat))
+
+    def run(self, inputs: tuple[Any, ...]) -> RunResult:
+        refresher, engine = self.refresher, self.engine
+
+        def meter() -> _Counts:
+            stats = refresher.stats if refresher else None
+            return _Counts(
+                **engine.cost.to_dict(),
+                key_switches=engine.key_switches,
+                refreshes=stats.refreshes if stats else 0,
+                refresh_seconds=stats.seconds if stats else 0.0,
+            )
+
+        executor = Executor(self.graph, "he", self.plan, seeder=_ServerSeeder(), meter=meter)
+        return executor.run(inputs)
 
 
 def _serve(
@@ -140,10 +201,50 @@ def _serve(
     public_embedding: bool,
     params: CkksParams,
     check_inputs: Callable[[tuple[torch.Tensor, ...]], None] | None,
+    evaluation: Any,
 ) -> dict[str, Any]:
     began = time.perf_counter()
+    session = _open_server(
+        graph, plan, channel, allow_refresh, public_embedding, params, check_inputs, evaluation
+    )
+    if evaluation is None:
+        result = session.run(session.receive_inputs())
+        output = result.outputs[0]
+        if not isinstance(output, HeTensor):
+            raise UserError("the model's output does not depend on the encrypted input")
+        output.ensure_level(0)
+        session.send_tensor("output", output)
+        if channel.recv_json().get("kind") != "received":
+            raise M.MessageError("the client did not confirm the output")
+        extra: dict[str, Any] = {}
+    else:
+        from secinfer.he_eval import serve_evaluation
+
+        result, extra = serve_evaluation(session, evaluation, out_dir)
+    record = _server_record(graph, params, session.engine, session.refresher, result, channel)
+    record["params_reason"] = parameter_reason(graph, plan, params, allow_refresh)
+    record.update(extra)
+    record["seconds"] = time.perf_counter() - began
+    write_json(out_dir / "server.json", record)
+    return record
+
+
+def _open_server(
+    graph: Graph,
+    plan: Plan,
+    channel: Channel,
+    allow_refresh: bool,
+    public_embedding: bool,
+    params: CkksParams,
+    check_inputs: Callable[[tuple[torch.Tensor, ...]], None] | None,
+    evaluation: Any,
+) -> ServerSession:
+    """hello -> shapes -> layouts (and embedding tables) -> public context -> handshake."""
     specs = input_specs(graph, public_embedding)
-    channel.send_json({"kind": "hello", "inputs": specs})
+    hello: dict[str, Any] = {"kind": "hello", "inputs": specs}
+    if evaluation is not None:
+        hello["evaluation"] = evaluation.announce()
+    channel.send_json(hello)
     _check_shapes(specs, channel.recv_json(), check_inputs)
     tables = {
         s["name"]: embedding_table(graph, s["name"]) for s in specs if s["mode"] == "embedded"
@@ -157,7 +258,7 @@ def _serve(
             "params": params.to_dict(),
             "inputs": specs,
             "mask_bits": mask_bits,
-            "galois_steps": rotation_steps(specs),
+            "galois_steps": rotation_steps(specs, rows=evaluation is not None),
         }
     )
     for name, table in tables.items():
@@ -177,53 +278,7 @@ def _serve(
         return channel.recv_cts(len(cts))
 
     refresher = MaskingRefresher(engine, transport, mask_bits) if allow_refresh else None
-    inputs = []
-    for spec in specs:
-        if spec["mode"] == "public":
-            values = channel.recv_json()["values"]
-            inputs.append(torch.tensor(values).reshape(spec["shape"]))
-            continue
-        layout = Layout.from_dict(spec["layout"])
-        cts = channel.recv_cts(int(np.prod(layout.grid_shape)))
-        grid = np.empty(len(cts), dtype=object)
-        grid[:] = cts
-        inputs.append(
-            HeTensor(
-                engine,
-                layout,
-                grid.reshape(layout.grid_shape),
-                clean=True,
-                refresher=refresher,
-            )
-        )
-        inputs[-1].embedded = spec["mode"] == "embedded"
-    seeder = _ServerSeeder()
-
-    def meter() -> _Counts:
-        stats = refresher.stats if refresher else None
-        return _Counts(
-            **engine.cost.to_dict(),
-            key_switches=engine.key_switches,
-            refreshes=stats.refreshes if stats else 0,
-            refresh_seconds=stats.seconds if stats else 0.0,
-        )
-
-    executor = Executor(graph, "he", plan, seeder=seeder, meter=meter)
-    result = executor.run(tuple(inputs))
-    output = result.outputs[0]
-    if not isinstance(output, HeTensor):
-        raise UserError("the model's output does not depend on the encrypted input")
-    output.ensure_level(0)
-    channel.send_json({"kind": "output", "layout": output.layout.to_dict()})
-    channel.send_cts(list(output.grid.flat))
-    done = channel.recv_json()
-    if done.get("kind") != "received":
-        raise M.MessageError("the client did not confirm the output")
-    record = _server_record(graph, params, engine, refresher, result, channel)
-    record["params_reason"] = parameter_reason(graph, plan, params, allow_refresh)
-    record["seconds"] = time.perf_counter() - began
-    write_json(out_dir / "server.json", record)
-    return record
+    return ServerSession(graph, plan, channel, params, specs, engine, refresher)
 
 
 def _check_shapes(
@@ -247,6 +302,8 @@ def _check_shapes(
 
 
 class _ServerSeeder:
+    """The model owner's tensors enter the run in plain float64."""
+
     def owned(self, name: str, value: torch.Tensor) -> Any:
         return value.double() if value.is_floating_point() else value
 
@@ -293,6 +350,32 @@ def _server_record(
 
 
 # --- client -------------------------------------------------------------------------------
+def connect(address: tuple[str, int], timeout: float) -> Channel:
+    """The client's connection, retried until `timeout` (the server may start later)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return Channel(socket.create_connection(address, timeout=timeout), timeout)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise PartyError(
+                    f"client: no server at {address[0]}:{address[1]} within {timeout:g} s"
+                ) from None
+            time.sleep(0.2)
+
+
+def guarded(channel: Channel, work: Callable[[], Any]) -> Any:
+    """Run the client's `work`; on its own failure tell the server why, then re-raise."""
+    with channel.sock:
+        try:
+            return work()
+        except M.PeerError:
+            raise
+        except Exception as exc:
+            channel.send_error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise
+
+
 def query(
     address: tuple[str, int],
     read_inputs: Callable[[list[str]], tuple[torch.Tensor, ...]],
@@ -302,26 +385,100 @@ def query(
 ) -> np.ndarray:
     """Connect, read the inputs (`read_inputs(input_names)`), encrypt them, answer
     refreshes, decrypt the output (module docstring)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            sock = socket.create_connection(address, timeout=timeout)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise PartyError(
-                    f"client: no server at {address[0]}:{address[1]} within {timeout:g} s"
-                ) from None
-            time.sleep(0.2)
-    channel = Channel(sock, timeout)
-    with sock:
-        try:
-            return _query(channel, read_inputs, out_dir)
-        except M.PeerError:
-            raise
-        except Exception as exc:  # tell the server why, then stop
-            channel.send_error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            raise
+    channel = connect(address, timeout)
+    return guarded(channel, lambda: _query(channel, read_inputs, out_dir))
+
+
+@dataclass
+class ClientSession:
+    """The client's side once its keys are made: encrypts, refreshes, decrypts."""
+
+    channel: Channel
+    codec: Codec
+    specs: list[dict[str, Any]]
+    tables: dict[str, np.ndarray]
+    bound: float
+    context_bytes: int
+    refreshes: int = 0
+
+    def send_inputs(self, inputs: tuple[torch.Tensor, ...]) -> None:
+        for spec, value in zip(self.specs, inputs, strict=True):
+            if spec["mode"] == "public":
+                self.channel.send_json({"values": value.reshape(-1).tolist()})
+                continue
+            self.send_values(_client_values(spec, value, self.tables), spec["layout"])
+
+    def send_values(self, values: np.ndarray, layout: dict[str, Any]) -> None:
+        cts = self.codec.encrypt(values, Layout.from_dict(layout), seeded=True)
+        self.channel.send_cts(list(cts.flat))
+
+    def await_message(self, kind: str) -> dict[str, Any]:
+        """Answer refreshes until the server sends a message of `kind`; return it."""
+        while True:
+            message = self.channel.recv_json()
+            if message.get("kind") == kind:
+                return message
+            if message.get("kind") != "refresh":
+                raise M.MessageError(f"unexpected message {message.get('kind')!r}")
+            masked = self.channel.recv_cts(int(message["count"]))
+            used = Layout.from_dict(message["layout"]).positions().reshape(-1)
+            fresh = []
+            for ct in masked:
+                values = np.zeros(self.codec.slots)
+                slots = self.codec.decrypt_slots(ct)[used]
+                values[used] = _plausible(slots, self.bound, "a refresh")
+                fresh.append(self.codec.encrypt_slots(values, seeded=True))
+            self.channel.send_cts(fresh)
+            self.refreshes += 1
+
+    def receive_values(self, message: dict[str, Any], what: str) -> np.ndarray:
+        """Decrypt the tensor that follows `message` (which carries its layout)."""
+        layout = Layout.from_dict(message["layout"])
+        cts = self.channel.recv_cts(int(np.prod(layout.grid_shape)))
+        grid = np.empty(len(cts), dtype=object)
+        grid[:] = cts
+        return _plausible(
+            self.codec.decrypt(grid.reshape(layout.grid_shape), layout), self.bound, what
+        )
+
+    def record(self, began: float) -> dict[str, Any]:
+        return {
+            "role": "client",
+            "refreshes_answered": self.refreshes,
+            "bytes_sent": self.channel.counter.bytes_sent,
+            "bytes_received": self.channel.counter.bytes_received,
+            "public_context_bytes": self.context_bytes,
+            "seconds": time.perf_counter() - began,
+        }
+
+
+def open_client(channel: Channel, inputs: tuple[torch.Tensor, ...]) -> ClientSession:
+    """shapes -> layouts (and embedding tables) -> keys made here, public context sent."""
+    channel.send_json(
+        {
+            "kind": "shapes",
+            "shapes": [list(t.shape) for t in inputs],
+            "dtypes": ["float" if t.is_floating_point() else "int" for t in inputs],
+        }
+    )
+    plan = expect_kind(channel, "layouts")
+    params = CkksParams.from_dict(plan["params"])
+    specs = plan["inputs"]
+    tables = {}
+    for spec in specs:
+        if spec["mode"] == "embedded":
+            message = expect_kind(channel, "embedding")
+            tables[message["name"]] = np.asarray(message["table"], dtype=np.float64)
+    context = make_context(params, galois_steps=[])
+    public = public_context_with_steps(context, plan["galois_steps"])
+    digest = M.send_context_bytes(
+        channel.sock, public, timeout=channel.timeout, counter=channel.counter
+    )
+    context_bytes = channel.counter.bytes_sent
+    channel.send_json(M.handshake_message(digest))
+    channel.context, channel.digest = context, digest
+    bound = 2.0 ** (int(plan["mask_bits"]) + 1)
+    return ClientSession(channel, Codec(context), specs, tables, bound, context_bytes)
 
 
 def _query(
@@ -330,77 +487,19 @@ def _query(
     out_dir: Path,
 ) -> np.ndarray:
     began = time.perf_counter()
-    hello = _expect_kind(channel, "hello")
-    inputs = read_inputs([spec["name"] for spec in hello["inputs"]])
-    channel.send_json(
-        {
-            "kind": "shapes",
-            "shapes": [list(t.shape) for t in inputs],
-            "dtypes": ["float" if t.is_floating_point() else "int" for t in inputs],
-        }
-    )
-    plan = _expect_kind(channel, "layouts")
-    params = CkksParams.from_dict(plan["params"])
-    specs = plan["inputs"]
-    tables = {}
-    for spec in specs:
-        if spec["mode"] == "embedded":
-            message = _expect_kind(channel, "embedding")
-            tables[message["name"]] = np.asarray(message["table"], dtype=np.float64)
-    context = make_context(params, galois_steps=[])
-    codec = Codec(context)
-    public = public_context_with_steps(context, plan["galois_steps"])
-    digest = M.send_context_bytes(
-        channel.sock, public, timeout=channel.timeout, counter=channel.counter
-    )
-    context_bytes = channel.counter.bytes_sent
-    channel.send_json(M.handshake_message(digest))
-    channel.context, channel.digest = context, digest
-    for spec, value in zip(specs, inputs, strict=True):
-        if spec["mode"] == "public":
-            channel.send_json({"values": value.reshape(-1).tolist()})
-            continue
-        values = _client_values(spec, value, tables)
-        layout = Layout.from_dict(spec["layout"])
-        channel.send_cts(list(codec.encrypt(values, layout, seeded=True).flat))
-    bound = 2.0 ** (int(plan["mask_bits"]) + 1)
-    refreshes = 0
-    while True:
-        message = channel.recv_json()
-        if message.get("kind") == "refresh":
-            masked = channel.recv_cts(int(message["count"]))
-            used = Layout.from_dict(message["layout"]).positions().reshape(-1)
-            fresh = []
-            for ct in masked:
-                values = np.zeros(codec.slots)
-                values[used] = _plausible(codec.decrypt_slots(ct)[used], bound, "a refresh")
-                fresh.append(codec.encrypt_slots(values, seeded=True))
-            channel.send_cts(fresh)
-            refreshes += 1
-            continue
-        if message.get("kind") != "output":
-            raise M.MessageError(f"unexpected message {message.get('kind')!r}")
-        layout = Layout.from_dict(message["layout"])
-        cts = channel.recv_cts(int(np.prod(layout.grid_shape)))
-        grid = np.empty(len(cts), dtype=object)
-        grid[:] = cts
-        output = _plausible(
-            codec.decrypt(grid.reshape(layout.grid_shape), layout), bound, "the output"
+    hello = expect_kind(channel, "hello")
+    if "evaluation" in hello:
+        raise UserError(
+            "the server runs a private evaluation, this client sent a query: start the "
+            "client with --eval-data (and the same --loss and --reveal-to)"
         )
-        channel.send_json({"kind": "received"})
-        break
+    inputs = read_inputs([spec["name"] for spec in hello["inputs"]])
+    client = open_client(channel, inputs)
+    client.send_inputs(inputs)
+    output = client.receive_values(client.await_message("output"), "the output")
+    channel.send_json({"kind": "received"})
     write_npy(out_dir / "output.npy", output)
-    write_json(
-        out_dir / "client.json",
-        {
-            "role": "client",
-            "refreshes_answered": refreshes,
-            "bytes_sent": channel.counter.bytes_sent,
-            "bytes_received": channel.counter.bytes_received,
-            "public_context_bytes": context_bytes,
-            "seconds": time.perf_counter() - began,
-        },
-    )
+    write_json(out_dir / "client.json", client.record(began))
     return output
 
 
@@ -417,7 +516,7 @@ def _plausible(values: np.ndarray, bound: float, what: str) -> np.ndarray:
     return values
 
 
-def _expect_kind(channel: Channel, kind: str) -> dict[str, Any]:
+def expect_kind(channel: Channel, kind: str) -> dict[str, Any]:
     message = channel.recv_json()
     if message.get("kind") != kind:
         raise M.MessageError(f"expected a {kind!r} message, got {message.get('kind')!r}")

@@ -161,7 +161,7 @@ def run_local_evaluation(
             "batch_size": batch_size,
         }
         seconds = _launch(roles, options, root, run_timeout)
-        learner = out[evaluation.destination]
+        learner = out[Role.from_label(evaluation.reveal_to)]
         return (
             json.loads((learner / "aggregate.json").read_text()),
             json.loads((out[Role.MODEL_OWNER] / "model-owner.json").read_text()),
@@ -245,35 +245,87 @@ def run_local_he(
         out = _party_dirs(root, list(HeRole))
         input_path = out[HeRole.CLIENT] / "input.pt"
         torch.save(tuple(t.detach().clone() for t in inputs), input_path)
-        port = free_port()
-        base = [sys.executable, "-m", "secinfer.cli", "he-party", "--timeout", str(peer_timeout)]
-        server = [*base, "--role", "server", "--port", str(port), "--out", str(out[HeRole.SERVER])]
-        server += ["--model", str(Path(model).resolve())]
-        if trust_model:
-            server.append("--trust-model")
-        if config:
-            server += ["--config", str(Path(config).resolve())]
+        server, client = _he_commands(model, out, peer_timeout, trust_model, config)
         if not refresh:
             server.append("--no-refresh")
         if public_embedding:
             server.append("--public-embedding")
-        client = [*base, "--role", "client", "--connect", f"127.0.0.1:{port}"]
-        client += ["--input", str(input_path), "--out", str(out[HeRole.CLIENT])]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        began = time.perf_counter()
-        run_parties({HeRole.SERVER: server, HeRole.CLIENT: client}, root, run_timeout, env=env)
+        client += ["--input", str(input_path)]
+        seconds = _run_he(server, client, root, run_timeout)
         return LocalRun(
             output=np.load(out[HeRole.CLIENT] / "output.npy", allow_pickle=False),
             model_owner=json.loads((out[HeRole.SERVER] / "server.json").read_text()),
             data_owner=json.loads((out[HeRole.CLIENT] / "client.json").read_text()),
-            seconds=time.perf_counter() - began,
+            seconds=seconds,
         )
+
+
+def run_local_he_evaluation(
+    model: Path,
+    data: Path,
+    evaluation: Any,
+    *,
+    trust_model: bool = False,
+    config: Path | None = None,
+    batch_size: int = 64,
+    peer_timeout: float = DEFAULT_TIMEOUT,
+    run_timeout: float = RUN_TIMEOUT,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], float]:
+    """A private evaluation under HE, server and client as processes: (the aggregate the
+    chosen side learned, the server's record, the client's record, seconds)."""
+    with tempfile.TemporaryDirectory(prefix="secinfer-he-eval-") as tmp:
+        root = Path(tmp)
+        out = _party_dirs(root, list(HeRole))
+        server, client = _he_commands(model, out, peer_timeout, trust_model, config)
+        settings = ["--loss", ",".join(evaluation.losses), "--reveal-to", evaluation.reveal_to]
+        settings += ["--zloss-a", repr(evaluation.zloss_a), "--zloss-b", repr(evaluation.zloss_b)]
+        settings += ["--gce-q", repr(evaluation.gce_q)]
+        server += settings
+        client += [*settings, "--eval-data", str(Path(data).resolve())]
+        client += ["--batch-size", str(batch_size)]
+        seconds = _run_he(server, client, root, run_timeout)
+        learner = out[HeRole.SERVER if evaluation.reveal_to == "model-owner" else HeRole.CLIENT]
+        return (
+            json.loads((learner / "aggregate.json").read_text()),
+            json.loads((out[HeRole.SERVER] / "server.json").read_text()),
+            json.loads((out[HeRole.CLIENT] / "client.json").read_text()),
+            seconds,
+        )
+
+
+def _he_commands(
+    model: Path,
+    out: dict[HeRole, Path],
+    peer_timeout: float,
+    trust_model: bool,
+    config: Path | None,
+) -> tuple[list[str], list[str]]:
+    """The two `secinfer he-party` command lines on a fresh loopback port."""
+    port = free_port()
+    base = [sys.executable, "-m", "secinfer.cli", "he-party", "--timeout", str(peer_timeout)]
+    server = [*base, "--role", "server", "--port", str(port), "--out", str(out[HeRole.SERVER])]
+    server += ["--model", str(Path(model).resolve())]
+    if trust_model:
+        server.append("--trust-model")
+    if config:
+        server += ["--config", str(Path(config).resolve())]
+    client = [*base, "--role", "client", "--connect", f"127.0.0.1:{port}"]
+    client += ["--out", str(out[HeRole.CLIENT])]
+    return server, client
+
+
+def _run_he(server: list[str], client: list[str], root: Path, run_timeout: float) -> float:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    began = time.perf_counter()
+    run_parties({HeRole.SERVER: server, HeRole.CLIENT: client}, root, run_timeout, env=env)
+    return time.perf_counter() - began
 
 
 __all__ = [
     "HeRole",
     "LocalRun",
     "run_local_he",
+    "run_local_he_evaluation",
     "run_local_parties",
     "run_parties",
     "wait_for_parties",

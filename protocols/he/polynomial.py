@@ -419,3 +419,10 @@ __all__ = [
     "levels_left",
     "plan",
 ]
+
+
+def evaluate_approximation(x: Any, poly: Any) -> Any:
+    """An `approximations.Polynomial` on `x` (an `HeTensor`, a CKKSVector or numpy), from its
+    own Chebyshev coefficients: depth ceil(log2(d + 1))."""
+    cheb = poly.chebyshev[: poly.degree + 1]
+    return plan(cheb, poly.interval, chebyshev=True).run(x)

@@ -174,6 +174,10 @@ class HeTensor:
         layout = Layout(tuple(shape), self.layout.strides, self.layout.offset)
         return self._new(layout, grid, self.clean)
 
+    def narrow(self, dim: int, start: int, length: int) -> HeTensor:
+        """torch.narrow: entries start .. start + length - 1 of `dim` (bookkeeping)."""
+        return self.slice(dim, start, start + length)
+
     def expand(self, shape: Sequence[int]) -> HeTensor:
         shape = [
             self.layout.shape[i - (len(shape) - self.dim())] if n == -1 else n

@@ -20,49 +20,27 @@ caller reveals. Definitions as `approximations.losses` (the plaintext references
                torch's argmax takes the first maximum)
 
 Errors: fixed point (2^-16) plus each approximation's: the log polynomial on [1, C]
-(LOG_DEGREE, certified by `approximations.fit`), exp by squaring (order 2, 6 squarings:
+(`approximations.losses.softmax_log_polynomial`, certified), exp by squaring (order 2, 6 squarings:
 an approximation error below 6e-5 and 2^6 units of 2^-16 of fixed point relative; 8
 squarings doubled the fixed-point part twice: 1.2e-3 on ce, 5e-3 on p_y near 1), and
-softplus's polynomial (SOFTPLUS_DEGREE). Measured on logits within +-15 (10 classes, 3
+softplus's polynomial (`zloss_softplus_polynomial`). Measured on logits within +-15 (10 classes, 3
 runs): per example within 5e-4 (ce), 1.7e-3 (gce, mae), 1.5e-4 (zloss), 7e-5 (square);
 sums over 64 examples within 1e-4 relative.
 """
 
 from __future__ import annotations
 
-import math
-from functools import lru_cache
-
-import torch
-import torch.nn.functional as F
-
-from approximations.fitting import fit
+from approximations.losses import softmax_log_polynomial, zloss_softplus_polynomial
 from approximations.polynomial import Polynomial
 from protocols.mpc.compare import maximum, nonnegative
 from protocols.mpc.exp import exp_by_squaring
 from protocols.mpc.inverse import inv_sqrt
 from protocols.mpc.polynomial import Secret, chebyshev_terms, combine, unit_variable
 
-LOG_DEGREE = 10
-SOFTPLUS_DEGREE = 12
 SQUARINGS = 6
 CUTOFF = 14.0
 VARIANCE_INTERVAL = (1e-4, 1e6)
 """Where the variance of one example's logits may lie (1/sigma's comparisons cover it)."""
-
-
-@lru_cache(maxsize=16)
-def log_polynomial(classes: int) -> Polynomial:
-    """log s on [1, C], where a softmax row sum lies (its largest term is exactly 1)."""
-    return fit(torch.log, (1.0, float(max(classes, 2))), LOG_DEGREE, "remez", name="log")
-
-
-@lru_cache(maxsize=16)
-def softplus_polynomial(a: float, b: float, classes: int) -> Polynomial:
-    """softplus on a (b -+ sqrt(C - 1)), every value a (b - z_y) can take."""
-    reach = math.sqrt(max(classes - 1, 1))
-    lo, hi = sorted((a * (b - reach), a * (b + reach)))
-    return fit(F.softplus, (lo, hi), SOFTPLUS_DEGREE, "remez", name="softplus")
 
 
 def _evaluate(x: Secret, poly: Polynomial) -> Secret:
@@ -82,7 +60,7 @@ def log_sum_exp(logits: Secret) -> tuple[Secret, Secret]:
     e = exp_by_squaring(logits - m, SQUARINGS, CUTOFF, order=2)
     s = e.sum(-1)
     m = m.squeeze(-1)
-    return m + _evaluate(s, log_polynomial(logits.size(-1))), m
+    return m + _evaluate(s, softmax_log_polynomial(logits.size(-1))), m
 
 
 def square(logits: Secret, onehot: Secret) -> Secret:
@@ -96,7 +74,7 @@ def z_loss(logits: Secret, onehot: Secret, a: float, b: float) -> Secret:
     centred = logits - mu.unsqueeze(-1)
     variance = (centred * centred).mean(-1)
     z_y = label_logit(centred, onehot) * inv_sqrt(variance, VARIANCE_INTERVAL)
-    return _evaluate((z_y * -a) + a * b, softplus_polynomial(a, b, classes)) * (1.0 / a)
+    return _evaluate((z_y * -a) + a * b, zloss_softplus_polynomial(a, b, classes)) * (1.0 / a)
 
 
 def label_probability_power(o_y: Secret, lse: Secret, q: float) -> Secret:

@@ -42,8 +42,8 @@ def loss_party(role: Role, logits: np.ndarray, labels: np.ndarray) -> list[dict[
 
     onehot = np.eye(CLASSES)[labels]
     x, t = share(logits, Role.DATA_OWNER, role), share(onehot, Role.DATA_OWNER, role)
-    losses.log_polynomial(CLASSES)
-    losses.softplus_polynomial(OPTIONS.zloss_a, OPTIONS.zloss_b, CLASSES)
+    L.softmax_log_polynomial(CLASSES)
+    L.zloss_softplus_polynomial(OPTIONS.zloss_a, OPTIONS.zloss_b, CLASSES)
     meter = Meter().install()
     rows = []
     try:

@@ -26,10 +26,9 @@ from typing import Any
 
 import torch
 
-import approximations as A
 from approximations.iterative import InverseSqrt, he_reciprocal
 from protocols.he.layout import LayoutError
-from protocols.he.polynomial import plan as polynomial_schedule
+from protocols.he.polynomial import evaluate_approximation as evaluate_polynomial
 from protocols.he.tensor import DepthExhausted, HeTensor, linear, matmul, power
 from secinfer.errors import UserError
 from secinfer.registry import REGISTRY, Call, register
@@ -248,12 +247,6 @@ def _interval(call: Call, function: str) -> tuple[float, float]:
 @lru_cache(maxsize=64)
 def rsqrt_for(interval: tuple[float, float]) -> InverseSqrt:
     return InverseSqrt.polynomial_only(interval)
-
-
-def evaluate_polynomial(x: HeTensor, poly: A.Polynomial) -> HeTensor:
-    """An `approximations.Polynomial` on an encrypted tensor, in depth ceil(log2(d + 1))."""
-    cheb = poly.chebyshev[: poly.degree + 1]
-    return polynomial_schedule(cheb, poly.interval, chebyshev=True).run(x)
 
 
 def _reciprocal(call: Call, x: HeTensor) -> HeTensor:

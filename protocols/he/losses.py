@@ -1,0 +1,225 @@
+"""Per-example losses on encrypted logits with an encrypted one-hot label (CKKS).
+
+Logits o (N, C) and the label's one-hot t (N, C) are `HeTensor`s in one layout; every
+function returns an (N,) `HeTensor` of the per-example value. Only sums over the data set
+are ever decrypted (`total`). Definitions as `approximations.losses`; CKKS has only
++, - and *, so every comparison is a composite polynomial (`approximations.composite_sign`)
+on an interval the model owner calibrates (`HeLossPlan.calibrated`):
+
+    o_y     = sum_k o_k t_k                                       depth 1
+    square  = sum_k (o_k - t_k)^2                                 depth 1
+    zloss   = (1/a) softplus(a (b - z_y)), z_y = (o_y - mu) / sigma: mu, sigma over the C
+              logits (population), 1/sigma by Newton from a polynomial guess on the
+              calibrated variance interval (`InverseSqrt.polynomial_only`); softplus by a
+              polynomial on a (b -+ sqrt(C - 1)), which holds every z_y
+    lse     = m + log sum_k exp(o_k - m), exact for any m: m is a tournament of
+              max(a, b) = (a + b)/2 + (a - b) sign(a - b)/2 over ceil(log2 C) rounds, never
+              above the true maximum and at most `max_slack` below it, so the sum lies in
+              [1, C e^max_slack] where the log polynomial holds; exp by squaring (order 2)
+    ce      = lse - o_y
+    gce     = (1 - p_y^q) / q,  p_y^q = exp(q (o_y - lse));   mae = 1 - p_y
+    hit     = [no class beats the label]: c = sum_k step(o_k - o_y), where the label's own
+              term is step(0) = 1/2 exactly (the sign polynomial is odd), so c is
+              1/2 + (number of classes above the label); hit = step(1 - c)
+
+Accuracy is exact (the client rounds the decrypted count) unless two logits of an example
+lie within `tie` of each other with one of them the label's; each hit then errs by at most
+`count_sign.max_error / 2` plus CKKS noise. Inputs beyond the calibrated bounds (spread of
+the logits, variance) are outside every certificate: the sign polynomials then grow
+without bound, which the client's plausibility check on refreshed values reports.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import torch
+
+from approximations.composite_sign import CompositeSign
+from approximations.iterative import HE_MARGIN, ExpBySquaring, InverseSqrt
+from approximations.losses import softmax_log_polynomial, zloss_softplus_polynomial
+from approximations.polynomial import Polynomial
+from protocols.he.polynomial import evaluate_approximation
+
+SPREAD_MARGIN = 4.0
+"""The sign polynomials cover differences of logits up to this many times the largest
+seen in calibration (depth grows with the log of the bound only)."""
+MAX_RESOLUTION = 0.1
+"""The tournament's sign resolution in logit units: each round errs by at most half of it."""
+SIGN_ERROR = 1e-3
+COUNT_ERROR = 1e-7
+
+
+@dataclass(frozen=True)
+class HeLossPlan:
+    """The approximations of one evaluation, fixed by the model owner before any data."""
+
+    classes: int
+    spread: float  # covers |o_k - o_j| of every example
+    variance: tuple[float, float]  # covers the population variance of every example's logits
+    tie: float = 1e-2  # accuracy: label gaps below this may be miscounted
+    zloss_a: float = 1.0
+    zloss_b: float = 1.0
+    gce_q: float = 0.7
+
+    @classmethod
+    def calibrated(cls, logits: torch.Tensor, **settings: Any) -> HeLossPlan:
+        """Bounds from the model owner's own logits (calibration samples), widened:
+        spread by SPREAD_MARGIN, the variance interval by HE_MARGIN each way."""
+        o = logits.detach().double().reshape(-1, logits.shape[-1])
+        spread = float((o.max(-1).values - o.min(-1).values).max())
+        var = o.var(-1, unbiased=False)
+        lo, hi = float(var.min()), float(var.max())
+        return cls(
+            classes=int(o.shape[-1]),
+            spread=max(SPREAD_MARGIN * spread, 1.0),
+            variance=(max(lo, 1e-6) / HE_MARGIN, max(hi, 1e-6) * HE_MARGIN),
+            **settings,
+        )
+
+    # --- the approximations --------------------------------------------------------------
+    @cached_property
+    def max_sign(self) -> CompositeSign:
+        return CompositeSign(self.spread, MAX_RESOLUTION, SIGN_ERROR)
+
+    @cached_property
+    def hit_sign(self) -> CompositeSign:
+        return CompositeSign(self.spread, self.tie, SIGN_ERROR)
+
+    @cached_property
+    def count_sign(self) -> CompositeSign:
+        return CompositeSign(float(self.classes), 0.4, COUNT_ERROR)
+
+    @property
+    def rounds(self) -> int:
+        return math.ceil(math.log2(max(self.classes, 2)))
+
+    @property
+    def max_slack(self) -> float:
+        """How far below the true maximum the tournament may land."""
+        return self.rounds * self.max_sign.maximum_error
+
+    @cached_property
+    def log(self) -> Polynomial:
+        return softmax_log_polynomial(self.classes * math.exp(self.max_slack))
+
+    def exp(self, reach: float) -> ExpBySquaring:
+        """exp on [-reach, 0] by order-2 squaring: at least 6 squarings (error below
+        5.6e-5), more when the reach needs them (valid for x >= -2^(n + 1))."""
+        n = max(6, math.ceil(math.log2(max(reach, 1.0))))
+        return ExpBySquaring(squarings=n, interval=(-reach, 0.0), order=2)
+
+    @cached_property
+    def rsqrt(self) -> InverseSqrt:
+        return InverseSqrt.polynomial_only(self.variance)
+
+    @cached_property
+    def softplus(self) -> Polynomial:
+        return zloss_softplus_polynomial(self.zloss_a, self.zloss_b, self.classes)
+
+    def depth(self, name: str) -> int:
+        """Levels one example's value consumes (what the refresh count follows)."""
+        exp_lse = self.exp(self.spread + self.max_slack)
+        lse = self.rounds * (self.max_sign.depth + 1) + exp_lse.depth + 1 + self.log.depth
+        reach = self.gce_q * (self.spread + math.log(self.classes) + self.max_slack)
+        table = {
+            "square": 1,
+            "zloss": 3 + self.rsqrt.depth + 1 + self.softplus.depth + 1,
+            "ce": lse,
+            "gce": lse + self.exp(reach).depth + 1,
+            "mae": lse + self.exp(reach / self.gce_q).depth,
+            "accuracy": self.hit_sign.depth + self.count_sign.depth + 1,
+        }
+        return table[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "classes": self.classes,
+            "spread": self.spread,
+            "variance": list(self.variance),
+            "tie": self.tie,
+            "max_sign": self.max_sign.to_dict(),
+            "hit_sign": self.hit_sign.to_dict(),
+            "count_sign": self.count_sign.to_dict(),
+            "log_interval": list(self.log.interval),
+            "rsqrt": self.rsqrt.to_dict(),
+        }
+
+
+# --- kernels ---------------------------------------------------------------------------------
+def label_logit(o: Any, t: Any) -> Any:
+    return (o * t).sum(-1)
+
+
+def square(o: Any, t: Any) -> Any:
+    d = o - t
+    return (d * d).sum(-1)
+
+
+def maximum(o: Any, sign: CompositeSign) -> Any:
+    """Tournament over the last axis: each round pairs entry i with entry i + ceil(n/2)
+    (an odd middle entry meets itself, which max leaves unchanged)."""
+    while o.shape[-1] > 1:
+        n = o.shape[-1]
+        half = (n + 1) // 2
+        o = sign.maximum(
+            o.narrow(-1, 0, half), o.narrow(-1, n - half, half), evaluate_approximation
+        )
+    return o.squeeze(-1)
+
+
+def log_sum_exp(o: Any, plan: HeLossPlan) -> Any:
+    m = maximum(o, plan.max_sign)
+    e = plan.exp(plan.spread + plan.max_slack)(o - m.unsqueeze(-1))
+    return m + evaluate_approximation(e.sum(-1), plan.log)
+
+
+def z_loss(o: Any, t: Any, plan: HeLossPlan) -> Any:
+    mu = o.mean(-1)
+    centred = o - mu.unsqueeze(-1)
+    variance = (centred * centred).mean(-1)
+    r = plan.rsqrt.iterate(variance, lambda v: evaluate_approximation(v, plan.rsqrt.initial))
+    z_y = label_logit(centred, t) * r
+    a, b = plan.zloss_a, plan.zloss_b
+    return evaluate_approximation(z_y * -a + a * b, plan.softplus) * (1.0 / a)
+
+
+def label_probability_power(o_y: Any, lse: Any, q: float, plan: HeLossPlan) -> Any:
+    """p_y^q = exp(q (o_y - lse)), the exponent in [-q (spread + log C + slack), 0]."""
+    reach = q * (plan.spread + math.log(plan.classes) + plan.max_slack)
+    return plan.exp(reach)((o_y - lse) * q)
+
+
+def hits(o: Any, o_y: Any, plan: HeLossPlan) -> Any:
+    above = plan.hit_sign.step(o - o_y.unsqueeze(-1), evaluate_approximation).sum(-1)
+    return plan.count_sign.step(1.0 - above, evaluate_approximation)
+
+
+def per_example(
+    o: Any, t: Any, names: list[str], plan: HeLossPlan, *, accuracy: bool = True
+) -> dict[str, Any]:
+    """Each requested loss per example, plus "hit" unless `accuracy` is False, sharing
+    o_y and log-sum-exp."""
+    out: dict[str, Any] = {}
+    o_y = label_logit(o, t)
+    lse = log_sum_exp(o, plan) if {"ce", "gce", "mae"} & set(names) else None
+    for name in names:
+        if name == "ce":
+            out[name] = lse - o_y
+        elif name == "square":
+            out[name] = square(o, t)
+        elif name == "zloss":
+            out[name] = z_loss(o, t, plan)
+        elif name == "gce":
+            q = plan.gce_q
+            out[name] = (1.0 - label_probability_power(o_y, lse, q, plan)) * (1.0 / q)
+        elif name == "mae":
+            out[name] = 1.0 - label_probability_power(o_y, lse, 1.0, plan)
+        else:
+            raise ValueError(f"unknown loss {name!r}")
+    if accuracy:
+        out["hit"] = hits(o, o_y, plan)
+    return out

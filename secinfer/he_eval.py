@@ -1,0 +1,224 @@
+"""Private evaluation under HE: encrypted per-batch sums, one aggregate decrypted.
+
+After the session's set-up (`he_session`: hello with the evaluation's settings, shapes of
+one batch, layouts, keys), per batch:
+
+    client  {"batch", rows}, the batch's inputs encrypted (padded to the announced rows)
+    server  runs the graph; {"labels", layout of the logits}
+    client  its labels, checked, as encrypted one-hot rows in that layout
+    server  `protocols.he.losses.per_example`, times the mask of the batch's real rows,
+            summed over the rows, added to its encrypted running totals; {"next"}
+
+refreshes interleaving as in a query. After {"end"} the server zeroes every slot of each
+total but the one holding it (so partial sums in the other slots never reach the client)
+and sends them: one ciphertext per loss and one for the hit count. The client decrypts
+them, the only values it decrypts besides masked refreshes, and keeps the aggregate
+(`--reveal-to data-owner`) or sends it to the server (`model-owner`); it also writes
+`aggregate.json` only in the first case, the server in the second.
+
+Both sides must agree on the settings: the server announces them (with the bounds it
+calibrated) and the client refuses a mismatch with its own. The server learns the number
+of examples (public in every run) and, revealed to it, the aggregate; never a label, a
+per-example value or the client's inputs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from protocols.he import messages as M
+from protocols.he.losses import HeLossPlan, per_example
+from protocols.he.tensor import HeTensor
+from secinfer.dataset import Dataset, check_labels
+from secinfer.errors import UserError
+from secinfer.evaluate import Evaluation, aggregate
+from secinfer.execute import RunResult
+from secinfer.report import write_json
+
+
+@dataclass(frozen=True)
+class HeEvaluation:
+    """The server's evaluation: what both agreed to, and its calibrated approximations."""
+
+    settings: Evaluation
+    plan: HeLossPlan
+
+    def announce(self) -> dict[str, Any]:
+        return {**self.settings.to_dict(), "approximations": self.plan.to_dict()}
+
+
+def loss_plan(
+    graph: Any, samples: list[tuple[torch.Tensor, ...]], settings: Evaluation
+) -> HeLossPlan:
+    """The bounds of the loss approximations, from the model owner's logits on its own
+    calibration samples (`HeLossPlan.calibrated`); UserError unless logits are (N, C)."""
+    from secinfer.execute import Executor
+
+    outputs = [Executor(graph, "plain").run(sample).outputs[0] for sample in samples]
+    if not outputs or any(o.dim() != 2 for o in outputs):
+        shape = tuple(outputs[0].shape) if outputs else "none"
+        raise UserError(
+            f"private evaluation needs logits of shape (N, classes); the model gives {shape} "
+            "(or has no calibration samples)"
+        )
+    return HeLossPlan.calibrated(
+        torch.cat(outputs), zloss_a=settings.zloss_a, zloss_b=settings.zloss_b, gce_q=settings.gce_q
+    )
+
+
+# --- server -------------------------------------------------------------------------------
+def serve_evaluation(
+    session: Any, evaluation: HeEvaluation, out_dir: Path
+) -> tuple[RunResult, dict[str, Any]]:
+    """The server's batch loop (module docstring); (the last batch's run, record fields)."""
+    channel = session.channel
+    names = list(evaluation.settings.losses)
+    rows_announced = int(session.specs[0]["shape"][0])
+    totals: dict[str, HeTensor] = {}
+    examples, batches, loss_seconds = 0, 0, 0.0
+    result = None
+    while True:
+        message = channel.recv_json()
+        if message.get("kind") == "end":
+            break
+        rows = message.get("rows")
+        if message.get("kind") != "batch" or not isinstance(rows, int):
+            raise M.MessageError(f"expected a batch or the end, got {message.get('kind')!r}")
+        if not 1 <= rows <= rows_announced:
+            raise UserError(f"a batch of {rows} rows; the client announced {rows_announced}")
+        result = session.run(session.receive_inputs())
+        logits = result.outputs[0]
+        if not isinstance(logits, HeTensor) or logits.dim() != 2:
+            raise UserError("private evaluation needs encrypted logits of shape (N, classes)")
+        channel.send_json({"kind": "labels", "layout": logits.layout.to_dict()})
+        labels = session.receive_tensor(logits.layout)
+        began = time.perf_counter()
+        real = np.zeros(logits.shape[0])
+        real[:rows] = 1.0
+        values = per_example(logits, labels, names, evaluation.plan)
+        for name, value in values.items():
+            batch_sum = (value * real).sum(0)
+            totals[name] = batch_sum if name not in totals else totals[name] + batch_sum
+        loss_seconds += time.perf_counter() - began
+        examples += rows
+        batches += 1
+        channel.send_json({"kind": "next"})
+    if result is None:
+        raise UserError("the client sent no batch: the data set is empty")
+    order = [*names, "hit"]
+    for name in order:
+        total = totals[name].masked()
+        total.ensure_level(0)
+        session.send_tensor("total", total, name=name)
+    reply = channel.recv_json()
+    fields = {
+        "evaluation": evaluation.announce(),
+        "examples": examples,
+        "batches": batches,
+        "loss_seconds": loss_seconds,
+        "loss_depth": {n: evaluation.plan.depth(n) for n in [*names, "accuracy"]},
+    }
+    if reply.get("kind") == "aggregate":
+        if evaluation.settings.reveal_to != "model-owner":
+            raise M.MessageError("the client sent an aggregate it was not asked for")
+        write_json(out_dir / "aggregate.json", _checked_aggregate(reply, names, examples))
+    elif reply.get("kind") != "received":
+        raise M.MessageError(f"expected the client's confirmation, got {reply.get('kind')!r}")
+    return result, fields
+
+
+def _checked_aggregate(reply: dict[str, Any], names: list[str], examples: int) -> dict[str, Any]:
+    aggregate_ = reply.get("aggregate")
+    if (
+        not isinstance(aggregate_, dict)
+        or aggregate_.get("examples") != examples
+        or sorted(aggregate_.get("losses", {})) != sorted(names)
+    ):
+        raise M.MessageError("the client's aggregate does not match the evaluation")
+    return aggregate_
+
+
+# --- client -------------------------------------------------------------------------------
+def evaluate(
+    address: tuple[str, int],
+    data: Dataset,
+    batch_size: int,
+    settings: Evaluation,
+    out_dir: Path,
+    *,
+    timeout: float,
+) -> dict[str, Any]:
+    """The client's side (module docstring); returns the aggregate."""
+    from secinfer.he_session import connect, guarded
+
+    channel = connect(address, timeout)
+    return guarded(channel, lambda: _evaluate(channel, data, batch_size, settings, out_dir))
+
+
+def _evaluate(
+    channel: Any, data: Dataset, batch_size: int, settings: Evaluation, out_dir: Path
+) -> dict[str, Any]:
+    from secinfer.he_session import expect_kind, open_client
+
+    began = time.perf_counter()
+    hello = expect_kind(channel, "hello")
+    asked = hello.get("evaluation")
+    if asked is None:
+        raise UserError(
+            "the server answers queries, not a private evaluation: start it with --loss"
+        )
+    wanted = settings.to_dict()
+    if {k: asked.get(k) for k in wanted} != wanted:
+        raise UserError(
+            f"the server asks for { ({k: asked.get(k) for k in wanted}) }, this client agreed to "
+            f"{wanted}: start both with the same --loss, hyper-parameters and --reveal-to"
+        )
+    names = [spec["name"] for spec in hello["inputs"]]
+    rows = min(batch_size, data.rows)
+    client = None
+    examples = 0
+    for batch in data.batches(batch_size, names):
+        count = len(batch.labels)
+        inputs = tuple(_padded(t, rows) for t in batch.inputs)
+        if client is None:
+            client = open_client(channel, inputs)
+        channel.send_json({"kind": "batch", "rows": count})
+        client.send_inputs(inputs)
+        message = client.await_message("labels")
+        shape = message["layout"]["shape"]
+        classes = int(shape[-1])
+        check_labels(batch.labels, classes, examples)
+        onehot = np.zeros((int(shape[0]), classes))
+        onehot[np.arange(count), batch.labels.numpy()] = 1.0
+        client.send_values(onehot, message["layout"])
+        client.await_message("next")
+        examples += count
+    if client is None:
+        raise UserError("DATA: the data set is empty (0 labelled rows)")
+    channel.send_json({"kind": "end"})
+    totals = {}
+    for _ in range(len(settings.losses) + 1):
+        message = client.await_message("total")
+        totals[message["name"]] = float(client.receive_values(message, "a total").reshape(-1)[0])
+    result = aggregate([totals[n] for n in [*settings.losses, "hit"]], settings, examples)
+    if settings.reveal_to == "model-owner":
+        channel.send_json({"kind": "aggregate", "aggregate": result})
+    else:
+        channel.send_json({"kind": "received"})
+        write_json(out_dir / "aggregate.json", result)
+    write_json(out_dir / "client.json", {**client.record(began), "examples": examples})
+    return result
+
+
+def _padded(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """The batch padded with zero rows to the rows announced (masked out of every sum)."""
+    if t.shape[0] == rows:
+        return t
+    pad = torch.zeros((rows - t.shape[0], *t.shape[1:]), dtype=t.dtype)
+    return torch.cat([t, pad])
