@@ -186,8 +186,14 @@ def _evaluate(
     for batch in data.batches(batch_size, names):
         count = len(batch.labels)
         inputs = tuple(_padded(t, rows) for t in batch.inputs)
+        shapes = [tuple(t.shape) for t in inputs]
         if client is None:
-            client = open_client(channel, inputs)
+            client, announced = open_client(channel, inputs), shapes
+        elif shapes != announced:
+            raise UserError(
+                f"DATA: inputs of shape {shapes} after row {examples}, the first batch's were "
+                f"{announced}: every shard needs the same input shape"
+            )
         channel.send_json({"kind": "batch", "rows": count})
         client.send_inputs(inputs)
         message = client.await_message("labels")
