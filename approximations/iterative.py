@@ -210,6 +210,13 @@ def _shallowest(
     return best[1], best[2]
 
 
+def _basin_scale(guess: torch.Tensor, x: torch.Tensor) -> float:
+    """The factor (<= 1) that keeps y0 sqrt(x) below 0.95 sqrt(3) on the grid: Newton's
+    map t -> t (3 - t^2) / 2 for rsqrt sends (0, sqrt(3)) into (0, 1] and converges there."""
+    worst = float((guess * x.sqrt()).max())
+    return min(1.0, 0.95 * math.sqrt(3.0) / worst)
+
+
 @dataclass(frozen=True, eq=False)
 class _NewtonFamily(_Certified):
     """Common fields of reciprocal and inverse square root."""
@@ -358,9 +365,24 @@ class InverseSqrt(_NewtonFamily):
     initial_degree: int = 2
     iterations: int = 2
     reference: str = "rsqrt"
+    guess_scale: float = 1.0
+    """The guess's coefficients times this (<= 1): on wide intervals a relative-minimax
+    guess overshoots sqrt(3) / sqrt(x), beyond which Newton diverges; scaled down it stays
+    inside the basin (0, sqrt(3)) and Newton converges from everywhere."""
 
     def __post_init__(self) -> None:
         self._validate()
+        if not 0 < self.guess_scale <= 1:
+            raise ApproximationError(f"guess_scale={self.guess_scale}: need 0 < scale <= 1")
+
+    @cached_property
+    def initial(self) -> Polynomial:
+        """The relative-minimax guess, times `guess_scale` (no extra depth)."""
+        guess = super().initial
+        if self.guess_scale == 1.0:
+            return guess
+        scaled = tuple(c * self.guess_scale for c in guess.chebyshev)
+        return Polynomial(scaled, guess.interval, reference=guess.reference, method="scaled")
 
     @property
     def depth(self) -> int:
@@ -395,11 +417,29 @@ class InverseSqrt(_NewtonFamily):
             want = torch.rsqrt(x)
             return float(((state[0] - want) / want).abs().max())
 
+        search = (target, max_degree, max_iterations)
         degree, steps = _shallowest(
-            (lo, hi), _exact_rsqrt, target, max_degree, max_iterations,
-            start, step, error, extra_depth=lambda steps: 2 * steps,
-        )  # fmt: skip
-        return cls(interval=(lo, hi), iterations=steps, initial_degree=degree, normalise=False)
+            (lo, hi), _exact_rsqrt, *search, start, step, error, lambda steps: 2 * steps
+        )
+        found = cls(interval=(lo, hi), iterations=steps, initial_degree=degree, normalise=False)
+        if found.max_error <= target:
+            return found
+
+        def inside_basin(y: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return (y * _basin_scale(y, x),)
+
+        degree, steps = _shallowest(
+            (lo, hi), _exact_rsqrt, *search, inside_basin, step, error, lambda steps: 2 * steps
+        )
+        x = torch.logspace(math.log10(lo), math.log10(hi), 4001, dtype=torch.float64)
+        guess = fit(_exact_rsqrt, (lo, hi), degree, "remez", relative=True)
+        return cls(
+            interval=(lo, hi),
+            iterations=steps,
+            initial_degree=degree,
+            normalise=False,
+            guess_scale=_basin_scale(guess(x), x),
+        )
 
     def exact(self, x: torch.Tensor) -> torch.Tensor:
         return _exact_rsqrt(x)
@@ -425,6 +465,7 @@ class InverseSqrt(_NewtonFamily):
         return {
             "type": "InverseSqrt",
             "iterations": self.iterations,
+            "guess_scale": self.guess_scale,
             "interval": list(self.interval),
             "normalise": self.normalise,
             "initial_degree": self.initial_degree,

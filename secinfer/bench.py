@@ -23,6 +23,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,6 +43,21 @@ def update_readme(readme: Path, section: str, table: str) -> bool:
     _, tail = rest.split(end, 1)
     readme.write_text(f"{head}{start}\n{table}\n{end}{tail}")
     return True
+
+
+def _write_record(
+    record: dict[str, Any], markdown: Any, meta: dict[str, Any], args: Any, name: str
+) -> str:
+    """`record` (with `meta`) as bench/NAME.json and its table as NAME.md (NAME.quick.*
+    with --quick); prints the table and returns it."""
+    record["meta"] = meta
+    stem = Path(args.mpc_out) / (f"{name}.quick" if args.quick else name)
+    table = markdown(record)
+    Path(f"{stem}.json").write_text(json.dumps(record, indent=2))
+    Path(f"{stem}.md").write_text(table + "\n")
+    print(f"\n{table}")
+    print(f"{name}: {record['seconds']:.0f} s; wrote {stem}.json and {stem}.md", file=sys.stderr)
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,12 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         from secinfer.benchmarks import loss_costs
 
         evaluation = loss_costs.run(quick=args.quick)
-        evaluation["meta"] = meta
-        stem = Path(args.mpc_out) / ("eval.quick" if args.quick else "eval")
-        eval_table = loss_costs.markdown(evaluation)
-        Path(f"{stem}.json").write_text(json.dumps(evaluation, indent=2))
-        Path(f"{stem}.md").write_text(eval_table + "\n")
-        print(f"\n{eval_table}")
+        eval_table = _write_record(evaluation, loss_costs.markdown, meta, args, "eval")
         sections.append(("bench-eval", eval_table))
     elif sections and (Path(args.mpc_out) / "mpc.json").is_file():
         # keep the README's MPC table: the last full run's, saying when it was measured
@@ -142,12 +153,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"\n{he_table}")
         sections.append(("bench-he", he_table))
+        from secinfer.benchmarks import he_loss_costs
+
+        he_eval = he_loss_costs.run(quick=args.quick)
+        he_eval_table = _write_record(he_eval, he_loss_costs.markdown, meta, args, "eval_he")
+        sections.append(("bench-eval-he", he_eval_table))
     if not args.no_readme:
         readme = Path(args.readme)
         for section, text in sections:
             if update_readme(readme, section, text):
                 print(f"updated the {section} section of {readme}", file=sys.stderr)
-            elif section in ("bench-mpc", "bench-he", "bench-eval"):
+            elif section in ("bench-mpc", "bench-he", "bench-eval", "bench-eval-he"):
                 print(
                     f"{readme} has no <!-- {section}:start/end --> section to update",
                     file=sys.stderr,

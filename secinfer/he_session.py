@@ -15,6 +15,10 @@ by the client in the table the server then sends (`public_embedding=True`: the t
 public, the server gets the embedded vectors encrypted); other integer inputs (attention
 masks, token types) are public (their values travel in clear: padding is visible).
 
+A private evaluation (`secinfer.he_eval`) uses the same set-up (the hello then carries
+the evaluation's settings, and the keys include the rotations that sum over rows) and
+replaces the single query by a loop over the client's batches.
+
 Records: the server writes `server.json` (parameters and why, refreshes, counts, bytes,
 per-node costs), the client `client.json` (bytes each way) and `output.npy`, atomically.
 """

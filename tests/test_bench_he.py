@@ -1,5 +1,7 @@
 """Smoke test of the HE matmul bench (`secinfer.benchmarks.he_matmul`) in quick mode: real
-TenSEAL at N = 8192, the three strategies side by side on tiny shapes, no mocks."""
+TenSEAL at N = 8192, the three strategies side by side on tiny shapes, no mocks. And the HE
+private-evaluation bench (`secinfer.benchmarks.he_loss_costs`) in quick mode, every loss on
+100 encrypted rows with real refreshes (about 45 s on two cores: slow suite)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 
 pytest.importorskip("tenseal")
 
+from secinfer.benchmarks import he_loss_costs as loss_bench
 from secinfer.benchmarks import he_matmul as bench
 
 ROW_KEYS = {
@@ -88,3 +91,56 @@ def test_the_data_follow_the_stated_distributions() -> None:
     np.testing.assert_allclose(y, x @ w)
     again = bench.shape_data(64, 384, 384)
     assert all(np.array_equal(a, b) for a, b in zip((x, w, y), again, strict=True))
+
+
+# --- the private-evaluation bench -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def loss_record() -> dict:
+    return loss_bench.run(quick=True)
+
+
+@pytest.mark.slow
+def test_the_loss_bench_measures_every_loss_at_its_depth(loss_record: dict) -> None:
+    import torch
+
+    from protocols.he.losses import HeLossPlan
+    from secinfer.benchmarks.loss_costs import NAMES, OPTIONS, make_data
+
+    assert loss_record["quick"] is True and loss_record["rows"] == loss_bench.QUICK_ROWS
+    rows = {r["loss"]: r for r in loss_record["losses"]}
+    assert list(rows) == [*NAMES, "accuracy"]
+    logits, labels = make_data(loss_bench.QUICK_ROWS)
+    plan = HeLossPlan.calibrated(
+        torch.as_tensor(logits), zloss_a=OPTIONS.zloss_a, zloss_b=OPTIONS.zloss_b,
+        gce_q=OPTIONS.gce_q,
+    )  # fmt: skip
+    for name, r in rows.items():
+        assert r["depth"] == plan.depth(name), name
+        assert r["ciphertexts_per_input"] == 10  # one per class, all rows in its slots
+        assert r["counts"]["rotations"] == 7  # the sum over 100 rows padded to 128
+        assert r["seconds"] > 0 and r["time_ratio_vs_plain"] > 1
+        # a refresh regains 2 levels; every one of them sends ciphertexts both ways
+        assert r["refreshes"] >= (r["depth"] - 2) // 2
+        assert (r["bytes_to_client"] > 0) == (r["bytes_to_server"] > 0) == (r["refreshes"] > 0)
+        if name != "accuracy":
+            assert r["relative_error_of_sum"] < 2e-2, name
+    assert round(rows["accuracy"]["sum"]) == int((logits.argmax(-1) == labels).sum())
+    assert rows["accuracy"]["count_exact"]
+    square = rows["square"]
+    assert square["depth"] == 1 and square["refreshes"] == square["bytes_to_client"] == 0
+
+
+@pytest.mark.slow
+def test_the_loss_bench_table_has_a_row_per_loss(loss_record: dict) -> None:
+    table = loss_bench.markdown(loss_record)
+    lines = [ln for ln in table.splitlines() if ln.startswith("|")]
+    assert len(lines) == 2 + len(loss_record["losses"])
+    assert len({ln.count("|") for ln in lines}) == 1
+    assert "quick mode" in table and "round trip to the client" in table
+    assert "forward pass comes on top" in table
+
+
+def test_the_row_sum_needs_the_power_of_two_steps_below_the_padded_rows() -> None:
+    assert loss_bench.row_sum_steps(1000) == [1 << k for k in range(10)]
+    assert loss_bench.row_sum_steps(100) == [1, 2, 4, 8, 16, 32, 64]
+    assert loss_bench.row_sum_steps(1) == []

@@ -142,3 +142,15 @@ def test_bad_arguments_are_named(call, needle: str) -> None:
     with pytest.raises(ApproximationError, match=None) as info:
         call()
     assert needle in str(info.value)
+
+
+@pytest.mark.parametrize(("interval", "scaled"), [((0.13, 48.7), False), ((0.078, 851.0), True)])
+def test_polynomial_only_rsqrt_meets_its_target_on_wide_intervals(interval, scaled) -> None:
+    """Beyond a ratio of about 1e3 the relative-minimax guess overshoots Newton's basin
+    (y0 sqrt(x) < sqrt(3)) and every step count diverged (0.74 relative error on
+    [0.078, 851] before the fix); the guess is now scaled into the basin."""
+    approximation = A.InverseSqrt.polynomial_only(interval, max_iterations=16)
+    assert (approximation.guess_scale < 1.0) == scaled
+    x = torch.logspace(-1.1, 2.93, 2001, dtype=torch.float64).clamp(*interval)
+    relative = (approximation(x) * x.sqrt() - 1.0).abs().max()
+    assert float(relative) <= 1e-3 and approximation.max_error <= 1e-3

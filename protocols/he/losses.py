@@ -50,6 +50,7 @@ seen in calibration (depth grows with the log of the bound only)."""
 MAX_RESOLUTION = 0.1
 """The tournament's sign resolution in logit units: each round errs by at most half of it."""
 SIGN_ERROR = 1e-3
+RSQRT_STEPS = 16
 COUNT_ERROR = 1e-7
 
 
@@ -114,7 +115,9 @@ class HeLossPlan:
 
     @cached_property
     def rsqrt(self) -> InverseSqrt:
-        return InverseSqrt.polynomial_only(self.variance)
+        """1/sigma to 1e-3 relative on the variance interval; wide intervals need up to
+        16 Newton steps from a guess kept inside Newton's basin."""
+        return InverseSqrt.polynomial_only(self.variance, max_iterations=RSQRT_STEPS)
 
     @cached_property
     def softplus(self) -> Polynomial:

@@ -122,6 +122,6 @@ def markdown(record: dict[str, Any]) -> str:
         )
     note = (
         "A model's forward pass comes on top (the digits model: `secinfer eval -b mpc`). "
-        "Under `he` the losses are not built yet."
+        "Under `he`: the HE table below (`bench/eval_he.md`)."
     )
     return "\n".join([head, "", *rows, "", note])
