@@ -99,7 +99,7 @@ def evaluate_local(
     """Run `backend` and `plain` over `data`; the report's losses, accuracy and counts."""
     began = time.perf_counter()
     secure, plain = Totals(), Totals()
-    bar = _bar(data.rows)
+    bar = progress_bar(data.rows)
     for batch in data.batches(batch_size, loaded.input_names):
         loaded.check_inputs(batch.inputs)
         reference = Executor(graph, "plain").run(batch.inputs).outputs[0].double()
@@ -125,7 +125,8 @@ def evaluate_local(
     }
 
 
-def _bar(total: int) -> Any:
+def progress_bar(total: int) -> Any:
+    """A tqdm bar over examples on an interactive terminal, else None."""
     if not sys.stderr.isatty():
         return None
     from tqdm import tqdm

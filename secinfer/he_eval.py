@@ -37,7 +37,7 @@ from protocols.he.losses import HeLossPlan, per_example
 from protocols.he.tensor import HeTensor
 from secinfer.dataset import Dataset, check_labels
 from secinfer.errors import UserError
-from secinfer.evaluate import Evaluation, aggregate
+from secinfer.evaluate import Evaluation, aggregate, progress_bar
 from secinfer.execute import RunResult
 from secinfer.report import write_json
 
@@ -183,6 +183,7 @@ def _evaluate(
     rows = min(batch_size, data.rows)
     client = None
     examples = 0
+    bar = progress_bar(data.rows)
     for batch in data.batches(batch_size, names):
         count = len(batch.labels)
         inputs = tuple(_padded(t, rows) for t in batch.inputs)
@@ -205,6 +206,10 @@ def _evaluate(
         client.send_values(onehot, message["layout"])
         client.await_message("next")
         examples += count
+        if bar is not None:
+            bar.update(count)
+    if bar is not None:
+        bar.close()
     if client is None:
         raise UserError("DATA: the data set is empty (0 labelled rows)")
     channel.send_json({"kind": "end"})
