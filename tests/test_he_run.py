@@ -11,7 +11,8 @@
   under another context, a wrong input shape: one clear line each, the server ends cleanly.
 
 The digits model through the CLI, the public-embedding mode and the 100-image digits
-check (`test_he_slow.py`) are in the slow suite.
+check (`test_he_slow.py`) are in the slow suite. The refusals call `secinfer run` in this
+process (`test_run_cli.secinfer_here`); server and client are processes all the same.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 import pytest
 import tenseal as ts
 import torch
+from test_run_cli import secinfer_here
 
 from protocols.he import messages as M
 from protocols.he.galois import public_context_with_steps
@@ -99,15 +101,20 @@ def test_run_backend_he_on_a_small_model_through_the_cli(tmp_path: Path) -> None
     assert np.load(output_path).shape == (2, 3)
 
 
-def test_without_refresh_the_error_states_depth_needed_and_available() -> None:
-    done = cli("run", str(DIGITS_HE), "--backend", "he", "--no-refresh")
+def test_without_refresh_the_error_states_depth_needed_and_available(tmp_path: Path) -> None:
+    """`secinfer run` in this process, server and client as processes; the server refuses.
+    A small exported model needing about 5 levels: its plan is quick to build (the bundled
+    digits model, 227 levels, spent some 15 s calibrating and fitting first)."""
+    path = tmp_path / "deep.pt2"
+    torch.export.save(torch.export.export(Deep().eval(), (torch.randn(2, 3, 8),)), path)
+    done = secinfer_here("run", str(path), "--backend", "he", "--no-refresh")
     assert done.returncode == 2
     line = done.stderr.strip().splitlines()[-1]
     assert "levels" in line and "offers 2" in line and "Traceback" not in done.stderr
 
 
 def test_a_model_with_ops_ckks_cannot_run_is_refused_with_the_conversion_to_apply() -> None:
-    done = cli("run", str(DIGITS), "--backend", "he")
+    done = secinfer_here("run", str(DIGITS), "--backend", "he")
     assert done.returncode == 2
     assert "has no he kernel" in done.stderr and "approximations.convert" in done.stderr
     assert "Traceback" not in done.stderr
@@ -116,7 +123,7 @@ def test_a_model_with_ops_ckks_cannot_run_is_refused_with_the_conversion_to_appl
 def test_an_input_of_the_wrong_shape_is_refused_by_the_server(tmp_path: Path) -> None:
     path = tmp_path / "x.npy"
     np.save(path, np.zeros((2, 63), dtype=np.float32))
-    done = cli("run", str(DIGITS_HE), "--backend", "he", "--input", str(path))
+    done = secinfer_here("run", str(DIGITS_HE), "--backend", "he", "--input", str(path))
     assert done.returncode == 2
     assert "63" in done.stderr and "Traceback" not in done.stderr
 
@@ -131,6 +138,16 @@ class Square(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.fc(x)
         return (y * y).mean(-1)
+
+
+class Deep(Square):
+    """Three squarings after the linear layer: deeper than one context's 2 levels."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x)
+        for _ in range(3):
+            y = y * y
+        return y.mean(-1)
 
 
 @pytest.fixture(scope="module")

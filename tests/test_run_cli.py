@@ -1,4 +1,10 @@
-"""`secinfer run` and `secinfer inspect` as a user runs them: formats, outputs, errors."""
+"""`secinfer run` and `secinfer inspect` as a user runs them: formats, outputs, errors.
+
+Runs that succeed go through the installed console script (a process each); `inspect`
+and the user errors call the same command in this process (click's CliRunner, tracebacks
+shown as a user would see them), which saves an interpreter start per call and lets
+`inspect` reuse the fits it made for the first model.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,16 @@ import json
 import pickle
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import transformers as T
+from click.testing import CliRunner
+
+from secinfer.cli import main
 
 ROOT = Path(__file__).parents[1]
 DIGITS = ROOT / "secinfer" / "data" / "digits.safetensors"
@@ -24,6 +34,16 @@ def secinfer(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
     return subprocess.run(
         [str(_BESIDE), *args], capture_output=True, text=True, timeout=600, check=False, cwd=cwd
     )
+
+
+def secinfer_here(*args: str) -> subprocess.CompletedProcess:
+    """`secinfer` in this process; an exception that escapes the command shows as the
+    traceback a user would see."""
+    result = CliRunner().invoke(main, list(args))
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(["secinfer", *args], result.exit_code, result.stdout, stderr)
 
 
 def assert_user_error(done: subprocess.CompletedProcess, needle: str) -> None:
@@ -104,11 +124,11 @@ def test_run_hf_directory_with_text(bert_dir) -> None:
 
 def test_inspect_demo_and_bert(bert_dir) -> None:
     for model in (DIGITS_PT2, bert_dir):
-        done = secinfer("inspect", str(model))
+        done = secinfer_here("inspect", str(model))
         assert done.returncode == 0, done.stderr
         assert "aten.linear" in done.stdout and "HE multiplicative depth estimate" in done.stdout
         assert "approx" in done.stdout
-    info = json.loads(secinfer("inspect", str(DIGITS_PT2), "--json").stdout)
+    info = json.loads(secinfer_here("inspect", str(DIGITS_PT2), "--json").stdout)
     assert info["he_depth_estimate"]["depth"] > 0
     assert info["parameters"] == 18154
 
@@ -129,16 +149,20 @@ def test_bad_inputs_are_one_line_errors(tmp_path, bert_dir) -> None:
     wrong_dtype = tmp_path / "wrong_dtype.npy"
     np.save(wrong_dtype, np.zeros((2, 64), dtype=np.int64))
 
-    assert_user_error(secinfer("run", str(tmp_path / "missing.pt2")), "no such file")
-    assert_user_error(secinfer("run", str(pickled)), "--trust-model")
-    assert_user_error(secinfer("run", str(state)), "without the architecture")
-    assert_user_error(secinfer("run", str(corrupt)), "damaged")
-    assert_user_error(secinfer("run", str(junk)), "junk.bin")
-    assert_user_error(secinfer("run", str(DIGITS), "--input", str(wrong_shape)), "shape (2, 63)")
-    assert_user_error(secinfer("run", str(DIGITS), "--input", str(wrong_dtype)), "dtype int64")
-    assert_user_error(secinfer("run", str(DIGITS), "--text", "hello"), "tokenizer")
-    assert_user_error(secinfer("run", str(DIGITS), "-b", "he"), "approximations.convert")
-    assert_user_error(secinfer("run", str(DIGITS), "--output", str(tmp_path / "y.txt")), ".npy")
+    assert_user_error(secinfer_here("run", str(tmp_path / "missing.pt2")), "no such file")
+    assert_user_error(secinfer_here("run", str(pickled)), "--trust-model")
+    assert_user_error(secinfer_here("run", str(state)), "without the architecture")
+    assert_user_error(secinfer_here("run", str(corrupt)), "damaged")
+    assert_user_error(secinfer_here("run", str(junk)), "junk.bin")
+    assert_user_error(
+        secinfer_here("run", str(DIGITS), "--input", str(wrong_shape)), "shape (2, 63)"
+    )
+    assert_user_error(secinfer_here("run", str(DIGITS), "--input", str(wrong_dtype)), "dtype int64")
+    assert_user_error(secinfer_here("run", str(DIGITS), "--text", "hello"), "tokenizer")
+    assert_user_error(secinfer_here("run", str(DIGITS), "-b", "he"), "approximations.convert")
+    assert_user_error(
+        secinfer_here("run", str(DIGITS), "--output", str(tmp_path / "y.txt")), ".npy"
+    )
     assert not (tmp_path / "y.txt").exists()
 
 
@@ -170,7 +194,7 @@ def test_torchscript_needs_input_then_runs(tmp_path) -> None:
     module = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GELU()).eval()
     scripted = tmp_path / "model.ts"
     torch.jit.save(torch.jit.script(module), scripted)
-    assert_user_error(secinfer("run", str(scripted)), "--input")
+    assert_user_error(secinfer_here("run", str(scripted)), "--input")
     x = tmp_path / "x.npy"
     np.save(x, np.ones((2, 4), dtype=np.float32))
     done = secinfer("run", str(scripted), "--input", str(x), "-b", "approx", "--json")
@@ -189,4 +213,4 @@ def test_unsupported_op_exits_2_naming_op_and_module(tmp_path) -> None:
 
     path = tmp_path / "spectral.pt2"
     torch.export.save(torch.export.export(Spectral(), (torch.randn(2, 8),)), path)
-    assert_user_error(secinfer("run", str(path)), "aten._fft")
+    assert_user_error(secinfer_here("run", str(path)), "aten._fft")
