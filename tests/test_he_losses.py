@@ -1,7 +1,8 @@
 """Losses on encrypted logits (`protocols.he.losses`) and the composite sign they rest on.
 
-Plaintext (`approximations.composite_sign`): the certificate holds on a dense grid; the
-maximum never exceeds the larger input; step(0) is exactly 1/2.
+Plaintext (`approximations.composite_sign`): the stages are odd, increasing and fix 1; the
+certificate holds on a dense grid; the maximum never exceeds the larger input; step(0) is
+exactly 1/2.
 
 Encrypted (real TenSEAL, N = 8192, refreshes through the masking refresher with an
 in-process client as in `test_he_tensor`): 24 rows of the bundled HE-friendly digits
@@ -21,7 +22,11 @@ import pytest
 import torch
 
 from approximations import losses as L
-from approximations.composite_sign import CompositeSign, odd_sign_polynomial
+from approximations.composite_sign import (
+    CompositeSign,
+    odd_sign_polynomial,
+    steep_sign_polynomial,
+)
 from approximations.errors import ApproximationError
 
 NAMES = ["ce", "square", "zloss", "gce", "mae"]
@@ -34,6 +39,16 @@ def test_the_sign_polynomial_is_cheon_et_al_f_n() -> None:
     assert np.allclose(f3, [0, 35, 0, -35, 0, 21, 0, -5])
 
 
+def test_the_steep_stage_is_odd_increasing_fixes_one_and_beats_f3_per_level() -> None:
+    coefficients = np.array(steep_sign_polynomial(15))
+    assert len(coefficients) == 16 and np.all(coefficients[::2] == 0)
+    x = np.linspace(0.0, 1.0, 1_000_001)
+    values = np.polynomial.polynomial.polyval(x, coefficients)
+    assert np.all(np.diff(values) > 0) and abs(values[-1] - 1.0) < 1e-12
+    # growth per level at 0: ln(5.37) / 4 levels against ln(35/16) / 3
+    assert coefficients[1] > 5.3 and math.log(coefficients[1]) / 4 > math.log(35 / 16) / 3
+
+
 @pytest.mark.parametrize(
     ("bound", "resolution", "error"), [(25.0, 0.01, 1e-3), (10.0, 0.4, 1e-7), (3.0, 0.1, 1e-4)]
 )
@@ -41,7 +56,8 @@ def test_composite_sign_meets_its_certificate(
     bound: float, resolution: float, error: float
 ) -> None:
     sign = CompositeSign(bound, resolution, error)
-    assert sign.max_error <= error and sign.depth == 3 * sign.iterations
+    assert sign.max_error <= error
+    assert sign.depth == sum(p.depth for p in sign.polynomials) and sign.iterations > 1
     x = torch.linspace(-bound, bound, 400_001, dtype=torch.float64)
     y = sign(x)
     covered = x.abs() >= resolution

@@ -66,7 +66,12 @@ def test_a_node_at_20_bits_is_more_accurate_and_returns_at_16(run: dict) -> None
     assert run["bits_None"] == 16 and run["bits_20"] == 16
     assert err16 < 2e-2 and err20 < 2e-3  # the kernel's bound: 2^-16 / sqrt(var) ~ 4.8e-4
     print(f"LayerNorm at variance 1e-3: error {err16:.2e} at 16 bits, {err20:.2e} at 20")
-    assert err20 < err16 / 4, (err16, err20)
+    # Measured over runs: max 2.6e-3 to 3.4e-3 at 16 bits against 4.2e-4 to 6.3e-4 at 20
+    # (ratios 3.4 to 7.9: the max over 2,048 entries is one truncation's luck, and a ratio
+    # of 4 failed once); RMS 5.0e-4 against 2.4e-4 (2.1x; both share a 2.3e-4 floor).
+    rms16 = np.sqrt(((run["y_None"] - want) ** 2).mean())
+    rms20 = np.sqrt(((run["y_20"] - want) ** 2).mean())
+    assert err20 < err16 / 2 and rms20 < rms16 / 1.5, (err16, err20, rms16, rms20)
 
 
 def test_the_plan_refuses_bad_precisions() -> None:
