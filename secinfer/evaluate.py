@@ -223,6 +223,7 @@ def evaluate_secure(
             "params": model_owner["params"],
             "loss_depth": model_owner["loss_depth"],
             "loss_seconds": model_owner["loss_seconds"],
+            "loss_refreshes": model_owner["loss_refreshes"],
             "approximations": model_owner["evaluation"]["approximations"],
         }
     return report

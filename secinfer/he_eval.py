@@ -81,7 +81,7 @@ def serve_evaluation(
     names = list(evaluation.settings.losses)
     rows_announced = int(session.specs[0]["shape"][0])
     totals: dict[str, HeTensor] = {}
-    examples, batches, loss_seconds = 0, 0, 0.0
+    examples, batches, loss_seconds, loss_refreshes = 0, 0, 0.0, 0
     result = None
     while True:
         message = channel.recv_json()
@@ -98,7 +98,7 @@ def serve_evaluation(
             raise UserError("private evaluation needs encrypted logits of shape (N, classes)")
         channel.send_json({"kind": "labels", "layout": logits.layout.to_dict()})
         labels = session.receive_tensor(logits.layout)
-        began = time.perf_counter()
+        began, refreshed = time.perf_counter(), _refreshes(session)
         real = np.zeros(logits.shape[0])
         real[:rows] = 1.0
         values = per_example(logits, labels, names, evaluation.plan)
@@ -106,6 +106,7 @@ def serve_evaluation(
             batch_sum = (value * real).sum(0)
             totals[name] = batch_sum if name not in totals else totals[name] + batch_sum
         loss_seconds += time.perf_counter() - began
+        loss_refreshes += _refreshes(session) - refreshed
         examples += rows
         batches += 1
         channel.send_json({"kind": "next"})
@@ -122,6 +123,7 @@ def serve_evaluation(
         "examples": examples,
         "batches": batches,
         "loss_seconds": loss_seconds,
+        "loss_refreshes": loss_refreshes,
         "loss_depth": {n: evaluation.plan.depth(n) for n in [*names, "accuracy"]},
     }
     if reply.get("kind") == "aggregate":
@@ -131,6 +133,10 @@ def serve_evaluation(
     elif reply.get("kind") != "received":
         raise M.MessageError(f"expected the client's confirmation, got {reply.get('kind')!r}")
     return result, fields
+
+
+def _refreshes(session: Any) -> int:
+    return session.refresher.stats.refreshes if session.refresher else 0
 
 
 def _checked_aggregate(reply: dict[str, Any], names: list[str], examples: int) -> dict[str, Any]:

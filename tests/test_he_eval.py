@@ -94,6 +94,7 @@ def test_eval_backend_he_through_the_cli(model_and_data, tmp_path: Path) -> None
     check(report)
     assert report["comm"]["refreshes"] > 0 and report["comm"]["bytes_sent"]["data_owner"] > 0
     assert report["he"]["loss_depth"]["square"] == 1
+    assert 0 < report["he"]["loss_refreshes"] < report["comm"]["refreshes"]
     assert "revealed to the model-owner only" in done.stdout and "| zloss |" in done.stdout
 
 
