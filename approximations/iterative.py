@@ -401,8 +401,10 @@ class InverseSqrt(_NewtonFamily):
 
         Searches initial degrees 1..max_degree and Newton steps 0..max_iterations, scoring
         each on a 4,001-point geometric grid (the returned object's error is then certified
-        as usual). Wide intervals need deep configurations: Newton converges only once the
-        guess is within a factor sqrt(3) of the answer.
+        as usual). Wide intervals need deep configurations: Newton converges only while the
+        guess stays below sqrt(3) times the answer. When no configuration meets the target
+        (beyond a ratio of about 1e3, the relative-minimax guess overshoots that), the
+        search runs again with each guess scaled into the basin (`guess_scale`).
         """
         lo, hi = _check_positive_interval(interval, "interval")
 

@@ -401,11 +401,12 @@ def _evaluation_settings(options: dict[str, Any]) -> Any:
     names, a, b, q = (options.pop(k) for k in ("eval_losses", "zloss_a", "zloss_b", "gce_q"))
     reveal = options.pop("reveal_to")
     if names is None:
+        if options.get("eval_data") is not None:
+            raise UserError("--eval-data needs --loss NAMES (the losses both sides agreed to)")
         return None
-    from secinfer.evaluate import Evaluation, parse_losses
+    from secinfer.evaluate import Evaluation, check_hyper_parameters, parse_losses
 
-    if a <= 0 or not 0 < q <= 1:
-        raise UserError(f"--zloss-a {a} / --gce-q {q}: need a > 0 and 0 < q <= 1")
+    check_hyper_parameters(a, q)
     return Evaluation(tuple(parse_losses(names)), reveal, a, b, q)
 
 
@@ -484,13 +485,19 @@ def eval_(
     from approximations import losses as L
     from secinfer import load, runner
     from secinfer.dataset import open_dataset
-    from secinfer.evaluate import LOCAL, evaluate_local, evaluate_secure, parse_losses, table
+    from secinfer.evaluate import (
+        LOCAL,
+        check_hyper_parameters,
+        evaluate_local,
+        evaluate_secure,
+        parse_losses,
+        table,
+    )
     from secinfer.report import write_json
 
     _check_suffix(report_path, ".json", "--report")
     names = parse_losses(loss_names)
-    if zloss_a <= 0 or not 0 < gce_q <= 1:
-        raise UserError(f"--zloss-a {zloss_a} / --gce-q {gce_q}: need a > 0 and 0 < q <= 1")
+    check_hyper_parameters(zloss_a, gce_q)
     dataset = open_dataset(data)
     loaded = load.load_model(model, trust_model=trust_model)
     if loaded.program is None:
@@ -592,6 +599,13 @@ def he_party(role: str, **options: Any) -> None:
     code = 0
     try:
         evaluation = _evaluation_settings(options)
+        if role == "server" and options["eval_data"] is not None:
+            raise UserError("--eval-data is the client's option (the data owner's labelled data)")
+        if role == "client" and evaluation is not None and options["input_paths"]:
+            raise UserError(
+                "--input with --loss: a client either queries (--input) or evaluates "
+                "(--loss with --eval-data)"
+            )
         if role == "server":
             if options["port"] is None:
                 raise UserError("--role server needs --port PORT")

@@ -74,6 +74,11 @@ class Totals:
         return {name: total / self.count for name, total in self.sums.items()}
 
 
+def check_hyper_parameters(zloss_a: float, gce_q: float) -> None:
+    if zloss_a <= 0 or not 0 < gce_q <= 1:
+        raise UserError(f"--zloss-a {zloss_a} / --gce-q {gce_q}: need a > 0 and 0 < q <= 1")
+
+
 def parse_losses(text: str) -> list[str]:
     """`--loss ce,square`: known names, in the order given, without repeats."""
     names = [n.strip() for n in text.split(",") if n.strip()]

@@ -3,18 +3,27 @@
 After the session's set-up (`he_session`: hello with the evaluation's settings, shapes of
 one batch, layouts, keys), per batch:
 
-    client  {"batch", rows}, the batch's inputs encrypted (padded to the announced rows)
+    client  {"batch", rows, examples}, the batch's inputs encrypted (padded to the
+            announced rows with copies of its first row)
     server  runs the graph; {"labels", layout of the logits}
-    client  its labels, checked, as encrypted one-hot rows in that layout
-    server  `protocols.he.losses.per_example`, times the mask of the batch's real rows,
-            summed over the rows, added to its encrypted running totals; {"next"}
+    client  its labels, checked, as encrypted one-hot rows in that layout (the padding
+            rows repeat the first row's label)
+    server  `protocols.he.losses.per_example`, times w = 1 / examples on the batch's real
+            rows and 0 on the padding, summed over the rows, added to its encrypted
+            running totals (so the totals are means, bounded by the largest per-example
+            value, however large the data set); {"next"}
 
 refreshes interleaving as in a query. After {"end"} the server zeroes every slot of each
 total but the one holding it (so partial sums in the other slots never reach the client)
-and sends them: one ciphertext per loss and one for the hit count. The client decrypts
-them, the only values it decrypts besides masked refreshes, and keeps the aggregate
-(`--reveal-to data-owner`) or sends it to the server (`model-owner`); it also writes
-`aggregate.json` only in the first case, the server in the second.
+and sends one ciphertext per loss and one for the accuracy:
+
+    --reveal-to data-owner    the totals as they are; the client decrypts them and keeps
+                              the aggregate (`aggregate.json`); the server learns nothing
+    --reveal-to model-owner   each total plus a uniform mask in +-2^mask_bits that the
+                              server keeps; the client decrypts x + r (within statistical
+                              distance |x| / 2^(mask_bits + 1) of the mask alone, as a
+                              refresh), returns it, and the server removes r and writes
+                              `aggregate.json`: the client learns nothing beyond the count
 
 Both sides must agree on the settings: the server announces them (with the bounds it
 calibrated) and the client refuses a mismatch with its own. The server learns the number
@@ -34,6 +43,7 @@ import torch
 
 from protocols.he import messages as M
 from protocols.he.losses import HeLossPlan, per_example
+from protocols.he.refresh import uniform_mask
 from protocols.he.tensor import HeTensor
 from secinfer.dataset import Dataset, check_labels
 from secinfer.errors import UserError
@@ -82,16 +92,24 @@ def serve_evaluation(
     rows_announced = int(session.specs[0]["shape"][0])
     totals: dict[str, HeTensor] = {}
     examples, batches, loss_seconds, loss_refreshes = 0, 0, 0.0, 0
-    result = None
+    result, announced = None, None
     while True:
         message = channel.recv_json()
         if message.get("kind") == "end":
             break
-        rows = message.get("rows")
+        rows, total_rows = message.get("rows"), message.get("examples")
         if message.get("kind") != "batch" or not isinstance(rows, int):
             raise M.MessageError(f"expected a batch or the end, got {message.get('kind')!r}")
         if not 1 <= rows <= rows_announced:
             raise UserError(f"a batch of {rows} rows; the client announced {rows_announced}")
+        if announced is None:
+            announced = total_rows
+        if (
+            not isinstance(total_rows, int)
+            or total_rows != announced
+            or examples + rows > total_rows
+        ):
+            raise M.MessageError(f"the client announced {announced} examples, then {total_rows}")
         result = session.run(session.receive_inputs())
         logits = result.outputs[0]
         if not isinstance(logits, HeTensor) or logits.dim() != 2:
@@ -99,23 +117,31 @@ def serve_evaluation(
         channel.send_json({"kind": "labels", "layout": logits.layout.to_dict()})
         labels = session.receive_tensor(logits.layout)
         began, refreshed = time.perf_counter(), _refreshes(session)
-        real = np.zeros(logits.shape[0])
-        real[:rows] = 1.0
+        weights = np.zeros(logits.shape[0])
+        weights[:rows] = 1.0 / announced
         values = per_example(logits, labels, names, evaluation.plan)
         for name, value in values.items():
-            batch_sum = (value * real).sum(0)
+            batch_sum = (value * weights).sum(0)
             totals[name] = batch_sum if name not in totals else totals[name] + batch_sum
         loss_seconds += time.perf_counter() - began
         loss_refreshes += _refreshes(session) - refreshed
         examples += rows
         batches += 1
         channel.send_json({"kind": "next"})
-    if result is None:
-        raise UserError("the client sent no batch: the data set is empty")
-    order = [*names, "hit"]
-    for name in order:
-        total = totals[name].masked()
+    if result is None or examples != announced:
+        raise UserError(f"the client sent {examples} of the {announced} examples it announced")
+    to_model_owner = evaluation.settings.reveal_to == "model-owner"
+    bound = 2.0**session.mask_bits
+    masks = {name: float(uniform_mask(1, bound)[0]) if to_model_owner else 0.0 for name in totals}
+    for name in [*names, "hit"]:
+        total = totals[name].masked()  # every other slot zero
         total.ensure_level(0)
+        if masks[name]:  # the mask goes into the total's own slot only
+            slot = np.zeros(session.engine.slots)
+            slot[total.layout.positions().reshape(-1)] = masks[name]
+            grid = np.empty((), dtype=object)
+            grid[()] = session.engine.add_plain(total.grid.item(), slot, cache=False)
+            total = HeTensor(session.engine, total.layout, grid, clean=True, refresher=None)
         session.send_tensor("total", total, name=name)
     reply = channel.recv_json()
     fields = {
@@ -126,10 +152,16 @@ def serve_evaluation(
         "loss_refreshes": loss_refreshes,
         "loss_depth": {n: evaluation.plan.depth(n) for n in [*names, "accuracy"]},
     }
-    if reply.get("kind") == "aggregate":
-        if evaluation.settings.reveal_to != "model-owner":
-            raise M.MessageError("the client sent an aggregate it was not asked for")
-        write_json(out_dir / "aggregate.json", _checked_aggregate(reply, names, examples))
+    if to_model_owner:
+        masked = reply.get("masked_totals")
+        if reply.get("kind") != "masked_totals" or not isinstance(masked, dict):
+            raise M.MessageError(f"expected the masked totals, got {reply.get('kind')!r}")
+        if sorted(masked) != sorted(masks) or not all(
+            isinstance(v, float) for v in masked.values()
+        ):
+            raise M.MessageError("the client's masked totals do not match the evaluation")
+        sums = [(masked[n] - masks[n]) * examples for n in [*names, "hit"]]
+        write_json(out_dir / "aggregate.json", aggregate(sums, evaluation.settings, examples))
     elif reply.get("kind") != "received":
         raise M.MessageError(f"expected the client's confirmation, got {reply.get('kind')!r}")
     return result, fields
@@ -137,17 +169,6 @@ def serve_evaluation(
 
 def _refreshes(session: Any) -> int:
     return session.refresher.stats.refreshes if session.refresher else 0
-
-
-def _checked_aggregate(reply: dict[str, Any], names: list[str], examples: int) -> dict[str, Any]:
-    aggregate_ = reply.get("aggregate")
-    if (
-        not isinstance(aggregate_, dict)
-        or aggregate_.get("examples") != examples
-        or sorted(aggregate_.get("losses", {})) != sorted(names)
-    ):
-        raise M.MessageError("the client's aggregate does not match the evaluation")
-    return aggregate_
 
 
 # --- client -------------------------------------------------------------------------------
@@ -160,7 +181,8 @@ def evaluate(
     *,
     timeout: float,
 ) -> dict[str, Any]:
-    """The client's side (module docstring); returns the aggregate."""
+    """The client's side (module docstring); returns the aggregate when revealed to the
+    client, else only the count."""
     from secinfer.he_session import connect, guarded
 
     channel = connect(address, timeout)
@@ -201,7 +223,7 @@ def _evaluate(
                 f"DATA: inputs of shape {shapes} after row {examples}, the first batch's were "
                 f"{announced}: every shard needs the same input shape"
             )
-        channel.send_json({"kind": "batch", "rows": count})
+        channel.send_json({"kind": "batch", "rows": count, "examples": data.rows})
         client.send_inputs(inputs)
         message = client.await_message("labels")
         shape = message["layout"]["shape"]
@@ -209,6 +231,7 @@ def _evaluate(
         check_labels(batch.labels, classes, examples)
         onehot = np.zeros((int(shape[0]), classes))
         onehot[np.arange(count), batch.labels.numpy()] = 1.0
+        onehot[count:] = onehot[0]
         client.send_values(onehot, message["layout"])
         client.await_message("next")
         examples += count
@@ -223,19 +246,22 @@ def _evaluate(
     for _ in range(len(settings.losses) + 1):
         message = client.await_message("total")
         totals[message["name"]] = float(client.receive_values(message, "a total").reshape(-1)[0])
-    result = aggregate([totals[n] for n in [*settings.losses, "hit"]], settings, examples)
-    if settings.reveal_to == "model-owner":
-        channel.send_json({"kind": "aggregate", "aggregate": result})
+    result: dict[str, Any] = {"examples": examples, "revealed_to": settings.reveal_to}
+    if settings.reveal_to == "model-owner":  # masked: nothing here but the count
+        channel.send_json({"kind": "masked_totals", "masked_totals": totals})
     else:
         channel.send_json({"kind": "received"})
+        sums = [totals[n] * examples for n in [*settings.losses, "hit"]]
+        result = aggregate(sums, settings, examples)
         write_json(out_dir / "aggregate.json", result)
     write_json(out_dir / "client.json", {**client.record(began), "examples": examples})
     return result
 
 
 def _padded(t: torch.Tensor, rows: int) -> torch.Tensor:
-    """The batch padded with zero rows to the rows announced (masked out of every sum)."""
+    """The batch padded to the rows announced with copies of its first row: weighted 0 in
+    every sum, and inside every calibrated interval, as a real row is (zero rows need not
+    be: the logits of a zero input may lie beyond the sign polynomials' bound)."""
     if t.shape[0] == rows:
         return t
-    pad = torch.zeros((rows - t.shape[0], *t.shape[1:]), dtype=t.dtype)
-    return torch.cat([t, pad])
+    return torch.cat([t, t[:1].expand(rows - t.shape[0], *t.shape[1:])])

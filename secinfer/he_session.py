@@ -20,7 +20,8 @@ the evaluation's settings, and the keys include the rotations that sum over rows
 replaces the single query by a loop over the client's batches.
 
 Records: the server writes `server.json` (parameters and why, refreshes, counts, bytes,
-per-node costs), the client `client.json` (bytes each way) and `output.npy`, atomically.
+per-node costs), the client `client.json` (bytes each way) and `output.npy` (a private
+evaluation: `aggregate.json` on the side that learns it), atomically.
 """
 
 from __future__ import annotations
@@ -149,6 +150,7 @@ class ServerSession:
     specs: list[dict[str, Any]]
     engine: Engine
     refresher: MaskingRefresher | None
+    mask_bits: int
 
     def receive_inputs(self) -> tuple[Any, ...]:
         """The client's inputs for one run: encrypted tensors, or public values."""
@@ -165,16 +167,8 @@ class ServerSession:
         return tuple(inputs)
 
     def receive_tensor(self, layout: Layout) -> HeTensor:
-        cts = self.channel.recv_cts(int(np.prod(layout.grid_shape)))
-        grid = np.empty(len(cts), dtype=object)
-        grid[:] = cts
-        return HeTensor(
-            self.engine,
-            layout,
-            grid.reshape(layout.grid_shape),
-            clean=True,
-            refresher=self.refresher,
-        )
+        grid = receive_grid(self.channel, layout)
+        return HeTensor(self.engine, layout, grid, clean=True, refresher=self.refresher)
 
     def send_tensor(self, kind: str, tensor: HeTensor, **fields: Any) -> None:
         self.channel.send_json({"kind": kind, "layout": tensor.layout.to_dict(), **fields})
@@ -227,6 +221,8 @@ def _serve(
         result, extra = serve_evaluation(session, evaluation, out_dir)
     record = _server_record(graph, params, session.engine, session.refresher, result, channel)
     record["params_reason"] = parameter_reason(graph, plan, params, allow_refresh)
+    if evaluation is not None:  # per-node figures are one batch's; the rest covers all
+        record["last_batch"] = {k: record.pop(k) for k in ("run_seconds", "latency", "nodes")}
     record.update(extra)
     record["seconds"] = time.perf_counter() - began
     write_json(out_dir / "server.json", record)
@@ -282,7 +278,7 @@ def _open_server(
         return channel.recv_cts(len(cts))
 
     refresher = MaskingRefresher(engine, transport, mask_bits) if allow_refresh else None
-    return ServerSession(graph, plan, channel, params, specs, engine, refresher)
+    return ServerSession(graph, plan, channel, params, specs, engine, refresher, mask_bits)
 
 
 def _check_shapes(
@@ -320,6 +316,14 @@ class _Counts(dict):
 
     def __sub__(self, other: dict[str, Any]) -> dict[str, Any]:
         return {k: self[k] - other.get(k, 0) for k in self}
+
+
+def receive_grid(channel: Channel, layout: Layout) -> np.ndarray:
+    """The ciphertexts of one tensor in `layout`, as its grid."""
+    cts = channel.recv_cts(int(np.prod(layout.grid_shape)))
+    grid = np.empty(len(cts), dtype=object)
+    grid[:] = cts
+    return grid.reshape(layout.grid_shape)
 
 
 def _server_record(
@@ -438,12 +442,8 @@ class ClientSession:
     def receive_values(self, message: dict[str, Any], what: str) -> np.ndarray:
         """Decrypt the tensor that follows `message` (which carries its layout)."""
         layout = Layout.from_dict(message["layout"])
-        cts = self.channel.recv_cts(int(np.prod(layout.grid_shape)))
-        grid = np.empty(len(cts), dtype=object)
-        grid[:] = cts
-        return _plausible(
-            self.codec.decrypt(grid.reshape(layout.grid_shape), layout), self.bound, what
-        )
+        grid = receive_grid(self.channel, layout)
+        return _plausible(self.codec.decrypt(grid, layout), self.bound, what)
 
     def record(self, began: float) -> dict[str, Any]:
         return {

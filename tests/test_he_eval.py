@@ -141,26 +141,59 @@ def test_the_model_owner_receives_the_aggregate_and_no_per_example_value(
 
     monkeypatch.setattr(he_session.Channel, "recv_json", spy)
     port, outcome, thread, out_dir = _session(model, settings)
-    result = evaluate(
-        ("127.0.0.1", port), open_dataset(data), 4, settings, Path(tempfile.mkdtemp()),
-        timeout=60,
-    )  # fmt: skip
+    client_dir = Path(tempfile.mkdtemp())
+    result = evaluate(("127.0.0.1", port), open_dataset(data), 4, settings, client_dir, timeout=60)
     thread.join(60)
     assert "error" not in outcome, outcome.get("error")
-    assert json.loads((out_dir / "aggregate.json").read_text()) == result
     assert set(received[1]) == {"session_id", "context_sha256"}  # the key handshake
     kinds = [m.get("kind") for m in received[:1] + received[2:]]
-    assert kinds == ["shapes", "batch", "batch", "batch", "end", "aggregate"]
+    assert kinds == ["shapes", "batch", "batch", "batch", "end", "masked_totals"]
     assert [m["rows"] for m in received if m.get("kind") == "batch"] == [4, 4, 2]
-    aggregate = received[-1]["aggregate"]
-    assert set(aggregate) == {"examples", "losses", "accuracy"}
-    assert set(aggregate["losses"]) == set(LOSSES)  # one mean per loss, nothing per example
+    masked = received[-1]["masked_totals"]
+    assert set(masked) == {*LOSSES, "hit"}  # one value per loss and accuracy
+    aggregate = json.loads((out_dir / "aggregate.json").read_text())
     x, labels = np.load(data)["inputs"], np.load(data)["labels"]
     with torch.no_grad():
         logits = Classifier()(torch.from_numpy(x)).double()
     for name in LOSSES:
         want = float(L.reference(name)(logits, torch.from_numpy(labels)))
         assert abs(aggregate["losses"][name] - want) <= 2e-2 * abs(want), name
+    assert aggregate["accuracy"] == 0.7
+    # the client decrypted the totals plus the server's masks (uniform in +-2^17): it
+    # learns the count only, and writes no aggregate
+    assert result == {"examples": 10, "revealed_to": "model-owner"}
+    assert not (client_dir / "aggregate.json").exists()
+    means = [aggregate["losses"][name] for name in LOSSES] + [aggregate["accuracy"]]
+    distances = [abs(masked[name] - m) for name, m in zip([*LOSSES, "hit"], means, strict=True)]
+    assert max(distances) > 1.0  # all six within 1 of the truth: probability below 2^-100
+
+
+def test_revealed_to_the_data_owner_the_client_keeps_the_aggregate(model_and_data) -> None:
+    model, data = model_and_data
+    settings = Evaluation(("square",), "data-owner")
+    port, outcome, thread, out_dir = _session(model, settings)
+    client_dir = Path(tempfile.mkdtemp())
+    result = evaluate(("127.0.0.1", port), open_dataset(data), 8, settings, client_dir, timeout=60)
+    thread.join(60)
+    assert "error" not in outcome, outcome.get("error")
+    assert json.loads((client_dir / "aggregate.json").read_text()) == result
+    assert result["examples"] == 10 and result["accuracy"] == 0.7
+    assert not (out_dir / "aggregate.json").exists()
+
+
+def test_options_that_would_do_nothing_are_refused() -> None:
+    from click.testing import CliRunner
+
+    from secinfer.cli import main
+
+    cases = [
+        (["--role", "server", "--port", "1", "--loss", "ce", "--eval-data", "d"], "client's"),
+        (["--role", "client", "--connect", "h:1", "--loss", "ce", "--input", "x.npy"], "either"),
+        (["--role", "client", "--connect", "h:1", "--eval-data", "d.npz"], "needs --loss"),
+    ]
+    for args, needle in cases:
+        done = CliRunner().invoke(main, ["he-party", *args])
+        assert done.exit_code == 2 and needle in done.stderr, (args, done.output)
 
 
 def test_a_label_out_of_range_stops_both_sides_with_one_line(tmp_path: Path, model_and_data):

@@ -28,6 +28,7 @@ from approximations.composite_sign import (
     steep_sign_polynomial,
 )
 from approximations.errors import ApproximationError
+from approximations.polynomial import Polynomial
 
 NAMES = ["ce", "square", "zloss", "gce", "mae"]
 
@@ -191,3 +192,39 @@ def test_encrypted_hits_are_the_argmax_hits(encrypted_losses) -> None:
     hits = (logits.argmax(-1) == labels).double().numpy()
     assert not hits.all() and hits.any()  # both kinds present
     assert np.abs(decrypted["hit"] - hits).max() < 1e-3
+
+
+def test_the_level_probe_counts_what_the_encrypted_run_consumes(ctx) -> None:
+    """The probe against `plan`'s own depth for every polynomial a loss plan uses, and
+    against real ciphertexts (2 levels per fresh one): what the probe puts at 2 levels runs
+    without a refresh and ends at level 0; what it puts at 3 cannot run."""
+    from protocols.he.codec import Codec
+    from protocols.he.engine import Engine
+    from protocols.he.layout import Layout
+    from protocols.he.losses import LevelProbe
+    from protocols.he.polynomial import evaluate_approximation, plan
+    from protocols.he.tensor import DepthExhausted, HeTensor
+
+    logits, _ = _digits_logits(64)
+    loss_plan = _plan(logits)
+    polynomials = [*loss_plan.max_sign.polynomials, *loss_plan.hit_sign.polynomials]
+    polynomials += [loss_plan.log, loss_plan.softplus, loss_plan.rsqrt.initial]
+    for polynomial in polynomials:
+        probe = evaluate_approximation(LevelProbe((4,)), polynomial)
+        schedule = plan(polynomial.chebyshev[: polynomial.degree + 1], polynomial.interval,
+                        chebyshev=True)  # fmt: skip
+        assert probe.depth == schedule.depth, polynomial
+    codec, engine = Codec(ctx), Engine(ctx)
+    layout = Layout.rows((4,), 0)
+
+    def fresh() -> HeTensor:
+        grid = codec.encrypt(np.linspace(-0.9, 0.9, 4), layout)
+        return HeTensor(engine, layout, grid, clean=True, refresher=None)
+
+    cubic = Polynomial.from_coefficients([0.0, 1.5, 0.0, -0.5], (-1.0, 1.0))
+    seventh = Polynomial.from_coefficients(odd_sign_polynomial(3), (-1.0, 1.0))
+    assert evaluate_approximation(LevelProbe((4,)), cubic).depth == 2
+    assert evaluate_approximation(fresh(), cubic).level == 0
+    assert evaluate_approximation(LevelProbe((4,)), seventh).depth == 3
+    with pytest.raises(DepthExhausted):
+        evaluate_approximation(fresh(), seventh)

@@ -2,7 +2,7 @@
 
 Logits o (N, C) and the label's one-hot t (N, C) are `HeTensor`s in one layout; every
 function returns an (N,) `HeTensor` of the per-example value. Only sums over the data set
-are ever decrypted (`total`). Definitions as `approximations.losses`; CKKS has only
+are ever decrypted (`secinfer.he_eval`). Definitions as `approximations.losses`; CKKS has only
 +, - and *, so every comparison is a composite polynomial (`approximations.composite_sign`)
 on an interval the model owner calibrates (`HeLossPlan.calibrated`):
 
@@ -88,7 +88,9 @@ class HeLossPlan:
 
     @cached_property
     def hit_sign(self) -> CompositeSign:
-        return CompositeSign(self.spread, self.tie, SIGN_ERROR)
+        """Its errors add up over the C classes before the count's step (resolution 0.4):
+        kept to C * error / 2 <= 0.025 however many classes."""
+        return CompositeSign(self.spread, self.tie, min(SIGN_ERROR, 0.05 / self.classes))
 
     @cached_property
     def count_sign(self) -> CompositeSign:
@@ -124,19 +126,14 @@ class HeLossPlan:
         return zloss_softplus_polynomial(self.zloss_a, self.zloss_b, self.classes)
 
     def depth(self, name: str) -> int:
-        """Levels one example's value consumes (what the refresh count follows)."""
-        exp_lse = self.exp(self.spread + self.max_slack)
-        lse = self.rounds * (self.max_sign.depth + 1) + exp_lse.depth + 1 + self.log.depth
-        reach = self.gce_q * (self.spread + math.log(self.classes) + self.max_slack)
-        table = {
-            "square": 1,
-            "zloss": 3 + self.rsqrt.depth + 1 + self.softplus.depth + 1,
-            "ce": lse,
-            "gce": lse + self.exp(reach).depth + 1,
-            "mae": lse + self.exp(reach / self.gce_q).depth,
-            "accuracy": self.hit_sign.depth + self.count_sign.depth + 1,
-        }
-        return table[name]
+        """Levels one example's value consumes (what the refresh count follows): the
+        kernels below run on a `LevelProbe`, so every product, scalar one included, and
+        every polynomial's own schedule are counted as the encrypted run does them."""
+        probe = LevelProbe((1, self.classes))
+        values = per_example(
+            probe, probe, [] if name == "accuracy" else [name], self, accuracy=name == "accuracy"
+        )
+        return values["hit" if name == "accuracy" else name].depth
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -163,8 +160,8 @@ def square(o: Any, t: Any) -> Any:
 
 
 def maximum(o: Any, sign: CompositeSign) -> Any:
-    """Tournament over the last axis: each round pairs entry i with entry i + ceil(n/2)
-    (an odd middle entry meets itself, which max leaves unchanged)."""
+    """Tournament over the last axis: each round pairs entry i with entry n - ceil(n/2) + i
+    (for odd n the middle entry sits in two pairs, which a maximum does not mind)."""
     while o.shape[-1] > 1:
         n = o.shape[-1]
         half = (n + 1) // 2
@@ -226,3 +223,71 @@ def per_example(
     if accuracy:
         out["hit"] = hits(o, o_y, plan)
     return out
+
+
+class LevelProbe:
+    """Stands in for an `HeTensor` to count levels: a product takes one more than its
+    deeper operand, a product by a plain value one more than its operand (none by 1.0),
+    a sum the deeper; a mean is a sum times 1/n. Shapes follow torch (a meta tensor)."""
+
+    __array_ufunc__ = None
+
+    def __init__(self, shape: tuple[int, ...] | torch.Size, depth: int = 0) -> None:
+        self.meta = torch.empty(tuple(shape), device="meta")
+        self.depth = depth
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.meta.shape
+
+    def dim(self) -> int:
+        return self.meta.dim()
+
+    def _like(self, meta: torch.Tensor, depth: int) -> LevelProbe:
+        out = LevelProbe((), depth)
+        out.meta = meta
+        return out
+
+    def _binary(self, other: Any, product: bool) -> LevelProbe:
+        if isinstance(other, LevelProbe):
+            shape = torch.broadcast_shapes(self.shape, other.shape)
+            depth = max(self.depth, other.depth) + int(product)
+        else:
+            plain = torch.as_tensor(other)
+            shape = torch.broadcast_shapes(self.shape, plain.shape)
+            unit = plain.numel() == 1 and float(plain) == 1.0
+            depth = self.depth + int(product and not unit)
+        return self._like(torch.empty(shape, device="meta"), depth)
+
+    def __add__(self, other: Any) -> LevelProbe:
+        return self._binary(other, False)
+
+    __radd__ = __add__
+    __sub__ = __add__
+    __rsub__ = __add__
+
+    def __mul__(self, other: Any) -> LevelProbe:
+        return self._binary(other, True)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other: float) -> LevelProbe:
+        return self._binary(1.0 / other, True)
+
+    def __neg__(self) -> LevelProbe:
+        return self
+
+    def sum(self, dim: int, keepdim: bool = False) -> LevelProbe:
+        return self._like(self.meta.sum(dim, keepdim=keepdim), self.depth)
+
+    def mean(self, dim: int, keepdim: bool = False) -> LevelProbe:
+        return self.sum(dim, keepdim) * (1.0 / self.shape[dim])
+
+    def narrow(self, dim: int, start: int, length: int) -> LevelProbe:
+        return self._like(self.meta.narrow(dim, start, length), self.depth)
+
+    def unsqueeze(self, dim: int) -> LevelProbe:
+        return self._like(self.meta.unsqueeze(dim), self.depth)
+
+    def squeeze(self, dim: int) -> LevelProbe:
+        return self._like(self.meta.squeeze(dim), self.depth)
