@@ -159,6 +159,14 @@ def table(report: dict[str, Any]) -> str:
                 else f"{report['comm']['refreshes']} refreshes"
             )
         )
+    if "estimates" in report:
+        from secinfer.secure_report import estimate_line
+
+        comm = report["comm"]
+        counted = (
+            f"{comm['rounds']} rounds" if "rounds" in comm else f"{comm['round_trips']} round trips"
+        )
+        lines.append(estimate_line(report["estimates"], counted))
     return "\n".join(lines)
 
 
@@ -209,19 +217,29 @@ def evaluate_secure(
         "accuracy": {"secure": aggregate_["accuracy"], "plain": reference["accuracy"]["plain"]},
     }
     if backend == "mpc":
+        from secinfer.secure_report import estimate
+
         mo, do = model_owner["run"], data_owner["run"]
+        rounds = max(mo["rounds"], do["rounds"])
         report["comm"] = {
             "bytes_sent": {"model_owner": mo["bytes_sent"], "data_owner": do["bytes_sent"]},
-            "rounds": max(mo["rounds"], do["rounds"]),
+            "rounds": rounds,
             "offline": {"model_owner": model_owner["offline"], "data_owner": data_owner["offline"]},
         }
+        report["estimates"] = estimate(seconds, rounds, max(mo["bytes_sent"], do["bytes_sent"]))
     else:
+        from secinfer.he_report import PROTOCOL_ROUND_TRIPS, he_estimates
+
+        # besides refreshes: the query's exchanges, two per batch (labels, next), the totals
+        trips = model_owner["refreshes"] + PROTOCOL_ROUND_TRIPS + 2 * model_owner["batches"] + 1
+        report["estimates"] = he_estimates(seconds, trips, model_owner, data_owner)
         report["comm"] = {
             "bytes_sent": {
                 "model_owner": model_owner["bytes_sent"],
                 "data_owner": data_owner["bytes_sent"],
             },
             "refreshes": model_owner["refreshes"],
+            "round_trips": trips,
             "public_context_bytes": data_owner["public_context_bytes"],
         }
         report["he"] = {

@@ -13,6 +13,9 @@ cosine, argmax_agreement, out_of_range) keep their meaning; `he` adds:
                        context the client sent (part of client -> server)
   he.latency           seconds per group (matmul, attention, softmax, GELU, LayerNorm,
                        refresh, other); refresh round trips are taken out of the node times
+  estimates            wall time on a LAN and a WAN (`secure_report.NETWORKS`): the local
+                       run's seconds + round trips x RTT + the bytes of both directions /
+                       bandwidth; round trips = refreshes + PROTOCOL_ROUND_TRIPS
   layers[i]            per block: max_abs_error null (intermediate values stay encrypted) and
                        approx_max_abs_error, the same block's error under `approx`
 """
@@ -26,8 +29,19 @@ import torch
 from secinfer.execute import RunResult
 from secinfer.graph import Graph
 from secinfer.report import block_ends, block_error, compare
+from secinfer.secure_report import estimate, estimate_line
 
 LATENCY_ORDER = ("matmul", "attention", "softmax", "GELU", "LayerNorm", "refresh", "other")
+PROTOCOL_ROUND_TRIPS = 3
+"""A query's exchanges besides refreshes: hello and shapes, layouts and keys, input and
+output."""
+
+
+def he_estimates(
+    seconds: float, round_trips: int, server: dict[str, Any], client: dict[str, Any]
+) -> dict[str, float]:
+    """`secure_report.estimate` for an HE session: both directions' bytes, in turn."""
+    return estimate(seconds, round_trips, server["bytes_sent"] + client["bytes_sent"])
 
 
 def latency_group(record: Any) -> str:
@@ -118,6 +132,9 @@ def build_he_report(
         },
         "layers": layers,
     }
+    trips = server["refreshes"] + PROTOCOL_ROUND_TRIPS
+    report["estimates"] = he_estimates(seconds, trips, server, client)
+    report["he"]["round_trips"] = trips
     if output_name == "logits" and output.dim() >= 1:
         report["argmax_agreement"] = float((output.argmax(-1) == ref.argmax(-1)).double().mean())
     return report
@@ -139,6 +156,7 @@ def he_summary(report: dict[str, Any]) -> str:
         f"(public context {sent['public_context'] / 1e6:.1f} MB)",
         f"operations: {counts['ct_ct_mults']} ct-ct and {counts['ct_pt_mults']} ct-pt products, "
         f"{counts['rotations']} rotations ({counts['key_switches']} key switches)",
+        estimate_line(report["estimates"], f"{he['round_trips']} round trips"),
         latency_markdown(he["latency"]),
     ]
     return "\n".join(lines)

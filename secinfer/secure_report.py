@@ -36,12 +36,25 @@ NETWORKS = {"lan": (0.001, 5e9), "wan": (0.040, 100e6)}
 """name -> (round-trip seconds, bits per second)."""
 
 
-def estimate(seconds: float, rounds: int, busiest_bytes: int) -> dict[str, float]:
-    """Wall-time estimates from the measured compute time, rounds and bytes."""
+def estimate(seconds: float, rounds: int, wire_bytes: int) -> dict[str, float]:
+    """Wall-time estimates: `seconds` measured + rounds x RTT + wire_bytes / bandwidth, on
+    each of NETWORKS. `wire_bytes` is what crosses the link one byte after another: under
+    MPC the busier party's (both send at once), under HE both directions summed (each
+    refresh is a request, then its reply)."""
     return {
-        name: seconds + rounds * rtt + busiest_bytes * 8 / bandwidth
+        name: seconds + rounds * rtt + wire_bytes * 8 / bandwidth
         for name, (rtt, bandwidth) in NETWORKS.items()
     }
+
+
+def estimate_line(estimates: dict[str, float], counted: str = "") -> str:
+    """The terminal line of `estimate`'s figures (`counted`: what the round trips were)."""
+    lan, wan = (NETWORKS[k] for k in ("lan", "wan"))
+    return (
+        f"estimated wall time: LAN ({lan[0] * 1e3:g} ms, {lan[1] / 1e9:g} Gbps) "
+        f"{estimates['lan']:.2f} s, WAN ({wan[0] * 1e3:g} ms, {wan[1] / 1e6:g} Mbps) "
+        f"{estimates['wan']:.2f} s" + (f" ({counted})" if counted else "")
+    )
 
 
 def _per_block(record: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -149,8 +162,7 @@ def comm_summary(report: dict[str, Any]) -> str:
         f"{sent['data_owner'] / 1e6:.2f} MB, dealer {sent['dealer'] / 1e6:.2f} MB; "
         f"{report['comm']['rounds']} rounds (online; once per model before it: "
         f"{_offline_line(report['comm']['offline'])})",
-        f"estimated wall time: LAN (1 ms, 5 Gbps) {est['lan']:.2f} s, "
-        f"WAN (40 ms, 100 Mbps) {est['wan']:.2f} s",
+        estimate_line(est),
     ]
     total = sum(sum(layer["bytes_sent"].values()) for layer in report["layers"])
     costly = sorted(report["layers"], key=lambda la: -sum(la["bytes_sent"].values()))[:3]
@@ -175,4 +187,4 @@ def _offline_line(offline: dict[str, Any]) -> str:
     )
 
 
-__all__ = ["NETWORKS", "build_secure_report", "comm_summary", "estimate"]
+__all__ = ["NETWORKS", "build_secure_report", "comm_summary", "estimate", "estimate_line"]

@@ -34,6 +34,7 @@ def evaluate(tmp_path: Path, rows: int, reveal_to: str, batch_size: int) -> dict
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert f"revealed to the {reveal_to} only" in result.stdout
+    assert "estimated wall time: LAN" in result.stdout
     return json.loads(report.read_text())
 
 
@@ -44,6 +45,7 @@ def check(report: dict, rows: int) -> None:
         assert abs(pair["secure"] - pair["plain"]) <= 1e-2 * abs(pair["plain"]), name
     assert report["accuracy"]["secure"] == report["accuracy"]["plain"]
     assert report["comm"]["bytes_sent"]["model_owner"] > 0 and report["comm"]["rounds"] > 0
+    assert report["estimates"]["wan"] > report["estimates"]["lan"] > report["seconds"]
 
 
 def test_two_batches_revealed_to_the_data_owner(tmp_path: Path) -> None:

@@ -96,6 +96,12 @@ def test_eval_backend_he_through_the_cli(model_and_data, tmp_path: Path) -> None
     assert report["he"]["loss_depth"]["square"] == 1
     assert 0 < report["he"]["loss_refreshes"] < report["comm"]["refreshes"]
     assert "revealed to the model-owner only" in done.stdout and "| zloss |" in done.stdout
+    comm, sent = report["comm"], report["comm"]["bytes_sent"]
+    wire = sent["model_owner"] + sent["data_owner"]  # request then reply: both directions
+    wan = report["seconds"] + comm["round_trips"] * 0.040 + wire * 8 / 100e6
+    assert comm["round_trips"] > comm["refreshes"]
+    assert report["estimates"]["wan"] == pytest.approx(wan)
+    assert "estimated wall time: LAN (1 ms, 5 Gbps)" in done.stdout
 
 
 # --- in process ---------------------------------------------------------------------------------

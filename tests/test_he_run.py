@@ -98,6 +98,8 @@ def test_run_backend_he_on_a_small_model_through_the_cli(tmp_path: Path) -> None
     report = json.loads(report_path.read_text())
     assert report["max_abs_error"] < 1e-4 and report["he"]["bytes"]["client_to_server"] > 0
     assert "why:" in done.stdout and "| matmul |" in done.stdout
+    assert report["estimates"]["wan"] > report["estimates"]["lan"] > report["seconds"]
+    assert f"({report['he']['round_trips']} round trips)" in done.stdout
     assert np.load(output_path).shape == (2, 3)
 
 
