@@ -11,7 +11,9 @@ one batch, layouts, keys), per batch:
     server  `protocols.he.losses.per_example`, times w = 1 / examples on the batch's real
             rows and 0 on the padding, summed over the rows, added to its encrypted
             running totals (so the totals are means, bounded by the largest per-example
-            value, however large the data set); {"next"}
+            value, however large the data set; the accuracy's count, mean x N, is then
+            exact after rounding while N times the CKKS noise of the decrypted mean stays
+            below 1/2); {"next"}
 
 refreshes interleaving as in a query. After {"end"} the server zeroes every slot of each
 total but the one holding it (so partial sums in the other slots never reach the client)
