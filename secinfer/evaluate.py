@@ -230,8 +230,9 @@ def evaluate_secure(
     else:
         from secinfer.he_report import PROTOCOL_ROUND_TRIPS, he_estimates
 
-        # besides refreshes: the query's exchanges, two per batch (labels, next), the totals
-        trips = model_owner["refreshes"] + PROTOCOL_ROUND_TRIPS + 2 * model_owner["batches"] + 1
+        # besides refreshes: the query's three exchanges (the totals and their answer in
+        # place of the output's) and two per batch (labels, next)
+        trips = model_owner["refreshes"] + PROTOCOL_ROUND_TRIPS + 2 * model_owner["batches"]
         report["estimates"] = he_estimates(seconds, trips, model_owner, data_owner)
         report["comm"] = {
             "bytes_sent": {

@@ -12,8 +12,9 @@ one batch, layouts, keys), per batch:
             rows and 0 on the padding, summed over the rows, added to its encrypted
             running totals (so the totals are means, bounded by the largest per-example
             value, however large the data set; the accuracy's count, mean x N, is then
-            exact after rounding while N times the CKKS noise of the decrypted mean stays
-            below 1/2); {"next"}
+            exact after rounding while no label's logit has another within the tie
+            resolution (`protocols.he.losses`) and N times the decrypted mean's CKKS noise
+            plus the count polynomial's error, 5e-8 per hit, stays below 1/2); {"next"}
 
 refreshes interleaving as in a query. After {"end"} the server zeroes every slot of each
 total but the one holding it (so partial sums in the other slots never reach the client)

@@ -33,8 +33,8 @@ from secinfer.secure_report import estimate, estimate_line
 
 LATENCY_ORDER = ("matmul", "attention", "softmax", "GELU", "LayerNorm", "refresh", "other")
 PROTOCOL_ROUND_TRIPS = 3
-"""A query's exchanges besides refreshes: hello and shapes, layouts and keys, input and
-output."""
+"""A query's exchanges that wait for the other side, besides refreshes: hello -> shapes,
+layouts -> keys and input (one client turn), output -> received."""
 
 
 def he_estimates(
