@@ -85,6 +85,42 @@ def _mpc_options(fn: Any) -> Any:
     )(fn)
 
 
+def _evaluation_options(data_side: str) -> Any:
+    """--loss, --eval-data, --reveal-to, the hyper-parameters and --batch-size of a party's
+    private evaluation, shared by `party` and `he-party` (`_evaluation_settings` reads
+    them); `data_side` names the side that holds the labelled data."""
+
+    def decorate(fn: Any) -> Any:
+        options = [
+            click.option(
+                "--loss",
+                "eval_losses",
+                help="Private evaluation instead of queries (both sides): comma-separated losses.",
+            ),
+            click.option(
+                "--eval-data",
+                type=click.Path(path_type=Path),
+                help=f"{data_side}, private evaluation: labelled .npz (or a directory of them).",
+            ),
+            click.option(
+                "--reveal-to",
+                type=click.Choice(["model-owner", "data-owner"]),
+                default="data-owner",
+                show_default=True,
+                help="Private evaluation: who learns the aggregate.",
+            ),
+            click.option("--zloss-a", type=float, default=1.0, show_default=True),
+            click.option("--zloss-b", type=float, default=1.0, show_default=True),
+            click.option("--gce-q", type=float, default=0.7, show_default=True),
+            click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True),
+        ]
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
 def _inputs(loaded: Any, input_path: Path | None, text: str | None) -> tuple[Any, ...]:
     from secinfer import load
 
@@ -343,27 +379,7 @@ def inspect(model: Path, trust_model: bool, input_path: Path | None, as_json: bo
     help="Directory for this party's cost record (and the data owner's output.npy).",
 )
 @_mpc_options
-@click.option(
-    "--loss",
-    "eval_losses",
-    help="Private evaluation instead of queries (both parties): comma-separated losses.",
-)
-@click.option(
-    "--eval-data",
-    type=click.Path(path_type=Path),
-    help="Data owner, private evaluation: labelled .npz (or a directory of them).",
-)
-@click.option(
-    "--reveal-to",
-    type=click.Choice(["model-owner", "data-owner"]),
-    default="data-owner",
-    show_default=True,
-    help="Private evaluation: who learns the aggregate.",
-)
-@click.option("--zloss-a", type=float, default=1.0, show_default=True)
-@click.option("--zloss-b", type=float, default=1.0, show_default=True)
-@click.option("--gce-q", type=float, default=0.7, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@_evaluation_options("Data owner")
 def party(role: str, **options: Any) -> None:
     """Run one party of an MPC run (for several hosts; `run --backend mpc` starts all three).
 
@@ -565,27 +581,7 @@ def eval_(
 @click.option(
     "--public-embedding", is_flag=True, help="Server: send the embedding table to the client."
 )
-@click.option(
-    "--loss",
-    "eval_losses",
-    help="Private evaluation instead of a query (both sides): comma-separated losses.",
-)
-@click.option(
-    "--eval-data",
-    type=click.Path(path_type=Path),
-    help="Client, private evaluation: labelled .npz (or a directory of them).",
-)
-@click.option(
-    "--reveal-to",
-    type=click.Choice(["model-owner", "data-owner"]),
-    default="data-owner",
-    show_default=True,
-    help="Private evaluation: who learns the aggregate (the client decrypts it).",
-)
-@click.option("--zloss-a", type=float, default=1.0, show_default=True)
-@click.option("--zloss-b", type=float, default=1.0, show_default=True)
-@click.option("--gce-q", type=float, default=0.7, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@_evaluation_options("Client")
 def he_party(role: str, **options: Any) -> None:
     """Run one side of an HE run (for two hosts; `run --backend he` starts both).
 

@@ -34,11 +34,12 @@ from secinfer.graph import Graph, build_graph
 from secinfer.party import (
     Offline,
     Query,
+    announce_model,
     announced_queries,
     node_costs,
-    offline_phase,
     party_record,
     placeholders,
+    receive_model,
 )
 from secinfer.plan import Plan
 from secinfer.report import write_json
@@ -100,10 +101,8 @@ def eval_model_owner(
     meter = Meter().install()
     batches: list[Query] = []
     try:
-        wire.send_bytes(wire.public_architecture(program), src=Role.MODEL_OWNER)
         message = {"plan": plan.to_dict(), "evaluation": evaluation.to_dict(), **meta}
-        wire.send_json(message, src=Role.MODEL_OWNER)
-        offline = offline_phase(graph, Role.MODEL_OWNER, meter)
+        offline = announce_model(program, graph, message, meter)
         totals, examples = None, 0
         for spec in announced_queries():
             labels = torch.zeros(int(spec["labels"]), dtype=torch.long)
@@ -119,12 +118,7 @@ def eval_model_owner(
     finally:
         meter.remove()
         stop_party()
-    if opened is not None:
-        write_json(
-            out_dir / "aggregate.json", aggregate(opened.double().tolist(), evaluation, examples)
-        )
-    write_json(out_dir / f"{Role.MODEL_OWNER.label}.json", record)
-    return record
+    return _write_results(Role.MODEL_OWNER, record, opened, evaluation, examples, out_dir)
 
 
 def eval_data_owner(
@@ -138,11 +132,7 @@ def eval_data_owner(
     meter = Meter().install()
     batches: list[Query] = []
     try:
-        program = wire.load_architecture(wire.send_bytes(None, src=Role.MODEL_OWNER))
-        meta = wire.send_json(None, src=Role.MODEL_OWNER)
-        graph = build_graph(program)
-        plan = Plan.from_dict(meta["plan"])
-        offline = offline_phase(graph, Role.DATA_OWNER, meter)
+        program, meta, graph, plan, offline = receive_model(meter)
         totals, examples = None, 0
         try:
             if meta.get("evaluation") != evaluation.to_dict():
@@ -180,11 +170,22 @@ def eval_data_owner(
     finally:
         meter.remove()
         stop_party()
+    return _write_results(Role.DATA_OWNER, record, opened, evaluation, examples, out_dir)
+
+
+def _write_results(
+    role: Role,
+    record: dict[str, Any],
+    opened: torch.Tensor | None,
+    evaluation: Evaluation,
+    examples: int,
+    out_dir: Path,
+) -> dict[str, Any]:
+    """The party's cost record, and `aggregate.json` where the totals were opened."""
     if opened is not None:
-        write_json(
-            out_dir / "aggregate.json", aggregate(opened.double().tolist(), evaluation, examples)
-        )
-    write_json(out_dir / f"{Role.DATA_OWNER.label}.json", record)
+        totals = opened.double().tolist()
+        write_json(out_dir / "aggregate.json", aggregate(totals, evaluation, examples))
+    write_json(out_dir / f"{role.label}.json", record)
     return record
 
 

@@ -43,6 +43,14 @@ class Evaluation:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "losses": list(self.losses)}
 
+    def arguments(self) -> list[str]:
+        """The `party` / `he-party` options that give a party process these settings."""
+        return [
+            "--loss", ",".join(self.losses), "--reveal-to", self.reveal_to,
+            "--zloss-a", repr(self.zloss_a), "--zloss-b", repr(self.zloss_b),
+            "--gce-q", repr(self.gce_q),
+        ]  # fmt: skip
+
 
 def aggregate(totals: list[float], evaluation: Evaluation, examples: int) -> dict[str, Any]:
     """What the revealed party writes: the mean of each loss and the accuracy, from the

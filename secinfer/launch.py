@@ -56,9 +56,7 @@ def _party_command(role: Role, rendezvous: str, options: dict[str, Any]) -> list
         command += ["--input", str(options["input"])]
     evaluation = options.get("evaluation")
     if evaluation is not None and role is not Role.DEALER:
-        command += ["--loss", ",".join(evaluation.losses), "--reveal-to", evaluation.reveal_to]
-        command += ["--zloss-a", repr(evaluation.zloss_a), "--zloss-b", repr(evaluation.zloss_b)]
-        command += ["--gce-q", repr(evaluation.gce_q)]
+        command += evaluation.arguments()
         if role is Role.DATA_OWNER:
             command += ["--eval-data", str(options["eval_data"])]
             command += ["--batch-size", str(options["batch_size"])]
@@ -277,11 +275,8 @@ def run_local_he_evaluation(
         root = Path(tmp)
         out = _party_dirs(root, list(HeRole))
         server, client = _he_commands(model, out, peer_timeout, trust_model, config)
-        settings = ["--loss", ",".join(evaluation.losses), "--reveal-to", evaluation.reveal_to]
-        settings += ["--zloss-a", repr(evaluation.zloss_a), "--zloss-b", repr(evaluation.zloss_b)]
-        settings += ["--gce-q", repr(evaluation.gce_q)]
-        server += settings
-        client += [*settings, "--eval-data", str(Path(data).resolve())]
+        server += evaluation.arguments()
+        client += [*evaluation.arguments(), "--eval-data", str(Path(data).resolve())]
         client += ["--batch-size", str(batch_size)]
         seconds = _run_he(server, client, root, run_timeout)
         learner = out[HeRole.SERVER if evaluation.reveal_to == "model-owner" else HeRole.CLIENT]

@@ -214,6 +214,27 @@ def announced_queries() -> Iterator[dict[str, Any]]:
         yield spec
 
 
+def announce_model(
+    program: torch.export.ExportedProgram, graph: Graph, meta: dict[str, Any], meter: Meter
+) -> Offline:
+    """The model owner's opening of a session: the public architecture and `meta` (the
+    plan and any settings) to the data owner, then the offline phase."""
+    wire.send_bytes(wire.public_architecture(program), src=Role.MODEL_OWNER)
+    wire.send_json(meta, src=Role.MODEL_OWNER)
+    return offline_phase(graph, Role.MODEL_OWNER, meter)
+
+
+def receive_model(
+    meter: Meter,
+) -> tuple[torch.export.ExportedProgram, dict[str, Any], Graph, Plan, Offline]:
+    """The data owner's side of `announce_model`: (program, meta, graph, plan, offline)."""
+    program = wire.load_architecture(wire.send_bytes(None, src=Role.MODEL_OWNER))
+    meta = wire.send_json(None, src=Role.MODEL_OWNER)
+    graph = build_graph(program)
+    plan = Plan.from_dict(meta["plan"])
+    return program, meta, graph, plan, offline_phase(graph, Role.DATA_OWNER, meter)
+
+
 def run_model_owner(
     settings: PartySettings,
     program: torch.export.ExportedProgram,
@@ -224,14 +245,11 @@ def run_model_owner(
     """The model owner's side: the offline phase, then the data owner's queries until it
     says it is done; returns (and writes) its cost record."""
     graph = build_graph(program)
-    architecture = wire.public_architecture(program)
     start_party(Role.MODEL_OWNER, settings)
     meter = Meter().install()
     queries: list[Query] = []
     try:
-        wire.send_bytes(architecture, src=Role.MODEL_OWNER)
-        wire.send_json({"plan": plan.to_dict(), **meta}, src=Role.MODEL_OWNER)
-        offline = offline_phase(graph, Role.MODEL_OWNER, meter)
+        offline = announce_model(program, graph, {"plan": plan.to_dict(), **meta}, meter)
         for spec in announced_queries():
             query, _ = _run_query(graph, plan, placeholders(spec), meter, offline)
             queries.append(query)
@@ -258,11 +276,7 @@ def run_data_owner(
     queries: list[Query] = []
     outputs: list[np.ndarray] = []
     try:
-        program = wire.load_architecture(wire.send_bytes(None, src=Role.MODEL_OWNER))
-        meta = wire.send_json(None, src=Role.MODEL_OWNER)
-        graph = build_graph(program)
-        plan = Plan.from_dict(meta["plan"])
-        offline = offline_phase(graph, Role.DATA_OWNER, meter)
+        program, meta, graph, plan, offline = receive_model(meter)
         try:
             inputs_each = [tuple(inputs) for inputs in read_queries(program, meta)]
         except UserError as exc:
@@ -323,8 +337,10 @@ __all__ = [
     "PeerAborted",
     "Query",
     "Seeder",
+    "announce_model",
     "offline_phase",
     "output_names",
+    "receive_model",
     "run_data_owner",
     "run_model_owner",
 ]
