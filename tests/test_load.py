@@ -302,6 +302,22 @@ def test_gpt2_causal_mask_survives_export(hf_loaded) -> None:
     assert max_error(before[:, 8:], after[:, 8:]) > 1e-3
 
 
+@pytest.mark.parametrize("name", ["bert_cls", "gpt2_lm", "vit"])
+def test_hf_export_archive_passes_the_safe_loader(
+    name: str, hf_dirs, hf_loaded, tmp_path: Path
+) -> None:
+    """Real exports (dynamic batch and length, GPT-2's split and causal mask) are inside the
+    untrusted-archive loader's allow-lists, and load to the same program."""
+    loaded, model = hf_loaded[name], hf_dirs[name][1]
+    path = tmp_path / f"{name}.pt2"
+    torch.export.save(loaded.program, str(path))
+    again = load_model(path)
+    assert again.source == "torch.export" and again.input_names == loaded.input_names
+    inputs = tuple(torch.cat([t, t]) for t in loaded.example_inputs)  # batch 2
+    expected = reference(model, loaded.input_names, inputs)
+    assert max_error(run(again, inputs), expected) < TOL
+
+
 def test_text_encoding_with_tokenizer(hf_dirs, hf_loaded) -> None:
     loaded, model = hf_loaded["bert_cls"], hf_dirs["bert_cls"][1]
     assert loaded.tokenizer is not None

@@ -3,7 +3,10 @@
 `load_model(path)` detects the format by content, never by file name:
 
   torch.export archive    zip holding `archive_format` (what `torch.export.save` writes, under
-                          any name: `model.pt2`, `model.pt`, ...): `torch.export.load`.
+                          any name: `model.pt2`, `model.pt`, ...): checked, then read by torch
+                          without any way to run code from the file (`safe_archive`); pickled
+                          payloads, custom objects and code-like strings are refused unless
+                          `trust_model=True` (then `torch.export.load` itself).
   TorchScript archive     zip holding `code/` and `constants.pkl` (`torch.jit.save`):
                           `torch.jit.load` (TorchScript is a restricted language, not pickle).
   Hugging Face directory  `config.json` + `*.safetensors`: loaded offline with the class named
@@ -32,7 +35,8 @@ Default samples (`LoadedModel.example_inputs`):
 
 Every user mistake raises `UserError` with one line naming the file or input and the fix.
 
-Modules: `torch_files` (single-file formats), `huggingface` (model directories), `model`
+Modules: `torch_files` (single-file formats), `safe_archive` and `archive_checks` (untrusted
+torch.export archives), `huggingface` (model directories), `model`
 (`LoadedModel`), `checks` (input checks), `inputs` (input files and text), `messages`.
 """
 
@@ -71,7 +75,8 @@ __all__ = [
 def load_model(path: str | Path, *, trust_model: bool = False) -> LoadedModel:
     """Load the model at `path` (a file or a Hugging Face directory); see the module docstring.
 
-    `trust_model` allows a pickled nn.Module, which runs code from the file when loaded.
+    `trust_model` allows a pickled nn.Module, and torch.export archives with pickled members,
+    both of which run code from the file when loaded.
     """
     path = Path(path)
     if not path.exists():

@@ -245,13 +245,16 @@ def _hf_dynamic_shapes(count: int, max_len: int | None) -> list[tuple[dict[int, 
 
 
 def _tokenizer(path: Path) -> tuple[Any, str | None]:
-    """The directory's tokenizer (offline), or None and the reason there is none."""
+    """The directory's tokenizer (offline, never its own code), or None and the reason."""
     if not any((path / name).is_file() for name in _TOKENIZER_FILES):
         return None, f"{path} has no tokenizer files"
     try:
         from transformers import AutoTokenizer
 
         with quiet():
-            return AutoTokenizer.from_pretrained(str(path), local_files_only=True), None
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(path), local_files_only=True, trust_remote_code=False
+            )
+            return tokenizer, None
     except Exception as exc:
         return None, f"the tokenizer in {path} does not load ({one_line(exc)})"

@@ -17,6 +17,7 @@ from secinfer.errors import UserError
 from secinfer.load.checks import bounds, expected_inputs, static_size
 from secinfer.load.messages import EXPORT_RECIPE, one_line, quiet
 from secinfer.load.model import LoadedModel
+from secinfer.load.safe_archive import load_untrusted
 
 MAX_BATCH = 4096
 CALIBRATION_IMAGES = 256
@@ -65,7 +66,7 @@ def load_zip(path: Path, trust_model: bool) -> LoadedModel:
         ) from None
     members = {name.split("/", 1)[-1] for name in names}
     if "archive_format" in members:
-        return _load_export(path)
+        return _load_export(path, trust_model)
     if "constants.pkl" in members and any(m.startswith("code/") for m in members):
         return _load_torchscript(path)
     if "data.pkl" in members:
@@ -73,16 +74,23 @@ def load_zip(path: Path, trust_model: bool) -> LoadedModel:
     raise UserError(f"{path}: a zip archive but not a model file secinfer reads; {EXPORT_RECIPE}")
 
 
-def _load_export(path: Path) -> LoadedModel:
-    """A `torch.export.save` archive, with its saved example inputs as the default sample."""
-    try:
-        with path.open("rb") as f, quiet():  # a file object: no warning about the suffix
-            program = torch.export.load(f)
-    except Exception as exc:
-        raise UserError(
-            f"{path}: a damaged or incompatible torch.export archive ({one_line(exc)}); "
-            "export and save the model again"
-        ) from None
+def _load_export(path: Path, trust_model: bool) -> LoadedModel:
+    """A `torch.export.save` archive, with its saved example inputs as the default sample.
+
+    Untrusted (the default): `safe_archive.load_untrusted`, which refuses anything that could
+    run code from the file. `trust_model=True`: `torch.export.load` itself, which may unpickle.
+    """
+    if not trust_model:
+        program = load_untrusted(path)
+    else:
+        try:
+            with path.open("rb") as f, quiet():  # a file object: no warning about the suffix
+                program = torch.export.load(f)
+        except Exception as exc:
+            raise UserError(
+                f"{path}: a damaged or incompatible torch.export archive ({one_line(exc)}); "
+                "export and save the model again"
+            ) from None
     names = [str(n) for n in program.graph_signature.user_inputs]
     return LoadedModel(program, "torch.export", path, _export_sample(program), names)
 
