@@ -121,8 +121,13 @@ def _evaluation_options(data_side: str) -> Any:
     return decorate
 
 
-def _inputs(loaded: Any, input_path: Path | None, text: str | None) -> tuple[Any, ...]:
+def _inputs(
+    loaded: Any, input_path: Path | None, text: str | None, limit: Any = None
+) -> tuple[Any, ...]:
+    """The user's inputs, checked for the model (count, dtype, shape) and their values
+    (non-empty, finite, within `limit`: `load.values`) before any backend sees them."""
     from secinfer import load
+    from secinfer.load.values import check_values
 
     if input_path is not None and text is not None:
         raise UserError("give --input FILE or --text STR, not both")
@@ -136,6 +141,7 @@ def _inputs(loaded: Any, input_path: Path | None, text: str | None) -> tuple[Any
             raise UserError(f"{loaded.path}: this model has no default sample; pass --input FILE")
     loaded.ensure_program(inputs)
     loaded.check_inputs(inputs)
+    check_values(inputs, loaded.input_names, limit)
     return inputs
 
 
@@ -225,10 +231,11 @@ def run(
     _check_suffix(report_path, ".json", "--report")
     _check_suffix(plot, ".png", "--plot")
     from secinfer import load, runner
-    from secinfer.report import summary, write_json
+    from secinfer.load.values import backend_limit
+    from secinfer.report import dumps_strict, summary, write_json
 
     loaded = load.load_model(model, trust_model=trust_model)
-    inputs = _inputs(loaded, input_path, text)
+    inputs = _inputs(loaded, input_path, text, backend_limit(backend, precision_bits))
     samples = loaded.calibration_samples() or [inputs]
     if backend == "mpc":
         if provider == "trusted-first-party":
@@ -292,7 +299,7 @@ def run(
 
         plot_layers(outcome.report, plot)
     if as_json:
-        click.echo(json.dumps(outcome.report, indent=2))
+        click.echo(dumps_strict(outcome.report))
     else:
         click.echo(summary(outcome.report))
         if backend == "mpc":
@@ -336,7 +343,9 @@ def inspect(model: Path, trust_model: bool, input_path: Path | None, as_json: bo
         "output": loaded.output_name,
     }
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        from secinfer.report import dumps_strict
+
+        click.echo(dumps_strict(info))
         return
     header = [
         f"model: {model} ({loaded.source})",
@@ -514,7 +523,9 @@ def eval_(
     _check_suffix(report_path, ".json", "--report")
     names = parse_losses(loss_names)
     check_hyper_parameters(zloss_a, gce_q)
-    dataset = open_dataset(data)
+    from secinfer.load.values import backend_limit
+
+    dataset = open_dataset(data, limit=backend_limit(backend))
     loaded = load.load_model(model, trust_model=trust_model)
     if loaded.program is None:
         raise UserError(f"{model}: eval needs a torch.export program; {load.EXPORT_RECIPE}")
@@ -665,10 +676,12 @@ def catalog(as_json: bool, plot: str | None) -> None:
 
 
 def _check_suffix(path: Path | None, suffix: str, flag: str) -> None:
+    """UserError unless `path` ends in `suffix` and its directory takes a new file."""
     if path is not None and path.suffix.lower() != suffix:
         raise UserError(f"{flag} {path}: give a file name ending in {suffix}")
-    if path is not None and not path.parent.exists():
-        raise UserError(f"{flag} {path}: directory {path.parent} does not exist")
+    from secinfer.report import check_destination
+
+    check_destination(path, flag)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,6 +4,9 @@ directory of such shards, read one shard at a time (memory stays flat as the set
 `inputs` is the model's first input, batch first; `labels` integer class indices, one per
 row. A text model's attention mask is all ones unless the shard has an `attention_mask`
 array. Files are read with `numpy.load(allow_pickle=False)`: nothing is unpickled.
+
+Every shard's `inputs` are checked when the data set is opened, before any row is shared or
+encrypted: finite, and within the backend's `limit` (`secinfer.load.values`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 
 from secinfer.errors import UserError
+from secinfer.load.values import ValueLimit, check_values
 
 REQUIRED = ("inputs", "labels")
 
@@ -66,9 +70,10 @@ def check_labels(labels: torch.Tensor, classes: int, seen: int) -> None:
         )
 
 
-def open_dataset(path: str | Path) -> Dataset:
+def open_dataset(path: str | Path, limit: ValueLimit | None = None) -> Dataset:
     """Check `path` (a `.npz` or a directory of them) and count its rows; UserError naming
-    the problem and the fix otherwise."""
+    the problem and the fix otherwise. Every shard's inputs must be finite and within
+    `limit` (None: finite only); the error names the shard, the row and the value."""
     path = Path(path)
     if path.is_dir():
         files = tuple(sorted(path.glob("*.npz")))
@@ -80,13 +85,13 @@ def open_dataset(path: str | Path) -> Dataset:
         files = (path,)
     else:
         raise UserError(f"DATA {path}: no such file or directory")
-    rows = sum(_check_shard(f) for f in files)
+    rows = sum(_check_shard(f, limit) for f in files)
     if rows == 0:
         raise UserError(f"DATA {path}: the data set is empty (0 labelled rows)")
     return Dataset(files, rows)
 
 
-def _check_shard(path: Path) -> int:
+def _check_shard(path: Path, limit: ValueLimit | None) -> int:
     try:
         with np.load(path, allow_pickle=False) as shard:
             missing = [k for k in REQUIRED if k not in shard.files]
@@ -109,4 +114,6 @@ def _check_shard(path: Path) -> int:
         raise UserError(
             f"DATA {path}: {len(inputs)} input rows ({inputs.dtype}) for {len(labels)} labels"
         )
+    if len(labels):
+        check_values([inputs], ["inputs"], limit, prefix=f"DATA {path}: array ")
     return len(labels)

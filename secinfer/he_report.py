@@ -17,7 +17,10 @@ cosine, argmax_agreement, out_of_range) keep their meaning; `he` adds:
                        run's seconds + round trips x RTT + the bytes of both directions /
                        bandwidth; round trips = refreshes + PROTOCOL_ROUND_TRIPS
   layers[i]            per block: max_abs_error null (intermediate values stay encrypted) and
-                       approx_max_abs_error, the same block's error under `approx`
+                       approx_max_abs_error, the same block's error under `approx`; the
+                       server's seconds on the block (refresh round trips taken out, as in
+                       he.latency) and refresh_seconds, refreshes, and operations {ct_ct_mults,
+                       ct_pt_mults, rotations, key_switches, additions}
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from secinfer.report import block_ends, block_error, compare
 from secinfer.secure_report import estimate, estimate_line
 
 LATENCY_ORDER = ("matmul", "attention", "softmax", "GELU", "LayerNorm", "refresh", "other")
+LAYER_OPERATIONS = ("ct_ct_mults", "ct_pt_mults", "rotations", "key_switches", "additions")
 PROTOCOL_ROUND_TRIPS = 3
 """A query's exchanges that wait for the other side, besides refreshes: hello -> shapes,
 layouts -> keys and input (one client turn), output -> received."""
@@ -76,6 +80,34 @@ def latency_table(records: list[Any]) -> dict[str, dict[str, float]]:
     return table
 
 
+def _no_cost() -> dict[str, Any]:
+    return {
+        "seconds": 0.0,
+        "refresh_seconds": 0.0,
+        "refreshes": 0,
+        "operations": dict.fromkeys(LAYER_OPERATIONS, 0),
+    }
+
+
+def layer_costs(graph: Graph, nodes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per block, from the server's per-node records (`name`, `seconds`, `cost`): seconds
+    without refresh round trips, refresh_seconds, refreshes and the operation counts."""
+    blocks: dict[str, dict[str, Any]] = {}
+    for record in nodes:
+        node = graph.node_by_name.get(record.get("name", ""))
+        if node is None:
+            continue
+        cost = record.get("cost") or {}
+        entry = blocks.setdefault(node.block, _no_cost())
+        spent = float(cost.get("refresh_seconds", 0.0))
+        entry["seconds"] += float(record.get("seconds", 0.0)) - spent
+        entry["refresh_seconds"] += spent
+        entry["refreshes"] += int(cost.get("refreshes", 0))
+        for key in LAYER_OPERATIONS:
+            entry["operations"][key] += int(cost.get(key, 0))
+    return blocks
+
+
 def build_he_report(
     *,
     graph: Graph,
@@ -90,12 +122,14 @@ def build_he_report(
 ) -> dict[str, Any]:
     ref = reference.outputs[0]
     max_err, cosine = compare(output, ref)
+    costs = layer_costs(graph, server.get("nodes", []))
     layers = [
         {
             "name": block,
             "node": node,
             "max_abs_error": None,
             "approx_max_abs_error": block_error(approx, reference, node),
+            **costs.get(block, _no_cost()),
         }
         for block, node in block_ends(graph).items()
     ]
