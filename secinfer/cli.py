@@ -48,6 +48,7 @@ def main() -> None:
     secinfer run MODEL -b mpc|he    run it securely (parties as local processes)
     secinfer eval MODEL DATA        losses and accuracy on labelled data, vs plaintext
     secinfer catalog                the approximations and their certified errors
+    secinfer keys --out DIR         identities for the parties' authenticated channels
     """
 
 
@@ -592,16 +593,30 @@ def eval_(
 @click.option(
     "--public-embedding", is_flag=True, help="Server: send the embedding table to the client."
 )
+@click.option(
+    "--identity",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Directory with this side's key and certificate and the other side's certificate "
+    "(`secinfer keys`): the server is the model-owner, the client the data-owner.",
+)
+@click.option(
+    "--insecure-channel",
+    is_flag=True,
+    help="A plain socket: no authentication, no encryption (experiments only).",
+)
 @_evaluation_options("Client")
 def he_party(role: str, **options: Any) -> None:
     """Run one side of an HE run (for two hosts; `run --backend he` starts both).
 
     \b
-    host A:  secinfer he-party --role server --model M.pt2 --host 0.0.0.0 --port 29600
-    host B:  secinfer he-party --role client --connect A:29600 --input x.npy
+    both:    secinfer keys --out keys-A --role model-owner   (B: --role data-owner),
+             then swap the .crt files so each keys dir holds the other's certificate
+    host A:  secinfer he-party --role server --model M.pt2 --identity keys-A \\
+               --host 0.0.0.0 --port 29600
+    host B:  secinfer he-party --role client --connect A:29600 --identity keys-B --input x.npy
     private evaluation: add --loss ce,square to both, --eval-data test.npz to the client
     """
-    from secinfer.he_main import client_main, server_main
+    from secinfer.he_main import client_main, he_link, server_main
 
     code = 0
     try:
@@ -616,7 +631,9 @@ def he_party(role: str, **options: Any) -> None:
         if role == "server":
             if options["port"] is None:
                 raise UserError("--role server needs --port PORT")
+            link = he_link(role, options["identity"], options["insecure_channel"])
             server_main(
+                link=link,
                 model=options["model"],
                 trust_model=options["trust_model"],
                 config_path=options["config_path"],
@@ -631,7 +648,9 @@ def he_party(role: str, **options: Any) -> None:
         else:
             if not options["connect"]:
                 raise UserError("--role client needs --connect HOST:PORT")
+            link = he_link(role, options["identity"], options["insecure_channel"])
             client_main(
+                link=link,
                 connect=options["connect"],
                 input_paths=options["input_paths"],
                 out_dir=options["out_dir"],
@@ -647,6 +666,47 @@ def he_party(role: str, **options: Any) -> None:
         click.echo(f"error: {exc}", err=True)
         code = 1
     sys.exit(code)
+
+
+@main.command()
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Directory for the key and certificate files (created 0700 if missing).",
+)
+@click.option(
+    "--role",
+    "roles",
+    type=click.Choice(["model-owner", "data-owner", "dealer"]),
+    multiple=True,
+    help="Only this party's identity (repeatable); default: every role (one machine, tests).",
+)
+@click.option("--force", is_flag=True, help="Replace existing files.")
+def keys(out_dir: Path, roles: tuple[str, ...], force: bool) -> None:
+    """Make identities: ROLE.key (private, 0600) and ROLE.crt (self-signed, names the role).
+
+    Each party keeps its own .key and gives its .crt to its peers out of band; a party
+    trusts exactly the peers' certificates found beside its key (pinned, no CA). The HE
+    server uses model-owner's identity and the HE client data-owner's.
+
+    \b
+    one host, all roles:  secinfer keys --out keys
+    a party's own:        secinfer keys --out keys --role data-owner
+    """
+    from protocols import tls
+
+    try:
+        written = tls.generate(out_dir, roles or tls.ROLES, force=force)
+    except tls.IdentityError as exc:
+        raise UserError(str(exc)) from None
+    except OSError as exc:
+        raise UserError(f"--out {out_dir}: cannot write there ({exc.strerror})") from None
+    for path in written:
+        private = path.suffix == ".key"
+        what = "private key: keep it here" if private else "certificate: give it to the peers"
+        click.echo(f"wrote {path} ({what})")
 
 
 @main.command()

@@ -183,12 +183,13 @@ def evaluate(
     out_dir: Path,
     *,
     timeout: float,
+    link: Any = None,
 ) -> dict[str, Any]:
-    """The client's side (module docstring); returns the aggregate when revealed to the
-    client, else only the count."""
-    from secinfer.he_session import connect, guarded
+    """The client's side (module docstring) over `link` (a `protocols.tls.Link`; None is a
+    plain socket); returns the aggregate when revealed to the client, else only the count."""
+    from secinfer.he_session import PLAIN, connect, guarded
 
-    channel = connect(address, timeout)
+    channel = connect(address, timeout, link or PLAIN)
     return guarded(channel, lambda: _evaluate(channel, data, batch_size, settings, out_dir))
 
 

@@ -1,20 +1,48 @@
 """`secinfer he-party --role server|client`: check one side's arguments, load what it owns, run.
 
 The server (model owner) listens on --port; the client (data owner) connects to --connect
-HOST:PORT with its --input. Connection failures become one `PartyError` line; the user's
-own mistakes stay `UserError`s.
+HOST:PORT with its --input. Both run over mutual TLS with the identities in --identity DIR
+(the server as the model owner, the client as the data owner: `protocols.tls`), or over a
+plain socket with --insecure-channel (a warning is printed). Connection failures become one
+`PartyError` line; the user's own mistakes (missing or bad key files included) stay
+`UserError`s.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from protocols import tls
 from protocols.he.messages import MessageError, PeerError, PeerTimeout
 from secinfer.errors import PartyError, UserError
+
+
+def he_link(role: str, identity: Path | None, insecure: bool) -> tls.Link:
+    """The link of he-party's `role` (server or client): its identity in `identity` with the
+    peer's pinned certificate, or with `insecure` a plain socket (the warning goes to
+    stderr). Neither, or both: a `UserError` saying how to make keys."""
+    if identity is not None and insecure:
+        raise UserError("give --identity DIR or --insecure-channel, not both")
+    if insecure:
+        print(tls.INSECURE_WARNING, file=sys.stderr, flush=True)
+        return tls.Link(None)
+    if identity is None:
+        raise UserError(
+            "he-party needs --identity DIR: make keys with `secinfer keys --out DIR` (each "
+            "side keeps its .key and gets the other's .crt), or pass --insecure-channel"
+        )
+    me = tls.HE_ROLES[role]
+    peer = tls.HE_ROLES["client" if role == "server" else "server"]
+    try:
+        return tls.Link(tls.load_identity(identity, me, [peer]))
+    except tls.IdentityError as exc:
+        raise UserError(str(exc)) from None
 
 
 def server_main(
@@ -29,8 +57,10 @@ def server_main(
     refresh: bool,
     public_embedding: bool,
     evaluation: Any = None,
+    link: tls.Link | None = None,
 ) -> None:
-    """With `evaluation` (an `evaluate.Evaluation`) the session is a private evaluation."""
+    """With `evaluation` (an `evaluate.Evaluation`) the session is a private evaluation.
+    `link` (`he_link`) secures the connection; None is a plain socket."""
     from secinfer import load, runner
     from secinfer.he_session import serve
     from secinfer.kernels.he import check_he_plan
@@ -73,6 +103,7 @@ def server_main(
                 public_embedding=public_embedding,
                 check_inputs=loaded.check_inputs,
                 evaluation=he_evaluation,
+                link=link or tls.Link(None),
             ),
         )
 
@@ -86,11 +117,14 @@ def client_main(
     evaluation: Any = None,
     eval_data: Path | None = None,
     batch_size: int = 64,
+    link: tls.Link | None = None,
 ) -> None:
-    """A query on --input, or with `evaluation` a private evaluation on --eval-data."""
+    """A query on --input, or with `evaluation` a private evaluation on --eval-data, over
+    `link` (`he_link`; None is a plain socket)."""
     from secinfer import load
     from secinfer.he_session import query
 
+    link = link or tls.Link(None)
     host, _, port = connect.rpartition(":")
     if not host or not port.isdigit():
         raise UserError(f"--connect {connect}: give HOST:PORT")
@@ -106,7 +140,9 @@ def client_main(
         address = (host, int(port))
         _guard(
             "client",
-            lambda: evaluate(address, data, batch_size, evaluation, out_dir, timeout=timeout),
+            lambda: evaluate(
+                address, data, batch_size, evaluation, out_dir, timeout=timeout, link=link
+            ),
         )
         return
     if len(input_paths) != 1:
@@ -121,7 +157,10 @@ def client_main(
         stub = load.LoadedModel(None, "architecture", path, (), names)
         return load.read_input(path, stub)
 
-    _guard("client", lambda: query((host, int(port)), read_inputs, out_dir, timeout=timeout))
+    _guard(
+        "client",
+        lambda: query((host, int(port)), read_inputs, out_dir, timeout=timeout, link=link),
+    )
 
 
 def _check_depth(graph: Any, plan: Any) -> None:
@@ -146,6 +185,12 @@ def _guard(role: str, work: object) -> None:
     except PeerError as exc:
         raise UserError(
             f"the {'client' if role == 'server' else 'server'} stopped: {exc}"
+        ) from None
+    except ssl.SSLError as exc:
+        peer = "client" if role == "server" else "server"
+        raise PartyError(
+            f"{role}: the TLS channel failed ({tls.ssl_reason(exc)}); if the {peer} "
+            f"refused this side's certificate, give it this side's {tls.HE_ROLES[role]}.crt"
         ) from None
     except PeerTimeout as exc:
         raise PartyError(f"{role}: {exc}") from None

@@ -19,6 +19,14 @@ A private evaluation (`secinfer.he_eval`) uses the same set-up (the hello then c
 the evaluation's settings, and the keys include the rotations that sum over rows) and
 replaces the single query by a loop over the client's batches.
 
+The link: with a `protocols.tls.Link` holding an identity, every connection is mutual TLS 1.3
+and the peer must prove its role (the server is the model owner, the client the data owner,
+`tls.HE_ROLES`) before a byte of the session is read; without one it is a plain socket
+(`--insecure-channel`). The client speaks first, a `GREETING`; the server accepts connections
+until one passes the handshake, the role check and the greeting within its timeout, logging
+one line per refused connection (a port scanner, a browser, a peer with the wrong
+certificate), and only then sends its hello: nothing of the session goes to anyone else.
+
 Records: the server writes `server.json` (parameters and why, refreshes, counts, bytes,
 per-node costs), the client `client.json` (bytes each way) and `output.npy` (a private
 evaluation: `aggregate.json` on the side that learns it), atomically.
@@ -28,6 +36,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +55,7 @@ from protocols.he.layout import Layout
 from protocols.he.params import CkksParams, make_context
 from protocols.he.refresh import MaskingRefresher, default_mask_bits
 from protocols.he.tensor import HeTensor
+from protocols.tls import HE_ROLES, AuthenticationError, Link, describe_refusal
 from secinfer.errors import PartyError, UserError
 from secinfer.execute import Executor, RunResult
 from secinfer.graph import Graph
@@ -61,6 +72,15 @@ from secinfer.report import write_json, write_npy
 
 DEFAULT_PARAMS = CkksParams(8192, [60, 40, 40, 60], 40)
 MAX_MESSAGE = 1 << 31
+GREETING = {"kind": "greeting", "protocol": "secinfer-he"}
+"""The client's first message, after the TLS handshake: a connection that sends anything
+else first is not a client (`accept_client`)."""
+GREETING_MAX_BYTES = 4096
+HANDSHAKE_SECONDS = 10.0
+"""Bound on one connection's TLS handshake and greeting, within the server's timeout: a
+connection that stays silent holds the server no longer than this."""
+PLAIN = Link(None)
+"""A plain socket: the `--insecure-channel` link, and the default of the functions here."""
 
 
 class Channel:
@@ -120,23 +140,69 @@ def serve(
     params: CkksParams = DEFAULT_PARAMS,
     check_inputs: Callable[[tuple[torch.Tensor, ...]], None] | None = None,
     evaluation: Any = None,
+    link: Link = PLAIN,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Accept one client and answer its query (module docstring); returns the record.
-    `check_inputs` sees placeholder tensors of the client's shapes and dtypes. With
-    `evaluation` (a `he_eval.HeEvaluation`) the session is a private evaluation instead."""
-    listener.settimeout(timeout)
-    try:
-        sock, _ = listener.accept()
-    except TimeoutError:
-        raise PartyError(f"server: no client connected within {timeout:g} s") from None
-    channel = Channel(sock, timeout)
-    with sock:
+    """Accept one client (`accept_client`) and answer its query (module docstring); returns
+    the record. `check_inputs` sees placeholder tensors of the client's shapes and dtypes.
+    With `evaluation` (a `he_eval.HeEvaluation`) the session is a private evaluation."""
+    channel = accept_client(listener, timeout, link, log)
+    with channel.sock:
         try:
             settings = (allow_refresh, public_embedding, params, check_inputs, evaluation)
             return _serve(graph, plan, channel, out_dir, *settings)
         except Exception as exc:
             channel.send_error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             raise
+
+
+def accept_client(
+    listener: socket.socket,
+    timeout: float,
+    link: Link = PLAIN,
+    log: Callable[[str], None] | None = None,
+) -> Channel:
+    """The first connection within `timeout` seconds that completes the TLS handshake, proves
+    the data owner's certificate (`link`) and sends the `GREETING`; every other connection is
+    closed with one line to `log` (default: stderr) and the server goes on listening. Raises
+    `PartyError` when no such client came in time."""
+    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        listener.settimeout(max(remaining, 1e-3))
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            sock, (host, port, *_) = listener.accept()
+        except TimeoutError:
+            raise PartyError(
+                f"server: no {'authenticated ' if link.secure else ''}client connected "
+                f"within {timeout:g} s"
+            ) from None
+        bound = max(min(HANDSHAKE_SECONDS, deadline - time.monotonic()), 1e-3)
+        try:
+            secured = link.accept(sock, HE_ROLES["client"], bound)
+        except (ssl.SSLError, AuthenticationError, OSError) as exc:
+            say(f"server: refused a connection from {host}:{port}: {describe_refusal(exc)}")
+            continue
+        channel = Channel(secured, timeout)
+        try:
+            _expect_greeting(channel, bound)
+        except (M.MessageError, M.PeerError, M.PeerTimeout, OSError) as exc:
+            secured.close()
+            reason = f"no client greeting ({exc})"
+            say(f"server: refused a connection from {host}:{port}: {reason}")
+            continue
+        return channel
+
+
+def _expect_greeting(channel: Channel, timeout: float) -> None:
+    message = M.recv_json(
+        channel.sock, timeout=timeout, max_bytes=GREETING_MAX_BYTES, counter=channel.counter
+    )
+    if {k: message.get(k) for k in GREETING} != GREETING:
+        raise M.MessageError(f"got {str(message)[:80]}")
 
 
 @dataclass
@@ -358,18 +424,32 @@ def _server_record(
 
 
 # --- client -------------------------------------------------------------------------------
-def connect(address: tuple[str, int], timeout: float) -> Channel:
-    """The client's connection, retried until `timeout` (the server may start later)."""
+def connect(address: tuple[str, int], timeout: float, link: Link = PLAIN) -> Channel:
+    """The client's connection, retried until `timeout` (the server may start later); under
+    TLS the server must prove the model owner's certificate before anything is sent; then
+    the `GREETING` goes out. A server that fails the check raises `PartyError` at once."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return Channel(socket.create_connection(address, timeout=timeout), timeout)
+            sock = socket.create_connection(address, timeout=timeout)
         except OSError:
             if time.monotonic() > deadline:
                 raise PartyError(
                     f"client: no server at {address[0]}:{address[1]} within {timeout:g} s"
                 ) from None
             time.sleep(0.2)
+            continue
+        expected = HE_ROLES["server"]
+        try:
+            secured = link.connect(sock, expected, timeout)
+        except (ssl.SSLError, AuthenticationError, TimeoutError) as exc:
+            raise PartyError(
+                f"client: the server at {address[0]}:{address[1]} did not prove it is the "
+                f"{expected}: {describe_refusal(exc)}"
+            ) from None
+        channel = Channel(secured, timeout)
+        channel.send_json(GREETING)
+        return channel
 
 
 def guarded(channel: Channel, work: Callable[[], Any]) -> Any:
@@ -390,10 +470,11 @@ def query(
     out_dir: Path,
     *,
     timeout: float,
+    link: Link = PLAIN,
 ) -> np.ndarray:
-    """Connect, read the inputs (`read_inputs(input_names)`), encrypt them, answer
-    refreshes, decrypt the output (module docstring)."""
-    channel = connect(address, timeout)
+    """Connect (over `link`), read the inputs (`read_inputs(input_names)`), encrypt them,
+    answer refreshes, decrypt the output (module docstring)."""
+    channel = connect(address, timeout, link)
     return guarded(channel, lambda: _query(channel, read_inputs, out_dir))
 
 

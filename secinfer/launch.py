@@ -295,9 +295,14 @@ def _he_commands(
     trust_model: bool,
     config: Path | None,
 ) -> tuple[list[str], list[str]]:
-    """The two `secinfer he-party` command lines on a fresh loopback port."""
+    """The two `secinfer he-party` command lines on a fresh loopback port, authenticated by
+    ephemeral identities made in the run's own temporary directory (deleted with it)."""
+    from protocols.tls import local_identities
+
     port = free_port()
+    identity = local_identities(out[HeRole.SERVER].parent / "identities")
     base = [sys.executable, "-m", "secinfer.cli", "he-party", "--timeout", str(peer_timeout)]
+    base += ["--identity", str(identity)]
     server = [*base, "--role", "server", "--port", str(port), "--out", str(out[HeRole.SERVER])]
     server += ["--model", str(Path(model).resolve())]
     if trust_model:
