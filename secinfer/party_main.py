@@ -46,6 +46,7 @@ def main_for_role(
 ) -> None:
     """Run one party; with `evaluation` (an `eval_party.Evaluation`) a private evaluation
     on the data owner's labelled `eval_data` instead of queries."""
+    from protocols.mpc.dealer import DealerError
     from protocols.mpc.runtime import Role, run_dealer
 
     settings = _settings(rendezvous, timeout, provider, precision_bits)
@@ -65,6 +66,8 @@ def main_for_role(
             _data_owner(settings, input_paths, out_dir)
     except (UserError, PartyError):
         raise
+    except DealerError as exc:  # the dealer link: a refused request or reply, a failed run
+        raise PartyError(f"{role}: {exc}") from None
     except RuntimeError as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if any(word in text.lower() for word in _CONNECTION_WORDS):

@@ -8,11 +8,14 @@ per call, the bytes this party actually puts on the wire and takes off it:
   broadcast from this party  sends n per other member of the group; others receive n
   reduce / gather            the non-destination sends n; the destination receives them
   send / recv, *_obj         the tensor's bytes, or the pickled object's length
+  a dealer request           (`protocols.mpc.dealer`, the model owner only) the frames
+                             whole: 8-byte length prefixes, JSON headers and the reply's
+                             raw tensor bytes; one dealer round per request
 
 A **round** is a call in which this party waits for data from another (it receives):
-the sequential latency a network adds. Traffic in the dealer's groups (triple requests
-to the dealer, triples and seeds from it) is counted apart from the traffic between the
-two computing parties.
+the sequential latency a network adds. Traffic with the dealer (requests to it, the
+correlated randomness it returns) is counted apart from the traffic between the two
+computing parties; the seeds it sends once at set-up are not counted.
 
 With `keep_views=True` the meter also keeps every tensor received from the other
 computing party (for an all-reduce: the result minus this party's own contribution),
@@ -27,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from protocols.mpc import dealer as dealer_link
 
 
 @dataclass
@@ -95,9 +100,11 @@ class Meter:
             original = getattr(comm, name)
             self._originals[name] = original
             setattr(comm, name, self._wrap(name, original))
+        dealer_link.observe(self._dealer_request)
         return self
 
     def remove(self) -> None:
+        dealer_link.unobserve(self._dealer_request)
         for name, original in self._originals.items():
             setattr(self._comm, name, original)
         self._originals.clear()
@@ -119,6 +126,9 @@ class Meter:
             t.bytes_sent += sent
             t.bytes_received += received
             t.rounds += received > 0
+
+    def _dealer_request(self, sent: int, received: int) -> None:
+        self._count(sent, received, dealer=True)
 
     def _keep(self, value: Any, dealer: bool) -> None:
         if not self.keep_views or dealer:

@@ -21,7 +21,8 @@ bytes. (SecretFlow-SPU's "Beaver cache" is the same idea.)
 Costs per product, bytes per party: 8 per element of each operand not yet opened (a
 kept operand costs nothing); one round when something is opened, none otherwise. The
 dealer sends the same c share as for a fresh triple (dealer traffic, counted apart), and
-keeps the masks of the session's keys in memory.
+keeps the masks of the session's keys in memory (`protocols.mpc.dealer.Dealer`, asked over
+the dealer link's JSON requests: `reuse_products`).
 
 Where it is used: model weights (opened once per session, before the input exists;
 every query's products with them open only the activations), LayerNorm's centred input
@@ -44,9 +45,10 @@ from typing import Any
 
 import torch
 
+from protocols.mpc import dealer
 from protocols.mpc.crypten_setup import import_crypten
 
-OPS = ("mul", "matmul")
+OPS = tuple(dealer.REUSE_OPS)
 
 
 @dataclass
@@ -147,7 +149,7 @@ def products(
             slots.append(len(operands))
             operands.append(_Operand(value, key))
         pairs.append((slots[0], slots[1]))
-    f = getattr(torch, op)
+    f = dealer.REUSE_OPS[op]
     sizes = [
         tuple(f(*(torch.empty(operands[i].size, device="meta") for i in pair)).shape)
         for pair in pairs
@@ -215,7 +217,7 @@ def _exchange(
     sizes = sizes or []
     if _rank() == 0:
         spec = [(o.key, o.size) for o in operands]
-        flat = client.ttp_request("reuse_products", None, spec, products, release)
+        flat = dealer.client().reuse_products(spec, products, release)
         pieces = torch.split(flat, [math.prod(size) for size in sizes]) if sizes else []
         correlated = [c.reshape(size) for c, size in zip(pieces, sizes, strict=True)]
     else:
@@ -248,53 +250,10 @@ def _truncated(z: torch.Tensor, like: Any) -> Any:
     return result
 
 
-# --- the dealer's side -------------------------------------------------------------------
-def masking_dealer_class() -> type:
-    """CrypTen's TTPServer with the three requests above. Its masks live as long as the
-    session; the plaintext masks are what CrypTen's dealer knows anyway."""
-    from crypten.mpc.provider.ttp_provider import TTPServer
-
-    class MaskingDealer(TTPServer):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self.kept: dict[str, torch.Tensor] = {}
-            super().__init__()  # serves requests until "terminate"
-
-        def _mask(self, key: str | None, size: tuple[int, ...]) -> torch.Tensor:
-            if key is not None and key in self.kept:
-                return self.kept[key]
-            mask = self._get_additive_PRSS(size)
-            if key is not None:
-                self.kept[key] = mask
-            return mask
-
-        def _share_for_party_0(self, value: torch.Tensor) -> torch.Tensor:
-            return value - self._get_additive_PRSS(value.size(), remove_rank=True)
-
-        def reuse_products(
-            self,
-            operands: list[tuple[str | None, tuple[int, ...]]],
-            products: list[tuple[str, int, int]],
-            release: tuple[str, ...] = (),
-        ) -> torch.Tensor:
-            """Masks of every operand (kept, or drawn in order and kept under their key),
-            then party 0's share of a_i op a_j for each product, flattened together."""
-            masks = [self._mask(key, size) for key, size in operands]
-            shares = [
-                self._share_for_party_0(getattr(torch, op)(masks[i], masks[j])).reshape(-1)
-                for op, i, j in products
-            ]
-            for key in release:
-                self.kept.pop(key, None)
-            return torch.cat(shares) if shares else torch.empty(0, dtype=torch.long)
-
-    return MaskingDealer
-
-
 __all__ = [
     "OPS",
     "available",
     "is_kept",
-    "masking_dealer_class",
     "new_key",
     "open_all",
     "product",

@@ -130,26 +130,40 @@ def start_party(role: Role, settings: PartySettings) -> Any:
         print(INSECURE_PROVIDER_WARNING, file=sys.stderr)
     with _deadline(settings.timeout):
         crypten.init()
+    if settings.provider == "dealer" and role is Role.MODEL_OWNER:
+        from protocols.mpc import dealer
+
+        dealer.install_client()  # requests as JSON headers, never CrypTen's pickles
     return crypten
 
 
 def run_dealer(settings: PartySettings) -> None:
-    """Serve correlated randomness until the model owner says the run is over."""
+    """Serve correlated randomness until the model owner says the run is over.
+
+    Returns when the model owner ends a run that succeeded. Raises
+    `protocols.mpc.dealer.DealerError` (one line) when it refuses a request outside its
+    allow-list, when the model owner reports that the run failed, or when the model owner
+    is lost or silent for longer than the timeout."""
     if settings.provider != "dealer":
         raise ValueError("a dealer process is only needed with provider 'dealer'")
     _configure(Role.DEALER, settings)
-    from protocols.mpc.reuse import masking_dealer_class
+    from protocols.mpc import dealer
 
     with _deadline(settings.timeout):
-        masking_dealer_class()()  # returns when party 0 sends "terminate" (or a peer fails)
+        dealer.serve()
     _shutdown_quietly()
 
 
-def stop_party() -> None:
-    """Leave the run (the model owner also tells the dealer to stop)."""
-    from protocols.mpc import reuse
+def stop_party(failed: bool | None = None) -> None:
+    """Leave the run; the model owner also tells the dealer to stop, and whether the run
+    failed (`failed` None: it failed when an exception is propagating, e.g. when this is
+    called from a `finally` block on the way out of an error)."""
+    from protocols.mpc import dealer, reuse
 
+    if failed is None:
+        failed = sys.exc_info()[0] is not None
     reuse.reset()
+    dealer.close_client(failed=failed)
     crypten = import_crypten()
     if crypten.is_initialized():
         crypten.uninit()
