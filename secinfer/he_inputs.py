@@ -5,15 +5,18 @@ that feed an embedding are sent one-hot (encrypted, the default) or embedded by 
 with a table the model owner declared public; other integer inputs (attention masks, token
 types) are public. Encrypted inputs use the feature-major `Layout` (`packed_layout`): rows
 in slots, features in ciphertexts, with room left for the axes a later view splits off the
-features (an image's patches). `rotation_steps` names the Galois keys the client generates:
-+-2^i up to the largest slot stride. `parameter_reason` says why the CKKS parameters.
+features (an image's patches). `rotation_plan` names the Galois keys the client generates:
+those of the steps a dry run of the server's own tensor code rotates by (`protocols.he.dry`),
+not a formula beside it. `parameter_reason` says why the CKKS parameters.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from protocols.he.layout import Layout, next_power_of_two
@@ -85,25 +88,90 @@ def layouts_for(
         spec["layout"] = layout.to_dict()
 
 
-def rotation_steps(specs: list[dict[str, Any]], rows: bool = False) -> list[int]:
-    """The Galois keys the server asks for: +-2^i up to the largest slot stride of the
-    inputs. Every rotation of `protocols.he.tensor` stays inside a row (reductions,
-    replication and merges of the axes below the batch axis), and SEAL composes a step from
-    its non-adjacent form, whose terms never exceed twice the step; the batch axis itself is
-    rotated only by a private evaluation (`rows`), whose sums over examples fold the whole
-    span: then up to half the span."""
-    largest = 1
+@dataclass(frozen=True)
+class RotationPlan:
+    """What the server's run rotates by, and the Galois keys that cover it.
+
+    `steps`: every step (reduced to (-S/2, S/2], as SEAL gets it) that the run performs,
+    each with the first op that asks for it; `keys`: `galois.keys_for_steps(steps)`, what
+    the client makes (possibly empty); `refreshes`: how many the dry run went through."""
+
+    steps: dict[int, str]
+    keys: list[int]
+    refreshes: int
+
+
+class _DrySeeder:
+    """The model owner's tensors in float64, the inputs as given (as `he_session`)."""
+
+    def owned(self, name: str, value: torch.Tensor) -> Any:
+        return value.double() if value.is_floating_point() else value
+
+    def user(self, name: str, value: Any) -> Any:
+        return value
+
+
+def rotation_plan(
+    graph: Graph,
+    plan: Plan,
+    specs: list[dict[str, Any]],
+    params: CkksParams,
+    evaluation: Any = None,
+    engine: Any = None,
+) -> RotationPlan:
+    """The rotations of the encrypted run, found by running it: the executor runs `graph`
+    with the `he` kernels on stand-in ciphertexts (`protocols.he.dry.DryEngine`) in the
+    layouts of `specs` (`layouts_for` first), public inputs as zeros of their shapes; with
+    `evaluation` (a `he_eval.HeEvaluation`) the per-example losses and their sum over the
+    rows follow on the logits, as `he_eval.serve_evaluation` computes them. The same tensor
+    code as the real run, so the same steps (`protocols.he.dry`); refreshes are assumed
+    allowed (without them the real run stops with its own depth error). Errors are those
+    of the real run (an op without a kernel, a layout it cannot handle), raised here
+    before any key is made. `engine`: the `DryEngine` to run on (default: one for
+    `params`; one holding `keys` checks that they suffice, `protocols.he.tensor.RotationKeyError`
+    inside an `execute.ExecutionError` naming the op otherwise)."""
+    from protocols.he.dry import DryEngine, DryRefresher, dry_grid
+    from protocols.he.galois import keys_for_steps
+    from protocols.he.tensor import HeTensor
+    from secinfer.execute import Executor
+
+    if engine is None:
+        engine = DryEngine(params.slots, params.depth, 2.0**params.scale_bits)
+    refresher = DryRefresher(engine)
+    first: dict[int, str] = {}
+
+    def attribute(where: str) -> None:
+        for step in engine.steps:
+            first.setdefault(step, where)
+        engine.steps.clear()
+
+    def tensor(layout: Layout) -> HeTensor:
+        return HeTensor(engine, layout, dry_grid(engine, layout), clean=True, refresher=refresher)
+
+    inputs: list[Any] = []
     for spec in specs:
-        if "layout" in spec:
-            layout = Layout.from_dict(spec["layout"])
-            strides = [t for t in layout.strides if t is not None]
-            largest = max([largest, *strides, next_power_of_two(layout.span()) // 2 if rows else 1])
-    steps = []
-    power = 1
-    while power <= largest:
-        steps += [power, -power]
-        power *= 2
-    return steps
+        if spec["mode"] == "public":
+            inputs.append(torch.zeros(spec["shape"], dtype=torch.int64))
+            continue
+        value = tensor(Layout.from_dict(spec["layout"]))
+        value.embedded = spec["mode"] == "embedded"  # type: ignore[attr-defined]
+        inputs.append(value)
+
+    def hook(name: str, call: Any, value: Any) -> None:
+        node = graph.node_by_name[name]
+        attribute(f"{node.op} (node {node.name})" + (f" at {node.module}" if node.module else ""))
+
+    result = Executor(graph, "he", plan, seeder=_DrySeeder()).run(tuple(inputs), hook=hook)
+    logits = result.outputs[0] if result.outputs else None
+    if evaluation is not None and isinstance(logits, HeTensor) and logits.dim() == 2:
+        from protocols.he.losses import per_example
+
+        names = list(evaluation.settings.losses)
+        values = per_example(logits, tensor(logits.layout), names, evaluation.plan)
+        for value in values.values():
+            (value * np.ones(logits.shape[0])).sum(0).masked()
+        attribute("the private evaluation's losses summed over the rows")
+    return RotationPlan(first, keys_for_steps(first, params.slots), refresher.refreshes)
 
 
 def estimated_depth(graph: Graph, plan: Plan) -> int:

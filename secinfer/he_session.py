@@ -64,7 +64,7 @@ from secinfer.he_inputs import (
     input_specs,
     layouts_for,
     parameter_reason,
-    rotation_steps,
+    rotation_plan,
 )
 from secinfer.he_report import latency_table
 from secinfer.plan import Plan
@@ -317,6 +317,7 @@ def _open_server(
     }
     dim = next((int(t.shape[1]) for t in tables.values() if t is not None), None)
     layouts_for(graph, specs, dim, params.slots)
+    rotations = rotation_plan(graph, plan, specs, params, evaluation)
     mask_bits = default_mask_bits(params.coeff_mod_bit_sizes[0], params.scale_bits)
     channel.send_json(
         {
@@ -324,7 +325,7 @@ def _open_server(
             "params": params.to_dict(),
             "inputs": specs,
             "mask_bits": mask_bits,
-            "galois_steps": rotation_steps(specs, rows=evaluation is not None),
+            "galois_steps": rotations.keys,
         }
     )
     for name, table in tables.items():

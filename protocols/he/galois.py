@@ -30,22 +30,26 @@ a step s directly when the key of s is present (one key switch); otherwise SEAL 
 non-adjacent form and rotates by each term recursively, and a term that is a single power of
 two without its key raises "Galois key not present" (SEAL's message, a ValueError from the
 bindings). With keys {1, 16}: 17 = 16 + 1 works (two key switches), 2 and 15 = 16 - 1 fail.
-`key_switches_with_keys` predicts this without rotating and `require_rotation_steps` turns
-it into an error that names the missing steps. TenSEAL's own rotating operations (`vec.mm`,
+`rotation_key_switches` predicts this without rotating (from any key set:
+`key_switches_with_keys` from a context's), `require_rotation_steps` turns it into an error
+that names the missing steps, and `keys_for_steps` gives the keys that cover a list of
+steps (the NAF terms). Which steps a computation needs is not predicted here: the HE
+server records them from a dry run of its own tensor code (`protocols.he.dry`,
+`secinfer.he_inputs.rotation_plan`). TenSEAL's own rotating operations (`vec.mm`,
 `vec.sum`, `vec.matmul`, ...) need steps the chosen keys rarely cover: they are for contexts
 with all keys.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import tenseal as ts
 from tenseal import sealapi
 
 from protocols.he.matmul import bsgs_split
-from protocols.he.rotation import naf, slot_count
+from protocols.he.rotation import naf, reduce_step, slot_count
 from protocols.he.serial import read_varint, saved_bytes, varint
 
 _PUBLIC_CONTEXT = 2  # TenSEALContextProto.public_context
@@ -55,17 +59,18 @@ _GALOIS_KEYS = 5  # TenSEALPublicProto.galois_keys
 
 # --- steps and Galois elements ------------------------------------------------------------
 def normalize_step(step: int, slots: int) -> int:
-    """`step` reduced to (-S/2, S/2], as `rotation.rotate_ciphertext` reduces it before SEAL.
+    """`step` reduced to (-S/2, S/2], as `rotation.rotate_ciphertext` reduces it before SEAL
+    (`rotation.reduce_step`).
 
     Raises ValueError for a non-integer or a step that is 0 modulo S (no rotation: no key;
     SEAL's element for step 0 is complex conjugation, not a rotation).
     """
     if not isinstance(step, int) or isinstance(step, bool):
         raise ValueError(f"rotation step {step!r}: expected an integer")
-    reduced = step % slots
+    reduced = reduce_step(step, slots)
     if reduced == 0:
         raise ValueError(f"rotation step {step}: a multiple of the {slots} slots needs no key")
-    return reduced - slots if reduced > slots // 2 else reduced
+    return reduced
 
 
 def normalize_steps(steps: Iterable[int], slots: int) -> list[int]:
@@ -102,6 +107,63 @@ def bsgs_rotation_steps(d_in: int) -> list[int]:
     if n2 > 1 and n1 not in steps:
         steps.append(n1)
     return steps
+
+
+def keys_for_steps(steps: Iterable[int], slots: int) -> list[int]:
+    """The Galois keys (normalized steps) that let SEAL perform every rotation of `steps`:
+    the union of the non-adjacent-form terms of each reduced step (`rotation.reduce_step`),
+    the terms of S slots dropped (SEAL skips them). With a key for each term SEAL rotates
+    by the step in one key switch per term (`rotation_key_switches`). Steps that are
+    multiples of S need none; the result may be empty. Ordered 1, -1, 2, -2, ...
+
+    Powers of two only, so at most 2 log2(S) keys whatever the steps: the same keys as
+    TenSEAL's own, restricted to the terms used."""
+    keys: set[int] = set()
+    for step in steps:
+        reduced = reduce_step(step, slots)
+        if reduced:
+            keys.update(normalize_step(t, slots) for t in naf(reduced) if abs(t) != slots)
+    return sorted(keys, key=lambda k: (abs(k), k < 0))
+
+
+def rotation_key_switches(step: int, has_key: Callable[[int], bool], slots: int) -> int | None:
+    """Key switches one rotation by `step` costs when `has_key(s)` says whether the key of
+    the normalized step s is present; None when SEAL would raise "Galois key not present".
+
+    SEAL's `Evaluator::rotate_internal` on the reduced step: the step's own key if present
+    (1); otherwise the sum over its non-adjacent-form terms (each handled the same way; a
+    term of S slots is skipped), and None when the step is a single term without a key.
+    0 for a multiple of S (no rotation)."""
+
+    def switches(s: int) -> int | None:
+        if has_key(normalize_step(s, slots)):
+            return 1
+        terms = naf(s)
+        if len(terms) == 1:
+            return None
+        total = 0
+        for term in terms:
+            if abs(term) == slots:
+                continue
+            part = switches(term)
+            if part is None:
+                return None
+            total += part
+        return total
+
+    reduced = reduce_step(step, slots)
+    return switches(reduced) if reduced else 0
+
+
+def missing_steps(steps: Iterable[int], keys: Iterable[int], slots: int) -> list[int]:
+    """The steps of `steps` (as given, in order, once each) that Galois keys for the steps
+    `keys` cannot perform (`rotation_key_switches`), without a context."""
+    present = {normalize_step(k, slots) for k in keys}
+    out: list[int] = []
+    for step in steps:
+        if step not in out and rotation_key_switches(step, present.__contains__, slots) is None:
+            out.append(step)
+    return out
 
 
 # --- key generation and the context bytes -------------------------------------------------
@@ -177,51 +239,33 @@ def public_context_with_steps(context: ts.Context, steps: Sequence[int]) -> byte
 
     Holds the encryption parameters, global scale, public key, relinearisation keys (when
     `context` has them) and one seeded Galois key per distinct normalized step (steps are
-    reduced to (-S/2, S/2] first, as rotations are); no secret key. Load it with
+    reduced to (-S/2, S/2] first, as rotations are); no Galois keys at all when `steps` is
+    empty (a computation that rotates nothing); no secret key. Load it with
     `ts.context_from`. `context` must be private (the keys need its secret key) and is not
-    modified. Raises ValueError for a public context, an empty or invalid step list.
+    modified. Raises ValueError for a public context or an invalid step.
     """
-    keys = galois_keys_bytes(context, steps)
+    if not context.is_private():
+        raise ValueError("Galois keys are made from the secret key: pass the PRIVATE context")
     public = context.serialize(
         save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=True
     )
-    return splice_galois_keys(public, keys)
+    if not list(steps):
+        return public
+    return splice_galois_keys(public, galois_keys_bytes(context, steps))
 
 
 # --- what a context's keys allow ----------------------------------------------------------
 def key_switches_with_keys(context: ts.Context, step: int) -> int | None:
     """Key switches one `rotate_ciphertext(ct, step, context)` costs with the Galois keys the
-    context holds, or None when SEAL would raise "Galois key not present".
-
-    Mirrors SEAL's `Evaluator::rotate_internal` on the normalized step: the step's own key
-    if present (1); otherwise the sum over its non-adjacent-form terms (each handled the same
-    way; a term of S slots is skipped), and None when the step is a single term without a
-    key. 0 for a multiple of S (no rotation).
-    """
-    if not context.has_galois_keys():
-        return None
+    context holds, or None when SEAL would raise "Galois key not present"
+    (`rotation_key_switches` with the context's keys). 0 for a multiple of S."""
     slots = slot_count(context)
     if step % slots == 0:
         return 0
+    if not context.has_galois_keys():
+        return None
     keys, tool = context.galois_keys().data, _galois_tool(context)
-
-    def switches(s: int) -> int | None:
-        if keys.has_key(tool.get_elt_from_step(s)):
-            return 1
-        terms = naf(s)
-        if len(terms) == 1:
-            return None
-        total = 0
-        for term in terms:
-            if abs(term) == slots:
-                continue
-            part = switches(term)
-            if part is None:
-                return None
-            total += part
-        return total
-
-    return switches(normalize_step(step, slots))
+    return rotation_key_switches(step, lambda s: keys.has_key(tool.get_elt_from_step(s)), slots)
 
 
 def require_rotation_steps(context: ts.Context, steps: Iterable[int]) -> None:

@@ -83,6 +83,14 @@ def key_switches(step: int, slots: int | None = None) -> int:
     return len(naf(step))
 
 
+def reduce_step(step: int, slots: int) -> int:
+    """`step` reduced modulo the `slots` into (-S/2, S/2]: the step SEAL is actually asked
+    for by `rotate_ciphertext` and `engine.Engine.rotate` (0 for a multiple of S: a copy,
+    no Galois key). Rotation is cyclic in S, so the result is the same; the NAF is short."""
+    reduced = int(step) % slots
+    return reduced - slots if reduced > slots // 2 else reduced
+
+
 def _check_galois(context: ts.Context) -> None:
     if not context.has_galois_keys():
         raise ValueError(
@@ -103,10 +111,7 @@ def rotate_ciphertext(
     cyclic in S) and keeps the NAF short. The input is not modified. Step 0 returns a copy.
     """
     _check_galois(context)
-    slots = slot_count(context)
-    steps %= slots
-    if steps > slots // 2:
-        steps -= slots
+    steps = reduce_step(steps, slot_count(context))
     if evaluator is None:
         evaluator = sealapi.Evaluator(context.seal_context().data)
     result = sealapi.Ciphertext()  # SEAL's rotate_vector by 0 is a plain copy

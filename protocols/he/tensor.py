@@ -33,6 +33,7 @@ import torch
 
 from protocols.he.engine import Ciphertext, Engine
 from protocols.he.layout import Layout, LayoutError, next_power_of_two
+from protocols.he.rotation import reduce_step
 
 Plain = float | int | np.ndarray | torch.Tensor
 Refresher = Callable[[list[Ciphertext], Layout], list[Ciphertext]]
@@ -264,9 +265,11 @@ class HeTensor:
         source = self if padded == n or self.clean else self.masked()
         steps = [stride * (1 << k) for k in range(int(math.log2(padded)))]
 
+        what = f"the sum over axis {dim} (slot stride {stride}) of a {tuple(self.shape)} tensor"
+
         def fold(ct: Ciphertext) -> Ciphertext:
             for step in steps:
-                ct = self.engine.add(ct, self.engine.rotate(ct, step))
+                ct = self.engine.add(ct, _rotate(self.engine, ct, step, what))
             return ct
 
         shape = list(self.layout.shape)
@@ -303,9 +306,10 @@ class HeTensor:
         axis = source.layout.ct_axes.index(dim)
         moved = np.moveaxis(source.grid, axis, -1)
         out = np.empty(moved.shape[:-1], dtype=object)
+        what = f"merging axis {dim} of a {tuple(self.shape)} tensor into slots"
         for index in np.ndindex(out.shape):
             parts = [
-                ct if i == 0 else self.engine.rotate(ct, -i * stride)
+                ct if i == 0 else _rotate(self.engine, ct, -i * stride, what)
                 for i, ct in enumerate(moved[index])
             ]
             out[index] = self.engine.add_many(parts)
@@ -332,12 +336,15 @@ class HeTensor:
             mask[np.take(positions, j, axis=slot_axis).reshape(-1)] = 1.0
             masks.append(mask)
 
+        what = f"replicating slot axis {dim} (stride {stride}) of a {tuple(self.shape)} tensor"
+
         def spread(ct: Ciphertext, j: int) -> Ciphertext:
             picked = self.engine.mul_plain(ct, masks[j])
             if j:
-                picked = self.engine.rotate(picked, j * stride)
+                picked = _rotate(self.engine, picked, j * stride, what)
             for k in range(steps):
-                picked = self.engine.add(picked, self.engine.rotate(picked, -stride * (1 << k)))
+                rotated = _rotate(self.engine, picked, -stride * (1 << k), what)
+                picked = self.engine.add(picked, rotated)
             return picked
 
         grid = np.empty((*self.grid.shape, n), dtype=object)
@@ -353,6 +360,26 @@ class HeTensor:
 
 class DepthExhausted(ValueError):
     """A product needs a level that neither the context nor a refresh can give."""
+
+
+class RotationKeyError(ValueError):
+    """A rotation whose Galois key the context does not hold (the key plan missed it)."""
+
+
+def _rotate(engine: Engine, ct: Ciphertext, step: int, what: str) -> Ciphertext:
+    """`engine.rotate(ct, step)`: every rotation of this module goes through here, so a dry
+    run (`protocols.he.dry`) sees each of them. A missing Galois key raises
+    `RotationKeyError` naming the step (as SEAL gets it) and `what` rotated."""
+    try:
+        return engine.rotate(ct, step)
+    except ValueError as exc:
+        if "Galois key" not in str(exc):
+            raise
+        raise RotationKeyError(
+            f"{what}: the rotation by {reduce_step(step, engine.slots)} slots has no Galois "
+            f"key in the client's public context ({exc}); the keys come from a dry run of the "
+            "same tensor code (secinfer.he_inputs.rotation_plan), which did not see this step"
+        ) from None
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -542,12 +569,17 @@ def matmul(a: HeTensor, b: HeTensor | Plain) -> HeTensor:
     """a @ b. With b plain: `linear(a, b.T)`. With both encrypted (attention scores q k^T,
     weights v): a is (..., i, c) with i in slots and c in ciphertexts; b's slot axis among
     its last two must sit where a's i does; it is replicated into ciphertexts, and every
-    output is one ct-ct dot product over c (module docstring)."""
+    output is one ct-ct dot product over c (module docstring). A single row (i of size 1,
+    one token) and b's last two axes in ciphertexts: products summed over c, 1 L, no
+    rotation."""
     if not isinstance(b, HeTensor):
         w = np.asarray(_as_plain(b), dtype=np.float64)
         return linear(a, w.T if w.ndim == 2 else w[:, None].T)
     if a.dim() < 2 or b.dim() < 2:
         raise LayoutError("matmul of encrypted tensors needs at least 2 axes each")
+    single_row = a.layout.shape[-2] == 1 and a.layout.strides[-1] is None
+    if single_row and b.layout.strides[-2:] == (None, None):
+        return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(-2)
     t_i = a.layout.strides[-2]
     if t_i is None or a.layout.strides[-1] is not None:
         raise LayoutError(
