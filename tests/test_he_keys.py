@@ -462,7 +462,8 @@ def test_a_bert_at_batch_one_runs_encrypted_with_only_the_planned_keys(monkeypat
 @pytest.mark.slow
 def test_the_issue_13_bert_runs_encrypted(monkeypatch) -> None:
     """The issue's BERT: hidden 64, 4 heads, 2 layers, 16 tokens, batch 1, no mask. Measured
-    (loaded 2-core machine, 6 min): 159 refreshes, cosine 1 - 1e-14, max error 2.5e-6."""
+    (2-core machine shared with other work, 3.5 to 6 min): 159 refreshes, cosine 1 - 1e-14,
+    max error 2.5e-6."""
     run = _encrypted_bert(monkeypatch, (64, 4, 2, 16, 1, False))
     assert run["real_steps"] == set(run["rotations"].steps)
     assert run["rotations"].keys == [1, -1, 2, -2, 4, -4, 8, -8, 16]
