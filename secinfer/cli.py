@@ -2,13 +2,16 @@
 
 Exit codes: 0 success, 2 user error (bad file, bad flag, unsupported op, bad input),
 1 internal error or a failed secure run (a peer that never connected, vanished or timed
-out: one line, no traceback). User errors are one line on stderr (`error: ...`), never a traceback,
-and nothing is half-written: outputs and reports are written only after a run succeeds.
+out: one line, no traceback), 128 + N when a launcher was stopped by signal N (SIGTERM,
+SIGINT, SIGHUP: its parties stopped and its temporary files removed first). User errors
+are one line on stderr (`error: ...`), never a traceback, and nothing is half-written:
+outputs and reports are written only after a run succeeds.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -16,7 +19,7 @@ from typing import Any
 
 import click
 
-from secinfer.errors import PartyError, UserError
+from secinfer.errors import Interrupted, PartyError, UserError
 
 BACKEND_CHOICES = ("plain", "approx", "mpc", "he")
 
@@ -35,6 +38,16 @@ class Group(click.Group):
         except PartyError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
+        except Interrupted as exc:
+            click.echo(
+                f"error: {exc}: stopped the parties and removed the run's temporary files",
+                err=True,
+            )
+            # Every cleanup ran on the way here; leave without the interpreter's teardown
+            # (seconds with torch loaded), as one asked to stop should.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.exit_code)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -179,9 +179,10 @@ def _check_depth(graph: Any, plan: Any) -> None:
 
 
 def _guard(role: str, work: object) -> None:
-    """Run `work`; the peer's error, a timeout or a broken message become one line."""
+    """Run `work`; the peer's error, a timeout or a broken message become one line, also
+    when they happened inside a kernel (`_link_failure`)."""
     try:
-        work()  # type: ignore[operator]
+        _link_failure(work)
     except PeerError as exc:
         raise UserError(
             f"the {'client' if role == 'server' else 'server'} stopped: {exc}"
@@ -198,3 +199,23 @@ def _guard(role: str, work: object) -> None:
         raise PartyError(f"{role}: {exc}") from None
     except (ConnectionError, TimeoutError) as exc:
         raise PartyError(f"{role}: the connection failed ({exc})") from None
+
+
+_LINK_ERRORS = (PeerError, PeerTimeout, MessageError, ssl.SSLError, ConnectionError, TimeoutError)
+
+
+def _link_failure(work: object) -> None:
+    """Run `work`. The executor wraps a kernel's every failure in `ExecutionError` (naming
+    the node); when its cause is the link (the peer gone, silent, or refusing), that
+    cause is raised instead, so that `_guard` gives it its one line."""
+    from secinfer.execute import ExecutionError
+
+    try:
+        work()  # type: ignore[operator]
+    except ExecutionError as exc:
+        cause = exc.__cause__
+        while isinstance(cause, ExecutionError):
+            cause = cause.__cause__
+        if isinstance(cause, _LINK_ERRORS):
+            raise cause from None
+        raise

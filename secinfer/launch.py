@@ -5,15 +5,22 @@ dealer) as fresh processes on a loopback rendezvous, waits for them with a deadl
 collects the data owner's output and both parties' cost records. If any party fails, the
 others are stopped (no orphan processes) and the failing party's one-line error is raised.
 On another host each role runs by hand with the same command (see the README).
+
+Process safety (`secinfer.processes`): each party leads a process group of its own; on
+success, failure, the deadline, or SIGTERM, SIGINT or SIGHUP to this process (which then
+raise `Interrupted`), every party's group is killed and reaped and the run's temporary
+folder (mode 0700: the input, outputs, records and logs) is removed. The MPC rendezvous
+port is bound here, on 127.0.0.1 only, and its socket handed to the model owner
+(`protocols.mpc.rendezvous.LISTENER_FD_ENV`): no other program can take it in between.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -23,8 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from protocols.mpc import rendezvous as meeting
 from protocols.mpc.local import free_port
 from protocols.mpc.runtime import DEFAULT_TIMEOUT, Role
+from secinfer import processes
 from secinfer.errors import PartyError, UserError
 
 RUN_TIMEOUT = 3600.0
@@ -72,22 +81,20 @@ def _last_error(path: Path) -> str:
 
 
 def _party_dirs(root: Path, roles: list[Any]) -> dict[Any, Path]:
-    """One output directory per role under `root`."""
-    out = {role: root / role.label for role in roles}
-    for directory in out.values():
-        directory.mkdir()
-    return out
+    """One output directory per role under `root`, each mode 0700."""
+    return {role: processes.private_subdirectory(root, role.label) for role in roles}
 
 
 def _launch(roles: list[Role], options: dict[str, Any], root: Path, run_timeout: float) -> float:
     """The roles' `secinfer party` processes on a fresh loopback rendezvous, until all exit
     (`run_parties`); the wall seconds."""
-    rendezvous = f"tcp://127.0.0.1:{free_port()}"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    began = time.perf_counter()
-    commands = {role: _party_command(role, rendezvous, options) for role in roles}
-    run_parties(commands, root, run_timeout, env=env)
-    return time.perf_counter() - began
+    with meeting.listen("127.0.0.1", 0) as listener:
+        rendezvous = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        began = time.perf_counter()
+        commands = {role: _party_command(role, rendezvous, options) for role in roles}
+        run_parties(commands, root, run_timeout, env=env, listeners={Role.MODEL_OWNER: listener})
+        return time.perf_counter() - began
 
 
 def run_local_parties(
@@ -105,8 +112,7 @@ def run_local_parties(
     roles = [Role.MODEL_OWNER, Role.DATA_OWNER]
     if provider == "dealer":
         roles.append(Role.DEALER)
-    with tempfile.TemporaryDirectory(prefix="secinfer-mpc-") as tmp:
-        root = Path(tmp)
+    with processes.stopping_on_signals(), processes.private_directory("secinfer-mpc-") as root:
         out = _party_dirs(root, roles)
         input_path = out[Role.DATA_OWNER] / "input.pt"
         torch.save(tuple(t.detach().clone() for t in inputs), input_path)
@@ -143,8 +149,7 @@ def run_local_evaluation(
     """A private evaluation by the three MPC parties as processes: (the aggregate the chosen
     party learned, the model owner's record, the data owner's record, seconds)."""
     roles = [Role.MODEL_OWNER, Role.DATA_OWNER, Role.DEALER]
-    with tempfile.TemporaryDirectory(prefix="secinfer-eval-") as tmp:
-        root = Path(tmp)
+    with processes.stopping_on_signals(), processes.private_directory("secinfer-eval-") as root:
         out = _party_dirs(root, roles)
         options = {
             "timeout": peer_timeout,
@@ -169,27 +174,36 @@ def run_local_evaluation(
 
 
 def run_parties(
-    commands: dict[Role, list[str]],
+    commands: dict[Any, list[str]],
     root: Path,
     timeout: float,
     env: dict[str, str] | None = None,
+    listeners: dict[Any, socket.socket] | None = None,
 ) -> None:
     """Start one process per role (output to `root/<role>.log`), wait until all exit 0;
-    on the first failure or the deadline raise, and never leave a process behind."""
+    on the first failure, the deadline or a signal (`Interrupted`) raise, and never leave
+    a process behind: every started party's process group is killed and reaped first.
+    `listeners` hands a role a listening socket (`meeting.LISTENER_FD_ENV`)."""
     logs = {role: root / f"{role.label}.log" for role in commands}
-    processes: dict[Role, subprocess.Popen[bytes]] = {}
-    try:
-        for role, command in commands.items():
-            with logs[role].open("wb") as log:
-                processes[role] = subprocess.Popen(
-                    command, stdout=log, stderr=subprocess.STDOUT, env=env
-                )
-        wait_for_parties(processes, logs, timeout)
-    finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.kill()
-            process.wait()
+    processes_by_role: dict[Any, subprocess.Popen[bytes]] = {}
+    with processes.stopping_on_signals():
+        try:
+            for role, command in commands.items():
+                listener = (listeners or {}).get(role)
+                role_env = dict(os.environ if env is None else env)
+                fds: tuple[int, ...] = ()
+                if listener is not None:
+                    fds = (listener.fileno(),)
+                    role_env[meeting.LISTENER_FD_ENV] = str(listener.fileno())
+                with processes.deferred():
+                    processes_by_role[role] = processes.start(
+                        command, logs[role], env=role_env, pass_fds=fds
+                    )
+            wait_for_parties(processes_by_role, logs, timeout)
+        finally:
+            with processes.deferred():
+                for process in processes_by_role.values():
+                    processes.stop(process)
 
 
 def wait_for_parties(
@@ -238,8 +252,7 @@ def run_local_he(
 ) -> LocalRun:
     """Server (model owner) and client (data owner) of an HE run as two processes on
     loopback; the client's decrypted output and both records."""
-    with tempfile.TemporaryDirectory(prefix="secinfer-he-") as tmp:
-        root = Path(tmp)
+    with processes.stopping_on_signals(), processes.private_directory("secinfer-he-") as root:
         out = _party_dirs(root, list(HeRole))
         input_path = out[HeRole.CLIENT] / "input.pt"
         torch.save(tuple(t.detach().clone() for t in inputs), input_path)
@@ -271,8 +284,7 @@ def run_local_he_evaluation(
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], float]:
     """A private evaluation under HE, server and client as processes: (the aggregate the
     chosen side learned, the server's record, the client's record, seconds)."""
-    with tempfile.TemporaryDirectory(prefix="secinfer-he-eval-") as tmp:
-        root = Path(tmp)
+    with processes.stopping_on_signals(), processes.private_directory("secinfer-he-eval-") as root:
         out = _party_dirs(root, list(HeRole))
         server, client = _he_commands(model, out, peer_timeout, trust_model, config)
         server += evaluation.arguments()

@@ -7,6 +7,7 @@ Failures of the connection (a peer that never connects, vanishes or times out) b
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ def main_for_role(
 ) -> None:
     """Run one party; with `evaluation` (an `eval_party.Evaluation`) a private evaluation
     on the data owner's labelled `eval_data` instead of queries."""
+    from protocols.mpc import rendezvous as meeting
     from protocols.mpc.dealer import DealerError
     from protocols.mpc.runtime import Role, run_dealer
 
@@ -54,6 +56,8 @@ def main_for_role(
     if party is not Role.DEALER and not out_dir.is_dir():
         raise UserError(f"--out {out_dir}: no such directory")
     try:
+        if party is Role.MODEL_OWNER and rendezvous.startswith("tcp://"):
+            meeting.claim(rendezvous)  # a port in use fails now, not after the model loads
         if party is Role.DEALER:
             run_dealer(settings)
         elif evaluation is not None and party is Role.MODEL_OWNER:
@@ -68,14 +72,34 @@ def main_for_role(
         raise
     except DealerError as exc:  # the dealer link: a refused request or reply, a failed run
         raise PartyError(f"{role}: {exc}") from None
+    except meeting.RendezvousBusy as exc:
+        raise UserError(f"--rendezvous {rendezvous}: {exc}") from None
+    except meeting.SettingsMismatch as exc:
+        raise UserError(f"{role}: {exc}") from None
+    except meeting.RendezvousTimeout as exc:
+        raise PartyError(
+            f"{role}: {exc}; check that all three roles run and reach {rendezvous}"
+        ) from None
     except RuntimeError as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = _first_line(exc)
         if any(word in text.lower() for word in _CONNECTION_WORDS):
             raise PartyError(
                 f"{role}: no answer from the other parties at {rendezvous} ({text[:160]}); "
                 f"check that all three roles run and reach it within --timeout {timeout:g} s"
             ) from None
         raise
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of what went wrong: a kernel's failure (`ExecutionError`, naming the
+    node) as its cause, without gloo's source location ("[.../pair.cc:553] ")."""
+    from secinfer.execute import ExecutionError
+
+    while isinstance(exc, ExecutionError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = str(exc).strip().splitlines()
+    text = re.sub(r"^\[[^\]]*:\d+\]\s*", "", lines[0] if lines else type(exc).__name__)
+    return text.split(". This is typically")[0]  # gloo's advice to read the peer's logs
 
 
 def _loaded_for_mpc(model: Path | None, trust_model: bool) -> Any:

@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from protocols.mpc.local import free_port
+from protocols.mpc import rendezvous as meeting
 from protocols.mpc.runtime import Role
-from secinfer.errors import PartyError, UserError
+from secinfer.errors import Interrupted, PartyError, UserError
 from secinfer.launch import run_parties
 from secinfer.party import output_names
+from secinfer.processes import private_directory, stopping_on_signals
 from secinfer.secure_report import estimate
 from secinfer.zoo.digits import load_model, load_split
 
@@ -41,7 +42,12 @@ SCRIPTS = {
 
 
 def start_parties(root: Path, queries: list[Path], timeout: float) -> dict[str, dict]:
-    rendezvous = f"tcp://127.0.0.1:{free_port()}"
+    with meeting.listen("127.0.0.1", 0) as listener:  # handed to the model owner
+        return _run(root, queries, timeout, listener)
+
+
+def _run(root: Path, queries: list[Path], timeout: float, listener: socket.socket) -> dict:
+    rendezvous = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
     common = ["--rendezvous", rendezvous, "--timeout", str(timeout)]
     inputs = [arg for path in queries for arg in ("--input", str(path))]
     extra = {
@@ -53,7 +59,7 @@ def start_parties(root: Path, queries: list[Path], timeout: float) -> dict[str, 
         role: [sys.executable, str(script), *common, *extra[role]]
         for role, script in SCRIPTS.items()
     }
-    run_parties(commands, root, timeout=20 * timeout)
+    run_parties(commands, root, timeout=20 * timeout, listeners={Role.MODEL_OWNER: listener})
     return {
         role.label: json.loads((root / f"{role.label}.json").read_text())
         for role in (Role.MODEL_OWNER, Role.DATA_OWNER)
@@ -61,6 +67,17 @@ def start_parties(root: Path, queries: list[Path], timeout: float) -> dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The demo; SIGTERM, SIGINT or SIGHUP stop the three parties and remove the demo's
+    temporary folder (its images and outputs) before it exits with 128 + the signal."""
+    try:
+        with stopping_on_signals():
+            return _demo(argv)
+    except Interrupted as exc:
+        print(f"error: {exc}: stopped the parties and removed the demo's files", file=sys.stderr)
+        return exc.exit_code
+
+
+def _demo(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=50, help="test images to classify")
     parser.add_argument("--queries", type=int, default=2, help="queries to split them into")
@@ -77,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "model owner + data owner + dealer"
     )
     began = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="secinfer-demo-") as tmp:
-        root = Path(tmp)
+    with private_directory("secinfer-demo-") as root:
         queries = []
         for k, part in enumerate(torch.tensor_split(x, args.queries), start=1):
             queries.append(root / f"images-{k}.npy")

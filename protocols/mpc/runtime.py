@@ -4,7 +4,8 @@ Ranks are fixed: the model owner is CrypTen rank 0, the data owner rank 1, and t
 (CrypTen's trusted third party, which only deals Beaver triples and other correlated
 randomness and never sees a share of any value) rank 2. Each party is its own OS process;
 they meet at a torch.distributed rendezvous (`tcp://HOST:PORT`, the model owner's host
-listens) over gloo sockets.
+listens: on loopback only when HOST is loopback, `protocols.mpc.rendezvous`) over gloo
+sockets.
 
 Every connection and every receive has a deadline (`PartySettings.timeout`): gloo raises
 when a peer does not connect or stops answering, so a vanished peer ends the run with an
@@ -76,20 +77,36 @@ class PartySettings:
             raise ValueError(f"timeout {self.timeout}: must be positive (seconds)")
 
 
+_agreed: dict[str, Any] = {}
+"""What `_configure` recorded for the rendezvous to compare between the parties."""
+
+
 @contextmanager
 def _deadline(seconds: float) -> Iterator[None]:
-    """Give torch.distributed's process groups a timeout (CrypTen passes none).
+    """Give torch.distributed's process groups a timeout (CrypTen passes none), and meet
+    at a tcp:// rendezvous through `protocols.mpc.rendezvous`: the store listens on
+    loopback only for a loopback HOST, a port in use is one clear error, and the parties'
+    settings (`_agreed`) are compared before any group is made, within `seconds` in all.
 
-    gloo applies it to the rendezvous and to every later send, receive and collective.
+    gloo applies the timeout to its connections and to every later send, receive and
+    collective.
     """
     import torch.distributed as dist
+
+    from protocols.mpc import rendezvous
 
     original = dist.init_process_group
     new_group = dist.new_group
     delta = datetime.timedelta(seconds=seconds)
+    labels = {int(role): role.label for role in Role}
 
     def init_process_group(*args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", delta)
+        method = kwargs.get("init_method")
+        if kwargs.get("store") is None and str(method).startswith("tcp://"):
+            del kwargs["init_method"]
+            rank, size = int(kwargs["rank"]), int(kwargs["world_size"])
+            kwargs["store"] = rendezvous.store(method, rank, size, seconds, _agreed, labels)
         return original(*args, **kwargs)
 
     def make_group(*args: Any, **kwargs: Any) -> Any:
@@ -115,6 +132,14 @@ def _configure(role: Role, settings: PartySettings) -> Any:
             "DISTRIBUTED_BACKEND": "gloo",
         }
     )
+    if settings.rendezvous.startswith("tcp://"):
+        from protocols.mpc.rendezvous import address, gloo_interface
+
+        interface = gloo_interface(address(settings.rendezvous)[0])
+        if interface is not None:  # a local run: gloo's links on loopback too
+            os.environ["GLOO_SOCKET_IFNAME"] = interface
+    _agreed.clear()
+    _agreed["provider"] = settings.provider
     crypten.cfg.mpc.provider = "TTP" if settings.provider == "dealer" else "TFP"
     crypten.cfg.encoder.precision_bits = settings.precision_bits
     crypten.cfg.communicator.verbose = False  # protocols.mpc.meter counts instead
