@@ -135,6 +135,16 @@ def _evaluation_options(data_side: str) -> Any:
     return decorate
 
 
+def _target_option(fn: Any) -> Any:
+    """--target: the secure backend whose plan `approx` runs (and so predicts)."""
+    return click.option(
+        "--target",
+        type=click.Choice(["mpc", "he"]),
+        help="approx: run the plan of this secure backend, so that its error predicts that "
+        "backend's approximation error [default: mpc; mpc and he run their own].",
+    )(fn)
+
+
 def _inputs(
     loaded: Any, input_path: Path | None, text: str | None, limit: Any = None
 ) -> tuple[Any, ...]:
@@ -199,6 +209,7 @@ def _inputs(
     help="Draw the per-layer error against plaintext to this PNG.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_target_option
 @_mpc_options
 @click.option(
     "--no-refresh",
@@ -222,6 +233,7 @@ def run(
     config_path: Path | None,
     plot: Path | None,
     as_json: bool,
+    target: str | None,
     provider: str,
     precision_bits: int,
     timeout: float,
@@ -246,8 +258,10 @@ def run(
     _check_suffix(plot, ".png", "--plot")
     from secinfer import load, runner
     from secinfer.load.values import backend_limit
+    from secinfer.plan import plan_target
     from secinfer.report import dumps_strict, summary, write_json
 
+    plan_for = plan_target(backend, target)
     loaded = load.load_model(model, trust_model=trust_model)
     inputs = _inputs(loaded, input_path, text, backend_limit(backend, precision_bits))
     samples = loaded.calibration_samples() or [inputs]
@@ -301,6 +315,7 @@ def run(
             output_name=loaded.output_name,
             config_path=config_path,
             progress=len(loaded.program.graph.nodes) > 2000,
+            target=plan_for,
         )
     if output is not None:
         from secinfer.report import write_npy
@@ -316,6 +331,8 @@ def run(
         click.echo(dumps_strict(outcome.report))
     else:
         click.echo(summary(outcome.report))
+        if backend == "approx":
+            click.echo(f"plan for: {plan_for} (approx runs that backend's approximations)")
         if backend == "mpc":
             from secinfer.secure_report import comm_summary
 
@@ -486,7 +503,15 @@ def _evaluation_settings(options: dict[str, Any]) -> Any:
     type=click.Path(path_type=Path),
     help="Plan overrides (JSON or YAML).",
 )
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Rows per batch; a model exported with a static batch takes its own (the last "
+    "batch padded, the padding in no total).",
+)
+@_target_option
 @click.option(
     "--zloss-a", type=float, default=1.0, show_default=True, help="Z-loss sharpness a > 0."
 )
@@ -504,6 +529,7 @@ def eval_(
     report_path: Path | None,
     config_path: Path | None,
     batch_size: int,
+    target: str | None,
     zloss_a: float,
     zloss_b: float,
     gce_q: float,
@@ -529,6 +555,7 @@ def eval_(
         check_hyper_parameters,
         evaluate_local,
         evaluate_secure,
+        model_batches,
         parse_losses,
         table,
     )
@@ -544,17 +571,21 @@ def eval_(
     if loaded.program is None:
         raise UserError(f"{model}: eval needs a torch.export program; {load.EXPORT_RECIPE}")
     samples = loaded.calibration_samples()
-    graph, plan = runner.prepare(loaded.program, backend, samples, config_path)
+    given = click.get_current_context().get_parameter_source("batch_size")
+    batches = model_batches(
+        loaded, batch_size, explicit=given is not click.core.ParameterSource.DEFAULT
+    )
+    graph, plan = runner.prepare(loaded.program, backend, samples, config_path, target)
     options = L.LossOptions(zloss_a, zloss_b, gce_q)
     if backend in LOCAL:
-        report = evaluate_local(loaded, graph, plan, backend, dataset, names, options, batch_size)
+        report = evaluate_local(loaded, graph, plan, backend, dataset, names, options, batches)
     else:
         if backend == "he":
             from secinfer.kernels.he import check_he_plan
 
             check_he_plan(graph, plan)
         report = evaluate_secure(
-            backend, loaded, graph, plan, model, data, dataset, names, options, batch_size,
+            backend, loaded, graph, plan, model, data, dataset, names, options, batches,
             reveal_to, config_path=config_path, trust_model=trust_model,
         )  # fmt: skip
     report.update(model=str(model), reveal_to=reveal_to)

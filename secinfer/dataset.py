@@ -11,6 +11,7 @@ encrypted: finite, and within the backend's `limit` (`secinfer.load.values`).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,101 @@ REQUIRED = ("inputs", "labels")
 
 @dataclass(frozen=True)
 class Batch:
+    """One batch: the model's inputs (possibly padded, see `BatchShape`) and the labels of
+    its real rows only; the first `rows` rows of the inputs are the real ones."""
+
     inputs: tuple[torch.Tensor, ...]
     labels: torch.Tensor
+
+    @property
+    def rows(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    """How a data set streams into a model: `size` rows per batch; a batch of fewer than
+    `least` rows (a shard's last) is padded to `least` with copies of its first row (inside
+    every calibrated interval, as a real row is), which no total counts."""
+
+    size: int
+    least: int = 1
+
+
+BatchAxis = int | tuple[int | None, int | None] | None
+"""A model's batch axis: a fixed size, a symbolic size's (low, high) bounds (None when
+unbounded), or None when unknown (as `InputSpec.dims[0]`)."""
+
+
+def batch_shape(axis: BatchAxis, batch_size: int, *, explicit: bool | None = None) -> BatchShape:
+    """The `BatchShape` for a model whose batch axis is `axis` (`batch_axis`).
+
+    A static batch axis of b rows (a model exported with batch 1, say): batches of exactly
+    b, the last padded. A symbolic one with bounds: `batch_size` clamped into them, and
+    batches below a lower bound above 2 padded to it. When `batch_size` does not fit: an
+    `explicit` one (the user gave --batch-size) is a UserError naming the sizes that do; a
+    default one (explicit False) is replaced silently; one of unknown origin (None: a
+    party's option) is replaced with a note on stderr.
+    """
+    if axis is None:
+        return BatchShape(batch_size)
+    if isinstance(axis, int):
+        low, high = axis, axis
+    else:
+        low = axis[0] if axis[0] is not None and axis[0] > 2 else 1
+        high = axis[1]
+    size = max(low, batch_size if high is None else min(batch_size, high))
+    if size != batch_size and explicit is not False:
+        fits = f"exactly {low}" if low == high else f"{low} to {high if high else 'any'}"
+        why = "a static batch axis" if low == high else "its batch axis' bounds"
+        if explicit:
+            raise UserError(
+                f"--batch-size {batch_size}: the model takes batches of {fits} rows ({why}); "
+                f"give --batch-size {size} or leave it out (the data streams in batches of "
+                f"{size}, the last one padded)"
+            )
+        print(
+            f"note: the model takes batches of {fits} rows ({why}): the data streams in "
+            f"batches of {size}, not {batch_size}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return BatchShape(size, low)
+
+
+def batch_axis(program: torch.export.ExportedProgram | None) -> BatchAxis:
+    """The batch axis (axis 0) of `program`'s first tensor input, None if it has none."""
+    from secinfer.load.checks import bounds, expected_inputs, static_size
+
+    if program is None:
+        return None
+    first = next((v for v in expected_inputs(program) if isinstance(v, torch.Tensor)), None)
+    if first is None or first.dim() == 0:
+        return None
+    size = static_size(first.shape[0])
+    return size if size is not None else bounds(first.shape[0], program.range_constraints)
+
+
+def batch_axis_json(axis: BatchAxis) -> int | dict[str, int | None] | None:
+    """`axis` as JSON (how an HE server announces it): a size, {"min", "max"}, or null."""
+    if axis is None or isinstance(axis, int):
+        return axis
+    return {"min": axis[0], "max": axis[1]}
+
+
+def parse_batch_axis(data: object) -> BatchAxis:
+    """The inverse of `batch_axis_json` for a peer's message; ValueError when malformed."""
+
+    def size(value: object) -> bool:
+        return type(value) is int and 0 < value < 1 << 31
+
+    if data is None or size(data):
+        return data  # type: ignore[return-value]
+    if isinstance(data, dict) and set(data) == {"min", "max"}:
+        low, high = data["min"], data["max"]
+        if all(v is None or size(v) for v in (low, high)):
+            return (low, high)  # type: ignore[return-value]
+    raise ValueError(f"a batch axis must be a size or {{min, max}}, got {str(data)[:80]}")
 
 
 @dataclass(frozen=True)
@@ -37,16 +131,26 @@ class Dataset:
     files: tuple[Path, ...]
     rows: int
 
-    def batches(self, batch_size: int, input_names: list[str]) -> Iterator[Batch]:
-        """Batches of at most `batch_size` rows, shard by shard, in file order."""
+    def batches(self, shape: int | BatchShape, input_names: list[str]) -> Iterator[Batch]:
+        """Batches of at most `shape` rows (an int: `BatchShape(int)`), shard by shard, in
+        file order; a batch below `shape.least` rows padded (`BatchShape`)."""
+        shape = shape if isinstance(shape, BatchShape) else BatchShape(shape)
         for path in self.files:
             with np.load(path, allow_pickle=False) as shard:
                 inputs, labels = shard["inputs"], shard["labels"]
                 mask = shard["attention_mask"] if "attention_mask" in shard.files else None
-                for start in range(0, len(labels), batch_size):
-                    rows = slice(start, start + batch_size)
-                    yield Batch(_model_inputs(inputs[rows], mask, rows, input_names),
+                for start in range(0, len(labels), shape.size):
+                    rows = slice(start, start + shape.size)
+                    model_inputs = _model_inputs(inputs[rows], mask, rows, input_names)
+                    yield Batch(tuple(padded(t, shape.least) for t in model_inputs),
                                 torch.from_numpy(labels[rows].astype(np.int64)))  # fmt: skip
+
+
+def padded(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """`t` with at least `rows` rows: copies of its first row appended."""
+    if t.shape[0] >= rows:
+        return t
+    return torch.cat([t, t[:1].expand(rows - t.shape[0], *t.shape[1:])])
 
 
 def _model_inputs(

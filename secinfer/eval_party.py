@@ -5,7 +5,9 @@ are never opened: the data owner shares its labels as one-hot rows, `protocols.m
 gives every requested loss per example on shares, and each party adds the batch's sums to
 its running share of the totals. After the last batch the totals (one value per loss and
 the hit count) are opened to the party named by `reveal_to` only; the other party learns
-nothing but the number of examples and the shapes (public, as in every run).
+nothing but the number of examples and the shapes (public, as in every run). A model with
+a static batch axis gets batches of exactly that many rows (`dataset.batch_shape`), the
+last padded with copies of its first row; the losses are taken over the real rows only.
 
 Both parties must be started with the same losses, hyper-parameters and `reveal_to`: the
 model owner announces its settings and the data owner refuses a mismatch (it consents to
@@ -73,8 +75,11 @@ def _batch_totals(
     target = crypten.cryptensor(
         onehot if mine else torch.zeros_like(onehot), src=int(Role.DATA_OWNER)
     )
+    rows = logits.reshape(-1, classes)
+    if rows.size(0) != len(labels):  # a padded batch (a static batch axis): real rows only
+        rows = rows[: len(labels)]
     values = losses.per_example(
-        logits.reshape(-1, classes),
+        rows,
         target,
         list(evaluation.losses),
         a=evaluation.zloss_a,

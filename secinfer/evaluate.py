@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from approximations import losses as L
-from secinfer.dataset import Dataset, check_labels
+from secinfer.dataset import BatchShape, Dataset, batch_axis, batch_shape, check_labels
 from secinfer.errors import UserError
 from secinfer.execute import Executor
 
@@ -107,21 +107,26 @@ def evaluate_local(
     data: Dataset,
     names: list[str],
     options: L.LossOptions,
-    batch_size: int,
+    batch_size: int | BatchShape,
 ) -> dict[str, Any]:
-    """Run `backend` and `plain` over `data`; the report's losses, accuracy and counts."""
+    """Run `backend` and `plain` over `data`; the report's losses, accuracy and counts.
+    The data streams in the model's batch shape (`model_batches`); padding rows are run
+    and dropped before any total."""
     began = time.perf_counter()
+    shape = model_batches(loaded, batch_size)
     secure, plain = Totals(), Totals()
     bar = progress_bar(data.rows)
-    for batch in data.batches(batch_size, loaded.input_names):
+    for batch in data.batches(shape, loaded.input_names):
         loaded.check_inputs(batch.inputs)
         reference = Executor(graph, "plain").run(batch.inputs).outputs[0].double()
+        reference = reference[: batch.rows]
         check_labels(batch.labels, reference.shape[-1], plain.count)
         ours = (
             reference
             if backend == "plain"
             else Executor(graph, backend, plan).run(batch.inputs).outputs[0].double()
         )
+        ours = ours[: batch.rows]
         secure.add(ours, batch.labels, names, options)
         plain.add(reference, batch.labels, names, options)
         if bar is not None:
@@ -129,13 +134,27 @@ def evaluate_local(
     if bar is not None:
         bar.close()
     got, want = secure.means(), plain.means()
-    return {
+    report = {
         "backend": backend,
         "examples": secure.count,
+        "batch_size": shape.size,
         "seconds": time.perf_counter() - began,
         "losses": {name: {"secure": got[name], "plain": want[name]} for name in names},
         "accuracy": {"secure": secure.correct / secure.count, "plain": plain.correct / plain.count},
     }
+    if backend != "plain" and plan is not None:
+        report["plan_for"] = plan.target
+    return report
+
+
+def model_batches(
+    loaded: Any, batch_size: int | BatchShape, *, explicit: bool | None = False
+) -> BatchShape:
+    """How the data streams into `loaded`'s program (`dataset.batch_shape` of its batch
+    axis): a static batch of b rows gives batches of b, the last padded."""
+    if isinstance(batch_size, BatchShape):
+        return batch_size
+    return batch_shape(batch_axis(loaded.program), batch_size, explicit=explicit)
 
 
 def progress_bar(total: int) -> Any:
@@ -156,6 +175,8 @@ def table(report: dict[str, Any]) -> str:
     acc = report["accuracy"]
     rows.append(f"| accuracy | {acc['secure']:.4f} | {acc['plain']:.4f} | - |")
     lines = [*rows, f"{report['examples']} examples in {report['seconds']:.2f} s"]
+    if report.get("plan_for") and report["backend"] == "approx":
+        lines.append(f"plan for: {report['plan_for']} (approx runs that backend's approximations)")
     if "comm" in report:
         sent = report["comm"]["bytes_sent"]
         lines.append(
@@ -188,14 +209,17 @@ def evaluate_secure(
     data: Dataset,
     names: list[str],
     options: L.LossOptions,
-    batch_size: int,
+    batch_size: int | BatchShape,
     reveal_to: str,
     config_path: Any = None,
     trust_model: bool = False,
 ) -> dict[str, Any]:
     """The parties' private evaluation (`mpc`: three processes, `he`: two), with the
-    plaintext reference computed here beside it."""
+    plaintext reference computed here beside it, both streaming the data in the model's
+    batch shape (`model_batches`; the data owner derives the same from the architecture)."""
     from secinfer.launch import run_local_evaluation, run_local_he_evaluation
+
+    shape = model_batches(loaded, batch_size)
 
     evaluation = Evaluation(
         tuple(names), reveal_to, options.zloss_a, options.zloss_b, options.gce_q
@@ -207,12 +231,14 @@ def evaluate_secure(
         evaluation,
         trust_model=trust_model,
         config=config_path,
-        batch_size=batch_size,
+        batch_size=shape.size,
     )
-    reference = evaluate_local(loaded, graph, plan, "plain", data, names, options, batch_size)
+    reference = evaluate_local(loaded, graph, plan, "plain", data, names, options, shape)
     report = {
         "backend": backend,
         "examples": aggregate_["examples"],
+        "batch_size": shape.size,
+        "plan_for": plan.target,
         "seconds": seconds,
         "reveal_to": reveal_to,
         "losses": {

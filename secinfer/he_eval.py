@@ -1,7 +1,8 @@
 """Private evaluation under HE: encrypted per-batch sums, one aggregate decrypted.
 
-After the session's set-up (`he_session`: hello with the evaluation's settings, shapes of
-one batch, layouts, keys), per batch:
+After the session's set-up (`he_session`: hello with the evaluation's settings and the
+model's batch axis, which fixes the client's rows when it is static
+(`dataset.batch_shape`); shapes of one batch, layouts, keys), per batch:
 
     client  {"batch", rows, examples}, the batch's inputs encrypted (padded to the
             announced rows with copies of its first row)
@@ -48,7 +49,15 @@ from protocols.he import messages as M
 from protocols.he.losses import HeLossPlan, per_example
 from protocols.he.refresh import uniform_mask
 from protocols.he.tensor import HeTensor
-from secinfer.dataset import Dataset, check_labels
+from secinfer.dataset import (
+    BatchAxis,
+    Dataset,
+    batch_axis_json,
+    batch_shape,
+    check_labels,
+    padded,
+    parse_batch_axis,
+)
 from secinfer.errors import UserError
 from secinfer.evaluate import Evaluation, aggregate, progress_bar
 from secinfer.execute import RunResult
@@ -61,9 +70,13 @@ class HeEvaluation:
 
     settings: Evaluation
     plan: HeLossPlan
+    batch: BatchAxis = None  # the model's batch axis: how the client batches its data
 
     def announce(self) -> dict[str, Any]:
-        return {**self.settings.to_dict(), "approximations": self.plan.to_dict()}
+        announced = {**self.settings.to_dict(), "approximations": self.plan.to_dict()}
+        if self.batch is not None:
+            announced["batch_axis"] = batch_axis_json(self.batch)
+        return announced
 
 
 def loss_plan(
@@ -212,13 +225,14 @@ def _evaluate(
             f"{wanted}: start both with the same --loss, hyper-parameters and --reveal-to"
         )
     names = [spec["name"] for spec in hello["inputs"]]
-    rows = min(batch_size, data.rows)
+    shape = batch_shape(_batch_axis(asked), batch_size)
+    rows = max(shape.least, min(shape.size, data.rows))
     client = None
     examples = 0
     bar = progress_bar(data.rows)
-    for batch in data.batches(batch_size, names):
+    for batch in data.batches(shape, names):
         count = len(batch.labels)
-        inputs = tuple(_padded(t, rows) for t in batch.inputs)
+        inputs = tuple(padded(t, rows) for t in batch.inputs)
         shapes = [tuple(t.shape) for t in inputs]
         if client is None:
             client, announced = open_client(channel, inputs), shapes
@@ -262,10 +276,9 @@ def _evaluate(
     return result
 
 
-def _padded(t: torch.Tensor, rows: int) -> torch.Tensor:
-    """The batch padded to the rows announced with copies of its first row: weighted 0 in
-    every sum, and inside every calibrated interval, as a real row is (zero rows need not
-    be: the logits of a zero input may lie beyond the sign polynomials' bound)."""
-    if t.shape[0] == rows:
-        return t
-    return torch.cat([t, t[:1].expand(rows - t.shape[0], *t.shape[1:])])
+def _batch_axis(announced: dict[str, Any]) -> BatchAxis:
+    """The model's batch axis as the server announced it (None: none announced)."""
+    try:
+        return parse_batch_axis(announced.get("batch_axis"))
+    except ValueError as exc:
+        raise M.MessageError(f"the server's batch axis: {exc}") from None

@@ -85,7 +85,11 @@ def server_main(
 
         if not refresh:
             raise UserError("--no-refresh: a private evaluation's losses need refreshes")
-        he_evaluation = HeEvaluation(evaluation, loss_plan(graph, samples, evaluation))
+        from secinfer.dataset import batch_axis
+
+        he_evaluation = HeEvaluation(
+            evaluation, loss_plan(graph, samples, evaluation), batch_axis(loaded.program)
+        )
     try:
         listener = socket.create_server((host, port))
     except OSError as exc:

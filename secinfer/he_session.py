@@ -287,6 +287,7 @@ def _serve(
         result, extra = serve_evaluation(session, evaluation, out_dir)
     record = _server_record(graph, params, session.engine, session.refresher, result, channel)
     record["params_reason"] = parameter_reason(graph, plan, params, allow_refresh)
+    record["plan"] = plan.to_dict()  # the plan that ran: the launcher's approx runs it
     if evaluation is not None:  # per-node figures are one batch's; the rest covers all
         record["last_batch"] = {k: record.pop(k) for k in ("run_seconds", "latency", "nodes")}
     record.update(extra)

@@ -254,6 +254,7 @@ def run_model_owner(
             query, _ = _run_query(graph, plan, placeholders(spec), meter, offline)
             queries.append(query)
         record = party_record(Role.MODEL_OWNER, meter, offline, queries)
+        record["plan"] = plan.to_dict()  # the plan that ran: the launcher's approx runs it
     finally:
         meter.remove()
         stop_party()

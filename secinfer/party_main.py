@@ -148,7 +148,10 @@ def _eval_data_owner(
     def read_batches(program: torch.export.ExportedProgram, meta: dict[str, Any]) -> Any:
         names = list(meta.get("input_names") or program.graph_signature.user_inputs)
         architecture = load.LoadedModel(program, "architecture", data, (), names)
-        for batch in dataset.batches(batch_size, names):
+        from secinfer.dataset import batch_axis, batch_shape
+
+        shape = batch_shape(batch_axis(program), batch_size)
+        for batch in dataset.batches(shape, names):
             architecture.check_inputs(batch.inputs)
             yield batch.inputs, batch.labels
 

@@ -1,13 +1,18 @@
 """The Plan: per nonlinear node, which approximation, on which interval, with which options.
 
 A plan is data (JSON), not code: `Plan.to_json()` prints it, `--config FILE` (JSON or YAML)
-overrides it. Its layers, lowest first:
-  1. DEFAULTS per function (below), valid on every input where possible;
+overrides it. A plan is made for one target, a secure backend ("mpc" or "he"); the
+`approx` backend runs the plan of the target it stands for (`--target`, default "mpc"), so
+its error is the approximation part of that target's error. Its layers, lowest first:
+  1. DEFAULTS[target] per function (below: the one table of defaults), valid on every
+     input where possible;
   2. the config's "defaults" per function;
   3. the config's "nodes" per node name;
   4. calibration (`secinfer.calibrate`): the observed input range of each node, widened by
      MARGIN, becomes the node's interval; for interval-bound methods (a single polynomial)
-     the approximation is refit there rather than clipping the inputs.
+     the approximation is refit there rather than clipping the inputs;
+  5. what the target's kernel derives from the above (under mpc: softmax's squarings and
+     cut-off, `mpc_softmax_exp`), stored in the choice so that the plan says what runs.
 
 Config file example:
     {"defaults": {"gelu": {"method": "minimax"}, "softmax": {"options": {"squarings": 6}}},
@@ -17,6 +22,7 @@ Config file example:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,49 +34,91 @@ from secinfer.registry import lookup
 
 MARGIN = 1.25  # calibrated ranges are widened by this factor around their centre
 
-# function -> (default method, allowed methods, default options)
-DEFAULTS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
+TARGETS = ("mpc", "he")
+"""The secure backends a plan is made for. The `approx` backend has no plan of its own: it
+runs the plan of the target it stands for (`--target`, DEFAULT_TARGET), so that its error
+predicts the approximation part of that backend's error."""
+DEFAULT_TARGET = "mpc"
+
+# function -> the methods a config may choose (on every target)
+METHODS: dict[str, tuple[str, ...]] = {
     "gelu": (
+        "exact",
+        "tanh",
+        "sigmoid",
+        "puma",
         "puma_refit",
-        (
-            "exact",
-            "tanh",
-            "sigmoid",
-            "puma",
-            "puma_refit",
-            "bolt",
-            "minimax",
-            "quad",
-            "auto",
-            "sign_exp",
-        ),
-        {},
+        "bolt",
+        "minimax",
+        "quad",
+        "auto",
+        "sign_exp",
     ),
-    "softmax": (
-        "exp_limit",
-        ("exact", "exp_limit", "power", "2quad"),
-        {"squarings": 7, "order": 2, "cutoff": 14.0, "reciprocal": "goldschmidt"},
-    ),
-    "log_softmax": ("exp_limit", ("exact", "exp_limit"), {"squarings": 8}),
-    "layer_norm": ("newton", ("exact", "newton", "poly"), {}),
-    "tanh": ("saturated", ("exact", "saturated"), {}),
-    "sigmoid": ("saturated", ("exact", "saturated"), {}),
-    "erf": ("saturated", ("exact", "saturated"), {}),
-    "silu": ("saturated", ("exact", "saturated"), {}),
-    "exp": ("squaring", ("exact", "squaring"), {"squarings": 8}),
-    "log": ("normalised", ("exact", "normalised"), {}),
-    "rsqrt": ("newton", ("exact", "newton"), {}),
-    "sqrt": ("newton", ("exact", "newton"), {}),
-    "reciprocal": ("goldschmidt", ("exact", "goldschmidt", "newton", "polynomial"), {}),
+    "softmax": ("exact", "exp_limit", "power", "2quad"),
+    "log_softmax": ("exact", "exp_limit"),
+    "layer_norm": ("exact", "newton", "poly"),
+    "tanh": ("exact", "saturated"),
+    "sigmoid": ("exact", "saturated"),
+    "erf": ("exact", "saturated"),
+    "silu": ("exact", "saturated"),
+    "exp": ("exact", "squaring"),
+    "log": ("exact", "normalised"),
+    "rsqrt": ("exact", "newton", "poly"),
+    "sqrt": ("exact", "newton", "poly"),
+    "reciprocal": ("exact", "goldschmidt", "newton", "polynomial"),
 }
-# defaults that differ per backend: under MPC a comparison costs ~25x a product's bytes, so
-# GELU is x/2 + q(x^2) on the calibrated interval when that reaches 5e-3 ("auto", see
-# approximations.even_gelu), the one-comparison sign_exp form otherwise; under HE GELU must be
-# one polynomial (minimax, refit on the calibrated interval) and a reciprocal has no
-# normalisation ("polynomial": approximations.iterative.he_reciprocal)
-BACKEND_DEFAULTS: dict[str, dict[str, str]] = {
-    "mpc": {"gelu": "auto"},
-    "he": {"gelu": "minimax", "reciprocal": "polynomial"},
+
+SOFTMAX_OPTIONS: dict[str, Any] = {
+    "squarings": 7,
+    "order": 2,
+    "cutoff": 14.0,
+    "reciprocal": "goldschmidt",
+}
+"""exp by squaring of the base 1 + u + u^2/2 (order 2), zero below -cutoff, Goldschmidt
+reciprocal of the row sum. Under `mpc` the plan then drops the cut-off when enough
+squarings cover the calibrated spread (`mpc_softmax_exp`)."""
+
+# THE defaults: target -> function -> (method, options). Every kernel reads its settings
+# from the plan's choice, which starts from this table; nothing else holds a default.
+# mpc: a comparison costs ~25x a product's bytes, so GELU is x/2 + q(x^2) on the calibrated
+#   interval when that reaches 5e-3 ("auto", approximations.even_gelu), the one-comparison
+#   sign_exp form otherwise; rsqrt / reciprocal are range-normalised (a stacked comparison).
+# he: GELU must be one polynomial (minimax, refit on the calibrated interval); a reciprocal
+#   or inverse square root has no normalisation: a polynomial guess and Newton / Goldschmidt
+#   steps on the calibrated interval (approximations.iterative.he_reciprocal,
+#   InverseSqrt.polynomial_only). Softmax and LayerNorm as one op have no CKKS kernel
+#   (convert the model: README); their rows only keep the table complete.
+DEFAULTS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
+    "mpc": {
+        "gelu": ("auto", {}),
+        "softmax": ("exp_limit", SOFTMAX_OPTIONS),
+        "log_softmax": ("exp_limit", {"squarings": 8, "cutoff": 14.0}),
+        "layer_norm": ("newton", {}),
+        "tanh": ("saturated", {}),
+        "sigmoid": ("saturated", {}),
+        "erf": ("saturated", {}),
+        "silu": ("saturated", {}),
+        "exp": ("squaring", {"squarings": 8, "cutoff": 14.0}),
+        "log": ("normalised", {}),
+        "rsqrt": ("newton", {}),
+        "sqrt": ("newton", {}),
+        "reciprocal": ("goldschmidt", {}),
+    },
+    "he": {
+        "gelu": ("minimax", {}),
+        "softmax": ("exp_limit", SOFTMAX_OPTIONS),
+        "log_softmax": ("exp_limit", {"squarings": 8, "cutoff": 14.0}),
+        "layer_norm": ("newton", {}),
+        "tanh": ("saturated", {}),
+        "sigmoid": ("saturated", {}),
+        "erf": ("saturated", {}),
+        "silu": ("saturated", {}),
+        "exp": ("squaring", {"squarings": 8, "cutoff": 14.0}),
+        "log": ("normalised", {}),
+        "rsqrt": ("poly", {}),
+        "sqrt": ("poly", {}),
+        "reciprocal": ("polynomial", {}),
+    },
 }
 # functions whose calibrated quantity is positive (for layer_norm: var + eps); a reciprocal
 # whose observed denominators are all positive is widened the same (geometrically)
@@ -95,8 +143,15 @@ class Choice:
 
 @dataclass
 class Plan:
+    """Every nonlinear node's `Choice`, made for one secure backend: `backend` is the target
+    ("mpc" or "he"), also when the `approx` backend runs the plan to predict that target."""
+
     backend: str
     choices: dict[str, Choice]
+
+    @property
+    def target(self) -> str:
+        return self.backend
 
     def to_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "nodes": {k: asdict(c) for k, c in self.choices.items()}}
@@ -112,6 +167,54 @@ class Plan:
     @classmethod
     def from_json(cls, text: str) -> Plan:
         return cls.from_dict(json.loads(text))
+
+
+def plan_target(backend: str, target: str | None = None) -> str:
+    """The target whose plan a `backend` runs: a secure backend its own (a different
+    `--target` is a UserError), `approx` (and `plain`, which ignores the plan) `target`,
+    by default DEFAULT_TARGET."""
+    if target is not None and target not in TARGETS:
+        raise UserError(f"--target {target}: choose one of {', '.join(TARGETS)}")
+    if backend in TARGETS:
+        if target not in (None, backend):
+            raise UserError(
+                f"--target {target} with --backend {backend}: a secure backend runs its own "
+                f"plan; --target says which one --backend approx predicts"
+            )
+        return backend
+    return target or DEFAULT_TARGET
+
+
+def option(choice: Choice, name: str) -> Any:
+    """A kernel's setting `name` for `choice`: the plan's value (`make_plan` fills every
+    default in), else, for a choice made by hand, the DEFAULT_TARGET table's."""
+    if name in choice.options:
+        return choice.options[name]
+    return DEFAULTS[DEFAULT_TARGET][choice.function][1][name]
+
+
+def mpc_softmax_exp(
+    options: dict[str, Any], interval: list[float] | tuple[float, float] | None
+) -> tuple[int, float | None, int]:
+    """(squarings, cutoff, order) of softmax's exp by squaring on shares, from the options.
+
+    After the row maximum is subtracted, z >= -(spread + MASK_LIMIT) where spread is the
+    calibrated width of the scores and MASK_LIMIT what masked positions add. The base
+    stays in [0, 1] for z >= -2^(squarings + order - 1); when that covers the reach,
+    masked positions come out 0 (exp(-200) is below the grid) and the cut-off comparison
+    per entry (about 40 % of softmax's bytes) is skipped; one more squaring is allowed for
+    it. Without a calibrated interval the cut-off stays. Idempotent: `make_plan` stores the
+    result in the mpc plan's options, and the kernel reads the same three values back.
+    """
+    from secinfer.kernels.mpc_values import MASK_LIMIT
+
+    squarings, order, cutoff = int(options["squarings"]), int(options["order"]), options["cutoff"]
+    if interval and cutoff is not None:
+        reach = (interval[1] - interval[0]) + MASK_LIMIT
+        needed = max(squarings, math.ceil(math.log2(reach)) - (order - 1))
+        if needed <= squarings + 1:
+            return needed, None, order
+    return squarings, cutoff, order
 
 
 def read_config(path: str | Path | None) -> dict[str, Any]:
@@ -139,11 +242,16 @@ def read_config(path: str | Path | None) -> dict[str, Any]:
 
 def make_plan(
     graph: Graph,
-    backend: str,
+    target: str,
     config: dict[str, Any] | None = None,
     calibration: dict[str, tuple[float, float]] | None = None,
 ) -> Plan:
-    """Choose an approximation for every nonlinear node of `graph` (see module docstring)."""
+    """Choose an approximation for every nonlinear node of `graph` (see module docstring),
+    for `target` ("mpc" or "he"; a local backend's name means DEFAULT_TARGET). Every option
+    the target's kernels read is in the choice: the plan is what runs, on the target and
+    under `approx` alike."""
+    target = target if target in TARGETS else DEFAULT_TARGET
+    table = DEFAULTS[target]
     config = config or {}
     defaults = config.get("defaults", {})
     per_node = config.get("nodes", {})
@@ -154,14 +262,13 @@ def make_plan(
         function = (spec.function if spec else None) or CONDITIONAL.get(node.op)
         if function is None:
             continue
-        method, allowed, options = DEFAULTS[function]
-        method = BACKEND_DEFAULTS.get(backend, {}).get(function, method)
+        method, options = table[function]
         layer = {**defaults.get(function, {}), **per_node.get(node.name, {})}
         method = layer.get("method", method)
-        if method not in allowed:
+        if method not in METHODS[function]:
             raise UserError(
                 f"config: method {method!r} for {function} ({node.name}) is not one of "
-                f"{', '.join(allowed)}"
+                f"{', '.join(METHODS[function])}"
             )
         choice = Choice(
             node.name,
@@ -180,8 +287,16 @@ def make_plan(
                 positive = function in POSITIVE_DOMAIN or (function == "reciprocal" and lo > 0)
                 choice.interval = widen(lo, hi, positive=positive)
         _check_precision(choice)
+        _settle(choice, target)
         choices[node.name] = choice
-    return Plan(backend, choices)
+    return Plan(target, choices)
+
+
+def _settle(choice: Choice, target: str) -> None:
+    """Store what the target's kernel derives from the options, so that the plan says it."""
+    if target == "mpc" and choice.function == "softmax" and choice.method == "exp_limit":
+        squarings, cutoff, order = mpc_softmax_exp(choice.options, choice.interval)
+        choice.options.update(squarings=squarings, cutoff=cutoff, order=order)
 
 
 def widen(lo: float, hi: float, margin: float = MARGIN, *, positive: bool = False) -> list[float]:
@@ -208,9 +323,9 @@ def _check_precision(choice: Choice) -> None:
 
 def _check_config_keys(defaults: dict, per_node: dict, graph: Graph) -> None:
     for function in defaults:
-        if function not in DEFAULTS:
+        if function not in METHODS:
             raise UserError(
-                f"config: unknown function {function!r} in 'defaults'; known: {', '.join(DEFAULTS)}"
+                f"config: unknown function {function!r} in 'defaults'; known: {', '.join(METHODS)}"
             )
     names = {n.name for n in graph.calls}
     for name in per_node:

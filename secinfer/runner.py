@@ -18,7 +18,7 @@ import torch
 from secinfer.calibrate import calibrate
 from secinfer.execute import Executor, RunResult, check_supported
 from secinfer.graph import Graph, build_graph
-from secinfer.plan import Plan, make_plan, read_config
+from secinfer.plan import Plan, make_plan, plan_target, read_config
 from secinfer.registry import Call, RangeStats
 from secinfer.report import block_ends, build_report
 
@@ -38,13 +38,20 @@ def prepare(
     backend: str,
     samples: list[tuple[torch.Tensor, ...]],
     config_path: str | Path | None = None,
+    target: str | None = None,
 ) -> tuple[Graph, Plan]:
-    """Graph and plan for `backend`; fails on unsupported ops before any work."""
+    """Graph and plan for `backend`; fails on unsupported ops before any work.
+
+    The plan is made for `plan_target(backend, target)`: a secure backend's own, and for
+    `approx` the target it stands for (default mpc), through this one function, so that
+    `approx --target mpc` runs exactly the plan the mpc parties run (same graph, samples
+    and config give the same `Plan.to_dict()`)."""
     graph = build_graph(program)
     check_supported(graph, backend)
+    chosen = plan_target(backend, target)
     config = read_config(config_path)
     calibration = calibrate(graph, samples) if samples else {}
-    return graph, make_plan(graph, backend, config, calibration)
+    return graph, make_plan(graph, chosen, config, calibration)
 
 
 def run(
@@ -57,9 +64,11 @@ def run(
     output_name: str,
     config_path: str | Path | None = None,
     progress: bool = False,
+    target: str | None = None,
 ) -> Outcome:
-    """Run on `backend` and on `plain`, and compare (see `secinfer.report`)."""
-    graph, plan = prepare(program, backend, samples, config_path)
+    """Run on `backend` and on `plain`, and compare (see `secinfer.report`); `approx` runs
+    the plan of `target` (default mpc), named in the report's `plan_for`."""
+    graph, plan = prepare(program, backend, samples, config_path, target)
     watch = frozenset(block_ends(graph).values())
     reference = Executor(graph, "plain").run(inputs, watch=watch, progress=progress)
     result: RunResult
@@ -75,6 +84,8 @@ def run(
         reference=reference,
         output_name=output_name,
     )
+    if backend != "plain":
+        report["plan_for"] = plan.target
     return Outcome(result.outputs[0], report, plan, graph)
 
 
@@ -94,10 +105,11 @@ def run_mpc(
 ) -> Outcome:
     """The three parties as local processes, then plain and approx here for comparison.
 
-    The parties compute their own plan (the model owner calibrates it). The same plan,
-    computed here the same way, drives the plaintext reference run, which counts the
-    inputs outside the mpc kernels' intervals (`OutsideCounter`), and the `approx` run,
-    which gives each block's approximation error.
+    The parties compute their own plan (the model owner calibrates it); the plan computed
+    here checks the model before any party starts. The plan that ran, as the model owner
+    records it (`ran_plan`), drives the plaintext reference run, which counts the inputs
+    outside the mpc kernels' intervals (`OutsideCounter`), and the `approx` run, which
+    gives each block's approximation error: approx predicts the run under its very plan.
     """
     from secinfer.launch import run_local_parties
     from secinfer.secure_report import build_secure_report
@@ -112,6 +124,7 @@ def run_mpc(
         precision_bits=precision_bits,
         peer_timeout=peer_timeout,
     )
+    plan = ran_plan(local.model_owner, plan)
     watch = frozenset(block_ends(graph).values())
     outside = OutsideCounter(graph, plan)
     reference = Executor(graph, "plain").run(inputs, watch=watch, hook=outside)
@@ -130,6 +143,7 @@ def run_mpc(
         outside=outside.stats,
         output_name=output_name,
     )
+    report["plan_for"] = plan.target
     return Outcome(output, report, plan, graph)
 
 
@@ -147,8 +161,8 @@ def run_he(
     public_embedding: bool = False,
     peer_timeout: float = 60.0,
 ) -> Outcome:
-    """Server and client as two local processes, then plain and approx here for comparison
-    (the same plan, computed the same way as the server does)."""
+    """Server and client as two local processes, then plain and approx here for comparison,
+    approx under the plan the server ran (`ran_plan`)."""
     from secinfer.he_report import build_he_report
     from secinfer.kernels.he import check_he_plan
     from secinfer.launch import run_local_he
@@ -164,6 +178,7 @@ def run_he(
         public_embedding=public_embedding,
         peer_timeout=peer_timeout,
     )
+    plan = ran_plan(local.model_owner, plan)
     watch = frozenset(block_ends(graph).values())
     reference = Executor(graph, "plain").run(inputs, watch=watch)
     approx = Executor(graph, "approx", plan).run(inputs, watch=watch)
@@ -179,7 +194,19 @@ def run_he(
         approx=approx,
         output_name=output_name,
     )
+    report["plan_for"] = plan.target
     return Outcome(output, report, plan, graph)
+
+
+def ran_plan(record: dict[str, Any], prepared: Plan) -> Plan:
+    """The plan a secure run ran, from its model owner's record (`plan`), for the approx
+    and reference runs beside it; `prepared` (this process's own) only if the record has
+    none. A plan that is not the target's is an internal error, never silently used."""
+    data = record.get("plan")
+    plan = Plan.from_dict(data) if data is not None else prepared
+    if plan.target != prepared.target:
+        raise RuntimeError(f"the parties ran a plan for {plan.target}, not {prepared.target}")
+    return plan
 
 
 class OutsideCounter:

@@ -235,12 +235,12 @@ def test_plan_is_data_and_config_overrides(tmp_path) -> None:
     graph = build_graph(exported(model, args))
     plan = make_plan(
         graph,
-        "approx",
+        "mpc",
         {"defaults": {"softmax": {"method": "exact"}}, "nodes": {"gelu": {"method": "bolt"}}},
     )
     record = json.loads(plan.to_json())
     methods = {name: node["method"] for name, node in record["nodes"].items()}
-    assert methods["gelu"] == "bolt" and methods["gelu_1"] == "puma_refit"
+    assert methods["gelu"] == "bolt" and methods["gelu_1"] == "auto"  # mpc's default
     assert all(m == "exact" for n, m in methods.items() if n.startswith("softmax"))
     with pytest.raises(UserError, match="no node named 'nope'"):
         make_plan(graph, "approx", {"nodes": {"nope": {}}})

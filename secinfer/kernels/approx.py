@@ -82,9 +82,34 @@ def gelu(call: Call) -> torch.Tensor:
 # --- softmax --------------------------------------------------------------------------------
 def softmax(call: Call) -> torch.Tensor:
     x, dim = call.args[0], call.args[1]
-    options = dict(call.choice.options)
+    from secinfer.plan import SOFTMAX_OPTIONS
+
+    options = {**SOFTMAX_OPTIONS, **call.choice.options}
     options.pop("precision_bits", None)  # the mpc backend's encoding, not the function's
+    if call.choice.method == "exp_limit" and options["cutoff"] is None:
+        return _softmax_uncut(call, x, dim, options)
     return A.softmax(x, dim, method=call.choice.method, **options)
+
+
+def _softmax_uncut(call: Call, x: torch.Tensor, dim: int, options: dict[str, Any]) -> torch.Tensor:
+    """exp_limit without a cut-off, as an mpc plan has it when its squarings cover the
+    calibrated spread plus masked positions (`secinfer.plan.mpc_softmax_exp`): sentinels
+    (masks' finfo.min) become -MASK_LIMIT as on the mpc backend, the exp by squaring runs on
+    every z = x - max (inputs below its valid range are counted), one reciprocal per row."""
+    from secinfer.kernels.mpc_values import MASK_LIMIT, SENTINEL
+
+    x = torch.where(x.abs() >= SENTINEL, torch.sign(x) * MASK_LIMIT, x)
+    squarings, order = int(options["squarings"]), int(options["order"])
+    reach = 2.0 ** (squarings + order - 1)
+    exp = A.ExpBySquaring(squarings=squarings, interval=(-reach, 0.0), cutoff=None, order=order)
+    z = x - x.amax(dim=dim, keepdim=True)
+    call.stats.record(z, exp.valid_range)
+    weights = exp(z)
+    total = weights.sum(dim=dim, keepdim=True)
+    name = options["reciprocal"]
+    if name == "exact":
+        return weights / total
+    return weights * A.catalog[f"reciprocal.{name}"].approximation(total)
 
 
 def log_softmax(call: Call) -> torch.Tensor:
@@ -93,7 +118,8 @@ def log_softmax(call: Call) -> torch.Tensor:
     if call.choice.method == "exact":
         return torch.log_softmax(x, dim)
     z = x - x.amax(dim=dim, keepdim=True).detach()
-    exp = A.ExpBySquaring(squarings=call.choice.options.get("squarings", 8), cutoff=14.0)
+    squarings, cutoff = int(option(call.choice, "squarings")), option(call.choice, "cutoff")
+    exp = A.ExpBySquaring(squarings=squarings, cutoff=cutoff)
     total = exp(z).sum(dim=dim, keepdim=True)
     call.stats.record(total, A.catalog["log.normalised"].interval)
     return z - A.catalog["log.normalised"].approximation(total)
@@ -138,8 +164,8 @@ def exp(call: Call) -> torch.Tensor:
     interval = _interval(call.choice)
     shift = max(0.0, math.ceil(interval[1])) if interval else 0.0
     call.stats.record(x, (-math.inf, shift))
-    squarings = int(call.choice.options.get("squarings", 8))
-    fn = A.ExpBySquaring(squarings=squarings, cutoff=14.0)
+    squarings, cutoff = int(option(call.choice, "squarings")), option(call.choice, "cutoff")
+    fn = A.ExpBySquaring(squarings=squarings, cutoff=cutoff)
     return fn(x - shift) * math.exp(shift)
 
 
@@ -153,8 +179,21 @@ def log(call: Call) -> torch.Tensor:
 
 
 def _rsqrt_values(call: Call, x: torch.Tensor) -> torch.Tensor:
-    if call.choice.method == "exact":
+    """1 / sqrt(x): normalised Newton (the mpc form; "newton", and a reciprocal method
+    other than "polynomial" for x^-0.5), or a polynomial guess and Newton steps on the
+    calibrated interval without normalisation (the he form, `kernels.he.rsqrt_for`: "poly",
+    and "polynomial" for x^-0.5)."""
+    method = call.choice.method if call.choice is not None else "newton"
+    if method == "exact":
         return torch.rsqrt(x)
+    if method in ("poly", "polynomial"):
+        interval = _interval(call.choice)
+        if interval is not None and interval[0] > 0:
+            approximation = rsqrt_approximation("poly", interval)
+        else:
+            approximation = A.catalog["rsqrt.poly_he"].approximation
+        call.stats.record(x, approximation.interval)
+        return approximation(x)
     entry = A.catalog["rsqrt.newton"]
     call.stats.record(x, entry.interval)
     return entry.approximation(x)
@@ -208,6 +247,13 @@ def pow_(call: Call) -> Any:
     if exponent == -1:
         return _reciprocal_values(call, x, call.choice.method if call.choice else "goldschmidt")
     raise NotImplementedError(f"aten.pow with exponent {exponent} has no approximation")
+
+
+def option(choice: Any, name: str) -> Any:
+    """The plan's setting `name` for `choice` (`secinfer.plan.option`)."""
+    from secinfer.plan import option as plan_option
+
+    return plan_option(choice, name)
 
 
 def _interval(choice: Any) -> tuple[float, float] | None:

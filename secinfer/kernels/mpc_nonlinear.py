@@ -33,7 +33,7 @@ import approximations as A
 from approximations.piecewise import Piecewise, Segment
 from approximations.polynomial import Polynomial
 from secinfer.kernels.mpc_precision import at_precision
-from secinfer.kernels.mpc_values import MASK_LIMIT, is_secret
+from secinfer.kernels.mpc_values import is_secret
 from secinfer.registry import Call, register
 
 MPC_WIDEN = 16.0
@@ -106,24 +106,12 @@ def gelu(call: Call) -> Any:
 
 
 def softmax_exp_settings(choice: Any) -> tuple[int, float | None, int]:
-    """(squarings, cutoff, order) for softmax's exp by squaring on shares.
+    """(squarings, cutoff, order) for softmax's exp by squaring on shares: the plan's
+    (`secinfer.plan.mpc_softmax_exp`, which an mpc plan has already applied)."""
+    from secinfer.plan import mpc_softmax_exp, option
 
-    After the row maximum is subtracted, z >= -(spread + MASK_LIMIT) where spread is the
-    calibrated width of the scores and MASK_LIMIT what masked positions add. The base
-    stays in [0, 1] for z >= -2^(squarings + order - 1); when that covers the reach,
-    masked positions come out 0 (exp(-200) is below the grid) and the cut-off comparison
-    per entry (about 40 % of softmax's bytes) is skipped; one more squaring is allowed for
-    it. Without a calibrated interval the cut-off stays.
-    """
-    squarings = int(choice.options.get("squarings", 8))
-    order = int(choice.options.get("order", 1))
-    cutoff = choice.options.get("cutoff", 14.0)
-    if choice.interval and cutoff is not None:
-        reach = (choice.interval[1] - choice.interval[0]) + MASK_LIMIT
-        needed = max(squarings, math.ceil(math.log2(reach)) - (order - 1))
-        if needed <= squarings + 1:
-            return needed, None, order
-    return squarings, cutoff, order
+    options = {name: option(choice, name) for name in ("squarings", "cutoff", "order")}
+    return mpc_softmax_exp(options, choice.interval)
 
 
 def softmax(call: Call) -> Any:
@@ -183,12 +171,13 @@ def saturated(call: Call) -> Any:
 
 def exp(call: Call) -> Any:
     from protocols.mpc.exp import exp_by_squaring
+    from secinfer.plan import option
 
     x = call.args[0]
     interval = call.choice.interval if call.choice else None
     shift = max(0.0, math.ceil(interval[1])) if interval else 0.0
-    squarings = int(call.choice.options.get("squarings", 8)) if call.choice else 8
-    return exp_by_squaring(x - shift, squarings=squarings, cutoff=14.0) * math.exp(shift)
+    squarings, cutoff = int(option(call.choice, "squarings")), option(call.choice, "cutoff")
+    return exp_by_squaring(x - shift, squarings=squarings, cutoff=cutoff) * math.exp(shift)
 
 
 def _inv_sqrt(call: Call, x: Any) -> Any:
