@@ -473,7 +473,7 @@ def _he_pair(tmp_path: Path, timeout: float) -> dict[str, subprocess.Popen[bytes
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGSTOP])
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "stopped"])
 def test_an_he_server_whose_client_dies_or_stops(signum: int, tmp_path: Path) -> None:
     """Measured at --timeout 60: exit 1 with one line 2.8 s after kill -9 of the client,
     61.5 s after it was stopped."""
