@@ -28,6 +28,7 @@ from protocols.mpc.meter import Meter
 from protocols.mpc.reveal import reveal_to
 from protocols.mpc.runtime import PartySettings, Role, start_party, stop_party
 from secinfer import wire
+from secinfer.architecture import Architecture
 from secinfer.dataset import check_labels
 from secinfer.errors import UserError
 from secinfer.evaluate import Evaluation, aggregate
@@ -128,7 +129,7 @@ def eval_model_owner(
 
 def eval_data_owner(
     settings: PartySettings,
-    read_batches: Callable[[torch.export.ExportedProgram, dict[str, Any]], Batches],
+    read_batches: Callable[[Architecture, dict[str, Any]], Batches],
     evaluation: Evaluation,
     out_dir: Path,
 ) -> dict[str, Any]:
@@ -137,16 +138,19 @@ def eval_data_owner(
     meter = Meter().install()
     batches: list[Query] = []
     try:
-        program, meta, graph, plan, offline = receive_model(meter)
-        totals, examples = None, 0
-        try:
+
+        def consent(meta: dict[str, Any]) -> None:
             if meta.get("evaluation") != evaluation.to_dict():
                 raise UserError(
                     f"the model owner asks for {meta.get('evaluation')}, this data owner "
                     f"agreed to {evaluation.to_dict()}: start both with the same --loss, "
                     "hyper-parameters and --reveal-to"
                 )
-            stream = iter(read_batches(program, meta))
+
+        public, meta, graph, plan, offline = receive_model(meter, consent)
+        totals, examples = None, 0
+        try:
+            stream = iter(read_batches(public, meta))
             for inputs, labels in stream:
                 classes = int(meta["classes"])
                 check_labels(labels, classes, examples)

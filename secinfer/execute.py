@@ -115,7 +115,7 @@ class Executor:
 
     def _last_uses(self) -> dict[str, int]:
         last: dict[str, int] = {}
-        for index, fx_node in enumerate(self.graph.program.graph.nodes):
+        for index, fx_node in enumerate(self.graph.fx_graph.nodes):
             for used in fx_node.all_input_nodes:
                 last[used.name] = index
         return last
@@ -140,7 +140,7 @@ class Executor:
         watched: dict[str, torch.Tensor] = {}
         user = iter(inputs)
         outputs: list[Any] = []
-        nodes = list(self.graph.program.graph.nodes)
+        nodes = list(self.graph.fx_graph.nodes)
         bar = _progress(len(self.graph.calls), progress)
         start = time.perf_counter()
         for index, fx_node in enumerate(nodes):

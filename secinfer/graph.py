@@ -80,17 +80,27 @@ class Node:
 
 @dataclass
 class Graph:
-    """Ordered nodes plus the program that executes them and the values the model owns."""
+    """Ordered nodes, the fx graph that executes them, and the values the model owns.
 
-    program: ExportedProgram
+    `program` is the exported program the graph came from, on the model owner's side; a
+    graph rebuilt from the public architecture (`secinfer.architecture`) has none, and its
+    floating-point `owned` values are zeros of the right shapes.
+    """
+
+    program: ExportedProgram | None
     nodes: list[Node]
     owned: dict[str, torch.Tensor] = field(repr=False)  # placeholder name -> tensor
     user_inputs: list[str]
     fx_nodes: dict[str, torch.fx.Node] = field(repr=False)
     fixed_inputs: dict[str, Any] = field(default_factory=dict)  # user inputs traced as constants
+    fx_graph: torch.fx.Graph = field(default=None, repr=False)  # type: ignore[assignment]
     node_by_name: dict[str, Node] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.fx_graph is None:
+            if self.program is None:
+                raise ValueError("a Graph needs its program or its fx graph")
+            self.fx_graph = self.program.graph
         self.node_by_name = {n.name: n for n in self.nodes}
 
     @property

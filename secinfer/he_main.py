@@ -127,6 +127,7 @@ def client_main(
     `link` (`he_link`; None is a plain socket)."""
     from secinfer import load
     from secinfer.he_session import query
+    from secinfer.load.values import check_values, he_limit
 
     link = link or tls.Link(None)
     host, _, port = connect.rpartition(":")
@@ -140,7 +141,7 @@ def client_main(
             raise UserError("--role client needs --eval-data DATA for an evaluation")
         if not out_dir.is_dir():
             raise UserError(f"--out {out_dir}: no such directory")
-        data = open_dataset(eval_data)
+        data = open_dataset(eval_data, limit=he_limit())
         address = (host, int(port))
         _guard(
             "client",
@@ -159,7 +160,9 @@ def client_main(
 
     def read_inputs(names: list[str]) -> tuple[torch.Tensor, ...]:
         stub = load.LoadedModel(None, "architecture", path, (), names)
-        return load.read_input(path, stub)
+        inputs = load.read_input(path, stub)
+        check_values(inputs, names, he_limit())  # before anything is encrypted
+        return inputs
 
     _guard(
         "client",

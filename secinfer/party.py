@@ -19,9 +19,11 @@ leaves no half-written output.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,12 +34,13 @@ import torch
 from protocols.mpc.meter import Meter, Traffic
 from protocols.mpc.reveal import reveal_to
 from protocols.mpc.runtime import PartySettings, Role, start_party, stop_party
-from secinfer import wire
+from secinfer import architecture, wire
 from secinfer.errors import UserError
 from secinfer.execute import Executor, RunResult
 from secinfer.graph import Graph, build_graph, op_name
 from secinfer.kernels.mpc_values import OneHot
 from secinfer.kernels.mpc_weights import open_weights
+from secinfer.load.checks import INPUT_DTYPES, input_specs
 from secinfer.plan import Plan
 from secinfer.report import write_json, write_npy
 
@@ -62,7 +65,7 @@ _PASS_THROUGH = (
 def token_id_inputs(graph: Graph) -> dict[str, int]:
     """User inputs that reach an embedding lookup as its indices -> the table's rows."""
     found: dict[str, int] = {}
-    for fx_node in graph.program.graph.nodes:
+    for fx_node in graph.fx_graph.nodes:
         if fx_node.op != "call_function" or op_name(fx_node.target) != "aten.embedding":
             continue
         index = fx_node.args[1]
@@ -119,11 +122,6 @@ class Seeder:
         return import_crypten().cryptensor(tensor, src=int(owner))
 
 
-INPUT_DTYPES = {
-    name: getattr(torch, name)
-    for name in ("float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8",
-                 "uint8", "bool")
-}  # fmt: skip
 MAX_INPUT_ELEMENTS = 1 << 31
 
 
@@ -217,22 +215,59 @@ def announced_queries() -> Iterator[dict[str, Any]]:
 def announce_model(
     program: torch.export.ExportedProgram, graph: Graph, meta: dict[str, Any], meter: Meter
 ) -> Offline:
-    """The model owner's opening of a session: the public architecture and `meta` (the
-    plan and any settings) to the data owner, then the offline phase."""
-    wire.send_bytes(wire.public_architecture(program), src=Role.MODEL_OWNER)
+    """The model owner's opening of a session: the public architecture of `graph` (JSON,
+    no weight, `secinfer.architecture`) and `meta` (the plan and any settings) to the data
+    owner, whose answer carries the digest of what it received (or why it refuses); then
+    the offline phase."""
+    names = list(meta.get("input_names") or program.graph_signature.user_inputs)
+    public = architecture.describe(
+        graph, input_specs(program, names), names, str(meta.get("output_name", "output"))
+    )
+    wire.send_json(public, src=Role.MODEL_OWNER)
     wire.send_json(meta, src=Role.MODEL_OWNER)
+    answer = wire.send_json(None, src=Role.DATA_OWNER)
+    if "error" in answer:
+        raise PeerAborted(f"the data owner refused the session: {answer['error']}")
+    if answer.get("digest") != session_digest(public, meta):
+        raise PeerAborted(
+            "the data owner received another architecture or plan than this model owner "
+            f"sent (digest {str(answer.get('digest'))[:16]}..., sent "
+            f"{session_digest(public, meta)[:16]}...): the link altered it"
+        )
     return offline_phase(graph, Role.MODEL_OWNER, meter)
 
 
 def receive_model(
-    meter: Meter,
-) -> tuple[torch.export.ExportedProgram, dict[str, Any], Graph, Plan, Offline]:
-    """The data owner's side of `announce_model`: (program, meta, graph, plan, offline)."""
-    program = wire.load_architecture(wire.send_bytes(None, src=Role.MODEL_OWNER))
-    meta = wire.send_json(None, src=Role.MODEL_OWNER)
-    graph = build_graph(program)
-    plan = Plan.from_dict(meta["plan"])
-    return program, meta, graph, plan, offline_phase(graph, Role.DATA_OWNER, meter)
+    meter: Meter, check: Callable[[dict[str, Any]], None] | None = None
+) -> tuple[architecture.Architecture, dict[str, Any], Graph, Plan, Offline]:
+    """The data owner's side of `announce_model`: (architecture, meta, graph, plan,
+    offline). The architecture is validated and rebuilt (`architecture.rebuild`) and
+    `check(meta)` may refuse the settings (a UserError); a refusal is sent to the model
+    owner and raised here, before anything is shared."""
+    received = [wire.send_bytes(None, src=Role.MODEL_OWNER) for _ in ("architecture", "meta")]
+    try:
+        try:
+            message, meta = (wire.parse_json(data) for data in received)
+            public = architecture.rebuild(message)
+            plan = Plan.from_dict(meta["plan"])
+        except (architecture.ArchitectureError, KeyError, TypeError, ValueError) as exc:
+            raise PeerAborted(
+                f"the model owner sent an architecture or plan this data owner refuses: {exc}"
+            ) from None
+        if check is not None:
+            check(meta)
+    except UserError as exc:
+        wire.send_json({"error": str(exc)}, src=Role.DATA_OWNER)
+        raise
+    wire.send_json({"digest": session_digest(message, meta)}, src=Role.DATA_OWNER)
+    graph = public.graph
+    return public, meta, graph, plan, offline_phase(graph, Role.DATA_OWNER, meter)
+
+
+def session_digest(public: dict[str, Any], meta: dict[str, Any]) -> str:
+    """SHA-256 of the architecture and the plan with settings, as canonical JSON."""
+    text = json.dumps([public, meta], sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def run_model_owner(
@@ -267,7 +302,7 @@ def run_data_owner(
     read_queries: Any,
     out_dir: Path,
 ) -> dict[str, Any]:
-    """The data owner's side. `read_queries(program, meta)` returns one tuple of input
+    """The data owner's side. `read_queries(architecture, meta)` returns one tuple of input
     tensors per query (it may raise UserError, which is sent to the model owner before
     re-raising). All queries run in one session after one offline phase: the weights'
     masks are opened once for all of them. Writes `output.npy` for one query,
@@ -277,9 +312,9 @@ def run_data_owner(
     queries: list[Query] = []
     outputs: list[np.ndarray] = []
     try:
-        program, meta, graph, plan, offline = receive_model(meter)
+        public, meta, graph, plan, offline = receive_model(meter)
         try:
-            inputs_each = [tuple(inputs) for inputs in read_queries(program, meta)]
+            inputs_each = [tuple(inputs) for inputs in read_queries(public, meta)]
         except UserError as exc:
             wire.send_json({"error": str(exc)}, src=Role.DATA_OWNER)
             raise

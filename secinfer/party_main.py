@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from secinfer.errors import PartyError, UserError
+
+if TYPE_CHECKING:
+    from secinfer.architecture import Architecture
 
 _CONNECTION_WORDS = ("timed out", "timeout", "connection", "closed", "reset", "refused", "peer")
 
@@ -137,22 +138,21 @@ def _eval_model_owner(
 def _eval_data_owner(
     settings: Any, data: Path | None, evaluation: Any, batch_size: int, out_dir: Path
 ) -> None:
-    from secinfer import load
     from secinfer.dataset import open_dataset
     from secinfer.eval_party import eval_data_owner
+    from secinfer.load.values import mpc_limit
 
     if data is None:
         raise UserError("--role data-owner needs --eval-data DATA for an evaluation")
-    dataset = open_dataset(data)
+    dataset = open_dataset(data, limit=mpc_limit(settings.precision_bits))
 
-    def read_batches(program: torch.export.ExportedProgram, meta: dict[str, Any]) -> Any:
-        names = list(meta.get("input_names") or program.graph_signature.user_inputs)
-        architecture = load.LoadedModel(program, "architecture", data, (), names)
-        from secinfer.dataset import batch_axis, batch_shape
+    def read_batches(public: Architecture, meta: dict[str, Any]) -> Any:
+        from secinfer.dataset import batch_shape
 
-        shape = batch_shape(batch_axis(program), batch_size)
-        for batch in dataset.batches(shape, names):
-            architecture.check_inputs(batch.inputs)
+        first = public.inputs[0] if public.inputs else None
+        shape = batch_shape(first.dims[0] if first is not None and first.dims else None, batch_size)
+        for batch in dataset.batches(shape, public.input_names):
+            public.check_inputs(batch.inputs, data)
             yield batch.inputs, batch.labels
 
     eval_data_owner(settings, read_batches, evaluation, out_dir)
@@ -188,6 +188,7 @@ def _model_owner(
 
 def _data_owner(settings: Any, input_paths: tuple[Path, ...], out_dir: Path) -> None:
     from secinfer import load
+    from secinfer.load.values import check_values, mpc_limit
     from secinfer.party import run_data_owner
 
     if not input_paths:
@@ -198,19 +199,15 @@ def _data_owner(settings: Any, input_paths: tuple[Path, ...], out_dir: Path) -> 
         if not path.is_file():
             raise UserError(f"--input {path}: no such file")
 
-    def read_queries(program: torch.export.ExportedProgram, meta: dict[str, Any]) -> list:
+    def read_queries(public: Architecture, meta: dict[str, Any]) -> list:
         queries = []
         for path in input_paths:
-            architecture = load.LoadedModel(
-                program,
-                "architecture",
-                path,
-                (),
-                list(meta.get("input_names") or program.graph_signature.user_inputs),
-                str(meta.get("output_name", "output")),
+            names = load.LoadedModel(
+                None, "architecture", path, (), public.input_names, public.output_name
             )
-            inputs = load.read_input(path, architecture)
-            architecture.check_inputs(inputs)
+            inputs = load.read_input(path, names)
+            public.check_inputs(inputs, path)
+            check_values(inputs, public.input_names, mpc_limit(settings.precision_bits))
             queries.append(inputs)
         return queries
 

@@ -1,20 +1,15 @@
 """Messages between the model owner and the data owner, outside the secure computation.
 
 Before the secure run the parties agree on public things: the model owner sends the
-public architecture (a torch.export archive whose floating-point weights are all zero)
-and the plan (JSON); the data owner sends its input shapes and dtypes (JSON), or the
-reason it gives up. They travel over the same CrypTen channel as the shares, as
-length-prefixed bytes: JSON is parsed with `json`, archives with `torch.export.load`
-(which loads tensors with weights_only). Nothing here is ever unpickled.
-
-Integer buffers and constants (position ids, for instance) stay in the archive: they are
-part of the architecture, public to both parties. Floating-point parameters, buffers and
-constants are the model owner's secrets and are zeroed.
+public architecture (`secinfer.architecture`: the graph as JSON, no weight, no code) and
+the plan (JSON); the data owner answers with the digest of what it received, then sends
+its input shapes and dtypes (JSON), or the reason it gives up. They travel over the same
+CrypTen channel as the shares, as length-prefixed bytes, and are parsed with `json` only:
+nothing here is ever unpickled, imported or evaluated.
 """
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
@@ -55,31 +50,25 @@ def send_bytes(data: bytes | None, src: int) -> bytes:
 
 
 def send_json(message: dict[str, Any] | None, src: int) -> dict[str, Any]:
-    """A JSON object from party `src` to the other (both get it)."""
-    text = json.dumps(message).encode() if message is not None else None
-    received = json.loads(send_bytes(text, src).decode())
+    """A JSON object from party `src` to the other (both get it). Strict JSON both ways:
+    no NaN or infinity; a peer's malformed message raises ValueError."""
+    text = json.dumps(message, allow_nan=False).encode() if message is not None else None
+    return parse_json(send_bytes(text, src))
+
+
+def parse_json(data: bytes) -> dict[str, Any]:
+    """A peer's message as a JSON object; ValueError unless it is strict JSON."""
+    try:
+        received = json.loads(data.decode(), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, RecursionError, ValueError) as exc:
+        raise ValueError(f"peer sent a message that is not strict JSON ({exc})") from None
     if not isinstance(received, dict):
         raise ValueError("peer sent a JSON message that is not an object")
     return received
 
 
-def public_architecture(program: torch.export.ExportedProgram) -> bytes:
-    """The program as a torch.export archive with every floating-point tensor zeroed."""
-    buffer = io.BytesIO()
-    torch.export.save(program, buffer)
-    buffer.seek(0)
-    copy = torch.export.load(buffer)
-    with torch.no_grad():
-        for tensor in [*copy.state_dict.values(), *copy.constants.values()]:
-            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-                tensor.zero_()
-    out = io.BytesIO()
-    torch.export.save(copy, out)
-    return out.getvalue()
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
-def load_architecture(data: bytes) -> torch.export.ExportedProgram:
-    return torch.export.load(io.BytesIO(data))
-
-
-__all__ = ["load_architecture", "public_architecture", "send_bytes", "send_json"]
+__all__ = ["parse_json", "send_bytes", "send_json"]

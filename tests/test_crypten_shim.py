@@ -11,6 +11,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent(
     """
     import json, torch
@@ -63,3 +65,15 @@ def test_shim_is_idempotent_and_crypten_fails_without_it() -> None:
     lines = done.stdout.split()
     assert lines[0] == "failed:torch.onnx._internal.registration", done.stdout + done.stderr
     assert lines[1:] == ["True", "False"]
+
+
+def test_crypten_can_no_longer_pickle_onto_the_wire() -> None:
+    """send_obj / recv_obj / broadcast_obj pickle (and unpickle a peer's bytes): after
+    import_crypten() they raise before touching the network."""
+    from protocols.mpc.crypten_setup import PICKLING_METHODS, PickledMessageError, import_crypten
+
+    crypten = import_crypten()
+    communicator = crypten.communicator.DistributedCommunicator
+    for name in PICKLING_METHODS:
+        with pytest.raises(PickledMessageError, match="pickle"):
+            getattr(communicator, name)(object(), {"any": "object"}, 0)

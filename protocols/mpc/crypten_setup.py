@@ -9,6 +9,13 @@ torch.export instead.
 
 Every module of this project that needs CrypTen calls `import_crypten()`; nothing else
 imports `crypten` directly.
+
+It also closes CrypTen's pickled messages: its communicator's `send_obj`, `recv_obj` and
+`broadcast_obj` pickle Python objects onto the wire (and unpickle what a peer sends, with
+an allow-list that admits torch storages and modules). secinfer sends JSON and raw tensor
+bytes instead (`secinfer.wire`, `protocols.mpc.dealer`), so after `import_crypten()` those
+three methods raise `PickledMessageError`: a code path that would pickle on any link fails
+at once on the side that tries, and nothing pickled is ever read from a peer.
 """
 
 from __future__ import annotations
@@ -28,6 +35,13 @@ INSTALL_HINT = (
 
 class CryptenMissingError(ImportError):
     """CrypTen is not installed in this environment."""
+
+
+class PickledMessageError(RuntimeError):
+    """Something asked CrypTen to pickle a message onto the wire, or to unpickle one."""
+
+
+PICKLING_METHODS = ("send_obj", "recv_obj", "broadcast_obj")
 
 
 def apply_torch_shim() -> bool:
@@ -59,4 +73,24 @@ def import_crypten() -> Any:
         if exc.name == "crypten":
             raise CryptenMissingError(INSTALL_HINT) from None
         raise
+    forbid_pickled_messages(crypten)
     return crypten
+
+
+def forbid_pickled_messages(crypten: Any) -> None:
+    """Make the communicator's pickling methods raise (idempotent)."""
+    cls = crypten.communicator.DistributedCommunicator
+    for name in PICKLING_METHODS:
+        if not getattr(getattr(cls, name), "_secinfer_forbidden", False):
+            setattr(cls, name, _forbidden(name))
+
+
+def _forbidden(name: str) -> Any:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise PickledMessageError(
+            f"communicator.{name} would pickle a message on the wire; secinfer sends JSON "
+            "and raw tensors only"
+        )
+
+    refuse._secinfer_forbidden = True  # type: ignore[attr-defined]
+    return refuse

@@ -7,6 +7,7 @@ dealer MB, the fastest repeat's seconds (the slower party's), ratios, and costs 
 from __future__ import annotations
 
 import copy
+import json
 import statistics
 import tempfile
 import time
@@ -77,7 +78,8 @@ def layer_run(size: LayerSize, seed: int = 0, repeats: int = 2) -> dict[str, Any
     """One size: ours, CrypTen built-ins and plain, on the same weights and input; the
     secure layers `repeats` times each, alternating which goes first."""
     from protocols.mpc.local import LocalRunError, run_local
-    from secinfer import wire
+    from secinfer.architecture import describe
+    from secinfer.load.checks import input_specs
     from secinfer.runner import prepare
 
     module = EncoderLayer(size, seed).eval()
@@ -93,15 +95,17 @@ def layer_run(size: LayerSize, seed: int = 0, repeats: int = 2) -> dict[str, Any
         "repeats": repeats,
     }
     program = torch.export.export(module, (sample,))
-    _, plan = prepare(program, "mpc", [(sample,)], None)
+    graph, plan = prepare(program, "mpc", [(sample,)], None)
+    names = list(program.graph_signature.user_inputs)
+    public_architecture = describe(graph, input_specs(program, names), names, "output")
     weights = {
         name: (p.detach().t().contiguous() if p.dim() == 2 else p.detach()).numpy()
         for name, p in module.layer.named_parameters()
     }
     with tempfile.TemporaryDirectory(prefix="secinfer-bench-") as tmp:
-        full, public = Path(tmp) / "layer.pt2", Path(tmp) / "public.pt2"
+        full, public = Path(tmp) / "layer.pt2", Path(tmp) / "public.json"
         torch.export.save(program, full)
-        public.write_bytes(wire.public_architecture(program))
+        public.write_text(json.dumps(public_architecture))
         began = time.perf_counter()
         try:
             parties = run_local(

@@ -4,7 +4,9 @@ metered (rounds, bytes, dealer traffic) and timed; outputs opened to the data ow
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -83,7 +85,7 @@ def _crypten_layer(
 def layer_party(
     role: Role,
     full_archive: str,
-    public_archive: str,
+    public_architecture: str,
     plan: dict[str, Any],
     x: np.ndarray,
     weights: dict[str, np.ndarray],
@@ -96,14 +98,21 @@ def layer_party(
     runs its offline phase (the weights, `Seeder.prepare`) once before: every repeat is a
     query on the same model. CrypTen's layer shares and opens its weights in every run."""
     from protocols.mpc.meter import Meter
-    from secinfer.graph import build_graph
+    from secinfer.architecture import rebuild
     from secinfer.party import offline_phase
     from secinfer.plan import Plan
 
     warm_up_kernels()
-    # The data owner gets the public architecture only (floating-point weights zeroed).
-    program = torch.export.load(full_archive if role is Role.MODEL_OWNER else public_archive)
-    graph = build_graph(program)
+    # Both run the graph of the public architecture (as the product's parties do); the
+    # model owner puts its own weights back by their state_dict keys, the data owner keeps
+    # the zeros it was given.
+    graph = rebuild(json.loads(Path(public_architecture).read_text())).graph
+    if role is Role.MODEL_OWNER:
+        program = torch.export.load(full_archive)  # this benchmark's own file
+        state = {**program.state_dict, **program.constants}
+        for node in graph.nodes:
+            if node.name in graph.owned and node.target_name in state:
+                graph.owned[node.name] = state[node.target_name].detach()
     executor_plan = Plan.from_dict(plan)
     meter = Meter().install()
     runs: dict[str, list[dict[str, Any]]] = {"ours": [], "crypten": []}

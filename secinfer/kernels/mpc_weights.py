@@ -36,7 +36,7 @@ def weight_operands(graph: Graph) -> dict[str, set[bool]]:
     """Owned floating-point placeholders used directly as a product's operand -> the
     layouts they are used in (True: transposed, as aten.linear uses its weight)."""
     found: dict[str, set[bool]] = {}
-    for fx_node in graph.program.graph.nodes:
+    for fx_node in graph.fx_graph.nodes:
         if fx_node.op != "call_function":
             continue
         for index, transposed in _OPERANDS.get(op_name(fx_node.target), ()):

@@ -10,9 +10,9 @@ import torch
 
 from secinfer.errors import UserError
 from secinfer.load.checks import (
+    InputSpec,
     ShapeMismatch,
     check_count_and_types,
-    check_tensor,
     expected_inputs,
 )
 from secinfer.load.messages import EXPORT_RECIPE, one_line, quiet
@@ -98,7 +98,7 @@ class LoadedModel:
         check_count_and_types(inputs, names, self.path)
         for name, got, want in zip(names, inputs, expected, strict=True):
             if isinstance(want, torch.Tensor):
-                check_tensor(name, got, want, self.program.range_constraints)
+                InputSpec.of(name, want, self.program.range_constraints).check(got)
         if names == TEXT_INPUTS and inputs[0].shape != inputs[1].shape:
             raise UserError(
                 f"input attention_mask: shape {tuple(inputs[1].shape)} differs from "
