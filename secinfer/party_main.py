@@ -19,13 +19,20 @@ if TYPE_CHECKING:
 _CONNECTION_WORDS = ("timed out", "timeout", "connection", "closed", "reset", "refused", "peer")
 
 
-def _settings(rendezvous: str, timeout: float, provider: str, precision_bits: int) -> Any:
+def _settings(
+    rendezvous: str, timeout: float, provider: str, precision_bits: int, evaluation: Any = None
+) -> Any:
+    import json
+
     from protocols.mpc.runtime import PartySettings
 
     if not rendezvous.startswith(("tcp://", "file://")):
         raise UserError(f"--rendezvous {rendezvous}: give tcp://HOST:PORT")
+    job = "query"
+    if evaluation is not None:
+        job = json.dumps({"evaluation": evaluation.to_dict()}, sort_keys=True)
     try:
-        return PartySettings(rendezvous, timeout, provider, precision_bits)
+        return PartySettings(rendezvous, timeout, provider, precision_bits, job)
     except ValueError as exc:
         raise UserError(str(exc)) from None
 
@@ -52,7 +59,7 @@ def main_for_role(
     from protocols.mpc.dealer import DealerError
     from protocols.mpc.runtime import Role, run_dealer
 
-    settings = _settings(rendezvous, timeout, provider, precision_bits)
+    settings = _settings(rendezvous, timeout, provider, precision_bits, evaluation)
     party = Role.from_label(role)
     if party is not Role.DEALER and not out_dir.is_dir():
         raise UserError(f"--out {out_dir}: no such directory")

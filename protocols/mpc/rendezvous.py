@@ -44,6 +44,11 @@ that bound the rendezvous port itself; rank 0 listens on it."""
 CLIENT_GRACE = 2.0
 """Seconds beyond the timeout given to torch's own store client to report its error."""
 
+LINGER = 1.0
+"""Seconds the model owner keeps the store up after finding a difference."""
+LINGER_WAIT = 10.0
+"""Seconds the model owner waits, after finding a difference, for parties not yet there."""
+
 _KEY = "secinfer/settings/{rank}"
 _claimed: dict[tuple[str, int], socket.socket] = {}
 
@@ -166,8 +171,25 @@ def store(
         tcp_store = _client(host, port, world_size, timeout)
     mine = {"version": VERSION, "parties": world_size, **settings}
     tcp_store.set(_KEY.format(rank=rank), json.dumps(mine, sort_keys=True))
-    _agree(tcp_store, rank, world_size, mine, roles, time.monotonic() + timeout, timeout)
+    ends = time.monotonic() + timeout
+    try:
+        _agree(tcp_store, rank, world_size, mine, roles, ends, timeout)
+    except SettingsMismatch:
+        if rank == 0:  # the store lives here: let the others read everything first
+            _linger(tcp_store, world_size, ends)
+        raise
     return tcp_store
+
+
+def _linger(tcp_store: Any, world_size: int, ends: float) -> None:
+    """Wait until every party published (at most LINGER_WAIT seconds, within the deadline),
+    then LINGER seconds for each to read the others' settings and find the difference
+    itself; a party arriving later finds no rendezvous and ends on its own timeout."""
+    keys = [_KEY.format(rank=r) for r in range(world_size)]
+    ends = min(ends, time.monotonic() + LINGER_WAIT)
+    while time.monotonic() < ends and not tcp_store.check(keys):
+        time.sleep(0.05)
+    time.sleep(LINGER)
 
 
 def _client(host: str, port: int, world_size: int, timeout: float) -> Any:
@@ -214,15 +236,20 @@ def _agree(
     ends: float,
     timeout: float,
 ) -> None:
-    """Wait until every other rank published its settings, comparing each on arrival."""
+    """Wait until every other rank published its settings, comparing each on arrival with
+    this party's and with every other party's seen so far: each party, the dealer
+    included, finds any difference between any two of them."""
     name = {r: roles.get(r, f"rank {r}") for r in range(world_size)}
+    published = {rank: mine}
     waiting = [other for other in range(world_size) if other != rank]
     while waiting:
         for other in list(waiting):
             key = _KEY.format(rank=other)
             if tcp_store.check([key]):
                 theirs = _parse(tcp_store.get(key), name[other])
-                _compare(mine, theirs, name[rank], name[other])
+                for seen, settings in published.items():  # this party's and the others'
+                    _compare(settings, theirs, name[seen], name[other])
+                published[other] = theirs
                 waiting.remove(other)
         if not waiting:
             return
@@ -244,12 +271,18 @@ def _parse(raw: bytes, who: str) -> dict[str, Any]:
     return value
 
 
+BOTH_OR_NONE = ("precision_bits", "job")
+"""Settings only the computing parties publish: compared where both sides have them."""
+
+
 def _compare(mine: dict[str, Any], theirs: dict[str, Any], me: str, who: str) -> None:
-    first = [name for name in ("version", "provider", "parties") if name in mine]
+    first = [name for name in ("version", "protocol", "provider", "parties") if name in mine]
     for name in first + sorted((set(mine) | set(theirs)) - set(first)):
+        if name in BOTH_OR_NONE and (name not in mine or name not in theirs):
+            continue
         if mine.get(name) != theirs.get(name):
             raise SettingsMismatch(
-                f"{name}: this {me} has {_show(mine.get(name))}, the {who} "
+                f"{name}: the {me} has {_show(mine.get(name))}, the {who} "
                 f"{_show(theirs.get(name))}; give every party the same settings"
             )
 

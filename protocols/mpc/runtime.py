@@ -60,6 +60,11 @@ class Role(IntEnum):
 
 COMPUTING_PARTIES = 2
 
+PROTOCOL_VERSION = 2
+"""Version of what the parties exchange (the public architecture, the dealer link's
+requests, the query and evaluation messages): compared at the rendezvous with the
+provider, the timeout and, between the computing parties, the precision and the job."""
+
 
 @dataclass(frozen=True)
 class PartySettings:
@@ -69,6 +74,9 @@ class PartySettings:
     timeout: float = DEFAULT_TIMEOUT
     provider: str = "dealer"
     precision_bits: int = 16  # fractional bits of CrypTen's fixed-point encoding
+    job: str = "query"
+    """What the computing parties run, compared at the rendezvous: "query", or an
+    evaluation's settings (losses, hyper-parameters, reveal) as canonical JSON."""
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
@@ -139,7 +147,9 @@ def _configure(role: Role, settings: PartySettings) -> Any:
         if interface is not None:  # a local run: gloo's links on loopback too
             os.environ["GLOO_SOCKET_IFNAME"] = interface
     _agreed.clear()
-    _agreed["provider"] = settings.provider
+    _agreed.update(provider=settings.provider, protocol=PROTOCOL_VERSION, timeout=settings.timeout)
+    if role is not Role.DEALER:  # the dealer's ring arithmetic needs neither
+        _agreed.update(precision_bits=settings.precision_bits, job=settings.job)
     crypten.cfg.mpc.provider = "TTP" if settings.provider == "dealer" else "TFP"
     crypten.cfg.encoder.precision_bits = settings.precision_bits
     crypten.cfg.communicator.verbose = False  # protocols.mpc.meter counts instead
