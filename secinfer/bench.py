@@ -60,6 +60,28 @@ def _write_record(
     return table
 
 
+def _channels(meta: dict[str, Any], args: Any) -> str:
+    """What mutual TLS costs against the plain channel, each link measured in one run
+    (`benchmarks.he_tls`, and `benchmarks.mpc_tls` where it exists), to bench/tls.*."""
+    import importlib
+
+    from secinfer.benchmarks import he_tls
+
+    record: dict[str, Any] = {"he": he_tls.run(quick=args.quick)}
+    tables = [he_tls.markdown(record["he"])]
+    try:
+        mpc_tls = importlib.import_module("secinfer.benchmarks.mpc_tls")
+    except ModuleNotFoundError:
+        tables.append(
+            "MPC links: no TLS channel yet (gloo sockets in clear; see the threat model)."
+        )
+    else:
+        record["mpc"] = mpc_tls.run(quick=args.quick)
+        tables.append(mpc_tls.markdown(record["mpc"]))
+    record["seconds"] = sum(r.get("seconds", 0.0) for r in record.values() if isinstance(r, dict))
+    return _write_record(record, lambda r: "\n\n".join(tables), meta, args, "tls")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m secinfer.bench", description=__doc__.split("\n")[0]
@@ -78,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--he-only", action="store_true", help="run the HE section only")
     parser.add_argument("--no-he", action="store_true", help="skip the HE section")
     parser.add_argument(
+        "--no-channels", action="store_true", help="skip the TLS-vs-plain channel section"
+    )
+    which.add_argument(
+        "--channels-only", action="store_true", help="run the TLS-vs-plain channel section only"
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="MPC section at tiny shapes, to mpc.quick.* (checks that it runs, gives no "
@@ -94,9 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"),
     }
     sections: list[tuple[str, str]] = []  # (README section, markdown)
-    if args.he_only:
+    if args.he_only or args.channels_only:
         args.no_mpc = True
-    if not args.mpc_only and not args.he_only:
+    if args.channels_only:
+        args.no_he = True
+    if not args.mpc_only and not args.he_only and not args.channels_only:
         catalog_table = A.catalog.markdown()
         accuracy = accuracy_section()
         cost = training_cost_section()
@@ -158,12 +188,14 @@ def main(argv: list[str] | None = None) -> int:
         he_eval = he_loss_costs.run(quick=args.quick)
         he_eval_table = _write_record(he_eval, he_loss_costs.markdown, meta, args, "eval_he")
         sections.append(("bench-eval-he", he_eval_table))
+    if not args.no_channels and not args.mpc_only and not args.he_only:
+        sections.append(("bench-tls", _channels(meta, args)))
     if not args.no_readme:
         readme = Path(args.readme)
         for section, text in sections:
             if update_readme(readme, section, text):
                 print(f"updated the {section} section of {readme}", file=sys.stderr)
-            elif section in ("bench-mpc", "bench-he", "bench-eval", "bench-eval-he"):
+            elif section in ("bench-mpc", "bench-he", "bench-eval", "bench-eval-he", "bench-tls"):
                 print(
                     f"{readme} has no <!-- {section}:start/end --> section to update",
                     file=sys.stderr,
