@@ -31,6 +31,7 @@ import approximations as A
 from secinfer.benchmarks import plain_tables
 from secinfer.benchmarks.accuracy import accuracy_section
 from secinfer.benchmarks.training_cost import training_cost_section
+from secinfer.report import dumps_strict
 
 
 def update_readme(readme: Path, section: str, table: str) -> bool:
@@ -53,7 +54,7 @@ def _write_record(
     record["meta"] = meta
     stem = Path(args.mpc_out) / (f"{name}.quick" if args.quick else name)
     table = markdown(record)
-    Path(f"{stem}.json").write_text(json.dumps(record, indent=2))
+    Path(f"{stem}.json").write_text(dumps_strict(record))
     Path(f"{stem}.md").write_text(table + "\n")
     print(f"\n{table}")
     print(f"{name}: {record['seconds']:.0f} s; wrote {stem}.json and {stem}.md", file=sys.stderr)
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             "accuracy_vs_crypten": accuracy,
             "training_cost": cost,
         }
-        (out / "bench.json").write_text(json.dumps(record, indent=2))
+        (out / "bench.json").write_text(dumps_strict(record))
         (out / "bench.md").write_text(f"{catalog_table}\n\n{table}\n")
         print(table)
         sections += [("bench", table), ("catalog", catalog_table)]

@@ -590,11 +590,24 @@ def _query(
     return output
 
 
+FOREIGN = 1e15
+"""Decrypted magnitude above which a ciphertext is taken as foreign or damaged (those decrypt
+to about 1e31), not as a computed value that outgrew the message space."""
+
+
 def _plausible(values: np.ndarray, bound: float, what: str) -> np.ndarray:
     """Decrypted values beyond twice the refresh mask's bound (itself a quarter of the
-    message space) mean a ciphertext not made under this key, or damaged: CKKS decrypts
-    those to huge numbers (about 1e31) rather than failing."""
+    message space) are refused. CKKS decrypts a ciphertext not made under this key, or
+    damaged, to huge numbers (about 1e31) rather than failing; a moderately large value
+    (below FOREIGN) is a value the model computed that outgrew the message space: an input
+    far outside the range the plan was calibrated on."""
     worst = float(np.max(np.abs(values))) if values.size else 0.0
+    if np.isfinite(worst) and bound < worst < FOREIGN:
+        raise M.MessageError(
+            f"{what} decrypted to {worst:.3g}, beyond the message space (|x| <= {bound:g}): "
+            "a value the model computed outgrew it, so the input lies far outside the range "
+            "the plan was calibrated on; bring the input into that range"
+        )
     if not np.isfinite(worst) or worst > bound:
         raise M.MessageError(
             f"{what} decrypted to {worst:.3g}, beyond the message space (|x| <= {bound:g}): "

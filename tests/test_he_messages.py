@@ -474,3 +474,21 @@ def test_vectors_under_other_parameters_are_refused_by_tenseal(pair, client_cont
     vector = ts.ckks_vector(other, [1.0])
     with pytest.raises(MessageError, match="ciphertext 0 of 1 is malformed"):
         send_payload_and_recv(pair, client_context, encode_vectors([vector], bytes(32)))
+
+
+def test_a_decryption_beyond_the_message_space_names_its_likely_cause() -> None:
+    """A computed value that outgrew the message space (an input far outside calibration)
+    and a foreign or damaged ciphertext (CKKS decrypts those to about 1e31) are told apart."""
+    import numpy as np
+
+    from protocols.he.messages import MessageError
+    from secinfer.he_session import _plausible
+
+    fine = np.array([1.0, -3.0])
+    assert _plausible(fine, 2.0**18, "a refresh") is fine
+    with pytest.raises(MessageError, match="outside the range the plan was calibrated on"):
+        _plausible(np.array([7.72e5]), 2.0**18, "a refresh")
+    with pytest.raises(MessageError, match="not made under this key"):
+        _plausible(np.array([1e31]), 2.0**18, "a refresh")
+    with pytest.raises(MessageError, match="not made under this key"):
+        _plausible(np.array([np.nan]), 2.0**18, "the output")

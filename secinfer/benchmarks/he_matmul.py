@@ -35,7 +35,6 @@ of percent); the ratios between strategies measured in the same run are the figu
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -51,6 +50,7 @@ from protocols.he.galois import bsgs_rotation_steps, public_context_with_steps
 from protocols.he.params import CkksParams, make_context
 from protocols.he.polynomial import HeCost
 from secinfer.benchmarks.records import code_state
+from secinfer.report import dumps_strict
 
 PARAMS = CkksParams(poly_modulus_degree=8192, coeff_mod_bit_sizes=[60, 40, 40, 60], scale_bits=40)
 FULL_SHAPES: tuple[tuple[int, int, int], ...] = ((1, 384, 384), (32, 384, 384), (32, 384, 1536))
@@ -330,7 +330,7 @@ def write(record: dict[str, Any], directory: Path) -> str:
     directory.mkdir(parents=True, exist_ok=True)
     stem = "he.quick" if record.get("quick") else "he"
     table = markdown(record)
-    (directory / f"{stem}.json").write_text(json.dumps(record, indent=2))
+    (directory / f"{stem}.json").write_text(dumps_strict(record))
     (directory / f"{stem}.md").write_text(table + "\n")
     return table
 

@@ -13,7 +13,6 @@ span (with CrypTen's pseudo-random zero sharing, sharing costs no traffic anyway
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from secinfer.benchmarks.layer import layer_section
 from secinfer.benchmarks.ops import op_section
 from secinfer.benchmarks.published import PUBLISHED
 from secinfer.benchmarks.tables import markdown
+from secinfer.report import dumps_strict
 
 
 def code_state() -> dict[str, Any]:
@@ -79,7 +79,7 @@ def write(record: dict[str, Any], out_dir: Path) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "mpc.quick" if record.get("quick") else "mpc"
     table = markdown(record)
-    (out_dir / f"{stem}.json").write_text(json.dumps(_strip_arrays(record), indent=2))
+    (out_dir / f"{stem}.json").write_text(dumps_strict(_strip_arrays(record)))
     (out_dir / f"{stem}.md").write_text(table + "\n")
     return table
 
