@@ -69,7 +69,8 @@ def _model_options(fn: Any) -> Any:
     fn = click.option(
         "--trust-model",
         is_flag=True,
-        help="Allow a pickled nn.Module file: loading it runs code from the file.",
+        help="Allow formats that run code from the file: a pickled nn.Module, a TorchScript "
+        "archive, a torch.export archive with pickled members.",
     )(fn)
     return click.argument("model", type=click.Path(path_type=Path))(fn)
 
@@ -398,7 +399,11 @@ def inspect(model: Path, trust_model: bool, input_path: Path | None, as_json: bo
     help="Where the parties meet: tcp://HOST:PORT (the model owner's host listens there).",
 )
 @click.option("--model", type=click.Path(path_type=Path), help="Model owner: the model file.")
-@click.option("--trust-model", is_flag=True, help="Model owner: allow a pickled nn.Module.")
+@click.option(
+    "--trust-model",
+    is_flag=True,
+    help="Model owner: allow a model file that runs code (see run --help).",
+)
 @click.option(
     "--config", "config_path", type=click.Path(path_type=Path), help="Model owner: plan overrides."
 )
@@ -602,7 +607,11 @@ def eval_(
     help="server: the model owner (no secret key); client: the data owner (the key).",
 )
 @click.option("--model", type=click.Path(path_type=Path), help="Server: the model file.")
-@click.option("--trust-model", is_flag=True, help="Server: allow a pickled nn.Module.")
+@click.option(
+    "--trust-model",
+    is_flag=True,
+    help="Server: allow a model file that runs code (see run --help).",
+)
 @click.option(
     "--config", "config_path", type=click.Path(path_type=Path), help="Server: plan overrides."
 )

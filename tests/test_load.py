@@ -87,7 +87,8 @@ def test_torchscript_needs_inputs_then_matches(tmp_path: Path) -> None:
     module = small_module()
     path = tmp_path / "scripted.bin"
     torch.jit.save(torch.jit.script(module), str(path))
-    loaded = load_model(path)
+    user_error(lambda: load_model(path), str(path), "TorchScript archive holds code")
+    loaded = load_model(path, trust_model=True)  # code: only on the user's word
     assert loaded.source == "torchscript" and loaded.program is None
     assert loaded.example_inputs == () and loaded.input_names == ["input"]
     user_error(lambda: loaded.check_inputs(()), str(path), "--input")

@@ -194,10 +194,13 @@ def test_torchscript_needs_input_then_runs(tmp_path) -> None:
     module = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GELU()).eval()
     scripted = tmp_path / "model.ts"
     torch.jit.save(torch.jit.script(module), scripted)
-    assert_user_error(secinfer_here("run", str(scripted)), "--input")
+    assert_user_error(secinfer_here("run", str(scripted)), "--trust-model")
+    assert_user_error(secinfer_here("run", str(scripted), "--trust-model"), "--input")
     x = tmp_path / "x.npy"
     np.save(x, np.ones((2, 4), dtype=np.float32))
-    done = secinfer("run", str(scripted), "--input", str(x), "-b", "approx", "--json")
+    done = secinfer(
+        "run", str(scripted), "--input", str(x), "-b", "approx", "--json", "--trust-model"
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["cosine"] >= 0.999
 

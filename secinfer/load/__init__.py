@@ -8,7 +8,7 @@
                           payloads, custom objects and code-like strings are refused unless
                           `trust_model=True` (then `torch.export.load` itself).
   TorchScript archive     zip holding `code/` and `constants.pkl` (`torch.jit.save`):
-                          `torch.jit.load` (TorchScript is a restricted language, not pickle).
+                          `torch.jit.load`, only with `trust_model=True`: its code runs.
   Hugging Face directory  `config.json` + `*.safetensors`: loaded offline with the class named
                           in `config.architectures` (else `AutoModel`), eager attention, and
                           exported with positional tensor inputs returning the first output.

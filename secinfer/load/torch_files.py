@@ -68,6 +68,12 @@ def load_zip(path: Path, trust_model: bool) -> LoadedModel:
     if "archive_format" in members:
         return _load_export(path, trust_model)
     if "constants.pkl" in members and any(m.startswith("code/") for m in members):
+        if not trust_model:
+            raise UserError(
+                f"{path}: a TorchScript archive holds code (its code/ members) that runs when "
+                "the model is loaded and run; pass --trust-model (trust_model=True) only if "
+                f"you trust its source, or {EXPORT_RECIPE}"
+            )
         return _load_torchscript(path)
     if "data.pkl" in members:
         return load_torch_save(path, trust_model)
