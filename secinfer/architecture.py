@@ -58,6 +58,9 @@ MAX_ELEMENTS = 1 << 33
 """Largest tensor (elements) a node may announce: above any model secinfer runs."""
 MAX_DATA_ELEMENTS = 1 << 24
 """Largest public integer buffer sent with its values (position ids are a few thousand)."""
+MAX_WEIGHT_ELEMENTS = 1 << 31
+"""Most weight elements (all owned tensors together) an architecture may announce: the
+data owner holds a share of each, 8 bytes an element (2^31: 17 GB; BERT-large has 3.4e8)."""
 
 OWNED_KINDS = ("parameter", "buffer", "constant")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,199}$")
@@ -238,6 +241,7 @@ class _Builder:
         self.user_inputs: list[str] = []
         self.fixed_inputs: dict[str, Any] = {}
         self.ended = False
+        self.weight_elements = 0
 
     def add(self, entry: Any) -> None:
         if not isinstance(entry, dict):
@@ -289,6 +293,12 @@ class _Builder:
         shape, dtype = _shape(entry, name, static=True), _dtype(entry, name)
         target, module = _text(entry, "target", name), _text(entry, "module", name)
         assert shape is not None and dtype is not None
+        self.weight_elements += math.prod(shape)
+        if self.weight_elements > MAX_WEIGHT_ELEMENTS:
+            raise ArchitectureError(
+                f"node {name}: the weights announced so far exceed {MAX_WEIGHT_ELEMENTS:,} "
+                "elements, more than this data owner will hold shares of"
+            )
         self.owned[name] = _owned_value(entry, name, shape, dtype)
         self._placeholder(name, shape, dtype)
         self.nodes.append(Node(name, kind, kind, module, shape, dtype, MODEL_OWNER, target))
@@ -453,7 +463,7 @@ def _owned_value(
     if torch_dtype.is_floating_point:
         if data is not None:
             raise ArchitectureError(f"node {where}: a floating-point weight sent with values")
-        return torch.zeros(shape, dtype=torch_dtype)
+        return torch.zeros((), dtype=torch_dtype).expand(shape)  # no memory: only its shape
     count = math.prod(shape)
     if not isinstance(data, str) or count > MAX_DATA_ELEMENTS:
         raise ArchitectureError(f"node {where}: an integer buffer needs its values (bounded)")

@@ -53,6 +53,10 @@ BatchAxis = int | tuple[int | None, int | None] | None
 unbounded), or None when unknown (as `InputSpec.dims[0]`)."""
 
 
+MAX_PADDED_BATCH = 4096
+"""Largest batch a last batch is padded to (a peer's announced static batch included)."""
+
+
 def batch_shape(axis: BatchAxis, batch_size: int, *, explicit: bool | None = None) -> BatchShape:
     """The `BatchShape` for a model whose batch axis is `axis` (`batch_axis`).
 
@@ -70,6 +74,11 @@ def batch_shape(axis: BatchAxis, batch_size: int, *, explicit: bool | None = Non
     else:
         low = axis[0] if axis[0] is not None and axis[0] > 2 else 1
         high = axis[1]
+    if low > MAX_PADDED_BATCH:  # the axis may come from a peer (architecture, HE server)
+        raise UserError(
+            f"the model takes batches of at least {low} rows; secinfer pads a last batch to "
+            f"at most {MAX_PADDED_BATCH}: export the model with a smaller or dynamic batch"
+        )
     size = max(low, batch_size if high is None else min(batch_size, high))
     if size != batch_size and explicit is not False:
         fits = f"exactly {low}" if low == high else f"{low} to {high if high else 'any'}"

@@ -76,9 +76,9 @@ def _batch_totals(
     target = crypten.cryptensor(
         onehot if mine else torch.zeros_like(onehot), src=int(Role.DATA_OWNER)
     )
+    if logits.size(0) != len(labels):  # a padded batch (a static batch axis): real rows only
+        logits = logits[: len(labels)]
     rows = logits.reshape(-1, classes)
-    if rows.size(0) != len(labels):  # a padded batch (a static batch axis): real rows only
-        rows = rows[: len(labels)]
     values = losses.per_example(
         rows,
         target,

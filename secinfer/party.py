@@ -35,7 +35,7 @@ from protocols.mpc.meter import Meter, Traffic
 from protocols.mpc.reveal import reveal_to
 from protocols.mpc.runtime import PartySettings, Role, start_party, stop_party
 from secinfer import architecture, wire
-from secinfer.errors import UserError
+from secinfer.errors import PartyError, UserError
 from secinfer.execute import Executor, RunResult
 from secinfer.graph import Graph, build_graph, op_name
 from secinfer.kernels.mpc_values import OneHot
@@ -45,8 +45,9 @@ from secinfer.plan import Plan
 from secinfer.report import write_json, write_npy
 
 
-class PeerAborted(UserError):
-    """The other party gave up before the secure run (its reason is in the message)."""
+class PeerAborted(PartyError):
+    """The other party gave up, or sent what this party refuses (the reason is in the
+    message): a peer failure, exit 1, as opposed to this party's own user error."""
 
 
 _PASS_THROUGH = (
@@ -256,7 +257,7 @@ def receive_model(
             ) from None
         if check is not None:
             check(meta)
-    except UserError as exc:
+    except (UserError, PartyError) as exc:
         wire.send_json({"error": str(exc)}, src=Role.DATA_OWNER)
         raise
     wire.send_json({"digest": session_digest(message, meta)}, src=Role.DATA_OWNER)

@@ -176,6 +176,8 @@ def check_destination(path: Path | None, flag: str) -> None:
         raise UserError(f"{flag} {path}: directory {parent} does not exist")
     if not parent.is_dir():
         raise UserError(f"{flag} {path}: {parent} is a file, not a directory")
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: a directory; give a file name in it")
     try:
         with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.name}.", suffix=".probe"):
             pass

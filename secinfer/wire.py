@@ -15,8 +15,10 @@ from typing import Any
 
 import torch
 
-MAX_MESSAGE = 1 << 31
-"""Largest message accepted (bytes): a peer announcing more is refused, not allocated."""
+MAX_MESSAGE = 1 << 29
+"""Largest message accepted (bytes, 512 MiB): a peer announcing more is refused, not
+allocated. The largest legitimate one is the public architecture, whose integer buffers are
+bounded by `architecture.MAX_DATA_ELEMENTS` (about 180 MB in base64)."""
 
 
 def _comm() -> Any:

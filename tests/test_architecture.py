@@ -131,6 +131,9 @@ TAMPERINGS = {
     ),
     "a weight sent with values": lambda m: _first(m, "parameter").update(data="AAAAAA=="),
     "a huge shape": lambda m: _first(m, "parameter").update(shape=[2**30, 2**30]),
+    "weights beyond what a data owner holds": lambda m: [
+        node.update(shape=[2**16, 2**16]) for node in m["nodes"] if node["kind"] == "parameter"
+    ],
     "an unknown dtype": lambda m: _first(m, "parameter").update(dtype="object"),
     "an unknown kind": lambda m: _first(m, "call").update(kind="call_module"),
     "a name that is not an identifier": lambda m: _first(m, "call").update(name="a.b()"),

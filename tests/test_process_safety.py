@@ -262,7 +262,8 @@ def test_a_port_in_use_is_named(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         with pytest.raises(meeting.RendezvousBusy, match=f"port {port}"):
             meeting.listen("127.0.0.1", port)
-        command = [*CLI, "party", "--role", "model-owner", "--model", str(DIGITS)]
+        command = [*CLI, "party", "--insecure-channel", "--role", "model-owner"]
+        command += ["--model", str(DIGITS)]
         command += ["--rendezvous", f"tcp://127.0.0.1:{port}", "--out", str(tmp_path)]
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr[-2000:]
@@ -275,7 +276,8 @@ def test_a_rendezvous_that_never_answers_is_one_line(role: str, tmp_path: Path) 
     """A program that accepts connections and says nothing holds the port."""
     with socket.create_server(("127.0.0.1", 0)) as foreign:
         port = foreign.getsockname()[1]
-        command = [*CLI, "party", "--role", role, "--rendezvous", f"tcp://127.0.0.1:{port}"]
+        command = [*CLI, "party", "--insecure-channel", "--role", role]
+        command += ["--rendezvous", f"tcp://127.0.0.1:{port}"]
         command += ["--timeout", "3", "--out", str(tmp_path)]
         if role == "data-owner":
             command += ["--input", str(_digit_rows(tmp_path, 1))]
@@ -345,7 +347,8 @@ def _three_parties(
     short --timeout suffices however slowly the model owner starts."""
     listener = meeting.listen("127.0.0.1", 0)
     port = listener.getsockname()[1]
-    base = [*CLI, "party", "--rendezvous", f"tcp://127.0.0.1:{port}", "--timeout", str(timeout)]
+    base = [*CLI, "party", "--insecure-channel", "--rendezvous", f"tcp://127.0.0.1:{port}"]
+    base += ["--timeout", str(timeout)]
     x = _digit_rows(tmp_path, 4)
     commands = {
         "model-owner": [*base, "--role", "model-owner", "--model", str(DIGITS)],
@@ -503,7 +506,8 @@ def test_different_precision_stops_every_party_with_one_line(tmp_path: Path) -> 
     line naming the setting and both values, the dealer included, before any share."""
     with meeting.listen("127.0.0.1", 0) as probe:  # a free port; the model owner binds it
         port = probe.getsockname()[1]
-    base = [*CLI, "party", "--rendezvous", f"tcp://127.0.0.1:{port}", "--timeout", "60"]
+    base = [*CLI, "party", "--insecure-channel", "--rendezvous", f"tcp://127.0.0.1:{port}"]
+    base += ["--timeout", "60"]
     x = _digit_rows(tmp_path, 2)
     commands = {
         "model-owner": [*base, "--role", "model-owner", "--model", str(DIGITS)],
@@ -524,6 +528,23 @@ def test_different_precision_stops_every_party_with_one_line(tmp_path: Path) -> 
             processes.stop(process)
     for role in started:
         log = (tmp_path / f"{role}.log").read_text().strip()
-        assert log.count("\n") == 0 and "Traceback" not in log, (role, log)
-        assert "precision_bits" in log and "16" in log and "20" in log, (role, log)
+        errors = [line for line in log.splitlines() if not line.startswith("warning:")]
+        assert len(errors) == 1 and "Traceback" not in log, (role, log)
+        assert "precision_bits" in errors[0] and "16" in errors[0] and "20" in errors[0], log
     assert not (tmp_path / "output.npy").exists()
+
+
+def test_a_difference_inside_the_evaluation_settings_is_named() -> None:
+    """The job is JSON (losses, hyper-parameters, reveal): the message names the one setting
+    that differs, not two long texts that look alike."""
+    import json
+
+    def job(reveal: str) -> dict[str, str]:
+        evaluation = {"losses": ["ce", "square"], "zloss_a": 1.0, "reveal_to": reveal}
+        return {"job": json.dumps({"evaluation": evaluation}, sort_keys=True)}
+
+    with pytest.raises(meeting.SettingsMismatch) as caught:
+        meeting._compare(job("data-owner"), job("model-owner"), "model-owner", "data-owner")
+    assert str(caught.value).startswith(
+        "job.evaluation.reveal_to: the model-owner has data-owner, the data-owner model-owner"
+    )

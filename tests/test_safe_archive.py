@@ -363,6 +363,30 @@ def test_injected_argument_names_refused(clean: Path, tmp_path: Path) -> None:
         load_model(path)
 
 
+def test_malformed_json_shapes_are_one_line_and_resolved_metadata_is_dropped(
+    clean: Path, tmp_path: Path
+) -> None:
+    """A signature that is not an object: one line, not a traceback. Node metadata torch
+    resolves by name (source_fn_stack: getattr chains under torch) never reaches torch."""
+
+    def listed(document: dict[str, Any]) -> None:
+        document["graph_module"]["module_call_graph"][0]["signature"] = []
+
+    path = rewrite(clean, tmp_path / "signature.pt2", program=listed)
+    with pytest.raises(UserError, match="signature that is not an object"):
+        load_model(path)
+    seen: list[str] = []
+
+    def resolved(document: dict[str, Any]) -> None:
+        for node in document["graph_module"]["graph"]["nodes"]:
+            node.setdefault("metadata", {})["source_fn_stack"] = "x,torch.os.system"
+            seen.append(node["target"])
+
+    path = rewrite(clean, tmp_path / "source_fn.pt2", program=resolved)
+    program = load_model(path).program
+    assert seen and all("source_fn_stack" not in n.meta for n in program.graph.nodes)
+
+
 # --- the grammars on their own -----------------------------------------------------------------
 REAL_EXPRESSIONS = [
     "Symbol('s77', positive=True, integer=True)",

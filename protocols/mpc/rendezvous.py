@@ -44,12 +44,13 @@ that bound the rendezvous port itself; rank 0 listens on it."""
 CLIENT_GRACE = 2.0
 """Seconds beyond the timeout given to torch's own store client to report its error."""
 
-LINGER = 1.0
-"""Seconds the model owner keeps the store up after finding a difference."""
+LINGER = 0.5
+"""Seconds the model owner keeps the store up once every party compared the settings."""
 LINGER_WAIT = 10.0
 """Seconds the model owner waits, after finding a difference, for parties not yet there."""
 
 _KEY = "secinfer/settings/{rank}"
+_SEEN = "secinfer/compared/{rank}"
 _claimed: dict[tuple[str, int], socket.socket] = {}
 
 
@@ -175,17 +176,19 @@ def store(
     try:
         _agree(tcp_store, rank, world_size, mine, roles, ends, timeout)
     except SettingsMismatch:
-        if rank == 0:  # the store lives here: let the others read everything first
+        tcp_store.set(_SEEN.format(rank=rank), "1")
+        if rank == 0:  # the store lives here: let the others find the difference first
             _linger(tcp_store, world_size, ends)
         raise
+    tcp_store.set(_SEEN.format(rank=rank), "1")
     return tcp_store
 
 
 def _linger(tcp_store: Any, world_size: int, ends: float) -> None:
-    """Wait until every party published (at most LINGER_WAIT seconds, within the deadline),
-    then LINGER seconds for each to read the others' settings and find the difference
-    itself; a party arriving later finds no rendezvous and ends on its own timeout."""
-    keys = [_KEY.format(rank=r) for r in range(world_size)]
+    """Wait until every party has compared the settings (its `_SEEN` key: at most
+    LINGER_WAIT seconds, within the deadline), then LINGER seconds for each to leave the
+    store; a party arriving later finds no rendezvous and ends on its own timeout."""
+    keys = [_SEEN.format(rank=r) for r in range(world_size)]
     ends = min(ends, time.monotonic() + LINGER_WAIT)
     while time.monotonic() < ends and not tcp_store.check(keys):
         time.sleep(0.05)
@@ -281,14 +284,36 @@ def _compare(mine: dict[str, Any], theirs: dict[str, Any], me: str, who: str) ->
         if name in BOTH_OR_NONE and (name not in mine or name not in theirs):
             continue
         if mine.get(name) != theirs.get(name):
+            where, a, b = _first_difference(name, mine.get(name), theirs.get(name))
             raise SettingsMismatch(
-                f"{name}: the {me} has {_show(mine.get(name))}, the {who} "
-                f"{_show(theirs.get(name))}; give every party the same settings"
+                f"{where}: the {me} has {_show(a)}, the {who} "
+                f"{_show(b)}; give every party the same settings"
             )
 
 
 def _show(value: Any) -> str:
     return "nothing" if value is None else str(value)[:60]
+
+
+def _first_difference(name: str, mine: Any, theirs: Any) -> tuple[str, Any, Any]:
+    """The first differing leaf of two settings (JSON text is parsed: the evaluation job),
+    as (dotted name, mine, theirs), so that a message names `job.evaluation.reveal_to`
+    rather than two long texts that look alike."""
+    mine, theirs = _parsed(mine), _parsed(theirs)
+    if isinstance(mine, dict) and isinstance(theirs, dict):
+        for key in sorted(set(mine) | set(theirs), key=str):
+            if mine.get(key) != theirs.get(key):
+                return _first_difference(f"{name}.{key}", mine.get(key), theirs.get(key))
+    return name, mine, theirs
+
+
+def _parsed(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("{"):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
 
 
 __all__ = [

@@ -407,6 +407,8 @@ def _check_call_signature(entry: Any) -> None:
     signature = entry.get("signature")
     if signature is None:
         return
+    if not isinstance(signature, dict):
+        raise Refused("module_call_graph: a signature that is not an object")
     fqn = entry.get("fqn", "")
     where = f"module_call_graph[{fqn!r}]"
     for name in signature.get("forward_arg_names") or []:

@@ -106,12 +106,15 @@ def load_untrusted(path: Path) -> torch.export.ExportedProgram:
         raise UserError(
             f"{path}: refused: {exc}; loading it could run code from the file; {FIX}"
         ) from None
-    except _Damaged as exc:
-        raise UserError(
-            f"{path}: a damaged or incompatible torch.export archive ({exc}); "
+    except (_Damaged, TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise UserError(  # a shape of JSON the checks did not expect: not a torch archive
+            f"{path}: a damaged or incompatible torch.export archive ({one_line(exc)}); "
             "export and save the model again"
         ) from None
-    archive = _rebuild(top, members)
+    try:
+        archive = _rebuild(top, members)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise UserError(f"{path}: a damaged torch.export archive ({one_line(exc)})") from None
     try:
         with no_code_from_files(), quiet():
             program = _deserialize(archive)
@@ -250,12 +253,35 @@ def _unpickler_reason(exc: BaseException) -> str:
 
 
 def _rebuild(top: str, members: dict[str, bytes]) -> bytes:
-    """A new stored zip of exactly the checked members (emptying `members` as it goes)."""
+    """A new stored zip of exactly the checked members (emptying `members` as it goes),
+    the program's node metadata without the entries torch resolves by name
+    (`_RESOLVED_METADATA`: their dotted names become getattr chains under torch)."""
+    members[_MODEL] = _without_resolved_metadata(members[_MODEL])
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
         for name in list(members):
             archive.writestr(f"{top}/{name}", members.pop(name))
     return out.getvalue()
+
+
+_RESOLVED_METADATA = ("source_fn_stack", "torch_fn")
+"""Node metadata that torch's reader turns into attribute look-ups (secinfer uses neither)."""
+
+
+def _without_resolved_metadata(model_json: bytes) -> bytes:
+    program = json.loads(model_json)
+    stack: list[Any] = [program]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, dict):
+            metadata = value.get("metadata")
+            if isinstance(metadata, dict):
+                for key in _RESOLVED_METADATA:
+                    metadata.pop(key, None)
+            stack.extend(v for k, v in value.items() if k != "metadata")
+    return json.dumps(program).encode()
 
 
 def _deserialize(archive: bytes) -> torch.export.ExportedProgram:
