@@ -42,6 +42,7 @@ from secinfer.kernels.mpc_values import OneHot
 from secinfer.kernels.mpc_weights import open_weights
 from secinfer.load.checks import INPUT_DTYPES, input_specs
 from secinfer.plan import Plan
+from secinfer.registry import lookup
 from secinfer.report import write_json, write_npy
 
 
@@ -250,7 +251,7 @@ def receive_model(
         try:
             message, meta = (wire.parse_json(data) for data in received)
             public = architecture.rebuild(message)
-            plan = Plan.from_dict(meta["plan"])
+            plan = Plan.from_peer(meta.get("plan"), nonlinear_functions(public.graph))
         except (architecture.ArchitectureError, KeyError, TypeError, ValueError) as exc:
             raise PeerAborted(
                 f"the model owner sent an architecture or plan this data owner refuses: {exc}"
@@ -263,6 +264,15 @@ def receive_model(
     wire.send_json({"digest": session_digest(message, meta)}, src=Role.DATA_OWNER)
     graph = public.graph
     return public, meta, graph, plan, offline_phase(graph, Role.DATA_OWNER, meter)
+
+
+def nonlinear_functions(graph: Graph) -> dict[str, str | None]:
+    """Each op node of `graph` -> the function its op approximates (registry), or None."""
+    found: dict[str, str | None] = {}
+    for node in graph.calls:
+        spec = lookup(node.op)
+        found[node.name] = spec.function if spec is not None else None
+    return found
 
 
 def session_digest(public: dict[str, Any], meta: dict[str, Any]) -> str:

@@ -158,8 +158,83 @@ class Plan:
         return cls(data["backend"], {k: Choice(**c) for k, c in data["nodes"].items()})
 
     @classmethod
+    def from_peer(cls, data: Any, functions: dict[str, str | None]) -> Plan:
+        """A plan received from another party, checked before anything uses it: the target,
+        and per choice an op node of the graph (`functions`: node -> the function its op
+        approximates, None for ops such as pow that a plan may still approximate), that
+        function, one of its METHODS, finite ordered intervals, and options of plain
+        bounded values (counts such as squarings at most MAX_COUNT). ValueError naming the
+        first field that is wrong."""
+        if not isinstance(data, dict) or set(data) != {"backend", "nodes"}:
+            raise ValueError("plan: an object with backend and nodes expected")
+        if data["backend"] not in TARGETS or not isinstance(data["nodes"], dict):
+            raise ValueError(f"plan: backend {str(data['backend'])[:20]!r} is not a target")
+        choices = {}
+        fields = set(Choice.__dataclass_fields__)
+        for name, entry in data["nodes"].items():
+            where = f"plan node {str(name)[:60]!r}"
+            if name not in functions or not isinstance(entry, dict) or set(entry) != fields:
+                raise ValueError(f"{where}: not a nonlinear node of the graph, or malformed")
+            wanted = functions[name]
+            if entry["node"] != name or wanted not in (None, entry["function"]):
+                raise ValueError(f"{where}: its node or function differs from the graph's")
+            if entry["method"] not in METHODS.get(entry["function"], ()):
+                raise ValueError(f"{where}: method {str(entry['method'])[:30]!r} is unknown")
+            if not all(
+                isinstance(entry[k], str) and len(entry[k]) <= 500 for k in ("op", "module")
+            ):
+                raise ValueError(f"{where}: op and module must be short strings")
+            for key in ("interval", "observed"):
+                _check_interval(entry[key], f"{where}.{key}")
+            _check_options(entry["options"], where)
+            choices[name] = Choice(**entry)
+        return cls(data["backend"], choices)
+
+    @classmethod
     def from_json(cls, text: str) -> Plan:
         return cls.from_dict(json.loads(text))
+
+
+MAX_COUNT = 64
+"""Largest count a peer's plan may set (squarings, iterations, degrees, orders)."""
+_COUNTS = ("squarings", "order", "iterations", "degree", "newton", "steps", "p")
+
+
+def _check_interval(value: Any, where: str) -> None:
+    if value is None:
+        return
+    ok = isinstance(value, list) and len(value) == 2
+    ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    if not ok or not all(math.isfinite(v) for v in value) or not value[0] <= value[1]:
+        raise ValueError(f"{where}: a finite [low, high] expected")
+
+
+def _check_options(options: Any, where: str) -> None:
+    if not isinstance(options, dict) or len(options) > 32:
+        raise ValueError(f"{where}.options: an object of at most 32 settings expected")
+    for key, value in options.items():
+        if not isinstance(key, str) or len(key) > 40:
+            raise ValueError(f"{where}.options: a setting name must be a short string")
+        if value is None or isinstance(value, bool):
+            continue
+        if isinstance(value, str):
+            if len(value) > 40:
+                raise ValueError(f"{where}.options.{key}: a string longer than 40")
+        elif isinstance(value, int | float):
+            limit = MAX_COUNT if key in _COUNTS or key.endswith(("_steps", "_count")) else 1e12
+            if not math.isfinite(value) or abs(value) > limit:
+                raise ValueError(f"{where}.options.{key}: {value!r} is beyond {limit:g}")
+        elif (
+            isinstance(value, list)
+            and len(value) <= 64
+            and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                for v in value
+            )
+        ):
+            continue
+        else:
+            raise ValueError(f"{where}.options.{key}: a number, string or short list expected")
 
 
 def plan_target(backend: str, target: str | None = None) -> str:

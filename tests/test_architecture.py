@@ -214,3 +214,34 @@ def test_a_hostile_model_owner_cannot_run_code_on_the_data_owner(
         assert not seen["marker"] and not marker.exists()
         assert "error" in parties[Role.MODEL_OWNER].value
     assert architecture.FORMAT in json.dumps(message)
+
+
+PLAN_TAMPERINGS = {
+    "an unknown method": lambda c: c.update(method="exec"),
+    "a count of 10^9": lambda c: c["options"].update(squarings=10**9),
+    "a node the graph lacks": lambda c: c.update(node="elsewhere"),
+    "another function": lambda c: c.update(function="exp"),
+    "an unordered interval": lambda c: c.update(interval=[3.0, -3.0]),
+    "an extra field": lambda c: c.update(code="print(1)"),
+    "an option object": lambda c: c["options"].update(reciprocal={"pickle": "x"}),
+}
+
+
+@pytest.mark.parametrize("what", list(PLAN_TAMPERINGS))
+def test_crafted_plans_are_refused(models: dict[str, load.LoadedModel], what: str) -> None:
+    """The model owner's plan is checked against the rebuilt graph before any kernel reads
+    it; the honest plan passes unchanged."""
+    from secinfer import runner
+    from secinfer.party import nonlinear_functions
+    from secinfer.plan import Plan
+
+    model = models["digits"]
+    _, plan = runner.prepare(model.program, "mpc", model.calibration_samples(), None)
+    honest = json.loads(json.dumps(plan.to_dict()))
+    functions = nonlinear_functions(rebuild(public_of(model)[1]).graph)
+    assert Plan.from_peer(honest, functions).to_dict() == plan.to_dict()
+    softmax = next(c for c in honest["nodes"].values() if c["function"] == "softmax")
+    PLAN_TAMPERINGS[what](softmax)
+    with pytest.raises(ValueError) as caught:
+        Plan.from_peer(honest, functions)
+    assert "\n" not in str(caught.value)
