@@ -35,9 +35,11 @@ evaluation: `aggregate.json` on the side that learns it), atomically.
 from __future__ import annotations
 
 import contextlib
+import queue
 import socket
 import ssl
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,8 +79,9 @@ GREETING = {"kind": "greeting", "protocol": "secinfer-he"}
 else first is not a client (`accept_client`)."""
 GREETING_MAX_BYTES = 4096
 HANDSHAKE_SECONDS = 10.0
-"""Bound on one connection's TLS handshake and greeting, within the server's timeout: a
-connection that stays silent holds the server no longer than this."""
+"""Bound on one connection's TLS handshake and greeting, within the server's timeout."""
+MAX_VETTING = 16
+"""Connections vetted at once (each in its own thread); more are closed at once."""
 PLAIN = Link(None)
 """A plain socket: the `--insecure-channel` link, and the default of the functions here."""
 
@@ -164,37 +167,59 @@ def accept_client(
 ) -> Channel:
     """The first connection within `timeout` seconds that completes the TLS handshake, proves
     the data owner's certificate (`link`) and sends the `GREETING`; every other connection is
-    closed with one line to `log` (default: stderr) and the server goes on listening. Raises
-    `PartyError` when no such client came in time."""
+    closed with one line to `log` (default: stderr) and the server goes on listening. Each
+    connection is vetted in its own thread (at most MAX_VETTING at once, each within
+    HANDSHAKE_SECONDS), so connections that stay silent cannot keep the real client out.
+    Raises `PartyError` when no such client came in time."""
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        listener.settimeout(max(remaining, 1e-3))
+    passed: queue.Queue[Channel] = queue.Queue()
+    chosen = threading.Event()
+    vetting = threading.BoundedSemaphore(MAX_VETTING)
+
+    def vet(sock: socket.socket, where: str) -> None:
         try:
-            if remaining <= 0:
-                raise TimeoutError
-            sock, (host, port, *_) = listener.accept()
-        except TimeoutError:
+            bound = max(min(HANDSHAKE_SECONDS, deadline - time.monotonic()), 1e-3)
+            try:
+                secured = link.accept(sock, HE_ROLES["client"], bound)
+            except (ssl.SSLError, AuthenticationError, OSError) as exc:
+                say(f"server: refused a connection from {where}: {describe_refusal(exc)}")
+                return
+            channel = Channel(secured, timeout)
+            try:
+                _expect_greeting(channel, bound)
+            except (M.MessageError, M.PeerError, M.PeerTimeout, OSError) as exc:
+                secured.close()
+                say(f"server: refused a connection from {where}: no client greeting ({exc})")
+                return
+            if chosen.is_set():  # another client already passed: one session at a time
+                secured.close()
+                return
+            passed.put(channel)
+        finally:
+            vetting.release()
+
+    while True:
+        with contextlib.suppress(queue.Empty):
+            channel = passed.get_nowait()
+            chosen.set()
+            return channel
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             raise PartyError(
                 f"server: no {'authenticated ' if link.secure else ''}client connected "
                 f"within {timeout:g} s"
-            ) from None
-        bound = max(min(HANDSHAKE_SECONDS, deadline - time.monotonic()), 1e-3)
+            )
+        listener.settimeout(min(remaining, 0.1))
         try:
-            secured = link.accept(sock, HE_ROLES["client"], bound)
-        except (ssl.SSLError, AuthenticationError, OSError) as exc:
-            say(f"server: refused a connection from {host}:{port}: {describe_refusal(exc)}")
+            sock, (host, port, *_) = listener.accept()
+        except TimeoutError:
             continue
-        channel = Channel(secured, timeout)
-        try:
-            _expect_greeting(channel, bound)
-        except (M.MessageError, M.PeerError, M.PeerTimeout, OSError) as exc:
-            secured.close()
-            reason = f"no client greeting ({exc})"
-            say(f"server: refused a connection from {host}:{port}: {reason}")
+        if not vetting.acquire(blocking=False):
+            sock.close()
+            say(f"server: refused a connection from {host}:{port}: too many at once")
             continue
-        return channel
+        threading.Thread(target=vet, args=(sock, f"{host}:{port}"), daemon=True).start()
 
 
 def _expect_greeting(channel: Channel, timeout: float) -> None:

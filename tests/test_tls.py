@@ -21,6 +21,7 @@ import socket
 import ssl
 import stat
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -292,6 +293,35 @@ def test_the_plain_channel_also_skips_a_stray_connection(small, tmp_path: Path) 
     thread.join(60)
     assert "record" in outcome and y.shape == (2, 3) and len(lines) == 1
     assert "no client greeting" in lines[0] and "bad magic" in lines[0]
+
+
+def test_a_silent_connection_does_not_keep_the_client_out(
+    small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connections are vetted side by side: one that connects and says nothing (held for a
+    whole minute here) does not delay the real client, which is served meanwhile."""
+    monkeypatch.setattr(he_session, "HANDSHAKE_SECONDS", 60.0)
+    graph, plan, x = small
+    listener = socket.create_server(("127.0.0.1", 0))
+    outcome: dict[str, Any] = {}
+
+    def serve() -> None:
+        with listener:
+            outcome["record"] = he_session.serve(
+                graph, plan, listener, tmp_path, timeout=90, log=lambda line: None
+            )
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    with socket.create_connection(listener.getsockname()) as silent:
+        began = time.monotonic()
+        y = he_session.query(listener.getsockname(), lambda names: (x,), tmp_path, timeout=30)
+        assert time.monotonic() - began < 60 and y.shape == (2, 3)
+        silent.settimeout(0.01)
+        with pytest.raises(TimeoutError):  # still being vetted: nobody waited for it
+            silent.recv(1)
+    thread.join(60)
+    assert "record" in outcome
 
 
 def test_the_bytes_on_the_wire_are_not_plaintext(small) -> None:
