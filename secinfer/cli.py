@@ -423,15 +423,30 @@ def inspect(model: Path, trust_model: bool, input_path: Path | None, as_json: bo
     show_default=True,
     help="Directory for this party's cost record (and the data owner's output.npy).",
 )
+@click.option(
+    "--identity",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Directory with this party's key and certificate and its peers' certificates "
+    "(`secinfer keys`): every link is mutual TLS 1.3, each peer proving its role.",
+)
+@click.option(
+    "--insecure-channel",
+    is_flag=True,
+    help="gloo sockets in clear: no authentication, no encryption (experiments only).",
+)
 @_mpc_options
 @_evaluation_options("Data owner")
 def party(role: str, **options: Any) -> None:
     """Run one party of an MPC run (for several hosts; `run --backend mpc` starts all three).
 
     \b
-    host A:  secinfer party --role model-owner --model M.pt2 --rendezvous tcp://A:29500
-    host A:  secinfer party --role dealer --rendezvous tcp://A:29500
-    host B:  secinfer party --role data-owner --input x.npy --rendezvous tcp://A:29500
+    each:    secinfer keys --out keys --role ROLE; give your .crt to the other two and put
+             theirs in your keys directory
+    host A:  secinfer party --role model-owner --model M.pt2 --rendezvous tcp://A:29500 \\
+               --identity keys
+    host A:  secinfer party --role dealer --rendezvous tcp://A:29500 --identity keys
+    host B:  secinfer party --role data-owner --input x.npy --rendezvous tcp://A:29500 \\
+               --identity keys
     """
     import os
 

@@ -53,6 +53,10 @@ def _party_command(role: Role, rendezvous: str, options: dict[str, Any]) -> list
     command += ["--rendezvous", rendezvous, "--timeout", str(options["timeout"])]
     command += ["--provider", options["provider"]]
     command += ["--precision-bits", str(options["precision_bits"])]
+    if options.get("identity") is not None:
+        command += ["--identity", str(options["identity"])]
+    else:
+        command.append("--insecure-channel")
     if role is not Role.DEALER:
         command += ["--out", str(options["out"][role])]
     if role is Role.MODEL_OWNER:
@@ -87,7 +91,13 @@ def _party_dirs(root: Path, roles: list[Any]) -> dict[Any, Path]:
 
 def _launch(roles: list[Role], options: dict[str, Any], root: Path, run_timeout: float) -> float:
     """The roles' `secinfer party` processes on a fresh loopback rendezvous, until all exit
-    (`run_parties`); the wall seconds."""
+    (`run_parties`); the wall seconds. Their links are mutual TLS with ephemeral identities
+    made in `root` (deleted with it), unless `options["insecure_channel"]` (gloo in clear,
+    for measurements against TLS)."""
+    if not options.get("insecure_channel"):
+        from protocols.tls import local_identities
+
+        options = {**options, "identity": local_identities(root / "identities")}
     with meeting.listen("127.0.0.1", 0) as listener:
         rendezvous = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -107,8 +117,11 @@ def run_local_parties(
     precision_bits: int = 16,
     peer_timeout: float = DEFAULT_TIMEOUT,
     run_timeout: float = RUN_TIMEOUT,
+    insecure_channel: bool = False,
 ) -> LocalRun:
-    """Model owner, data owner and dealer as three processes; the data owner's output."""
+    """Model owner, data owner and dealer as three processes; the data owner's output.
+    Their links are mutual TLS 1.3 (ephemeral identities), or gloo in clear with
+    `insecure_channel`."""
     roles = [Role.MODEL_OWNER, Role.DATA_OWNER]
     if provider == "dealer":
         roles.append(Role.DEALER)
@@ -125,6 +138,7 @@ def run_local_parties(
             "trust_model": trust_model,
             "config": Path(config).resolve() if config else None,
             "input": input_path,
+            "insecure_channel": insecure_channel,
         }
         seconds = _launch(roles, options, root, run_timeout)
         return LocalRun(

@@ -19,8 +19,39 @@ if TYPE_CHECKING:
 _CONNECTION_WORDS = ("timed out", "timeout", "connection", "closed", "reset", "refused", "peer")
 
 
+def _channel(role: str, provider: str, identity: Path | None, insecure: bool) -> str | None:
+    """The identity directory of this party's TLS links (checked now), or None for gloo in
+    clear with `insecure` (the warning goes to stderr). Neither, or both: a `UserError`."""
+    import sys
+
+    from protocols import tls
+    from protocols.mpc.runtime import Role, peers_of
+
+    if identity is not None and insecure:
+        raise UserError("give --identity DIR or --insecure-channel, not both")
+    if insecure:
+        print(tls.INSECURE_WARNING, file=sys.stderr, flush=True)
+        return None
+    if identity is None:
+        raise UserError(
+            "party needs --identity DIR: make keys with `secinfer keys --out DIR --role "
+            f"{role}` (each party keeps its .key and gets the others' .crt), or pass "
+            "--insecure-channel"
+        )
+    try:
+        tls.load_identity(identity, role, peers_of(Role.from_label(role), provider))
+    except tls.IdentityError as exc:
+        raise UserError(str(exc)) from None
+    return str(identity)
+
+
 def _settings(
-    rendezvous: str, timeout: float, provider: str, precision_bits: int, evaluation: Any = None
+    rendezvous: str,
+    timeout: float,
+    provider: str,
+    precision_bits: int,
+    evaluation: Any = None,
+    identity: str | None = None,
 ) -> Any:
     import json
 
@@ -32,7 +63,7 @@ def _settings(
     if evaluation is not None:
         job = json.dumps({"evaluation": evaluation.to_dict()}, sort_keys=True)
     try:
-        return PartySettings(rendezvous, timeout, provider, precision_bits, job)
+        return PartySettings(rendezvous, timeout, provider, precision_bits, job, identity)
     except ValueError as exc:
         raise UserError(str(exc)) from None
 
@@ -52,14 +83,19 @@ def main_for_role(
     evaluation: Any = None,
     eval_data: Path | None = None,
     batch_size: int = 64,
+    identity: Path | None = None,
+    insecure_channel: bool = False,
 ) -> None:
     """Run one party; with `evaluation` (an `eval_party.Evaluation`) a private evaluation
-    on the data owner's labelled `eval_data` instead of queries."""
+    on the data owner's labelled `eval_data` instead of queries. Its links are mutual TLS
+    with the identity in `identity`, or gloo in clear with `insecure_channel`."""
+    from protocols import tls
     from protocols.mpc import rendezvous as meeting
     from protocols.mpc.dealer import DealerError
     from protocols.mpc.runtime import Role, run_dealer
 
-    settings = _settings(rendezvous, timeout, provider, precision_bits, evaluation)
+    channel = _channel(role, provider, identity, insecure_channel)
+    settings = _settings(rendezvous, timeout, provider, precision_bits, evaluation, channel)
     party = Role.from_label(role)
     if party is not Role.DEALER and not out_dir.is_dir():
         raise UserError(f"--out {out_dir}: no such directory")
@@ -84,6 +120,8 @@ def main_for_role(
         raise UserError(f"--rendezvous {rendezvous}: {exc}") from None
     except meeting.SettingsMismatch as exc:
         raise UserError(f"{role}: {exc}") from None
+    except tls.AuthenticationError as exc:  # a peer that cannot prove its role
+        raise PartyError(f"{role}: {exc}") from None
     except meeting.RendezvousTimeout as exc:
         raise PartyError(
             f"{role}: {exc}; check that all three roles run and reach {rendezvous}"

@@ -338,6 +338,7 @@ def _run_dealer_against(case: str, tmp_path: Path) -> tuple[int, str, dict, Path
             "-m",
             "secinfer.cli",
             "party",
+            "--insecure-channel",
             "--role",
             "dealer",
             "--rendezvous",
@@ -385,6 +386,7 @@ def test_a_real_dealer_refuses_a_crafted_request_and_exits_non_zero(
 ) -> None:
     code, err, reply, marker = _run_dealer_against(case, tmp_path)
     lines = [line for line in err.splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("warning: --insecure-channel")]
     assert code == 1, err[-2000:]
     assert len(lines) == 1 and lines[0].startswith("error: dealer: "), err[-2000:]
     assert CRAFTED[case] in lines[0]

@@ -118,13 +118,13 @@ def test_a_peer_that_never_connects_gives_an_error_within_the_timeout(tmp_path: 
     np.save(tmp_path / "x.npy", np.zeros((1, 64), dtype=np.float32))
     began = time.monotonic()
     process = subprocess.run(
-        [sys.executable, "-m", "secinfer.cli", "party", "--role", "data-owner",
-         "--input", str(tmp_path / "x.npy"), "--out", str(tmp_path),
+        [sys.executable, "-m", "secinfer.cli", "party", "--insecure-channel",
+         "--role", "data-owner", "--input", str(tmp_path / "x.npy"), "--out", str(tmp_path),
          "--rendezvous", f"tcp://127.0.0.1:{free_port()}", "--timeout", "2"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert process.returncode == 1
-    lines = process.stderr.strip().splitlines()
+    lines = [ln for ln in process.stderr.strip().splitlines() if not ln.startswith("warning:")]
     assert len(lines) == 1 and lines[0].startswith("error: data-owner: no answer"), lines
     assert time.monotonic() - began < 40
     assert not list(tmp_path.glob("output*"))
@@ -149,7 +149,7 @@ def test_a_peer_that_dies_mid_run_stops_the_others(tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", batch.numpy())
     rendezvous = f"tcp://127.0.0.1:{free_port()}"
     common = ["--rendezvous", rendezvous, "--timeout", "10"]
-    base = [sys.executable, "-m", "secinfer.cli", "party", "--role"]
+    base = [sys.executable, "-m", "secinfer.cli", "party", "--insecure-channel", "--role"]
     model_owner = subprocess.Popen(
         [*base, "model-owner", "--model", str(DIGITS), "--out", str(tmp_path), *common],
         stderr=subprocess.PIPE, text=True,
@@ -278,7 +278,7 @@ def test_several_queries_share_one_offline_phase(tmp_path: Path) -> None:
         np.save(tmp_path / f"x{k}.npy", batch.numpy())
     rendezvous = f"tcp://127.0.0.1:{free_port()}"
     common = ["--rendezvous", rendezvous, "--timeout", "60"]
-    base = [sys.executable, "-m", "secinfer.cli", "party", "--role"]
+    base = [sys.executable, "-m", "secinfer.cli", "party", "--insecure-channel", "--role"]
     mo_dir, do_dir = tmp_path / "mo", tmp_path / "do"
     mo_dir.mkdir()
     do_dir.mkdir()

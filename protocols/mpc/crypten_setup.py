@@ -79,10 +79,38 @@ def import_crypten() -> Any:
 
 def forbid_pickled_messages(crypten: Any) -> None:
     """Make the communicator's pickling methods raise (idempotent)."""
-    cls = crypten.communicator.DistributedCommunicator
+    from crypten.communicator import distributed_communicator
+
+    cls = distributed_communicator.DistributedCommunicator
     for name in PICKLING_METHODS:
         if not getattr(getattr(cls, name), "_secinfer_forbidden", False):
             setattr(cls, name, _forbidden(name))
+
+
+def select_communicator(tls: bool) -> None:
+    """Choose CrypTen's communicator for the next `crypten.init()`: with `tls`,
+    `protocols.mpc.tls_communicator.TlsCommunicator` (configured first with
+    `tls_communicator.configure`) and CrypTen's TTP client taking its seed over it;
+    otherwise CrypTen's own gloo `DistributedCommunicator`. CrypTen's `communicator.get`,
+    `_init`, `uninit` and `is_initialized` read the module's `DistributedCommunicator`
+    name, so rebinding it switches every use."""
+    crypten = import_crypten()
+    from crypten.communicator import distributed_communicator
+    from crypten.mpc.provider.ttp_provider import TTPClient
+
+    client = TTPClient._TTPClient__TTPClient  # type: ignore[attr-defined]
+    if not hasattr(client, "_secinfer_gloo_setup"):
+        client._secinfer_gloo_setup = client._setup_generators
+    if tls:
+        from protocols.mpc.tls_communicator import TlsCommunicator, ttp_client_setup_generators
+
+        crypten.communicator.DistributedCommunicator = TlsCommunicator
+        client._setup_generators = ttp_client_setup_generators
+    else:
+        crypten.communicator.DistributedCommunicator = (
+            distributed_communicator.DistributedCommunicator
+        )
+        client._setup_generators = client._secinfer_gloo_setup
 
 
 def _forbidden(name: str) -> Any:

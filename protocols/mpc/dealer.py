@@ -7,8 +7,9 @@ with the dealer. This replaces both ends of CrypTen's TTP link, which sent pickl
 (read through CrypTen's restricted unpickler) and let the dealer call `getattr(torch, op)`
 and `getattr(self, function)` on names its peer sent.
 
-Frames (torch.distributed point-to-point on CrypTen's TTP group, ranks 0 and 2; every
-call goes through `_send` / `_recv`):
+Frames (torch.distributed point-to-point on CrypTen's TTP group, ranks 0 and 2, or the
+TLS mesh's link between them when the run has identities; every call goes through
+`_send` / `_recv`):
 
     length   int64 tensor of shape (1,): the header's byte count n, 1 <= n <= MAX_HEADER_BYTES
     header   uint8 tensor of shape (n,): a UTF-8 JSON object (`protocols.mpc.dealer_requests`)
@@ -76,10 +77,21 @@ def unobserve(callback: Callable[[int, int], None]) -> None:
         _observers.remove(callback)
 
 
+def _tls() -> Any:
+    """The TLS communicator when this run uses it (`--identity`), else None (gloo)."""
+    from protocols.mpc.tls_communicator import TlsCommunicator
+
+    return TlsCommunicator.instance
+
+
 def _send(tensor: torch.Tensor, dst: int, group: Any) -> None:
     """The link's only way out: the tensor's raw bytes to `dst`."""
     import torch.distributed as dist
 
+    comm = _tls()
+    if comm is not None:
+        comm.send_to(tensor, dst)
+        return
     dist.send(tensor, dst=dst, group=group)
 
 
@@ -88,6 +100,10 @@ def _recv(tensor: torch.Tensor, src: int, group: Any) -> None:
     number of bytes expected)."""
     import torch.distributed as dist
 
+    comm = _tls()
+    if comm is not None:
+        comm.recv_into(tensor, src)
+        return
     dist.recv(tensor, src=src, group=group)
 
 
@@ -317,6 +333,12 @@ def _seed_parties(group: Any, parties: int) -> list[torch.Generator]:
     import torch.distributed as dist
 
     seeds = [int.from_bytes(secrets.token_bytes(8), "little", signed=True) for _ in range(parties)]
+    comm = _tls()
+    if comm is not None:  # the same messages over the TLS links
+        for rank, seed in enumerate(seeds):
+            comm.send_to(torch.tensor(seed, dtype=torch.long), rank)
+        comm.barrier(group)
+        return [_generator(seed) for seed in seeds]
     requests = [
         dist.isend(torch.tensor(seed, dtype=torch.long), dst=rank, group=group)
         for rank, seed in enumerate(seeds)
@@ -329,6 +351,12 @@ def _seed_parties(group: Any, parties: int) -> list[torch.Generator]:
         sent.wait()
     dist.barrier(group=group)
     return generators
+
+
+def _generator(seed: int) -> torch.Generator:
+    g = torch.Generator(device="cpu")
+    g.manual_seed(seed)
+    return g
 
 
 def serve() -> None:

@@ -85,19 +85,22 @@ def run_local(
     provider: str = "dealer",
     precision_bits: int = 16,
     keep_views: bool = False,
+    identity: str | None = None,
 ) -> dict[Role, PartyResult]:
     """Run `fn(role, *args)` on both computing parties; return each party's result.
 
     `fn` must be importable by name (spawned processes import it) and return numpy arrays
     or plain Python values, not torch tensors (their shared memory dies with the child).
     Kept views come back as numpy arrays. `timeout` bounds the whole run, `peer_timeout`
-    each wait for a peer.
+    each wait for a peer. `identity`: a directory holding every role's identity
+    (`protocols.tls.local_identities`): the parties talk over mutual TLS instead of gloo.
     """
     settings = PartySettings(
         rendezvous=f"tcp://127.0.0.1:{free_port()}",
         timeout=peer_timeout,
         provider=provider,
         precision_bits=precision_bits,
+        identity=identity,
     )
     roles = [Role.MODEL_OWNER, Role.DATA_OWNER]
     if provider == "dealer":

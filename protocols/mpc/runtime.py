@@ -77,6 +77,11 @@ class PartySettings:
     job: str = "query"
     """What the computing parties run, compared at the rendezvous: "query", or an
     evaluation's settings (losses, hyper-parameters, reveal) as canonical JSON."""
+    identity: str | None = None
+    """Directory of this party's TLS identity and its peers' certificates
+    (`protocols.tls`): every link is mutual TLS 1.3 bound to the roles
+    (`protocols.mpc.tls_communicator`). None: CrypTen's gloo sockets in clear (the
+    command line asks for `--insecure-channel`)."""
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
@@ -150,10 +155,34 @@ def _configure(role: Role, settings: PartySettings) -> Any:
     _agreed.update(provider=settings.provider, protocol=PROTOCOL_VERSION, timeout=settings.timeout)
     if role is not Role.DEALER:  # the dealer's ring arithmetic needs neither
         _agreed.update(precision_bits=settings.precision_bits, job=settings.job)
+    _select_channel(role, settings)
     crypten.cfg.mpc.provider = "TTP" if settings.provider == "dealer" else "TFP"
     crypten.cfg.encoder.precision_bits = settings.precision_bits
     crypten.cfg.communicator.verbose = False  # protocols.mpc.meter counts instead
     return crypten
+
+
+def peers_of(role: Role, provider: str) -> list[str]:
+    """The roles `role` talks to: everyone else, without the dealer under the
+    trusted-first-party provider."""
+    present = [r for r in Role if provider == "dealer" or r is not Role.DEALER]
+    return [r.label for r in present if r is not role]
+
+
+def _select_channel(role: Role, settings: PartySettings) -> None:
+    """TLS mesh when the settings name an identity (loaded and checked now: a bad file is
+    `protocols.tls.IdentityError`), else gloo."""
+    from protocols.mpc.crypten_setup import select_communicator
+
+    if settings.identity is None:
+        select_communicator(tls=False)
+        return
+    from protocols import tls
+    from protocols.mpc import tls_communicator
+
+    identity = tls.load_identity(settings.identity, role.label, peers_of(role, settings.provider))
+    tls_communicator.configure(identity, settings.timeout, _agreed)
+    select_communicator(tls=True)
 
 
 def start_party(role: Role, settings: PartySettings) -> Any:
@@ -206,6 +235,10 @@ def stop_party(failed: bool | None = None) -> None:
 
 def _shutdown_quietly() -> None:
     import torch.distributed as dist
+
+    from protocols.mpc.tls_communicator import TlsCommunicator
+
+    TlsCommunicator.shutdown()
 
     if dist.is_initialized():
         with suppress(Exception):
