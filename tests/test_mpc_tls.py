@@ -308,3 +308,22 @@ def test_the_bench_row_measures_both_channels_in_one_run() -> None:
     assert record["tls"]["framed_bytes"] > record["tls"]["payload_bytes"]
     assert record["tls"]["max_abs_error"] < 0.01 and record["gloo"]["max_abs_error"] < 0.01
     assert "mutual TLS 1.3" in mpc_tls.markdown(record)
+
+
+def test_a_vanished_or_silent_peer_is_one_line_within_the_timeout(identities: Path) -> None:
+    meshes = _mesh(identities, free_port())
+    try:
+        assert all(isinstance(m, tc.Mesh) for m in meshes.values()), meshes
+        meshes[1].close()  # the data owner's process ends
+        began = time.monotonic()
+        with pytest.raises(tc.PeerLost, match="data-owner closed the connection"):
+            meshes[0].receive(1, expected=8)
+        meshes[0].timeout = 1.0  # the dealer is alive but says nothing
+        with pytest.raises(tc.PeerLost, match="timed out after 1 s waiting for the dealer"):
+            meshes[0].receive(2, expected=8)
+        assert time.monotonic() - began < 5
+        meshes[2].send(0, b"\0" * 16)  # a frame of another length than expected
+        with pytest.raises(tc.PeerLost, match="16 bytes where 8 were expected"):
+            meshes[0].receive(2, expected=8)
+    finally:
+        _close(meshes)

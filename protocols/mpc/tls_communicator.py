@@ -101,6 +101,8 @@ class _Channel:
 
     def __init__(self, sock: socket.socket, peer: int) -> None:
         self.sock = sock
+        with contextlib.suppress(OSError):  # small messages go out at once (no Nagle delay)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.peer = peer
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
@@ -241,9 +243,12 @@ class Mesh:
     channels: dict[int, _Channel] = field(default_factory=dict)
 
     def send(self, peer: int, payload: bytes | memoryview) -> None:
-        """Queue one frame to `peer` (written while this party waits for anything)."""
-        self.channels[peer].queue(payload)
-        self._pump({})
+        """Queue one frame to `peer`: written as far as the socket takes it now, the rest
+        while this party waits for anything (never blocks)."""
+        channel = self.channels[peer]
+        channel.queue(payload)
+        if not channel.closed:
+            channel.on_writable()  # what the socket takes now; the rest while waiting
 
     def receive(self, peer: int, expected: int | None = None, limit: int = 1 << 40) -> bytes:
         """The next frame from `peer`; `expected` its exact length, else at most `limit`."""
