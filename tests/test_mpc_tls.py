@@ -327,3 +327,33 @@ def test_a_vanished_or_silent_peer_is_one_line_within_the_timeout(identities: Pa
             meshes[0].receive(2, expected=8)
     finally:
         _close(meshes)
+
+
+def test_a_connecting_peer_with_the_wrong_roles_certificate_is_refused(
+    identities: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The data owner's listener wants the dealer; the model owner's certificate (pinned,
+    but not the dealer's) is refused after the handshake, and nothing that peer sent
+    after it is decrypted."""
+    server_side, client_side = socket.socketpair()
+    owner = tls.load_identity(identities, "data-owner", ["model-owner", "dealer"])
+    impostor = tls.load_identity(identities, "model-owner", ["data-owner", "dealer"])
+    config = tc.MeshConfig("tcp://127.0.0.1:1", 1, 3, owner, 5.0, SETTINGS)
+    outcome: dict[str, Any] = {}
+
+    def connect() -> None:
+        context = tls.client_context(impostor)
+        with contextlib.suppress(OSError), context.wrap_socket(client_side) as secured:
+            secured.sendall(b"APPLICATION BYTES")  # may race with the refusal
+            outcome["sent"] = True
+            secured.recv(1)
+
+    decrypted: list[int] = []
+    monkeypatch.setattr(tc._Channel, "drain", lambda channel: decrypted.append(channel.peer))
+    thread = threading.Thread(target=connect)
+    thread.start()
+    with pytest.raises(tls.AuthenticationError, match="dealer"):
+        tc._authenticate_any(server_side, config, {"dealer": 2})
+    server_side.close()
+    thread.join(10)
+    assert decrypted == []  # whatever it sent after the handshake was never decrypted

@@ -5,7 +5,9 @@ Ranks are fixed: the model owner is CrypTen rank 0, the data owner rank 1, and t
 randomness and never sees a share of any value) rank 2. Each party is its own OS process;
 they meet at a torch.distributed rendezvous (`tcp://HOST:PORT`, the model owner's host
 listens: on loopback only when HOST is loopback, `protocols.mpc.rendezvous`) over gloo
-sockets.
+sockets in clear, or, when `PartySettings.identity` names a TLS identity, over a mesh of
+mutually authenticated TLS 1.3 links (`protocols.mpc.tls_communicator`, settings compared
+on each link instead of at a store).
 
 Every connection and every receive has a deadline (`PartySettings.timeout`): gloo raises
 when a peer does not connect or stops answering, so a vanished peer ends the run with an

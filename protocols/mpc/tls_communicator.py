@@ -17,7 +17,8 @@ Guarantees:
     connecting party must prove its role to the listener, the listener its role to the
     connecting party). A connection to rank 0 that fails the handshake or presents a
     role already connected is closed, reported in one line on stderr, and rank 0 keeps
-    waiting for the real party until the timeout.
+    waiting for the real party until the timeout (the data owner's listener likewise).
+    Listeners vet one connection at a time, each within `HANDSHAKE_TIMEOUT` seconds.
   - The first message each way on every link is the sender's settings record (what
     `protocols.mpc.rendezvous` compares over the store on the gloo path); the model owner
     also relays the data owner's record to the dealer. Each party compares every record it
@@ -63,6 +64,10 @@ from protocols.mpc import rendezvous
 
 MAX_SETUP_BYTES = 1 << 16
 """Largest set-up (JSON) message accepted."""
+
+HANDSHAKE_TIMEOUT = 10.0
+"""Seconds a listener gives one accepted connection to complete its handshake (a silent
+connection delays the real party by at most this much)."""
 
 CONNECT_RETRY = 0.1
 """Seconds between attempts to reach a listener that is not up yet."""
@@ -147,7 +152,6 @@ class _Channel:
                 self.incoming.write(data)
         if expected is not None:
             tls.check_peer(self.tls, identity, expected)  # type: ignore[arg-type]
-        self.drain()
 
     def _flush_blocking(self) -> None:
         data = self.outgoing.read()
@@ -184,8 +188,8 @@ class _Channel:
         return True
 
     def drain(self) -> None:
-        """Decrypt whatever the incoming BIO holds into the inbox (after the handshake too:
-        the peer's first frame may arrive with its last handshake bytes)."""
+        """Decrypt whatever the incoming BIO holds into the inbox (also right after the
+        role check: the peer's first frame may arrive with its last handshake bytes)."""
         assert self.tls is not None
         while True:
             try:
@@ -368,6 +372,7 @@ def _secure(
     except BaseException:
         sock.close()
         raise
+    channel.drain()  # the peer proved its role: its first bytes may be read now
     sock.setblocking(False)
     return channel
 
@@ -413,7 +418,7 @@ def _accept(
         except TimeoutError:
             continue
         try:
-            sock.settimeout(min(config.timeout, max(remaining, 0.1)))
+            sock.settimeout(min(config.timeout, HANDSHAKE_TIMEOUT, max(remaining, 0.1)))
             return _authenticate_any(sock, config, wanted), str(where[0])
         except (tls.AuthenticationError, ssl.SSLError, OSError) as exc:
             print(
@@ -445,6 +450,7 @@ def _authenticate_any(sock: socket.socket, config: MeshConfig, wanted: dict[str,
             f"the peer did not present the pinned certificate of the {' or the '.join(wanted)}"
         )
     channel.peer = wanted[role]
+    channel.drain()  # the peer proved its role: its first bytes may be read now
     sock.setblocking(False)
     return channel
 
