@@ -7,6 +7,7 @@ carries nothing readable, and a run over it gives what the same run over gloo gi
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -357,3 +358,69 @@ def test_a_connecting_peer_with_the_wrong_roles_certificate_is_refused(
     server_side.close()
     thread.join(10)
     assert decrypted == []  # whatever it sent after the handshake was never decrypted
+
+
+def _established(pid: int) -> int:
+    """Established TCP connections of process `pid` (its sockets in /proc/net/tcp)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for line in lines if line.split()[3] == "01" and line.split()[9] in inodes)
+
+
+@pytest.mark.slow
+def test_a_killed_data_owner_stops_the_others_over_tls(identities: Path, tmp_path: Path) -> None:
+    """Three `secinfer party` processes over TLS on the digits model; SIGKILL to the data
+    owner once its two links are up (the mesh is complete): the model owner and the dealer
+    exit 1 with one line each, within the timeout."""
+    import signal
+
+    from secinfer.zoo.digits import load_split
+
+    _, _, test_x, _ = load_split(0)
+    x = tmp_path / "x.npy"
+    np.save(x, test_x[:4].numpy())
+    port, timeout = free_port(), 30.0
+    base = [*CLI, "--rendezvous", f"tcp://127.0.0.1:{port}", "--timeout", str(timeout)]
+    base += ["--identity", str(identities)]
+    model = Path(__file__).resolve().parents[1] / "secinfer" / "data" / "digits.safetensors"
+    commands = {
+        "model-owner": [*base, "--role", "model-owner", "--model", str(model)],
+        "data-owner": [*base, "--role", "data-owner", *(["--input", str(x)] * 6)],
+        "dealer": [*base, "--role", "dealer"],
+    }
+    for role in ("model-owner", "data-owner"):
+        commands[role] += ["--out", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    logs = {role: open(tmp_path / f"{role}.log", "w") for role in commands}  # noqa: SIM115
+    started = {
+        role: subprocess.Popen(command, stdout=logs[role], stderr=logs[role], env=env)
+        for role, command in commands.items()
+    }
+    try:
+        deadline = time.monotonic() + 240
+        victim = started["data-owner"].pid
+        while _established(victim) < 2 and time.monotonic() < deadline:
+            assert all(p.poll() is None for p in started.values()), "a party ended early"
+            time.sleep(0.2)
+        time.sleep(2.0)
+        began = time.monotonic()
+        started["data-owner"].send_signal(signal.SIGKILL)
+        for role in ("model-owner", "dealer"):
+            code = started[role].wait(timeout=timeout + 60)
+            seconds = time.monotonic() - began
+            log = (tmp_path / f"{role}.log").read_text()
+            assert code == 1, (role, log[-2000:])
+            _one_error(log)
+            assert seconds < timeout + 10, (role, seconds)
+    finally:
+        for process in started.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        for handle in logs.values():
+            handle.close()

@@ -17,6 +17,11 @@ the sequential latency a network adds. Traffic with the dealer (requests to it, 
 correlated randomness it returns) is counted apart from the traffic between the two
 computing parties; the seeds it sends once at set-up are not counted.
 
+The counts are the protocol's payload, the same over gloo and over the TLS mesh
+(`protocols.mpc.tls_communicator`, `--identity`); there, the frames' 8-byte headers, the
+set-up messages (settings, the dealer's seeds) and the TLS records and handshakes are
+counted apart, per link, by the communicator's `link_traffic()`.
+
 With `keep_views=True` the meter also keeps every tensor received from the other
 computing party (for an all-reduce: the result minus this party's own contribution),
 (XOR for binary shares), which is exactly the party's view of the protocol; the privacy
