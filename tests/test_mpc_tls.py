@@ -424,3 +424,22 @@ def test_a_killed_data_owner_stops_the_others_over_tls(identities: Path, tmp_pat
                 process.wait()
         for handle in logs.values():
             handle.close()
+
+
+def test_the_trusted_first_party_provider_runs_over_tls_too(identities: Path) -> None:
+    """Two processes, no dealer (CrypTen's scatter of the model owner's triples)."""
+    from protocols.mpc.local import run_local
+    from protocols.mpc.runtime import Role
+
+    run = run_local(
+        compute,
+        timeout=120,
+        peer_timeout=20,
+        identity=str(identities),
+        provider="trusted-first-party",
+    )
+    x = np.linspace(-2, 2, 24).reshape(4, 6)
+    w = np.linspace(-1, 1, 18).reshape(6, 3)
+    plain = np.maximum(x @ w, 0) + x[:, :3] ** 2
+    assert np.abs(run[Role.DATA_OWNER].value["y"] - plain).max() < 1e-3
+    assert set(run[Role.MODEL_OWNER].value["links"]) == {"data-owner"}
