@@ -25,6 +25,7 @@ import torch
 
 from protocols.mpc import rendezvous as meeting
 from protocols.mpc.runtime import Role
+from protocols.tls import local_identities
 from secinfer.errors import Interrupted, PartyError, UserError
 from secinfer.launch import run_parties
 from secinfer.party import output_names
@@ -48,7 +49,11 @@ def start_parties(root: Path, queries: list[Path], timeout: float) -> dict[str, 
 
 def _run(root: Path, queries: list[Path], timeout: float, listener: socket.socket) -> dict:
     rendezvous = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+    # one machine plays all three organisations: throw-away keys for the three roles, in
+    # the demo's private folder (on real hosts each keeps its own: `secinfer keys`)
+    identities = local_identities(root / "identities")
     common = ["--rendezvous", rendezvous, "--timeout", str(timeout)]
+    common += ["--identity", str(identities)]
     inputs = [arg for path in queries for arg in ("--input", str(path))]
     extra = {
         Role.MODEL_OWNER: ["--model", str(MODEL), "--out", str(root)],
