@@ -227,16 +227,24 @@ PLAN_TAMPERINGS = {
 }
 
 
+@pytest.fixture(scope="module")
+def digits_plan(models: dict[str, load.LoadedModel]) -> Any:
+    from secinfer import runner
+
+    model = models["digits"]
+    return runner.prepare(model.program, "mpc", model.calibration_samples(), None)[1]
+
+
 @pytest.mark.parametrize("what", list(PLAN_TAMPERINGS))
-def test_crafted_plans_are_refused(models: dict[str, load.LoadedModel], what: str) -> None:
+def test_crafted_plans_are_refused(
+    models: dict[str, load.LoadedModel], digits_plan: Any, what: str
+) -> None:
     """The model owner's plan is checked against the rebuilt graph before any kernel reads
     it; the honest plan passes unchanged."""
-    from secinfer import runner
     from secinfer.party import nonlinear_functions
     from secinfer.plan import Plan
 
-    model = models["digits"]
-    _, plan = runner.prepare(model.program, "mpc", model.calibration_samples(), None)
+    model, plan = models["digits"], digits_plan
     honest = json.loads(json.dumps(plan.to_dict()))
     functions = nonlinear_functions(rebuild(public_of(model)[1]).graph)
     assert Plan.from_peer(honest, functions).to_dict() == plan.to_dict()

@@ -116,6 +116,7 @@ def test_nan_inf_and_empty_inputs_get_the_same_line_on_every_backend(
         assert "|x| < 2^31" in lines["mpc"] and "|x| <= 2^17" in lines["he"]
 
 
+@pytest.mark.slow  # make test-all: the default suite keeps one case each
 def test_1e30_is_refused_by_the_secure_backends_and_run_by_the_plaintext_ones(
     tiny: Path, tmp_path: Path
 ) -> None:
@@ -153,6 +154,7 @@ def test_the_limits_are_what_the_encodings_hold() -> None:
         check_values([x], ["x"])
 
 
+@pytest.mark.slow  # make test-all: the default suite keeps one case each
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_eval_refuses_labelled_data_with_bad_values(tmp_path: Path, backend: str) -> None:
     """Checked when the data set is opened: before the model loads or a party starts."""

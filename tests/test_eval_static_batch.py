@@ -94,6 +94,7 @@ def test_a_batch_size_the_model_cannot_take_is_one_line(files: dict) -> None:
     assert ok.exit_code == 0, ok.output
 
 
+@pytest.mark.slow  # make test-all; the default suite keeps the cheaper checks
 def test_mpc_evaluates_a_static_batch_with_a_padded_last_batch(files: dict) -> None:
     """Three parties, batches of 4 and 2 real rows (the last padded to 4 on shares)."""
     data = files["data"].parent / "six.npz"

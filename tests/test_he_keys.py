@@ -165,6 +165,7 @@ def _attention_and_pooling(tensor: Any, batch: int, tokens: int, heads: int, dh:
     heads=st.integers(1, 2),
     dh=st.integers(1, 2),
 )
+@pytest.mark.slow  # make test-all: the default suite keeps one case each
 def test_dry_and_real_engines_rotate_by_the_same_steps(
     ctx: ts.Context, batch: int, tokens: int, heads: int, dh: int
 ) -> None:

@@ -138,6 +138,7 @@ def test_a_data_owner_input_of_the_wrong_shape_stops_every_party(tmp_path: Path)
         run_local_parties(DIGITS, (torch.zeros(1, 63),), peer_timeout=20)
 
 
+@pytest.mark.slow  # make test-all; the default suite keeps the cheaper checks
 def test_a_peer_that_dies_mid_run_stops_the_others(tmp_path: Path) -> None:
     """Kill the data owner while the parties compute: the model owner and the dealer must
     exit non-zero with one line within the timeout, leaving no process behind."""

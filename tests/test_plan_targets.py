@@ -160,6 +160,7 @@ def test_the_cli_names_the_target_and_refuses_a_conflicting_one(
     assert result.stderr.count("\n") == 1 and "--target he with --backend mpc" in result.stderr
 
 
+@pytest.mark.slow  # make test-all; the default suite keeps the cheaper checks
 def test_approx_predicts_a_real_mpc_run_under_the_very_plan_it_ran(model_path: Path) -> None:
     """Three real processes at 18 fractional bits (fixed-point error about 1e-4 here).
 
@@ -235,6 +236,7 @@ def _with_cutoff(choice: Choice) -> Choice:
     return Choice(**{**choice.__dict__, "options": options})
 
 
+@pytest.mark.slow  # make test-all; the default suite keeps the cheaper checks
 def test_approx_predicts_an_he_run_of_its_plan() -> None:
     """In process (a server thread, a client, real sockets): rsqrt (he: a polynomial guess and
     Newton on the calibrated interval, plan method "poly") and a minimax GELU. approx under

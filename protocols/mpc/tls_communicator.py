@@ -771,6 +771,12 @@ class TlsCommunicator(_communicator_base()):  # type: ignore[misc]
         tensors = list(input) if batched else [input]
         others = tuple(r for r in self.main_group.ranks if r != self.rank)
         received = self._exchange(tensors, others)
+        results = self._combined(tensors, received, others, op)
+        return results if batched else results[0]
+
+    def _combined(self, tensors: list[Any], received: Any, others: Any, op: Any) -> list[Any]:
+        """Each of this party's `tensors` combined by `op` with the others' counterparts
+        (`received[rank][i]`), in the main group's rank order (the same on every party)."""
         results = []
         for i, tensor in enumerate(tensors):
             parts = {self.rank: tensor, **{p: received[p][i] for p in others}}
@@ -778,7 +784,7 @@ class TlsCommunicator(_communicator_base()):  # type: ignore[misc]
             for r in self.main_group.ranks[1:]:
                 total = _combine(op, total, parts[r])
             results.append(total)
-        return results if batched else results[0]
+        return results
 
     def reduce(self, input: Any, dst: int, op: Any = None, batched: bool = False) -> Any:
         op = _sum_op() if op is None else op
@@ -790,13 +796,7 @@ class TlsCommunicator(_communicator_base()):  # type: ignore[misc]
             return None
         others = [r for r in self.main_group.ranks if r != self.rank]
         received = {p: [self.recv_into(torch.empty_like(t), p) for t in tensors] for p in others}
-        results = []
-        for i, tensor in enumerate(tensors):
-            parts = {self.rank: tensor, **{p: received[p][i] for p in others}}
-            total = parts[self.main_group.ranks[0]].clone()
-            for r in self.main_group.ranks[1:]:
-                total = _combine(op, total, parts[r])
-            results.append(total)
+        results = self._combined(tensors, received, others, op)
         return results if batched else results[0]
 
     def gather(self, tensor: torch.Tensor, dst: int) -> list[Any]:
