@@ -134,7 +134,7 @@ def test_a_data_owner_input_of_the_wrong_shape_stops_every_party(tmp_path: Path)
     from secinfer.errors import UserError
     from secinfer.launch import run_local_parties
 
-    with pytest.raises(UserError, match=r"data owner.*input x: shape \(1, 63\)"):
+    with pytest.raises(UserError, match=r"data[ -]owner.*input x: shape \(1, 63\)"):
         run_local_parties(DIGITS, (torch.zeros(1, 63),), peer_timeout=20)
 
 
