@@ -19,11 +19,13 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PIP) install --quiet -c requirements/constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# Two workers (the machines have two cores); a file's tests stay on one worker so that its
+# module fixtures (exported models, calibrations) are built once.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -m ''
+	$(PY) -m pytest -q -n 2 --dist loadfile -m ''
 
 demo: $(STAMP)
 	$(PY) examples/two_party/run_demo.py

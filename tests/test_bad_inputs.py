@@ -260,6 +260,7 @@ def test_plot_on_the_local_backends(tiny: Path, tmp_path: Path, backend: str) ->
         assert panels["max abs error vs plain"].series == {"approx": errors}
 
 
+@pytest.mark.slow  # make test-all: a heavier duplicate of a default check
 def test_plot_on_mpc_draws_approx_error_bytes_and_rounds(tiny: Path, tmp_path: Path) -> None:
     """Per-block errors of the secure run are not revealed (null in the report): the plot
     draws approx's under the same plan, named so, with the run's own error as a line."""
@@ -279,6 +280,7 @@ def test_plot_on_mpc_draws_approx_error_bytes_and_rounds(tiny: Path, tmp_path: P
     assert sum(la["rounds"] for la in layers) > 0
 
 
+@pytest.mark.slow  # make test-all: a heavier duplicate of a default check
 def test_plot_on_he_draws_seconds_and_operations_per_block(tiny: Path, tmp_path: Path) -> None:
     report = secure_run_with_plot(tiny, tmp_path, "he")
     layers = report["layers"]

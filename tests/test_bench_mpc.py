@@ -64,6 +64,7 @@ def record() -> dict:
     return {"quick": True, "ops": ops, "layers": layers, "published_elsewhere": PUBLISHED}
 
 
+@pytest.mark.slow  # make test-all: a heavier duplicate of a default check
 def test_ops_are_measured_side_by_side(record: dict) -> None:
     rows = record["ops"]["rows"]
     assert {r["variant"] for r in rows} == {v for c in SMOKE_CASES for v in c.variants}
@@ -80,6 +81,7 @@ def test_ops_are_measured_side_by_side(record: dict) -> None:
     assert errors["layer_norm.product"] < 0.01
 
 
+@pytest.mark.slow  # make test-all: a heavier duplicate of a default check
 def test_the_layer_runs_through_the_product_path_and_crypten(record: dict) -> None:
     layer = record["layers"][0]
     assert "error" not in layer, layer.get("error")
@@ -102,6 +104,7 @@ def test_the_layer_runs_through_the_product_path_and_crypten(record: dict) -> No
     assert ("make spu" in spu["error"]) if "error" in spu else spu["mb_sent_per_party"] > 0
 
 
+@pytest.mark.slow  # make test-all: a heavier duplicate of a default check
 def test_markdown_and_json_keep_published_figures_apart(record: dict, tmp_path: Path) -> None:
     table = write(record, tmp_path)
     assert (tmp_path / "mpc.quick.md").read_text().strip() == table.strip()

@@ -127,6 +127,7 @@ def test_markdown_table_lists_every_entry() -> None:
     assert table.count("\n") == len(NAMES) + 1
 
 
+@pytest.mark.slow  # make test-all: a heavier duplicate of a default check
 def test_catalog_command_prints_table_and_plot(tmp_path) -> None:
     png = tmp_path / "errors.png"
     done = subprocess.run(

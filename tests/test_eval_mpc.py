@@ -48,6 +48,7 @@ def check(report: dict, rows: int) -> None:
     assert report["estimates"]["wan"] > report["estimates"]["lan"] > report["seconds"]
 
 
+@pytest.mark.slow  # make test-all: a heavier duplicate of a default check
 def test_two_batches_revealed_to_the_data_owner(tmp_path: Path) -> None:
     check(evaluate(tmp_path, 24, "data-owner", 12), 24)
 
@@ -57,6 +58,7 @@ def test_the_whole_test_split_revealed_to_the_model_owner(tmp_path: Path) -> Non
     check(evaluate(tmp_path, 360, "model-owner", 64), 360)
 
 
+@pytest.mark.slow  # make test-all: a heavier duplicate of a default check
 def test_a_label_out_of_range_stops_both_parties_with_one_line(tmp_path: Path) -> None:
     """The data owner checks its labels before sharing them and tells the model owner."""
     _, _, x, y = load_split(0)

@@ -274,8 +274,12 @@ def _raw(vector: ts.CKKSVector) -> bytes:
 # --- a converted BERT ---------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("layers", "public_embedding"),
-    [(2, False), pytest.param(1, True, marks=pytest.mark.slow)],
-    ids=["one-hot", "public-table"],
+    [
+        (1, False),
+        pytest.param(2, False, marks=pytest.mark.slow),
+        pytest.param(1, True, marks=pytest.mark.slow),
+    ],
+    ids=["one-hot", "one-hot-two-layers", "public-table"],
 )
 def test_a_converted_random_bert_runs_encrypted_with_cosine_above_0_99(
     layers: int, public_embedding: bool

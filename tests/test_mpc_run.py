@@ -51,6 +51,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
+@pytest.mark.slow  # make test-all: a heavier duplicate of a default check
 def test_digits_agrees_with_plain_on_200_images(tmp_path: Path) -> None:
     from secinfer.zoo.digits import load_split
 
@@ -78,8 +79,8 @@ def test_digits_agrees_with_plain_on_200_images(tmp_path: Path) -> None:
     ("name", "inputs", "cosine"),
     [
         ("bert", "text", 0.999),
-        ("gpt2", "text", 0.999),
-        ("vit", "pixels", 0.999),
+        pytest.param("gpt2", "text", 0.999, marks=pytest.mark.slow),
+        pytest.param("vit", "pixels", 0.999, marks=pytest.mark.slow),
         pytest.param("bert-outliers", "text", 0.99, marks=pytest.mark.slow),
     ],
 )
@@ -192,6 +193,7 @@ def test_trusted_first_party_needs_its_option_and_warns(tmp_path: Path) -> None:
     assert "dealer 0.00 MB" in out
 
 
+@pytest.mark.slow  # make test-all: a heavier duplicate of a default check
 def test_inputs_outside_the_calibrated_range_are_counted_and_warned(tmp_path: Path) -> None:
     """A secure kernel cannot look at its inputs: the plaintext reference run counts them."""
     from secinfer.zoo.digits import load_split
@@ -209,6 +211,7 @@ def test_inputs_outside_the_calibrated_range_are_counted_and_warned(tmp_path: Pa
     assert "inputs fell outside their approximation's interval" in out
 
 
+@pytest.mark.slow  # make test-all: a heavier duplicate of a default check
 def test_a_model_trained_with_power_softmax_runs_under_mpc(tmp_path: Path) -> None:
     """The bundled HE-friendly digits model: power-softmax, quad GELU, polynomial LayerNorm."""
     from secinfer.zoo.digits import load_split
@@ -241,6 +244,7 @@ def test_the_model_owner_checks_the_data_owners_input_description() -> None:
             placeholders(bad)
 
 
+@pytest.mark.slow  # make test-all: a heavier duplicate of a default check
 def test_per_node_precision_from_the_config_runs_end_to_end(
     models: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -266,6 +270,7 @@ def test_per_node_precision_from_the_config_runs_end_to_end(
     assert report["cosine"] >= 0.99 and report["max_abs_error"] < 5e-3, report["max_abs_error"]
 
 
+@pytest.mark.slow  # make test-all: a heavier duplicate of a default check
 def test_several_queries_share_one_offline_phase(tmp_path: Path) -> None:
     """`secinfer party` with two --input files: one session, the weights' masks opened
     once before the first query; each query's output agrees with plain, and both queries

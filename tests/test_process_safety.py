@@ -271,7 +271,7 @@ def test_a_port_in_use_is_named(tmp_path: Path) -> None:
     assert f"port {port}" in line and "choose another port" in line
 
 
-@pytest.mark.parametrize("role", ["data-owner", "dealer"])
+@pytest.mark.parametrize("role", ["data-owner", pytest.param("dealer", marks=pytest.mark.slow)])
 def test_a_rendezvous_that_never_answers_is_one_line(role: str, tmp_path: Path) -> None:
     """A program that accepts connections and says nothing holds the port."""
     with socket.create_server(("127.0.0.1", 0)) as foreign:
@@ -297,6 +297,7 @@ def _meet(
         outcome[rank] = exc
 
 
+@pytest.mark.slow  # make test-all: a heavier duplicate of a default check
 def test_a_provider_mismatch_is_found_when_both_are_there(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
