@@ -31,7 +31,7 @@ import approximations as A
 from secinfer.benchmarks import plain_tables
 from secinfer.benchmarks.accuracy import accuracy_section
 from secinfer.benchmarks.training_cost import training_cost_section
-from secinfer.report import dumps_strict
+from secinfer.report.files import dumps_strict
 
 
 def update_readme(readme: Path, section: str, table: str) -> bool:

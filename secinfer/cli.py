@@ -257,10 +257,12 @@ def run(
     _check_suffix(output, ".npy", "--output")
     _check_suffix(report_path, ".json", "--report")
     _check_suffix(plot, ".png", "--plot")
-    from secinfer import load, runner
+    from secinfer import load
+    from secinfer.core.plan import plan_target
+    from secinfer.launch import run as runner
     from secinfer.load.values import backend_limit
-    from secinfer.plan import plan_target
-    from secinfer.report import dumps_strict, summary, write_json
+    from secinfer.report.common import summary
+    from secinfer.report.files import dumps_strict, write_json
 
     plan_for = plan_target(backend, target)
     loaded = load.load_model(model, trust_model=trust_model)
@@ -319,13 +321,13 @@ def run(
             target=plan_for,
         )
     if output is not None:
-        from secinfer.report import write_npy
+        from secinfer.report.files import write_npy
 
         write_npy(output, outcome.output)
     if report_path is not None:
         write_json(report_path, outcome.report)
     if plot is not None:
-        from secinfer.plots import plot_layers
+        from secinfer.report.plots import plot_layers
 
         plot_layers(outcome.report, plot)
     if as_json:
@@ -335,11 +337,11 @@ def run(
         if backend == "approx":
             click.echo(f"plan for: {plan_for} (approx runs that backend's approximations)")
         if backend == "mpc":
-            from secinfer.secure_report import comm_summary
+            from secinfer.report.mpc import comm_summary
 
             click.echo(comm_summary(outcome.report))
         if backend == "he":
-            from secinfer.he_report import he_summary
+            from secinfer.report.he import he_summary
 
             click.echo(he_summary(outcome.report))
         click.echo(f"{loaded.output_name}: shape {tuple(outcome.output.shape)}")
@@ -356,9 +358,9 @@ def run(
 @click.option("--json", "as_json", is_flag=True, help="Print the inspection as JSON.")
 def inspect(model: Path, trust_model: bool, input_path: Path | None, as_json: bool) -> None:
     """Show what MODEL needs: ops, backend coverage, parameters, ranges, HE depth."""
-    from secinfer import load
-    from secinfer.graph import build_graph
-    from secinfer.inspection import format_inspection, inspect_graph
+    from secinfer import backends, load
+    from secinfer.core.graph import build_graph
+    from secinfer.core.inspection import format_inspection, inspect_graph
 
     loaded = load.load_model(model, trust_model=trust_model)
     samples = []
@@ -366,6 +368,7 @@ def inspect(model: Path, trust_model: bool, input_path: Path | None, as_json: bo
         samples = [_inputs(loaded, input_path, None)]
     elif loaded.example_inputs:
         samples = loaded.calibration_samples()
+    backends.load_all()
     graph = build_graph(loaded.program)
     info = inspect_graph(graph, samples)
     info["model"] = {
@@ -375,7 +378,7 @@ def inspect(model: Path, trust_model: bool, input_path: Path | None, as_json: bo
         "output": loaded.output_name,
     }
     if as_json:
-        from secinfer.report import dumps_strict
+        from secinfer.report.files import dumps_strict
 
         click.echo(dumps_strict(info))
         return
@@ -451,7 +454,7 @@ def party(role: str, **options: Any) -> None:
     import os
 
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")  # c10d's C++ traces on a lost peer
-    from secinfer.party_main import main_for_role
+    from secinfer.backends.mpc.main import main_for_role
 
     code = 0
     try:
@@ -480,7 +483,7 @@ def _evaluation_settings(options: dict[str, Any]) -> Any:
         if options.get("eval_data") is not None:
             raise UserError("--eval-data needs --loss NAMES (the losses both sides agreed to)")
         return None
-    from secinfer.evaluate import Evaluation, check_hyper_parameters, parse_losses
+    from secinfer.core.evaluation import Evaluation, check_hyper_parameters, parse_losses
 
     check_hyper_parameters(a, q)
     return Evaluation(tuple(parse_losses(names)), reveal, a, b, q)
@@ -568,18 +571,13 @@ def eval_(
          (`approximations.convert`), like `run -b he`.
     """
     from approximations import losses as L
-    from secinfer import load, runner
-    from secinfer.dataset import open_dataset
-    from secinfer.evaluate import (
-        LOCAL,
-        check_hyper_parameters,
-        evaluate_local,
-        evaluate_secure,
-        model_batches,
-        parse_losses,
-        table,
-    )
-    from secinfer.report import write_json
+    from secinfer import backends, load
+    from secinfer.core.evaluation import check_hyper_parameters, parse_losses
+    from secinfer.core.prepare import prepare
+    from secinfer.launch.evaluate import LOCAL, evaluate_local, evaluate_secure, model_batches
+    from secinfer.load.dataset import open_dataset
+    from secinfer.report.evaluation import table
+    from secinfer.report.files import write_json
 
     _check_suffix(report_path, ".json", "--report")
     names = parse_losses(loss_names)
@@ -595,13 +593,14 @@ def eval_(
     batches = model_batches(
         loaded, batch_size, explicit=given is not click.core.ParameterSource.DEFAULT
     )
-    graph, plan = runner.prepare(loaded.program, backend, samples, config_path, target)
+    backends.load(backend)
+    graph, plan = prepare(loaded.program, backend, samples, config_path, target)
     options = L.LossOptions(zloss_a, zloss_b, gce_q)
     if backend in LOCAL:
         report = evaluate_local(loaded, graph, plan, backend, dataset, names, options, batches)
     else:
         if backend == "he":
-            from secinfer.kernels.he import check_he_plan
+            from secinfer.backends.he.kernels import check_he_plan
 
             check_he_plan(graph, plan)
         report = evaluate_secure(
@@ -684,7 +683,7 @@ def he_party(role: str, **options: Any) -> None:
     host B:  secinfer he-party --role client --connect A:29600 --identity keys-B --input x.npy
     private evaluation: add --loss ce,square to both, --eval-data test.npz to the client
     """
-    from secinfer.he_main import client_main, he_link, server_main
+    from secinfer.backends.he.main import client_main, he_link, server_main
 
     code = 0
     try:
@@ -807,7 +806,7 @@ def _check_suffix(path: Path | None, suffix: str, flag: str) -> None:
     """UserError unless `path` ends in `suffix` and its directory takes a new file."""
     if path is not None and path.suffix.lower() != suffix:
         raise UserError(f"{flag} {path}: give a file name ending in {suffix}")
-    from secinfer.report import check_destination
+    from secinfer.report.files import check_destination
 
     check_destination(path, flag)
 

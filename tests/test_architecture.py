@@ -1,4 +1,4 @@
-"""The public architecture (`secinfer.architecture`): the graph as JSON, rebuilt exactly by
+"""The public architecture (`secinfer.core.architecture`): the graph as JSON, rebuilt exactly by
 the data owner, and crafted messages refused before anything runs, in process and from a
 hostile model owner over the real channel."""
 
@@ -17,12 +17,15 @@ import pytest
 import torch
 import transformers as T
 
-from secinfer import architecture, load
-from secinfer.architecture import ArchitectureError, describe, rebuild
+from secinfer import backends, load
+from secinfer.core import architecture
+from secinfer.core.architecture import ArchitectureError, describe, rebuild
+from secinfer.core.execute import Executor
+from secinfer.core.graph import Graph, build_graph
 from secinfer.errors import UserError
-from secinfer.execute import Executor
-from secinfer.graph import Graph, build_graph
 from secinfer.load.checks import input_specs
+
+backends.load_all()  # plans and runs below are made for the secure backends too
 
 DIGITS = Path(__file__).resolve().parents[1] / "secinfer" / "data" / "digits.safetensors"
 
@@ -181,8 +184,8 @@ def hostile_model_owner(role: Any, payload: bytes, marker: str) -> Any:
     the product's `receive_model`. Returns (on each side) what happened."""
     from protocols.mpc.meter import Meter
     from protocols.mpc.runtime import Role
-    from secinfer import wire
-    from secinfer.party import PeerAborted, receive_model
+    from secinfer.backends.mpc import wire
+    from secinfer.backends.mpc.party import PeerAborted, receive_model
 
     if role is Role.MODEL_OWNER:
         wire.send_bytes(payload, src=Role.MODEL_OWNER)
@@ -229,10 +232,10 @@ PLAN_TAMPERINGS = {
 
 @pytest.fixture(scope="module")
 def digits_plan(models: dict[str, load.LoadedModel]) -> Any:
-    from secinfer import runner
+    from secinfer.core.prepare import prepare
 
     model = models["digits"]
-    return runner.prepare(model.program, "mpc", model.calibration_samples(), None)[1]
+    return prepare(model.program, "mpc", model.calibration_samples(), None)[1]
 
 
 @pytest.mark.parametrize("what", list(PLAN_TAMPERINGS))
@@ -241,8 +244,8 @@ def test_crafted_plans_are_refused(
 ) -> None:
     """The model owner's plan is checked against the rebuilt graph before any kernel reads
     it; the honest plan passes unchanged."""
-    from secinfer.party import nonlinear_functions
-    from secinfer.plan import Plan
+    from secinfer.backends.mpc.party import nonlinear_functions
+    from secinfer.core.plan import Plan
 
     model, plan = models["digits"], digits_plan
     honest = json.loads(json.dumps(plan.to_dict()))

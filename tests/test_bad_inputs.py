@@ -28,11 +28,11 @@ import pytest
 import torch
 from test_run_cli import assert_user_error, secinfer_here
 
-from secinfer.dataset import open_dataset
 from secinfer.errors import UserError
+from secinfer.load.dataset import open_dataset
 from secinfer.load.values import backend_limit, check_values, he_limit, mpc_limit
-from secinfer.plots import layer_panels, plot_layers
-from secinfer.report import dumps_strict, write_json
+from secinfer.report.files import dumps_strict, write_json
+from secinfer.report.plots import layer_panels, plot_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "secinfer" / "data" / "digits.pt2"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from approximations import PolyGELU, PolyLayerNorm, PowerSoftmax
-from secinfer.demo import HE_FRIENDLY, PLAIN
+from secinfer.zoo.demo import HE_FRIENDLY, PLAIN
 from secinfer.zoo.digits import (
     DigitsTransformer,
     ModelFileError,
@@ -77,7 +77,7 @@ def test_loader_refuses_pickles_and_foreign_files(tmp_path) -> None:
 
 def test_demo_runs_and_says_what_it_is() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "secinfer.demo"],
+        [sys.executable, "-m", "secinfer.zoo.demo"],
         capture_output=True,
         text=True,
         timeout=300,

@@ -16,9 +16,9 @@ import pytest
 from click.testing import CliRunner
 
 from secinfer.cli import main
-from secinfer.dataset import open_dataset
+from secinfer.core.evaluation import parse_losses
 from secinfer.errors import UserError
-from secinfer.evaluate import parse_losses
+from secinfer.load.dataset import open_dataset
 from secinfer.zoo.digits import load_split
 
 ROOT = Path(__file__).resolve().parents[1]

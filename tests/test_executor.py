@@ -14,12 +14,15 @@ import pytest
 import torch
 import transformers as T
 
-from secinfer import runner
-from secinfer.calibrate import calibrate
+from secinfer import backends
+from secinfer.core.calibrate import calibrate
+from secinfer.core.execute import Executor, UnsupportedOpError
+from secinfer.core.graph import build_graph
+from secinfer.core.plan import make_plan
 from secinfer.errors import UserError
-from secinfer.execute import Executor, UnsupportedOpError
-from secinfer.graph import build_graph
-from secinfer.plan import make_plan
+from secinfer.launch import run as runner
+
+backends.load_all()  # plans and runs below are made for the secure backends too
 
 SEQ = 16
 
@@ -186,7 +189,7 @@ def test_out_of_range_inputs_are_counted_with_the_worst_value(tmp_path) -> None:
     assert report["out_of_range"] > 0
     worst = report["out_of_range_nodes"][0]
     assert worst["interval"] == [-4.0, 4.0] and abs(worst["worst"]) > 10
-    assert "widen" in __import__("secinfer.report", fromlist=["summary"]).summary(report)
+    assert "widen" in __import__("secinfer.report.common", fromlist=["summary"]).summary(report)
 
 
 def test_digits_bundled_program_plain_and_approx() -> None:

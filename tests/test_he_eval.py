@@ -30,11 +30,13 @@ import torch
 
 from approximations import losses as L
 from protocols.he import messages as M
-from secinfer import he_session, load, runner
-from secinfer.dataset import open_dataset
+from secinfer import load
+from secinfer.backends.he import session as he_session
+from secinfer.backends.he.evaluation import HeEvaluation, evaluate, loss_plan
+from secinfer.core.evaluation import Evaluation
+from secinfer.core.prepare import prepare
 from secinfer.errors import UserError
-from secinfer.evaluate import Evaluation
-from secinfer.he_eval import HeEvaluation, evaluate, loss_plan
+from secinfer.load.dataset import open_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSSES = ("ce", "square", "zloss", "gce", "mae")
@@ -109,7 +111,7 @@ def _session(model: Path, settings: Evaluation, server_settings: Evaluation | No
     """The server in a thread (with a spy on the JSON it receives), ready for a client."""
     loaded = load.load_model(model)
     samples = loaded.calibration_samples()
-    graph, plan = runner.prepare(loaded.program, "he", samples, None)
+    graph, plan = prepare(loaded.program, "he", samples, None)
     agreed = server_settings or settings
     evaluation = HeEvaluation(agreed, loss_plan(graph, samples, agreed))
     listener = socket.create_server(("127.0.0.1", 0))

@@ -4,7 +4,7 @@ Issue 13: a converted BERT (hidden 64, 4 heads, 2 layers, 16 tokens, batch 1, no
 mask) failed under `he` with "Galois key not present": the keys were +-2^i up to the
 largest slot stride of the inputs, a formula beside the code; at batch 1 the batch axis
 has no stride, so only +-1 were made, and replicating 16 tokens rotates by 2 .. 15. The
-keys now come from a dry run of the same tensor code (`secinfer.he_inputs.rotation_plan`,
+keys now come from a dry run of the same tensor code (`secinfer.backends.he.inputs.rotation_plan`,
 `protocols.he.dry.DryEngine`), as the NAF terms of every step it records
 (`galois.keys_for_steps`).
 
@@ -54,9 +54,10 @@ from protocols.he.params import make_context  # noqa: E402
 from protocols.he.refresh import MaskingRefresher  # noqa: E402
 from protocols.he.rotation import reduce_step  # noqa: E402
 from protocols.he.tensor import HeTensor, RotationKeyError, linear, matmul  # noqa: E402
-from secinfer import he_session, runner  # noqa: E402
-from secinfer.execute import ExecutionError, Executor  # noqa: E402
-from secinfer.he_inputs import input_specs, layouts_for, rotation_plan  # noqa: E402
+from secinfer.backends.he import session as he_session  # noqa: E402
+from secinfer.backends.he.inputs import input_specs, layouts_for, rotation_plan  # noqa: E402
+from secinfer.core.execute import ExecutionError, Executor  # noqa: E402
+from secinfer.core.prepare import prepare  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = he_session.DEFAULT_PARAMS  # N = 8192, chain [60, 40, 40, 60]: what a server uses
@@ -256,7 +257,7 @@ def bert(hidden: int, heads: int, layers: int, tokens: int, batch: int, mask: bo
         layernorm_interval=variance, softmax_options=SOFTMAX,
     )  # fmt: skip
     program = torch.export.export(Hidden(converted, mask).eval(), samples[0])
-    graph, plan = runner.prepare(program, "he", samples[1:], None)
+    graph, plan = prepare(program, "he", samples[1:], None)
     return graph, plan, samples[0]
 
 
@@ -272,7 +273,7 @@ def image_transformer(patch: int, width: int, heads: int, batch: int) -> tuple:
     model = apply_conversion(DigitsTransformer(config).eval(), conversion)
     samples = [(torch.rand(batch, 64),) for _ in range(3)]
     program = torch.export.export(model, samples[0])
-    graph, plan = runner.prepare(program, "he", samples[1:], None)
+    graph, plan = prepare(program, "he", samples[1:], None)
     return graph, plan, samples[0]
 
 
@@ -359,8 +360,8 @@ def test_the_issue_shape_is_planned_and_the_old_keys_refused() -> None:
 def test_a_private_evaluation_s_keys_cover_the_sum_over_rows() -> None:
     """Images cut into 4 patches, 3 per batch: the rows sit 4 slots apart, so the losses'
     sum over rows rotates by 4 and 8, beyond what the query itself needs."""
-    from secinfer.evaluate import Evaluation
-    from secinfer.he_eval import HeEvaluation, loss_plan
+    from secinfer.backends.he.evaluation import HeEvaluation, loss_plan
+    from secinfer.core.evaluation import Evaluation
 
     graph, plan, inputs = image_transformer(4, 8, 2, 3)
     specs = server_specs(graph, inputs)

@@ -36,8 +36,9 @@ from protocols.he import messages as M
 from protocols.he.galois import public_context_with_steps
 from protocols.he.params import CkksParams, make_context
 from protocols.he.rotation import vector_proto
-from secinfer import he_session, runner
-from secinfer.execute import Executor
+from secinfer.backends.he import session as he_session
+from secinfer.core.execute import Executor
+from secinfer.core.prepare import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_HE = ROOT / "secinfer" / "data" / "digits_he.pt2"
@@ -156,7 +157,7 @@ class Deep(Square):
 def small() -> tuple[Any, Any, torch.Tensor]:
     x = torch.randn(2, 3, 8)
     program = torch.export.export(Square().eval(), (x,))
-    graph, plan = runner.prepare(program, "he", [(x,)], None)
+    graph, plan = prepare(program, "he", [(x,)], None)
     return graph, plan, x
 
 
@@ -324,7 +325,7 @@ def test_a_converted_random_bert_runs_encrypted_with_cosine_above_0_99(
 
     program = torch.export.export(Hidden(converted).eval(), (ids, mask))
     samples = [(torch.randint(0, 100, (2, 8)), mask) for _ in range(4)]
-    graph, plan = runner.prepare(program, "he", samples, None)
+    graph, plan = prepare(program, "he", samples, None)
     y, expected, outcome = encrypted_run(
         graph, plan, (ids, mask), public_embedding=public_embedding
     )
@@ -369,6 +370,6 @@ def test_inverse_square_root_and_gelu_kernels_on_ciphertexts() -> None:
     torch.manual_seed(1)
     x = torch.randn(2, 3, 8)
     program = torch.export.export(Normalise().eval(), (x,))
-    graph, plan = runner.prepare(program, "he", [(torch.randn(2, 3, 8),) for _ in range(4)], None)
+    graph, plan = prepare(program, "he", [(torch.randn(2, 3, 8),) for _ in range(4)], None)
     y, expected, _ = encrypted_run(graph, plan, (x,))
     assert np.abs(y - expected).max() < 1e-2

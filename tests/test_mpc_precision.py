@@ -29,9 +29,9 @@ def _x() -> torch.Tensor:
 def layer_norms(role: Role) -> dict[str, object]:
     from protocols.mpc.crypten_setup import import_crypten
     from protocols.mpc.reveal import reveal_to
-    from secinfer.kernels.mpc_precision import bits_of
-    from secinfer.plan import Choice
-    from secinfer.registry import Call, lookup
+    from secinfer.backends.mpc.kernels.precision import bits_of
+    from secinfer.core.plan import Choice
+    from secinfer.core.registry import Call, lookup
 
     crypten = import_crypten()
     x = _x()
@@ -75,9 +75,9 @@ def test_a_node_at_20_bits_is_more_accurate_and_returns_at_16(run: dict) -> None
 
 
 def test_the_plan_refuses_bad_precisions() -> None:
+    from secinfer.backends.mpc.kernels.precision import max_bits_for
+    from secinfer.core.plan import Choice, _check_precision
     from secinfer.errors import UserError
-    from secinfer.kernels.mpc_precision import max_bits_for
-    from secinfer.plan import Choice, _check_precision
 
     def choice(function: str, bits: object, interval: list[float]) -> Choice:
         options = {"precision_bits": bits}

@@ -133,7 +133,7 @@ def test_a_peer_that_never_connects_gives_an_error_within_the_timeout(tmp_path: 
 
 def test_a_data_owner_input_of_the_wrong_shape_stops_every_party(tmp_path: Path) -> None:
     from secinfer.errors import UserError
-    from secinfer.launch import run_local_parties
+    from secinfer.launch.local import run_local_parties
 
     with pytest.raises(UserError, match=r"data[ -]owner.*input x: shape \(1, 63\)"):
         run_local_parties(DIGITS, (torch.zeros(1, 63),), peer_timeout=20)
@@ -230,7 +230,7 @@ def test_a_model_trained_with_power_softmax_runs_under_mpc(tmp_path: Path) -> No
 
 def test_the_model_owner_checks_the_data_owners_input_description() -> None:
     """A peer's message can name no function and allocate no unbounded memory."""
-    from secinfer.party import PeerAborted, placeholders
+    from secinfer.backends.mpc.party import PeerAborted, placeholders
 
     (x,) = placeholders({"shapes": [[2, 3]], "dtypes": ["int64"]})
     assert x.shape == (2, 3) and x.dtype == torch.int64

@@ -6,7 +6,7 @@ The defect: `approx` planned with its own defaults (GELU `puma_refit`) while `mp
 
   * the defaults are one table per target, and a kernel's fallback is that table;
   * the plan `approx --target T` runs is, as JSON, the plan backend T runs (the same
-    `runner.prepare` the parties call), for mpc and he, whose defaults differ;
+    `secinfer.core.prepare.prepare` the parties call), for mpc and he, whose defaults differ;
   * a real mpc run (three processes): the report's approx is the model owner's very plan
     (the launcher calibrates on other samples here, so a re-derived plan would differ), its
     per-layer `approx_max_abs_error` comes from that plan, and approx predicts the mpc output
@@ -24,10 +24,10 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from secinfer import load, runner
+from secinfer import backends, load
 from secinfer.cli import main
-from secinfer.execute import Executor
-from secinfer.plan import (
+from secinfer.core.execute import Executor
+from secinfer.core.plan import (
     DEFAULT_TARGET,
     DEFAULTS,
     METHODS,
@@ -38,7 +38,11 @@ from secinfer.plan import (
     make_plan,
     mpc_softmax_exp,
 )
-from secinfer.report import block_ends, block_error
+from secinfer.core.prepare import prepare
+from secinfer.launch import run as runner
+from secinfer.report.common import block_ends, block_error
+
+backends.load_all()  # plans and runs below are made for the secure backends too
 
 
 class Block(nn.Module):
@@ -76,7 +80,7 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _plan(path: Path, backend: str, target: str | None = None, config: Path | None = None):
     loaded = load.load_model(path)
-    return runner.prepare(loaded.program, backend, loaded.calibration_samples(), config, target)
+    return prepare(loaded.program, backend, loaded.calibration_samples(), config, target)
 
 
 def test_one_table_per_target_and_every_fallback_is_that_table() -> None:
@@ -87,7 +91,7 @@ def test_one_table_per_target_and_every_fallback_is_that_table() -> None:
     assert DEFAULT_TARGET == "mpc"
     # a choice made by hand (no options) falls back to the table, in the mpc kernel too:
     # before, the kernel said 8 squarings of order 1 where the plan said 7 of order 2
-    from secinfer.kernels.mpc_nonlinear import softmax_exp_settings
+    from secinfer.backends.mpc.kernels.nonlinear import softmax_exp_settings
 
     bare = Choice("s", "aten._softmax", "", "softmax", "exp_limit")
     expected = (SOFTMAX_OPTIONS["squarings"], SOFTMAX_OPTIONS["cutoff"], SOFTMAX_OPTIONS["order"])
@@ -177,10 +181,8 @@ def test_approx_predicts_a_real_mpc_run_under_the_very_plan_it_ran(model_path: P
         samples=[(3.0 * _sample(2),)],  # not the model owner's samples
         model_name="block", output_name="logits", precision_bits=18,
     )  # fmt: skip
-    graph, expected = runner.prepare(
-        loaded.program, "approx", loaded.calibration_samples(), None, "mpc"
-    )
-    _, rederived = runner.prepare(loaded.program, "mpc", [(3.0 * _sample(2),)], None)
+    graph, expected = prepare(loaded.program, "approx", loaded.calibration_samples(), None, "mpc")
+    _, rederived = prepare(loaded.program, "mpc", [(3.0 * _sample(2),)], None)
     assert outcome.plan.to_dict() == expected.to_dict() != rederived.to_dict()
     assert outcome.report["plan_for"] == "mpc"
 
@@ -202,7 +204,7 @@ def test_approx_predicts_a_real_mpc_run_under_the_very_plan_it_ran(model_path: P
             "softmax": {"options": {"squarings": 7, "order": 2, "cutoff": 14.0}},
         }
     }
-    from secinfer.calibrate import calibrate
+    from secinfer.core.calibrate import calibrate
 
     calibration = calibrate(graph, loaded.calibration_samples())
     old_plan = make_plan(graph, "mpc", old_config, calibration)
@@ -248,8 +250,8 @@ def test_approx_predicts_an_he_run_of_its_plan() -> None:
     x = torch.randn(2, 3, 8)
     program = torch.export.export(Normalise().eval(), (x,))
     samples = [(torch.randn(2, 3, 8),) for _ in range(4)]
-    graph, plan = runner.prepare(program, "he", samples, None)
-    _, approx_plan = runner.prepare(program, "approx", samples, None, "he")
+    graph, plan = prepare(program, "he", samples, None)
+    _, approx_plan = prepare(program, "approx", samples, None, "he")
     assert approx_plan.to_dict() == plan.to_dict()
     y, expected, _ = encrypted_run(graph, plan, (x,))
     predicted = Executor(graph, "approx", approx_plan).run((x,)).outputs[0].double().numpy()

@@ -9,7 +9,7 @@ Default suite (measured under a loaded 2-core machine, see each test):
   it); a port in use is one line and exit 2 for the model owner, one line and exit 1 for a
   data owner meeting a program that is not a rendezvous; a provider mismatch is found as
   soon as both parties are there (both raise, naming the setting and both values).
-- The launcher's building blocks (`secinfer.processes`): a private folder is 0700 and
+- The launcher's building blocks (`secinfer.launch.processes`): a private folder is 0700 and
   removed on a signal; `stop` kills a child's whole process group.
 - SIGKILL to the data owner mid-run: the model owner and the dealer exit non-zero with one
   line each within --timeout (the dealer included: it used to exit 0).
@@ -33,8 +33,8 @@ import numpy as np
 import pytest
 
 from protocols.mpc import rendezvous as meeting
-from secinfer import processes
 from secinfer.errors import Interrupted
+from secinfer.launch import processes
 from secinfer.zoo.digits import load_split
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -447,9 +447,9 @@ def test_stalled_party_stops_the_others(victim: str, tmp_path: Path) -> None:
 def test_an_he_kernels_link_failure_is_one_line(cause: BaseException) -> None:
     """The executor wraps a kernel's failure in ExecutionError; the server's guard gives
     the link's cause its one line (it was a traceback)."""
+    from secinfer.backends.he.main import _guard
+    from secinfer.core.execute import ExecutionError
     from secinfer.errors import PartyError
-    from secinfer.execute import ExecutionError
-    from secinfer.he_main import _guard
 
     def kernel_failed() -> None:
         try:

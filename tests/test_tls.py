@@ -1,4 +1,5 @@
-"""Identities and mutual TLS (`protocols.tls`), and the HE link over it (`secinfer.he_session`).
+"""Identities and mutual TLS (`protocols.tls`), and the HE link over it
+(`secinfer.backends.he.session`).
 
 - `secinfer keys` / `tls.generate`: a key (0600) and a certificate naming the role per role,
   no overwrite without --force; a party's own role only with --role.
@@ -31,10 +32,12 @@ import torch
 from test_run_cli import assert_user_error, secinfer_here
 
 from protocols import tls
-from secinfer import he_main, he_session, runner
+from secinfer.backends.he import main as he_main
+from secinfer.backends.he import session as he_session
 from secinfer.benchmarks.he_tls import WireTap, query_through_tap
+from secinfer.core.execute import Executor
+from secinfer.core.prepare import prepare
 from secinfer.errors import PartyError
-from secinfer.execute import Executor
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +199,7 @@ class Square(torch.nn.Module):
 @pytest.fixture(scope="module")
 def small() -> tuple[Any, Any, torch.Tensor]:
     x = torch.randn(2, 3, 8)
-    graph, plan = runner.prepare(torch.export.export(Square().eval(), (x,)), "he", [(x,)], None)
+    graph, plan = prepare(torch.export.export(Square().eval(), (x,)), "he", [(x,)], None)
     return graph, plan, x
 
 

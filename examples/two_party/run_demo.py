@@ -26,11 +26,11 @@ import torch
 from protocols.mpc import rendezvous as meeting
 from protocols.mpc.runtime import Role
 from protocols.tls import local_identities
+from secinfer.backends.mpc.party import output_names
 from secinfer.errors import Interrupted, PartyError, UserError
-from secinfer.launch import run_parties
-from secinfer.party import output_names
-from secinfer.processes import private_directory, stopping_on_signals
-from secinfer.secure_report import estimate
+from secinfer.launch.local import run_parties
+from secinfer.launch.processes import private_directory, stopping_on_signals
+from secinfer.report.mpc import estimate
 from secinfer.zoo.digits import load_model, load_split
 
 HERE = Path(__file__).resolve().parent

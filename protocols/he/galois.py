@@ -35,7 +35,7 @@ bindings). With keys {1, 16}: 17 = 16 + 1 works (two key switches), 2 and 15 = 1
 that names the missing steps, and `keys_for_steps` gives the keys that cover a list of
 steps (the NAF terms). Which steps a computation needs is not predicted here: the HE
 server records them from a dry run of its own tensor code (`protocols.he.dry`,
-`secinfer.he_inputs.rotation_plan`). TenSEAL's own rotating operations (`vec.mm`,
+`secinfer.backends.he.inputs.rotation_plan`). TenSEAL's own rotating operations (`vec.mm`,
 `vec.sum`, `vec.matmul`, ...) need steps the chosen keys rarely cover: they are for contexts
 with all keys.
 """

@@ -2,9 +2,10 @@
 
 Logits o (N, C) and the label's one-hot t (N, C) are `HeTensor`s in one layout; every
 function returns an (N,) `HeTensor` of the per-example value. Only sums over the data set
-are ever decrypted (`secinfer.he_eval`). Definitions as `approximations.losses`; CKKS has only
-+, - and *, so every comparison is a composite polynomial (`approximations.composite_sign`)
-on an interval the model owner calibrates (`HeLossPlan.calibrated`):
+are ever decrypted (`secinfer.backends.he.evaluation`). Definitions as
+`approximations.losses`; CKKS has only +, - and *, so every comparison is a composite
+polynomial (`approximations.composite_sign`) on an interval the model owner calibrates
+(`HeLossPlan.calibrated`):
 
     o_y     = sum_k o_k t_k                                       depth 1
     square  = sum_k (o_k - t_k)^2                                 depth 1

@@ -378,7 +378,8 @@ def _rotate(engine: Engine, ct: Ciphertext, step: int, what: str) -> Ciphertext:
         raise RotationKeyError(
             f"{what}: the rotation by {reduce_step(step, engine.slots)} slots has no Galois "
             f"key in the client's public context ({exc}); the keys come from a dry run of the "
-            "same tensor code (secinfer.he_inputs.rotation_plan), which did not see this step"
+            "same tensor code (secinfer.backends.he.inputs.rotation_plan), which did not see "
+            "this step"
         ) from None
 
 

@@ -13,9 +13,10 @@ imports `crypten` directly.
 It also closes CrypTen's pickled messages: its communicator's `send_obj`, `recv_obj` and
 `broadcast_obj` pickle Python objects onto the wire (and unpickle what a peer sends, with
 an allow-list that admits torch storages and modules). secinfer sends JSON and raw tensor
-bytes instead (`secinfer.wire`, `protocols.mpc.dealer`), so after `import_crypten()` those
-three methods raise `PickledMessageError`: a code path that would pickle on any link fails
-at once on the side that tries, and nothing pickled is ever read from a peer.
+bytes instead (`secinfer.backends.mpc.wire`, `protocols.mpc.dealer`), so after
+`import_crypten()` those three methods raise `PickledMessageError`: a code path that would
+pickle on any link fails at once on the side that tries, and nothing pickled is ever read
+from a peer.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 fork, CrypTen's children hang when torch ran in the parent before a fork), joins them over
 a loopback tcp:// rendezvous, calls `fn(role, *args)` on the model owner and the data
 owner, and returns what each returned with the traffic it measured. Kernel tests and
-benchmarks use it; the product's launcher (`secinfer.launch`) starts `secinfer party`
+benchmarks use it; the product's launcher (`secinfer.launch.local`) starts `secinfer party`
 processes instead. Results come back to this parent through multiprocessing's queue: a
 local pipe between a process and its own children, not a wire between parties.
 

@@ -15,7 +15,7 @@ server sums a batch. Measured: wall seconds (the server's arithmetic plus the re
 whose client side, decrypt and re-encrypt, runs here in-process), refreshes and refreshed
 ciphertexts (`MaskingRefresher.stats`), refresh traffic (every ciphertext serialized with
 SEAL's `save` as it crosses: masked at the last level to the client, seeded fresh
-encryptions back, as `secinfer.he_session` sends them; each is loaded from its bytes on the
+encryptions back, as `secinfer.backends.he.session` sends them; each is loaded from its bytes on the
 other side), ct-ct and ct-pt products and rotations (`engine.cost`), the levels one
 example consumes (`HeLossPlan.depth`), and the relative error of the decrypted sum against
 the plaintext reference (accuracy: against the argmax hit count). Beside it, in the same

@@ -50,7 +50,7 @@ from protocols.he.galois import bsgs_rotation_steps, public_context_with_steps
 from protocols.he.params import CkksParams, make_context
 from protocols.he.polynomial import HeCost
 from secinfer.benchmarks.records import code_state
-from secinfer.report import dumps_strict
+from secinfer.report.files import dumps_strict
 
 PARAMS = CkksParams(poly_modulus_degree=8192, coeff_mod_bit_sizes=[60, 40, 40, 60], scale_bits=40)
 FULL_SHAPES: tuple[tuple[int, int, int], ...] = ((1, 384, 384), (32, 384, 384), (32, 384, 1536))

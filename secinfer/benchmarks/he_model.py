@@ -1,6 +1,6 @@
 """The HE bench, end to end: the bundled HE-friendly digits model under `he`.
 
-`secinfer.runner.run_he` starts the server and the client as processes on loopback, exactly
+`secinfer.launch.run.run_he` starts the server and the client as processes on loopback, exactly
 as `secinfer run --backend he` does, on the first 100 test images of the digits split
 (`quick`: 2). Reported: error and class agreement against the plaintext run of the same
 converted graph, seconds, refreshes, levels, operation counts, bytes each way, the public
@@ -16,13 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from secinfer.he_report import latency_markdown
+from secinfer.report.he import latency_markdown
 
 MODEL = Path(__file__).resolve().parents[1] / "data" / "digits_he.pt2"
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    from secinfer import load, runner
+    from secinfer import load
+    from secinfer.launch import run as runner
     from secinfer.zoo.digits import load_split
 
     loaded = load.load_model(MODEL)

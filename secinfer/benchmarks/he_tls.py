@@ -90,7 +90,7 @@ def query_through_tap(
 ) -> dict[str, Any]:
     """One query over a `WireTap`, with TLS (`secure`) or plain: the output, wire bytes each
     way, the application's own byte counts, the client's seconds and (`keep`) the capture."""
-    from secinfer import he_session
+    from secinfer.backends.he import session as he_session
 
     with tempfile.TemporaryDirectory(prefix="secinfer-tls-bench-") as tmp:
         root = Path(tmp)
@@ -152,12 +152,12 @@ def run(quick: bool = False, images: int = 2, repeats: int | None = None) -> dic
     run's wire bytes equal its application bytes, and each run's public context (fresh
     keys, compressed) differs by a few kB, so comparing two runs' totals would mix that in.
     Seconds: the median client time of each link."""
-    from secinfer import runner
-    from secinfer.kernels.he import check_he_plan
+    from secinfer.backends.he.kernels import check_he_plan
+    from secinfer.core.prepare import prepare
 
     began = time.perf_counter()
     program, inputs, samples, name = _toy() if quick else _digits(images)
-    graph, plan = runner.prepare(program, "he", samples, None)
+    graph, plan = prepare(program, "he", samples, None)
     check_he_plan(graph, plan)
     repeats = repeats or (3 if quick else 1)
     runs: dict[str, list[dict[str, Any]]] = {"plain": [], "tls": []}

@@ -1,5 +1,5 @@
 """The encoder-layer section: one BertLayer (batch 1) per size, ours (the product path:
-torch.export, `runner.prepare` calibrated on a sample, the mpc executor) vs CrypTen's
+torch.export, `secinfer.core.prepare.prepare` calibrated on a sample, the mpc executor) vs CrypTen's
 built-ins by hand vs plain torch float32, on the same weights and input. Per implementation:
 max abs error and cosine against float64 torch (worst repeat), rounds, MB sent per party,
 dealer MB, the fastest repeat's seconds (the slower party's), ratios, and costs per op."""
@@ -78,9 +78,9 @@ def layer_run(size: LayerSize, seed: int = 0, repeats: int = 2) -> dict[str, Any
     """One size: ours, CrypTen built-ins and plain, on the same weights and input; the
     secure layers `repeats` times each, alternating which goes first."""
     from protocols.mpc.local import LocalRunError, run_local
-    from secinfer.architecture import describe
+    from secinfer.core.architecture import describe
+    from secinfer.core.prepare import prepare
     from secinfer.load.checks import input_specs
-    from secinfer.runner import prepare
 
     module = EncoderLayer(size, seed).eval()
     x = layer_input(size, seed + 1)

@@ -27,7 +27,7 @@ def _ours_layer(
     role: Role, graph: Any, plan: Any, x: np.ndarray, meter: Any, seeder: Any
 ) -> dict[str, Any]:
     """The product path, online: the executor on the mpc backend with the prepared Seeder."""
-    from secinfer.execute import Executor
+    from secinfer.core.execute import Executor
 
     inputs = (torch.from_numpy(x) if role is Role.DATA_OWNER else torch.zeros(x.shape),)
     executor = Executor(graph, "mpc", plan, seeder=seeder, meter=meter.snapshot)
@@ -98,9 +98,9 @@ def layer_party(
     runs its offline phase (the weights, `Seeder.prepare`) once before: every repeat is a
     query on the same model. CrypTen's layer shares and opens its weights in every run."""
     from protocols.mpc.meter import Meter
-    from secinfer.architecture import rebuild
-    from secinfer.party import offline_phase
-    from secinfer.plan import Plan
+    from secinfer.backends.mpc.party import offline_phase
+    from secinfer.core.architecture import rebuild
+    from secinfer.core.plan import Plan
 
     warm_up_kernels()
     # Both run the graph of the public architecture (as the product's parties do); the

@@ -74,8 +74,8 @@ def _party_cases(
         choice = plan_choice(case.op, op_input(case.op, shape, seed + 100 + i))
         params = {"eps": EPS, "choice": choice}
         if case.op == "softmax":
-            from secinfer.kernels.mpc_nonlinear import softmax_exp_settings
-            from secinfer.plan import Choice
+            from secinfer.backends.mpc.kernels.nonlinear import softmax_exp_settings
+            from secinfer.core.plan import Choice
 
             params["product_exp"] = list(softmax_exp_settings(Choice(**choice)))
         labels[case.op] = describe_choice(choice)

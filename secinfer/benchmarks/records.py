@@ -23,7 +23,7 @@ from secinfer.benchmarks.layer import layer_section
 from secinfer.benchmarks.ops import op_section
 from secinfer.benchmarks.published import PUBLISHED
 from secinfer.benchmarks.tables import markdown
-from secinfer.report import dumps_strict
+from secinfer.report.files import dumps_strict
 
 
 def code_state() -> dict[str, Any]:

@@ -42,9 +42,9 @@ class _OpModule(torch.nn.Module):
 
 def plan_choice(op: str, sample: torch.Tensor) -> dict[str, Any]:
     """The plan's choice for this op calibrated on `sample` (the model owner's data, not
-    the measured input): the op exported alone and planned by `runner.prepare` for the mpc
-    backend, as any model's node would be."""
-    from secinfer.runner import prepare
+    the measured input): the op exported alone and planned by
+    `secinfer.core.prepare.prepare` for the mpc backend, as any model's node would be."""
+    from secinfer.core.prepare import prepare
 
     program = torch.export.export(_OpModule(op), (sample,))
     _, plan = prepare(program, "mpc", [(sample,)], None)
@@ -54,8 +54,8 @@ def plan_choice(op: str, sample: torch.Tensor) -> dict[str, Any]:
 
 def describe_choice(choice: dict[str, Any]) -> str:
     """What the plan's default resolves to (for the table's label)."""
-    from secinfer.kernels import mpc_nonlinear as K
-    from secinfer.plan import Choice
+    from secinfer.core.kernels import mpc_nonlinear as K
+    from secinfer.core.plan import Choice
 
     c = Choice(**choice)
     lo, hi = c.interval
@@ -89,9 +89,9 @@ def _gelu_ours(method: str) -> Callable[[Any, dict], Any]:
 def _product_kernel(x: Any, params: dict) -> Any:
     """The mpc backend's kernel for the op, with the plan's choice for the calibrated input:
     exactly what the executor calls for such a node."""
-    import secinfer.kernels  # noqa: F401 - registers the kernels
-    from secinfer.plan import Choice
-    from secinfer.registry import Call, lookup
+    import secinfer.core.kernels  # noqa: F401 - registers the kernels
+    from secinfer.core.plan import Choice
+    from secinfer.core.registry import Call, lookup
 
     choice = Choice(**params["choice"])
     target = PRODUCT_TARGETS[choice.function]

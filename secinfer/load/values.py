@@ -86,7 +86,7 @@ def he_limit(params: Any = None) -> ValueLimit:
     from protocols.he.refresh import default_mask_bits
 
     if params is None:
-        from secinfer.he_session import DEFAULT_PARAMS
+        from secinfer.backends.he.session import DEFAULT_PARAMS
 
         params = DEFAULT_PARAMS
     first, scale = params.coeff_mod_bit_sizes[0], params.scale_bits

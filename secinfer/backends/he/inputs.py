@@ -1,0 +1,215 @@
+"""How an HE client packs its inputs, and what the server's rotations need.
+
+The server decides per user input (`input_specs`): a float input is encrypted; token ids
+that feed an embedding are sent one-hot (encrypted, the default) or embedded by the client
+with a table the model owner declared public; other integer inputs (attention masks, token
+types) are public. Encrypted inputs use the feature-major `Layout` (`packed_layout`): rows
+in slots, features in ciphertexts, with room left for the axes a later view splits off the
+features (an image's patches). `rotation_plan` names the Galois keys the client generates:
+those of the steps a dry run of the server's own tensor code rotates by (`protocols.he.dry`),
+not a formula beside it. `parameter_reason` says why the CKKS parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from protocols.he.layout import Layout, next_power_of_two
+from protocols.he.params import CkksParams
+from secinfer.backends.mpc.party import token_id_inputs
+from secinfer.core.graph import Graph, op_name
+from secinfer.core.plan import Plan
+from secinfer.errors import UserError
+
+
+def input_specs(graph: Graph, public_embedding: bool) -> list[dict[str, Any]]:
+    """How the client sends each user input (module docstring): name, mode, vocabulary."""
+    tokens = token_id_inputs(graph)
+    placeholders = {n.name: n for n in graph.program.graph.nodes if n.op == "placeholder"}
+    specs = []
+    for name in graph.user_inputs:
+        val = placeholders[name].meta["val"]
+        if name in tokens:
+            mode = "embedded" if public_embedding else "one_hot"
+            specs.append({"name": name, "mode": mode, "vocab": tokens[name]})
+        elif val.dtype.is_floating_point:
+            specs.append({"name": name, "mode": "encrypted"})
+        else:
+            specs.append({"name": name, "mode": "public"})
+    return specs
+
+
+def _inner_room(graph: Graph) -> int:
+    """Free slots per row for axes merged later: the largest product of the middle axes of
+    a linear layer's input (patches of an image, tokens), rounded up to a power of two."""
+    room = 1
+    for node in graph.program.graph.nodes:
+        if node.op == "call_function" and op_name(node.target) == "aten.linear":
+            shape = node.args[0].meta["val"].shape
+            if len(shape) >= 3:
+                room = max(room, next_power_of_two(math.prod(int(n) for n in shape[1:-1])))
+    return room
+
+
+def packed_layout(graph: Graph, shape: list[int]) -> Layout:
+    """Feature-major: every axis but the last in slots (2-D inputs: the batch axis, with
+    room for the axes a later view splits off the features)."""
+    if len(shape) <= 2:
+        return Layout.rows(tuple(shape), 1, inner=_inner_room(graph))
+    return Layout.rows(tuple(shape), len(shape) - 1)
+
+
+def layouts_for(
+    graph: Graph, specs: list[dict[str, Any]], embedding_dim: int | None, slots: int
+) -> None:
+    """Add each encrypted input's layout to its spec; UserError when it needs more slots
+    than a ciphertext has."""
+    for spec in specs:
+        if spec["mode"] == "public":
+            continue
+        shape = list(spec["shape"])
+        if spec["mode"] == "one_hot":
+            shape = [*shape, spec["vocab"]]
+        elif spec["mode"] == "embedded":
+            shape = [*shape, int(embedding_dim or 0)]
+        layout = packed_layout(graph, shape)
+        if layout.span() > slots:
+            rows = math.prod(shape[:-1])
+            raise UserError(
+                f"input {spec['name']} of shape {tuple(spec['shape'])} needs {layout.span()} "
+                f"slots per ciphertext ({rows} rows, padded to powers of two), a ciphertext has "
+                f"{slots}: send fewer rows per query"
+            )
+        spec["layout"] = layout.to_dict()
+
+
+@dataclass(frozen=True)
+class RotationPlan:
+    """What the server's run rotates by, and the Galois keys that cover it.
+
+    `steps`: every step (reduced to (-S/2, S/2], as SEAL gets it) that the run performs,
+    each with the first op that asks for it; `keys`: `galois.keys_for_steps(steps)`, what
+    the client makes (possibly empty); `refreshes`: how many the dry run went through."""
+
+    steps: dict[int, str]
+    keys: list[int]
+    refreshes: int
+
+
+class _DrySeeder:
+    """The model owner's tensors in float64, the inputs as given (as `he_session`)."""
+
+    def owned(self, name: str, value: torch.Tensor) -> Any:
+        return value.double() if value.is_floating_point() else value
+
+    def user(self, name: str, value: Any) -> Any:
+        return value
+
+
+def rotation_plan(
+    graph: Graph,
+    plan: Plan,
+    specs: list[dict[str, Any]],
+    params: CkksParams,
+    evaluation: Any = None,
+    engine: Any = None,
+) -> RotationPlan:
+    """The rotations of the encrypted run, found by running it: the executor runs `graph`
+    with the `he` kernels on stand-in ciphertexts (`protocols.he.dry.DryEngine`) in the
+    layouts of `specs` (`layouts_for` first), public inputs as zeros of their shapes; with
+    `evaluation` (a `he_eval.HeEvaluation`) the per-example losses and their sum over the
+    rows follow on the logits, as `he_eval.serve_evaluation` computes them. The same tensor
+    code as the real run, so the same steps (`protocols.he.dry`); refreshes are assumed
+    allowed (without them the real run stops with its own depth error). Errors are those
+    of the real run (an op without a kernel, a layout it cannot handle), raised here
+    before any key is made. `engine`: the `DryEngine` to run on (default: one for
+    `params`; one holding `keys` checks that they suffice, `protocols.he.tensor.RotationKeyError`
+    inside an `execute.ExecutionError` naming the op otherwise)."""
+    from protocols.he.dry import DryEngine, DryRefresher, dry_grid
+    from protocols.he.galois import keys_for_steps
+    from protocols.he.tensor import HeTensor
+    from secinfer.core.execute import Executor
+
+    if engine is None:
+        engine = DryEngine(params.slots, params.depth, 2.0**params.scale_bits)
+    refresher = DryRefresher(engine)
+    first: dict[int, str] = {}
+
+    def attribute(where: str) -> None:
+        for step in engine.steps:
+            first.setdefault(step, where)
+        engine.steps.clear()
+
+    def tensor(layout: Layout) -> HeTensor:
+        return HeTensor(engine, layout, dry_grid(engine, layout), clean=True, refresher=refresher)
+
+    inputs: list[Any] = []
+    for spec in specs:
+        if spec["mode"] == "public":
+            inputs.append(torch.zeros(spec["shape"], dtype=torch.int64))
+            continue
+        value = tensor(Layout.from_dict(spec["layout"]))
+        value.embedded = spec["mode"] == "embedded"  # type: ignore[attr-defined]
+        inputs.append(value)
+
+    def hook(name: str, call: Any, value: Any) -> None:
+        node = graph.node_by_name[name]
+        attribute(f"{node.op} (node {node.name})" + (f" at {node.module}" if node.module else ""))
+
+    result = Executor(graph, "he", plan, seeder=_DrySeeder()).run(tuple(inputs), hook=hook)
+    logits = result.outputs[0] if result.outputs else None
+    if evaluation is not None and isinstance(logits, HeTensor) and logits.dim() == 2:
+        from protocols.he.losses import per_example
+
+        names = list(evaluation.settings.losses)
+        values = per_example(logits, tensor(logits.layout), names, evaluation.plan)
+        for value in values.values():
+            (value * np.ones(logits.shape[0])).sum(0).masked()
+        attribute("the private evaluation's losses summed over the rows")
+    return RotationPlan(first, keys_for_steps(first, params.slots), refresher.refreshes)
+
+
+def estimated_depth(graph: Graph, plan: Plan) -> int:
+    """The model's multiplicative depth (`inspection.he_depth`, longest path) on the plan's
+    calibrated ranges."""
+    from secinfer.core.inspection import he_depth
+
+    ranges = {
+        name: tuple(choice.observed or choice.interval)
+        for name, choice in plan.choices.items()
+        if choice.observed or choice.interval
+    }
+    return int(he_depth(graph, ranges)["depth"])
+
+
+def parameter_reason(graph: Graph, plan: Plan, params: CkksParams, refresh: bool) -> str:
+    """Why these CKKS parameters: the model's estimated depth against what contexts offer."""
+    from protocols.he.params import max_depth
+
+    needed = estimated_depth(graph, plan)
+    largest = max_depth(32768, params.scale_bits)
+    if needed <= params.depth:
+        return f"the model needs about {needed} levels (estimate): one context holds them"
+    how = "refresh every" if refresh else "(refresh is off) only"
+    return (
+        f"the model needs about {needed} levels (estimate); no 128-bit context holds that "
+        f"(N=32768 offers {largest} with {params.scale_bits}-bit primes; a product at N=16384 "
+        f"costs 8x one at N=8192, measured), so N={params.poly_modulus_degree}, the smallest "
+        f"ring that holds a {params.scale_bits}-bit scale, with a {how} {params.depth} levels"
+    )
+
+
+def embedding_table(graph: Graph, spec_name: str) -> torch.Tensor | None:
+    for node in graph.program.graph.nodes:
+        if node.op == "call_function" and op_name(node.target) == "aten.embedding":
+            index = node.args[1]
+            while index.op == "call_function" and index.args:
+                index = index.args[0]
+            if index.name == spec_name:
+                return graph.owned[node.args[0].name]
+    return None

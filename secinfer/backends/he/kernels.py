@@ -1,0 +1,336 @@
+"""The `he` backend's kernels: ops on `protocols.he.tensor.HeTensor` (CKKS, server side).
+
+An op whose arguments hold no encrypted tensor runs exactly in torch (float64): those are
+the model owner's own computations on public shapes and its weights. An op on encrypted
+tensors maps to HeTensor arithmetic:
+
+  shape      view, permute, transpose, select, unsqueeze, ... : layout bookkeeping
+  arith      add, sub, mul, neg, mean, sum, square, integer pow, division by a plain value
+  linear     linear / matmul / mm / bmm / addmm with a plain weight: feature-major products;
+             matmul of two encrypted tensors (attention): replicated rows, ct-ct products
+  create     full_like / ones_like / zeros_like of an encrypted tensor: a plain tensor
+  select     embedding with an encrypted one-hot input: a linear layer over the vocabulary
+  nonlinear  polynomial GELU ("quad", "minimax"), reciprocal and division by an encrypted
+             tensor ("polynomial": Goldschmidt without normalisation on the calibrated
+             interval widened 16x, `approximations.iterative.he_reciprocal`), inverse
+             square root (Newton on the calibrated interval)
+
+Comparisons, max, exp-based softmax, LayerNorm as one op and piecewise GELUs have no CKKS
+kernel: `UnsupportedHeOp` names the op and the conversion that removes it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from approximations.iterative import InverseSqrt, he_reciprocal
+from protocols.he.layout import LayoutError
+from protocols.he.polynomial import evaluate_approximation as evaluate_polynomial
+from protocols.he.tensor import DepthExhausted, HeTensor, linear, matmul, power
+from secinfer.core.registry import REGISTRY, Call, register
+from secinfer.errors import UserError
+
+aten = torch.ops.aten
+FLOAT = torch.float64
+CONVERT_HINT = (
+    "convert the model first: approximations.convert(model, gelu='quad', softmax='power', "
+    "layernorm='poly') (see the README's HE walk-through)"
+)
+
+
+class UnsupportedHeOp(UserError):
+    """An op (or a plan method) that CKKS cannot evaluate."""
+
+
+def _encrypted(value: Any) -> bool:
+    if isinstance(value, HeTensor):
+        return True
+    if isinstance(value, list | tuple):
+        return any(_encrypted(v) for v in value)
+    return False
+
+
+def _plain(call: Call) -> Any:
+    """The op in torch on plain values (float dtypes promoted to float64)."""
+    if call.target is aten._assert_tensor_metadata.default:
+        return None
+    kwargs = {
+        k: (FLOAT if isinstance(v, torch.dtype) and v.is_floating_point else v)
+        for k, v in call.kwargs.items()
+    }
+    return call.target(*call.args, **kwargs)
+
+
+def _unsupported(call: Call, why: str = "") -> Any:
+    name = str(call.target).replace(".default", "")
+    raise UnsupportedHeOp(f"{name} has no he kernel on encrypted values{why}; {CONVERT_HINT}")
+
+
+def dispatch(kernel: Any) -> Any:
+    """A kernel that runs `kernel` on encrypted arguments and torch otherwise."""
+
+    def run(call: Call) -> Any:
+        if not _encrypted(call.args) and not _encrypted(list(call.kwargs.values())):
+            return _plain(call)
+        try:
+            return kernel(call)
+        except DepthExhausted as exc:
+            raise UserError(str(exc)) from None
+        except LayoutError as exc:
+            name = str(call.target).replace(".default", "")
+            raise UnsupportedHeOp(f"{name}: {exc} (no packing for it yet)") from None
+
+    run.__name__ = getattr(kernel, "__name__", "he_kernel")
+    return run
+
+
+# --- shape ----------------------------------------------------------------------------------
+def _shape(call: Call) -> Any:
+    t = call.target
+    x, args = call.args[0], call.args[1:]
+    if t in (aten.view.default, aten.reshape.default, aten._unsafe_view.default):
+        return x.reshape([int(n) for n in args[0]])
+    if t is aten.permute.default:
+        return x.permute(args[0])
+    if t is aten.transpose.int:
+        return x.transpose(args[0], args[1])
+    if t is aten.t.default:
+        return x.transpose(0, 1)
+    if t is aten.unsqueeze.default:
+        return x.unsqueeze(args[0])
+    if t in (aten.squeeze.dim, aten.squeeze.default):
+        return x.squeeze(args[0] if args else None)
+    if t is aten.select.int:
+        return x.select(args[0], args[1])
+    if t is aten.slice.Tensor:
+        dim, start, end = ([*list(args), 0, None, None])[:3]
+        step = args[3] if len(args) > 3 else 1
+        return x.slice(dim, start or 0, end if end is not None else x.shape[dim], step)
+    if t is aten.expand.default:
+        return x.expand(args[0])
+    if t is aten.sym_size.int:
+        return x.shape[args[0]]
+    if t in (
+        aten.clone.default,
+        aten.contiguous.default,
+        aten.alias.default,
+        aten.detach.default,
+        aten._to_copy.default,
+        aten.lift_fresh_copy.default,
+    ):
+        return x
+    if t in (aten.dropout.default,):
+        return x
+    if t is aten._assert_tensor_metadata.default:
+        return None
+    return _unsupported(call, " (this reshaping would move slots)")
+
+
+# --- create ----------------------------------------------------------------------------------
+def _create(call: Call) -> Any:
+    """full_like and friends of an encrypted tensor: a plain tensor of its (public) shape."""
+    x = call.args[0]
+    shape = tuple(x.shape)
+    t = call.target
+    if t in (aten.zeros_like.default,):
+        return torch.zeros(shape, dtype=FLOAT)
+    if t in (aten.ones_like.default,):
+        return torch.ones(shape, dtype=FLOAT)
+    if t in (aten.full_like.default,):
+        return torch.full(shape, float(call.args[1]), dtype=FLOAT)
+    return _unsupported(call)
+
+
+# --- arithmetic ------------------------------------------------------------------------------
+def _arith(call: Call) -> Any:
+    t, args = call.target, call.args
+    alpha = call.kwargs.get("alpha", 1)
+    if t in (aten.add.Tensor, aten.add.Scalar):
+        a, b = args[0], args[1]
+        return a + (b if alpha == 1 else b * alpha)
+    if t in (aten.sub.Tensor, aten.sub.Scalar):
+        a, b = args[0], args[1]
+        return a - (b if alpha == 1 else b * alpha)
+    if t in (aten.rsub.Scalar, aten.rsub.Tensor):
+        return args[1] - args[0] * alpha
+    if t in (aten.mul.Tensor, aten.mul.Scalar):
+        return args[0] * args[1]
+    if t is aten.neg.default:
+        return -args[0]
+    if t is aten.square.default:
+        return args[0].square()
+    if t in (aten.mean.dim, aten.mean.default):
+        dims = args[1] if len(args) > 1 else None
+        keep = args[2] if len(args) > 2 else call.kwargs.get("keepdim", False)
+        return args[0].mean(dims, keepdim=keep)
+    if t in (aten.sum.dim_IntList, aten.sum.default):
+        dims = args[1] if len(args) > 1 else None
+        keep = args[2] if len(args) > 2 else call.kwargs.get("keepdim", False)
+        return args[0].sum(dims, keepdim=keep)
+    return _unsupported(call)
+
+
+def _div(call: Call) -> Any:
+    x, y = call.args[0], call.args[1]
+    if not isinstance(y, HeTensor):
+        return x / y
+    return x * _reciprocal(call, y)
+
+
+def _pow(call: Call) -> Any:
+    x, exponent = call.args[0], call.args[1]
+    if isinstance(exponent, HeTensor):
+        return _unsupported(call, " (encrypted exponent)")
+    e = float(exponent)
+    if e.is_integer() and e >= 1:
+        return power(x, int(e))
+    if e == -1:
+        return _reciprocal(call, x)
+    if e == -0.5:
+        return _rsqrt(call, x)
+    if e == 0.5:
+        return x * _rsqrt(call, x)
+    return _unsupported(call, f" (exponent {e})")
+
+
+# --- linear ----------------------------------------------------------------------------------
+def _linear(call: Call) -> Any:
+    t, args = call.target, call.args
+    if t is aten.linear.default:
+        x, w = args[0], args[1]
+        b = args[2] if len(args) > 2 else None
+        if isinstance(w, HeTensor):
+            return _unsupported(call, " (encrypted weight)")
+        return linear(x, w, b)
+    if t is aten.addmm.default:
+        bias, x, w = args[0], args[1], args[2]
+        return matmul(x, w) + bias
+    if t in (aten.matmul.default, aten.mm.default, aten.bmm.default):
+        a, b = args[0], args[1]
+        if not isinstance(a, HeTensor):
+            return _unsupported(call, " (plain left operand)")
+        return matmul(a, b)
+    return _unsupported(call)
+
+
+def _embedding(call: Call) -> Any:
+    """embedding(weight, ids): the client encrypted one_hot(ids) (B, L, V), so the lookup
+    is one_hot @ weight, a linear layer over the vocabulary (V D products)."""
+    weight, ids = call.args[0], call.args[1]
+    if getattr(ids, "embedded", False):
+        return ids  # public table: the client sent the embedded vectors
+    if isinstance(weight, HeTensor) or ids.shape[-1] != weight.shape[0]:
+        return _unsupported(call, " (expects an encrypted one-hot input of the vocabulary size)")
+    return linear(ids, weight.T)
+
+
+# --- nonlinear -------------------------------------------------------------------------------
+def _interval(call: Call, function: str) -> tuple[float, float]:
+    choice = call.choice
+    if choice is None or not choice.interval:
+        raise UserError(
+            f"{function} on encrypted values needs a calibrated input interval (run with "
+            "calibration samples, or give 'interval' for the node in --config)"
+        )
+    lo, hi = (float(v) for v in choice.interval)
+    if lo <= 0:
+        raise UserError(
+            f"{function} at {choice.node}: calibrated interval [{lo:.3g}, {hi:.3g}] reaches 0 "
+            "or below; CKKS needs a positive interval (--config 'interval')"
+        )
+    return lo, hi
+
+
+@lru_cache(maxsize=64)
+def rsqrt_for(interval: tuple[float, float]) -> InverseSqrt:
+    return InverseSqrt.polynomial_only(interval)
+
+
+def _reciprocal(call: Call, x: HeTensor) -> HeTensor:
+    approximation = he_reciprocal(*_interval(call, "reciprocal"))
+    return approximation.iterate(x, lambda b: evaluate_polynomial(b, approximation.initial))
+
+
+def _rsqrt(call: Call, x: HeTensor) -> HeTensor:
+    approximation = rsqrt_for(_interval(call, "rsqrt"))
+    return approximation.iterate(x, lambda b: evaluate_polynomial(b, approximation.initial))
+
+
+def _gelu(call: Call) -> Any:
+    method = call.choice.method if call.choice else "exact"
+    if method not in ("quad", "minimax"):
+        return _unsupported(call, f" for method {method!r} (use 'quad' or 'minimax')")
+    from secinfer.core.kernels.approx import gelu_approximation
+
+    interval = tuple(call.choice.interval) if call.choice.interval else None
+    poly, _ = gelu_approximation(method, interval)
+    return evaluate_polynomial(call.args[0], poly)
+
+
+def _nonlinear(call: Call) -> Any:
+    t = call.target
+    if t is aten.reciprocal.default:
+        return _reciprocal(call, call.args[0])
+    if t is aten.rsqrt.default:
+        return _rsqrt(call, call.args[0])
+    if t is aten.sqrt.default:
+        return call.args[0] * _rsqrt(call, call.args[0])
+    if t is aten.gelu.default:
+        return _gelu(call)
+    return _unsupported(call)
+
+
+# --- registration ----------------------------------------------------------------------------
+HE_FUNCTIONS = {
+    "reciprocal": ("polynomial",),
+    "rsqrt": None,
+    "sqrt": None,
+    "gelu": ("quad", "minimax"),
+}
+"""Nonlinear functions with a CKKS kernel, and the plan methods allowed (None: any)."""
+
+_BY_CATEGORY = {
+    "shape": _shape,
+    "create": _create,
+    "arith": _arith,
+    "linear": _linear,
+    "nonlinear": _nonlinear,
+}
+
+
+def _register() -> None:
+    """Every op gets an `he` kernel, since the model owner's own plain computations (masks,
+    counts) may use any op; an op with no encrypted form is marked `plain_only` (it runs on
+    plain values and refuses ciphertexts), which `secinfer inspect` reports as missing."""
+    for spec in REGISTRY.values():
+        encrypted = spec.category in _BY_CATEGORY and (
+            spec.category != "nonlinear" or (spec.function or "") in HE_FUNCTIONS
+        )
+        kernel = dispatch(_BY_CATEGORY[spec.category] if encrypted else _unsupported)
+        kernel.plain_only = not encrypted  # type: ignore[attr-defined]
+        spec.kernels.setdefault("he", kernel)
+    REGISTRY["aten.div"].kernels["he"] = dispatch(_div)
+    REGISTRY["aten.pow"].kernels["he"] = dispatch(_pow)
+    register("he", "aten.embedding", dispatch(_embedding))
+
+
+_register()
+
+
+def check_he_plan(graph: Any, plan: Any) -> None:
+    """UnsupportedHeOp, before any work, for the first nonlinear node CKKS cannot run."""
+    for node in graph.calls:
+        spec = REGISTRY.get(node.op)
+        if spec is None or spec.category != "nonlinear":
+            continue
+        where = f" at {node.module}" if node.module else ""
+        methods = HE_FUNCTIONS.get(spec.function or "", False)
+        choice = plan.choices.get(node.name)
+        if methods is False or (methods and choice is not None and choice.method not in methods):
+            how = f" with method {choice.method!r}" if choice is not None and methods else ""
+            raise UnsupportedHeOp(
+                f"{node.op} (node {node.name}){where} has no he kernel{how}; {CONVERT_HINT}"
+            )

@@ -1,0 +1,254 @@
+"""Nonlinear graph ops on the `mpc` backend: the plan's choice mapped to `protocols.mpc`.
+
+  gelu        "auto" (default): x/2 + q(x^2) on the calibrated interval, no comparison,
+              when that reaches 5e-3; else "sign_exp": relu(x) - (|x|/2) exp(-u(|x|)),
+              one comparison, 7.8e-4 on |x| <= 34. Also PUMA's piecewise polynomials
+              ("puma_refit", "puma"), "bolt", and "quad" for models trained with it
+  softmax     max subtraction, exp by repeated squaring with a cut-off, one reciprocal
+              per row ("exp_limit"); x^p normalised ("power") for power-softmax models
+  layer_norm  mean, variance, range-normalised inverse square root on the calibrated
+              variance interval
+  tanh, sigmoid, erf, silu
+              the catalog's minimax polynomial inside its interval, the limits outside
+              (two comparisons)
+  exp         exp(x - c) e^c with c the calibrated maximum, by repeated squaring
+  rsqrt, sqrt, reciprocal, division by a secret
+              range-normalised inverse square root / reciprocal on the calibrated interval
+
+Intervals come from the plan (calibrated by the model owner); a secure kernel cannot see
+its inputs, so values outside the interval are not counted here: the launcher's `approx`
+run of the same plan counts them. The range-normalised kernels are widened by
+MPC_WIDEN (a factor of 2 costs one more threshold of the one stacked comparison).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+import approximations as A
+from approximations.piecewise import Piecewise, Segment
+from approximations.polynomial import Polynomial
+from secinfer.backends.mpc.kernels.precision import at_precision
+from secinfer.backends.mpc.kernels.values import is_secret
+from secinfer.core.registry import Call, register
+
+MPC_WIDEN = 16.0
+"""Calibrated positive intervals are stretched to [lo / MPC_WIDEN, hi * MPC_WIDEN]."""
+LAYER_NORM_WIDEN = 2.0**8
+"""LayerNorm variances (one per row: few elements, so extra octaves cost little) get
+[lo / 2^8, hi * 2^8] (activations 16 times off the calibrated scale still fit), within the
+fixed-point range [2^-16, 2^30]."""
+DEFAULT_POSITIVE = (1e-4, 1e4)
+"""Interval of an uncalibrated positive input (variance, denominator)."""
+GELU_METHODS = ("auto", "sign_exp", "puma", "puma_refit", "bolt", "quad")
+
+
+def _positive_interval(choice: Any, widen: float = MPC_WIDEN) -> tuple[float, float]:
+    if choice is None or not choice.interval:
+        return DEFAULT_POSITIVE
+    lo, hi = choice.interval
+    if lo <= 0:
+        raise NotImplementedError(
+            f"{choice.function} at {choice.node}: calibrated interval [{lo:.3g}, {hi:.3g}] "
+            "reaches zero or below; the mpc kernel needs a positive input"
+        )
+    return (max(lo / widen, 2.0**-16), min(hi * widen, 2.0**30))
+
+
+def kernel_interval(choice: Any) -> tuple[float, float] | None:
+    """Where this node's mpc kernel is accurate (None: on every input), for counting the
+    inputs outside it in a plaintext run."""
+    if choice is None:
+        return None
+    if choice.interval and choice.interval[0] <= 0 and choice.function not in ("exp", "gelu"):
+        return None  # a positive-domain kernel is not used here (an integer power, say)
+    if choice.function == "layer_norm":
+        return _positive_interval(choice, LAYER_NORM_WIDEN)
+    if choice.function in ("rsqrt", "sqrt", "reciprocal"):
+        return _positive_interval(choice)
+    if choice.function == "gelu" and choice.method in ("auto", "sign_exp"):
+        form = gelu_form(choice)
+        bound = form.bound if hasattr(form, "bound") else math.sqrt(form.interval[1])
+        return (-bound, bound)
+    if choice.function == "exp" and choice.interval:
+        return (-math.inf, max(0.0, math.ceil(choice.interval[1])))
+    return None
+
+
+def gelu_form(choice: Any) -> Any:
+    """The even polynomial or the SignExpGELU behind an "auto" / "sign_exp" choice."""
+    from approximations.even_gelu import secure_gelu_form
+
+    return secure_gelu_form(choice.method, tuple(choice.interval) if choice.interval else None)
+
+
+def gelu(call: Call) -> Any:
+    from protocols.mpc.piecewise import gelu as secure_gelu
+
+    method = call.choice.method
+    if method in ("auto", "sign_exp"):
+        from approximations.sign_exp_gelu import SignExpGELU
+        from protocols.mpc.gelu import even_gelu, sign_exp_gelu
+
+        form = gelu_form(call.choice)
+        if isinstance(form, SignExpGELU):
+            return sign_exp_gelu(call.args[0], form)
+        return even_gelu(call.args[0], form)
+    if method not in GELU_METHODS:
+        raise NotImplementedError(
+            f"gelu method {method!r} has no mpc kernel; choose one of {', '.join(GELU_METHODS)}"
+        )
+    return secure_gelu(call.args[0], method)
+
+
+def softmax_exp_settings(choice: Any) -> tuple[int, float | None, int]:
+    """(squarings, cutoff, order) for softmax's exp by squaring on shares: the plan's
+    (`secinfer.core.plan.mpc_softmax_exp`, which an mpc plan has already applied)."""
+    from secinfer.core.plan import mpc_softmax_exp, option
+
+    options = {name: option(choice, name) for name in ("squarings", "cutoff", "order")}
+    return mpc_softmax_exp(options, choice.interval)
+
+
+def softmax(call: Call) -> Any:
+    from protocols.mpc import softmax as secure
+
+    x, dim = call.args[0], call.args[1]
+    options = dict(call.choice.options)
+    if call.choice.method == "exp_limit":
+        squarings, cutoff, order = softmax_exp_settings(call.choice)
+        return secure.softmax(x, dim, squarings=squarings, cutoff=cutoff, order=order)
+    if call.choice.method == "power":
+        keys = ("p", "normalizer", "eps")
+        return secure.power_softmax(x, dim, **{k: options[k] for k in keys if k in options})
+    raise NotImplementedError(f"softmax method {call.choice.method!r} has no mpc kernel")
+
+
+def layer_norm(call: Call) -> Any:
+    from protocols.mpc.layer_norm import layer_norm as secure
+
+    x, shape = call.args[0], call.args[1]
+    weight = call.args[2] if len(call.args) > 2 else call.kwargs.get("weight")
+    bias = call.args[3] if len(call.args) > 3 else call.kwargs.get("bias")
+    eps = call.args[4] if len(call.args) > 4 else call.kwargs.get("eps", 1e-5)
+    interval = _positive_interval(call.choice, LAYER_NORM_WIDEN)
+    return secure(x, shape, weight, bias, eps, variance_interval=interval)
+
+
+@lru_cache(maxsize=8)
+def saturated_piecewise(function: str) -> Piecewise:
+    """The catalog's minimax polynomial on its interval, the function's limits outside."""
+    entry = A.catalog[f"{function}.minimax"]
+    lo, hi = entry.interval
+    whole = (-1.0, 1.0)
+    below = Polynomial.constant(-1.0 if function in ("tanh", "erf") else 0.0, whole)
+    above = Polynomial.identity(whole) if function == "silu" else Polynomial.constant(1.0, whole)
+    segments = (
+        Segment(-math.inf, lo, below),
+        Segment(lo, hi, entry.approximation),
+        Segment(hi, math.inf, above),
+    )
+    return Piecewise(segments, (lo, hi), entry.max_error, reference=function)
+
+
+SATURATED = {
+    torch.ops.aten.tanh.default: "tanh",
+    torch.ops.aten.sigmoid.default: "sigmoid",
+    torch.ops.aten.erf.default: "erf",
+    torch.ops.aten.silu.default: "silu",
+}
+
+
+def saturated(call: Call) -> Any:
+    from protocols.mpc.piecewise import evaluate_piecewise
+
+    return evaluate_piecewise(call.args[0], saturated_piecewise(SATURATED[call.target]))
+
+
+def exp(call: Call) -> Any:
+    from protocols.mpc.exp import exp_by_squaring
+    from secinfer.core.plan import option
+
+    x = call.args[0]
+    interval = call.choice.interval if call.choice else None
+    shift = max(0.0, math.ceil(interval[1])) if interval else 0.0
+    squarings, cutoff = int(option(call.choice, "squarings")), option(call.choice, "cutoff")
+    return exp_by_squaring(x - shift, squarings=squarings, cutoff=cutoff) * math.exp(shift)
+
+
+def _inv_sqrt(call: Call, x: Any) -> Any:
+    from protocols.mpc.inverse import inv_sqrt
+
+    return inv_sqrt(x, _positive_interval(call.choice))
+
+
+def _reciprocal(call: Call, x: Any) -> Any:
+    from protocols.mpc.inverse import reciprocal
+
+    return reciprocal(x, _positive_interval(call.choice))
+
+
+def rsqrt(call: Call) -> Any:
+    return _inv_sqrt(call, call.args[0])
+
+
+def sqrt(call: Call) -> Any:
+    x = call.args[0]
+    return x * _inv_sqrt(call, x)
+
+
+def reciprocal(call: Call) -> Any:
+    return _reciprocal(call, call.args[0])
+
+
+def div(call: Call) -> Any:
+    """x / y: local for a public y, else x times the secure reciprocal of y (y > 0)."""
+    x, y = call.args[0], call.args[1]
+    if not is_secret(y):
+        if not is_secret(x):
+            return call.run_exact()
+        if isinstance(y, torch.Tensor) and y.numel() > 1:
+            return x * (1.0 / y.double()).float()
+        return x.div(float(y))
+    return _reciprocal(call, y) * x if not is_secret(x) else x * _reciprocal(call, y)
+
+
+def pow_(call: Call) -> Any:
+    """Integer powers by square-and-multiply; -1, 0.5 and -0.5 by the inverse kernels."""
+    from secinfer.backends.mpc.kernels.shares import integer_power
+
+    x, exponent = call.args[0], call.args[1]
+    if not is_secret(x):
+        return call.run_exact()
+    if isinstance(exponent, int | float) and float(exponent).is_integer() and exponent >= 0:
+        return integer_power(x, int(exponent))
+    if exponent == -1:
+        return _reciprocal(call, x)
+    if exponent == -0.5:
+        return _inv_sqrt(call, x)
+    if exponent == 0.5:
+        return x * _inv_sqrt(call, x)
+    raise NotImplementedError(f"aten.pow with exponent {exponent} has no mpc kernel")
+
+
+for _name, _kernel in {
+    "aten.gelu": gelu,
+    "aten.softmax": softmax,
+    "aten._softmax": softmax,
+    "aten.layer_norm": layer_norm,
+    "aten.tanh": saturated,
+    "aten.sigmoid": saturated,
+    "aten.erf": saturated,
+    "aten.silu": saturated,
+    "aten.exp": exp,
+    "aten.rsqrt": rsqrt,
+    "aten.sqrt": sqrt,
+    "aten.reciprocal": reciprocal,
+    "aten.div": div,
+    "aten.pow": pow_,
+}.items():
+    register("mpc", _name, at_precision(_kernel))

@@ -1,0 +1,290 @@
+"""The `approx` backend: plaintext float64 with the approximations the plan chose.
+
+Linear, shape and selection ops run exactly (in float64: floating dtypes requested by the
+graph are promoted). Nonlinear ops use `approximations`, configured by the node's `Choice`
+(method, interval, options); inputs outside the approximation's interval are counted in
+the node's RangeStats. Division by a tensor and fractional powers are nonlinear too and
+go through the reciprocal / inverse square root approximations.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+import approximations as A
+from approximations.even_gelu import even_gelu, secure_gelu_form
+from approximations.functions import rsqrt_approximation
+from approximations.iterative import he_reciprocal
+from approximations.sign_exp_gelu import SignExpGELU
+from secinfer.core.registry import REGISTRY, Call, register, register_all
+
+aten = torch.ops.aten
+FLOAT = torch.float64
+UNBOUNDED = (-math.inf, math.inf)
+
+# function -> method -> (catalog entry used inside the interval, value below, value above)
+SATURATED: dict[str, tuple[str, Any, Any]] = {
+    "tanh": ("tanh.minimax", lambda x: -torch.ones_like(x), torch.ones_like),
+    "sigmoid": ("sigmoid.minimax", torch.zeros_like, torch.ones_like),
+    "erf": ("erf.minimax", lambda x: -torch.ones_like(x), torch.ones_like),
+    "silu": ("silu.minimax", torch.zeros_like, lambda x: x),
+}
+EXACT = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "erf": torch.erf, "silu": F.silu}
+
+
+def _promote(value: Any) -> Any:
+    if isinstance(value, torch.dtype) and value.is_floating_point:
+        return FLOAT
+    return value
+
+
+def generic(call: Call) -> Any:
+    """Exact op; floating dtypes the graph asks for become float64."""
+    if call.target is aten._assert_tensor_metadata.default:
+        return None  # it would assert float32 on our float64 values
+    kwargs = {k: _promote(v) for k, v in call.kwargs.items()}
+    return call.target(*call.args, **kwargs)
+
+
+# --- GELU -----------------------------------------------------------------------------------
+@lru_cache(maxsize=64)
+def gelu_approximation(method: str, interval: tuple[float, float] | None) -> tuple[Any, tuple]:
+    """(callable, interval where it holds). A single polynomial ("minimax") is refit on
+    the calibrated interval when one is given, so that calibration widens it."""
+    if method in ("auto", "sign_exp"):
+        form = secure_gelu_form(method, interval)
+        if isinstance(form, SignExpGELU):
+            return form, (-form.bound, form.bound)
+        bound = math.sqrt(form.interval[1])
+        return (lambda x: even_gelu(x, form)), (-bound, bound)
+    if method == "minimax" and interval is not None:
+        poly = A.fit(F.gelu, interval, A.catalog["gelu.minimax"].degree, "remez", name="gelu")
+        return poly, poly.interval
+    if method in ("minimax", "quad"):
+        entry = A.catalog[f"gelu.{method}"]
+        return entry.approximation, entry.interval
+    return (lambda x: A.gelu(x, method)), UNBOUNDED
+
+
+def gelu(call: Call) -> torch.Tensor:
+    x = call.args[0]
+    fn, interval = gelu_approximation(call.choice.method, _interval(call.choice))
+    if interval != UNBOUNDED:
+        call.stats.record(x, interval)
+    return fn(x)
+
+
+# --- softmax --------------------------------------------------------------------------------
+def softmax(call: Call) -> torch.Tensor:
+    x, dim = call.args[0], call.args[1]
+    from secinfer.core.plan import SOFTMAX_OPTIONS
+
+    options = {**SOFTMAX_OPTIONS, **call.choice.options}
+    options.pop("precision_bits", None)  # the mpc backend's encoding, not the function's
+    if call.choice.method == "exp_limit" and options["cutoff"] is None:
+        return _softmax_uncut(call, x, dim, options)
+    return A.softmax(x, dim, method=call.choice.method, **options)
+
+
+def _softmax_uncut(call: Call, x: torch.Tensor, dim: int, options: dict[str, Any]) -> torch.Tensor:
+    """exp_limit without a cut-off, as an mpc plan has it when its squarings cover the
+    calibrated spread plus masked positions (`secinfer.core.plan.mpc_softmax_exp`): sentinels
+    (masks' finfo.min) become -MASK_LIMIT as on the mpc backend, the exp by squaring runs on
+    every z = x - max (inputs below its valid range are counted), one reciprocal per row."""
+    from secinfer.backends.mpc.kernels.values import MASK_LIMIT, SENTINEL
+
+    x = torch.where(x.abs() >= SENTINEL, torch.sign(x) * MASK_LIMIT, x)
+    squarings, order = int(options["squarings"]), int(options["order"])
+    reach = 2.0 ** (squarings + order - 1)
+    exp = A.ExpBySquaring(squarings=squarings, interval=(-reach, 0.0), cutoff=None, order=order)
+    z = x - x.amax(dim=dim, keepdim=True)
+    call.stats.record(z, exp.valid_range)
+    weights = exp(z)
+    total = weights.sum(dim=dim, keepdim=True)
+    name = options["reciprocal"]
+    if name == "exact":
+        return weights / total
+    return weights * A.catalog[f"reciprocal.{name}"].approximation(total)
+
+
+def log_softmax(call: Call) -> torch.Tensor:
+    """log softmax(x) = z - log(sum exp z), z = x - max: exp and log approximated."""
+    x, dim = call.args[0], call.args[1]
+    if call.choice.method == "exact":
+        return torch.log_softmax(x, dim)
+    z = x - x.amax(dim=dim, keepdim=True).detach()
+    squarings, cutoff = int(option(call.choice, "squarings")), option(call.choice, "cutoff")
+    exp = A.ExpBySquaring(squarings=squarings, cutoff=cutoff)
+    total = exp(z).sum(dim=dim, keepdim=True)
+    call.stats.record(total, A.catalog["log.normalised"].interval)
+    return z - A.catalog["log.normalised"].approximation(total)
+
+
+# --- LayerNorm ------------------------------------------------------------------------------
+def layer_norm(call: Call) -> torch.Tensor:
+    x, shape = call.args[0], call.args[1]
+    weight = call.args[2] if len(call.args) > 2 else call.kwargs.get("weight")
+    bias = call.args[3] if len(call.args) > 3 else call.kwargs.get("bias")
+    eps = call.args[4] if len(call.args) > 4 else call.kwargs.get("eps", 1e-5)
+    method, interval = call.choice.method, _interval(call.choice)
+    dims = tuple(range(-len(shape), 0))
+    if method != "exact":
+        var = x.var(dim=dims, unbiased=False) + eps
+        approx = rsqrt_approximation(method, interval if method == "poly" else None)
+        call.stats.record(var, approx.interval)
+    return A.layer_norm(x, shape, weight, bias, eps, rsqrt=method, interval=interval)
+
+
+# --- elementwise functions ------------------------------------------------------------------
+def saturated(call: Call) -> torch.Tensor:
+    """tanh, sigmoid, erf, silu: a minimax polynomial inside its interval, the function's
+    limits outside (one comparison on each side)."""
+    function = REGISTRY_FUNCTION[call.target]
+    x = call.args[0]
+    if call.choice.method == "exact":
+        return EXACT[function](x)
+    entry_name, below, above = SATURATED[function]
+    entry = A.catalog[entry_name]
+    lo, hi = entry.interval
+    inside = entry.approximation(x)
+    return torch.where(x < lo, below(x), torch.where(x > hi, above(x), inside))
+
+
+def exp(call: Call) -> torch.Tensor:
+    """exp(x) = exp(x - c) e^c with c the calibrated maximum (public), so that the
+    repeated-squaring form sees inputs <= 0; inputs above c are counted."""
+    x = call.args[0]
+    if call.choice.method == "exact":
+        return torch.exp(x)
+    interval = _interval(call.choice)
+    shift = max(0.0, math.ceil(interval[1])) if interval else 0.0
+    call.stats.record(x, (-math.inf, shift))
+    squarings, cutoff = int(option(call.choice, "squarings")), option(call.choice, "cutoff")
+    fn = A.ExpBySquaring(squarings=squarings, cutoff=cutoff)
+    return fn(x - shift) * math.exp(shift)
+
+
+def log(call: Call) -> torch.Tensor:
+    x = call.args[0]
+    if call.choice.method == "exact":
+        return torch.log(x)
+    entry = A.catalog["log.normalised"]
+    call.stats.record(x, entry.interval)
+    return entry.approximation(x)
+
+
+def _rsqrt_values(call: Call, x: torch.Tensor) -> torch.Tensor:
+    """1 / sqrt(x): normalised Newton (the mpc form; "newton", and a reciprocal method
+    other than "polynomial" for x^-0.5), or a polynomial guess and Newton steps on the
+    calibrated interval without normalisation (the he form, `kernels.he.rsqrt_for`: "poly",
+    and "polynomial" for x^-0.5)."""
+    method = call.choice.method if call.choice is not None else "newton"
+    if method == "exact":
+        return torch.rsqrt(x)
+    if method in ("poly", "polynomial"):
+        interval = _interval(call.choice)
+        if interval is not None and interval[0] > 0:
+            approximation = rsqrt_approximation("poly", interval)
+        else:
+            approximation = A.catalog["rsqrt.poly_he"].approximation
+        call.stats.record(x, approximation.interval)
+        return approximation(x)
+    entry = A.catalog["rsqrt.newton"]
+    call.stats.record(x, entry.interval)
+    return entry.approximation(x)
+
+
+def rsqrt(call: Call) -> torch.Tensor:
+    return _rsqrt_values(call, call.args[0])
+
+
+def sqrt(call: Call) -> torch.Tensor:
+    x = call.args[0]
+    return x * _rsqrt_values(call, x)
+
+
+def _reciprocal_values(call: Call, x: torch.Tensor, method: str) -> torch.Tensor:
+    """sign(x) / |x| with the normalised reciprocal; |x| outside its interval is counted."""
+    if method == "exact":
+        return 1.0 / x
+    if method == "polynomial":  # the HE form, on the node's calibrated interval
+        lo, hi = _interval(call.choice) or (1e-4, 1e4)
+        approximation = he_reciprocal(lo, hi)
+        call.stats.record(x, approximation.interval)
+        return approximation(x)
+    entry = A.catalog[f"reciprocal.{method}"]
+    magnitude = x.abs()
+    call.stats.record(magnitude, entry.interval)
+    return torch.sign(x) * entry.approximation(magnitude)
+
+
+def reciprocal(call: Call) -> torch.Tensor:
+    return _reciprocal_values(call, call.args[0], call.choice.method)
+
+
+def div(call: Call) -> Any:
+    """x / y: exact for a number or a model-owned constant, else x * approx(1 / y)."""
+    x, y = call.args[0], call.args[1]
+    if not isinstance(y, torch.Tensor) or y.numel() == 1 or call.choice is None:
+        return generic(call)
+    return x * _reciprocal_values(call, y, call.choice.method)
+
+
+def pow_(call: Call) -> Any:
+    """Integer powers are products; 0.5, -0.5 and -1 go through sqrt, rsqrt, reciprocal."""
+    x, exponent = call.args[0], call.args[1]
+    if not isinstance(exponent, (int, float)) or (float(exponent).is_integer() and exponent >= 0):
+        return generic(call)
+    if exponent == -0.5:
+        return _rsqrt_values(call, x)
+    if exponent == 0.5:
+        return x * _rsqrt_values(call, x)
+    if exponent == -1:
+        return _reciprocal_values(call, x, call.choice.method if call.choice else "goldschmidt")
+    raise NotImplementedError(f"aten.pow with exponent {exponent} has no approximation")
+
+
+def option(choice: Any, name: str) -> Any:
+    """The plan's setting `name` for `choice` (`secinfer.core.plan.option`)."""
+    from secinfer.core.plan import option as plan_option
+
+    return plan_option(choice, name)
+
+
+def _interval(choice: Any) -> tuple[float, float] | None:
+    return tuple(choice.interval) if choice is not None and choice.interval else None
+
+
+REGISTRY_FUNCTION = {
+    aten.tanh.default: "tanh",
+    aten.sigmoid.default: "sigmoid",
+    aten.erf.default: "erf",
+    aten.silu.default: "silu",
+}
+
+register_all("approx", generic, categories=("shape", "create", "select", "linear", "arith"))
+for _name, _kernel in {
+    "aten.gelu": gelu,
+    "aten.softmax": softmax,
+    "aten._softmax": softmax,
+    "aten.log_softmax": log_softmax,
+    "aten._log_softmax": log_softmax,
+    "aten.layer_norm": layer_norm,
+    "aten.tanh": saturated,
+    "aten.sigmoid": saturated,
+    "aten.erf": saturated,
+    "aten.silu": saturated,
+    "aten.exp": exp,
+    "aten.log": log,
+    "aten.rsqrt": rsqrt,
+    "aten.sqrt": sqrt,
+    "aten.reciprocal": reciprocal,
+}.items():
+    register("approx", _name, _kernel)
+REGISTRY["aten.div"].kernels["approx"] = div
+REGISTRY["aten.pow"].kernels["approx"] = pow_

@@ -1,0 +1,33 @@
+"""Graph and plan for a backend, from a program, calibration samples and the user's config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from secinfer.core.calibrate import calibrate
+from secinfer.core.execute import check_supported
+from secinfer.core.graph import Graph, build_graph
+from secinfer.core.plan import Plan, make_plan, plan_target, read_config
+
+
+def prepare(
+    program: torch.export.ExportedProgram,
+    backend: str,
+    samples: list[tuple[torch.Tensor, ...]],
+    config_path: str | Path | None = None,
+    target: str | None = None,
+) -> tuple[Graph, Plan]:
+    """Graph and plan for `backend`; fails on unsupported ops before any work.
+
+    The plan is made for `plan_target(backend, target)`: a secure backend's own, and for
+    `approx` the target it stands for (default mpc), through this one function, so that
+    `approx --target mpc` runs exactly the plan the mpc parties run (same graph, samples
+    and config give the same `Plan.to_dict()`)."""
+    graph = build_graph(program)
+    check_supported(graph, backend)
+    chosen = plan_target(backend, target)
+    config = read_config(config_path)
+    calibration = calibrate(graph, samples) if samples else {}
+    return graph, make_plan(graph, chosen, config, calibration)

@@ -1,0 +1,2 @@
+"""Run and evaluation reports: the common comparison with plaintext, each secure backend's
+cost figures, the terminal tables, the plots and the atomic writing of result files."""

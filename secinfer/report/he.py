@@ -1,0 +1,209 @@
+"""The report of an HE run: accuracy against plain, and the bill in levels, operations, bytes.
+
+Fields shared with `secinfer.report.common` (backend, model, seconds, output_shape, max_abs_error,
+cosine, argmax_agreement, out_of_range) keep their meaning; `he` adds:
+  he.params            ring degree, modulus chain, scale; params_explained (security bound,
+                       precision) and params_reason (the depth the model needs against what
+                       a context offers)
+  he.depth             levels a fresh ciphertext has (depth_per_context), refreshes (client
+                       round trips) and levels_used = depth_per_context x (refreshes + 1),
+                       an upper bound on the levels the run consumed
+  he.counts            ct-ct and ct-pt products, additions, rotations, key switches
+  he.bytes             server -> client and client -> server (framed), and the public
+                       context the client sent (part of client -> server)
+  he.latency           seconds per group (matmul, attention, softmax, GELU, LayerNorm,
+                       refresh, other); refresh round trips are taken out of the node times
+  estimates            wall time on a LAN and a WAN (`secure_report.NETWORKS`): the local
+                       run's seconds + round trips x RTT + the bytes of both directions /
+                       bandwidth; round trips = refreshes + PROTOCOL_ROUND_TRIPS
+  layers[i]            per block: max_abs_error null (intermediate values stay encrypted) and
+                       approx_max_abs_error, the same block's error under `approx`; the
+                       server's seconds on the block (refresh round trips taken out, as in
+                       he.latency) and refresh_seconds, refreshes, and operations {ct_ct_mults,
+                       ct_pt_mults, rotations, key_switches, additions}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from secinfer.core.execute import RunResult
+from secinfer.core.graph import Graph
+from secinfer.report.common import block_ends, block_error, compare
+from secinfer.report.mpc import estimate, estimate_line
+
+LATENCY_ORDER = ("matmul", "attention", "softmax", "GELU", "LayerNorm", "refresh", "other")
+LAYER_OPERATIONS = ("ct_ct_mults", "ct_pt_mults", "rotations", "key_switches", "additions")
+PROTOCOL_ROUND_TRIPS = 3
+"""A query's exchanges that wait for the other side, besides refreshes: hello -> shapes,
+layouts -> keys and input (one client turn), output -> received."""
+
+
+def he_estimates(
+    seconds: float, round_trips: int, server: dict[str, Any], client: dict[str, Any]
+) -> dict[str, float]:
+    """`secure_report.estimate` for an HE session: both directions' bytes, in turn."""
+    return estimate(seconds, round_trips, server["bytes_sent"] + client["bytes_sent"])
+
+
+def latency_group(record: Any) -> str:
+    """matmul, attention, softmax, GELU, LayerNorm or other, from the node's op and module."""
+    module = (record.module or "").lower()
+    if "softmax" in module:
+        return "softmax"
+    if "norm" in module or ".ln" in module or module.startswith("ln"):
+        return "LayerNorm"
+    if "act" in module.split(".")[-1] or "gelu" in module:
+        return "GELU"
+    if record.op in ("aten.matmul", "aten.bmm"):
+        return "attention"
+    if record.op in ("aten.linear", "aten.mm", "aten.addmm", "aten.embedding"):
+        return "matmul"
+    return "other"
+
+
+def latency_table(records: list[Any]) -> dict[str, dict[str, float]]:
+    """Seconds per group, refresh round trips apart (their time is taken out of the nodes')."""
+    table: dict[str, dict[str, float]] = {}
+    refresh = {"seconds": 0.0, "nodes": 0, "refreshes": 0}
+    for record in records:
+        spent = float(record.cost.get("refresh_seconds", 0.0)) if record.cost else 0.0
+        row = table.setdefault(latency_group(record), {"seconds": 0.0, "nodes": 0})
+        row["seconds"] += record.seconds - spent
+        row["nodes"] += 1
+        refresh["seconds"] += spent
+        refresh["refreshes"] += int(record.cost.get("refreshes", 0)) if record.cost else 0
+        refresh["nodes"] += 1 if spent else 0
+    table["refresh"] = refresh
+    return table
+
+
+def _no_cost() -> dict[str, Any]:
+    return {
+        "seconds": 0.0,
+        "refresh_seconds": 0.0,
+        "refreshes": 0,
+        "operations": dict.fromkeys(LAYER_OPERATIONS, 0),
+    }
+
+
+def layer_costs(graph: Graph, nodes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per block, from the server's per-node records (`name`, `seconds`, `cost`): seconds
+    without refresh round trips, refresh_seconds, refreshes and the operation counts."""
+    blocks: dict[str, dict[str, Any]] = {}
+    for record in nodes:
+        node = graph.node_by_name.get(record.get("name", ""))
+        if node is None:
+            continue
+        cost = record.get("cost") or {}
+        entry = blocks.setdefault(node.block, _no_cost())
+        spent = float(cost.get("refresh_seconds", 0.0))
+        entry["seconds"] += float(record.get("seconds", 0.0)) - spent
+        entry["refresh_seconds"] += spent
+        entry["refreshes"] += int(cost.get("refreshes", 0))
+        for key in LAYER_OPERATIONS:
+            entry["operations"][key] += int(cost.get(key, 0))
+    return blocks
+
+
+def build_he_report(
+    *,
+    graph: Graph,
+    model: str,
+    output: torch.Tensor,
+    seconds: float,
+    server: dict[str, Any],
+    client: dict[str, Any],
+    reference: RunResult,
+    approx: RunResult,
+    output_name: str,
+) -> dict[str, Any]:
+    ref = reference.outputs[0]
+    max_err, cosine = compare(output, ref)
+    costs = layer_costs(graph, server.get("nodes", []))
+    layers = [
+        {
+            "name": block,
+            "node": node,
+            "max_abs_error": None,
+            "approx_max_abs_error": block_error(approx, reference, node),
+            **costs.get(block, _no_cost()),
+        }
+        for block, node in block_ends(graph).items()
+    ]
+    report: dict[str, Any] = {
+        "backend": "he",
+        "model": model,
+        "seconds": seconds,
+        "output_shape": list(output.shape),
+        "reference": "plain",
+        "max_abs_error": max_err,
+        "cosine": cosine,
+        "argmax_agreement": None,
+        "out_of_range": 0,
+        "out_of_range_nodes": [],
+        "he": {
+            "params": server["params"],
+            "params_explained": server["params_explained"],
+            "params_reason": server.get("params_reason", ""),
+            "depth": {
+                "depth_per_context": server["depth_per_context"],
+                "refreshes": server["refreshes"],
+                "refreshed_ciphertexts": server["refreshed_ciphertexts"],
+                "levels_used": server["levels_used"],
+            },
+            "counts": server["counts"],
+            "bytes": {
+                "server_to_client": server["bytes_sent"],
+                "client_to_server": client["bytes_sent"],
+                "public_context": client["public_context_bytes"],
+            },
+            "latency": server["latency"],
+            "server_seconds": server["seconds"],
+            "client_seconds": client["seconds"],
+        },
+        "layers": layers,
+    }
+    trips = server["refreshes"] + PROTOCOL_ROUND_TRIPS
+    report["estimates"] = he_estimates(seconds, trips, server, client)
+    report["he"]["round_trips"] = trips
+    if output_name == "logits" and output.dim() >= 1:
+        report["argmax_agreement"] = float((output.argmax(-1) == ref.argmax(-1)).double().mean())
+    return report
+
+
+def he_summary(report: dict[str, Any]) -> str:
+    """Lines for the terminal: levels and refreshes, bytes, operations, latency per group."""
+    he = report["he"]
+    depth, counts, sent = he["depth"], he["counts"], he["bytes"]
+    params = he["params"]
+    lines = [
+        f"CKKS N={params['poly_modulus_degree']}, chain {params['coeff_mod_bit_sizes']}, "
+        f"scale 2^{params['scale_bits']}: {depth['depth_per_context']} levels per ciphertext, "
+        f"{depth['refreshes']} refreshes ({depth['refreshed_ciphertexts']} ciphertexts), "
+        f"at most {depth['levels_used']} levels used",
+        f"why: {he['params_reason']}",
+        f"bytes: server -> client {sent['server_to_client'] / 1e6:.1f} MB, client -> server "
+        f"{sent['client_to_server'] / 1e6:.1f} MB "
+        f"(public context {sent['public_context'] / 1e6:.1f} MB)",
+        f"operations: {counts['ct_ct_mults']} ct-ct and {counts['ct_pt_mults']} ct-pt products, "
+        f"{counts['rotations']} rotations ({counts['key_switches']} key switches)",
+        estimate_line(report["estimates"], f"{he['round_trips']} round trips"),
+        latency_markdown(he["latency"]),
+    ]
+    return "\n".join(lines)
+
+
+def latency_markdown(latency: dict[str, dict[str, float]]) -> str:
+    total = sum(row["seconds"] for row in latency.values()) or 1.0
+    rows = ["| operation | seconds | share |", "|---|---|---|"]
+    for group in LATENCY_ORDER:
+        if group in latency:
+            s = latency[group]["seconds"]
+            rows.append(f"| {group} | {s:.2f} | {s / total:.0%} |")
+    return "\n".join(rows)
+
+
+__all__ = ["build_he_report", "he_summary", "latency_markdown"]
