@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-all demo bench spu lint catalog clean
+.PHONY: setup test test-all demo bench spu lint catalog bundled-models clean
 
 setup: $(STAMP)
 
@@ -31,7 +31,7 @@ demo: $(STAMP)
 	$(PY) examples/two_party/run_demo.py
 
 bench: $(STAMP)
-	$(PY) -m secinfer.bench
+	$(PY) -m benchmarks
 
 # Optional: SecretFlow-SPU 0.9.5 in its own venv (it needs numpy < 2); `make bench` adds
 # an SPU row to the layer table when .venv-spu exists.
@@ -46,6 +46,11 @@ $(SPU_STAMP):
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# Maintenance: retrain the bundled digits models in secinfer/data (the example writes
+# elsewhere unless told to replace them).
+bundled-models: $(STAMP)
+	$(PY) examples/train_he_friendly.py --out secinfer/data --update-bundled
 
 catalog: $(STAMP)
 	$(PY) -m approximations catalog --plot docs/approximation_errors.png

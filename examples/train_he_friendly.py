@@ -11,7 +11,10 @@
    `<name>.safetensors` (weights + architecture + conversion in its metadata),
    `<name>.json` (the same record plus training facts) and `<name>.pt2` (torch.export).
 
-    python examples/train_he_friendly.py --out secinfer/data/
+    python examples/train_he_friendly.py --out my-digits/
+
+The bundled models (`secinfer/data/`) are rewritten only by `make bundled-models`, which
+adds `--update-bundled`; without it, an --out inside that folder is refused.
 """
 
 from __future__ import annotations
@@ -51,7 +54,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     ap.add_argument(
-        "--out", type=Path, default=Path("secinfer/data"), help="directory for the model files"
+        "--out",
+        type=Path,
+        default=Path("he-friendly-digits"),
+        help="directory for the model files (created; not the package's bundled models)",
+    )
+    ap.add_argument(
+        "--update-bundled",
+        action="store_true",
+        help="allow --out to be the package's bundled-model folder (make bundled-models)",
     )
     ap.add_argument("--epochs", type=int, default=60, help="epochs for the plain model")
     ap.add_argument(
@@ -107,7 +118,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="weight of the distillation term (1 - alpha on cross-entropy)",
     )
     ap.add_argument("--name", default="digits", help="file stem; the converted model is <name>_he")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if _inside(args.out, BUNDLED) and not args.update_bundled:
+        ap.error(
+            f"--out {args.out} is the package's bundled-model folder; choose another folder, "
+            "or run `make bundled-models` to replace the bundled models on purpose"
+        )
+    return args
+
+
+BUNDLED = Path(__file__).resolve().parents[1] / "secinfer" / "data"
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or lies inside it (symbolic links resolved)."""
+    resolved = path.resolve()
+    return resolved == folder or folder in resolved.parents
 
 
 def seed_everything(seed: int) -> None:

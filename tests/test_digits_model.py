@@ -121,6 +121,23 @@ def test_training_example_end_to_end(tmp_path) -> None:
     assert "converted, after fine-tuning" in done.stdout
 
 
+@pytest.mark.parametrize("out", ["secinfer/data", "secinfer/data/sub", "secinfer/../secinfer/data"])
+def test_the_example_never_writes_into_the_bundled_models_unasked(out: str) -> None:
+    """The training example refuses the package's bundled-model folder (exit 2, one line,
+    nothing written); only `make bundled-models` passes --update-bundled."""
+    data = Path("secinfer/data")
+    before = {f.name: f.stat().st_mtime_ns for f in data.iterdir()}
+    done = subprocess.run(
+        [sys.executable, "examples/train_he_friendly.py", "--out", out, "--epochs", "1"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "bundled-model folder" in done.stderr and "make bundled-models" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert {f.name: f.stat().st_mtime_ns for f in data.iterdir()} == before
+    assert "--update-bundled" in Path("Makefile").read_text()
+
+
 def test_bundled_rsqrt_configuration_is_what_the_code_picks() -> None:
     """The HE-friendly LayerNorm's rsqrt is chosen from its interval by a search; if that
     search changes, the bundled model silently changes too: retrain it then."""
