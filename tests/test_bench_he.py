@@ -1,6 +1,6 @@
-"""Smoke test of the HE matmul bench (`secinfer.benchmarks.he_matmul`) in quick mode: real
+"""Smoke test of the HE matmul bench (`benchmarks.he_matmul`) in quick mode: real
 TenSEAL at N = 8192, the three strategies side by side on tiny shapes, no mocks. And the HE
-private-evaluation bench (`secinfer.benchmarks.he_loss_costs`) in quick mode, every loss on
+private-evaluation bench (`benchmarks.he_loss_costs`) in quick mode, every loss on
 100 encrypted rows with real refreshes (about 45 s on two cores: slow suite)."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 
 pytest.importorskip("tenseal")
 
-from secinfer.benchmarks import he_loss_costs as loss_bench
-from secinfer.benchmarks import he_matmul as bench
+from benchmarks import he_loss_costs as loss_bench
+from benchmarks import he_matmul as bench
 
 ROW_KEYS = {
     "shape", "strategy", "skipped", "seconds", "predicted_seconds", "rotations",
@@ -103,8 +103,8 @@ def loss_record() -> dict:
 def test_the_loss_bench_measures_every_loss_at_its_depth(loss_record: dict) -> None:
     import torch
 
+    from benchmarks.loss_costs import NAMES, OPTIONS, make_data
     from protocols.he.losses import HeLossPlan
-    from secinfer.benchmarks.loss_costs import NAMES, OPTIONS, make_data
 
     assert loss_record["quick"] is True and loss_record["rows"] == loss_bench.QUICK_ROWS
     rows = {r["loss"]: r for r in loss_record["losses"]}

@@ -1,4 +1,4 @@
-"""Smoke test of the MPC bench (`secinfer.benchmarks`) at tiny shapes: real parties (model
+"""Smoke test of the MPC bench (`benchmarks`) at tiny shapes: real parties (model
 owner, data owner, dealer as three processes), both implementations measured in one run,
 ratios computed from the measured rows, published figures kept apart."""
 
@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.cases import OP_CASES, LayerSize, OpCase
+from benchmarks.crypten_baselines import crypten_bert_layer, crypten_decode_errors
+from benchmarks.inputs import EncoderLayer, layer_input, op_input
+from benchmarks.layer import layer_run
+from benchmarks.ops import op_section
+from benchmarks.published import PUBLISHED
+from benchmarks.records import write
+from benchmarks.traffic import combine
 from protocols.mpc.reveal import decode
-from secinfer.benchmarks.cases import OP_CASES, LayerSize, OpCase
-from secinfer.benchmarks.crypten_baselines import crypten_bert_layer, crypten_decode_errors
-from secinfer.benchmarks.inputs import EncoderLayer, layer_input, op_input
-from secinfer.benchmarks.layer import layer_run
-from secinfer.benchmarks.ops import op_section
-from secinfer.benchmarks.published import PUBLISHED
-from secinfer.benchmarks.records import write
-from secinfer.benchmarks.traffic import combine
 
 SMALL_LAYER = LayerSize("smoke", hidden=32, heads=2, intermediate=64, seq=8)
 

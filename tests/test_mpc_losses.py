@@ -135,7 +135,7 @@ def test_the_model_owner_learns_the_aggregate_and_no_per_example_value() -> None
 @pytest.mark.slow
 def test_the_loss_cost_bench_runs_and_its_sums_are_right() -> None:
     """`make bench`'s private-evaluation table, at 100 rows (figures scaled to 1,000)."""
-    from secinfer.benchmarks import loss_costs
+    from benchmarks import loss_costs
 
     record = loss_costs.run(quick=True)
     rows = {r["loss"]: r for r in record["losses"]}

@@ -301,7 +301,7 @@ def test_a_listener_that_does_not_speak_tls_is_one_line(identities: Path) -> Non
 
 @pytest.mark.slow
 def test_the_bench_row_measures_both_channels_in_one_run() -> None:
-    from secinfer.benchmarks import mpc_tls
+    from benchmarks import mpc_tls
 
     record = mpc_tls.run(quick=True)
     assert record["tls"]["payload_bytes"] == record["gloo"]["payload_bytes"] > 0

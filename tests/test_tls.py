@@ -31,10 +31,10 @@ import pytest
 import torch
 from test_run_cli import assert_user_error, secinfer_here
 
+from benchmarks.he_tls import WireTap, query_through_tap
 from protocols import tls
 from secinfer.backends.he import main as he_main
 from secinfer.backends.he import session as he_session
-from secinfer.benchmarks.he_tls import WireTap, query_through_tap
 from secinfer.core.execute import Executor
 from secinfer.core.prepare import prepare
 from secinfer.errors import PartyError

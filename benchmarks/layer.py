@@ -19,13 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.cases import PEER_TIMEOUT, PRECISION_BITS, LayerSize
+from benchmarks.crypten_baselines import crypten_decode_errors
+from benchmarks.inputs import EncoderLayer, layer_input, layer_internals
+from benchmarks.layer_party import layer_party
+from benchmarks.spu_column import spu_row
+from benchmarks.traffic import by_category, combine, crypten_categories, ratios, top_nodes
 from protocols.mpc.runtime import Role
-from secinfer.benchmarks.cases import PEER_TIMEOUT, PRECISION_BITS, LayerSize
-from secinfer.benchmarks.crypten_baselines import crypten_decode_errors
-from secinfer.benchmarks.inputs import EncoderLayer, layer_input, layer_internals
-from secinfer.benchmarks.layer_party import layer_party
-from secinfer.benchmarks.spu_column import spu_row
-from secinfer.benchmarks.traffic import by_category, combine, crypten_categories, ratios, top_nodes
 
 
 def plain_seconds(module: torch.nn.Module, x: torch.Tensor, repeats: int = 5) -> float:
@@ -78,6 +78,7 @@ def layer_run(size: LayerSize, seed: int = 0, repeats: int = 2) -> dict[str, Any
     """One size: ours, CrypTen built-ins and plain, on the same weights and input; the
     secure layers `repeats` times each, alternating which goes first."""
     from protocols.mpc.local import LocalRunError, run_local
+    from secinfer.backends import load
     from secinfer.core.architecture import describe
     from secinfer.core.prepare import prepare
     from secinfer.load.checks import input_specs
@@ -94,6 +95,7 @@ def layer_run(size: LayerSize, seed: int = 0, repeats: int = 2) -> dict[str, Any
         "plain_seconds": plain_seconds(module, x),
         "repeats": repeats,
     }
+    load("mpc")  # the mpc kernels registered, as in the mpc parties
     program = torch.export.export(module, (sample,))
     graph, plan = prepare(program, "mpc", [(sample,)], None)
     names = list(program.graph_signature.user_inputs)

@@ -35,10 +35,10 @@ def make_data(rows: int = ROWS, seed: int = 11) -> tuple[np.ndarray, np.ndarray]
 
 def loss_party(role: Role, logits: np.ndarray, labels: np.ndarray) -> list[dict[str, Any]]:
     """Each loss (and accuracy) alone on the shared data; its traffic and opened sum."""
+    from benchmarks.party_helpers import share
     from protocols.mpc import losses
     from protocols.mpc.meter import Meter
     from protocols.mpc.reveal import reveal_to
-    from secinfer.benchmarks.party_helpers import share
 
     onehot = np.eye(CLASSES)[labels]
     x, t = share(logits, Role.DATA_OWNER, role), share(onehot, Role.DATA_OWNER, role)

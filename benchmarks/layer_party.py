@@ -12,15 +12,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from protocols.mpc.runtime import Role
-from secinfer.benchmarks.crypten_baselines import crypten_bert_layer
-from secinfer.benchmarks.party_helpers import (
+from benchmarks.crypten_baselines import crypten_bert_layer
+from benchmarks.party_helpers import (
     open_output,
     peak_rss_mb,
     share,
     warm_up_kernels,
     warm_up_protocol,
 )
+from protocols.mpc.runtime import Role
 
 
 def _ours_layer(

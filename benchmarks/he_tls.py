@@ -25,9 +25,10 @@ from typing import Any
 
 import torch
 
+import secinfer
 from protocols import tls
 
-MODEL = Path(__file__).resolve().parents[1] / "data" / "digits_he.pt2"
+MODEL = Path(secinfer.__file__).resolve().parent / "data" / "digits_he.pt2"
 
 
 @dataclass

@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from secinfer.benchmarks.cases import LAYER_SIZES, PRECISION_BITS, TINY_LAYER
-from secinfer.benchmarks.layer import layer_section
-from secinfer.benchmarks.ops import op_section
-from secinfer.benchmarks.published import PUBLISHED
-from secinfer.benchmarks.tables import markdown
+from benchmarks.cases import LAYER_SIZES, PRECISION_BITS, TINY_LAYER
+from benchmarks.layer import layer_section
+from benchmarks.ops import op_section
+from benchmarks.published import PUBLISHED
+from benchmarks.tables import markdown
 from secinfer.report.files import dumps_strict
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from secinfer.benchmarks.published import CRYPTEN_COUNT
-from secinfer.benchmarks.traffic import RATIO_KEYS
+from benchmarks.published import CRYPTEN_COUNT
+from benchmarks.traffic import RATIO_KEYS
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from secinfer.benchmarks.cases import MB
+from benchmarks.cases import MB
 
 RATIO_KEYS = ("max_abs_error", "rounds", "mb_sent_per_party", "dealer_mb", "seconds")
 

@@ -45,11 +45,11 @@ from typing import Any
 import numpy as np
 import tenseal as ts
 
+from benchmarks.records import code_state
 from protocols.he import matmul as mm
 from protocols.he.galois import bsgs_rotation_steps, public_context_with_steps
 from protocols.he.params import CkksParams, make_context
 from protocols.he.polynomial import HeCost
-from secinfer.benchmarks.records import code_state
 from secinfer.report.files import dumps_strict
 
 PARAMS = CkksParams(poly_modulus_degree=8192, coeff_mod_bit_sizes=[60, 40, 40, 60], scale_bits=40)
@@ -336,7 +336,7 @@ def write(record: dict[str, Any], directory: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m secinfer.benchmarks.he_matmul [--quick] [out_dir]`: run, write, print."""
+    """`python -m benchmarks.he_matmul [--quick] [out_dir]`: run, write, print."""
     args = list(sys.argv[1:] if argv is None else argv)
     quick = "--quick" in args
     rest = [a for a in args if a != "--quick"]

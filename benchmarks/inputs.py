@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from secinfer.benchmarks.cases import EPS, LayerSize
+from benchmarks.cases import EPS, LayerSize
 
 # Inputs of the op benchmark (trained-model-like ranges)
 GELU_STD, GELU_OUTLIER_RATE, GELU_OUTLIER = 3.0, 0.002, (6.0, 12.0)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from approximations import losses as L
-from secinfer.benchmarks.loss_costs import CLASSES, NAMES, OPTIONS, ROWS, make_data
+from benchmarks.loss_costs import CLASSES, NAMES, OPTIONS, ROWS, make_data
 
 POLY_MODULUS = 8192
 CHAIN = (60, 40, 40, 60)

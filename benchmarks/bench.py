@@ -1,7 +1,7 @@
 """`make bench`: side-by-side measurements, written as JSON and markdown.
 
 Sections (each compares in one run, on the same inputs, and reports ratios; the code is in
-the `secinfer.benchmarks` package):
+the `benchmarks` package, run from the repository root):
 0. The approximation catalog with certified errors (also written into the README).
 1. Accuracy of our approximations vs CrypTen's built-in functions (`benchmarks.accuracy`).
    CrypTen runs for real (one party, its default 16-bit fixed point) in a fresh subprocess;
@@ -28,9 +28,9 @@ from typing import Any
 import torch
 
 import approximations as A
-from secinfer.benchmarks import plain_tables
-from secinfer.benchmarks.accuracy import accuracy_section
-from secinfer.benchmarks.training_cost import training_cost_section
+from benchmarks import plain_tables
+from benchmarks.accuracy import accuracy_section
+from benchmarks.training_cost import training_cost_section
 from secinfer.report.files import dumps_strict
 
 
@@ -66,12 +66,12 @@ def _channels(meta: dict[str, Any], args: Any) -> str:
     (`benchmarks.he_tls`, and `benchmarks.mpc_tls` where it exists), to bench/tls.*."""
     import importlib
 
-    from secinfer.benchmarks import he_tls
+    from benchmarks import he_tls
 
     record: dict[str, Any] = {"he": he_tls.run(quick=args.quick)}
     tables = [he_tls.markdown(record["he"])]
     try:
-        mpc_tls = importlib.import_module("secinfer.benchmarks.mpc_tls")
+        mpc_tls = importlib.import_module("benchmarks.mpc_tls")
     except ModuleNotFoundError:
         tables.append(
             "MPC links: no TLS channel yet (gloo sockets in clear; see the threat model)."
@@ -85,7 +85,7 @@ def _channels(meta: dict[str, Any], args: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m secinfer.bench", description=__doc__.split("\n")[0]
+        prog="python -m benchmarks", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--out", default="bench-results", help="directory for JSON and markdown")
     parser.add_argument(
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table)
         sections += [("bench", table), ("catalog", catalog_table)]
     if not args.no_mpc:
-        from secinfer.benchmarks import records
+        from benchmarks import records
 
         mpc = records.run(quick=args.quick)
         mpc["meta"] = meta
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             sections.append(("bench-mpc", mpc_table))
     if not args.no_mpc:
-        from secinfer.benchmarks import loss_costs
+        from benchmarks import loss_costs
 
         evaluation = loss_costs.run(quick=args.quick)
         eval_table = _write_record(evaluation, loss_costs.markdown, meta, args, "eval")
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         note = f"_MPC tables from the run of {date} (`--no-mpc` this time)._"
         sections[0] = ("bench", f"{sections[0][1]}\n\n{note}\n\n{stored}")
     if not args.no_he and not args.mpc_only:
-        from secinfer.benchmarks import he_matmul, he_model
+        from benchmarks import he_matmul, he_model
 
         he = he_matmul.run(quick=args.quick)
         he["model"] = he_model.run(quick=args.quick)
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"\n{he_table}")
         sections.append(("bench-he", he_table))
-        from secinfer.benchmarks import he_loss_costs
+        from benchmarks import he_loss_costs
 
         he_eval = he_loss_costs.run(quick=args.quick)
         he_eval_table = _write_record(he_eval, he_loss_costs.markdown, meta, args, "eval_he")

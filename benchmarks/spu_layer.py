@@ -1,6 +1,6 @@
 """SecretFlow-SPU's column of the layer benchmark; runs in SPU's own venv (`make spu`).
 
-    .venv-spu/bin/python secinfer/benchmarks/spu_layer.py IN.npz OUT.npz
+    .venv-spu/bin/python benchmarks/spu_layer.py IN.npz OUT.npz
 
 IN.npz holds the bench's BertLayer weights (linear weights as (in, out)), its input x
 (1, seq, hidden) and `heads` and `eps`; OUT.npz gets the layer's output and seconds. The
@@ -24,7 +24,7 @@ import time
 
 
 def bert_layer(x, w, heads: int, eps: float):  # type: ignore[no-untyped-def]
-    """The BertLayer of `secinfer.benchmarks.inputs.EncoderLayer` in jax.numpy."""
+    """The BertLayer of `benchmarks.inputs.EncoderLayer` in jax.numpy."""
     import jax
     import jax.numpy as jnp
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]  # the repository root (benchmarks/..)
 SPU_PYTHON = ROOT / ".venv-spu" / "bin" / "python"
 SCRIPT = Path(__file__).with_name("spu_layer.py")
 IMPLEMENTATION = (

@@ -31,7 +31,9 @@ from typing import Any
 
 import numpy as np
 
-DIGITS = Path(__file__).resolve().parents[1] / "data" / "digits.safetensors"
+import secinfer
+
+DIGITS = Path(secinfer.__file__).resolve().parent / "data" / "digits.safetensors"
 
 
 def workload(role: Any) -> dict[str, Any]:

@@ -10,8 +10,7 @@ from typing import Any
 
 import torch
 
-from protocols.mpc.runtime import Role
-from secinfer.benchmarks.cases import (
+from benchmarks.cases import (
     EPS,
     OP_CASES,
     PEER_TIMEOUT,
@@ -19,11 +18,12 @@ from secinfer.benchmarks.cases import (
     QUICK_SHAPES,
     OpCase,
 )
-from secinfer.benchmarks.crypten_baselines import crypten_decode_errors
-from secinfer.benchmarks.inputs import exact, input_stats, op_input
-from secinfer.benchmarks.party_helpers import open_output, peak_rss_mb, share, warm_up_kernels
-from secinfer.benchmarks.traffic import combine, ratios
-from secinfer.benchmarks.variants import VARIANTS, describe_choice, plan_choice
+from benchmarks.crypten_baselines import crypten_decode_errors
+from benchmarks.inputs import exact, input_stats, op_input
+from benchmarks.party_helpers import open_output, peak_rss_mb, share, warm_up_kernels
+from benchmarks.traffic import combine, ratios
+from benchmarks.variants import VARIANTS, describe_choice, plan_choice
+from protocols.mpc.runtime import Role
 
 
 def ops_party(role: Role, cases: list[dict[str, Any]]) -> dict[str, Any]:

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from secinfer.benchmarks.cases import EPS
-from secinfer.benchmarks.crypten_baselines import (
+from benchmarks.cases import EPS
+from benchmarks.crypten_baselines import (
     crypten_gelu,
     crypten_gelu_erf,
     crypten_layer_norm,
@@ -44,8 +44,10 @@ def plan_choice(op: str, sample: torch.Tensor) -> dict[str, Any]:
     """The plan's choice for this op calibrated on `sample` (the model owner's data, not
     the measured input): the op exported alone and planned by
     `secinfer.core.prepare.prepare` for the mpc backend, as any model's node would be."""
+    from secinfer.backends import load
     from secinfer.core.prepare import prepare
 
+    load("mpc")  # the mpc kernels registered, as in the mpc parties
     program = torch.export.export(_OpModule(op), (sample,))
     _, plan = prepare(program, "mpc", [(sample,)], None)
     (choice,) = plan.choices.values()
@@ -54,7 +56,7 @@ def plan_choice(op: str, sample: torch.Tensor) -> dict[str, Any]:
 
 def describe_choice(choice: dict[str, Any]) -> str:
     """What the plan's default resolves to (for the table's label)."""
-    from secinfer.core.kernels import mpc_nonlinear as K
+    from secinfer.backends.mpc.kernels import nonlinear as K
     from secinfer.core.plan import Choice
 
     c = Choice(**choice)

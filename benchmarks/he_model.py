@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+import secinfer
 from secinfer.report.he import latency_markdown
 
-MODEL = Path(__file__).resolve().parents[1] / "data" / "digits_he.pt2"
+MODEL = Path(secinfer.__file__).resolve().parent / "data" / "digits_he.pt2"
 
 
 def run(quick: bool = False) -> dict[str, Any]:

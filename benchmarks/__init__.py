@@ -1,4 +1,6 @@
-"""`make bench` (`python -m secinfer.bench`), one module per job.
+"""`make bench` (`python -m benchmarks`, run from the repository root), one module per job.
+
+Not part of the product: this package sits beside `secinfer/` and is not in the wheel.
 
 Plaintext sections: `accuracy` (our approximations vs CrypTen's built-ins, error alone),
 `training_cost` (forward + backward time vs torch), `plain_tables` (their markdown).
