@@ -258,9 +258,9 @@ def run(
     _check_suffix(report_path, ".json", "--report")
     _check_suffix(plot, ".png", "--plot")
     from secinfer import load
+    from secinfer.backends.limits import backend_limit
     from secinfer.core.plan import plan_target
     from secinfer.launch import run as runner
-    from secinfer.load.values import backend_limit
     from secinfer.report.common import summary
     from secinfer.report.files import dumps_strict, write_json
 
@@ -582,7 +582,7 @@ def eval_(
     _check_suffix(report_path, ".json", "--report")
     names = parse_losses(loss_names)
     check_hyper_parameters(zloss_a, gce_q)
-    from secinfer.load.values import backend_limit
+    from secinfer.backends.limits import backend_limit
 
     dataset = open_dataset(data, limit=backend_limit(backend))
     loaded = load.load_model(model, trust_model=trust_model)

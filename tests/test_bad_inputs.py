@@ -28,9 +28,12 @@ import pytest
 import torch
 from test_run_cli import assert_user_error, secinfer_here
 
+from secinfer.backends.he.limits import he_limit
+from secinfer.backends.limits import backend_limit
+from secinfer.backends.mpc.limits import mpc_limit
 from secinfer.errors import UserError
 from secinfer.load.dataset import open_dataset
-from secinfer.load.values import backend_limit, check_values, he_limit, mpc_limit
+from secinfer.load.values import check_values
 from secinfer.report.files import dumps_strict, write_json
 from secinfer.report.plots import layer_panels, plot_layers
 

@@ -54,13 +54,13 @@ from protocols.he.params import make_context  # noqa: E402
 from protocols.he.refresh import MaskingRefresher  # noqa: E402
 from protocols.he.rotation import reduce_step  # noqa: E402
 from protocols.he.tensor import HeTensor, RotationKeyError, linear, matmul  # noqa: E402
-from secinfer.backends.he import session as he_session  # noqa: E402
+from secinfer.backends.he import server as he_server  # noqa: E402
 from secinfer.backends.he.inputs import input_specs, layouts_for, rotation_plan  # noqa: E402
 from secinfer.core.execute import ExecutionError, Executor  # noqa: E402
 from secinfer.core.prepare import prepare  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-PARAMS = he_session.DEFAULT_PARAMS  # N = 8192, chain [60, 40, 40, 60]: what a server uses
+PARAMS = he_server.DEFAULT_PARAMS  # N = 8192, chain [60, 40, 40, 60]: what a server uses
 SLOTS = PARAMS.slots
 SOFTMAX = {"p": 4, "normalizer": "mean", "eps": 1e-3, "scale": False}
 
@@ -300,7 +300,7 @@ def run_with_keys(graph: Any, plan: Any, specs: list[dict[str, Any]], keys: list
         layout = Layout.from_dict(spec["layout"])
         grid = dry_grid(engine, layout)
         inputs.append(HeTensor(engine, layout, grid, clean=True, refresher=refresher))
-    seeder = he_session._ServerSeeder()
+    seeder = he_server._ServerSeeder()
     Executor(graph, "he", plan, seeder=seeder).run(tuple(inputs))
 
 
@@ -437,7 +437,7 @@ def _encrypted_bert(monkeypatch, args: tuple) -> dict[str, Any]:
             real_steps.add(reduce_step(steps, self.slots))
         return original(self, ct, steps)
 
-    monkeypatch.setattr(he_session, "rotation_plan", spy_plan)
+    monkeypatch.setattr(he_server, "rotation_plan", spy_plan)
     monkeypatch.setattr(Engine, "rotate", recording_rotate)
     y, expected, outcome = encrypted_run(graph, plan, inputs, timeout=1800)
     (rotations,) = planned

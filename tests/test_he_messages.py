@@ -482,7 +482,7 @@ def test_a_decryption_beyond_the_message_space_names_its_likely_cause() -> None:
     import numpy as np
 
     from protocols.he.messages import MessageError
-    from secinfer.backends.he.session import _plausible
+    from secinfer.backends.he.client import _plausible
 
     fine = np.array([1.0, -3.0])
     assert _plausible(fine, 2.0**18, "a refresh") is fine

@@ -37,6 +37,7 @@ from protocols.he.galois import public_context_with_steps
 from protocols.he.params import CkksParams, make_context
 from protocols.he.rotation import vector_proto
 from secinfer.backends.he import session as he_session
+from secinfer.backends.he.channel import GREETING
 from secinfer.core.execute import Executor
 from secinfer.core.prepare import prepare
 
@@ -219,7 +220,7 @@ def test_the_server_holds_a_public_context_that_cannot_decrypt(small, monkeypatc
 def _handshake(port: int, x: torch.Tensor) -> tuple[socket.socket, dict[str, Any], Any, bytes]:
     """A client that follows the protocol up to the encrypted input (real messages)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    M.send_json(sock, he_session.GREETING)
+    M.send_json(sock, GREETING)
     M.recv_json(sock, timeout=30, max_bytes=1 << 20)
     message = {"kind": "shapes", "shapes": [list(x.shape)], "dtypes": ["float"]}
     M.send_json(sock, message)

@@ -75,8 +75,8 @@ def test_a_node_at_20_bits_is_more_accurate_and_returns_at_16(run: dict) -> None
 
 
 def test_the_plan_refuses_bad_precisions() -> None:
-    from secinfer.backends.mpc.kernels.precision import max_bits_for
     from secinfer.core.plan import Choice, _check_precision
+    from secinfer.core.precision import max_bits_for
     from secinfer.errors import UserError
 
     def choice(function: str, bits: object, interval: list[float]) -> Choice:

@@ -33,6 +33,7 @@ from test_run_cli import assert_user_error, secinfer_here
 
 from benchmarks.he_tls import WireTap, query_through_tap
 from protocols import tls
+from secinfer.backends.he import channel as he_channel
 from secinfer.backends.he import main as he_main
 from secinfer.backends.he import session as he_session
 from secinfer.core.execute import Executor
@@ -303,7 +304,7 @@ def test_a_silent_connection_does_not_keep_the_client_out(
 ) -> None:
     """Connections are vetted side by side: one that connects and says nothing (held for a
     whole minute here) does not delay the real client, which is served meanwhile."""
-    monkeypatch.setattr(he_session, "HANDSHAKE_SECONDS", 60.0)
+    monkeypatch.setattr(he_channel, "HANDSHAKE_SECONDS", 60.0)
     graph, plan, x = small
     listener = socket.create_server(("127.0.0.1", 0))
     outcome: dict[str, Any] = {}

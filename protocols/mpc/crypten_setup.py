@@ -7,8 +7,11 @@ time, for its ONNX model converter. That module is gone in torch 2.13, so a bare
 would ever read it, and secinfer does not use that path: models come in through
 torch.export instead.
 
-Every module of this project that needs CrypTen calls `import_crypten()`; nothing else
-imports `crypten` directly.
+Every module of this project that needs CrypTen calls `import_crypten()` (or `communicator()`
+for this process's communicator); only the modules that run CrypTen's TTP provider side
+themselves (`protocols.mpc.dealer`, `protocols.mpc.reuse`) also import its random
+generators and TTP client, after `import_crypten()`. The import contracts (`.importlinter`)
+hold every other module to that. This module imports nothing else of the project.
 
 It also closes CrypTen's pickled messages: its communicator's `send_obj`, `recv_obj` and
 `broadcast_obj` pickle Python objects onto the wire (and unpickle what a peer sends, with
@@ -24,6 +27,7 @@ from __future__ import annotations
 import importlib
 import sys
 import types
+from collections.abc import Callable
 from typing import Any
 
 REGISTRATION_MODULE = "torch.onnx._internal.registration"
@@ -78,6 +82,12 @@ def import_crypten() -> Any:
     return crypten
 
 
+def communicator() -> Any:
+    """This process's CrypTen communicator (`crypten.communicator.get()`, valid after
+    `crypten.init()`), CrypTen imported through `import_crypten`."""
+    return import_crypten().communicator.get()
+
+
 def forbid_pickled_messages(crypten: Any) -> None:
     """Make the communicator's pickling methods raise (idempotent)."""
     from crypten.communicator import distributed_communicator
@@ -88,13 +98,17 @@ def forbid_pickled_messages(crypten: Any) -> None:
             setattr(cls, name, _forbidden(name))
 
 
-def select_communicator(tls: bool) -> None:
-    """Choose CrypTen's communicator for the next `crypten.init()`: with `tls`,
-    `protocols.mpc.tls_communicator.TlsCommunicator` (configured first with
-    `tls_communicator.configure`) and CrypTen's TTP client taking its seed over it;
-    otherwise CrypTen's own gloo `DistributedCommunicator`. CrypTen's `communicator.get`,
+def select_communicator(
+    replacement: type | None = None, ttp_setup: Callable[[Any], None] | None = None
+) -> None:
+    """Choose CrypTen's communicator for the next `crypten.init()`: `replacement` (such as
+    `protocols.mpc.tls_communicator.TlsCommunicator`, configured first) with CrypTen's TTP
+    client setting up its generators through `ttp_setup` (both or neither); None: CrypTen's
+    own gloo `DistributedCommunicator` and TTP set-up. CrypTen's `communicator.get`,
     `_init`, `uninit` and `is_initialized` read the module's `DistributedCommunicator`
     name, so rebinding it switches every use."""
+    if (replacement is None) != (ttp_setup is None):
+        raise ValueError("a replacement communicator needs its TTP set-up, and only it")
     crypten = import_crypten()
     from crypten.communicator import distributed_communicator
     from crypten.mpc.provider.ttp_provider import TTPClient
@@ -102,11 +116,9 @@ def select_communicator(tls: bool) -> None:
     client = TTPClient._TTPClient__TTPClient  # type: ignore[attr-defined]
     if not hasattr(client, "_secinfer_gloo_setup"):
         client._secinfer_gloo_setup = client._setup_generators
-    if tls:
-        from protocols.mpc.tls_communicator import TlsCommunicator, ttp_client_setup_generators
-
-        crypten.communicator.DistributedCommunicator = TlsCommunicator
-        client._setup_generators = ttp_client_setup_generators
+    if replacement is not None:
+        crypten.communicator.DistributedCommunicator = replacement
+        client._setup_generators = ttp_setup
     else:
         crypten.communicator.DistributedCommunicator = (
             distributed_communicator.DistributedCommunicator

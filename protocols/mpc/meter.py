@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from protocols.mpc import dealer as dealer_link
+from protocols.mpc.crypten_setup import communicator
 
 
 @dataclass
@@ -83,9 +84,7 @@ class Meter:
 
     # --- install / remove ---------------------------------------------------------------
     def install(self) -> Meter:
-        from crypten import communicator
-
-        comm = communicator.get()
+        comm = communicator()
         self._comm = comm
         for name in (
             "send",

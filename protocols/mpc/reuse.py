@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from protocols.mpc import dealer
-from protocols.mpc.crypten_setup import import_crypten
+from protocols.mpc.crypten_setup import communicator, import_crypten
 
 OPS = tuple(dealer.REUSE_OPS)
 
@@ -178,7 +178,7 @@ class _Operand:
 
 
 def _rank() -> int:
-    return import_crypten().communicator.get().get_rank()
+    return communicator().get_rank()
 
 
 def _exchange(
@@ -213,7 +213,7 @@ def _exchange(
     opened: list[torch.Tensor] = []
     if fresh:
         differences = [operands[i].value._tensor.share - masks[i] for i in fresh]
-        opened = import_crypten().communicator.get().all_reduce(differences, batched=True)
+        opened = communicator().all_reduce(differences, batched=True)
     sizes = sizes or []
     if _rank() == 0:
         spec = [(o.key, o.size) for o in operands]

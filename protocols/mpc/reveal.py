@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from protocols.mpc.crypten_setup import communicator
+
 
 def decode(ring: torch.Tensor, scale: int) -> torch.Tensor:
     """Exact fixed-point decoding: the ring integer over the scale, in float64."""
@@ -21,10 +23,8 @@ def decode(ring: torch.Tensor, scale: int) -> torch.Tensor:
 
 def reveal_to(x: Any, dst: int) -> torch.Tensor | None:
     """x's value (float64) on party `dst`; None on the other party. Both must call it."""
-    from crypten import communicator
-
     ring = x.reveal(dst=dst)
-    if communicator.get().get_rank() != dst:
+    if communicator().get_rank() != dst:
         return None
     return decode(ring, int(x.encoder.scale))
 

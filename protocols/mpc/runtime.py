@@ -177,14 +177,16 @@ def _select_channel(role: Role, settings: PartySettings) -> None:
     from protocols.mpc.crypten_setup import select_communicator
 
     if settings.identity is None:
-        select_communicator(tls=False)
+        select_communicator()
         return
     from protocols import tls
     from protocols.mpc import tls_communicator
 
     identity = tls.load_identity(settings.identity, role.label, peers_of(role, settings.provider))
     tls_communicator.configure(identity, settings.timeout, _agreed)
-    select_communicator(tls=True)
+    select_communicator(
+        tls_communicator.TlsCommunicator, tls_communicator.ttp_client_setup_generators
+    )
 
 
 def start_party(role: Role, settings: PartySettings) -> Any:

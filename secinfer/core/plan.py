@@ -27,8 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from secinfer.backends.mpc.kernels.precision import OPTION, check_bits, check_headroom
 from secinfer.core.graph import Graph
+from secinfer.core.masks import MASK_LIMIT
+from secinfer.core.precision import OPTION, check_bits, check_headroom
 from secinfer.core.registry import lookup
 from secinfer.errors import UserError
 
@@ -274,8 +275,6 @@ def mpc_softmax_exp(
     it. Without a calibrated interval the cut-off stays. Idempotent: `make_plan` stores the
     result in the mpc plan's options, and the kernel reads the same three values back.
     """
-    from secinfer.backends.mpc.kernels.values import MASK_LIMIT
-
     squarings, order, cutoff = int(options["squarings"]), int(options["order"]), options["cutoff"]
     if interval and cutoff is not None:
         reach = (interval[1] - interval[0]) + MASK_LIMIT

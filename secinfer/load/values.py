@@ -2,28 +2,13 @@
 
 One check (`check_values`) on every backend and entry point: every input holds at least one
 value, every value is finite, and, on a secure backend, every floating-point value lies
-within what the backend can hold (`ValueLimit`, from `backend_limit`, `mpc_limit` or
-`he_limit`). The first offending value is named with its position and the limit, in one
-line (`UserError`: exit 2).
+within what the backend can hold (a `ValueLimit`). The first offending value is named with
+its position and the limit, in one line (`UserError`: exit 2).
 
-The limits:
-
-  plain, approx   finite values (no bound: float64 holds what the model holds).
-  mpc             |x| < 2^(63 - 2b) with b fractional bits (`--precision-bits`, default 16:
-                  2^31). CrypTen encodes x as round(x 2^b) in a 64-bit ring; a product of
-                  two encoded values is formed at scale 2^(2b) before its truncation, so an
-                  input must leave room for one product with a factor of magnitude up to 1
-                  (a weight, say): |x| 2^(2b) < 2^63. Beyond 2^(63 - b) the encoding itself
-                  wraps around silently (the 1e30 input that came back as 3.5e9). Values
-                  near the bound still fail CrypTen's two-party truncation with
-                  probability about |v| 2^(2b - 63) per product of value v: the bound is
-                  what the ring holds, not a promise of accuracy.
-  he              |x| <= R = 2^mask_bits (`protocols.he.refresh.default_mask_bits`: 2^17 for
-                  the default chain [60, 40, 40, 60] at scale 2^40). After its last rescale
-                  a CKKS ciphertext holds |m| < 2^(q_0 bits - scale bits - 1) = 4R; a refresh
-                  adds a mask of up to R, and the client accepts a decrypted value only
-                  within 2R (`he_session._plausible`). An input within R survives both; a
-                  value of 1e30 used to come back as "a ciphertext not made under this key".
+The limits are the backends' own numbers (`secinfer.backends.limits.backend_limit`):
+plain and approx take any finite value (float64 holds what the model holds); mpc bounds
+|x| by its fixed-point ring (`secinfer.backends.mpc.limits`), he by its refresh mask
+(`secinfer.backends.he.limits`).
 
 Integer inputs are token ids (one-hot under both secure backends, range-checked against the
 vocabulary there) or 0/1 masks: they are checked for emptiness only (integers are finite),
@@ -40,9 +25,6 @@ from typing import Any
 import numpy as np
 
 from secinfer.errors import UserError
-
-DEFAULT_PRECISION_BITS = 16
-"""CrypTen's fractional bits when no --precision-bits is given (`secinfer eval -b mpc`)."""
 
 
 @dataclass(frozen=True)
@@ -67,45 +49,6 @@ class ValueLimit:
     def exceeded(self, magnitude: np.ndarray) -> np.ndarray:
         """Where |x| is beyond the bound."""
         return magnitude >= self.bound if self.strict else magnitude > self.bound
-
-
-def mpc_limit(precision_bits: int = DEFAULT_PRECISION_BITS) -> ValueLimit:
-    """|x| < 2^(63 - 2 precision_bits): room for one product in the 64-bit ring (module
-    docstring)."""
-    return ValueLimit(
-        "mpc",
-        math.ldexp(1.0, 63 - 2 * precision_bits),
-        strict=True,
-        reason=f"{precision_bits} fractional bits in a 64-bit ring, with room for one product",
-    )
-
-
-def he_limit(params: Any = None) -> ValueLimit:
-    """|x| <= 2^mask_bits for CKKS `params` (a `protocols.he.params.CkksParams`; default:
-    the server's `he_session.DEFAULT_PARAMS`), the refresh mask's bound (module docstring)."""
-    from protocols.he.refresh import default_mask_bits
-
-    if params is None:
-        from secinfer.backends.he.session import DEFAULT_PARAMS
-
-        params = DEFAULT_PARAMS
-    first, scale = params.coeff_mod_bit_sizes[0], params.scale_bits
-    mask_bits = default_mask_bits(first, scale)
-    return ValueLimit(
-        "he",
-        math.ldexp(1.0, mask_bits),
-        reason=f"CKKS at scale 2^{scale} holds |x| < 2^{first - scale - 1} at its last level "
-        f"and a refresh adds a mask of up to 2^{mask_bits}",
-    )
-
-
-def backend_limit(backend: str, precision_bits: int = DEFAULT_PRECISION_BITS) -> ValueLimit:
-    """The limit of `backend` (plain, approx, mpc, he); see the module docstring."""
-    if backend == "mpc":
-        return mpc_limit(precision_bits)
-    if backend == "he":
-        return he_limit()
-    return ValueLimit(backend)
 
 
 def check_values(
@@ -171,10 +114,4 @@ def _as_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-__all__ = [
-    "ValueLimit",
-    "backend_limit",
-    "check_values",
-    "he_limit",
-    "mpc_limit",
-]
+__all__ = ["ValueLimit", "check_values"]

@@ -1,6 +1,7 @@
 """Private evaluation under HE: encrypted per-batch sums, one aggregate decrypted.
 
-After the session's set-up (`he_session`: hello with the evaluation's settings and the
+After the session's set-up (`secinfer.backends.he.server.open_server` and
+`secinfer.backends.he.client.open_client`: hello with the evaluation's settings and the
 model's batch axis, which fixes the client's rows when it is static
 (`dataset.batch_shape`); shapes of one batch, layouts, keys), per batch:
 
@@ -49,6 +50,10 @@ from protocols.he import messages as M
 from protocols.he.losses import HeLossPlan, per_example
 from protocols.he.refresh import uniform_mask
 from protocols.he.tensor import HeTensor
+from protocols.tls import Link
+from secinfer.backends.he.channel import PLAIN, Channel, connect, expect_kind, guarded
+from secinfer.backends.he.client import open_client
+from secinfer.backends.he.server import ServerSession
 from secinfer.core.evaluation import Evaluation, aggregate, progress_bar
 from secinfer.core.execute import RunResult
 from secinfer.errors import UserError
@@ -100,7 +105,7 @@ def loss_plan(
 
 # --- server -------------------------------------------------------------------------------
 def serve_evaluation(
-    session: Any, evaluation: HeEvaluation, out_dir: Path
+    session: ServerSession, evaluation: HeEvaluation, out_dir: Path
 ) -> tuple[RunResult, dict[str, Any]]:
     """The server's batch loop (module docstring); (the last batch's run, record fields)."""
     channel = session.channel
@@ -183,7 +188,7 @@ def serve_evaluation(
     return result, fields
 
 
-def _refreshes(session: Any) -> int:
+def _refreshes(session: ServerSession) -> int:
     return session.refresher.stats.refreshes if session.refresher else 0
 
 
@@ -196,21 +201,17 @@ def evaluate(
     out_dir: Path,
     *,
     timeout: float,
-    link: Any = None,
+    link: Link | None = None,
 ) -> dict[str, Any]:
     """The client's side (module docstring) over `link` (a `protocols.tls.Link`; None is a
     plain socket); returns the aggregate when revealed to the client, else only the count."""
-    from secinfer.backends.he.session import PLAIN, connect, guarded
-
     channel = connect(address, timeout, link or PLAIN)
     return guarded(channel, lambda: _evaluate(channel, data, batch_size, settings, out_dir))
 
 
 def _evaluate(
-    channel: Any, data: Dataset, batch_size: int, settings: Evaluation, out_dir: Path
+    channel: Channel, data: Dataset, batch_size: int, settings: Evaluation, out_dir: Path
 ) -> dict[str, Any]:
-    from secinfer.backends.he.session import expect_kind, open_client
-
     began = time.perf_counter()
     hello = expect_kind(channel, "hello")
     asked = hello.get("evaluation")

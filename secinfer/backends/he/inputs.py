@@ -21,9 +21,9 @@ import torch
 
 from protocols.he.layout import Layout, next_power_of_two
 from protocols.he.params import CkksParams
-from secinfer.backends.mpc.party import token_id_inputs
 from secinfer.core.graph import Graph, op_name
 from secinfer.core.plan import Plan
+from secinfer.core.token_ids import token_id_inputs
 from secinfer.errors import UserError
 
 
@@ -102,7 +102,7 @@ class RotationPlan:
 
 
 class _DrySeeder:
-    """The model owner's tensors in float64, the inputs as given (as `he_session`)."""
+    """The model owner's tensors in float64, the inputs as given (as the server's)."""
 
     def owned(self, name: str, value: torch.Tensor) -> Any:
         return value.double() if value.is_floating_point() else value
@@ -122,8 +122,8 @@ def rotation_plan(
     """The rotations of the encrypted run, found by running it: the executor runs `graph`
     with the `he` kernels on stand-in ciphertexts (`protocols.he.dry.DryEngine`) in the
     layouts of `specs` (`layouts_for` first), public inputs as zeros of their shapes; with
-    `evaluation` (a `he_eval.HeEvaluation`) the per-example losses and their sum over the
-    rows follow on the logits, as `he_eval.serve_evaluation` computes them. The same tensor
+    `evaluation` (a `evaluation.HeEvaluation`) the per-example losses and their sum over
+    the rows follow on the logits, as `evaluation.serve_evaluation` computes them. The same tensor
     code as the real run, so the same steps (`protocols.he.dry`); refreshes are assumed
     allowed (without them the real run stops with its own depth error). Errors are those
     of the real run (an op without a kernel, a layout it cannot handle), raised here

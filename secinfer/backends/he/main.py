@@ -127,8 +127,9 @@ def client_main(
     """A query on --input, or with `evaluation` a private evaluation on --eval-data, over
     `link` (`he_link`; None is a plain socket)."""
     from secinfer import load
+    from secinfer.backends.he.limits import he_limit
     from secinfer.backends.he.session import query
-    from secinfer.load.values import check_values, he_limit
+    from secinfer.load.values import check_values
 
     link = link or tls.Link(None)
     host, _, port = connect.rpartition(":")
@@ -174,7 +175,7 @@ def client_main(
 def _check_depth(graph: Any, plan: Any) -> None:
     """Without refresh, the whole model must fit one ciphertext's levels."""
     from secinfer.backends.he.inputs import estimated_depth
-    from secinfer.backends.he.session import DEFAULT_PARAMS
+    from secinfer.backends.he.server import DEFAULT_PARAMS
 
     needed = estimated_depth(graph, plan)
     available = DEFAULT_PARAMS.depth

@@ -184,8 +184,8 @@ def _eval_data_owner(
     settings: Any, data: Path | None, evaluation: Any, batch_size: int, out_dir: Path
 ) -> None:
     from secinfer.backends.mpc.evaluation import eval_data_owner
+    from secinfer.backends.mpc.limits import mpc_limit
     from secinfer.load.dataset import open_dataset
-    from secinfer.load.values import mpc_limit
 
     if data is None:
         raise UserError("--role data-owner needs --eval-data DATA for an evaluation")
@@ -234,8 +234,9 @@ def _model_owner(
 
 def _data_owner(settings: Any, input_paths: tuple[Path, ...], out_dir: Path) -> None:
     from secinfer import load
+    from secinfer.backends.mpc.limits import mpc_limit
     from secinfer.backends.mpc.party import run_data_owner
-    from secinfer.load.values import check_values, mpc_limit
+    from secinfer.load.values import check_values
 
     if not input_paths:
         raise UserError(

@@ -39,9 +39,10 @@ from secinfer.backends.mpc.kernels.values import OneHot
 from secinfer.backends.mpc.kernels.weights import open_weights
 from secinfer.core import architecture
 from secinfer.core.execute import Executor, RunResult
-from secinfer.core.graph import Graph, build_graph, op_name
+from secinfer.core.graph import Graph, build_graph
 from secinfer.core.plan import Plan
 from secinfer.core.registry import lookup
+from secinfer.core.token_ids import token_id_inputs
 from secinfer.errors import PartyError, UserError
 from secinfer.load.checks import INPUT_DTYPES, input_specs
 from secinfer.report.files import write_json, write_npy
@@ -50,33 +51,6 @@ from secinfer.report.files import write_json, write_npy
 class PeerAborted(PartyError):
     """The other party gave up, or sent what this party refuses (the reason is in the
     message): a peer failure, exit 1, as opposed to this party's own user error."""
-
-
-_PASS_THROUGH = (
-    "aten.view",
-    "aten.reshape",
-    "aten._unsafe_view",
-    "aten.unsqueeze",
-    "aten.clone",
-    "aten._to_copy",
-    "aten.alias",
-    "aten.detach",
-    "aten.contiguous",
-)
-
-
-def token_id_inputs(graph: Graph) -> dict[str, int]:
-    """User inputs that reach an embedding lookup as its indices -> the table's rows."""
-    found: dict[str, int] = {}
-    for fx_node in graph.fx_graph.nodes:
-        if fx_node.op != "call_function" or op_name(fx_node.target) != "aten.embedding":
-            continue
-        index = fx_node.args[1]
-        while index.op == "call_function" and op_name(index.target) in _PASS_THROUGH:
-            index = index.args[0]
-        if index.op == "placeholder" and index.name in graph.user_inputs:
-            found[index.name] = int(fx_node.args[0].meta["val"].shape[0])
-    return found
 
 
 @dataclass

@@ -22,9 +22,9 @@ bounded by `architecture.MAX_DATA_ELEMENTS` (about 180 MB in base64)."""
 
 
 def _comm() -> Any:
-    from crypten import communicator
+    from protocols.mpc.crypten_setup import communicator
 
-    return communicator.get()
+    return communicator()
 
 
 def send_bytes(data: bytes | None, src: int) -> bytes:

@@ -21,6 +21,7 @@ from approximations.even_gelu import even_gelu, secure_gelu_form
 from approximations.functions import rsqrt_approximation
 from approximations.iterative import he_reciprocal
 from approximations.sign_exp_gelu import SignExpGELU
+from secinfer.core.masks import MASK_LIMIT, SENTINEL
 from secinfer.core.registry import REGISTRY, Call, register, register_all
 
 aten = torch.ops.aten
@@ -96,8 +97,6 @@ def _softmax_uncut(call: Call, x: torch.Tensor, dim: int, options: dict[str, Any
     calibrated spread plus masked positions (`secinfer.core.plan.mpc_softmax_exp`): sentinels
     (masks' finfo.min) become -MASK_LIMIT as on the mpc backend, the exp by squaring runs on
     every z = x - max (inputs below its valid range are counted), one reciprocal per row."""
-    from secinfer.backends.mpc.kernels.values import MASK_LIMIT, SENTINEL
-
     x = torch.where(x.abs() >= SENTINEL, torch.sign(x) * MASK_LIMIT, x)
     squarings, order = int(options["squarings"]), int(options["order"])
     reach = 2.0 ** (squarings + order - 1)

@@ -5,9 +5,10 @@ owner and the data owner) or a `OneHot` (the data owner's token ids as shares of
 rows); anything else (torch tensors, numbers, shapes) is public: both parties know it.
 
 Public sentinels (torch.finfo.min in attention masks, |v| >= SENTINEL) become
--MASK_LIMIT (-200) before they meet shares: the fixed-point ring (16 fractional bits in 64
-bits) holds about +-1.4e14, and exp(-200) is 0 on its grid. CrypTen is imported only when
-a value is inspected, so the registry knows the backend's coverage without it.
+-MASK_LIMIT (-200) before they meet shares (`secinfer.core.masks`): the fixed-point ring
+(16 fractional bits in 64 bits) holds about +-1.4e14, and exp(-200) is 0 on its grid.
+CrypTen is imported only when a value is inspected, so the registry knows the backend's
+coverage without it.
 """
 
 from __future__ import annotations
@@ -18,11 +19,7 @@ from typing import Any
 
 import torch
 
-MASK_LIMIT = 200.0
-"""Public sentinels (|v| >= SENTINEL, such as attention masks' torch.finfo.min) become
--+MASK_LIMIT before meeting shares: exp(-200) is 0 on the fixed-point grid, and softmax's
-exp by squaring stays valid down to -2^squarings without a cut-off comparison."""
-SENTINEL = 1e9
+from secinfer.core.masks import MASK_LIMIT, SENTINEL
 
 _CRYPTENSOR: list[type] = []
 

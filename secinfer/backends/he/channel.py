@@ -1,0 +1,228 @@
+"""The link of an HE session: a connected socket that carries JSON and ciphertexts, how the
+server accepts a client and how the client connects. Both the single query
+(`secinfer.backends.he.session`) and the private evaluation
+(`secinfer.backends.he.evaluation`) run over it.
+
+With a `protocols.tls.Link` holding an identity, every connection is mutual TLS 1.3 and the
+peer must prove its role (the server is the model owner, the client the data owner,
+`tls.HE_ROLES`) before a byte of the session is read; without one it is a plain socket
+(`--insecure-channel`). The client speaks first, a `GREETING`; the server accepts connections
+until one passes the handshake, the role check and the greeting within its timeout, logging
+one line per refused connection (a port scanner, a browser, a peer with the wrong
+certificate), and only then sends its hello: nothing of the session goes to anyone else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import socket
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from protocols.he import messages as M
+from protocols.he.layout import Layout
+from protocols.tls import HE_ROLES, AuthenticationError, Link, describe_refusal
+from secinfer.errors import PartyError
+
+MAX_MESSAGE = 1 << 31
+GREETING = {"kind": "greeting", "protocol": "secinfer-he"}
+"""The client's first message, after the TLS handshake: a connection that sends anything
+else first is not a client (`accept_client`)."""
+GREETING_MAX_BYTES = 4096
+HANDSHAKE_SECONDS = 10.0
+"""Bound on one connection's TLS handshake and greeting, within the server's timeout."""
+MAX_VETTING = 16
+"""Connections vetted at once (each in its own thread); more are closed at once."""
+PLAIN = Link(None)
+"""A plain socket: the `--insecure-channel` link, and the default of the functions here."""
+
+
+class Channel:
+    """A connected socket with its timeout, traffic counter and context digest."""
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        self.sock = sock
+        self.timeout = timeout
+        self.counter = M.Counter()
+        self.digest = b""
+        self.context: Any = None
+
+    def send_json(self, message: dict[str, Any]) -> None:
+        M.send_json(self.sock, message, timeout=self.timeout, counter=self.counter)
+
+    def recv_json(self) -> dict[str, Any]:
+        return M.recv_json(
+            self.sock, timeout=self.timeout, max_bytes=MAX_MESSAGE, counter=self.counter
+        )
+
+    def send_cts(self, cts: list[Any]) -> None:
+        M.send_ciphertexts(
+            self.sock,
+            cts,
+            self.context,
+            context_digest=self.digest,
+            timeout=self.timeout,
+            counter=self.counter,
+        )
+
+    def recv_cts(self, count: int) -> list[Any]:
+        return M.recv_ciphertexts(
+            self.sock,
+            self.context,
+            timeout=self.timeout,
+            max_bytes=MAX_MESSAGE,
+            expected_context_digest=self.digest,
+            count=count,
+            counter=self.counter,
+        )
+
+    def send_error(self, reason: str) -> None:
+        with contextlib.suppress(OSError):
+            M.send_error(self.sock, reason, timeout=5.0, counter=self.counter)
+
+
+def accept_client(
+    listener: socket.socket,
+    timeout: float,
+    link: Link = PLAIN,
+    log: Callable[[str], None] | None = None,
+) -> Channel:
+    """The first connection within `timeout` seconds that completes the TLS handshake, proves
+    the data owner's certificate (`link`) and sends the `GREETING`; every other connection is
+    closed with one line to `log` (default: stderr) and the server goes on listening. Each
+    connection is vetted in its own thread (at most MAX_VETTING at once, each within
+    HANDSHAKE_SECONDS), so connections that stay silent cannot keep the real client out.
+    Raises `PartyError` when no such client came in time."""
+    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    deadline = time.monotonic() + timeout
+    passed: queue.Queue[Channel] = queue.Queue()
+    chosen = threading.Event()
+    vetting = threading.BoundedSemaphore(MAX_VETTING)
+
+    def vet(sock: socket.socket, where: str) -> None:
+        try:
+            bound = max(min(HANDSHAKE_SECONDS, deadline - time.monotonic()), 1e-3)
+            try:
+                secured = link.accept(sock, HE_ROLES["client"], bound)
+            except (ssl.SSLError, AuthenticationError, OSError) as exc:
+                say(f"server: refused a connection from {where}: {describe_refusal(exc)}")
+                return
+            channel = Channel(secured, timeout)
+            try:
+                _expect_greeting(channel, bound)
+            except (M.MessageError, M.PeerError, M.PeerTimeout, OSError) as exc:
+                secured.close()
+                say(f"server: refused a connection from {where}: no client greeting ({exc})")
+                return
+            if chosen.is_set():  # another client already passed: one session at a time
+                secured.close()
+                return
+            passed.put(channel)
+        finally:
+            vetting.release()
+
+    while True:
+        with contextlib.suppress(queue.Empty):
+            channel = passed.get_nowait()
+            chosen.set()
+            return channel
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise PartyError(
+                f"server: no {'authenticated ' if link.secure else ''}client connected "
+                f"within {timeout:g} s"
+            )
+        listener.settimeout(min(remaining, 0.1))
+        try:
+            sock, (host, port, *_) = listener.accept()
+        except TimeoutError:
+            continue
+        if not vetting.acquire(blocking=False):
+            sock.close()
+            say(f"server: refused a connection from {host}:{port}: too many at once")
+            continue
+        threading.Thread(target=vet, args=(sock, f"{host}:{port}"), daemon=True).start()
+
+
+def _expect_greeting(channel: Channel, timeout: float) -> None:
+    message = M.recv_json(
+        channel.sock, timeout=timeout, max_bytes=GREETING_MAX_BYTES, counter=channel.counter
+    )
+    if {k: message.get(k) for k in GREETING} != GREETING:
+        raise M.MessageError(f"got {str(message)[:80]}")
+
+
+def connect(address: tuple[str, int], timeout: float, link: Link = PLAIN) -> Channel:
+    """The client's connection, retried until `timeout` (the server may start later); under
+    TLS the server must prove the model owner's certificate before anything is sent; then
+    the `GREETING` goes out. A server that fails the check raises `PartyError` at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock = socket.create_connection(address, timeout=timeout)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise PartyError(
+                    f"client: no server at {address[0]}:{address[1]} within {timeout:g} s"
+                ) from None
+            time.sleep(0.2)
+            continue
+        expected = HE_ROLES["server"]
+        try:
+            secured = link.connect(sock, expected, timeout)
+        except (ssl.SSLError, AuthenticationError, TimeoutError) as exc:
+            raise PartyError(
+                f"client: the server at {address[0]}:{address[1]} did not prove it is the "
+                f"{expected}: {describe_refusal(exc)}"
+            ) from None
+        channel = Channel(secured, timeout)
+        channel.send_json(GREETING)
+        return channel
+
+
+def guarded(channel: Channel, work: Callable[[], Any]) -> Any:
+    """Run the client's `work`; on its own failure tell the server why, then re-raise."""
+    with channel.sock:
+        try:
+            return work()
+        except M.PeerError:
+            raise
+        except Exception as exc:
+            channel.send_error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise
+
+
+def expect_kind(channel: Channel, kind: str) -> dict[str, Any]:
+    message = channel.recv_json()
+    if message.get("kind") != kind:
+        raise M.MessageError(f"expected a {kind!r} message, got {message.get('kind')!r}")
+    return message
+
+
+def receive_grid(channel: Channel, layout: Layout) -> np.ndarray:
+    """The ciphertexts of one tensor in `layout`, as its grid."""
+    cts = channel.recv_cts(int(np.prod(layout.grid_shape)))
+    grid = np.empty(len(cts), dtype=object)
+    grid[:] = cts
+    return grid.reshape(layout.grid_shape)
+
+
+__all__ = [
+    "GREETING",
+    "HANDSHAKE_SECONDS",
+    "MAX_MESSAGE",
+    "PLAIN",
+    "Channel",
+    "accept_client",
+    "connect",
+    "expect_kind",
+    "guarded",
+    "receive_grid",
+]

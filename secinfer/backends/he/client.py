@@ -1,0 +1,154 @@
+"""The client's side of an HE session (`ClientSession`): it owns the inputs and the secret
+key. `open_client` answers the server's set-up (shapes, then the layouts and embedding
+tables it is told; keys made here, the public context sent, no secret key); the session
+then encrypts inputs, answers refreshes (it sees masked values only) and decrypts what the
+server sends back, refusing a decryption beyond the message space (`_plausible`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from protocols.he import messages as M
+from protocols.he.codec import Codec
+from protocols.he.galois import public_context_with_steps
+from protocols.he.layout import Layout
+from protocols.he.params import CkksParams, make_context
+from secinfer.backends.he.channel import Channel, expect_kind, receive_grid
+from secinfer.errors import UserError
+
+
+@dataclass
+class ClientSession:
+    """The client's side once its keys are made: encrypts, refreshes, decrypts."""
+
+    channel: Channel
+    codec: Codec
+    specs: list[dict[str, Any]]
+    tables: dict[str, np.ndarray]
+    bound: float
+    context_bytes: int
+    refreshes: int = 0
+
+    def send_inputs(self, inputs: tuple[torch.Tensor, ...]) -> None:
+        for spec, value in zip(self.specs, inputs, strict=True):
+            if spec["mode"] == "public":
+                self.channel.send_json({"values": value.reshape(-1).tolist()})
+                continue
+            self.send_values(_client_values(spec, value, self.tables), spec["layout"])
+
+    def send_values(self, values: np.ndarray, layout: dict[str, Any]) -> None:
+        cts = self.codec.encrypt(values, Layout.from_dict(layout), seeded=True)
+        self.channel.send_cts(list(cts.flat))
+
+    def await_message(self, kind: str) -> dict[str, Any]:
+        """Answer refreshes until the server sends a message of `kind`; return it."""
+        while True:
+            message = self.channel.recv_json()
+            if message.get("kind") == kind:
+                return message
+            if message.get("kind") != "refresh":
+                raise M.MessageError(f"unexpected message {message.get('kind')!r}")
+            masked = self.channel.recv_cts(int(message["count"]))
+            used = Layout.from_dict(message["layout"]).positions().reshape(-1)
+            fresh = []
+            for ct in masked:
+                values = np.zeros(self.codec.slots)
+                slots = self.codec.decrypt_slots(ct)[used]
+                values[used] = _plausible(slots, self.bound, "a refresh")
+                fresh.append(self.codec.encrypt_slots(values, seeded=True))
+            self.channel.send_cts(fresh)
+            self.refreshes += 1
+
+    def receive_values(self, message: dict[str, Any], what: str) -> np.ndarray:
+        """Decrypt the tensor that follows `message` (which carries its layout)."""
+        layout = Layout.from_dict(message["layout"])
+        grid = receive_grid(self.channel, layout)
+        return _plausible(self.codec.decrypt(grid, layout), self.bound, what)
+
+    def record(self, began: float) -> dict[str, Any]:
+        return {
+            "role": "client",
+            "refreshes_answered": self.refreshes,
+            "bytes_sent": self.channel.counter.bytes_sent,
+            "bytes_received": self.channel.counter.bytes_received,
+            "public_context_bytes": self.context_bytes,
+            "seconds": time.perf_counter() - began,
+        }
+
+
+def open_client(channel: Channel, inputs: tuple[torch.Tensor, ...]) -> ClientSession:
+    """shapes -> layouts (and embedding tables) -> keys made here, public context sent."""
+    channel.send_json(
+        {
+            "kind": "shapes",
+            "shapes": [list(t.shape) for t in inputs],
+            "dtypes": ["float" if t.is_floating_point() else "int" for t in inputs],
+        }
+    )
+    plan = expect_kind(channel, "layouts")
+    params = CkksParams.from_dict(plan["params"])
+    specs = plan["inputs"]
+    tables = {}
+    for spec in specs:
+        if spec["mode"] == "embedded":
+            message = expect_kind(channel, "embedding")
+            tables[message["name"]] = np.asarray(message["table"], dtype=np.float64)
+    context = make_context(params, galois_steps=[])
+    public = public_context_with_steps(context, plan["galois_steps"])
+    digest = M.send_context_bytes(
+        channel.sock, public, timeout=channel.timeout, counter=channel.counter
+    )
+    context_bytes = channel.counter.bytes_sent
+    channel.send_json(M.handshake_message(digest))
+    channel.context, channel.digest = context, digest
+    bound = 2.0 ** (int(plan["mask_bits"]) + 1)
+    return ClientSession(channel, Codec(context), specs, tables, bound, context_bytes)
+
+
+FOREIGN = 1e15
+"""Decrypted magnitude above which a ciphertext is taken as foreign or damaged (those decrypt
+to about 1e31), not as a computed value that outgrew the message space."""
+
+
+def _plausible(values: np.ndarray, bound: float, what: str) -> np.ndarray:
+    """Decrypted values beyond twice the refresh mask's bound (itself a quarter of the
+    message space) are refused. CKKS decrypts a ciphertext not made under this key, or
+    damaged, to huge numbers (about 1e31) rather than failing; a moderately large value
+    (below FOREIGN) is a value the model computed that outgrew the message space: an input
+    far outside the range the plan was calibrated on."""
+    worst = float(np.max(np.abs(values))) if values.size else 0.0
+    if np.isfinite(worst) and bound < worst < FOREIGN:
+        raise M.MessageError(
+            f"{what} decrypted to {worst:.3g}, beyond the message space (|x| <= {bound:g}): "
+            "a value the model computed outgrew it, so the input lies far outside the range "
+            "the plan was calibrated on; bring the input into that range"
+        )
+    if not np.isfinite(worst) or worst > bound:
+        raise M.MessageError(
+            f"{what} decrypted to {worst:.3g}, beyond the message space (|x| <= {bound:g}): "
+            "a ciphertext not made under this key, or damaged on the way"
+        )
+    return values
+
+
+def _client_values(
+    spec: dict[str, Any], value: torch.Tensor, tables: dict[str, np.ndarray]
+) -> np.ndarray:
+    if spec["mode"] == "encrypted":
+        return value.detach().double().numpy()
+    ids = value.detach().long().numpy()
+    vocab = int(spec["vocab"])
+    if ids.min(initial=0) < 0 or ids.max(initial=0) >= vocab:
+        raise UserError(f"input {spec['name']}: token ids outside [0, {vocab})")
+    if spec["mode"] == "one_hot":
+        return np.eye(vocab)[ids]
+    return tables[spec["name"]][ids]
+
+
+__all__ = ["FOREIGN", "ClientSession", "open_client"]
