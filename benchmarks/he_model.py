@@ -1,6 +1,6 @@
 """The HE bench, end to end: the bundled HE-friendly digits model under `he`.
 
-`secinfer.launch.run.run_he` starts the server and the client as processes on loopback, exactly
+`secinfer.launch.run.run_secure` starts the server and the client as processes on loopback, exactly
 as `secinfer run --backend he` does, on the first 100 test images of the digits split
 (`quick`: 2). Reported: error and class agreement against the plaintext run of the same
 converted graph, seconds, refreshes, levels, operation counts, bytes each way, the public
@@ -24,20 +24,22 @@ MODEL = Path(secinfer.__file__).resolve().parent / "data" / "digits_he.pt2"
 
 def run(quick: bool = False) -> dict[str, Any]:
     from secinfer import load
+    from secinfer.backends.base import RunOptions
     from secinfer.launch import run as runner
     from secinfer.zoo.digits import load_split
 
     loaded = load.load_model(MODEL)
     count = 2 if quick else 100
     images = load_split(0)[2][:count]
-    outcome = runner.run_he(
+    outcome = runner.run_secure(
+        "he",
         MODEL,
         loaded.program,
         (images,),
         samples=loaded.calibration_samples(),
         model_name=MODEL.name,
         output_name=loaded.output_name,
-        peer_timeout=300.0,
+        options=RunOptions(peer_timeout=300.0),
     )
     plain = loaded.program.module()(images).detach().double().numpy()
     secure = outcome.output.double().numpy()

@@ -93,7 +93,7 @@ def _one(identity: str | None) -> dict[str, Any]:
 def _digits_run(insecure: bool) -> float:
     import torch
 
-    from secinfer.launch.local import run_local_parties
+    from secinfer.backends.mpc.local import run_local_parties
     from secinfer.zoo.digits import load_split
 
     _, _, test_x, _ = load_split(0)

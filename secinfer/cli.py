@@ -257,56 +257,43 @@ def run(
     _check_suffix(output, ".npy", "--output")
     _check_suffix(report_path, ".json", "--report")
     _check_suffix(plot, ".png", "--plot")
-    from secinfer import load
-    from secinfer.backends.limits import backend_limit
+    from secinfer import backends, load
+    from secinfer.backends.base import RunOptions
     from secinfer.core.plan import plan_target
     from secinfer.launch import run as runner
-    from secinfer.report.common import summary
-    from secinfer.report.files import dumps_strict, write_json
+    from secinfer.report.files import dumps_strict, write_json, write_npy
 
+    chosen = backends.get(backend)
+    options = RunOptions(
+        trust_model=trust_model,
+        config=config_path,
+        peer_timeout=timeout,
+        provider=provider,
+        precision_bits=precision_bits,
+        refresh=not no_refresh,
+        public_embedding=public_embedding,
+        target=target,
+    )
     plan_for = plan_target(backend, target)
     loaded = load.load_model(model, trust_model=trust_model)
-    inputs = _inputs(loaded, input_path, text, backend_limit(backend, precision_bits))
+    inputs = _inputs(loaded, input_path, text, chosen.value_limit(options))
     samples = loaded.calibration_samples() or [inputs]
-    if backend == "mpc":
-        if provider == "trusted-first-party":
-            from protocols.mpc.runtime import INSECURE_PROVIDER_WARNING
-
-            click.echo(INSECURE_PROVIDER_WARNING, err=True)
+    for notice in chosen.notices(options):
+        click.echo(notice, err=True)
+    if chosen.secure:
         if loaded.source_module is not None:
             raise UserError(
-                f"{model}: the mpc backend needs a torch.export program; {load.EXPORT_RECIPE}"
+                f"{model}: the {backend} backend needs a torch.export program; {load.EXPORT_RECIPE}"
             )
-        outcome = runner.run_mpc(
+        outcome = runner.run_secure(
+            backend,
             model,
             loaded.program,
             inputs,
             samples=samples,
             model_name=str(model),
             output_name=loaded.output_name,
-            config_path=config_path,
-            trust_model=trust_model,
-            provider=provider,
-            precision_bits=precision_bits,
-            peer_timeout=timeout,
-        )
-    elif backend == "he":
-        if loaded.source_module is not None:
-            raise UserError(
-                f"{model}: the he backend needs a torch.export program; {load.EXPORT_RECIPE}"
-            )
-        outcome = runner.run_he(
-            model,
-            loaded.program,
-            inputs,
-            samples=samples,
-            model_name=str(model),
-            output_name=loaded.output_name,
-            config_path=config_path,
-            trust_model=trust_model,
-            refresh=not no_refresh,
-            public_embedding=public_embedding,
-            peer_timeout=timeout,
+            options=options,
         )
     else:
         outcome = runner.run(
@@ -321,8 +308,6 @@ def run(
             target=plan_for,
         )
     if output is not None:
-        from secinfer.report.files import write_npy
-
         write_npy(output, outcome.output)
     if report_path is not None:
         write_json(report_path, outcome.report)
@@ -333,17 +318,12 @@ def run(
     if as_json:
         click.echo(dumps_strict(outcome.report))
     else:
+        from secinfer.report.common import summary
+
         click.echo(summary(outcome.report))
-        if backend == "approx":
-            click.echo(f"plan for: {plan_for} (approx runs that backend's approximations)")
-        if backend == "mpc":
-            from secinfer.report.mpc import comm_summary
-
-            click.echo(comm_summary(outcome.report))
-        if backend == "he":
-            from secinfer.report.he import he_summary
-
-            click.echo(he_summary(outcome.report))
+        extra = chosen.summary(outcome.report)
+        if extra:
+            click.echo(extra)
         click.echo(f"{loaded.output_name}: shape {tuple(outcome.output.shape)}")
 
 
@@ -572,9 +552,10 @@ def eval_(
     """
     from approximations import losses as L
     from secinfer import backends, load
+    from secinfer.backends.base import RunOptions
     from secinfer.core.evaluation import check_hyper_parameters, parse_losses
     from secinfer.core.prepare import prepare
-    from secinfer.launch.evaluate import LOCAL, evaluate_local, evaluate_secure, model_batches
+    from secinfer.launch.evaluate import evaluate_local, evaluate_secure, model_batches
     from secinfer.load.dataset import open_dataset
     from secinfer.report.evaluation import table
     from secinfer.report.files import write_json
@@ -582,9 +563,9 @@ def eval_(
     _check_suffix(report_path, ".json", "--report")
     names = parse_losses(loss_names)
     check_hyper_parameters(zloss_a, gce_q)
-    from secinfer.backends.limits import backend_limit
-
-    dataset = open_dataset(data, limit=backend_limit(backend))
+    chosen = backends.get(backend)
+    run_options = RunOptions(trust_model=trust_model, config=config_path, target=target)
+    dataset = open_dataset(data, limit=chosen.value_limit(run_options))
     loaded = load.load_model(model, trust_model=trust_model)
     if loaded.program is None:
         raise UserError(f"{model}: eval needs a torch.export program; {load.EXPORT_RECIPE}")
@@ -593,20 +574,16 @@ def eval_(
     batches = model_batches(
         loaded, batch_size, explicit=given is not click.core.ParameterSource.DEFAULT
     )
-    backends.load(backend)
     graph, plan = prepare(loaded.program, backend, samples, config_path, target)
     options = L.LossOptions(zloss_a, zloss_b, gce_q)
-    if backend in LOCAL:
-        report = evaluate_local(loaded, graph, plan, backend, dataset, names, options, batches)
-    else:
-        if backend == "he":
-            from secinfer.backends.he.kernels import check_he_plan
-
-            check_he_plan(graph, plan)
+    chosen.check(graph, plan)
+    if chosen.secure:
         report = evaluate_secure(
             backend, loaded, graph, plan, model, data, dataset, names, options, batches,
-            reveal_to, config_path=config_path, trust_model=trust_model,
+            reveal_to, run_options,
         )  # fmt: skip
+    else:
+        report = evaluate_local(loaded, graph, plan, backend, dataset, names, options, batches)
     report.update(model=str(model), reveal_to=reveal_to)
     if report_path is not None:
         write_json(report_path, report)

@@ -17,7 +17,7 @@ class PartyError(Exception):
 
 class Interrupted(BaseException):
     """A launcher was asked to stop (SIGTERM, SIGINT or SIGHUP) and has stopped its parties
-    and removed its temporary folders (`secinfer.launch.processes`). A BaseException, like
+    and removed its temporary folders (`secinfer.backends.processes`). A BaseException, like
     KeyboardInterrupt, so that no `except Exception` on the way up swallows it. The CLI
     prints one line and exits with `exit_code` (128 + the signal number, the shell's
     convention for a process ended by a signal)."""

@@ -27,9 +27,9 @@ from protocols.mpc import rendezvous as meeting
 from protocols.mpc.runtime import Role
 from protocols.tls import local_identities
 from secinfer.backends.mpc.party import output_names
+from secinfer.backends.parties import run_parties
+from secinfer.backends.processes import private_directory, stopping_on_signals
 from secinfer.errors import Interrupted, PartyError, UserError
-from secinfer.launch.local import run_parties
-from secinfer.launch.processes import private_directory, stopping_on_signals
 from secinfer.report.mpc import estimate
 from secinfer.zoo.digits import load_model, load_split
 

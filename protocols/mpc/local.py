@@ -4,9 +4,10 @@
 fork, CrypTen's children hang when torch ran in the parent before a fork), joins them over
 a loopback tcp:// rendezvous, calls `fn(role, *args)` on the model owner and the data
 owner, and returns what each returned with the traffic it measured. Kernel tests and
-benchmarks use it; the product's launcher (`secinfer.launch.local`) starts `secinfer party`
-processes instead. Results come back to this parent through multiprocessing's queue: a
-local pipe between a process and its own children, not a wire between parties.
+benchmarks use it; the product's launcher (`secinfer.backends.mpc.local`) starts
+`secinfer party` processes instead. Results come back to this parent through
+multiprocessing's queue: a local pipe between a process and its own children, not a wire
+between parties.
 
 Every child has a deadline: on timeout or on any failure all children are stopped and
 `LocalRunError` names the party and its error.

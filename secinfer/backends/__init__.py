@@ -1,17 +1,37 @@
-"""The secure backends, one package each: `mpc` (CrypTen, two parties and a dealer) and
-`he` (TenSEAL CKKS, a server and a client). Each holds its kernels, its parties' sessions,
-their entry points and their private evaluation.
+"""The backends, behind one interface (`secinfer.backends.base`): `plain` and `approx` run
+in this process (`local.py`); `mpc` (CrypTen, two parties and a dealer) and `he` (TenSEAL
+CKKS, a server and a client) are packages of their own, each holding its kernels, its
+parties' sessions, their entry points, its local launcher and its private evaluation.
 
-Importing a backend's package registers its kernels in the core's op registry; the local
-backends (`plain`, `approx`) are the core's own. `load` is how a caller that only knows a
-backend's name makes its kernels available before planning or running.
+`get(name)` is the one registration: a new backend is a new package plus one line in
+`_WHERE`. Importing a secure backend's package registers its kernels in the core's op
+registry; `load` does it for a caller that only knows the name.
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
+NAMES = ("plain", "approx", "mpc", "he")
+"""Every backend, in the order the CLI and the reports list them."""
+
+_WHERE = {
+    "plain": ("secinfer.backends.local", "PLAIN"),
+    "approx": ("secinfer.backends.local", "APPROX"),
+    "mpc": ("secinfer.backends.mpc.backend", "MPC"),
+    "he": ("secinfer.backends.he.backend", "HE"),
+}
 PACKAGES = {"mpc": "secinfer.backends.mpc", "he": "secinfer.backends.he"}
+
+
+def get(name: str) -> Any:
+    """The backend called `name` (a `Backend`; a `SecureBackend` when `.secure`), its
+    kernels registered."""
+    if name not in _WHERE:
+        raise ValueError(f"unknown backend {name!r}; backends are {', '.join(NAMES)}")
+    module, attribute = _WHERE[name]
+    return getattr(importlib.import_module(module), attribute)
 
 
 def load(backend: str) -> None:

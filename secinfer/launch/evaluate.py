@@ -19,11 +19,11 @@ import time
 from typing import Any
 
 from approximations import losses as L
+from secinfer import backends
+from secinfer.backends.base import RunOptions
 from secinfer.core.evaluation import Evaluation, Totals, progress_bar
 from secinfer.core.execute import Executor
 from secinfer.load.dataset import BatchShape, Dataset, batch_axis, batch_shape, check_labels
-
-LOCAL = ("plain", "approx")
 
 
 def evaluate_local(
@@ -96,35 +96,26 @@ def evaluate_secure(
     options: L.LossOptions,
     batch_size: int | BatchShape,
     reveal_to: str,
-    config_path: Any = None,
-    trust_model: bool = False,
+    run_options: RunOptions,
 ) -> dict[str, Any]:
-    """The parties' private evaluation (`mpc`: three processes, `he`: two), with the
-    plaintext reference computed here beside it, both streaming the data in the model's
-    batch shape (`model_batches`; the data owner derives the same from the architecture)."""
-    from secinfer.launch.local import run_local_evaluation, run_local_he_evaluation
-
+    """A secure backend's private evaluation by its parties (`SecureBackend.evaluate_parties`),
+    with the plaintext reference computed here beside it, both streaming the data in the
+    model's batch shape (`model_batches`; the data owner derives the same from the
+    architecture)."""
+    chosen = backends.get(backend)
     shape = model_batches(loaded, batch_size)
-
     evaluation = Evaluation(
         tuple(names), reveal_to, options.zloss_a, options.zloss_b, options.gce_q
     )
-    launch = run_local_evaluation if backend == "mpc" else run_local_he_evaluation
-    aggregate_, model_owner, data_owner, seconds = launch(
-        model_path,
-        data_path,
-        evaluation,
-        trust_model=trust_model,
-        config=config_path,
-        batch_size=shape.size,
-    )
+    evaluated = chosen.evaluate_parties(model_path, data_path, evaluation, shape.size, run_options)
+    aggregate_ = evaluated.aggregate
     reference = evaluate_local(loaded, graph, plan, "plain", data, names, options, shape)
     report = {
         "backend": backend,
         "examples": aggregate_["examples"],
         "batch_size": shape.size,
         "plan_for": plan.target,
-        "seconds": seconds,
+        "seconds": evaluated.seconds,
         "reveal_to": reveal_to,
         "losses": {
             name: {
@@ -135,38 +126,5 @@ def evaluate_secure(
         },
         "accuracy": {"secure": aggregate_["accuracy"], "plain": reference["accuracy"]["plain"]},
     }
-    if backend == "mpc":
-        from secinfer.report.mpc import estimate
-
-        mo, do = model_owner["run"], data_owner["run"]
-        rounds = max(mo["rounds"], do["rounds"])
-        report["comm"] = {
-            "bytes_sent": {"model_owner": mo["bytes_sent"], "data_owner": do["bytes_sent"]},
-            "rounds": rounds,
-            "offline": {"model_owner": model_owner["offline"], "data_owner": data_owner["offline"]},
-        }
-        report["estimates"] = estimate(seconds, rounds, max(mo["bytes_sent"], do["bytes_sent"]))
-    else:
-        from secinfer.report.he import PROTOCOL_ROUND_TRIPS, he_estimates
-
-        # besides refreshes: the query's three exchanges (the totals and their answer in
-        # place of the output's) and two per batch (labels, next)
-        trips = model_owner["refreshes"] + PROTOCOL_ROUND_TRIPS + 2 * model_owner["batches"]
-        report["estimates"] = he_estimates(seconds, trips, model_owner, data_owner)
-        report["comm"] = {
-            "bytes_sent": {
-                "model_owner": model_owner["bytes_sent"],
-                "data_owner": data_owner["bytes_sent"],
-            },
-            "refreshes": model_owner["refreshes"],
-            "round_trips": trips,
-            "public_context_bytes": data_owner["public_context_bytes"],
-        }
-        report["he"] = {
-            "params": model_owner["params"],
-            "loss_depth": model_owner["loss_depth"],
-            "loss_seconds": model_owner["loss_seconds"],
-            "loss_refreshes": model_owner["loss_refreshes"],
-            "approximations": model_owner["evaluation"]["approximations"],
-        }
+    report.update(chosen.evaluation_costs(evaluated))
     return report

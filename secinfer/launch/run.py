@@ -3,27 +3,25 @@
 Calibration runs `plain` on the model owner's samples (`LoadedModel.calibration_samples`:
 the default sample, or the digits models' 256 training images), never on the data owner's
 input: the run then reports how many of the real input's values fell outside the
-calibrated intervals. `run_mpc` starts the three MPC parties as processes, `run_he` the
-HE server and client.
+calibrated intervals. `run_secure` starts a secure backend's parties as processes
+(`SecureBackend.run_parties`): the three MPC parties, or the HE server and client.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from secinfer import backends
+from secinfer.backends.base import RunOptions
 from secinfer.core.execute import Executor, RunResult
 from secinfer.core.graph import Graph
 from secinfer.core.plan import Plan
 from secinfer.core.prepare import prepare
-from secinfer.core.registry import Call, RangeStats
 from secinfer.report.common import block_ends, build_report
-
-LOCAL_BACKENDS = ("plain", "approx")
 
 
 @dataclass
@@ -70,7 +68,8 @@ def run(
     return Outcome(result.outputs[0], report, plan, graph)
 
 
-def run_mpc(
+def run_secure(
+    backend: str,
     model_path: str | Path,
     program: torch.export.ExportedProgram,
     inputs: tuple[torch.Tensor, ...],
@@ -78,107 +77,37 @@ def run_mpc(
     samples: list[tuple[torch.Tensor, ...]],
     model_name: str,
     output_name: str,
-    config_path: str | Path | None = None,
-    trust_model: bool = False,
-    provider: str = "dealer",
-    precision_bits: int = 16,
-    peer_timeout: float = 60.0,
+    options: RunOptions,
 ) -> Outcome:
-    """The three parties as local processes, then plain and approx here for comparison.
+    """A secure backend's parties as local processes, then plain and approx here beside it.
 
     The parties compute their own plan (the model owner calibrates it); the plan computed
-    here checks the model before any party starts. The plan that ran, as the model owner
-    records it (`ran_plan`), drives the plaintext reference run, which counts the inputs
-    outside the mpc kernels' intervals (`OutsideCounter`), and the `approx` run, which
-    gives each block's approximation error: approx predicts the run under its very plan.
-    """
-    from secinfer.launch.local import run_local_parties
-    from secinfer.report.mpc import build_secure_report
-
-    backends.load("mpc")
-    graph, plan = prepare(program, "mpc", samples, config_path)
-    local = run_local_parties(
-        Path(model_path),
-        inputs,
-        trust_model=trust_model,
-        config=Path(config_path) if config_path else None,
-        provider=provider,
-        precision_bits=precision_bits,
-        peer_timeout=peer_timeout,
-    )
-    plan = ran_plan(local.model_owner, plan)
+    here checks the model before any party starts (`Backend.check`). The plan that ran, as
+    the model owner records it (`ran_plan`), drives the plaintext reference run, which
+    counts the inputs outside the secure kernels' intervals (`outside_counter`, where the
+    backend has one), and the `approx` run, which gives each block's approximation error:
+    approx predicts the run under its very plan."""
+    chosen = backends.get(backend)
+    config = Path(options.config) if options.config else None
+    graph, plan = prepare(program, backend, samples, config)
+    chosen.check(graph, plan)
+    run = chosen.run_parties(Path(model_path), inputs, replace(options, config=config))
+    plan = ran_plan(run.model_owner, plan)
     watch = frozenset(block_ends(graph).values())
-    outside = OutsideCounter(graph, plan)
+    outside = chosen.outside_counter(graph, plan)
     reference = Executor(graph, "plain").run(inputs, watch=watch, hook=outside)
     approx = Executor(graph, "approx", plan).run(inputs, watch=watch)
-    output = torch.from_numpy(local.output)
-    report = build_secure_report(
+    report = chosen.report(
         graph=graph,
-        backend="mpc",
         model=model_name,
-        output=output,
-        seconds=local.seconds,
-        model_owner=local.model_owner,
-        data_owner=local.data_owner,
+        run=run,
         reference=reference,
         approx=approx,
-        outside=outside.stats,
+        outside=outside.stats if outside is not None else {},
         output_name=output_name,
     )
     report["plan_for"] = plan.target
-    return Outcome(output, report, plan, graph)
-
-
-def run_he(
-    model_path: str | Path,
-    program: torch.export.ExportedProgram,
-    inputs: tuple[torch.Tensor, ...],
-    *,
-    samples: list[tuple[torch.Tensor, ...]],
-    model_name: str,
-    output_name: str,
-    config_path: str | Path | None = None,
-    trust_model: bool = False,
-    refresh: bool = True,
-    public_embedding: bool = False,
-    peer_timeout: float = 60.0,
-) -> Outcome:
-    """Server and client as two local processes, then plain and approx here for comparison,
-    approx under the plan the server ran (`ran_plan`)."""
-    from secinfer.backends.he.kernels import check_he_plan
-    from secinfer.launch.local import run_local_he
-    from secinfer.report.he import build_he_report
-
-    backends.load("he")
-    graph, plan = prepare(program, "he", samples, config_path)
-    check_he_plan(graph, plan)
-    local = run_local_he(
-        Path(model_path),
-        inputs,
-        trust_model=trust_model,
-        config=Path(config_path) if config_path else None,
-        refresh=refresh,
-        public_embedding=public_embedding,
-        peer_timeout=peer_timeout,
-    )
-    plan = ran_plan(local.model_owner, plan)
-    watch = frozenset(block_ends(graph).values())
-    reference = Executor(graph, "plain").run(inputs, watch=watch)
-    approx = Executor(graph, "approx", plan).run(inputs, watch=watch)
-    output = torch.from_numpy(local.output)
-    report = build_he_report(
-        graph=graph,
-        model=model_name,
-        output=output,
-        seconds=local.seconds,
-        server=local.model_owner,
-        client=local.data_owner,
-        reference=reference,
-        approx=approx,
-        output_name=output_name,
-    )
-    report["plan_for"] = plan.target
-    return Outcome(output, report, plan, graph)
+    return Outcome(torch.from_numpy(run.output), report, plan, graph)
 
 
 def ran_plan(record: dict[str, Any], prepared: Plan) -> Plan:
@@ -190,23 +119,3 @@ def ran_plan(record: dict[str, Any], prepared: Plan) -> Plan:
     if plan.target != prepared.target:
         raise RuntimeError(f"the parties ran a plan for {plan.target}, not {prepared.target}")
     return plan
-
-
-class OutsideCounter:
-    """Hook for a plaintext run: counts each node's approximated input outside the interval
-    where its mpc kernel is accurate (a secure kernel cannot look at its inputs)."""
-
-    def __init__(self, graph: Graph, plan: Plan) -> None:
-        self.graph, self.plan = graph, plan
-        self.stats: dict[str, RangeStats] = {}
-
-    def __call__(self, name: str, call: Call, _value: object) -> None:
-        from secinfer.backends.mpc.kernels.nonlinear import kernel_interval
-        from secinfer.core.calibrate import approximated_input
-
-        interval = kernel_interval(self.plan.choices.get(name))
-        if interval is None:
-            return
-        tensor = approximated_input(self.graph.node_by_name[name].op, call)
-        if tensor is not None:
-            self.stats.setdefault(name, RangeStats()).record(tensor, interval)

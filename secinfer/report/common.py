@@ -55,6 +55,34 @@ def compare(a: Any, b: Any) -> tuple[float, float]:
     return err, cosine
 
 
+def report_header(
+    *,
+    backend: str,
+    model: str,
+    seconds: float,
+    output: torch.Tensor,
+    reference: torch.Tensor,
+    output_name: str,
+) -> dict[str, Any]:
+    """The fields every run report starts with, whatever the backend: what ran, how long,
+    and how far its output is from plaintext (max abs error, cosine; for logits the share
+    of rows whose argmax agrees, else None)."""
+    max_err, cosine = compare(output, reference)
+    agreement = None
+    if output_name == "logits" and output.dim() >= 1:
+        agreement = float((output.argmax(-1) == reference.argmax(-1)).double().mean())
+    return {
+        "backend": backend,
+        "model": model,
+        "seconds": seconds,
+        "output_shape": list(output.shape),
+        "reference": "plain",
+        "max_abs_error": max_err,
+        "cosine": cosine,
+        "argmax_agreement": agreement,
+    }
+
+
 def build_report(
     *,
     graph: Graph,
@@ -64,25 +92,23 @@ def build_report(
     reference: RunResult,
     output_name: str,
 ) -> dict[str, Any]:
+    """A local run's report: `report_header`, the inputs outside the approximations'
+    intervals, no communication, and each block's error."""
     out, ref = result.outputs[0], reference.outputs[0]
-    max_err, cosine = compare(out, ref)
     report: dict[str, Any] = {
-        "backend": backend,
-        "model": model,
-        "seconds": result.seconds,
-        "output_shape": list(out.shape),
-        "reference": "plain",
-        "max_abs_error": max_err,
-        "cosine": cosine,
-        "argmax_agreement": None,
+        **report_header(
+            backend=backend,
+            model=model,
+            seconds=result.seconds,
+            output=out,
+            reference=ref,
+            output_name=output_name,
+        ),
         "out_of_range": result.out_of_range,
         "out_of_range_nodes": _out_of_range_nodes(result),
         "comm": {"bytes_sent": {"model_owner": 0, "data_owner": 0}, "rounds": 0},
         "layers": _layers(graph, result, reference),
     }
-    if output_name == "logits" and out.dim() >= 1:
-        agree = (out.argmax(-1) == ref.argmax(-1)).double().mean()
-        report["argmax_agreement"] = float(agree)
     return report
 
 

@@ -31,7 +31,7 @@ import torch
 
 from secinfer.core.execute import RunResult
 from secinfer.core.graph import Graph
-from secinfer.report.common import block_ends, block_error, compare
+from secinfer.report.common import block_ends, block_error, report_header
 from secinfer.report.mpc import estimate, estimate_line
 
 LATENCY_ORDER = ("matmul", "attention", "softmax", "GELU", "LayerNorm", "refresh", "other")
@@ -120,8 +120,6 @@ def build_he_report(
     approx: RunResult,
     output_name: str,
 ) -> dict[str, Any]:
-    ref = reference.outputs[0]
-    max_err, cosine = compare(output, ref)
     costs = layer_costs(graph, server.get("nodes", []))
     layers = [
         {
@@ -134,14 +132,14 @@ def build_he_report(
         for block, node in block_ends(graph).items()
     ]
     report: dict[str, Any] = {
-        "backend": "he",
-        "model": model,
-        "seconds": seconds,
-        "output_shape": list(output.shape),
-        "reference": "plain",
-        "max_abs_error": max_err,
-        "cosine": cosine,
-        "argmax_agreement": None,
+        **report_header(
+            backend="he",
+            model=model,
+            seconds=seconds,
+            output=output,
+            reference=reference.outputs[0],
+            output_name=output_name,
+        ),
         "out_of_range": 0,
         "out_of_range_nodes": [],
         "he": {
@@ -169,8 +167,6 @@ def build_he_report(
     trips = server["refreshes"] + PROTOCOL_ROUND_TRIPS
     report["estimates"] = he_estimates(seconds, trips, server, client)
     report["he"]["round_trips"] = trips
-    if output_name == "logits" and output.dim() >= 1:
-        report["argmax_agreement"] = float((output.argmax(-1) == ref.argmax(-1)).double().mean())
     return report
 
 

@@ -30,7 +30,7 @@ import torch
 from secinfer.core.execute import RunResult
 from secinfer.core.graph import Graph
 from secinfer.core.registry import RangeStats
-from secinfer.report.common import block_ends, block_error, compare
+from secinfer.report.common import block_ends, block_error, report_header
 
 NETWORKS = {"lan": (0.001, 5e9), "wan": (0.040, 100e6)}
 """name -> (round-trip seconds, bits per second)."""
@@ -81,8 +81,6 @@ def build_secure_report(
     outside: dict[str, RangeStats],
     output_name: str,
 ) -> dict[str, Any]:
-    ref = reference.outputs[0]
-    max_err, cosine = compare(output, ref)
     mo_run, do_run = model_owner["run"], data_owner["run"]
     dealer_bytes = mo_run["dealer_bytes_received"] + do_run["dealer_bytes_received"]
     rounds = max(mo_run["rounds"], do_run["rounds"])
@@ -108,14 +106,14 @@ def build_secure_report(
             }
         )
     report: dict[str, Any] = {
-        "backend": backend,
-        "model": model,
-        "seconds": seconds,
-        "output_shape": list(output.shape),
-        "reference": "plain",
-        "max_abs_error": max_err,
-        "cosine": cosine,
-        "argmax_agreement": None,
+        **report_header(
+            backend=backend,
+            model=model,
+            seconds=seconds,
+            output=output,
+            reference=reference.outputs[0],
+            output_name=output_name,
+        ),
         "out_of_range": sum(stats.count for stats in outside.values()),
         "out_of_range_nodes": [
             {
@@ -148,8 +146,6 @@ def build_secure_report(
         "estimates": estimate(compute, rounds, busiest),
         "layers": layers,
     }
-    if output_name == "logits" and output.dim() >= 1:
-        report["argmax_agreement"] = float((output.argmax(-1) == ref.argmax(-1)).double().mean())
     return report
 
 

@@ -15,7 +15,7 @@ import torch
 
 from secinfer.zoo.digits import accuracy, load_model, load_split, predict
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 PLAIN = DATA / "digits.safetensors"
 HE_FRIENDLY = DATA / "digits_he.safetensors"
 

@@ -1,6 +1,6 @@
 """A launcher's child processes and private temporary folders, cleaned up on every exit path.
 
-Used by the local launchers (`secinfer.launch.local`, `examples/two_party/run_demo.py`):
+Used by the local launchers (`secinfer.backends.parties`, `examples/two_party/run_demo.py`):
 
   `stopping_on_signals()`  inside it, in the main thread, SIGTERM (what `kill` and `timeout`
                            send), SIGINT (Ctrl-C) and SIGHUP raise `Interrupted`, so that

@@ -1,0 +1,134 @@
+"""The `he` backend behind the common interface (`secinfer.backends.base.SecureBackend`):
+the model owner serves encrypted inference, the data owner holds the only CKKS key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from secinfer.backends.base import PartyEvaluation, PartyRun, RunOptions
+from secinfer.backends.he.limits import he_limit
+from secinfer.core.evaluation import Evaluation
+from secinfer.core.execute import RunResult
+from secinfer.core.graph import Graph
+from secinfer.core.plan import Plan
+from secinfer.core.registry import RangeStats
+from secinfer.load.values import ValueLimit
+
+
+class HeBackend:
+    """CKKS: a server (model owner) and a client (data owner, the secret key)."""
+
+    name = "he"
+    secure = True
+
+    def value_limit(self, options: RunOptions) -> ValueLimit:
+        return he_limit()
+
+    def notices(self, options: RunOptions) -> list[str]:
+        return []
+
+    def check(self, graph: Graph, plan: Plan) -> None:
+        """Ops CKKS cannot run (comparisons, exact GELU, ...) name the conversion to apply."""
+        from secinfer.backends.he.kernels import check_he_plan
+
+        check_he_plan(graph, plan)
+
+    def run_parties(
+        self, model: Path, inputs: tuple[torch.Tensor, ...], options: RunOptions
+    ) -> PartyRun:
+        from secinfer.backends.he.local import run_local_he
+
+        return run_local_he(
+            model,
+            inputs,
+            trust_model=options.trust_model,
+            config=options.config,
+            refresh=options.refresh,
+            public_embedding=options.public_embedding,
+            peer_timeout=options.peer_timeout,
+        )
+
+    def evaluate_parties(
+        self, model: Path, data: Path, evaluation: Evaluation, batch_size: int, options: RunOptions
+    ) -> PartyEvaluation:
+        from secinfer.backends.he.local import run_local_he_evaluation
+
+        return PartyEvaluation(
+            *run_local_he_evaluation(
+                model,
+                data,
+                evaluation,
+                trust_model=options.trust_model,
+                config=options.config,
+                batch_size=batch_size,
+                peer_timeout=options.peer_timeout,
+            )
+        )
+
+    def outside_counter(self, graph: Graph, plan: Plan) -> None:
+        return None  # HE kernels saturate nothing: the plan's intervals are its depth budget
+
+    def report(
+        self,
+        *,
+        graph: Graph,
+        model: str,
+        run: PartyRun,
+        reference: RunResult,
+        approx: RunResult,
+        outside: dict[str, RangeStats],
+        output_name: str,
+    ) -> dict[str, Any]:
+        from secinfer.report.he import build_he_report
+
+        return build_he_report(
+            graph=graph,
+            model=model,
+            output=torch.from_numpy(run.output),
+            seconds=run.seconds,
+            server=run.model_owner,
+            client=run.data_owner,
+            reference=reference,
+            approx=approx,
+            output_name=output_name,
+        )
+
+    def evaluation_costs(self, evaluated: PartyEvaluation) -> dict[str, Any]:
+        """comm (bytes, refreshes, round trips, the public context), the LAN/WAN estimates
+        and the loss schedule's depth and cost."""
+        from secinfer.report.he import PROTOCOL_ROUND_TRIPS, he_estimates
+
+        server, client = evaluated.model_owner, evaluated.data_owner
+        # besides refreshes: the query's three exchanges (the totals and their answer in
+        # place of the output's) and two per batch (labels, next)
+        trips = server["refreshes"] + PROTOCOL_ROUND_TRIPS + 2 * server["batches"]
+        return {
+            "estimates": he_estimates(evaluated.seconds, trips, server, client),
+            "comm": {
+                "bytes_sent": {
+                    "model_owner": server["bytes_sent"],
+                    "data_owner": client["bytes_sent"],
+                },
+                "refreshes": server["refreshes"],
+                "round_trips": trips,
+                "public_context_bytes": client["public_context_bytes"],
+            },
+            "he": {
+                "params": server["params"],
+                "loss_depth": server["loss_depth"],
+                "loss_seconds": server["loss_seconds"],
+                "loss_refreshes": server["loss_refreshes"],
+                "approximations": server["evaluation"]["approximations"],
+            },
+        }
+
+    def summary(self, report: dict[str, Any]) -> str:
+        from secinfer.report.he import he_summary
+
+        return he_summary(report)
+
+
+HE = HeBackend()

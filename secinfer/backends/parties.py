@@ -1,0 +1,98 @@
+"""A secure backend's parties as separate processes on this machine: start, wait, stop.
+
+`run_parties` starts one fresh process per role, waits for all of them with a deadline,
+and on the first failure raises that party's one-line error (`UserError` when it exited
+2, else `PartyError`), never leaving a process behind. The mpc and he local launchers
+(`secinfer.backends.mpc.local`, `secinfer.backends.he.local`) build the command lines;
+on another host each role runs by hand with the same command (see the README).
+
+Process safety (`secinfer.backends.processes`): each party leads a process group of its
+own; on success, failure, the deadline, or SIGTERM, SIGINT or SIGHUP to this process
+(which then raise `Interrupted`), every party's group is killed and reaped and the run's
+temporary folder (mode 0700: the input, outputs, records and logs) is removed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from protocols.mpc import rendezvous as meeting
+from protocols.mpc.runtime import Role
+from secinfer.backends import processes
+from secinfer.errors import PartyError, UserError
+
+RUN_TIMEOUT = 3600.0
+"""Default bound on a whole local run (seconds); each peer wait has its own timeout."""
+
+
+def last_error(path: Path) -> str:
+    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    if errors:
+        return errors[-1].removeprefix("error:").strip()
+    return lines[-1] if lines else "exited without a message"
+
+
+def party_dirs(root: Path, roles: list[Any]) -> dict[Any, Path]:
+    """One output directory per role under `root`, each mode 0700."""
+    return {role: processes.private_subdirectory(root, role.label) for role in roles}
+
+
+def run_parties(
+    commands: dict[Any, list[str]],
+    root: Path,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    listeners: dict[Any, socket.socket] | None = None,
+) -> None:
+    """Start one process per role (output to `root/<role>.log`), wait until all exit 0;
+    on the first failure, the deadline or a signal (`Interrupted`) raise, and never leave
+    a process behind: every started party's process group is killed and reaped first.
+    `listeners` hands a role a listening socket (`meeting.LISTENER_FD_ENV`)."""
+    logs = {role: root / f"{role.label}.log" for role in commands}
+    processes_by_role: dict[Any, subprocess.Popen[bytes]] = {}
+    with processes.stopping_on_signals():
+        try:
+            for role, command in commands.items():
+                listener = (listeners or {}).get(role)
+                role_env = dict(os.environ if env is None else env)
+                fds: tuple[int, ...] = ()
+                if listener is not None:
+                    fds = (listener.fileno(),)
+                    role_env[meeting.LISTENER_FD_ENV] = str(listener.fileno())
+                with processes.deferred():
+                    processes_by_role[role] = processes.start(
+                        command, logs[role], env=role_env, pass_fds=fds
+                    )
+            wait_for_parties(processes_by_role, logs, timeout)
+        finally:
+            with processes.deferred():
+                for process in processes_by_role.values():
+                    processes.stop(process)
+
+
+def wait_for_parties(
+    processes: dict[Role, subprocess.Popen[bytes]], logs: dict[Role, Path], timeout: float
+) -> None:
+    """Until every party exits 0; on the first failure or the deadline, raise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        codes = {role: p.poll() for role, p in processes.items()}
+        failed = [role for role, code in codes.items() if code not in (None, 0)]
+        if failed:
+            time.sleep(0.5)  # let the peer that caused it report too
+            failed = [r for r, p in processes.items() if p.poll() not in (None, 0)]
+            user = [r for r in failed if processes[r].returncode == 2]
+            role = (user or failed)[0]
+            message = f"{role.label}: {last_error(logs[role])}"
+            raise (UserError if processes[role].returncode == 2 else PartyError)(message)
+        if all(code == 0 for code in codes.values()):
+            return
+        if time.monotonic() > deadline:
+            raise PartyError(f"the parties did not finish within {timeout:.0f} s; stopped them")
+        time.sleep(0.1)
