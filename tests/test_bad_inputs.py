@@ -1,4 +1,4 @@
-"""Issue 13's careless-user defects: bad values, unwritable destinations, NaN reports, plots.
+"""A careless user's mistakes: bad values, unwritable destinations, NaN reports, plots.
 
 - NaN, inf, 1e30 and an empty input on plain, approx, mpc and he: one line naming the input,
   the value, its index and the backend's limit, exit 2, before any party starts (mpc used
@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from test_run_cli import assert_user_error, secinfer_here
+from helpers.cli import assert_user_error, secinfer_here
 
+from secinfer import backends
+from secinfer.backends.base import RunOptions
 from secinfer.backends.he.limits import he_limit
-from secinfer.backends.limits import backend_limit
 from secinfer.backends.mpc.limits import mpc_limit
 from secinfer.errors import UserError
 from secinfer.load.dataset import open_dataset
@@ -140,7 +141,8 @@ def test_the_limits_are_what_the_encodings_hold() -> None:
     """mpc: |x| 2^(2b) < 2^63; he: |x| <= 2^mask_bits = 2^17 at the default chain."""
     assert mpc_limit(16).bound == 2.0**31 and mpc_limit(20).bound == 2.0**23
     assert he_limit().bound == 2.0**17
-    assert math.isinf(backend_limit("approx").bound)
+    assert math.isinf(backends.get("approx").value_limit(RunOptions()).bound)
+    assert backends.get("mpc").value_limit(RunOptions(precision_bits=20)).bound == 2.0**23
     check_values([torch.tensor([2.0**31 - 256])], ["x"], mpc_limit(16))  # float32 below 2^31
     with pytest.raises(UserError, match=r"x\[0\] = 2.14748e\+09 is beyond"):
         check_values([torch.tensor([2.0**31])], ["x"], mpc_limit(16))
@@ -173,7 +175,8 @@ def test_eval_refuses_labelled_data_with_bad_values(tmp_path: Path, backend: str
         done = secinfer_here("eval", str(DIGITS), str(data), "-b", backend)
         assert_user_error(done, "inputs[2, 7] = 1e+30 is beyond the limit")
     else:  # finite: the plaintext backends take it (the CLI opens the data so)
-        assert open_dataset(data, limit=backend_limit(backend)).rows == 3
+        limit = backends.get(backend).value_limit(RunOptions())
+        assert open_dataset(data, limit=limit).rows == 3
 
 
 # --- destinations ------------------------------------------------------------------------

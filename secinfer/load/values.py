@@ -5,7 +5,7 @@ value, every value is finite, and, on a secure backend, every floating-point val
 within what the backend can hold (a `ValueLimit`). The first offending value is named with
 its position and the limit, in one line (`UserError`: exit 2).
 
-The limits are the backends' own numbers (`secinfer.backends.limits.backend_limit`):
+The limits are the backends' own numbers (`Backend.value_limit`, `secinfer.backends.base`):
 plain and approx take any finite value (float64 holds what the model holds); mpc bounds
 |x| by its fixed-point ring (`secinfer.backends.mpc.limits`), he by its refresh mask
 (`secinfer.backends.he.limits`).
