@@ -9,7 +9,7 @@ Default suite (measured under a loaded 2-core machine, see each test):
   it); a port in use is one line and exit 2 for the model owner, one line and exit 1 for a
   data owner meeting a program that is not a rendezvous; a provider mismatch is found as
   soon as both parties are there (both raise, naming the setting and both values).
-- The launcher's building blocks (`secinfer.launch.processes`): a private folder is 0700 and
+- The launcher's building blocks (`secinfer.backends.processes`): a private folder is 0700 and
   removed on a signal; `stop` kills a child's whole process group.
 - SIGKILL to the data owner mid-run: the model owner and the dealer exit non-zero with one
   line each within --timeout (the dealer included: it used to exit 0).
@@ -33,8 +33,8 @@ import numpy as np
 import pytest
 
 from protocols.mpc import rendezvous as meeting
+from secinfer.backends import processes
 from secinfer.errors import Interrupted
-from secinfer.launch import processes
 from secinfer.zoo.digits import load_split
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -545,7 +545,7 @@ def test_a_difference_inside_the_evaluation_settings_is_named() -> None:
         return {"job": json.dumps({"evaluation": evaluation}, sort_keys=True)}
 
     with pytest.raises(meeting.SettingsMismatch) as caught:
-        meeting._compare(job("data-owner"), job("model-owner"), "model-owner", "data-owner")
+        meeting.compare_settings(job("data-owner"), job("model-owner"), "model-owner", "data-owner")
     assert str(caught.value).startswith(
         "job.evaluation.reveal_to: the model-owner has data-owner, the data-owner model-owner"
     )

@@ -123,10 +123,12 @@ def claim(rendezvous: str) -> None:
     listens on this socket later. Raises `RendezvousBusy`."""
     host, port = address(rendezvous)
     if (host, port) not in _claimed:
-        _claimed[(host, port)] = _listener(host, port)
+        _claimed[(host, port)] = rendezvous_listener(host, port)
 
 
-def _listener(host: str, port: int) -> socket.socket:
+def rendezvous_listener(host: str, port: int) -> socket.socket:
+    """The listening socket of the rendezvous at (host, port): the one this process claimed
+    earlier, else the one its launcher handed down (`LISTENER_FD_ENV`), else a new one."""
     claimed = _claimed.pop((host, port), None)
     if claimed is not None:
         return claimed
@@ -157,7 +159,7 @@ def store(
     host, port = address(rendezvous)
     delta = datetime.timedelta(seconds=timeout)
     if rank == 0:
-        descriptor = _listener(host, port).detach()  # the store owns and closes it
+        descriptor = rendezvous_listener(host, port).detach()  # the store owns and closes it
         tcp_store = dist.TCPStore(
             host,
             port,
@@ -251,7 +253,7 @@ def _agree(
             if tcp_store.check([key]):
                 theirs = _parse(tcp_store.get(key), name[other])
                 for seen, settings in published.items():  # this party's and the others'
-                    _compare(settings, theirs, name[seen], name[other])
+                    compare_settings(settings, theirs, name[seen], name[other])
                 published[other] = theirs
                 waiting.remove(other)
         if not waiting:
@@ -278,7 +280,10 @@ BOTH_OR_NONE = ("precision_bits", "job")
 """Settings only the computing parties publish: compared where both sides have them."""
 
 
-def _compare(mine: dict[str, Any], theirs: dict[str, Any], me: str, who: str) -> None:
+def compare_settings(mine: dict[str, Any], theirs: dict[str, Any], me: str, who: str) -> None:
+    """Raise `SettingsMismatch` naming the first setting where `mine` (the `me` party's)
+    and `theirs` (the `who` party's) differ; keys only computing parties publish are
+    compared only where both have them."""
     first = [name for name in ("version", "protocol", "provider", "parties") if name in mine]
     for name in first + sorted((set(mine) | set(theirs)) - set(first)):
         if name in BOTH_OR_NONE and (name not in mine or name not in theirs):
@@ -323,8 +328,10 @@ __all__ = [
     "SettingsMismatch",
     "address",
     "claim",
+    "compare_settings",
     "gloo_interface",
     "is_loopback",
     "listen",
+    "rendezvous_listener",
     "store",
 ]

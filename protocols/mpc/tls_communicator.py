@@ -478,14 +478,14 @@ def connect_mesh(config: MeshConfig) -> Mesh:
 
 def _check(seen: dict[int, dict[str, Any]], rank: int, theirs: dict[str, Any]) -> None:
     for other, settings in seen.items():
-        rendezvous._compare(settings, theirs, _role(other), _role(rank))
+        rendezvous.compare_settings(settings, theirs, _role(other), _role(rank))
     seen[rank] = theirs
 
 
 def _as_model_owner(
     mesh: Mesh, config: MeshConfig, host: str, port: int, mine: dict, seen: dict
 ) -> None:
-    listener = rendezvous._listener(host, port)
+    listener = rendezvous.rendezvous_listener(host, port)
     wanted = {_role(r): r for r in range(1, config.parties)}
     addresses: dict[int, str] = {}
     try:
@@ -552,7 +552,7 @@ def _as_dealer(
     relayed = where.get("settings_1")
     if isinstance(relayed, dict):  # what the data owner told the model owner
         for other, settings in seen.items():
-            rendezvous._compare(settings, relayed, _role(other), _role(1))
+            rendezvous.compare_settings(settings, relayed, _role(other), _role(1))
     if (
         not isinstance(address, list)
         or len(address) != 2
