@@ -32,6 +32,7 @@ from approximations import losses as L
 from protocols.he import messages as M
 from secinfer import load
 from secinfer.backends.he import session as he_session
+from secinfer.backends.he.channel import PLAIN
 from secinfer.backends.he.evaluation import HeEvaluation, evaluate, loss_plan
 from secinfer.core.evaluation import Evaluation
 from secinfer.core.prepare import prepare
@@ -123,7 +124,7 @@ def _session(model: Path, settings: Evaluation, server_settings: Evaluation | No
             try:
                 outcome["record"] = he_session.serve(
                     graph, plan, listener, out_dir, timeout=60, evaluation=evaluation,
-                    check_inputs=loaded.check_inputs,
+                    check_inputs=loaded.check_inputs, link=PLAIN,
                 )  # fmt: skip
             except Exception as exc:  # the test inspects what the server raised
                 outcome["error"] = exc
@@ -150,7 +151,9 @@ def test_the_model_owner_receives_the_aggregate_and_no_per_example_value(
     monkeypatch.setattr(he_session.Channel, "recv_json", spy)
     port, outcome, thread, out_dir = _session(model, settings)
     client_dir = Path(tempfile.mkdtemp())
-    result = evaluate(("127.0.0.1", port), open_dataset(data), 4, settings, client_dir, timeout=60)
+    result = evaluate(
+        ("127.0.0.1", port), open_dataset(data), 4, settings, client_dir, timeout=60, link=PLAIN
+    )
     thread.join(60)
     assert "error" not in outcome, outcome.get("error")
     assert set(received[1]) == {"session_id", "context_sha256"}  # the key handshake
@@ -181,7 +184,9 @@ def test_revealed_to_the_data_owner_the_client_keeps_the_aggregate(model_and_dat
     settings = Evaluation(("square",), "data-owner")
     port, outcome, thread, out_dir = _session(model, settings)
     client_dir = Path(tempfile.mkdtemp())
-    result = evaluate(("127.0.0.1", port), open_dataset(data), 8, settings, client_dir, timeout=60)
+    result = evaluate(
+        ("127.0.0.1", port), open_dataset(data), 8, settings, client_dir, timeout=60, link=PLAIN
+    )
     thread.join(60)
     assert "error" not in outcome, outcome.get("error")
     assert json.loads((client_dir / "aggregate.json").read_text()) == result
@@ -211,7 +216,9 @@ def test_a_label_out_of_range_stops_both_sides_with_one_line(tmp_path: Path, mod
     settings = Evaluation(("square",), "data-owner")
     port, outcome, thread, _ = _session(model, settings)
     with pytest.raises(UserError, match=r"label.*4"):
-        evaluate(("127.0.0.1", port), open_dataset(data), 4, settings, tmp_path, timeout=60)
+        evaluate(
+            ("127.0.0.1", port), open_dataset(data), 4, settings, tmp_path, timeout=60, link=PLAIN
+        )
     thread.join(60)
     assert isinstance(outcome["error"], M.PeerError) and "4" in str(outcome["error"])
 
@@ -221,7 +228,7 @@ def test_settings_the_client_did_not_agree_to_are_refused(tmp_path: Path, model_
     mine = Evaluation(("square",), "data-owner")
     port, outcome, thread, _ = _session(model, mine, Evaluation(("square",), "model-owner"))
     with pytest.raises(UserError, match="agreed to"):
-        evaluate(("127.0.0.1", port), open_dataset(data), 4, mine, tmp_path, timeout=60)
+        evaluate(("127.0.0.1", port), open_dataset(data), 4, mine, tmp_path, timeout=60, link=PLAIN)
     thread.join(60)
     assert isinstance(outcome["error"], M.PeerError)
 
@@ -233,7 +240,9 @@ def test_data_of_the_wrong_input_shape_is_refused_by_the_server(tmp_path: Path, 
     settings = Evaluation(("square",), "data-owner")
     port, outcome, thread, _ = _session(model, settings)
     with pytest.raises(M.PeerError, match="9"):
-        evaluate(("127.0.0.1", port), open_dataset(data), 4, settings, tmp_path, timeout=60)
+        evaluate(
+            ("127.0.0.1", port), open_dataset(data), 4, settings, tmp_path, timeout=60, link=PLAIN
+        )
     thread.join(60)
     assert isinstance(outcome["error"], UserError)
 

@@ -29,13 +29,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from test_run_cli import assert_user_error, secinfer_here
+from helpers.cli import assert_user_error, secinfer_here
 
 from benchmarks.he_tls import WireTap, query_through_tap
 from protocols import tls
 from secinfer.backends.he import channel as he_channel
 from secinfer.backends.he import main as he_main
 from secinfer.backends.he import session as he_session
+from secinfer.backends.he.channel import PLAIN
 from secinfer.core.execute import Executor
 from secinfer.core.prepare import prepare
 from secinfer.errors import PartyError
@@ -285,7 +286,7 @@ def test_the_plain_channel_also_skips_a_stray_connection(small, tmp_path: Path) 
     def serve() -> None:
         with listener:
             outcome["record"] = he_session.serve(
-                graph, plan, listener, tmp_path, timeout=60, log=lines.append
+                graph, plan, listener, tmp_path, timeout=60, log=lines.append, link=PLAIN
             )
 
     thread = threading.Thread(target=serve, daemon=True)
@@ -293,7 +294,9 @@ def test_the_plain_channel_also_skips_a_stray_connection(small, tmp_path: Path) 
     with socket.create_connection(listener.getsockname()) as browser:
         browser.sendall(b"GET / HTTP/1.1\r\n\r\n")
         assert nothing_but_close(browser)
-    y = he_session.query(listener.getsockname(), lambda names: (x,), tmp_path, timeout=60)
+    y = he_session.query(
+        listener.getsockname(), lambda names: (x,), tmp_path, timeout=60, link=PLAIN
+    )
     thread.join(60)
     assert "record" in outcome and y.shape == (2, 3) and len(lines) == 1
     assert "no client greeting" in lines[0] and "bad magic" in lines[0]
@@ -312,14 +315,26 @@ def test_a_silent_connection_does_not_keep_the_client_out(
     def serve() -> None:
         with listener:
             outcome["record"] = he_session.serve(
-                graph, plan, listener, tmp_path, timeout=90, log=lambda line: None
+                graph,
+                plan,
+                listener,
+                tmp_path,
+                timeout=90,
+                log=lambda line: None,
+                link=PLAIN,
             )
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     with socket.create_connection(listener.getsockname()) as silent:
         began = time.monotonic()
-        y = he_session.query(listener.getsockname(), lambda names: (x,), tmp_path, timeout=30)
+        y = he_session.query(
+            listener.getsockname(),
+            lambda names: (x,),
+            tmp_path,
+            timeout=30,
+            link=PLAIN,
+        )
         assert time.monotonic() - began < 60 and y.shape == (2, 3)
         silent.settimeout(0.01)
         with pytest.raises(TimeoutError):  # still being vetted: nobody waited for it

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from protocols.he import messages as M
+from protocols.he import messages
 from protocols.he.layout import Layout
 from protocols.tls import HE_ROLES, AuthenticationError, Link, describe_refusal
 from secinfer.errors import PartyError
@@ -50,20 +50,20 @@ class Channel:
     def __init__(self, sock: socket.socket, timeout: float) -> None:
         self.sock = sock
         self.timeout = timeout
-        self.counter = M.Counter()
+        self.counter = messages.Counter()
         self.digest = b""
         self.context: Any = None
 
     def send_json(self, message: dict[str, Any]) -> None:
-        M.send_json(self.sock, message, timeout=self.timeout, counter=self.counter)
+        messages.send_json(self.sock, message, timeout=self.timeout, counter=self.counter)
 
     def recv_json(self) -> dict[str, Any]:
-        return M.recv_json(
+        return messages.recv_json(
             self.sock, timeout=self.timeout, max_bytes=MAX_MESSAGE, counter=self.counter
         )
 
     def send_cts(self, cts: list[Any]) -> None:
-        M.send_ciphertexts(
+        messages.send_ciphertexts(
             self.sock,
             cts,
             self.context,
@@ -73,7 +73,7 @@ class Channel:
         )
 
     def recv_cts(self, count: int) -> list[Any]:
-        return M.recv_ciphertexts(
+        return messages.recv_ciphertexts(
             self.sock,
             self.context,
             timeout=self.timeout,
@@ -85,13 +85,13 @@ class Channel:
 
     def send_error(self, reason: str) -> None:
         with contextlib.suppress(OSError):
-            M.send_error(self.sock, reason, timeout=5.0, counter=self.counter)
+            messages.send_error(self.sock, reason, timeout=5.0, counter=self.counter)
 
 
 def accept_client(
     listener: socket.socket,
     timeout: float,
-    link: Link = PLAIN,
+    link: Link,
     log: Callable[[str], None] | None = None,
 ) -> Channel:
     """The first connection within `timeout` seconds that completes the TLS handshake, proves
@@ -117,7 +117,12 @@ def accept_client(
             channel = Channel(secured, timeout)
             try:
                 _expect_greeting(channel, bound)
-            except (M.MessageError, M.PeerError, M.PeerTimeout, OSError) as exc:
+            except (
+                messages.MessageError,
+                messages.PeerError,
+                messages.PeerTimeout,
+                OSError,
+            ) as exc:
                 secured.close()
                 say(f"server: refused a connection from {where}: no client greeting ({exc})")
                 return
@@ -152,14 +157,14 @@ def accept_client(
 
 
 def _expect_greeting(channel: Channel, timeout: float) -> None:
-    message = M.recv_json(
+    message = messages.recv_json(
         channel.sock, timeout=timeout, max_bytes=GREETING_MAX_BYTES, counter=channel.counter
     )
     if {k: message.get(k) for k in GREETING} != GREETING:
-        raise M.MessageError(f"got {str(message)[:80]}")
+        raise messages.MessageError(f"got {str(message)[:80]}")
 
 
-def connect(address: tuple[str, int], timeout: float, link: Link = PLAIN) -> Channel:
+def connect(address: tuple[str, int], timeout: float, link: Link) -> Channel:
     """The client's connection, retried until `timeout` (the server may start later); under
     TLS the server must prove the model owner's certificate before anything is sent; then
     the `GREETING` goes out. A server that fails the check raises `PartyError` at once."""
@@ -192,7 +197,7 @@ def guarded(channel: Channel, work: Callable[[], Any]) -> Any:
     with channel.sock:
         try:
             return work()
-        except M.PeerError:
+        except messages.PeerError:
             raise
         except Exception as exc:
             channel.send_error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
@@ -202,7 +207,7 @@ def guarded(channel: Channel, work: Callable[[], Any]) -> Any:
 def expect_kind(channel: Channel, kind: str) -> dict[str, Any]:
     message = channel.recv_json()
     if message.get("kind") != kind:
-        raise M.MessageError(f"expected a {kind!r} message, got {message.get('kind')!r}")
+        raise messages.MessageError(f"expected a {kind!r} message, got {message.get('kind')!r}")
     return message
 
 

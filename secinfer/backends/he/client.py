@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from protocols.he import messages as M
+from protocols.he import messages
 from protocols.he.codec import Codec
 from protocols.he.galois import public_context_with_steps
 from protocols.he.layout import Layout
@@ -53,7 +53,7 @@ class ClientSession:
             if message.get("kind") == kind:
                 return message
             if message.get("kind") != "refresh":
-                raise M.MessageError(f"unexpected message {message.get('kind')!r}")
+                raise messages.MessageError(f"unexpected message {message.get('kind')!r}")
             masked = self.channel.recv_cts(int(message["count"]))
             used = Layout.from_dict(message["layout"]).positions().reshape(-1)
             fresh = []
@@ -101,11 +101,11 @@ def open_client(channel: Channel, inputs: tuple[torch.Tensor, ...]) -> ClientSes
             tables[message["name"]] = np.asarray(message["table"], dtype=np.float64)
     context = make_context(params, galois_steps=[])
     public = public_context_with_steps(context, plan["galois_steps"])
-    digest = M.send_context_bytes(
+    digest = messages.send_context_bytes(
         channel.sock, public, timeout=channel.timeout, counter=channel.counter
     )
     context_bytes = channel.counter.bytes_sent
-    channel.send_json(M.handshake_message(digest))
+    channel.send_json(messages.handshake_message(digest))
     channel.context, channel.digest = context, digest
     bound = 2.0 ** (int(plan["mask_bits"]) + 1)
     return ClientSession(channel, Codec(context), specs, tables, bound, context_bytes)
@@ -124,13 +124,13 @@ def _plausible(values: np.ndarray, bound: float, what: str) -> np.ndarray:
     far outside the range the plan was calibrated on."""
     worst = float(np.max(np.abs(values))) if values.size else 0.0
     if np.isfinite(worst) and bound < worst < FOREIGN:
-        raise M.MessageError(
+        raise messages.MessageError(
             f"{what} decrypted to {worst:.3g}, beyond the message space (|x| <= {bound:g}): "
             "a value the model computed outgrew it, so the input lies far outside the range "
             "the plan was calibrated on; bring the input into that range"
         )
     if not np.isfinite(worst) or worst > bound:
-        raise M.MessageError(
+        raise messages.MessageError(
             f"{what} decrypted to {worst:.3g}, beyond the message space (|x| <= {bound:g}): "
             "a ciphertext not made under this key, or damaged on the way"
         )

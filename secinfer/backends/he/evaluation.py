@@ -46,12 +46,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from protocols.he import messages as M
+from protocols.he import messages
 from protocols.he.losses import HeLossPlan, per_example
 from protocols.he.refresh import uniform_mask
 from protocols.he.tensor import HeTensor
 from protocols.tls import Link
-from secinfer.backends.he.channel import PLAIN, Channel, connect, expect_kind, guarded
+from secinfer.backends.he.channel import Channel, connect, expect_kind, guarded
 from secinfer.backends.he.client import open_client
 from secinfer.backends.he.server import ServerSession
 from secinfer.core.evaluation import Evaluation, aggregate, progress_bar
@@ -120,7 +120,7 @@ def serve_evaluation(
             break
         rows, total_rows = message.get("rows"), message.get("examples")
         if message.get("kind") != "batch" or not isinstance(rows, int):
-            raise M.MessageError(f"expected a batch or the end, got {message.get('kind')!r}")
+            raise messages.MessageError(f"expected a batch or the end, got {message.get('kind')!r}")
         if not 1 <= rows <= rows_announced:
             raise UserError(f"a batch of {rows} rows; the client announced {rows_announced}")
         if announced is None:
@@ -130,7 +130,9 @@ def serve_evaluation(
             or total_rows != announced
             or examples + rows > total_rows
         ):
-            raise M.MessageError(f"the client announced {announced} examples, then {total_rows}")
+            raise messages.MessageError(
+                f"the client announced {announced} examples, then {total_rows}"
+            )
         result = session.run(session.receive_inputs())
         logits = result.outputs[0]
         if not isinstance(logits, HeTensor) or logits.dim() != 2:
@@ -176,15 +178,17 @@ def serve_evaluation(
     if to_model_owner:
         masked = reply.get("masked_totals")
         if reply.get("kind") != "masked_totals" or not isinstance(masked, dict):
-            raise M.MessageError(f"expected the masked totals, got {reply.get('kind')!r}")
+            raise messages.MessageError(f"expected the masked totals, got {reply.get('kind')!r}")
         if sorted(masked) != sorted(masks) or not all(
             isinstance(v, float) for v in masked.values()
         ):
-            raise M.MessageError("the client's masked totals do not match the evaluation")
+            raise messages.MessageError("the client's masked totals do not match the evaluation")
         sums = [(masked[n] - masks[n]) * examples for n in [*names, "hit"]]
         write_json(out_dir / "aggregate.json", aggregate(sums, evaluation.settings, examples))
     elif reply.get("kind") != "received":
-        raise M.MessageError(f"expected the client's confirmation, got {reply.get('kind')!r}")
+        raise messages.MessageError(
+            f"expected the client's confirmation, got {reply.get('kind')!r}"
+        )
     return result, fields
 
 
@@ -201,11 +205,12 @@ def evaluate(
     out_dir: Path,
     *,
     timeout: float,
-    link: Link | None = None,
+    link: Link,
 ) -> dict[str, Any]:
-    """The client's side (module docstring) over `link` (a `protocols.tls.Link`; None is a
-    plain socket); returns the aggregate when revealed to the client, else only the count."""
-    channel = connect(address, timeout, link or PLAIN)
+    """The client's side (module docstring) over `link` (a `protocols.tls.Link`;
+    `Link(None)` is the opt-in plain socket); returns the aggregate when revealed to the
+    client, else only the count."""
+    channel = connect(address, timeout, link)
     return guarded(channel, lambda: _evaluate(channel, data, batch_size, settings, out_dir))
 
 
@@ -282,4 +287,4 @@ def _batch_axis(announced: dict[str, Any]) -> BatchAxis:
     try:
         return parse_batch_axis(announced.get("batch_axis"))
     except ValueError as exc:
-        raise M.MessageError(f"the server's batch axis: {exc}") from None
+        raise messages.MessageError(f"the server's batch axis: {exc}") from None

@@ -57,10 +57,10 @@ def server_main(
     refresh: bool,
     public_embedding: bool,
     evaluation: Any = None,
-    link: tls.Link | None = None,
+    link: tls.Link,
 ) -> None:
     """With `evaluation` (an `evaluate.Evaluation`) the session is a private evaluation.
-    `link` (`he_link`) secures the connection; None is a plain socket."""
+    `link` (`he_link`) secures the connection (`Link(None)`: the opt-in plain socket)."""
     from secinfer import load
     from secinfer.backends.he.kernels import check_he_plan
     from secinfer.backends.he.session import serve
@@ -108,7 +108,7 @@ def server_main(
                 public_embedding=public_embedding,
                 check_inputs=loaded.check_inputs,
                 evaluation=he_evaluation,
-                link=link or tls.Link(None),
+                link=link,
             ),
         )
 
@@ -122,16 +122,15 @@ def client_main(
     evaluation: Any = None,
     eval_data: Path | None = None,
     batch_size: int = 64,
-    link: tls.Link | None = None,
+    link: tls.Link,
 ) -> None:
     """A query on --input, or with `evaluation` a private evaluation on --eval-data, over
-    `link` (`he_link`; None is a plain socket)."""
+    `link` (`he_link`; `Link(None)`: the opt-in plain socket)."""
     from secinfer import load
     from secinfer.backends.he.limits import he_limit
     from secinfer.backends.he.session import query
     from secinfer.load.values import check_values
 
-    link = link or tls.Link(None)
     host, _, port = connect.rpartition(":")
     if not host or not port.isdigit():
         raise UserError(f"--connect {connect}: give HOST:PORT")

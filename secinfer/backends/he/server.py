@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import torch
 
-from protocols.he import messages as M
+from protocols.he import messages
 from protocols.he.engine import Engine
 from protocols.he.layout import Layout
 from protocols.he.params import CkksParams
@@ -125,12 +125,12 @@ def open_server(
     )
     for name, table in tables.items():
         channel.send_json({"kind": "embedding", "name": name, "table": table.double().tolist()})
-    context, digest = M.recv_context_with_digest(
+    context, digest = messages.recv_context_with_digest(
         channel.sock, timeout=channel.timeout, max_bytes=MAX_MESSAGE, counter=channel.counter
     )
     if context.is_private():
         raise UserError("the client sent a context holding its secret key; refusing it")
-    M.verify_handshake(channel.recv_json(), digest)
+    messages.verify_handshake(channel.recv_json(), digest)
     channel.context, channel.digest = context, digest
     engine = Engine(context)
 

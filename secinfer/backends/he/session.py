@@ -41,12 +41,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from protocols.he import messages as M
+from protocols.he import messages
 from protocols.he.params import CkksParams
 from protocols.he.tensor import HeTensor
 from protocols.tls import Link
 from secinfer.backends.he.channel import (
-    PLAIN,
     Channel,
     accept_client,
     connect,
@@ -76,7 +75,7 @@ def serve(
     params: CkksParams = DEFAULT_PARAMS,
     check_inputs: Callable[[tuple[torch.Tensor, ...]], None] | None = None,
     evaluation: HeEvaluation | None = None,
-    link: Link = PLAIN,
+    link: Link,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Accept one client (`accept_client`) and answer its query (module docstring); returns
@@ -115,7 +114,7 @@ def _serve(
         output.ensure_level(0)
         session.send_tensor("output", output)
         if channel.recv_json().get("kind") != "received":
-            raise M.MessageError("the client did not confirm the output")
+            raise messages.MessageError("the client did not confirm the output")
         extra: dict[str, Any] = {}
     else:
         result, extra = serve_evaluation(session, evaluation, out_dir)
@@ -137,7 +136,7 @@ def query(
     out_dir: Path,
     *,
     timeout: float,
-    link: Link = PLAIN,
+    link: Link,
 ) -> np.ndarray:
     """Connect (over `link`), read the inputs (`read_inputs(input_names)`), encrypt them,
     answer refreshes, decrypt the output (module docstring)."""
