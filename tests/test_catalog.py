@@ -84,7 +84,7 @@ def test_puma_gelu_published_and_refit() -> None:
     assert 0.0195 < cert < 0.0200
     x = torch.linspace(2.9, 3.0, 1001, dtype=torch.float64)
     assert float((published(x) - torch.nn.functional.gelu(x)).abs().max()) > 0.0195
-    # Same segments and degrees, Remez coefficients: below the 0.015 on [-8, 8] ...
+    # Same segments and degrees, Remez coefficients: below 0.015 on [-8, 8] ...
     assert refit.breakpoints == published.breakpoints and refit.degree == published.degree
     assert refit.max_error < 0.015
     # ... and on outliers far beyond it (0 below -4, x above 3).

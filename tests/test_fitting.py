@@ -15,7 +15,7 @@ import approximations
 from approximations import ApproximationError, Polynomial, fit
 from approximations.coefficients import depth, paterson_stockmeyer_multiplications
 
-EQUIOSCILLATION_TOLERANCE = 0.01  # the "equal size within 1%"
+EQUIOSCILLATION_TOLERANCE = 0.01  # the extrema's |error| equal within 1 % of the largest
 
 
 def assert_equioscillates(poly: Polynomial, fn) -> None:

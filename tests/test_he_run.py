@@ -12,7 +12,7 @@
 
 The digits model through the CLI, the public-embedding mode and the 100-image digits
 check (`test_he_slow.py`) are in the slow suite. The refusals call `secinfer run` in this
-process (`test_run_cli.secinfer_here`); server and client are processes all the same.
+process (`helpers.cli.secinfer_here`); server and client are processes all the same.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import json
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -30,15 +29,14 @@ import numpy as np
 import pytest
 import tenseal as ts
 import torch
-from test_run_cli import secinfer_here
+from helpers.cli import secinfer_here
+from helpers.he import Normalise, encrypted_run, start_server
 
 from protocols.he import messages as M
 from protocols.he.galois import public_context_with_steps
 from protocols.he.params import CkksParams, make_context
 from protocols.he.rotation import vector_proto
-from secinfer.backends.he import session as he_session
 from secinfer.backends.he.channel import GREETING
-from secinfer.core.execute import Executor
 from secinfer.core.prepare import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,40 +158,6 @@ def small() -> tuple[Any, Any, torch.Tensor]:
     program = torch.export.export(Square().eval(), (x,))
     graph, plan = prepare(program, "he", [(x,)], None)
     return graph, plan, x
-
-
-def start_server(graph: Any, plan: Any, **options: Any) -> tuple[int, dict[str, Any], Any]:
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    outcome: dict[str, Any] = {}
-
-    def serve() -> None:
-        with listener:
-            try:
-                outcome["record"] = he_session.serve(
-                    graph, plan, listener, Path(tempfile.mkdtemp()), timeout=30, **options
-                )
-            except Exception as exc:  # the test inspects what the server raised
-                outcome["error"] = exc
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    return port, outcome, thread
-
-
-def encrypted_run(
-    graph: Any, plan: Any, inputs: tuple[torch.Tensor, ...], timeout: float = 60, **options: Any
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """A server thread and a client on real sockets: (the client's decrypted output, the
-    plaintext run of the same graph, what the server returned)."""
-    port, outcome, thread = start_server(graph, plan, **options)
-    y = he_session.query(
-        ("127.0.0.1", port), lambda names: inputs, Path(tempfile.mkdtemp()), timeout=timeout
-    )
-    thread.join(timeout)
-    assert "error" not in outcome, outcome.get("error")
-    expected = Executor(graph, "plain").run(inputs).outputs[0].double().numpy()
-    return y, expected, outcome
 
 
 def test_the_server_holds_a_public_context_that_cannot_decrypt(small, monkeypatch) -> None:
@@ -355,14 +319,6 @@ def _layer_norm_variance_range(model: torch.nn.Module, ids: torch.Tensor, mask: 
         handle.remove()
     values = torch.cat([v.reshape(-1) for v in seen])
     return (float(values.min()) / 2, float(values.max()) * 2)
-
-
-class Normalise(torch.nn.Module):
-    """x / sqrt(mean(x^2) + 1): an inverse square root and a GELU on encrypted values."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = torch.rsqrt((x * x).mean(-1, keepdim=True) + 1.0)
-        return torch.nn.functional.gelu(x * scale)
 
 
 def test_inverse_square_root_and_gelu_kernels_on_ciphertexts() -> None:

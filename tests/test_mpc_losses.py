@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers.privacy import assert_uniform, encodings, words
 
 from approximations import losses as L
 from protocols.mpc.local import run_local
@@ -107,22 +108,20 @@ def aggregate_to_model_owner(role: Role, seed: int) -> list[float] | None:
 
 
 def test_the_model_owner_learns_the_aggregate_and_no_per_example_value() -> None:
-    from test_mpc_privacy import _assert_uniform, _encodings, _words
-
     runs = {s: run_local(aggregate_to_model_owner, s, keep_views=True) for s in (1, 2)}
     views = {s: r[Role.MODEL_OWNER].views for s, r in runs.items()}
     assert [v.shape for v in views[1]] == [v.shape for v in views[2]]
     for s in (1, 2):
         *protocol, opened = views[s]
         assert np.asarray(opened).size == len(NAMES) + 1  # the totals, nothing per example
-        _assert_uniform(protocol)
+        assert_uniform(protocol)
         rng = np.random.default_rng(s)
         logits = torch.as_tensor(rng.normal(size=(32, 10)) * 4.0)
         labels = torch.as_tensor(rng.integers(0, 10, 32))
         per_example = [
             torch.as_tensor(_reference(n, logits.numpy(), labels.numpy())) for n in NAMES
         ]
-        assert not (set(_words(protocol).tolist()) & _encodings(logits, *per_example))
+        assert not (set(words(protocol).tolist()) & encodings(logits, *per_example))
     totals = runs[1][Role.MODEL_OWNER].value
     rng = np.random.default_rng(1)
     logits, labels = rng.normal(size=(32, 10)) * 4.0, rng.integers(0, 10, 32)

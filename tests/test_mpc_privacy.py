@@ -17,12 +17,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers.privacy import SCALE, assert_uniform, encodings, words
 
 from protocols.mpc.local import run_local
 from protocols.mpc.reveal import reveal_to
 from protocols.mpc.runtime import Role
-
-SCALE = 2**16  # CrypTen's default fixed-point scale
 
 
 def secrets(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -82,62 +81,24 @@ def runs() -> dict[tuple[int, int], dict[Role, list[np.ndarray]]]:
     return {(i, w): _views(i, w) for i, w in [(1, 10), (2, 10), (1, 20)]}
 
 
-def _words(views: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate([np.asarray(v).astype(np.int64).reshape(-1) for v in views])
-
-
-def _split(views: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(64-bit words, single bits): comparisons open single bits masked by random bits."""
-    bits = [v for v in views if np.isin(np.asarray(v), (0, 1)).all()]
-    words = [v for v in views if not np.isin(np.asarray(v), (0, 1)).all()]
-    return _words(words), _words(bits) if bits else np.zeros(0, dtype=np.int64)
-
-
-def _assert_uniform_bits(bits: np.ndarray) -> None:
-    n = bits.size
-    if n:
-        ones = int(bits.sum())
-        assert abs(ones - n / 2) < 6 * np.sqrt(n / 4), f"{ones} of {n} opened bits are 1"
-
-
-def _assert_uniform(views: list[np.ndarray]) -> None:
-    words, bits = _split(views)
-    _assert_uniform_bits(bits)
-    n = words.size
-    assert n > 1000
-    unsigned = words.view(np.uint64)
-    for bit in (63, 62, 61, 60, 48, 40, 32):
-        ones = int(((unsigned >> np.uint64(bit)) & np.uint64(1)).sum())
-        assert abs(ones - n / 2) < 6 * np.sqrt(n / 4), f"bit {bit}: {ones} of {n} set"
-    # fixed-point encodings of real values are small; a uniform word is below 2^48 in
-    # magnitude with probability 2^-15
-    small = int((np.abs(words) < 2**48).sum())
-    assert small <= 3 + n * 2**-15 * 10, f"{small} of {n} words are small numbers"
-
-
-def _encodings(*tensors: torch.Tensor) -> set[int]:
-    values = torch.cat([t.reshape(-1) for t in tensors])
-    return {int(v) for v in (values * SCALE).round().long()} - {0}
-
-
 def test_model_owner_view_does_not_depend_on_the_input(runs) -> None:
     a, b = runs[(1, 10)][Role.MODEL_OWNER], runs[(2, 10)][Role.MODEL_OWNER]
     assert [v.shape for v in a] == [v.shape for v in b]
     for views in (a, b):
-        _assert_uniform(views)
+        assert_uniform(views)
     x1, _, _ = secrets(1)
     x2, _, _ = secrets(2)
-    assert not (set(_words(a).tolist()) & _encodings(x1))
-    assert not (set(_words(b).tolist()) & _encodings(x2))
+    assert not (set(words(a).tolist()) & encodings(x1))
+    assert not (set(words(b).tolist()) & encodings(x2))
 
 
 def test_data_owner_view_does_not_depend_on_the_weights(runs) -> None:
     a, b = runs[(1, 10)][Role.DATA_OWNER], runs[(1, 20)][Role.DATA_OWNER]
     assert [v.shape for v in a] == [v.shape for v in b]
     for views in (a, b):
-        _assert_uniform(views[:-1])  # the last one is the output's share, revealed
+        assert_uniform(views[:-1])  # the last one is the output's share, revealed
     _, w1, w2 = secrets(10)
-    assert not (set(_words(a).tolist()) & _encodings(w1, w2))
+    assert not (set(words(a).tolist()) & encodings(w1, w2))
 
 
 def test_the_view_is_not_empty_and_the_output_is_right(runs) -> None:
@@ -157,6 +118,6 @@ def test_a_leaky_protocol_is_caught() -> None:
     """Negative control: the same checks flag a protocol that sends the input in the clear."""
     views = run_local(leaky, 1, keep_views=True)[Role.MODEL_OWNER].views
     x, _, _ = secrets(1)
-    assert set(_words(views).tolist()) & _encodings(x)
+    assert set(words(views).tolist()) & encodings(x)
     with pytest.raises(AssertionError):
-        _assert_uniform(views * 20)
+        assert_uniform(views * 20)

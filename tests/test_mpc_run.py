@@ -1,7 +1,7 @@
 """`secinfer run --backend mpc`: three real processes (model owner, data owner, dealer) over
 loopback sockets, compared in the same run with plaintext torch.
 
-Tolerances (from the issue): the digits classifier agrees with plain on the class of each
+Tolerances: the digits classifier agrees with plain on the class of each
 of 200 test images; small random BERT, GPT-2 and ViT reach cosine >= 0.999 on the final
 hidden states, a BERT scaled to trained-model outliers >= 0.99. Text models get a batch of
 two sequences, one padded, whose ids differ from the calibration sample's.
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from test_executor import bert, gpt2, text_inputs, vit
+from helpers.models import bert, gpt2, text_inputs, vit
 
 from secinfer.cli import main
 

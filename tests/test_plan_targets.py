@@ -244,7 +244,7 @@ def test_approx_predicts_an_he_run_of_its_plan() -> None:
     Newton on the calibrated interval, plan method "poly") and a minimax GELU. approx under
     the he plan is within CKKS noise of the decrypted output; the mpc form of the inverse
     square root (normalised Newton, what approx ran for every target before) is not."""
-    from test_he_run import Normalise, encrypted_run
+    from helpers.he import Normalise, encrypted_run
 
     torch.manual_seed(1)
     x = torch.randn(2, 3, 8)

@@ -12,16 +12,13 @@ import json
 import pickle
 import subprocess
 import sys
-import traceback
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import transformers as T
-from click.testing import CliRunner
-
-from secinfer.cli import main
+from helpers.cli import assert_user_error, secinfer_here
 
 ROOT = Path(__file__).parents[1]
 DIGITS = ROOT / "secinfer" / "data" / "digits.safetensors"
@@ -34,23 +31,6 @@ def secinfer(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
     return subprocess.run(
         [str(_BESIDE), *args], capture_output=True, text=True, timeout=600, check=False, cwd=cwd
     )
-
-
-def secinfer_here(*args: str) -> subprocess.CompletedProcess:
-    """`secinfer` in this process; an exception that escapes the command shows as the
-    traceback a user would see."""
-    result = CliRunner().invoke(main, list(args))
-    stderr = result.stderr
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        stderr += "".join(traceback.format_exception(result.exception))
-    return subprocess.CompletedProcess(["secinfer", *args], result.exit_code, result.stdout, stderr)
-
-
-def assert_user_error(done: subprocess.CompletedProcess, needle: str) -> None:
-    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
-    assert "Traceback" not in done.stderr
-    lines = [line for line in done.stderr.strip().splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and needle in lines[0], done.stderr
 
 
 @pytest.fixture(scope="module")
