@@ -190,7 +190,7 @@ def hostile_model_owner(role: Any, payload: bytes, marker: str) -> Any:
     if role is Role.MODEL_OWNER:
         wire.send_bytes(payload, src=Role.MODEL_OWNER)
         wire.send_json({"plan": {}}, src=Role.MODEL_OWNER)
-        return wire.send_json(None, src=Role.DATA_OWNER)
+        return wire.receive_json(src=Role.DATA_OWNER)
     try:
         receive_model(Meter())
     except PeerAborted as exc:

@@ -181,7 +181,7 @@ def announced_queries() -> Iterator[dict[str, Any]]:
     """The model owner's side of the query loop: each description the data owner sends,
     until it says it is done (PeerAborted when it gives up instead)."""
     while True:
-        spec = wire.send_json(None, src=Role.DATA_OWNER)
+        spec = wire.receive_json(src=Role.DATA_OWNER)
         if "error" in spec:
             raise PeerAborted(f"the data owner gave up: {spec['error']}")
         if spec.get("done"):
@@ -202,7 +202,7 @@ def announce_model(
     )
     wire.send_json(public, src=Role.MODEL_OWNER)
     wire.send_json(meta, src=Role.MODEL_OWNER)
-    answer = wire.send_json(None, src=Role.DATA_OWNER)
+    answer = wire.receive_json(src=Role.DATA_OWNER)
     if "error" in answer:
         raise PeerAborted(f"the data owner refused the session: {answer['error']}")
     if answer.get("digest") != session_digest(public, meta):
@@ -221,7 +221,7 @@ def receive_model(
     offline). The architecture is validated and rebuilt (`architecture.rebuild`) and
     `check(meta)` may refuse the settings (a UserError); a refusal is sent to the model
     owner and raised here, before anything is shared."""
-    received = [wire.send_bytes(None, src=Role.MODEL_OWNER) for _ in ("architecture", "meta")]
+    received = [wire.receive_bytes(src=Role.MODEL_OWNER) for _ in ("architecture", "meta")]
     try:
         try:
             message, meta = (wire.parse_json(data) for data in received)

@@ -27,23 +27,35 @@ def _comm() -> Any:
     return communicator()
 
 
-def send_bytes(data: bytes | None, src: int) -> bytes:
-    """Party `src` sends `data` to the other computing party; both return the bytes.
-
-    The other party passes None. Two broadcasts: the length, then the bytes.
-    """
+def send_bytes(data: bytes, src: int) -> None:
+    """Party `src` (this one) sends `data` to the other computing party, which calls
+    `receive_bytes(src)` at the same point. Two broadcasts: the length, then the bytes (one
+    when `data` is empty). ValueError when this party is not `src`."""
     comm = _comm()
-    mine = comm.get_rank() == src
-    if mine and data is None:
-        raise ValueError("the sending party must give the data")
-    size = torch.tensor([len(data) if mine and data is not None else 0], dtype=torch.int64)
+    if comm.get_rank() != src:
+        raise ValueError(f"send_bytes from party {src} called on party {comm.get_rank()}")
+    _broadcast(comm, data, src)
+
+
+def receive_bytes(src: int) -> bytes:
+    """The bytes party `src` sends with `send_bytes`, at most MAX_MESSAGE (a peer announcing
+    more is refused before anything is allocated). ValueError when this party is `src`."""
+    comm = _comm()
+    if comm.get_rank() == src:
+        raise ValueError(f"receive_bytes from party {src} called on that party itself")
+    return _broadcast(comm, None, src)
+
+
+def _broadcast(comm: Any, data: bytes | None, src: int) -> bytes:
+    """The length, then the payload, broadcast from `src`; `data` is None on the receiver."""
+    size = torch.tensor([len(data) if data is not None else 0], dtype=torch.int64)
     comm.broadcast(size, src)
     n = int(size.item())
     if n < 0 or n > MAX_MESSAGE:
         raise ValueError(f"peer announced a message of {n} bytes; refusing it")
     if n == 0:
         return b""
-    if mine and data is not None:
+    if data is not None:
         payload = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     else:
         payload = torch.empty(n, dtype=torch.uint8)
@@ -51,11 +63,16 @@ def send_bytes(data: bytes | None, src: int) -> bytes:
     return payload.numpy().tobytes()
 
 
-def send_json(message: dict[str, Any] | None, src: int) -> dict[str, Any]:
-    """A JSON object from party `src` to the other (both get it). Strict JSON both ways:
-    no NaN or infinity; a peer's malformed message raises ValueError."""
-    text = json.dumps(message, allow_nan=False).encode() if message is not None else None
-    return parse_json(send_bytes(text, src))
+def send_json(message: dict[str, Any], src: int) -> None:
+    """Party `src` (this one) sends a JSON object to the other (`receive_json(src)`). Strict
+    JSON: ValueError for NaN or infinity."""
+    send_bytes(json.dumps(message, allow_nan=False).encode(), src)
+
+
+def receive_json(src: int) -> dict[str, Any]:
+    """The JSON object party `src` sends with `send_json`; ValueError unless the peer's
+    message is strict JSON and an object."""
+    return parse_json(receive_bytes(src))
 
 
 def parse_json(data: bytes) -> dict[str, Any]:
@@ -73,4 +90,4 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-__all__ = ["parse_json", "send_bytes", "send_json"]
+__all__ = ["parse_json", "receive_bytes", "receive_json", "send_bytes", "send_json"]
