@@ -46,6 +46,7 @@ $(SPU_STAMP):
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 # Maintenance: retrain the bundled digits models in secinfer/data (the example writes
 # elsewhere unless told to replace them).
