@@ -17,6 +17,11 @@ N examples; p = softmax(logits) over the classes.
 The Z-loss here is the spherical-family loss of the seeds, not PaLM's auxiliary z-loss
 (alpha log^2 Z), which shares the name. Its cost is independent of C beyond the two sums
 (sum o_k, sum o_k^2) and o_y: three statistics, no exponential over the classes.
+
+The losses are declared once, in `LOSSES`: each with its plaintext reference and its
+formula over the terms a secure backend computes on its own values (`SecureLossKernels`:
+shares under MPC, ciphertexts under HE). `secure_per_example` evaluates them on any backend;
+a backend supplies only its kernels, never its own list of losses.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +39,6 @@ from approximations.errors import ApproximationError
 from approximations.fitting import fit
 from approximations.polynomial import Polynomial
 
-LOSS_NAMES = ("ce", "square", "zloss", "gce", "mae")
 LOG_DEGREE = 10
 SOFTPLUS_DEGREE = 12
 
@@ -101,26 +106,146 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LossOptions:
-    """Hyper-parameters: Z-loss a, b; generalised cross-entropy q."""
+    """Hyper-parameters, with their defaults (the one source): Z-loss a, b; generalised
+    cross-entropy q."""
 
     zloss_a: float = 1.0
     zloss_b: float = 1.0
     gce_q: float = 0.7
 
 
+DEFAULT_OPTIONS = LossOptions()
+
+# --- secure evaluation: what a backend supplies ----------------------------------------------
+Value = TypeVar("Value")
+
+
+@dataclass(frozen=True)
+class SharedTerms(Generic[Value]):
+    """The terms several losses share, computed once per batch by a backend.
+
+    `label_logit` o_y; `log_sum_exp` when a requested loss needs it (else None);
+    `maximum` the largest logit per example, when the backend's hit count uses it."""
+
+    label_logit: Value
+    log_sum_exp: Value | None = None
+    maximum: Value | None = None
+
+
+class SecureLossKernels(Protocol[Value]):
+    """A backend's building blocks of the losses, on its own values (logits (N, C) and the
+    label's one-hot (N, C); each result is (N,)). Every loss of `LOSSES` is a formula over
+    these, so a backend implements these five and no loss by name."""
+
+    def shared(
+        self, logits: Value, onehot: Value, *, needs_log_sum_exp: bool, accuracy: bool
+    ) -> SharedTerms[Value]:
+        """o_y, then log-sum-exp if `needs_log_sum_exp`, and what `hit` needs if `accuracy`."""
+        ...
+
+    def square(self, logits: Value, onehot: Value) -> Value:
+        """sum_k (o_k - t_k)^2."""
+        ...
+
+    def z_loss(self, logits: Value, onehot: Value, a: float, b: float) -> Value:
+        """(1/a) softplus(a (b - z_y))."""
+        ...
+
+    def label_probability_power(self, terms: SharedTerms[Value], q: float) -> Value:
+        """p_y^q = exp(q (o_y - lse))."""
+        ...
+
+    def hit(self, logits: Value, terms: SharedTerms[Value]) -> Value:
+        """1 where the label's logit is the largest, else 0."""
+        ...
+
+
+# --- the losses, declared once -----------------------------------------------------------------
+PlainFormula = Callable[[torch.Tensor, torch.Tensor, LossOptions], torch.Tensor]
+SecureFormula = Callable[[SecureLossKernels[Any], Any, Any, SharedTerms[Any], LossOptions], Any]
+
+
+@dataclass(frozen=True)
+class Loss:
+    """One loss: its plaintext reference (a mean over examples) and its per-example formula
+    over a backend's kernels (logits, one-hot, shared terms, options)."""
+
+    name: str
+    plain: PlainFormula
+    secure: SecureFormula
+    uses_log_sum_exp: bool = False
+
+
+LOSSES: dict[str, Loss] = {
+    loss.name: loss
+    for loss in (
+        Loss(
+            "ce",
+            lambda x, y, o: cross_entropy(x, y),
+            lambda k, x, t, terms, o: terms.log_sum_exp - terms.label_logit,
+            uses_log_sum_exp=True,
+        ),
+        Loss("square", lambda x, y, o: square_loss(x, y), lambda k, x, t, terms, o: k.square(x, t)),
+        Loss(
+            "zloss",
+            lambda x, y, o: z_loss(x, y, o.zloss_a, o.zloss_b),
+            lambda k, x, t, terms, o: k.z_loss(x, t, o.zloss_a, o.zloss_b),
+        ),
+        Loss(
+            "gce",
+            lambda x, y, o: generalized_cross_entropy(x, y, o.gce_q),
+            lambda k, x, t, terms, o: (
+                (1.0 - k.label_probability_power(terms, o.gce_q)) * (1.0 / o.gce_q)
+            ),
+            uses_log_sum_exp=True,
+        ),
+        Loss(
+            "mae",
+            lambda x, y, o: mean_absolute_error(x, y),
+            lambda k, x, t, terms, o: 1.0 - k.label_probability_power(terms, 1.0),
+            uses_log_sum_exp=True,
+        ),
+    )
+}
+LOSS_NAMES = tuple(LOSSES)
+
+
+def _loss(name: str) -> Loss:
+    if name not in LOSSES:
+        raise ApproximationError(f"unknown loss {name!r}; choose from {', '.join(LOSS_NAMES)}")
+    return LOSSES[name]
+
+
 def reference(name: str, options: LossOptions | None = None) -> Callable[..., torch.Tensor]:
     """The plaintext loss called `name` (one of LOSS_NAMES), with its hyper-parameters."""
-    o = options or LossOptions()
-    table: dict[str, Callable[..., torch.Tensor]] = {
-        "ce": cross_entropy,
-        "square": square_loss,
-        "zloss": lambda x, y: z_loss(x, y, o.zloss_a, o.zloss_b),
-        "gce": lambda x, y: generalized_cross_entropy(x, y, o.gce_q),
-        "mae": mean_absolute_error,
-    }
-    if name not in table:
-        raise ApproximationError(f"unknown loss {name!r}; choose from {', '.join(LOSS_NAMES)}")
-    return table[name]
+    loss, chosen = _loss(name), options or DEFAULT_OPTIONS
+    return lambda logits, labels: loss.plain(logits, labels, chosen)
+
+
+def secure_per_example(
+    kernels: SecureLossKernels[Value],
+    logits: Value,
+    onehot: Value,
+    names: list[str],
+    options: LossOptions,
+    *,
+    accuracy: bool = True,
+) -> dict[str, Value]:
+    """Each requested loss per example on `kernels`' values, plus "hit" (accuracy) unless
+    `accuracy` is False. The shared terms are computed first, once; then the losses in the
+    order of `names`; then the hits. ApproximationError for an unknown name, before any
+    computation."""
+    losses = [_loss(name) for name in names]
+    terms = kernels.shared(
+        logits,
+        onehot,
+        needs_log_sum_exp=any(loss.uses_log_sum_exp for loss in losses),
+        accuracy=accuracy,
+    )
+    out = {loss.name: loss.secure(kernels, logits, onehot, terms, options) for loss in losses}
+    if accuracy:
+        out["hit"] = kernels.hit(logits, terms)
+    return out
 
 
 # --- the polynomials secure evaluation uses (MPC and HE alike) ------------------------------

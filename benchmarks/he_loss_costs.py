@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from approximations import losses as L
+from approximations.losses import reference
 from benchmarks.loss_costs import CLASSES, NAMES, OPTIONS, ROWS, make_data
 
 POLY_MODULUS = 8192
@@ -223,7 +223,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             want = float((x.argmax(-1) == y).sum())
             row["count_exact"] = round(row["sum"]) == want
         else:
-            want = float(L.reference(name, OPTIONS)(x, y)) * rows
+            want = float(reference(name, OPTIONS)(x, y)) * rows
         row["reference"] = want
         row["relative_error_of_sum"] = abs(row["sum"] - want) / max(abs(want), 1e-12)
         row["plain_relative_error_of_sum"] = abs(row["plain_sum"] - want) / max(abs(want), 1e-12)

@@ -17,12 +17,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from approximations import losses as L
+from approximations.losses import (
+    LOSS_NAMES,
+    LossOptions,
+    reference,
+    softmax_log_polynomial,
+    zloss_softplus_polynomial,
+)
 from protocols.mpc.runtime import Role
 
 ROWS, CLASSES = 1000, 10
-NAMES = ("ce", "square", "zloss", "gce", "mae")
-OPTIONS = L.LossOptions(zloss_a=1.0, zloss_b=1.0, gce_q=0.7)
+NAMES = LOSS_NAMES
+OPTIONS = LossOptions(zloss_a=1.0, zloss_b=1.0, gce_q=0.7)
 
 
 def make_data(rows: int = ROWS, seed: int = 11) -> tuple[np.ndarray, np.ndarray]:
@@ -42,8 +48,8 @@ def loss_party(role: Role, logits: np.ndarray, labels: np.ndarray) -> list[dict[
 
     onehot = np.eye(CLASSES)[labels]
     x, t = share(logits, Role.DATA_OWNER, role), share(onehot, Role.DATA_OWNER, role)
-    L.softmax_log_polynomial(CLASSES)
-    L.zloss_softplus_polynomial(OPTIONS.zloss_a, OPTIONS.zloss_b, CLASSES)
+    softmax_log_polynomial(CLASSES)
+    zloss_softplus_polynomial(OPTIONS.zloss_a, OPTIONS.zloss_b, CLASSES)
     meter = Meter().install()
     rows = []
     try:
@@ -87,7 +93,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         if name == "accuracy":
             want = float((x.argmax(-1) == y).sum())
         else:
-            want = float(L.reference(name, OPTIONS)(x, y)) * rows
+            want = float(reference(name, OPTIONS)(x, y)) * rows
         results.append(
             {
                 "loss": name,

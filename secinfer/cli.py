@@ -550,7 +550,7 @@ def eval_(
          sends them to the server for --reveal-to model-owner). Needs an HE-friendly model
          (`approximations.convert`), like `run -b he`.
     """
-    from approximations import losses as L
+    from approximations.losses import LossOptions
     from secinfer import backends, load
     from secinfer.backends.base import RunOptions
     from secinfer.core.evaluation import check_hyper_parameters, parse_losses
@@ -575,7 +575,7 @@ def eval_(
         loaded, batch_size, explicit=given is not click.core.ParameterSource.DEFAULT
     )
     graph, plan = prepare(loaded.program, backend, samples, config_path, target)
-    options = L.LossOptions(zloss_a, zloss_b, gce_q)
+    options = LossOptions(zloss_a, zloss_b, gce_q)
     chosen.check(graph, plan)
     if chosen.secure:
         report = evaluate_secure(

@@ -41,7 +41,14 @@ import torch
 
 from approximations.composite_sign import CompositeSign
 from approximations.iterative import HE_MARGIN, ExpBySquaring, InverseSqrt
-from approximations.losses import softmax_log_polynomial, zloss_softplus_polynomial
+from approximations.losses import (
+    DEFAULT_OPTIONS,
+    LossOptions,
+    SharedTerms,
+    secure_per_example,
+    softmax_log_polynomial,
+    zloss_softplus_polynomial,
+)
 from approximations.polynomial import Polynomial
 from protocols.he.polynomial import evaluate_approximation
 
@@ -63,9 +70,9 @@ class HeLossPlan:
     spread: float  # covers |o_k - o_j| of every example
     variance: tuple[float, float]  # covers the population variance of every example's logits
     tie: float = 1e-2  # accuracy: label gaps below this may be miscounted
-    zloss_a: float = 1.0
-    zloss_b: float = 1.0
-    gce_q: float = 0.7
+    zloss_a: float = DEFAULT_OPTIONS.zloss_a
+    zloss_b: float = DEFAULT_OPTIONS.zloss_b
+    gce_q: float = DEFAULT_OPTIONS.gce_q
 
     @classmethod
     def calibrated(cls, logits: torch.Tensor, **settings: Any) -> HeLossPlan:
@@ -81,6 +88,11 @@ class HeLossPlan:
             variance=(max(lo, 1e-6) / HE_MARGIN, max(hi, 1e-6) * HE_MARGIN),
             **settings,
         )
+
+    @property
+    def options(self) -> LossOptions:
+        """The losses' hyper-parameters this plan was made for."""
+        return LossOptions(self.zloss_a, self.zloss_b, self.gce_q)
 
     # --- the approximations --------------------------------------------------------------
     @cached_property
@@ -178,14 +190,14 @@ def log_sum_exp(o: Any, plan: HeLossPlan) -> Any:
     return m + evaluate_approximation(e.sum(-1), plan.log)
 
 
-def z_loss(o: Any, t: Any, plan: HeLossPlan) -> Any:
+def z_loss(o: Any, t: Any, plan: HeLossPlan, a: float, b: float) -> Any:
     mu = o.mean(-1)
     centred = o - mu.unsqueeze(-1)
     variance = (centred * centred).mean(-1)
     r = plan.rsqrt.iterate(variance, lambda v: evaluate_approximation(v, plan.rsqrt.initial))
     z_y = label_logit(centred, t) * r
-    a, b = plan.zloss_a, plan.zloss_b
-    return evaluate_approximation(z_y * -a + a * b, plan.softplus) * (1.0 / a)
+    softplus = zloss_softplus_polynomial(a, b, plan.classes)  # plan.softplus for its a, b
+    return evaluate_approximation(z_y * -a + a * b, softplus) * (1.0 / a)
 
 
 def label_probability_power(o_y: Any, lse: Any, q: float, plan: HeLossPlan) -> Any:
@@ -199,31 +211,40 @@ def hits(o: Any, o_y: Any, plan: HeLossPlan) -> Any:
     return plan.count_sign.step(1.0 - above, evaluate_approximation)
 
 
+@dataclass(frozen=True)
+class HeLossKernels:
+    """The losses' building blocks on `HeTensor`s (or `LevelProbe`s) under one plan
+    (`approximations.losses.SecureLossKernels`)."""
+
+    plan: HeLossPlan
+
+    def shared(
+        self, o: Any, t: Any, *, needs_log_sum_exp: bool, accuracy: bool
+    ) -> SharedTerms[Any]:
+        """o_y, then log-sum-exp if a loss needs it (the hits need nothing more)."""
+        o_y = label_logit(o, t)
+        return SharedTerms(o_y, log_sum_exp(o, self.plan) if needs_log_sum_exp else None)
+
+    square = staticmethod(square)
+
+    def z_loss(self, o: Any, t: Any, a: float, b: float) -> Any:
+        return z_loss(o, t, self.plan, a, b)
+
+    def label_probability_power(self, terms: SharedTerms[Any], q: float) -> Any:
+        return label_probability_power(terms.label_logit, terms.log_sum_exp, q, self.plan)
+
+    def hit(self, o: Any, terms: SharedTerms[Any]) -> Any:
+        return hits(o, terms.label_logit, self.plan)
+
+
 def per_example(
     o: Any, t: Any, names: list[str], plan: HeLossPlan, *, accuracy: bool = True
 ) -> dict[str, Any]:
     """Each requested loss per example, plus "hit" unless `accuracy` is False, sharing
-    o_y and log-sum-exp."""
-    out: dict[str, Any] = {}
-    o_y = label_logit(o, t)
-    lse = log_sum_exp(o, plan) if {"ce", "gce", "mae"} & set(names) else None
-    for name in names:
-        if name == "ce":
-            out[name] = lse - o_y
-        elif name == "square":
-            out[name] = square(o, t)
-        elif name == "zloss":
-            out[name] = z_loss(o, t, plan)
-        elif name == "gce":
-            q = plan.gce_q
-            out[name] = (1.0 - label_probability_power(o_y, lse, q, plan)) * (1.0 / q)
-        elif name == "mae":
-            out[name] = 1.0 - label_probability_power(o_y, lse, 1.0, plan)
-        else:
-            raise ValueError(f"unknown loss {name!r}")
-    if accuracy:
-        out["hit"] = hits(o, o_y, plan)
-    return out
+    o_y and log-sum-exp (`approximations.losses.secure_per_example` with the plan's
+    hyper-parameters)."""
+    kernels = HeLossKernels(plan)
+    return secure_per_example(kernels, o, t, names, plan.options, accuracy=accuracy)
 
 
 class LevelProbe:

@@ -30,7 +30,13 @@ sums over 64 examples within 1e-4 relative.
 
 from __future__ import annotations
 
-from approximations.losses import softmax_log_polynomial, zloss_softplus_polynomial
+from approximations.losses import (
+    LossOptions,
+    SharedTerms,
+    secure_per_example,
+    softmax_log_polynomial,
+    zloss_softplus_polynomial,
+)
 from approximations.polynomial import Polynomial
 from protocols.mpc.compare import maximum, nonnegative
 from protocols.mpc.exp import exp_by_squaring
@@ -82,6 +88,37 @@ def label_probability_power(o_y: Secret, lse: Secret, q: float) -> Secret:
     return exp_by_squaring((o_y - lse) * q, SQUARINGS, CUTOFF, order=2)
 
 
+class MpcLossKernels:
+    """The losses' building blocks on CrypTen sharings
+    (`approximations.losses.SecureLossKernels`)."""
+
+    square = staticmethod(square)
+    z_loss = staticmethod(z_loss)
+
+    def shared(
+        self, logits: Secret, onehot: Secret, *, needs_log_sum_exp: bool, accuracy: bool
+    ) -> SharedTerms[Secret]:
+        """o_y; then (lse, m) if a loss needs log-sum-exp, else m alone if `accuracy`."""
+        o_y = label_logit(logits, onehot)
+        if needs_log_sum_exp:
+            lse, m = log_sum_exp(logits)
+            return SharedTerms(o_y, lse, m)
+        return SharedTerms(o_y, None, maximum(logits, -1) if accuracy else None)
+
+    def label_probability_power(self, terms: SharedTerms[Secret], q: float) -> Secret:
+        return label_probability_power(terms.label_logit, terms.log_sum_exp, q)
+
+    def hit(self, logits: Secret, terms: SharedTerms[Secret]) -> Secret:
+        """[o_y >= m] comes as a scale-1 (integer) sharing; its product with a
+        standard-scale sharing of ones brings it to the scale of the losses, so that all
+        can be summed and stacked together (one product round)."""
+        o_y = terms.label_logit
+        return (o_y * 0.0 + 1.0) * nonnegative(o_y - terms.maximum)
+
+
+KERNELS = MpcLossKernels()
+
+
 def per_example(
     logits: Secret,
     onehot: Secret,
@@ -93,30 +130,7 @@ def per_example(
     accuracy: bool = True,
 ) -> dict[str, Secret]:
     """Each requested loss per example, plus "hit" (accuracy) unless `accuracy` is False,
-    sharing the common terms (o_y, the maximum, log-sum-exp)."""
-    out: dict[str, Secret] = {}
-    o_y = label_logit(logits, onehot)
-    needs_lse = {"ce", "gce", "mae"} & set(names)
-    if needs_lse:
-        lse, m = log_sum_exp(logits)
-    else:
-        lse, m = None, maximum(logits, -1) if accuracy else None
-    for name in names:
-        if name == "ce":
-            out[name] = lse - o_y
-        elif name == "square":
-            out[name] = square(logits, onehot)
-        elif name == "zloss":
-            out[name] = z_loss(logits, onehot, a, b)
-        elif name == "gce":
-            out[name] = (1.0 - label_probability_power(o_y, lse, q)) * (1.0 / q)
-        elif name == "mae":
-            out[name] = 1.0 - label_probability_power(o_y, lse, 1.0)
-        else:
-            raise ValueError(f"unknown loss {name!r}")
-    # [o_y >= m] comes as a scale-1 (integer) sharing; its product with a standard-scale
-    # sharing of ones brings it to the scale of the losses, so that all can be summed and
-    # stacked together (one product round)
-    if accuracy:
-        out["hit"] = (o_y * 0.0 + 1.0) * nonnegative(o_y - m)
-    return out
+    sharing the common terms (o_y, the maximum, log-sum-exp)
+    (`approximations.losses.secure_per_example` on `KERNELS`)."""
+    options = LossOptions(zloss_a=a, zloss_b=b, gce_q=q)
+    return secure_per_example(KERNELS, logits, onehot, names, options, accuracy=accuracy)

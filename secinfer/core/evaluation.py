@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from approximations import losses as L
+from approximations.losses import DEFAULT_OPTIONS, LOSS_NAMES, LossOptions, reference
 from secinfer.errors import UserError
 
 
@@ -19,9 +19,9 @@ class Evaluation:
 
     losses: tuple[str, ...]
     reveal_to: str  # "model-owner" or "data-owner"
-    zloss_a: float = 1.0
-    zloss_b: float = 1.0
-    gce_q: float = 0.7
+    zloss_a: float = DEFAULT_OPTIONS.zloss_a
+    zloss_b: float = DEFAULT_OPTIONS.zloss_b
+    gce_q: float = DEFAULT_OPTIONS.gce_q
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "losses": list(self.losses)}
@@ -52,11 +52,11 @@ class Totals:
     count: int = 0
 
     def add(
-        self, logits: torch.Tensor, labels: torch.Tensor, names: list[str], options: L.LossOptions
+        self, logits: torch.Tensor, labels: torch.Tensor, names: list[str], options: LossOptions
     ) -> None:
         n = len(labels)
         for name in names:
-            mean = float(L.reference(name, options)(logits, labels))
+            mean = float(reference(name, options)(logits, labels))
             self.sums[name] = self.sums.get(name, 0.0) + mean * n
         self.correct += int((logits.argmax(-1) == labels).sum())
         self.count += n
@@ -73,11 +73,11 @@ def check_hyper_parameters(zloss_a: float, gce_q: float) -> None:
 def parse_losses(text: str) -> list[str]:
     """`--loss ce,square`: known names, in the order given, without repeats."""
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in L.LOSS_NAMES]
+    unknown = [n for n in names if n not in LOSS_NAMES]
     if unknown or not names:
         raise UserError(
             f"--loss {text}: unknown loss {', '.join(map(repr, unknown)) or '(none given)'}; "
-            f"choose from {', '.join(L.LOSS_NAMES)}"
+            f"choose from {', '.join(LOSS_NAMES)}"
         )
     return list(dict.fromkeys(names))
 

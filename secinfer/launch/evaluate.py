@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from approximations import losses as L
+from approximations.losses import LossOptions
 from secinfer import backends
 from secinfer.backends.base import RunOptions
 from secinfer.core.evaluation import Evaluation, Totals, progress_bar
@@ -33,7 +33,7 @@ def evaluate_local(
     backend: str,
     data: Dataset,
     names: list[str],
-    options: L.LossOptions,
+    options: LossOptions,
     batch_size: int | BatchShape,
 ) -> dict[str, Any]:
     """Run `backend` and `plain` over `data`; the report's losses, accuracy and counts.
@@ -93,7 +93,7 @@ def evaluate_secure(
     data_path: Any,
     data: Dataset,
     names: list[str],
-    options: L.LossOptions,
+    options: LossOptions,
     batch_size: int | BatchShape,
     reveal_to: str,
     run_options: RunOptions,
