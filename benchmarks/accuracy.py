@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-import approximations as A
+from approximations import catalog
 
 POINTS = 20_001
 
@@ -96,7 +96,7 @@ def accuracy_section() -> list[dict]:
         x32 = torch.tensor(crypten_values[name]["x"], dtype=torch.float32)
         x = x32.double()  # the exact same points for both
         want = exact(x)
-        ours = max_error(A.catalog[entry_name].approximation(x), want, kind)
+        ours = max_error(catalog[entry_name].approximation(x), want, kind)
         theirs = max_error(torch.tensor(crypten_values[name]["y"], dtype=torch.float64), want, kind)
         rows.append(
             {

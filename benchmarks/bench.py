@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-import approximations as A
+from approximations import catalog
 from benchmarks import plain_tables
 from benchmarks.accuracy import accuracy_section
 from benchmarks.training_cost import training_cost_section
@@ -128,14 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.channels_only:
         args.no_he = True
     if not args.mpc_only and not args.he_only and not args.channels_only:
-        catalog_table = A.catalog.markdown()
+        catalog_table = catalog.markdown()
         accuracy = accuracy_section()
         cost = training_cost_section()
         table = plain_tables.markdown(accuracy, cost)
         out.mkdir(parents=True, exist_ok=True)
         record = {
             "meta": meta,
-            "catalog": A.catalog.rows(),
+            "catalog": catalog.rows(),
             "accuracy_vs_crypten": accuracy,
             "training_cost": cost,
         }

@@ -193,7 +193,7 @@ def transfer_seconds(total: int, message: int = 1 << 20, repeats: int = 3) -> di
     this one over loopback (`protocols.he.messages`, as the session sends ciphertexts),
     plain and TLS, alternating; the median seconds of each. Isolates what TLS costs per byte
     from the HE compute, which dominates (and, on a shared machine, blurs) a whole run."""
-    from protocols.he import messages as M
+    from protocols.he import messages
 
     payload = bytes(message)
     count = max(1, total // message)
@@ -216,7 +216,9 @@ def transfer_seconds(total: int, message: int = 1 << 20, repeats: int = 3) -> di
                         raw, _ = listener.accept()
                     with server.accept(raw, "data-owner", 30) as sock:
                         for _ in range(count):
-                            M.send_message(sock, M.MessageKind.JSON, payload, timeout=60)
+                            messages.send_message(
+                                sock, messages.MessageKind.JSON, payload, timeout=60
+                            )
 
                 sender = threading.Thread(target=send, daemon=True)
                 sender.start()
@@ -224,7 +226,7 @@ def transfer_seconds(total: int, message: int = 1 << 20, repeats: int = 3) -> di
                 began = time.perf_counter()
                 with client.connect(raw, "model-owner", 30) as sock:
                     for _ in range(count):
-                        M.recv_message(sock, timeout=60, max_bytes=message)
+                        messages.recv_message(sock, timeout=60, max_bytes=message)
                 seconds[mode].append(time.perf_counter() - began)
                 sender.join()
     plain, secure = (statistics.median(seconds[m]) for m in ("plain", "tls"))

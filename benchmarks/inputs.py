@@ -83,9 +83,9 @@ class EncoderLayer(torch.nn.Module):
 
     def __init__(self, size: LayerSize, seed: int) -> None:
         super().__init__()
-        import transformers as T
+        import transformers
 
-        cfg = T.BertConfig(
+        cfg = transformers.BertConfig(
             hidden_size=size.hidden,
             num_attention_heads=size.heads,
             intermediate_size=size.intermediate,
@@ -94,7 +94,7 @@ class EncoderLayer(torch.nn.Module):
             attn_implementation="eager",
         )
         torch.manual_seed(seed)
-        self.layer = T.models.bert.modeling_bert.BertLayer(cfg).eval()
+        self.layer = transformers.models.bert.modeling_bert.BertLayer(cfg).eval()
         self.eps = float(cfg.layer_norm_eps)
         self.heads = size.heads
         gen = torch.Generator().manual_seed(seed)

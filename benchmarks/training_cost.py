@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-import approximations as A
+import approximations
 
 
 def median_seconds(fn: Callable[[], None], repeats: int = 7) -> float:
@@ -32,18 +32,18 @@ def training_cost_section() -> list[dict]:
     hidden = torch.randn(32, 64, 256, requires_grad=True)
     scores = torch.randn(32, 4, 64, 64, requires_grad=True)
     ln = torch.nn.LayerNorm(256)
-    poly_ln = A.PolyLayerNorm.from_layer_norm(ln, rsqrt="newton")
+    poly_ln = approximations.PolyLayerNorm.from_layer_norm(ln, rsqrt="newton")
     pairs = [
         (
             "GELU",
             lambda: F.gelu(hidden),
-            lambda: A.gelu(hidden, "puma_refit"),
+            lambda: approximations.gelu(hidden, "puma_refit"),
             "PolyGELU puma_refit",
         ),
         (
             "softmax",
             lambda: torch.softmax(scores, -1),
-            lambda: A.power_softmax(scores, p=4),
+            lambda: approximations.power_softmax(scores, p=4),
             "PowerSoftmax p=4",
         ),
         ("LayerNorm", lambda: ln(hidden), lambda: poly_ln(hidden), "PolyLayerNorm rsqrt=newton"),

@@ -56,14 +56,14 @@ def plan_choice(op: str, sample: torch.Tensor) -> dict[str, Any]:
 
 def describe_choice(choice: dict[str, Any]) -> str:
     """What the plan's default resolves to (for the table's label)."""
-    from secinfer.backends.mpc.kernels import nonlinear as K
+    from secinfer.backends.mpc.kernels import nonlinear as mpc_nonlinear
     from secinfer.core.plan import Choice
 
     c = Choice(**choice)
     lo, hi = c.interval
     where = f"calibrated [{lo:.3g}, {hi:.3g}]"
     if c.function == "gelu" and c.method in ("auto", "sign_exp"):
-        form = K.gelu_form(c)
+        form = mpc_nonlinear.gelu_form(c)
         if hasattr(form, "squarings"):
             shape = (
                 f"sign_exp: 1 comparison, exp by {form.squarings} squarings, "
@@ -73,7 +73,7 @@ def describe_choice(choice: dict[str, Any]) -> str:
             shape = f"even polynomial x/2 + q(x^2), no comparison, degree {form.degree}"
         return f"{c.method} -> {shape}; {where}"
     if c.function == "softmax" and c.method == "exp_limit":
-        squarings, cutoff, order = K.softmax_exp_settings(c)
+        squarings, cutoff, order = mpc_nonlinear.softmax_exp_settings(c)
         cut = "no cut-off" if cutoff is None else f"cut-off {cutoff:g}"
         return f"exp_limit, order {order}, {squarings} squarings, {cut}; {where}"
     return f"{c.method}; {where}"

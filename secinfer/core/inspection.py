@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-import approximations as A
+from approximations import catalog
 from approximations.functions import rsqrt_approximation
 from secinfer.core.calibrate import calibrate
 from secinfer.core.graph import Graph
@@ -147,15 +147,15 @@ def _node_cost(
         rsqrt = (
             rsqrt_approximation("poly", interval)
             if interval
-            else A.catalog["rsqrt.poly_he"].approximation
+            else catalog["rsqrt.poly_he"].approximation
         )
         return 3 + rsqrt.depth + 2  # mean, square, mean; rsqrt; times x - mean, times weight
     if function in ("softmax", "log_softmax"):
-        return A.catalog["exp.squaring"].depth + A.catalog["reciprocal.goldschmidt_he"].depth + 1
+        return catalog["exp.squaring"].depth + catalog["reciprocal.goldschmidt_he"].depth + 1
     if function in ("rsqrt", "sqrt"):
-        return A.catalog["rsqrt.poly_he"].depth + (1 if function == "sqrt" else 0)
+        return catalog["rsqrt.poly_he"].depth + (1 if function == "sqrt" else 0)
     entry = CATALOG_DEPTH.get(function or "")
-    return (A.catalog[entry].depth or 0) if entry else 0
+    return (catalog[entry].depth or 0) if entry else 0
 
 
 def _arith_cost(op: str, fx_node: torch.fx.Node, inputs: list[str], owned: set[str]) -> int:
@@ -170,11 +170,11 @@ def _arith_cost(op: str, fx_node: torch.fx.Node, inputs: list[str], owned: set[s
         exponent = args[1] if len(args) > 1 else 1
         if isinstance(exponent, (int, float)) and float(exponent).is_integer() and exponent > 0:
             return max(1, math.ceil(math.log2(int(exponent))))
-        return A.catalog["reciprocal.goldschmidt_he"].depth
+        return catalog["reciprocal.goldschmidt_he"].depth
     if op == "aten.div":
         divisor = args[1] if len(args) > 1 else None
         if isinstance(divisor, torch.fx.Node) and divisor.name not in owned:
-            return A.catalog["reciprocal.goldschmidt_he"].depth + 1
+            return catalog["reciprocal.goldschmidt_he"].depth + 1
         return 1
     if op == "aten.mul":
         operand = args[1] if len(args) > 1 else None
