@@ -1,6 +1,9 @@
-"""Figures published or measured elsewhere (DESIGN.md section 4 and the bench brief): they
-are printed in a table of their own, labelled as such, never mixed with or compared by ratio
-with this run's measurements."""
+"""Figures published or measured elsewhere, not by this code: earlier measurements of
+CrypTen's built-ins and of PUMA's implementation in SecretFlow-SPU 0.9.5 on a BERT-base
+layer (seq 128), a plaintext time for the same layer, and two MiniLM-layer figures given
+without a source (unverified). They are printed in a table of their own, each row saying
+where it comes from (its `source`, as the README's table shows it), never mixed with or
+compared by ratio with this run's measurements."""
 
 from __future__ import annotations
 

@@ -50,12 +50,14 @@ c. `feature_major`: one ciphertext per input feature k holding the column X[:, k
    output column, (d_in - 1) d_out additions, NO rotation (no Galois keys needed), depth 1.
    Ciphertexts: d_in in, d_out out. Each product costs the same as a full-vector product
    (plus encoding the scalar), so the time is independent of rows up to S and linear in
-   d_in d_out: measured at N = 8192 about 0.26 ms per product, 384 x 384 -> ~38 s, far
-   slower than (b) at the MiniLM shapes (32 rows: ~1.3 s predicted for (b)); at 384 x 384
-   it wins only above about 1240 rows (predicted), and for a small d_in d_out such as a
-   classifier head (384 x 2: 768 products, ~0.2 s for all rows at once).
+   d_in d_out. By the cost model it is far slower than (b) at the MiniLM shapes (384 x 384:
+   147456 products, about 30 times (b)'s predicted time at 32 rows); at 384 x 384 it wins
+   only above about 1240 rows, and for a small d_in d_out such as a classifier head (384 x
+   2: 768 products, all rows at once).
 
-`choose` ranks the three by predicted time (`estimated_ms`, unit costs measured here). The
+`choose` ranks the three by predicted time (`estimated_ms`, the cost model's unit costs
+`UNIT_MS_8192`); `make bench` (`benchmarks/he_matmul.py`) measures the three side by side
+and prints each prediction next to its measured seconds. The
 three take and give different layouts (a vector per row; packed row blocks; a vector per
 feature): converting between them (a client round trip, or masks and rotations) is not
 priced.
@@ -81,14 +83,14 @@ from protocols.he.rotation import key_switches, rotate_ciphertext, vector_from_c
 
 STRATEGIES = ("builtin_rows", "diagonal_bsgs", "feature_major")
 
-#: Unit costs in ms at N = 8192, chain [60, 40, 40, 60], one thread, measured on this 2-core
-#: machine under a load of about 2.8: `key_switch` one SEAL rotation by a +-2^i step (2.1);
-#: `encode` one full plaintext vector (0.43); `pt_mult` SEAL multiply_plain (0.16);
-#: `scalar_mult` the feature-major inner step: encode a scalar, multiply_plain, add, Python
-#: loop (0.26); `add` a ciphertext addition (0.04); `wrap` building a `CKKSVector` from a SEAL
-#: ciphertext (2.2). TenSEAL's built-in `mm` runs on its thread pool, so on an idle 2-core
-#: machine it can take about half its single-thread estimate (DESIGN.md: 1.33 s at 384 x 384,
-#: 2.7 s measured here under load, against 3.0 s estimated).
+#: The cost model's unit costs in ms at N = 8192, chain [60, 40, 40, 60], one thread: what
+#: `choose` ranks by, so their ratios matter, not their absolute values (those depend on the
+#: machine and its load; `make bench` measures the strategies themselves). `key_switch` one
+#: SEAL rotation by a +-2^i step; `encode` one full plaintext vector; `pt_mult` SEAL
+#: multiply_plain; `scalar_mult` the feature-major inner step: encode a scalar,
+#: multiply_plain, add, Python loop; `add` a ciphertext addition; `wrap` building a
+#: `CKKSVector` from a SEAL ciphertext. TenSEAL's built-in `mm` runs on its thread pool, so
+#: with idle cores it takes less than its single-thread estimate.
 UNIT_MS_8192: dict[str, float] = {
     "key_switch": 2.1,
     "encode": 0.43,

@@ -37,8 +37,8 @@ context bytes it sent; the server checks the digest against the bytes it receive
 `recv_vectors(..., expected_context_digest=...)` refuses a mismatch with
 "ciphertexts made under another context".
 
-What the digest does and does not protect against. Our threat model is semi-honest
-(DESIGN.md section 3): parties follow the protocol but may try to learn from what they see.
+What the digest does and does not protect against. Our threat model is semi-honest (the
+README's "Threat model"): parties follow the protocol but may try to learn from what they see.
 The digest catches mix-ups: ciphertexts from another session, another client's key, a stale
 context after a key rotation, a context damaged on the way. It is not authentication: the
 digest is of public bytes, so anyone holding the public context can attach it to any

@@ -6,11 +6,11 @@ TenSEAL 0.3.18's `CKKSVector` has no public rotation. Its SEAL ciphertexts are r
 `ctx.galois_keys().data` rotates a copy. A new `CKKSVector` is then built from the rotated
 ciphertext by writing TenSEAL's own serialization by hand (`CKKSVectorProto`: field 1
 `sizes`, field 2 the SEAL-serialized ciphertexts, field 3 the scale) and loading it with
-`ts.ckks_vector_from`. Measured at N = 8192 on this 2-core machine: the rotation itself
-1.7 to 4.4 ms (depending on load), the rebuilding about 2.7 ms (SEAL's `save` compresses
-with zstd, about 330 KB per ciphertext). Kernels that chain many rotations
-(`protocols.he.matmul`) therefore stay on SEAL ciphertexts and rebuild a vector once at the
-end.
+`ts.ckks_vector_from`. The rebuilding serializes and parses every ciphertext (SEAL's `save`
+compresses with zstd, about 330 KB per ciphertext at N = 8192), a cost of the order of the
+rotation itself (`protocols.he.matmul.UNIT_MS_8192`: `wrap` against `key_switch`). Kernels
+that chain many rotations (`protocols.he.matmul`) therefore stay on SEAL ciphertexts and
+rebuild a vector once at the end.
 
 Semantics: `rotate(vec, k)` is the cyclic LEFT rotation of all S = N/2 slots,
 out[i] = in[(i + k) mod S] (negative k rotates right), exactly SEAL's `rotate_vector`.
@@ -147,7 +147,8 @@ def vector_from_ciphertexts(
 
     Built through TenSEAL's serialization (`vector_proto`), linked to `context`; its
     TenSEAL scale (used to encode later plain operands) is the context's global scale, the
-    ciphertexts keep their own SEAL scales and levels. About 2.7 ms per ciphertext at 8192.
+    ciphertexts keep their own SEAL scales and levels. Costs one serialization and one parse
+    per ciphertext.
     """
     raw = [saved_bytes(ciphertext) for ciphertext in ciphertexts]
     return ts.ckks_vector_from(context, vector_proto(raw, sizes, context.global_scale))
