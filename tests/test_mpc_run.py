@@ -132,8 +132,8 @@ def test_a_peer_that_never_connects_gives_an_error_within_the_timeout(tmp_path: 
 
 
 def test_a_data_owner_input_of_the_wrong_shape_stops_every_party(tmp_path: Path) -> None:
+    from secinfer.backends.mpc.local import run_local_parties
     from secinfer.errors import UserError
-    from secinfer.launch.local import run_local_parties
 
     with pytest.raises(UserError, match=r"data[ -]owner.*input x: shape \(1, 63\)"):
         run_local_parties(DIGITS, (torch.zeros(1, 63),), peer_timeout=20)

@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from secinfer import backends, load
+from secinfer.backends.base import RunOptions
 from secinfer.cli import main
 from secinfer.core.execute import Executor
 from secinfer.core.plan import (
@@ -176,10 +177,10 @@ def test_approx_predicts_a_real_mpc_run_under_the_very_plan_it_ran(model_path: P
     """
     loaded = load.load_model(model_path)
     x = _sample(1)
-    outcome = runner.run_mpc(
-        model_path, loaded.program, (x,),
+    outcome = runner.run_secure(
+        "mpc", model_path, loaded.program, (x,),
         samples=[(3.0 * _sample(2),)],  # not the model owner's samples
-        model_name="block", output_name="logits", precision_bits=18,
+        model_name="block", output_name="logits", options=RunOptions(precision_bits=18),
     )  # fmt: skip
     graph, expected = prepare(loaded.program, "approx", loaded.calibration_samples(), None, "mpc")
     _, rederived = prepare(loaded.program, "mpc", [(3.0 * _sample(2),)], None)
