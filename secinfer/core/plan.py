@@ -4,10 +4,12 @@ A plan is data (JSON), not code: `Plan.to_json()` prints it, `--config FILE` (JS
 overrides it. A plan is made for one target, a secure backend ("mpc" or "he"); the
 `approx` backend runs the plan of the target it stands for (`--target`, default "mpc"), so
 its error is the approximation part of that target's error. Its layers, lowest first:
-  1. DEFAULTS[target] per function (below: the one table of defaults), valid on every
-     input where possible;
+  1. DEFAULT_METHODS[target] per function (below: the one table of default methods),
+     valid on every input where possible, with each method's default options (declared
+     once, with their types and ranges, in `secinfer.core.options`);
   2. the config's "defaults" per function;
-  3. the config's "nodes" per node name;
+  3. the config's "nodes" per node name (both checked by `check_config` before any work:
+     an option the method does not declare, or a value it does not allow, is refused);
   4. calibration (`secinfer.core.calibrate`): the observed input range of each node, widened by
      MARGIN, becomes the node's interval; for interval-bound methods (a single polynomial)
      the approximation is refit there rather than clipping the inputs;
@@ -23,12 +25,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from secinfer.core.graph import Graph
 from secinfer.core.masks import MASK_LIMIT
+from secinfer.core.options import MAX_COUNT, OptionError, SoftmaxExpLimit, check, complete
+from secinfer.core.options import defaults as option_defaults
 from secinfer.core.precision import OPTION, check_bits, check_headroom
 from secinfer.core.registry import lookup
 from secinfer.errors import UserError
@@ -69,51 +74,53 @@ METHODS: dict[str, tuple[str, ...]] = {
     "reciprocal": ("exact", "goldschmidt", "newton", "polynomial"),
 }
 
-SOFTMAX_OPTIONS: dict[str, Any] = {
-    "squarings": 7,
-    "order": 2,
-    "cutoff": 14.0,
-    "reciprocal": "goldschmidt",
-}
-"""exp by squaring of the base 1 + u + u^2/2 (order 2), zero below -cutoff, Goldschmidt
-reciprocal of the row sum. Under `mpc` the plan then drops the cut-off when enough
-squarings cover the calibrated spread (`mpc_softmax_exp`)."""
-
-# THE defaults: target -> function -> (method, options). Every kernel reads its settings
-# from the plan's choice, which starts from this table; nothing else holds a default.
+# THE default methods: target -> function -> method. A method's default options are its
+# options class's (`secinfer.core.options`, the one source of option defaults); every kernel
+# reads its settings from the plan's choice, which `make_plan` fills from there.
 # mpc: a comparison costs ~25x a product's bytes, so GELU is x/2 + q(x^2) on the calibrated
 #   interval when that reaches 5e-3 ("auto", approximations.even_gelu), the one-comparison
-#   sign_exp form otherwise; rsqrt / reciprocal are range-normalised (a stacked comparison).
+#   sign_exp form otherwise; rsqrt / reciprocal are range-normalised (a stacked comparison);
+#   softmax exp_limit: the base 1 + u + u^2/2 raised by 7 squarings, zero below -14,
+#   Goldschmidt reciprocal of the row sum (`options.SoftmaxExpLimit`), then the plan drops
+#   the cut-off when enough squarings cover the calibrated spread (`mpc_softmax_exp`).
 # he: GELU must be one polynomial (minimax, refit on the calibrated interval); a reciprocal
 #   or inverse square root has no normalisation: a polynomial guess and Newton / Goldschmidt
 #   steps on the calibrated interval (approximations.iterative.he_reciprocal,
 #   InverseSqrt.polynomial_only). Softmax and LayerNorm as one op have no CKKS kernel
 #   (convert the model: README); their rows only keep the table complete.
-_MPC_DEFAULTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "gelu": ("auto", {}),
-    "softmax": ("exp_limit", SOFTMAX_OPTIONS),
-    "log_softmax": ("exp_limit", {"squarings": 8, "cutoff": 14.0}),
-    "layer_norm": ("newton", {}),
-    "tanh": ("saturated", {}),
-    "sigmoid": ("saturated", {}),
-    "erf": ("saturated", {}),
-    "silu": ("saturated", {}),
-    "exp": ("squaring", {"squarings": 8, "cutoff": 14.0}),
-    "log": ("normalised", {}),
-    "rsqrt": ("newton", {}),
-    "sqrt": ("newton", {}),
-    "reciprocal": ("goldschmidt", {}),
+_MPC_METHODS: dict[str, str] = {
+    "gelu": "auto",
+    "softmax": "exp_limit",
+    "log_softmax": "exp_limit",
+    "layer_norm": "newton",
+    "tanh": "saturated",
+    "sigmoid": "saturated",
+    "erf": "saturated",
+    "silu": "saturated",
+    "exp": "squaring",
+    "log": "normalised",
+    "rsqrt": "newton",
+    "sqrt": "newton",
+    "reciprocal": "goldschmidt",
 }
-DEFAULTS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
-    "mpc": _MPC_DEFAULTS,
+DEFAULT_METHODS: dict[str, dict[str, str]] = {
+    "mpc": _MPC_METHODS,
     "he": {  # mpc's rows but where CKKS needs another method (comments above)
-        **_MPC_DEFAULTS,
-        "gelu": ("minimax", {}),
-        "rsqrt": ("poly", {}),
-        "sqrt": ("poly", {}),
-        "reciprocal": ("polynomial", {}),
+        **_MPC_METHODS,
+        "gelu": "minimax",
+        "rsqrt": "poly",
+        "sqrt": "poly",
+        "reciprocal": "polynomial",
     },
 }
+DEFAULTS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
+    target: {f: (m, option_defaults(f, m)) for f, m in methods.items()}
+    for target, methods in DEFAULT_METHODS.items()
+}
+"""target -> function -> (method, its default options): a view of DEFAULT_METHODS and
+`secinfer.core.options` (it holds no default of its own)."""
+SOFTMAX_OPTIONS: dict[str, Any] = option_defaults("softmax", "exp_limit")
+"""softmax exp_limit's default options (`options.SoftmaxExpLimit`), as data."""
 # functions whose calibrated quantity is positive (for layer_norm: var + eps); a reciprocal
 # whose observed denominators are all positive is widened the same (geometrically)
 POSITIVE_DOMAIN = frozenset({"layer_norm", "log", "rsqrt", "sqrt"})
@@ -133,6 +140,9 @@ class Choice:
     interval: list[float] | None = None  # where the approximation must hold (calibrated)
     observed: list[float] | None = None  # calibrated input range before widening
     options: dict[str, Any] = field(default_factory=dict)
+    """The method's options as JSON data: in a plan that `make_plan`, `from_dict` or
+    `from_peer` made, checked and complete (`secinfer.core.options.complete`); kernels read
+    them typed through `secinfer.core.options.options_for`."""
 
 
 @dataclass
@@ -155,17 +165,25 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:
-        """The inverse of `to_dict` (how the model owner's plan reaches the data owner)."""
-        return cls(data["backend"], {k: Choice(**c) for k, c in data["nodes"].items()})
+        """The inverse of `to_dict` (a plan this program wrote, e.g. the model owner's
+        record), each choice's options checked and completed (`options.complete`):
+        ValueError naming the node and the option that is wrong. A plan from another party
+        goes through `from_peer`, which checks every field."""
+        choices = {}
+        for name, entry in data["nodes"].items():
+            choice = Choice(**entry)
+            choice.options = _checked_options(choice.function, choice.method, choice.options, name)
+            choices[name] = choice
+        return cls(data["backend"], choices)
 
     @classmethod
     def from_peer(cls, data: Any, functions: dict[str, str | None]) -> Plan:
         """A plan received from another party, checked before anything uses it: the target,
         and per choice an op node of the graph (`functions`: node -> the function its op
         approximates, None for ops such as pow that a plan may still approximate), that
-        function, one of its METHODS, finite ordered intervals, and options of plain
-        bounded values (counts such as squarings at most MAX_COUNT). ValueError naming the
-        first field that is wrong."""
+        function, one of its METHODS, finite ordered intervals, and the options that method
+        declares, typed and in range (`secinfer.core.options`: counts such as squarings at
+        most MAX_COUNT). ValueError naming the first field that is wrong."""
         if not isinstance(data, dict) or set(data) != {"backend", "nodes"}:
             raise ValueError("plan: an object with backend and nodes expected")
         if data["backend"] not in TARGETS or not isinstance(data["nodes"], dict):
@@ -187,18 +205,13 @@ class Plan:
                 raise ValueError(f"{where}: op and module must be short strings")
             for key in ("interval", "observed"):
                 _check_interval(entry[key], f"{where}.{key}")
-            _check_options(entry["options"], where)
-            choices[name] = Choice(**entry)
+            options = _checked_options(entry["function"], entry["method"], entry["options"], name)
+            choices[name] = Choice(**{**entry, "options": options})
         return cls(data["backend"], choices)
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
         return cls.from_dict(json.loads(text))
-
-
-MAX_COUNT = 64
-"""Largest count a peer's plan may set (squarings, iterations, degrees, orders)."""
-_COUNTS = ("squarings", "order", "iterations", "degree", "newton", "steps", "p")
 
 
 def _check_interval(value: Any, where: str) -> None:
@@ -210,32 +223,12 @@ def _check_interval(value: Any, where: str) -> None:
         raise ValueError(f"{where}: a finite [low, high] expected")
 
 
-def _check_options(options: Any, where: str) -> None:
-    if not isinstance(options, dict) or len(options) > 32:
-        raise ValueError(f"{where}.options: an object of at most 32 settings expected")
-    for key, value in options.items():
-        if not isinstance(key, str) or len(key) > 40:
-            raise ValueError(f"{where}.options: a setting name must be a short string")
-        if value is None or isinstance(value, bool):
-            continue
-        if isinstance(value, str):
-            if len(value) > 40:
-                raise ValueError(f"{where}.options.{key}: a string longer than 40")
-        elif isinstance(value, int | float):
-            limit = MAX_COUNT if key in _COUNTS or key.endswith(("_steps", "_count")) else 1e12
-            if not math.isfinite(value) or abs(value) > limit:
-                raise ValueError(f"{where}.options.{key}: {value!r} is beyond {limit:g}")
-        elif (
-            isinstance(value, list)
-            and len(value) <= 64
-            and all(
-                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-                for v in value
-            )
-        ):
-            continue
-        else:
-            raise ValueError(f"{where}.options.{key}: a number, string or short list expected")
+def _checked_options(function: Any, method: Any, options: Any, node: Any) -> dict[str, Any]:
+    """A received plan's options for one node, complete, or ValueError naming the node."""
+    try:
+        return complete(str(function), str(method), options)
+    except OptionError as exc:
+        raise ValueError(f"plan node {str(node)[:60]!r}: {exc}") from None
 
 
 def plan_target(backend: str, target: str | None = None) -> str:
@@ -254,18 +247,12 @@ def plan_target(backend: str, target: str | None = None) -> str:
     return target or DEFAULT_TARGET
 
 
-def option(choice: Choice, name: str) -> Any:
-    """A kernel's setting `name` for `choice`: the plan's value (`make_plan` fills every
-    default in), else, for a choice made by hand, the DEFAULT_TARGET table's."""
-    if name in choice.options:
-        return choice.options[name]
-    return DEFAULTS[DEFAULT_TARGET][choice.function][1][name]
-
-
 def mpc_softmax_exp(
-    options: dict[str, Any], interval: list[float] | tuple[float, float] | None
+    options: SoftmaxExpLimit | Mapping[str, Any],
+    interval: list[float] | tuple[float, float] | None,
 ) -> tuple[int, float | None, int]:
-    """(squarings, cutoff, order) of softmax's exp by squaring on shares, from the options.
+    """(squarings, cutoff, order) of softmax's exp by squaring on shares, from softmax
+    exp_limit's options (typed, or as data: checked, unset ones at their defaults).
 
     After the row maximum is subtracted, z >= -(spread + MASK_LIMIT) where spread is the
     calibrated width of the scores and MASK_LIMIT what masked positions add. The base
@@ -275,17 +262,20 @@ def mpc_softmax_exp(
     it. Without a calibrated interval the cut-off stays. Idempotent: `make_plan` stores the
     result in the mpc plan's options, and the kernel reads the same three values back.
     """
-    squarings, order, cutoff = int(options["squarings"]), int(options["order"]), options["cutoff"]
+    if not isinstance(options, SoftmaxExpLimit):
+        options = check("softmax", "exp_limit", options)
+    squarings, order, cutoff = options.squarings, options.order, options.cutoff
     if interval and cutoff is not None:
         reach = (interval[1] - interval[0]) + MASK_LIMIT
         needed = max(squarings, math.ceil(math.log2(reach)) - (order - 1))
-        if needed <= squarings + 1:
+        if needed <= min(squarings + 1, MAX_COUNT):  # a plan's counts stay <= MAX_COUNT
             return needed, None, order
     return squarings, cutoff, order
 
 
 def read_config(path: str | Path | None) -> dict[str, Any]:
-    """A plan config from JSON or YAML; {} for None. User mistakes raise UserError."""
+    """A plan config from JSON or YAML; {} for None. User mistakes raise UserError; what
+    it sets is checked against a graph and a target by `check_config`."""
     if path is None:
         return {}
     path = Path(path)
@@ -307,6 +297,85 @@ def read_config(path: str | Path | None) -> dict[str, Any]:
     return data
 
 
+ENTRY_KEYS = ("method", "options", "interval")
+"""What a config may set for a function ("defaults") or a node ("nodes")."""
+
+
+def check_config(config: Any, graph: Graph | None, target: str) -> None:
+    """Every setting of a plan `config` (`read_config`'s, or a dict made in code) checked
+    against `graph` and `target`'s default methods before any work: known functions and
+    node names, entries of ENTRY_KEYS only, each method one of the function's METHODS,
+    finite ordered intervals, and each method's options declared by it, typed and in range
+    (`secinfer.core.options`); for a node, its function's defaults merged under its own
+    entry, as `make_plan` merges them. UserError, one line naming the setting and what is
+    allowed. Without a `graph`, what needs none: the "defaults", and the nodes' keys. The
+    same on every backend: `prepare` calls it before tracing the model and calibrating."""
+    methods = DEFAULT_METHODS[target if target in TARGETS else DEFAULT_TARGET]
+    if not isinstance(config, dict) or set(config) - {"defaults", "nodes"}:
+        raise UserError("--config: expected an object with keys 'defaults' and/or 'nodes'")
+    defaults, per_node = config.get("defaults", {}), config.get("nodes", {})
+    for key, value in (("defaults", defaults), ("nodes", per_node)):
+        if not isinstance(value, dict):
+            raise UserError(f"--config: '{key}' must be an object, not {type(value).__name__}")
+    for function, entry in defaults.items():
+        if function not in METHODS:
+            known = ", ".join(METHODS)
+            raise UserError(
+                f"--config: unknown function {function!r} in 'defaults'; known: {known}"
+            )
+        _check_entry(entry, f"--config: {function}")
+        _check_choice(entry, function, methods[function], "--config")
+    functions = None if graph is None else {n.name: _function_of(n.op) for n in graph.calls}
+    for name, entry in per_node.items():
+        if functions is None:
+            _check_entry(entry, f"--config: node {name}")
+            continue
+        if name not in functions:
+            raise UserError(
+                f"--config: no node named {name!r} in this model (see `secinfer inspect`)"
+            )
+        function, where = functions[name], f"--config: node {name}"
+        _check_entry(entry, where)
+        if function is not None:  # else an op the plan does not approximate
+            _check_choice(
+                {**defaults.get(function, {}), **entry}, function, methods[function], where
+            )
+
+
+def _check_entry(entry: Any, where: str) -> None:
+    """A config entry: an object of ENTRY_KEYS."""
+    if not isinstance(entry, dict):
+        raise UserError(f"{where}: an object with {', '.join(ENTRY_KEYS)} expected")
+    unknown = [key for key in entry if key not in ENTRY_KEYS]
+    if unknown:
+        raise UserError(
+            f"{where}: {unknown[0]!r} is not a setting; settings: {', '.join(ENTRY_KEYS)}"
+        )
+
+
+def _check_choice(entry: dict, function: str, default_method: str, where: str) -> None:
+    """A config entry's method (else `default_method`), interval and that method's options."""
+    method = entry.get("method", default_method)
+    if method not in METHODS[function]:
+        raise UserError(
+            f"{where}: method {method!r} for {function} is not one of "
+            f"{', '.join(METHODS[function])}"
+        )
+    try:
+        _check_interval(entry.get("interval"), f"{where}: {function} interval")
+        check(function, method, entry.get("options", {}))
+    except OptionError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _function_of(op: str) -> str | None:
+    """The function a node's op approximates (registry, or CONDITIONAL), None if none."""
+    spec = lookup(op)
+    return (spec.function if spec else None) or CONDITIONAL.get(op)
+
+
 def make_plan(
     graph: Graph,
     target: str,
@@ -315,36 +384,22 @@ def make_plan(
 ) -> Plan:
     """Choose an approximation for every nonlinear node of `graph` (see module docstring),
     for `target` ("mpc" or "he"; a local backend's name means DEFAULT_TARGET). Every option
-    the target's kernels read is in the choice: the plan is what runs, on the target and
-    under `approx` alike."""
+    the method declares is in the choice (`secinfer.core.options`): the plan is what runs,
+    on the target and under `approx` alike. The config is checked first (`check_config`)."""
     target = target if target in TARGETS else DEFAULT_TARGET
-    table = DEFAULTS[target]
     config = config or {}
+    check_config(config, graph, target)
     defaults = config.get("defaults", {})
     per_node = config.get("nodes", {})
-    _check_config_keys(defaults, per_node, graph)
     choices: dict[str, Choice] = {}
     for node in graph.calls:
-        spec = lookup(node.op)
-        function = (spec.function if spec else None) or CONDITIONAL.get(node.op)
+        function = _function_of(node.op)
         if function is None:
             continue
-        method, options = table[function]
         layer = {**defaults.get(function, {}), **per_node.get(node.name, {})}
-        method = layer.get("method", method)
-        if method not in METHODS[function]:
-            raise UserError(
-                f"config: method {method!r} for {function} ({node.name}) is not one of "
-                f"{', '.join(METHODS[function])}"
-            )
-        choice = Choice(
-            node.name,
-            node.op,
-            node.module,
-            function,
-            method,
-            options={**options, **layer.get("options", {})},
-        )
+        method = layer.get("method", DEFAULT_METHODS[target][function])
+        options = complete(function, method, layer.get("options", {}))
+        choice = Choice(node.name, node.op, node.module, function, method, options=options)
         if layer.get("interval"):
             choice.interval = [float(v) for v in layer["interval"]]
         if calibration and node.name in calibration:
@@ -380,23 +435,9 @@ def _check_precision(choice: Choice) -> None:
     bits = choice.options.get(OPTION)
     if bits is None:
         return
-    where = f"config: {choice.function} ({choice.node})"
+    where = f"--config: node {choice.node} ({choice.function})"
     try:
         bits = check_bits(bits, where)
         check_headroom(bits, choice.function, choice.observed or choice.interval, where)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-
-
-def _check_config_keys(defaults: dict, per_node: dict, graph: Graph) -> None:
-    for function in defaults:
-        if function not in METHODS:
-            raise UserError(
-                f"config: unknown function {function!r} in 'defaults'; known: {', '.join(METHODS)}"
-            )
-    names = {n.name for n in graph.calls}
-    for name in per_node:
-        if name not in names:
-            raise UserError(
-                f"config: no node named {name!r} in this model (see `secinfer inspect`)"
-            )

@@ -9,7 +9,7 @@ import torch
 from secinfer.core.calibrate import calibrate
 from secinfer.core.execute import check_supported
 from secinfer.core.graph import Graph, build_graph
-from secinfer.core.plan import Plan, make_plan, plan_target, read_config
+from secinfer.core.plan import Plan, check_config, make_plan, plan_target, read_config
 
 
 def prepare(
@@ -25,9 +25,11 @@ def prepare(
     `approx` the target it stands for (default mpc), through this one function, so that
     `approx --target mpc` runs exactly the plan the mpc parties run (same graph, samples
     and config give the same `Plan.to_dict()`)."""
-    graph = build_graph(program)
-    check_supported(graph, backend)
     chosen = plan_target(backend, target)
     config = read_config(config_path)
+    check_config(config, None, chosen)  # a bad option fails before the model is traced
+    graph = build_graph(program)
+    check_supported(graph, backend)
+    check_config(config, graph, chosen)  # node names too, before calibrating
     calibration = calibrate(graph, samples) if samples else {}
     return graph, make_plan(graph, chosen, config, calibration)

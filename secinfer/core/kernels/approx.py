@@ -2,7 +2,8 @@
 
 Linear, shape and selection ops run exactly (in float64: floating dtypes requested by the
 graph are promoted). Nonlinear ops use `approximations`, configured by the node's `Choice`
-(method, interval, options); inputs outside the approximation's interval are counted in
+(method, interval, and options read through `secinfer.core.options.options_for`, which
+holds every default); inputs outside the approximation's interval are counted in
 the node's RangeStats. Division by a tensor and fractional powers are nonlinear too and
 go through the reciprocal / inverse square root approximations.
 """
@@ -22,6 +23,7 @@ from approximations.functions import rsqrt_approximation
 from approximations.iterative import he_reciprocal
 from approximations.sign_exp_gelu import SignExpGELU
 from secinfer.core.masks import MASK_LIMIT, SENTINEL
+from secinfer.core.options import ExpSquaring, SoftmaxExpLimit, options_for
 from secinfer.core.registry import REGISTRY, Call, register, register_all
 
 aten = torch.ops.aten
@@ -82,30 +84,29 @@ def gelu(call: Call) -> torch.Tensor:
 
 # --- softmax --------------------------------------------------------------------------------
 def softmax(call: Call) -> torch.Tensor:
-    x, dim = call.args[0], call.args[1]
-    from secinfer.core.plan import SOFTMAX_OPTIONS
-
-    options = {**SOFTMAX_OPTIONS, **call.choice.options}
-    options.pop("precision_bits", None)  # the mpc backend's encoding, not the function's
-    if call.choice.method == "exp_limit" and options["cutoff"] is None:
+    x, dim, method = call.args[0], call.args[1], call.choice.method
+    if method == "exact":
+        return A.softmax(x, dim, method=method)
+    options = options_for(call.choice)
+    if isinstance(options, SoftmaxExpLimit) and options.cutoff is None:
         return _softmax_uncut(call, x, dim, options)
-    return A.softmax(x, dim, method=call.choice.method, **options)
+    return A.softmax(x, dim, method=method, **options.arguments())
 
 
-def _softmax_uncut(call: Call, x: torch.Tensor, dim: int, options: dict[str, Any]) -> torch.Tensor:
+def _softmax_uncut(call: Call, x: torch.Tensor, dim: int, options: SoftmaxExpLimit) -> torch.Tensor:
     """exp_limit without a cut-off, as an mpc plan has it when its squarings cover the
     calibrated spread plus masked positions (`secinfer.core.plan.mpc_softmax_exp`): sentinels
     (masks' finfo.min) become -MASK_LIMIT as on the mpc backend, the exp by squaring runs on
     every z = x - max (inputs below its valid range are counted), one reciprocal per row."""
     x = torch.where(x.abs() >= SENTINEL, torch.sign(x) * MASK_LIMIT, x)
-    squarings, order = int(options["squarings"]), int(options["order"])
+    squarings, order = options.squarings, options.order
     reach = 2.0 ** (squarings + order - 1)
     exp = A.ExpBySquaring(squarings=squarings, interval=(-reach, 0.0), cutoff=None, order=order)
     z = x - x.amax(dim=dim, keepdim=True)
     call.stats.record(z, exp.valid_range)
     weights = exp(z)
     total = weights.sum(dim=dim, keepdim=True)
-    name = options["reciprocal"]
+    name = options.reciprocal
     if name == "exact":
         return weights / total
     return weights * A.catalog[f"reciprocal.{name}"].approximation(total)
@@ -117,8 +118,8 @@ def log_softmax(call: Call) -> torch.Tensor:
     if call.choice.method == "exact":
         return torch.log_softmax(x, dim)
     z = x - x.amax(dim=dim, keepdim=True).detach()
-    squarings, cutoff = int(option(call.choice, "squarings")), option(call.choice, "cutoff")
-    exp = A.ExpBySquaring(squarings=squarings, cutoff=cutoff)
+    options = options_for(call.choice, ExpSquaring)
+    exp = A.ExpBySquaring(squarings=options.squarings, cutoff=options.cutoff)
     total = exp(z).sum(dim=dim, keepdim=True)
     call.stats.record(total, A.catalog["log.normalised"].interval)
     return z - A.catalog["log.normalised"].approximation(total)
@@ -163,8 +164,8 @@ def exp(call: Call) -> torch.Tensor:
     interval = _interval(call.choice)
     shift = max(0.0, math.ceil(interval[1])) if interval else 0.0
     call.stats.record(x, (-math.inf, shift))
-    squarings, cutoff = int(option(call.choice, "squarings")), option(call.choice, "cutoff")
-    fn = A.ExpBySquaring(squarings=squarings, cutoff=cutoff)
+    options = options_for(call.choice, ExpSquaring)
+    fn = A.ExpBySquaring(squarings=options.squarings, cutoff=options.cutoff)
     return fn(x - shift) * math.exp(shift)
 
 
@@ -246,13 +247,6 @@ def pow_(call: Call) -> Any:
     if exponent == -1:
         return _reciprocal_values(call, x, call.choice.method if call.choice else "goldschmidt")
     raise NotImplementedError(f"aten.pow with exponent {exponent} has no approximation")
-
-
-def option(choice: Any, name: str) -> Any:
-    """The plan's setting `name` for `choice` (`secinfer.core.plan.option`)."""
-    from secinfer.core.plan import option as plan_option
-
-    return plan_option(choice, name)
 
 
 def _interval(choice: Any) -> tuple[float, float] | None:

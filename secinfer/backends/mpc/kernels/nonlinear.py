@@ -15,7 +15,10 @@
   rsqrt, sqrt, reciprocal, division by a secret
               range-normalised inverse square root / reciprocal on the calibrated interval
 
-Intervals come from the plan (calibrated by the model owner); a secure kernel cannot see
+Options (squarings, cut-offs, powers) come from the plan's choice, read through
+`secinfer.core.options.options_for` (the one place that holds their defaults; the
+`protocols.mpc` functions' own keyword defaults are never relied on). Intervals come from
+the plan (calibrated by the model owner); a secure kernel cannot see
 its inputs, so values outside the interval are not counted here: the launcher's `approx`
 run of the same plan counts them. The range-normalised kernels are widened by
 MPC_WIDEN (a factor of 2 costs one more threshold of the one stacked comparison).
@@ -34,6 +37,7 @@ from approximations.piecewise import Piecewise, Segment
 from approximations.polynomial import Polynomial
 from secinfer.backends.mpc.kernels.precision import at_precision
 from secinfer.backends.mpc.kernels.values import is_secret
+from secinfer.core.options import ExpSquaring, SoftmaxExpLimit, SoftmaxPower, options_for
 from secinfer.core.registry import Call, register
 
 MPC_WIDEN = 16.0
@@ -107,24 +111,25 @@ def gelu(call: Call) -> Any:
 
 def softmax_exp_settings(choice: Any) -> tuple[int, float | None, int]:
     """(squarings, cutoff, order) for softmax's exp by squaring on shares: the plan's
-    (`secinfer.core.plan.mpc_softmax_exp`, which an mpc plan has already applied)."""
-    from secinfer.core.plan import mpc_softmax_exp, option
+    (`secinfer.core.plan.mpc_softmax_exp`, which an mpc plan has already applied), from the
+    choice's options (`secinfer.core.options.SoftmaxExpLimit`: the only defaults)."""
+    from secinfer.core.plan import mpc_softmax_exp
 
-    options = {name: option(choice, name) for name in ("squarings", "cutoff", "order")}
-    return mpc_softmax_exp(options, choice.interval)
+    return mpc_softmax_exp(options_for(choice, SoftmaxExpLimit), choice.interval)
 
 
 def softmax(call: Call) -> Any:
     from protocols.mpc import softmax as secure
 
     x, dim = call.args[0], call.args[1]
-    options = dict(call.choice.options)
     if call.choice.method == "exp_limit":
         squarings, cutoff, order = softmax_exp_settings(call.choice)
         return secure.softmax(x, dim, squarings=squarings, cutoff=cutoff, order=order)
     if call.choice.method == "power":
-        keys = ("p", "normalizer", "eps")
-        return secure.power_softmax(x, dim, **{k: options[k] for k in keys if k in options})
+        options = options_for(call.choice, SoftmaxPower)
+        return secure.power_softmax(
+            x, dim, p=options.p, normalizer=options.normalizer, eps=options.eps
+        )
     raise NotImplementedError(f"softmax method {call.choice.method!r} has no mpc kernel")
 
 
@@ -171,12 +176,12 @@ def saturated(call: Call) -> Any:
 
 def exp(call: Call) -> Any:
     from protocols.mpc.exp import exp_by_squaring
-    from secinfer.core.plan import option
 
     x = call.args[0]
-    interval = call.choice.interval if call.choice else None
+    interval = call.choice.interval
     shift = max(0.0, math.ceil(interval[1])) if interval else 0.0
-    squarings, cutoff = int(option(call.choice, "squarings")), option(call.choice, "cutoff")
+    options = options_for(call.choice, ExpSquaring)
+    squarings, cutoff = options.squarings, options.cutoff
     return exp_by_squaring(x - shift, squarings=squarings, cutoff=cutoff) * math.exp(shift)
 
 
