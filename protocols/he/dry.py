@@ -15,7 +15,7 @@ never on the encrypted values, so the recorded steps are the steps of the real r
 the same layouts. `galois.keys_for_steps` turns them into keys. What is guaranteed: for
 every rotation that a real `Engine` running the same tensor code on the same layouts
 performs, `Engine.rotate` passes SEAL a step that `DryEngine.rotate` recorded (tested
-against real runs in tests/test_he_keys.py).
+against real runs in tests/backends/he/test_he_keys.py).
 
 Costs: one Python pass over the ciphertext grid per op (no SEAL call), so far below a real
 run; the slot masks (numpy arrays of S values) are still built.

@@ -387,7 +387,7 @@ def test_a_killed_data_owner_stops_the_others_over_tls(identities: Path, tmp_pat
     port, timeout = free_port(), 30.0
     base = [*CLI, "--rendezvous", f"tcp://127.0.0.1:{port}", "--timeout", str(timeout)]
     base += ["--identity", str(identities)]
-    model = Path(__file__).resolve().parents[1] / "secinfer" / "data" / "digits.safetensors"
+    model = Path(__file__).resolve().parents[3] / "secinfer" / "data" / "digits.safetensors"
     commands = {
         "model-owner": [*base, "--role", "model-owner", "--model", str(model)],
         "data-owner": [*base, "--role", "data-owner", *(["--input", str(x)] * 6)],

@@ -23,7 +23,7 @@ from helpers.models import bert, gpt2, text_inputs, vit
 
 from secinfer.cli import main
 
-DIGITS = Path(__file__).resolve().parents[1] / "secinfer" / "data" / "digits.safetensors"
+DIGITS = Path(__file__).resolve().parents[3] / "secinfer" / "data" / "digits.safetensors"
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:
@@ -252,8 +252,8 @@ def test_per_node_precision_from_the_config_runs_end_to_end(
     `precision_bits` in --config; 20 bits for its LayerNorms are refused: variances up to
     17 would make truncation fail with probability 2e-6 per element) runs through the
     parties as accurately as at 16 bits. (The gain itself is measured where it is not lost
-    in other noise: tests/test_mpc_precision.py; here the run's error is dominated by the
-    GELU and the random truncations, and differs between runs by about 20 %.)"""
+    in other noise: tests/backends/mpc/test_mpc_precision.py; here the run's error is
+    dominated by the GELU and the random truncations, and differs between runs by about 20 %.)"""
     config = tmp_path / "plan.json"
     defaults = {
         "layer_norm": {"options": {"precision_bits": 19}},

@@ -39,7 +39,7 @@ from secinfer.core.prepare import prepare
 from secinfer.errors import UserError
 from secinfer.load.dataset import open_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 LOSSES = ("ce", "square", "zloss", "gce", "mae")
 
 

@@ -38,7 +38,7 @@ from secinfer.load.values import check_values
 from secinfer.report.files import dumps_strict, write_json
 from secinfer.report.plots import layer_panels, plot_layers
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "secinfer" / "data" / "digits.pt2"
 BACKENDS = ("plain", "approx", "mpc", "he")
 

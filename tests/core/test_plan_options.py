@@ -40,7 +40,7 @@ from secinfer.core.plan import (
 )
 from secinfer.errors import UserError
 
-DATA = Path(__file__).parents[1] / "secinfer" / "data"
+DATA = Path(__file__).parents[2] / "secinfer" / "data"
 EXP_LIMIT = "options: squarings, order, cutoff, reciprocal, precision_bits"
 BAD_CONFIGS = {
     "misspelt": (

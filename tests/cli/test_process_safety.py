@@ -39,7 +39,7 @@ from secinfer.zoo.digits import load_split
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "secinfer" / "data" / "digits.safetensors"
 CLI = [sys.executable, "-m", "secinfer.cli"]
 

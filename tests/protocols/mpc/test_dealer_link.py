@@ -39,7 +39,7 @@ from protocols.mpc.dealer_requests import (
     reply_shape,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 # --- the codec -----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from secinfer.cli import main
 from secinfer.zoo.digits import load_split
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 MODEL = ROOT / "secinfer" / "data" / "digits.pt2"
 LOSSES = "ce,square,zloss,gce,mae"
 

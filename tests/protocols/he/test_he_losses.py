@@ -95,7 +95,7 @@ def _digits_logits(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     from secinfer.zoo.digits import load_split
 
     _, _, x, y = load_split(0)
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[3]
     program = torch.export.load(root / "secinfer" / "data" / "digits_he.pt2")
     with torch.no_grad():
         return program.module()(x[:rows]).double(), y[:rows]

@@ -90,7 +90,7 @@ def test_demo_runs_and_says_what_it_is() -> None:
 
 def test_two_party_demo_agrees_with_plaintext() -> None:
     """What `make demo` runs: the three example scripts as separate processes."""
-    script = Path(__file__).resolve().parents[1] / "examples" / "two_party" / "run_demo.py"
+    script = Path(__file__).resolve().parents[2] / "examples" / "two_party" / "run_demo.py"
     done = subprocess.run(
         [sys.executable, str(script), "--images", "5"],
         capture_output=True,

@@ -19,7 +19,7 @@ import torch
 
 from secinfer.zoo.digits import load_split
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.slow

@@ -162,6 +162,6 @@ def test_readme_catalog_table_is_current() -> None:
     must be followed by `make bench` (which rewrites that section)."""
     from pathlib import Path
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     section = readme.split("<!-- catalog:start -->\n", 1)[1].split("\n<!-- catalog:end -->", 1)[0]
     assert section == catalog.markdown()

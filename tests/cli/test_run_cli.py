@@ -20,7 +20,7 @@ import torch
 import transformers as T
 from helpers.cli import assert_user_error, secinfer_here
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 DIGITS = ROOT / "secinfer" / "data" / "digits.safetensors"
 DIGITS_HE = ROOT / "secinfer" / "data" / "digits_he.safetensors"
 DIGITS_PT2 = ROOT / "secinfer" / "data" / "digits.pt2"

@@ -21,7 +21,7 @@ from secinfer.errors import UserError
 from secinfer.load.dataset import open_dataset
 from secinfer.zoo.digits import load_split
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "secinfer" / "data" / "digits_he.pt2"
 
 

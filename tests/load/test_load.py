@@ -20,7 +20,7 @@ from secinfer.errors import UserError
 from secinfer.load import LoadedModel, encode_text, load_model, read_input
 from secinfer.zoo import digits
 
-DATA = Path(__file__).parents[1] / "secinfer" / "data"
+DATA = Path(__file__).parents[2] / "secinfer" / "data"
 TOL = 1e-5
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *[f"w{i}" for i in range(95)]]
 

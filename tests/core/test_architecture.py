@@ -27,7 +27,7 @@ from secinfer.load.checks import input_specs
 
 backends.load_all()  # plans and runs below are made for the secure backends too
 
-DIGITS = Path(__file__).resolve().parents[1] / "secinfer" / "data" / "digits.safetensors"
+DIGITS = Path(__file__).resolve().parents[2] / "secinfer" / "data" / "digits.safetensors"
 
 
 def _bert() -> T.PreTrainedModel:

@@ -39,7 +39,7 @@ from protocols.he.rotation import vector_proto
 from secinfer.backends.he.channel import GREETING
 from secinfer.core.prepare import prepare
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 DIGITS_HE = ROOT / "secinfer" / "data" / "digits_he.pt2"
 DIGITS = ROOT / "secinfer" / "data" / "digits.pt2"
 

@@ -62,7 +62,7 @@ from secinfer.backends.he.inputs import input_specs, layouts_for, rotation_plan 
 from secinfer.core.execute import ExecutionError, Executor  # noqa: E402
 from secinfer.core.prepare import prepare  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 PARAMS = he_server.DEFAULT_PARAMS  # N = 8192, chain [60, 40, 40, 60]: what a server uses
 SLOTS = PARAMS.slots
 SOFTMAX = {"p": 4, "normalizer": "mean", "eps": 1e-3, "scale": False}
