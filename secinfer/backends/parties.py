@@ -14,6 +14,7 @@ temporary folder (mode 0700: the input, outputs, records and logs) is removed.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -21,9 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from protocols.mpc import rendezvous as meeting
 from protocols.mpc.runtime import Role
 from secinfer.backends import processes
+from secinfer.backends.base import PartyEvaluation, PartyRun
 from secinfer.errors import PartyError, UserError
 
 RUN_TIMEOUT = 3600.0
@@ -96,3 +100,29 @@ def wait_for_parties(
         if time.monotonic() > deadline:
             raise PartyError(f"the parties did not finish within {timeout:.0f} s; stopped them")
         time.sleep(0.1)
+
+
+def _record(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def read_run(output: Path, model_owner: Path, data_owner: Path, seconds: float) -> PartyRun:
+    """A finished query's files: the data owner's output (.npy, no pickle) and both records."""
+    return PartyRun(
+        output=np.load(output, allow_pickle=False),
+        model_owner=_record(model_owner),
+        data_owner=_record(data_owner),
+        seconds=seconds,
+    )
+
+
+def read_evaluation(
+    aggregate: Path, model_owner: Path, data_owner: Path, seconds: float
+) -> PartyEvaluation:
+    """A finished evaluation's files: the aggregate the chosen party wrote, both records."""
+    return PartyEvaluation(
+        aggregate=_record(aggregate),
+        model_owner=_record(model_owner),
+        data_owner=_record(data_owner),
+        seconds=seconds,
+    )

@@ -56,16 +56,14 @@ class HeBackend:
     ) -> PartyEvaluation:
         from secinfer.backends.he.local import run_local_he_evaluation
 
-        return PartyEvaluation(
-            *run_local_he_evaluation(
-                model,
-                data,
-                evaluation,
-                trust_model=options.trust_model,
-                config=options.config,
-                batch_size=batch_size,
-                peer_timeout=options.peer_timeout,
-            )
+        return run_local_he_evaluation(
+            model,
+            data,
+            evaluation,
+            trust_model=options.trust_model,
+            config=options.config,
+            batch_size=batch_size,
+            peer_timeout=options.peer_timeout,
         )
 
     def outside_counter(self, graph: Graph, plan: Plan) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -10,14 +9,19 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from protocols.mpc.local import free_port
 from protocols.mpc.runtime import DEFAULT_TIMEOUT
 from secinfer.backends import processes
-from secinfer.backends.base import PartyRun
-from secinfer.backends.parties import RUN_TIMEOUT, party_dirs, run_parties
+from secinfer.backends.base import PartyEvaluation, PartyRun
+from secinfer.backends.parties import (
+    RUN_TIMEOUT,
+    party_dirs,
+    read_evaluation,
+    read_run,
+    run_parties,
+)
 
 
 class HeRole(Enum):
@@ -55,12 +59,7 @@ def run_local_he(
             server.append("--public-embedding")
         client += ["--input", str(input_path)]
         seconds = _run_he(server, client, root, run_timeout)
-        return PartyRun(
-            output=np.load(out[HeRole.CLIENT] / "output.npy", allow_pickle=False),
-            model_owner=json.loads((out[HeRole.SERVER] / "server.json").read_text()),
-            data_owner=json.loads((out[HeRole.CLIENT] / "client.json").read_text()),
-            seconds=seconds,
-        )
+        return read_run(out[HeRole.CLIENT] / "output.npy", *_records(out), seconds)
 
 
 def run_local_he_evaluation(
@@ -73,9 +72,9 @@ def run_local_he_evaluation(
     batch_size: int = 64,
     peer_timeout: float = DEFAULT_TIMEOUT,
     run_timeout: float = RUN_TIMEOUT,
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], float]:
-    """A private evaluation under HE, server and client as processes: (the aggregate the
-    chosen side learned, the server's record, the client's record, seconds)."""
+) -> PartyEvaluation:
+    """A private evaluation under HE, server and client as processes: the aggregate the
+    chosen side learned, the server's record (as the model owner's), the client's."""
     with processes.stopping_on_signals(), processes.private_directory("secinfer-he-eval-") as root:
         out = party_dirs(root, list(HeRole))
         server, client = _he_commands(model, out, peer_timeout, trust_model, config)
@@ -84,12 +83,12 @@ def run_local_he_evaluation(
         client += ["--batch-size", str(batch_size)]
         seconds = _run_he(server, client, root, run_timeout)
         learner = out[HeRole.SERVER if evaluation.reveal_to == "model-owner" else HeRole.CLIENT]
-        return (
-            json.loads((learner / "aggregate.json").read_text()),
-            json.loads((out[HeRole.SERVER] / "server.json").read_text()),
-            json.loads((out[HeRole.CLIENT] / "client.json").read_text()),
-            seconds,
-        )
+        return read_evaluation(learner / "aggregate.json", *_records(out), seconds)
+
+
+def _records(out: dict[HeRole, Path]) -> tuple[Path, Path]:
+    """Where the server (model owner) and the client (data owner) write their records."""
+    return out[HeRole.SERVER] / "server.json", out[HeRole.CLIENT] / "client.json"
 
 
 def _he_commands(

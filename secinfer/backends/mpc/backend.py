@@ -57,16 +57,14 @@ class MpcBackend:
     ) -> PartyEvaluation:
         from secinfer.backends.mpc.local import run_local_evaluation
 
-        return PartyEvaluation(
-            *run_local_evaluation(
-                model,
-                data,
-                evaluation,
-                trust_model=options.trust_model,
-                config=options.config,
-                batch_size=batch_size,
-                peer_timeout=options.peer_timeout,
-            )
+        return run_local_evaluation(
+            model,
+            data,
+            evaluation,
+            trust_model=options.trust_model,
+            config=options.config,
+            batch_size=batch_size,
+            peer_timeout=options.peer_timeout,
         )
 
     def outside_counter(self, graph: Graph, plan: Plan) -> OutsideCounter:

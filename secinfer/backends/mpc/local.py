@@ -9,21 +9,25 @@ is bound here, on 127.0.0.1 only, and its socket handed to the model owner
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from protocols.mpc import rendezvous as meeting
 from protocols.mpc.runtime import DEFAULT_TIMEOUT, Role
 from secinfer.backends import processes
-from secinfer.backends.base import PartyRun
-from secinfer.backends.parties import RUN_TIMEOUT, party_dirs, run_parties
+from secinfer.backends.base import PartyEvaluation, PartyRun
+from secinfer.backends.parties import (
+    RUN_TIMEOUT,
+    party_dirs,
+    read_evaluation,
+    read_run,
+    run_parties,
+)
 
 
 def _party_command(role: Role, rendezvous: str, options: dict[str, Any]) -> list[str]:
@@ -106,12 +110,8 @@ def run_local_parties(
             "insecure_channel": insecure_channel,
         }
         seconds = _launch(roles, options, root, run_timeout)
-        return PartyRun(
-            output=np.load(out[Role.DATA_OWNER] / "output.npy", allow_pickle=False),
-            model_owner=json.loads((out[Role.MODEL_OWNER] / "model-owner.json").read_text()),
-            data_owner=json.loads((out[Role.DATA_OWNER] / "data-owner.json").read_text()),
-            seconds=seconds,
-        )
+        records = _records(out)
+        return read_run(out[Role.DATA_OWNER] / "output.npy", *records, seconds)
 
 
 def run_local_evaluation(
@@ -124,9 +124,9 @@ def run_local_evaluation(
     batch_size: int = 64,
     peer_timeout: float = DEFAULT_TIMEOUT,
     run_timeout: float = RUN_TIMEOUT,
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], float]:
-    """A private evaluation by the three MPC parties as processes: (the aggregate the chosen
-    party learned, the model owner's record, the data owner's record, seconds)."""
+) -> PartyEvaluation:
+    """A private evaluation by the three MPC parties as processes: the aggregate the chosen
+    party learned and both computing parties' records."""
     roles = [Role.MODEL_OWNER, Role.DATA_OWNER, Role.DEALER]
     with processes.stopping_on_signals(), processes.private_directory("secinfer-eval-") as root:
         out = party_dirs(root, roles)
@@ -144,9 +144,9 @@ def run_local_evaluation(
         }
         seconds = _launch(roles, options, root, run_timeout)
         learner = out[Role.from_label(evaluation.reveal_to)]
-        return (
-            json.loads((learner / "aggregate.json").read_text()),
-            json.loads((out[Role.MODEL_OWNER] / "model-owner.json").read_text()),
-            json.loads((out[Role.DATA_OWNER] / "data-owner.json").read_text()),
-            seconds,
-        )
+        return read_evaluation(learner / "aggregate.json", *_records(out), seconds)
+
+
+def _records(out: dict[Role, Path]) -> tuple[Path, Path]:
+    """Where the model owner and the data owner write their records."""
+    return out[Role.MODEL_OWNER] / "model-owner.json", out[Role.DATA_OWNER] / "data-owner.json"
