@@ -103,6 +103,10 @@ def _shape(call: Call) -> Any:
         return x.unsqueeze(args[0])
     if t in (aten.squeeze.dim, aten.squeeze.default):
         return x.squeeze(args[0] if args else None)
+    if t is aten.squeeze.dims:  # what core ATen decomposition makes of squeeze(dim)
+        for d in sorted((d % x.dim() for d in args[0]), reverse=True):
+            x = x.squeeze(d)
+        return x
     if t is aten.select.int:
         return x.select(args[0], args[1])
     if t is aten.slice.Tensor:

@@ -265,6 +265,15 @@ def _max_dim(x: Any, dim: int, keepdim: bool = False) -> Any:
     return values[0] if isinstance(values, tuple) else values
 
 
+def _max(x: Any, dim: int | None = None, keepdim: bool = False) -> Any:
+    """aten.max: the largest element (no dim), or, like aten.max.dim, the pair (values,
+    indices) that the graph takes apart with getitem. The indices of a secret maximum are
+    not computed: None (an op that uses them fails)."""
+    if dim is None:
+        return x.max()
+    return _max_dim(x, dim, keepdim), None
+
+
 def _index(x: Any, indices: list[Any]) -> Any:
     """Advanced indexing with public index tensors: a local gather of the shares."""
     return x[tuple(slice(None) if i is None else i for i in indices)]
@@ -302,7 +311,7 @@ SELECT: dict[str, Callable[..., Any]] = {
     "aten.maximum": lambda a, b: _add(_sub(a, b).relu(), b),
     "aten.minimum": lambda a, b: _sub(a, _sub(a, b).relu()),
     "aten.amax": lambda x, dims=(), keepdim=False: _max_dim(x, next(iter(dims)), keepdim),
-    "aten.max": _max_dim,
+    "aten.max": _max,
 }
 
 
