@@ -27,8 +27,10 @@ def _ours_layer(
     role: Role, graph: Any, plan: Any, x: np.ndarray, meter: Any, seeder: Any
 ) -> dict[str, Any]:
     """The product path, online: the executor on the mpc backend with the prepared Seeder."""
+    from secinfer import backends
     from secinfer.core.execute import Executor
 
+    backends.load("mpc")  # in a party process: the mpc kernels register on import
     inputs = (torch.from_numpy(x) if role is Role.DATA_OWNER else torch.zeros(x.shape),)
     executor = Executor(graph, "mpc", plan, seeder=seeder, meter=meter.snapshot)
     before = meter.snapshot()

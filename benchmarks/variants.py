@@ -92,9 +92,11 @@ def _product_kernel(x: Any, params: dict) -> Any:
     """The mpc backend's kernel for the op, with the plan's choice for the calibrated input:
     exactly what the executor calls for such a node."""
     import secinfer.core.kernels  # noqa: F401 - registers the kernels
+    from secinfer import backends
     from secinfer.core.plan import Choice
     from secinfer.core.registry import Call, lookup
 
+    backends.load("mpc")  # in a party process: the mpc kernels register on import
     choice = Choice(**params["choice"])
     target = PRODUCT_TARGETS[choice.function]
     if choice.function == "gelu":

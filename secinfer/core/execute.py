@@ -21,7 +21,7 @@ from torch.fx.node import map_arg
 import secinfer.core.kernels  # noqa: F401 - registers the local backends' kernels
 from secinfer.core.graph import Graph, op_name
 from secinfer.core.plan import Plan
-from secinfer.core.registry import Call, RangeStats, lookup, supported_backends
+from secinfer.core.registry import REGISTRY, Call, RangeStats, lookup, supported_backends
 from secinfer.errors import UserError
 
 FLOAT = {"approx": torch.float64}  # backends that compute in a dtype of their own
@@ -76,7 +76,13 @@ class RunResult:
 
 
 def check_supported(graph: Graph, backend: str) -> None:
-    """Raise UnsupportedOpError for the first op without a kernel on `backend`."""
+    """Raise UnsupportedOpError for the first op without a kernel on `backend`; a backend
+    with no kernel at all was never imported, which is a programming error (RuntimeError)."""
+    if not any(backend in spec.kernels for spec in REGISTRY.values()):
+        raise RuntimeError(
+            f"no {backend} kernel is registered: import the backend's package first "
+            f"(secinfer.backends.load({backend!r}))"
+        )
     for node in graph.calls:
         spec = lookup(node.op)
         if spec is None or backend not in spec.kernels:
