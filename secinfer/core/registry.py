@@ -240,6 +240,21 @@ def register_all(backend: str, kernel: Kernel, *, categories: tuple[str, ...]) -
             spec.kernels.setdefault(backend, kernel)
 
 
+def register_functions(
+    backend: str, kernels: dict[str, Kernel], *, wrap: Callable[[Kernel], Kernel] | None = None
+) -> None:
+    """Give every nonlinear op whose function (`NONLINEAR`) is a key of `kernels` that kernel
+    on `backend`, optionally wrapped (`wrap`); the op names and their aliases (`aten.softmax`
+    and `aten._softmax`, ...) are listed here only. A function no op approximates is refused."""
+    unknown = set(kernels) - set(NONLINEAR.values())
+    if unknown:
+        raise ValueError(f"no nonlinear op approximates {', '.join(sorted(unknown))}")
+    for op, function in NONLINEAR.items():
+        if function in kernels:
+            kernel = kernels[function]
+            register(backend, op, wrap(kernel) if wrap is not None else kernel)
+
+
 def lookup(op: str) -> OpSpec | None:
     return REGISTRY.get(op)
 

@@ -17,14 +17,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-import approximations as A
+import approximations
 from approximations.even_gelu import even_gelu, secure_gelu_form
 from approximations.functions import rsqrt_approximation
 from approximations.iterative import he_reciprocal
 from approximations.sign_exp_gelu import SignExpGELU
 from secinfer.core.masks import MASK_LIMIT, SENTINEL
 from secinfer.core.options import ExpSquaring, SoftmaxExpLimit, options_for
-from secinfer.core.registry import REGISTRY, Call, register, register_all
+from secinfer.core.registry import Call, register, register_all, register_functions
 
 aten = torch.ops.aten
 FLOAT = torch.float64
@@ -66,12 +66,14 @@ def gelu_approximation(method: str, interval: tuple[float, float] | None) -> tup
         bound = math.sqrt(form.interval[1])
         return (lambda x: even_gelu(x, form)), (-bound, bound)
     if method == "minimax" and interval is not None:
-        poly = A.fit(F.gelu, interval, A.catalog["gelu.minimax"].degree, "remez", name="gelu")
+        poly = approximations.fit(
+            F.gelu, interval, approximations.catalog["gelu.minimax"].degree, "remez", name="gelu"
+        )
         return poly, poly.interval
     if method in ("minimax", "quad"):
-        entry = A.catalog[f"gelu.{method}"]
+        entry = approximations.catalog[f"gelu.{method}"]
         return entry.approximation, entry.interval
-    return (lambda x: A.gelu(x, method)), UNBOUNDED
+    return (lambda x: approximations.gelu(x, method)), UNBOUNDED
 
 
 def gelu(call: Call) -> torch.Tensor:
@@ -86,11 +88,11 @@ def gelu(call: Call) -> torch.Tensor:
 def softmax(call: Call) -> torch.Tensor:
     x, dim, method = call.args[0], call.args[1], call.choice.method
     if method == "exact":
-        return A.softmax(x, dim, method=method)
+        return approximations.softmax(x, dim, method=method)
     options = options_for(call.choice)
     if isinstance(options, SoftmaxExpLimit) and options.cutoff is None:
         return _softmax_uncut(call, x, dim, options)
-    return A.softmax(x, dim, method=method, **options.arguments())
+    return approximations.softmax(x, dim, method=method, **options.arguments())
 
 
 def _softmax_uncut(call: Call, x: torch.Tensor, dim: int, options: SoftmaxExpLimit) -> torch.Tensor:
@@ -101,7 +103,9 @@ def _softmax_uncut(call: Call, x: torch.Tensor, dim: int, options: SoftmaxExpLim
     x = torch.where(x.abs() >= SENTINEL, torch.sign(x) * MASK_LIMIT, x)
     squarings, order = options.squarings, options.order
     reach = 2.0 ** (squarings + order - 1)
-    exp = A.ExpBySquaring(squarings=squarings, interval=(-reach, 0.0), cutoff=None, order=order)
+    exp = approximations.ExpBySquaring(
+        squarings=squarings, interval=(-reach, 0.0), cutoff=None, order=order
+    )
     z = x - x.amax(dim=dim, keepdim=True)
     call.stats.record(z, exp.valid_range)
     weights = exp(z)
@@ -109,7 +113,7 @@ def _softmax_uncut(call: Call, x: torch.Tensor, dim: int, options: SoftmaxExpLim
     name = options.reciprocal
     if name == "exact":
         return weights / total
-    return weights * A.catalog[f"reciprocal.{name}"].approximation(total)
+    return weights * approximations.catalog[f"reciprocal.{name}"].approximation(total)
 
 
 def log_softmax(call: Call) -> torch.Tensor:
@@ -119,10 +123,10 @@ def log_softmax(call: Call) -> torch.Tensor:
         return torch.log_softmax(x, dim)
     z = x - x.amax(dim=dim, keepdim=True).detach()
     options = options_for(call.choice, ExpSquaring)
-    exp = A.ExpBySquaring(squarings=options.squarings, cutoff=options.cutoff)
+    exp = approximations.ExpBySquaring(squarings=options.squarings, cutoff=options.cutoff)
     total = exp(z).sum(dim=dim, keepdim=True)
-    call.stats.record(total, A.catalog["log.normalised"].interval)
-    return z - A.catalog["log.normalised"].approximation(total)
+    call.stats.record(total, approximations.catalog["log.normalised"].interval)
+    return z - approximations.catalog["log.normalised"].approximation(total)
 
 
 # --- LayerNorm ------------------------------------------------------------------------------
@@ -137,19 +141,19 @@ def layer_norm(call: Call) -> torch.Tensor:
         var = x.var(dim=dims, unbiased=False) + eps
         approx = rsqrt_approximation(method, interval if method == "poly" else None)
         call.stats.record(var, approx.interval)
-    return A.layer_norm(x, shape, weight, bias, eps, rsqrt=method, interval=interval)
+    return approximations.layer_norm(x, shape, weight, bias, eps, rsqrt=method, interval=interval)
 
 
 # --- elementwise functions ------------------------------------------------------------------
 def saturated(call: Call) -> torch.Tensor:
     """tanh, sigmoid, erf, silu: a minimax polynomial inside its interval, the function's
     limits outside (one comparison on each side)."""
-    function = REGISTRY_FUNCTION[call.target]
+    function = call.choice.function
     x = call.args[0]
     if call.choice.method == "exact":
         return EXACT[function](x)
     entry_name, below, above = SATURATED[function]
-    entry = A.catalog[entry_name]
+    entry = approximations.catalog[entry_name]
     lo, hi = entry.interval
     inside = entry.approximation(x)
     return torch.where(x < lo, below(x), torch.where(x > hi, above(x), inside))
@@ -165,7 +169,7 @@ def exp(call: Call) -> torch.Tensor:
     shift = max(0.0, math.ceil(interval[1])) if interval else 0.0
     call.stats.record(x, (-math.inf, shift))
     options = options_for(call.choice, ExpSquaring)
-    fn = A.ExpBySquaring(squarings=options.squarings, cutoff=options.cutoff)
+    fn = approximations.ExpBySquaring(squarings=options.squarings, cutoff=options.cutoff)
     return fn(x - shift) * math.exp(shift)
 
 
@@ -173,7 +177,7 @@ def log(call: Call) -> torch.Tensor:
     x = call.args[0]
     if call.choice.method == "exact":
         return torch.log(x)
-    entry = A.catalog["log.normalised"]
+    entry = approximations.catalog["log.normalised"]
     call.stats.record(x, entry.interval)
     return entry.approximation(x)
 
@@ -191,10 +195,10 @@ def _rsqrt_values(call: Call, x: torch.Tensor) -> torch.Tensor:
         if interval is not None and interval[0] > 0:
             approximation = rsqrt_approximation("poly", interval)
         else:
-            approximation = A.catalog["rsqrt.poly_he"].approximation
+            approximation = approximations.catalog["rsqrt.poly_he"].approximation
         call.stats.record(x, approximation.interval)
         return approximation(x)
-    entry = A.catalog["rsqrt.newton"]
+    entry = approximations.catalog["rsqrt.newton"]
     call.stats.record(x, entry.interval)
     return entry.approximation(x)
 
@@ -217,7 +221,7 @@ def _reciprocal_values(call: Call, x: torch.Tensor, method: str) -> torch.Tensor
         approximation = he_reciprocal(lo, hi)
         call.stats.record(x, approximation.interval)
         return approximation(x)
-    entry = A.catalog[f"reciprocal.{method}"]
+    entry = approximations.catalog[f"reciprocal.{method}"]
     magnitude = x.abs()
     call.stats.record(magnitude, entry.interval)
     return torch.sign(x) * entry.approximation(magnitude)
@@ -253,31 +257,24 @@ def _interval(choice: Any) -> tuple[float, float] | None:
     return tuple(choice.interval) if choice is not None and choice.interval else None
 
 
-REGISTRY_FUNCTION = {
-    aten.tanh.default: "tanh",
-    aten.sigmoid.default: "sigmoid",
-    aten.erf.default: "erf",
-    aten.silu.default: "silu",
-}
-
 register_all("approx", generic, categories=("shape", "create", "select", "linear", "arith"))
-for _name, _kernel in {
-    "aten.gelu": gelu,
-    "aten.softmax": softmax,
-    "aten._softmax": softmax,
-    "aten.log_softmax": log_softmax,
-    "aten._log_softmax": log_softmax,
-    "aten.layer_norm": layer_norm,
-    "aten.tanh": saturated,
-    "aten.sigmoid": saturated,
-    "aten.erf": saturated,
-    "aten.silu": saturated,
-    "aten.exp": exp,
-    "aten.log": log,
-    "aten.rsqrt": rsqrt,
-    "aten.sqrt": sqrt,
-    "aten.reciprocal": reciprocal,
-}.items():
-    register("approx", _name, _kernel)
-REGISTRY["aten.div"].kernels["approx"] = div
-REGISTRY["aten.pow"].kernels["approx"] = pow_
+register_functions(
+    "approx",
+    {
+        "gelu": gelu,
+        "softmax": softmax,
+        "log_softmax": log_softmax,
+        "layer_norm": layer_norm,
+        "tanh": saturated,
+        "sigmoid": saturated,
+        "erf": saturated,
+        "silu": saturated,
+        "exp": exp,
+        "log": log,
+        "rsqrt": rsqrt,
+        "sqrt": sqrt,
+        "reciprocal": reciprocal,
+    },
+)
+register("approx", "aten.div", div)
+register("approx", "aten.pow", pow_)

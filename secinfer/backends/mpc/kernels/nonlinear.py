@@ -32,13 +32,13 @@ from typing import Any
 
 import torch
 
-import approximations as A
+import approximations
 from approximations.piecewise import Piecewise, Segment
 from approximations.polynomial import Polynomial
 from secinfer.backends.mpc.kernels.precision import at_precision
 from secinfer.backends.mpc.kernels.values import is_secret
 from secinfer.core.options import ExpSquaring, SoftmaxExpLimit, SoftmaxPower, options_for
-from secinfer.core.registry import Call, register
+from secinfer.core.registry import Call, register, register_functions
 
 MPC_WIDEN = 16.0
 """Calibrated positive intervals are stretched to [lo / MPC_WIDEN, hi * MPC_WIDEN]."""
@@ -147,7 +147,7 @@ def layer_norm(call: Call) -> Any:
 @lru_cache(maxsize=8)
 def saturated_piecewise(function: str) -> Piecewise:
     """The catalog's minimax polynomial on its interval, the function's limits outside."""
-    entry = A.catalog[f"{function}.minimax"]
+    entry = approximations.catalog[f"{function}.minimax"]
     lo, hi = entry.interval
     whole = (-1.0, 1.0)
     below = Polynomial.constant(-1.0 if function in ("tanh", "erf") else 0.0, whole)
@@ -160,18 +160,10 @@ def saturated_piecewise(function: str) -> Piecewise:
     return Piecewise(segments, (lo, hi), entry.max_error, reference=function)
 
 
-SATURATED = {
-    torch.ops.aten.tanh.default: "tanh",
-    torch.ops.aten.sigmoid.default: "sigmoid",
-    torch.ops.aten.erf.default: "erf",
-    torch.ops.aten.silu.default: "silu",
-}
-
-
 def saturated(call: Call) -> Any:
     from protocols.mpc.piecewise import evaluate_piecewise
 
-    return evaluate_piecewise(call.args[0], saturated_piecewise(SATURATED[call.target]))
+    return evaluate_piecewise(call.args[0], saturated_piecewise(call.choice.function))
 
 
 def exp(call: Call) -> Any:
@@ -240,20 +232,22 @@ def pow_(call: Call) -> Any:
     raise NotImplementedError(f"aten.pow with exponent {exponent} has no mpc kernel")
 
 
-for _name, _kernel in {
-    "aten.gelu": gelu,
-    "aten.softmax": softmax,
-    "aten._softmax": softmax,
-    "aten.layer_norm": layer_norm,
-    "aten.tanh": saturated,
-    "aten.sigmoid": saturated,
-    "aten.erf": saturated,
-    "aten.silu": saturated,
-    "aten.exp": exp,
-    "aten.rsqrt": rsqrt,
-    "aten.sqrt": sqrt,
-    "aten.reciprocal": reciprocal,
-    "aten.div": div,
-    "aten.pow": pow_,
-}.items():
-    register("mpc", _name, at_precision(_kernel))
+register_functions(
+    "mpc",
+    {
+        "gelu": gelu,
+        "softmax": softmax,
+        "layer_norm": layer_norm,
+        "tanh": saturated,
+        "sigmoid": saturated,
+        "erf": saturated,
+        "silu": saturated,
+        "exp": exp,
+        "rsqrt": rsqrt,
+        "sqrt": sqrt,
+        "reciprocal": reciprocal,
+    },
+    wrap=at_precision,
+)
+register("mpc", "aten.div", at_precision(div))
+register("mpc", "aten.pow", at_precision(pow_))
