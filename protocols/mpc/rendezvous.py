@@ -10,7 +10,8 @@ Guarantees, for a rendezvous tcp://HOST:PORT:
   - A port that cannot be bound (already in use, or privileged) raises `RendezvousBusy`
     naming HOST and PORT before anything waits. `claim` binds it early (the model owner
     does so before loading its model); a launcher may bind it itself and hand the socket
-    over (`LISTENER_FD_ENV`), so that no other program can take the port in between.
+    over (`protocols.net.LISTENER_FD_ENV`), so that no other program can take the port in
+    between.
   - Before any process group exists, every party publishes the settings that shape the
     groups (the number of parties, the provider of correlated randomness) and checks the
     others' as they appear: a difference raises `SettingsMismatch` naming the setting,
@@ -34,12 +35,10 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlparse
 
+from protocols.net import LISTENER_FD_ENV
+
 VERSION = 1
 """Version of the settings record the parties publish at the rendezvous."""
-
-LISTENER_FD_ENV = "SECINFER_RENDEZVOUS_FD"
-"""Environment variable: a listening socket's file descriptor, inherited from a launcher
-that bound the rendezvous port itself; rank 0 listens on it."""
 
 CLIENT_GRACE = 2.0
 """Seconds beyond the timeout given to torch's own store client to report its error."""
@@ -322,7 +321,6 @@ def _parsed(value: Any) -> Any:
 
 
 __all__ = [
-    "LISTENER_FD_ENV",
     "RendezvousBusy",
     "RendezvousTimeout",
     "SettingsMismatch",
