@@ -66,6 +66,11 @@ class RendezvousTimeout(TimeoutError):
     """Not every party appeared at the rendezvous in time."""
 
 
+class NothingListening(RendezvousTimeout):
+    """No process listened at the rendezvous address for the whole timeout (every
+    connection refused): the model owner is not running, or runs elsewhere."""
+
+
 def address(rendezvous: str) -> tuple[str, int]:
     """(HOST, PORT) of tcp://HOST:PORT; ValueError otherwise."""
     parsed = urlparse(rendezvous)
@@ -222,6 +227,10 @@ def _client(host: str, port: int, world_size: int, timeout: float) -> Any:
     worker.join(timeout + CLIENT_GRACE)
     if failed:
         raise failed[0]
+    if not made and not _listening(host, port):
+        raise NothingListening(
+            f"nothing listened at {host}:{port} for {timeout:g} s (connection refused)"
+        )
     if not made:
         raise RendezvousTimeout(
             f"timed out after {timeout:g} s: {host}:{port} took the connection but never "
@@ -229,6 +238,17 @@ def _client(host: str, port: int, world_size: int, timeout: float) -> Any:
             "still loading its model)"
         )
     return made[0]
+
+
+def _listening(host: str, port: int) -> bool:
+    """Whether a connection to host:port is accepted now (False when refused or unreachable):
+    tells "nothing listens" apart from "a listener that never answers", because torch's
+    client may keep retrying a refused port past our deadline."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 def _agree(
