@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 
+from protocols.net import PEER_TIMEOUT
 from secinfer.errors import Interrupted, PartyError, UserError
 
 BACKEND_CHOICES = ("plain", "approx", "mpc", "he")
@@ -80,7 +81,7 @@ def _mpc_options(fn: Any) -> Any:
     fn = click.option(
         "--timeout",
         type=float,
-        default=60.0,
+        default=PEER_TIMEOUT,
         show_default=True,
         help="mpc, he: seconds a party waits for a peer before giving up.",
     )(fn)
@@ -629,7 +630,7 @@ def eval_(
 @click.option(
     "--timeout",
     type=float,
-    default=60.0,
+    default=PEER_TIMEOUT,
     show_default=True,
     help="Seconds to wait for the peer's next message.",
 )
