@@ -51,10 +51,13 @@ Here each is weighted by its bytes: an input travels seeded (one polynomial at t
 level and a seed), an output as two polynomials, so the objective is T_i T_k + 2 T_i T_o
 (ties: fewer products, then fewer plaintexts). Only the smallest block giving each tile count
 matters (it leaves the most room to the others), so the search runs over the distinct tile
-counts of m and d_in, with n_o = min(d_out, floor(N / (n_i n_k))). For d_in = d_out = d and
-n_i = m the optimum is near n_k = n_o = sqrt(N / m), i.e. about 3 d sqrt(m / N) ciphertexts
-each of N coefficients both ways: traffic grows as sqrt(m) d sqrt(N) where a slot packing
-that fills its slots moves about 2 m d coefficients each way.
+counts of m and d_in, with n_o = min(d_out, floor(N / (n_i n_k))). Scaling, for d_in = d_out
+= d and n_i = m: minimising d / n_k + 2 d / n_o with n_k n_o = N / m gives n_k = sqrt(N / 2m),
+n_o = 2 n_k and 2 d sqrt(2 m / N) polynomials of N coefficients on the wire (an input counts
+one, an output two): Iron's traffic grows as sqrt(m). A slot packing that fills its N / 2
+slots sends about 2 m d / N ciphertexts each way: it grows as m. Hence Iron's "sqrt(m) less
+traffic" holds for large m; at a few dozen rows the dense slot packing moves less
+(`benchmarks.he_iron` measures both and prints where the ratio crosses 1).
 
 Noise (`check_noise`, done before any product). SEAL's BFV encryption of m is round(q m / t)
 + e with |e| <= 21 (its centred binomial, or 6 sigma clipped Gaussian: 19.2), so the
@@ -116,10 +119,10 @@ FRESH_NOISE_BOUND = 21
 #: parse, NTT); `ntt` one ciphertext transform (either way); `pt_mult` one pointwise
 #: product and addition; `mask` one dense mask polynomial built, parsed and added.
 IRON_UNIT_MS_8192: dict[str, float] = {
-    "encode_w": 0.45,
-    "ntt": 0.35,
-    "pt_mult": 0.12,
-    "mask": 4.5,
+    "encode_w": 0.5,
+    "ntt": 0.8,
+    "pt_mult": 0.3,
+    "mask": 4.2,
 }
 
 
