@@ -49,7 +49,7 @@ from secinfer.backends.he.channel import (
     Channel,
     accept_client,
     connect,
-    expect_kind,
+    expect_hello,
     guarded,
 )
 from secinfer.backends.he.client import open_client
@@ -82,7 +82,7 @@ def serve(
     the record. `check_inputs` sees placeholder tensors of the client's shapes and dtypes.
     With `evaluation` (a `HeEvaluation`) the session is a private evaluation."""
     channel = accept_client(listener, timeout, link, log)
-    with channel.sock:
+    with channel:
         try:
             settings = (allow_refresh, public_embedding, params, check_inputs, evaluation)
             return _serve(graph, plan, channel, out_dir, *settings)
@@ -112,6 +112,7 @@ def _serve(
         if not isinstance(output, HeTensor):
             raise UserError("the model's output does not depend on the encrypted input")
         output.ensure_level(0)
+        channel.set_status("sending the output")
         session.send_tensor("output", output)
         if channel.recv_json().get("kind") != "received":
             raise messages.MessageError("the client did not confirm the output")
@@ -150,7 +151,7 @@ def _query(
     out_dir: Path,
 ) -> np.ndarray:
     began = time.perf_counter()
-    hello = expect_kind(channel, "hello")
+    hello = expect_hello(channel)
     if "evaluation" in hello:
         raise UserError(
             "the server runs a private evaluation, this client sent a query: start the "
@@ -158,8 +159,11 @@ def _query(
         )
     inputs = read_inputs([spec["name"] for spec in hello["inputs"]])
     client = open_client(channel, inputs)
+    channel.set_status("encrypting the inputs")
     client.send_inputs(inputs)
-    output = client.receive_values(client.await_message("output"), "the output")
+    message = client.await_message("output")
+    channel.set_status("decrypting the output")
+    output = client.receive_values(message, "the output")
     channel.send_json({"kind": "received"})
     write_npy(out_dir / "output.npy", output)
     write_json(out_dir / "client.json", client.record(began))
