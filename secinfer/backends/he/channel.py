@@ -86,6 +86,7 @@ class Channel:
         self.relay = relay.start(self.sock, role, min(self.timeout, FLUSH_SECONDS))
         self.sock = self.relay.sock
         self.liveness = self
+        self._control({"working": True})  # working until it waits in a receive
         if peer_timeout is not None:
             self.set_peer_timeout(peer_timeout)
 
@@ -104,7 +105,7 @@ class Channel:
     def alive(self, fields: dict[str, Any]) -> None:  # messages.Liveness
         peer = "client" if self.role == "server" else "server"
         line = (
-            f"{self.role} progress: the {peer} is on {relay.describe(fields)}; "
+            f"{self.role} progress: {peer}: {relay.describe(fields)}; "
             f"{_megabytes(self.counter.bytes_sent)} sent, "
             f"{_megabytes(self.counter.bytes_received)} received so far"
         )

@@ -375,11 +375,11 @@ class _Loop:
 
 
 def describe(fields: dict[str, Any]) -> str:
-    """An ALIVE message's fields in words: "node 3/7 aten.linear, 12 s on it, 40 s in all"."""
+    """An ALIVE message's fields in words: "node 3/7 aten.linear (12 s on it, 40 s in all)"."""
     step = fields.get("step") or "working"
     return (
-        f"{step}, {float(fields.get('step_seconds', 0)):.0f} s on it, "
-        f"{float(fields.get('seconds', 0)):.0f} s in all"
+        f"{step} ({float(fields.get('step_seconds', 0)):.0f} s on it, "
+        f"{float(fields.get('seconds', 0)):.0f} s in all)"
     )
 
 

@@ -1,0 +1,370 @@
+"""Liveness of an HE session: a peer's `--timeout` measures its silence, not its work.
+
+- One TenSEAL call that holds the GIL for seconds (`CKKSVector.mm` of a 192x192 matrix, in
+  a forked process): a Python thread there sees no tick for over twice the receiver's
+  0.5 s timeout (so a heartbeat thread would fall silent), yet with the relay the receiver
+  hears ALIVE messages and then the answer (without the relay, slow suite: it times out).
+  The same process stopped (SIGSTOP of its main process; its relay runs on and must
+  notice) inside a second such call: the receiver times out within 0.5 s + slack.
+- `secinfer he-party`, server and client as processes over mutual TLS: the client at
+  `--timeout 1` waits through the server's two Linear(80, 80) in feature-major packing (the
+  server's record must show a run of at least 3 s and a node of at least 1.5 s, else the
+  test says the model got too fast for it), decrypts the right output (within 1e-3), and
+  both sides' stderr shows progress lines.
+- Slow suite: the he-party server SIGSTOPped mid-run: the client ends with exit 1 and the
+  one-line timeout error within its timeout + 8 s.
+- Crafted messages on a live session (an unknown kind, the relay's local STATUS kind from
+  the network, a version-1 header): the server refuses each with one line.
+- The relay's splitting of its party's stream into messages and STATUS frames, for any
+  chunking (hypothesis).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tenseal as ts
+import torch
+from helpers.he import start_server
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocols.he import messages as M
+from protocols.he.messages import HEADER, MAGIC, VERSION, MessageKind
+from protocols.tls import local_identities
+from secinfer.backends.he import relay
+from secinfer.backends.he.channel import GREETING, Channel
+from secinfer.core.prepare import prepare
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+# --- one GIL-holding TenSEAL call -----------------------------------------------------------
+def _sender(port: int, use_relay: bool, peer_timeout: float) -> None:
+    """The forked sender: twice, "ready" then one `CKKSVector.mm` (a single call into C++
+    that holds the GIL throughout) then "done" with the call's seconds and the longest gap a
+    Python thread ticking every 10 ms saw inside it."""
+    context = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 40, 40, 60])
+    context.global_scale = 2**40
+    context.generate_galois_keys()
+    vector = ts.ckks_vector(context, list(np.random.rand(192)))
+    matrix = np.random.rand(192, 192).tolist()
+    ticks: list[float] = []
+
+    def tick() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            time.sleep(0.01)
+
+    threading.Thread(target=tick, daemon=True).start()
+    with Channel(socket.create_connection(("127.0.0.1", port)), timeout=30) as channel:
+        if use_relay:
+            channel.start_session("server", peer_timeout)
+        for call in range(2):
+            channel.send_json({"kind": "ready"})
+            channel.set_status(f"CKKSVector.mm call {call}")
+            began = time.monotonic()
+            vector.mm(matrix)
+            ended = time.monotonic()
+            inside = [began] + [t for t in ticks if began <= t <= ended] + [ended]
+            gap = max(b - a for a, b in itertools.pairwise(inside))
+            channel.send_json({"kind": "done", "seconds": ended - began, "gap": gap})
+
+
+def _fork(work: Any) -> int:
+    """`work()` in a forked child (this process's imports, none to repeat), which leaves
+    through os._exit; the child's pid."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            work()
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+    return pid
+
+
+@pytest.mark.parametrize(
+    "use_relay", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["relay", "no-relay"]
+)
+def test_one_long_gil_holding_call_does_not_silence_the_relay(use_relay: bool) -> None:
+    """Call 0 runs to its end: the receiver, at a 0.5 s timeout, hears ALIVE messages
+    throughout and then the answer (without the relay: a timeout). During call 1 the
+    sender's main process is stopped (SIGSTOP; its relay runs on and must notice): the
+    receiver times out within its timeout plus scheduling slack."""
+    timeout = 0.5
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    sender = _fork(lambda: _sender(port, use_relay, timeout))
+    try:
+        listener.settimeout(120)
+        sock, _ = listener.accept()
+        with Channel(sock, timeout=120) as channel:
+            channel.start_session("client", 120)
+            seen: list[dict[str, Any]] = []
+            channel.alive = seen.append  # type: ignore[method-assign]
+            assert channel.recv_json()["kind"] == "ready"
+            channel.timeout = timeout
+            if not use_relay:
+                with pytest.raises(M.PeerTimeout, match=r"within 0\.5 s"):
+                    channel.recv_json()
+                return
+            done = channel.recv_json()
+            assert done["kind"] == "done"
+            # the premise: the call held the GIL (no Python tick) for over twice our timeout
+            assert done["gap"] > 2 * timeout, done
+            assert len(seen) >= done["seconds"] / timeout  # about 4 per timeout
+            assert {f["step"] for f in seen} == {"CKKSVector.mm call 0"}
+            channel.timeout = 120
+            assert channel.recv_json()["kind"] == "ready"
+            channel.timeout = timeout
+            seen.clear()
+            stopped: list[float] = []
+
+            def stop_the_sender(fields: dict[str, Any]) -> None:
+                seen.append(fields)
+                if not stopped:
+                    os.kill(sender, signal.SIGSTOP)
+                    stopped.append(time.monotonic())
+
+            channel.alive = stop_the_sender  # type: ignore[method-assign]
+            with pytest.raises(M.PeerTimeout, match=r"within 0\.5 s \(got 0 of 14 header"):
+                channel.recv_json()
+            assert time.monotonic() - stopped[0] < timeout + 3
+            assert seen[0]["step"] == "CKKSVector.mm call 1"
+            assert len(seen) <= 2  # at most one more, already on its way
+    finally:
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(sender, sig)
+        os.waitpid(sender, 0)
+        listener.close()
+
+
+# --- he-party, server and client as processes -------------------------------------------------
+WIDTH = 80
+
+
+class TwoLinear(torch.nn.Module):
+    """Two Linear(80, 80): 2 x 6400 ciphertext-scalar products in feature-major packing
+    (independent of the rows), one level each, so the run needs no refresh."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Linear(WIDTH, WIDTH)
+        self.b = torch.nn.Linear(WIDTH, WIDTH)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x) * 0.1)
+
+
+def _party(role: str, tmp: Path, port: int, timeout: float, *extra: str) -> subprocess.Popen:
+    identity = tmp / "identities"
+    out = tmp / role
+    out.mkdir(exist_ok=True)
+    command = [sys.executable, "-m", "secinfer.cli", "he-party", "--role", role]
+    command += ["--timeout", str(timeout), "--identity", str(identity), "--out", str(out)]
+    log = open(tmp / f"{role}.log", "wb")  # noqa: SIM115 - the process holds it
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [*command, *extra], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def _listening(port: int) -> bool:
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
+def _wait_for(condition: Any, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {seconds} s for {what}"
+        time.sleep(0.05)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    for sig in (signal.SIGCONT, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+    process.wait()
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> Any:
+    """A server (`--timeout 30`: its own wait for the client) listening with the TwoLinear
+    model, and a function that starts the client with its input and a timeout."""
+    x = torch.randn(1, 32, WIDTH)
+    model = TwoLinear().eval()
+    torch.export.save(torch.export.export(model, (x,)), tmp_path / "m.pt2")
+    np.save(tmp_path / "x.npy", x.numpy())
+    local_identities(tmp_path / "identities")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = _party(
+        "server", tmp_path, port, 30, "--model", str(tmp_path / "m.pt2"), "--port", str(port)
+    )
+    started: list[subprocess.Popen] = [server]
+
+    def client(timeout: float) -> subprocess.Popen:
+        _wait_for(lambda: _listening(port) or server.poll() is not None, 120, "the server")
+        assert server.poll() is None, (tmp_path / "server.log").read_text()
+        process = _party(
+            "client", tmp_path, port, timeout, "--connect", f"127.0.0.1:{port}",
+            "--input", str(tmp_path / "x.npy"),
+        )  # fmt: skip
+        started.append(process)
+        return process
+
+    with torch.no_grad():
+        expected = model(x).numpy()
+    yield client, server, tmp_path, expected
+    for process in started:
+        _stop_group(process)
+
+
+def test_the_client_waits_through_server_work_far_longer_than_its_timeout(session) -> None:
+    start_client, server, tmp, expected = session
+    client = start_client(1.0)
+    assert client.wait(300) == 0, (tmp / "client.log").read_text()
+    assert server.wait(60) == 0, (tmp / "server.log").read_text()
+    record = json.loads((tmp / "server" / "server.json").read_text())
+    longest = max(node["seconds"] for node in record["nodes"])
+    assert record["run_seconds"] >= 3.0 and longest >= 1.5, (
+        f"the server's run took {record['run_seconds']:.1f} s, its longest node {longest:.1f} s: "
+        "the premise of this test (work far longer than the client's 1 s timeout) is gone; "
+        "give TwoLinear more work"
+    )
+    output = np.load(tmp / "client" / "output.npy")
+    assert np.abs(output - expected).max() < 1e-3
+    client_log, server_log = (tmp / "client.log").read_text(), (tmp / "server.log").read_text()
+    assert "client progress: server: node " in client_log, client_log
+    assert "server progress: node " in server_log, server_log
+    assert "aten.linear" in client_log and "received so far" in client_log
+
+
+@pytest.mark.slow
+def test_a_stopped_server_is_given_up_on_after_the_clients_timeout(session) -> None:
+    start_client, server, tmp, _ = session
+    timeout = 2.0
+    client = start_client(timeout)
+    log = tmp / "client.log"
+    _wait_for(
+        lambda: "server: node" in log.read_text() or client.poll() is not None,
+        120,
+        "the client to see the server working",
+    )
+    os.kill(server.pid, signal.SIGSTOP)  # the main process only: its relay must notice
+    stopped = time.monotonic()
+    code = client.wait(timeout + 30)
+    elapsed = time.monotonic() - stopped
+    lines = log.read_text().strip().splitlines()
+    assert code == 1, lines
+    assert lines[-1] == (
+        f"error: client: no complete message from peer within {timeout} s "
+        "(got 0 of 14 header bytes)"
+    )
+    assert "Traceback" not in log.read_text()
+    assert timeout - 0.5 < elapsed < timeout + 8
+
+
+# --- crafted messages on a live session ---------------------------------------------------------
+class Small(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+@pytest.fixture(scope="module")
+def small() -> tuple[Any, Any]:
+    x = torch.randn(2, 8)
+    return prepare(torch.export.export(Small().eval(), (x,)), "he", [(x,)], None)
+
+
+@pytest.mark.parametrize(
+    ("frame", "error"),
+    [
+        (HEADER.pack(MAGIC, VERSION, 99, 2) + b"{}", "unknown message kind 99"),
+        (HEADER.pack(MAGIC, VERSION, relay.STATUS, 2) + b"{}", "unknown message kind 240"),
+        (
+            HEADER.pack(MAGIC, 1, MessageKind.JSON, 2) + b"{}",
+            "unsupported message format version 1",
+        ),
+    ],
+    ids=["unknown-kind", "relay-status-kind", "version-1"],
+)
+def test_crafted_messages_are_refused_by_a_live_server(small, frame: bytes, error: str) -> None:
+    graph, plan = small
+    port, outcome, thread = start_server(graph, plan)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        M.send_json(sock, {**GREETING, "timeout": 30})
+        assert M.recv_json(sock, timeout=30, max_bytes=1 << 20)["kind"] == "hello"
+        sock.sendall(frame)
+        with pytest.raises(M.PeerError, match=error):
+            M.recv_json(sock, timeout=30, max_bytes=1 << 20)
+    thread.join(30)
+    assert error in str(outcome["error"])
+
+
+# --- the relay's view of its party's stream ---------------------------------------------------
+def _frame(kind: int, payload: bytes) -> bytes:
+    return HEADER.pack(MAGIC, VERSION, kind, len(payload)) + payload
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("message"), st.binary(max_size=40)),
+            st.tuples(st.just("status"), st.dictionaries(st.sampled_from("abc"), st.integers())),
+        ),
+        max_size=8,
+    ),
+    st.lists(st.integers(1, 30), min_size=1, max_size=20),
+)
+def test_the_splitter_forwards_messages_and_keeps_statuses_for_any_chunking(
+    items: list[tuple[str, Any]], cuts: list[int]
+) -> None:
+    stream, forwarded, statuses = b"", b"", []
+    for kind, value in items:
+        if kind == "message":
+            stream += _frame(MessageKind.JSON, value)
+            forwarded += _frame(MessageKind.JSON, value)
+        else:
+            stream += relay.status_frame(value)
+            statuses.append(value)
+    splitter, out, seen, pos, index = relay._Splitter(), b"", [], 0, 0
+    while pos < len(stream):
+        size = cuts[index % len(cuts)]
+        part, got = splitter.feed(stream[pos : pos + size])
+        out, seen, pos, index = out + part, seen + got, pos + size, index + 1
+    assert out == forwarded and seen == statuses and splitter.at_boundary
