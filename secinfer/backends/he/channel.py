@@ -22,11 +22,16 @@ messages, starts its deadline afresh on each and logs the peer's progress on std
 most every `relay.LOG_EVERY` seconds). So `--timeout` is how long the peer may stay
 silent: a peer that is stopped, cut off or gone is given up on after it, as before, one
 that works for an hour is not.
+
+Meeting. Before the session, each side waits for the other to connect for its timeout;
+the local launcher, which starts both at once, sets `MEET_ENV` to its run timeout, since
+the server's start-up (loading and calibrating the model) is work, not silence.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import socket
 import ssl
@@ -49,6 +54,9 @@ GREETING = {"kind": "greeting", "protocol": "secinfer-he"}
 """The client's first message, after the TLS handshake: a connection that sends anything
 else first is not a client (`accept_client`)."""
 GREETING_MAX_BYTES = 4096
+MEET_ENV = "SECINFER_HE_MEET_SECONDS"
+"""Seconds each side waits for the other to connect, when longer than its timeout (set by
+the local launcher)."""
 FLUSH_SECONDS = 10.0
 """At most this long (and at most the timeout) the relay delivers what is queued after its
 side closed."""
@@ -217,20 +225,31 @@ def announced_timeout(message: dict[str, Any]) -> float | None:
     return float(value)
 
 
+def meet_window(timeout: float) -> float:
+    """How long to wait for the other side to connect: `timeout`, or `MEET_ENV`'s seconds
+    when set and longer."""
+    try:
+        return max(timeout, float(os.environ.get(MEET_ENV, "0")))
+    except ValueError:
+        return timeout
+
+
 def accept_client(
     listener: socket.socket,
     timeout: float,
     link: Link,
     log: Callable[[str], None] | None = None,
 ) -> Channel:
-    """The first connection within `timeout` seconds that completes the TLS handshake, proves
-    the data owner's certificate (`link`) and sends the `GREETING`; every other connection is
-    closed with one line to `log` (default: stderr) and the server goes on listening. Each
+    """The first connection within `timeout` seconds (`meet_window`) that completes the TLS
+    handshake, proves the data owner's certificate (`link`) and sends the `GREETING`; every
+    other connection is closed with one line to `log` (default: stderr) and the server goes
+    on listening. Each
     connection is vetted in its own thread (at most MAX_VETTING at once, each within
     HANDSHAKE_SECONDS), so connections that stay silent cannot keep the real client out.
     Raises `PartyError` when no such client came in time."""
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    deadline = time.monotonic() + timeout
+    window = meet_window(timeout)
+    deadline = time.monotonic() + window
     passed: queue.Queue[Channel] = queue.Queue()
     chosen = threading.Event()
     vetting = threading.BoundedSemaphore(MAX_VETTING)
@@ -272,7 +291,7 @@ def accept_client(
         if remaining <= 0:
             raise PartyError(
                 f"server: no {'authenticated ' if link.secure else ''}client connected "
-                f"within {timeout:g} s"
+                f"within {window:g} s"
             )
         listener.settimeout(min(remaining, 0.1))
         try:
@@ -297,17 +316,19 @@ def _expect_greeting(channel: Channel, timeout: float) -> float | None:
 
 
 def connect(address: tuple[str, int], timeout: float, link: Link) -> Channel:
-    """The client's connection, retried until `timeout` (the server may start later); under
-    TLS the server must prove the model owner's certificate before anything is sent; then
-    the `GREETING` goes out. A server that fails the check raises `PartyError` at once."""
-    deadline = time.monotonic() + timeout
+    """The client's connection, retried for `timeout` seconds (`meet_window`: the server may
+    start later); under TLS the server must prove the model owner's certificate before
+    anything is sent; then the `GREETING` goes out (with `timeout`, which the server's
+    relay must keep to). A server that fails the check raises `PartyError` at once."""
+    window = meet_window(timeout)
+    deadline = time.monotonic() + window
     while True:
         try:
             sock = socket.create_connection(address, timeout=timeout)
         except OSError:
             if time.monotonic() > deadline:
                 raise PartyError(
-                    f"client: no server at {address[0]}:{address[1]} within {timeout:g} s"
+                    f"client: no server at {address[0]}:{address[1]} within {window:g} s"
                 ) from None
             time.sleep(0.2)
             continue

@@ -6,13 +6,17 @@
   hears ALIVE messages and then the answer (without the relay, slow suite: it times out).
   The same process stopped (SIGSTOP of its main process; its relay runs on and must
   notice) inside a second such call: the receiver times out within 0.5 s + slack.
-- `secinfer he-party`, server and client as processes over mutual TLS: the client at
-  `--timeout 1` waits through the server's two Linear(80, 80) in feature-major packing (the
-  server's record must show a run of at least 3 s and a node of at least 1.5 s, else the
-  test says the model got too fast for it), decrypts the right output (within 1e-3), and
-  both sides' stderr shows progress lines.
-- Slow suite: the he-party server SIGSTOPped mid-run: the client ends with exit 1 and the
-  one-line timeout error within its timeout + 8 s.
+- `secinfer he-party` as on two hosts (server first, over mutual TLS; the client at
+  `--timeout 1`) through the server's two Linear(80, 80) in feature-major packing (its
+  record must show a run of at least 3 s and a node of at least 1.5 s, else the test says
+  the model got too fast for it): the right output (within 1e-3), progress lines on both
+  sides' stderr.
+- Slow suite: the same through `secinfer run --backend he --timeout 1` (both sides at 1 s;
+  the server's progress echoed by the launcher); the he-party server SIGSTOPped mid-run
+  (its main process only): the client ends with exit 1 and the one-line timeout error
+  within its timeout + 8 s.
+- The launcher's echo of each side's own progress lines, and its meeting window: a client
+  at a 0.3 s timeout finds a server that starts listening 1 s later.
 - Crafted messages on a live session (an unknown kind, the relay's local STATUS kind from
   the network, a version-1 header): the server refuses each with one line.
 - The relay's splitting of its party's stream into messages and STATUS frames, for any
@@ -49,6 +53,7 @@ from protocols.tls import local_identities
 from secinfer.backends.he import relay
 from secinfer.backends.he.channel import GREETING, Channel
 from secinfer.core.prepare import prepare
+from secinfer.errors import PartyError
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -248,6 +253,33 @@ def session(tmp_path: Path) -> Any:
         _stop_group(process)
 
 
+@pytest.mark.slow
+def test_secinfer_run_at_timeout_1_waits_through_seconds_of_server_work(tmp_path: Path) -> None:
+    """`secinfer run --backend he --timeout 1`: both sides at a 1 s timeout (the launcher
+    lets them meet however long the server takes to start), the server's own progress lines
+    echoed to the launcher's stderr, the output right."""
+    x = torch.randn(1, 32, WIDTH)
+    torch.export.save(torch.export.export(TwoLinear().eval(), (x,)), tmp_path / "m.pt2")
+    np.save(tmp_path / "x.npy", x.numpy())
+    report_path = tmp_path / "r.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "secinfer.cli", "run", str(tmp_path / "m.pt2"), "--backend",
+         "he", "--timeout", "1", "--input", str(tmp_path / "x.npy"), "--report",
+         str(report_path)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(report_path.read_text())
+    matmul = report["he"]["latency"]["matmul"]["seconds"]
+    assert matmul >= 3.0, (
+        f"the server's linear layers took {matmul:.1f} s: the premise of this test (work far "
+        "longer than the 1 s timeout) is gone; give TwoLinear more work"
+    )
+    assert report["max_abs_error"] < 1e-3
+    assert "server progress: node " in done.stderr and "aten.linear" in done.stderr
+    assert "server progress: client: " not in done.stderr  # each side's own lines only
+
+
 def test_the_client_waits_through_server_work_far_longer_than_its_timeout(session) -> None:
     start_client, server, tmp, expected = session
     client = start_client(1.0)
@@ -368,3 +400,55 @@ def test_the_splitter_forwards_messages_and_keeps_statuses_for_any_chunking(
         part, got = splitter.feed(stream[pos : pos + size])
         out, seen, pos, index = out + part, seen + got, pos + size, index + 1
     assert out == forwarded and seen == statuses and splitter.at_boundary
+
+
+# --- the local launcher's parts -----------------------------------------------------------------
+def test_the_launcher_echoes_each_sides_own_progress_lines(tmp_path: Path, capsys) -> None:
+    from secinfer.backends.he.local import _echo_progress
+
+    (tmp_path / "server.log").write_text(
+        "server progress: node 1/3 aten.linear (15 s on it, 16 s in all)\n"
+        "server progress: client: making keys (15 s on it, 15 s in all); 0.0 MB sent\n"
+        "server: refused a connection from 1.2.3.4:5: no client greeting\n"
+        "server progress: node 2/3 aten.mul (0 s on it, 31 s in all)"  # not complete yet
+    )
+    (tmp_path / "client.log").write_text(
+        "client progress: making keys (15 s on it, 15 s in all)\n"
+        "client progress: server: node 1/3 aten.linear (15 s on it, 16 s in all); 1 MB sent\n"
+    )
+    done = threading.Event()
+    echo = threading.Thread(target=_echo_progress, args=(tmp_path, done, 0.05))
+    echo.start()
+    time.sleep(0.5)
+    done.set()
+    echo.join(5)
+    assert capsys.readouterr().err.splitlines() == [
+        "server progress: node 1/3 aten.linear (15 s on it, 16 s in all)",
+        "client progress: making keys (15 s on it, 15 s in all)",
+    ]
+
+
+def test_the_launchers_meeting_window_outlasts_a_short_timeout(monkeypatch) -> None:
+    from secinfer.backends.he.channel import MEET_ENV, PLAIN, connect
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(PartyError, match=r"no server at 127\.0\.0\.1:\d+ within 0\.3 s"):
+        connect(("127.0.0.1", port), 0.3, PLAIN)
+    monkeypatch.setenv(MEET_ENV, "30")
+    accepted: list[Any] = []
+
+    def late_server() -> None:
+        time.sleep(1.0)
+        with socket.create_server(("127.0.0.1", port)) as listener:
+            sock, _ = listener.accept()
+            accepted.append(M.recv_json(sock, timeout=10, max_bytes=4096))
+            sock.close()
+
+    server = threading.Thread(target=late_server, daemon=True)
+    server.start()
+    with connect(("127.0.0.1", port), 0.3, PLAIN):
+        pass
+    server.join(10)
+    assert accepted == [{**GREETING, "timeout": 0.3}]
