@@ -21,7 +21,8 @@ uses no torch or TenSEAL, writes to stderr with `os.write` only, and leaves thro
 - while the party is working (not waiting in a receive), is not stopped (SIGSTOP: state T
   in /proc/PID/stat) and nothing went to the peer for `interval` seconds (the peer's
   timeout / 4), inserts an ALIVE message between two of the party's messages, carrying the
-  party's step ("node 3/7 aten.linear"), the seconds on it and since the session began,
+  party's step ("node 3/7 aten.linear"), the seconds it worked on it (its waits on the
+  peer left out) and the seconds since the session began,
   and logs a progress line (at most every `LOG_EVERY` seconds);
 - when the peer closes, hands the party what arrived and then end-of-file; when the party
   closes (or dies), delivers what is queued (within `flush` seconds) and exits.
@@ -218,6 +219,7 @@ class _Loop:
         self.split = _Splitter()
         self.began = self.step_began = self.last_write = time.monotonic()
         self.working, self.step, self.interval = False, "", None
+        self.waited = self.wait_began = 0.0  # seconds of the step spent waiting on the peer
         self.last_log, self.logged_step = 0.0, ""
         self.peer_readable = self.peer_writable = self.party_open = True
         self.pending_write = 0  # length of a TLS write to repeat as it was
@@ -336,12 +338,16 @@ class _Loop:
     # --- the party's status and the peer's liveness ---------------------------------------
     def _update(self, status: dict[str, Any]) -> None:
         now = time.monotonic()
-        if "working" in status:
+        if "step" in status and status["step"] != self.step:
+            self.step, self.step_began, self.waited = str(status["step"]), now, 0.0
+            self.wait_began = now
+        if "working" in status and bool(status["working"]) != self.working:
             self.working = bool(status["working"])
             if self.working:  # the silence before this was the peer's, not ours
                 self.last_write = max(self.last_write, now)
-        if "step" in status and status["step"] != self.step:
-            self.step, self.step_began = str(status["step"]), now
+                self.waited += now - max(self.wait_began, self.step_began)
+            else:
+                self.wait_began = now
         if "interval" in status:
             self.interval = max(float(status["interval"]), MIN_INTERVAL)
 
@@ -355,7 +361,7 @@ class _Loop:
             return
         fields = {
             "step": self.step,
-            "step_seconds": round(now - self.step_began, 3),
+            "step_seconds": round(now - self.step_began - self.waited, 3),
             "seconds": round(now - self.began, 3),
         }
         payload = json.dumps(fields, separators=(",", ":")).encode()

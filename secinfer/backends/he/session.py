@@ -22,8 +22,9 @@ session to its `serve_evaluation`.
 
 Here: the two entry points, `serve` (the server) and `query` (the client). Their parts: the
 link and its vetting (`secinfer.backends.he.channel`: mutual TLS with the peer's role proven,
-or a plain socket), the server's session (`secinfer.backends.he.server`) and the client's
-(`secinfer.backends.he.client`).
+or a plain socket; a relay process per side tells the other it is working, so a timeout
+measures silence, not work: `secinfer.backends.he.relay`), the server's session
+(`secinfer.backends.he.server`) and the client's (`secinfer.backends.he.client`).
 
 Records: the server writes `server.json` (parameters and why, refreshes, counts, bytes,
 per-node costs), the client `client.json` (bytes each way) and `output.npy` (a private

@@ -452,3 +452,21 @@ def test_the_launchers_meeting_window_outlasts_a_short_timeout(monkeypatch) -> N
         pass
     server.join(10)
     assert accepted == [{**GREETING, "timeout": 0.3}]
+
+
+def test_the_seconds_on_a_step_leave_out_the_waits_on_the_peer() -> None:
+    """A step set, then 0.2 s of work, 0.4 s waiting on the peer, 0.2 s of work: the ALIVE
+    says about 0.4 s on it and 0.8 s in all."""
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    with a, b, c, d:
+        loop = relay._Loop(a, c, os.getpid(), "server", 1.0)
+        loop._update({"interval": 0.05, "working": True, "step": "node 1/2 aten.linear"})
+        for working, pause in ((True, 0.2), (False, 0.4), (True, 0.2)):
+            loop._update({"working": working})
+            time.sleep(pause)
+        loop._beat()
+        header = HEADER.unpack(bytes(loop.to_peer[: HEADER.size]))
+        fields = json.loads(bytes(loop.to_peer[HEADER.size :]))
+    assert header[2] == MessageKind.ALIVE and fields["step"] == "node 1/2 aten.linear"
+    assert 0.35 < fields["step_seconds"] < 0.6 and fields["seconds"] > 0.75
