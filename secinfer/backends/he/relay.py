@@ -18,12 +18,14 @@ uses no torch or TenSEAL, writes to stderr with `os.write` only, and leaves thro
 - passes every byte from the peer to the party unchanged (the party checks and times them);
 - passes the party's messages to the peer, and consumes the party's local STATUS frames
   (kind `STATUS`, never sent on the network; JSON: "working", "step", "interval");
-- while the party is working (not waiting in a receive), is not stopped (SIGSTOP: state T
-  in /proc/PID/stat) and nothing went to the peer for `interval` seconds (the peer's
-  timeout / 4), inserts an ALIVE message between two of the party's messages, carrying the
-  party's step ("node 3/7 aten.linear"), the seconds it worked on it (its waits on the
-  peer left out) and the seconds since the session began,
-  and logs a progress line (at most every `LOG_EVERY` seconds);
+- while the party is working (not waiting in a receive) or a message of the peer's is
+  arriving (bytes of it, not of an ALIVE, came within `interval`: the peer, waiting for our
+  reply, must not give up while its own large message is still on its way to us), is not
+  stopped (SIGSTOP: state T in /proc/PID/stat) and nothing went to the peer for `interval`
+  seconds (the peer's timeout / 4), inserts an ALIVE message between two of the party's
+  messages, carrying the party's step ("node 3/7 aten.linear"), the seconds it worked on
+  it (its waits on the peer left out) and the seconds since the session began, and logs a
+  progress line (at most every `LOG_EVERY` seconds);
 - when the peer closes, hands the party what arrived and then end-of-file; when the party
   closes (or dies), delivers what is queued (within `flush` seconds) and exits.
 
@@ -55,7 +57,12 @@ frame that arrived from the network is refused as an unknown kind."""
 
 STATUS_MAX_BYTES = 4096
 CAP = 4 << 20
-"""Bytes queued each way before the relay stops reading (back-pressure to the sender)."""
+"""Bytes from the peer queued for the party before the relay stops reading the peer
+(back-pressure while the party is busy). What the party sends is taken whole, however fast
+the peer takes it (a peer may be busy for minutes, or the link slow): the party's send
+returns at once and its next receive judges the peer by its silence. The relay then holds
+at most what its party sends before it next waits for a reply (one protocol step: the
+inputs, a refresh's ciphertexts, the public context)."""
 CHUNK = 1 << 18
 MIN_INTERVAL = 0.05
 """Shortest interval between two ALIVE messages, whatever timeout the peer announces."""
@@ -203,6 +210,43 @@ class _Splitter:
         return bytes(out), statuses
 
 
+@dataclass
+class _Inbound:
+    """Follows the frames of the peer's stream (headers and lengths only) to tell the bytes
+    of its messages from those of its ALIVE messages. On a header that is not ours it stops
+    following and counts everything as message bytes (the party refuses the stream)."""
+
+    head: bytearray = field(default_factory=bytearray)
+    remaining: int = 0
+    alive: bool = False
+    lost: bool = False
+
+    def data_bytes(self, data: bytes) -> int:
+        """How many bytes of `data` belong to messages other than ALIVE."""
+        if self.lost:
+            return len(data)
+        count, pos = 0, 0
+        while pos < len(data):
+            if self.remaining:
+                take = min(self.remaining, len(data) - pos)
+                count += 0 if self.alive else take
+                pos, self.remaining = pos + take, self.remaining - take
+                continue
+            take = min(HEADER.size - len(self.head), len(data) - pos)
+            self.head += data[pos : pos + take]
+            pos += take
+            if len(self.head) < HEADER.size:
+                continue
+            magic, version, kind, length = HEADER.unpack(bytes(self.head))
+            self.head = bytearray()
+            if magic != MAGIC or version != VERSION:
+                self.lost = True
+                return count + HEADER.size + len(data) - pos
+            self.alive, self.remaining = kind == MessageKind.ALIVE, length
+            count += 0 if self.alive else HEADER.size
+        return count
+
+
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
@@ -217,6 +261,8 @@ class _Loop:
         party.setblocking(False)
         self.to_peer, self.to_party = bytearray(), bytearray()
         self.split = _Splitter()
+        self.inbound = _Inbound()
+        self.data_arrived = 0.0  # when bytes of a peer's message (not an ALIVE) last came
         self.began = self.step_began = self.last_write = time.monotonic()
         self.working, self.step, self.interval = False, "", None
         self.waited = self.wait_began = 0.0  # seconds of the step spent waiting on the peer
@@ -259,7 +305,7 @@ class _Loop:
         return self.peer_readable and len(self.to_party) < CAP
 
     def _want_party_read(self) -> bool:
-        return self.party_open and len(self.to_peer) < CAP
+        return self.party_open
 
     def _poll_timeout(self) -> float:
         pending = isinstance(self.peer, ssl.SSLSocket) and self.peer.pending()
@@ -283,6 +329,8 @@ class _Loop:
                 self._end_party_if_drained()
                 return
             self.to_party += data
+            if self.inbound.data_bytes(data):
+                self.data_arrived = time.monotonic()
 
     def _write_party(self) -> None:
         while self.to_party:
@@ -303,7 +351,8 @@ class _Loop:
                 self.party.shutdown(socket.SHUT_WR)
 
     def _read_party(self) -> None:
-        while self._want_party_read():
+        budget = CAP  # per turn, so that the peer is written to in between
+        while self._want_party_read() and budget > 0:
             try:
                 data = self.party.recv(CHUNK)
             except _WOULD_BLOCK:
@@ -313,11 +362,16 @@ class _Loop:
             if not data:
                 self.party_open = False
                 return
+            budget -= len(data)
             forward, statuses = self.split.feed(data)
             for status in statuses:
                 self._update(status)
-            if self.peer_writable:
-                self.to_peer += forward
+            self._queue(forward)
+
+    def _queue(self, data: bytes) -> None:
+        """Queue bytes for the peer (dropped once the peer is gone)."""
+        if self.peer_writable:
+            self.to_peer += data
 
     def _write_peer(self) -> None:
         while self.to_peer and self.peer_writable:
@@ -352,9 +406,12 @@ class _Loop:
             self.interval = max(float(status["interval"]), MIN_INTERVAL)
 
     def _beat(self) -> None:
-        if not (self.working and self.interval is not None and self.peer_writable):
+        if self.interval is None or not self.peer_writable:
             return
         now = time.monotonic()
+        receiving = now - self.data_arrived < self.interval  # a message of the peer's arrives
+        if not (self.working or receiving):
+            return
         if now - self.last_write < self.interval or self.to_peer or not self.split.at_boundary:
             return
         if _stopped(self.parent):
@@ -365,7 +422,7 @@ class _Loop:
             "seconds": round(now - self.began, 3),
         }
         payload = json.dumps(fields, separators=(",", ":")).encode()
-        self.to_peer += HEADER.pack(MAGIC, VERSION, MessageKind.ALIVE, len(payload)) + payload
+        self._queue(HEADER.pack(MAGIC, VERSION, MessageKind.ALIVE, len(payload)) + payload)
         self.last_write = now  # the write follows at once; a stalled peer stops further beats
         self._log(fields, now)
 

@@ -470,3 +470,38 @@ def test_the_seconds_on_a_step_leave_out_the_waits_on_the_peer() -> None:
         fields = json.loads(bytes(loop.to_peer[HEADER.size :]))
     assert header[2] == MessageKind.ALIVE and fields["step"] == "node 1/2 aten.linear"
     assert 0.35 < fields["step_seconds"] < 0.6 and fields["seconds"] > 0.75
+
+
+def test_a_large_send_to_a_busy_peer_is_judged_by_the_peers_silence() -> None:
+    """The sender (0.5 s timeout) sends 24 MB while the peer works for 3 s before reading
+    (the client's inputs while the server loads a large public context): the send returns
+    (its relay takes it whole once the peer has taken nothing for a second) and the wait
+    for the reply is carried by the peer's ALIVE messages."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def busy_peer() -> None:
+        with Channel(socket.create_connection(("127.0.0.1", port)), timeout=30) as channel:
+            channel.start_session("server", 0.5)
+            channel.set_status("loading a large public context")
+            time.sleep(3.0)
+            size = len(channel.recv_json()["blob"])
+            channel.send_json({"kind": "reply", "size": size})
+
+    peer = _fork(busy_peer)
+    try:
+        listener.settimeout(60)
+        sock, _ = listener.accept()
+        with Channel(sock, timeout=0.5) as channel:
+            channel.start_session("client", 30)
+            seen: list[dict[str, Any]] = []
+            channel.alive = seen.append  # type: ignore[method-assign]
+            began = time.monotonic()
+            channel.send_json({"blob": "x" * (24 << 20)})
+            assert channel.recv_json() == {"kind": "reply", "size": 24 << 20}
+            assert time.monotonic() - began > 2.5 and seen
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(peer, signal.SIGKILL)
+        os.waitpid(peer, 0)
+        listener.close()
