@@ -19,7 +19,7 @@ uses no torch or TenSEAL, writes to stderr with `os.write` only, and leaves thro
 - passes the party's messages to the peer, and consumes the party's local STATUS frames
   (kind `STATUS`, never sent on the network; JSON: "working", "step", "interval");
 - while the party is working (not waiting in a receive) or a message of the peer's is
-  arriving (bytes of it, not of an ALIVE, came within `interval`: the peer, waiting for our
+  arriving (bytes of it, not of an ALIVE, came within 2 `interval`: the peer, waiting for our
   reply, must not give up while its own large message is still on its way to us), is not
   stopped (SIGSTOP: state T in /proc/PID/stat) and nothing went to the peer for `interval`
   seconds (the peer's timeout / 4), inserts an ALIVE message between two of the party's
@@ -311,7 +311,7 @@ class _Loop:
         pending = isinstance(self.peer, ssl.SSLSocket) and self.peer.pending()
         if pending and self._want_peer_read():
             return 0.0
-        if self.interval is not None and self.working:
+        if self.interval is not None:
             return max(min(self.interval / 4, 0.5), 0.01)
         return 0.5
 
@@ -409,7 +409,7 @@ class _Loop:
         if self.interval is None or not self.peer_writable:
             return
         now = time.monotonic()
-        receiving = now - self.data_arrived < self.interval  # a message of the peer's arrives
+        receiving = now - self.data_arrived < 2 * self.interval  # a peer's message arrives
         if not (self.working or receiving):
             return
         if now - self.last_write < self.interval or self.to_peer or not self.split.at_boundary:

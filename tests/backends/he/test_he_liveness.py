@@ -505,3 +505,40 @@ def test_a_large_send_to_a_busy_peer_is_judged_by_the_peers_silence() -> None:
             os.kill(peer, signal.SIGKILL)
         os.waitpid(peer, 0)
         listener.close()
+
+
+def test_two_sides_waiting_on_each_other_still_time_out() -> None:
+    """The peer works for 1 s (ALIVE messages), then waits for us while we wait for it: no
+    side's relay may keep the other's wait alive (ALIVE bytes do not count as a message
+    arriving), so we time out about 0.5 s after the peer's last word."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def peer() -> None:
+        with Channel(socket.create_connection(("127.0.0.1", port)), timeout=30) as channel:
+            channel.start_session("server", 0.5)
+            time.sleep(1.0)
+            channel.recv_json()  # we never send: this waits until we close
+
+    child = _fork(peer)
+    try:
+        listener.settimeout(60)
+        sock, _ = listener.accept()
+        with Channel(sock, timeout=0.5) as channel:
+            channel.start_session("client", 0.5)
+            began, last = time.monotonic(), []
+
+            def heard(fields: dict[str, Any]) -> None:
+                last.append(time.monotonic())
+                if last[-1] - began > 10:  # the two relays keep each other talking
+                    raise AssertionError("ALIVE messages for 10 s from a peer that waits")
+
+            channel.alive = heard  # type: ignore[method-assign]
+            with pytest.raises(M.PeerTimeout):
+                channel.recv_json()
+            assert last and time.monotonic() - last[-1] < 2.0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        listener.close()
