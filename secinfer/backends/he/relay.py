@@ -63,7 +63,7 @@ the peer takes it (a peer may be busy for minutes, or the link slow): the party'
 returns at once and its next receive judges the peer by its silence. The relay then holds
 at most what its party sends before it next waits for a reply (one protocol step: the
 inputs, a refresh's ciphertexts, the public context)."""
-CHUNK = 1 << 18
+CHUNK = 1 << 20
 MIN_INTERVAL = 0.05
 """Shortest interval between two ALIVE messages, whatever timeout the peer announces."""
 LOG_EVERY = 10.0
@@ -117,8 +117,8 @@ def start(peer: socket.socket, role: str, flush: float) -> Relay:
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     for end in (parent_end, child_end):
         with contextlib.suppress(OSError):
-            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     parent_pid = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -177,6 +177,9 @@ class _Splitter:
         return not self.head and self.remaining == 0 and self.status is None
 
     def feed(self, data: bytes) -> tuple[bytes, list[dict[str, Any]]]:
+        if self.remaining >= len(data):  # inside a message's payload: pass it on as it is
+            self.remaining -= len(data)
+            return data, []
         out, statuses = bytearray(), []
         view, pos = memoryview(data), 0
         while pos < len(data):
