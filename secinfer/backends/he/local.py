@@ -4,12 +4,17 @@
 evaluation, batch_size, options)` start `secinfer he-party` twice (server: the model
 owner; client: the data owner) on a loopback port (`secinfer.backends.parties`), their
 link authenticated by ephemeral identities, and collect the result and both records.
+
+While they run, each side's own progress lines ("server progress: node 3/7 aten.linear
+(40 s on it, 95 s in all)", written by its relay while it works: see
+`secinfer.backends.he.channel`) are echoed from its log to this process's stderr.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from enum import Enum
 from pathlib import Path
@@ -101,6 +106,7 @@ def _run_he(
     ephemeral identities made in the run's own temporary directory (deleted with it), until
     both exit (`run_parties`); the wall seconds."""
     from protocols.tls import local_identities
+    from secinfer.backends.he.channel import MEET_ENV
 
     port = free_port()
     identity = local_identities(root / "identities")
@@ -115,7 +121,36 @@ def _run_he(
     client = [*base, "--role", "client", "--connect", f"127.0.0.1:{port}"]
     client += ["--out", str(out[HeRole.CLIENT])]
     commands = {HeRole.SERVER: server + server_job, HeRole.CLIENT: client + client_job}
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", MEET_ENV: str(run_timeout)}
     began = time.perf_counter()
-    run_parties(commands, root, run_timeout, env=env)
+    done = threading.Event()
+    echo = threading.Thread(target=_echo_progress, args=(root, done), daemon=True)
+    echo.start()
+    try:
+        run_parties(commands, root, run_timeout, env=env)
+    finally:
+        done.set()
+        echo.join(2.0)
     return time.perf_counter() - began
+
+
+def _echo_progress(root: Path, done: threading.Event, every: float = 0.5) -> None:
+    """Until `done`, copy each party's own progress lines from `root/<role>.log` to stderr
+    (not its view of the other's progress: that would repeat the other's own lines)."""
+    offsets = {role: 0 for role in HeRole}
+    while not done.wait(every):
+        for role in HeRole:
+            path = root / f"{role.label}.log"
+            try:
+                with path.open("rb") as stream:
+                    stream.seek(offsets[role])
+                    chunk = stream.read()
+            except OSError:
+                continue
+            complete = chunk[: chunk.rfind(b"\n") + 1]
+            offsets[role] += len(complete)
+            own = f"{role.label} progress: "
+            peer = f"{own}{'client' if role is HeRole.SERVER else 'server'}: "
+            for line in complete.decode(errors="replace").splitlines():
+                if line.startswith(own) and not line.startswith(peer):
+                    print(line, file=sys.stderr, flush=True)
