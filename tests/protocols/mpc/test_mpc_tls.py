@@ -155,10 +155,8 @@ def test_a_crypten_run_over_tls_equals_the_run_over_gloo(identities: Path) -> No
     from protocols.mpc.local import run_local
     from protocols.mpc.runtime import Role
 
-    began = time.perf_counter()
     over_tls = run_local(compute, timeout=120, peer_timeout=20, identity=str(identities))
     over_gloo = run_local(compute, timeout=120, peer_timeout=20)
-    assert time.perf_counter() - began < 120
     for role in (Role.MODEL_OWNER, Role.DATA_OWNER):
         a, b = over_tls[role].value["y"], over_gloo[role].value["y"]
         # fresh random seeds each run: the truncations' rounding differs by a few 2^-16
