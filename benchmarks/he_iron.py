@@ -28,6 +28,7 @@ import numpy as np
 import tenseal as ts
 from tenseal import sealapi
 
+from benchmarks.he_rows import cost_columns
 from protocols.he import iron
 from protocols.he import matmul as mm
 from protocols.he.codec import Codec
@@ -94,16 +95,12 @@ def measure(
     return {
         "shape": [rows, d_in, d_out],
         "strategy": iron.STRATEGY,
-        "skipped": None,
-        "seconds": seconds,
-        "predicted_seconds": plan.estimated_ms() / 1e3,
-        "rotations": cost.rotations,
-        "key_switches": plan.key_switches,
-        "ct_pt_mults": cost.ct_pt_mults,
-        "additions": cost.additions,
-        "depth": cost.depth,
-        "counts_match_model": cost.ct_pt_mults == plan.cost.ct_pt_mults
-        and cost.additions == plan.cost.additions,
+        **cost_columns(
+            seconds,
+            plan,
+            cost,
+            cost.ct_pt_mults == plan.cost.ct_pt_mults and cost.additions == plan.cost.additions,
+        ),
         "ciphertexts_in": len(blobs),
         "ciphertexts_out": len(sent),
         "bytes_in": bytes_in,

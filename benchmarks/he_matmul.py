@@ -48,6 +48,7 @@ import numpy as np
 import tenseal as ts
 
 from benchmarks import he_iron
+from benchmarks.he_rows import cost_columns
 from benchmarks.records import code_state
 from protocols.he import matmul as mm
 from protocols.he.galois import bsgs_rotation_steps, public_context_with_steps
@@ -183,16 +184,12 @@ def measure(
     error = float(np.max(np.abs(_decode(strategy, values, x, d_out) - expected)))
     return {
         **row,
-        "skipped": None,
-        "seconds": seconds,
-        "predicted_seconds": plan.estimated_ms() / 1e3,
-        "rotations": cost.rotations,
-        "key_switches": plan.key_switches,
-        "ct_pt_mults": cost.ct_pt_mults,
-        "additions": cost.additions,
-        "depth": cost.depth,
-        "counts_match_model": cost.rotations == plan.cost.rotations
-        and cost.ct_pt_mults == plan.cost.ct_pt_mults,
+        **cost_columns(
+            seconds,
+            plan,
+            cost,
+            cost.rotations == plan.cost.rotations and cost.ct_pt_mults == plan.cost.ct_pt_mults,
+        ),
         "ciphertexts_in": n_in,
         "ciphertexts_out": n_out,
         "bytes_in": bytes_in,
