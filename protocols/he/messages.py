@@ -252,7 +252,7 @@ def recv_message(
             if kind != MessageKind.ALIVE:
                 return kind, payload
             assert liveness is not None
-            liveness.alive(_alive_fields(payload))
+            liveness.alive(_json_object(payload, "ALIVE"))
     finally:
         if liveness is not None:
             liveness.waiting(False)
@@ -297,13 +297,15 @@ def _recv_one(
     return kind, payload
 
 
-def _alive_fields(payload: bytes) -> dict[str, Any]:
+def _json_object(payload: bytes, what: str) -> dict[str, Any]:
+    """The JSON object in `payload`; MessageError naming `what` (the message kind) if the
+    bytes are not UTF-8 JSON or not an object."""
     try:
         fields = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise MessageError(f"ALIVE message does not parse: {error}") from None
+        raise MessageError(f"{what} message does not parse: {error}") from None
     if not isinstance(fields, dict):
-        raise MessageError(f"ALIVE message is a {type(fields).__name__}, not an object")
+        raise MessageError(f"{what} message is a {type(fields).__name__}, not an object")
     return fields
 
 
@@ -361,13 +363,7 @@ def recv_json(
         counter=counter,
         liveness=liveness,
     )
-    try:
-        message = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise MessageError(f"JSON message does not parse: {error}") from None
-    if not isinstance(message, dict):
-        raise MessageError(f"JSON message is a {type(message).__name__}, not an object")
-    return message
+    return _json_object(payload, "JSON")
 
 
 def send_error(
