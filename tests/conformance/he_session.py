@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from helpers.he import client_refresh
 
 from protocols.he.codec import Codec
 from protocols.he.engine import Engine
@@ -53,17 +54,7 @@ class HeRunner:
         self.codec = Codec(self.private)
         self.engine = Engine(public_copy(self.private))
         bits = default_mask_bits(self.params.coeff_mod_bit_sizes[0], self.params.scale_bits)
-        self.refresher = MaskingRefresher(self.engine, self._client_refresh, bits)
-
-    def _client_refresh(self, cts: list[Any], layout: Layout) -> list[Any]:
-        """The client's side of a refresh: it sees the masked values only."""
-        used = layout.positions().reshape(-1)
-        fresh = []
-        for ct in cts:
-            values = np.zeros(self.codec.slots)
-            values[used] = self.codec.decrypt_slots(ct)[used]
-            fresh.append(self.codec.encrypt_slots(values))
-        return fresh
+        self.refresher = MaskingRefresher(self.engine, client_refresh(self.codec), bits)
 
     def run(self, graph: Graph, plan: Plan, inputs: tuple[torch.Tensor, ...]) -> np.ndarray:
         """The server's run of `graph` on the client's encrypted `inputs`; the decrypted

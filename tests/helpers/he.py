@@ -68,3 +68,19 @@ def encrypted_run(
     assert "error" not in outcome, outcome.get("error")
     expected = Executor(graph, "plain").run(inputs).outputs[0].double().numpy()
     return y, expected, outcome
+
+
+def client_refresh(codec: Any) -> Any:
+    """The client's side of a refresh, in process: decrypt the layout's slots (it sees the
+    masked values only), zero the rest, re-encrypt. A `MaskingRefresher` transport."""
+
+    def transport(cts: list[Any], layout: Any) -> list[Any]:
+        used = layout.positions().reshape(-1)
+        fresh = []
+        for ct in cts:
+            values = np.zeros(codec.slots)
+            values[used] = codec.decrypt_slots(ct)[used]
+            fresh.append(codec.encrypt_slots(values))
+        return fresh
+
+    return transport

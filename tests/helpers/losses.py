@@ -128,6 +128,7 @@ def he_loss_plan(logits: torch.Tensor) -> Any:
 def he_losses(ctx: Any) -> SecureLosses:
     """The digits and wide rows encrypted under `ctx`, their per-example losses computed
     on ciphertexts and decrypted (module docstring)."""
+    from helpers.he import client_refresh
     from protocols.he.codec import Codec
     from protocols.he.engine import Engine
     from protocols.he.layout import Layout
@@ -144,16 +145,7 @@ def he_losses(ctx: Any) -> SecureLosses:
     plan = he_loss_plan(torch.cat([logits, logits * 1.2]))
     codec, engine = Codec(ctx), Engine(ctx)
 
-    def transport(cts, layout):
-        used = layout.positions().reshape(-1)
-        fresh = []
-        for ct in cts:
-            values = np.zeros(codec.slots)
-            values[used] = codec.decrypt_slots(ct)[used]
-            fresh.append(codec.encrypt_slots(values))
-        return fresh
-
-    refresher = MaskingRefresher(engine, transport, 17)
+    refresher = MaskingRefresher(engine, client_refresh(codec), 17)
     layout = Layout.rows(tuple(logits.shape), 1, inner=16)
 
     def encrypt(values: torch.Tensor) -> HeTensor:

@@ -46,7 +46,7 @@ from hypothesis import strategies as st
 
 ts = pytest.importorskip("tenseal")
 
-from helpers.he import encrypted_run  # noqa: E402
+from helpers.he import client_refresh, encrypted_run  # noqa: E402
 
 from protocols.he import galois  # noqa: E402
 from protocols.he.codec import Codec  # noqa: E402
@@ -134,21 +134,6 @@ class RecordingEngine(Engine):
         return out
 
 
-def _client(codec: Codec):
-    """The client's side of a refresh, in process (decrypt, keep the layout, re-encrypt)."""
-
-    def transport(cts: list[Any], layout: Layout) -> list[Any]:
-        used = layout.positions().reshape(-1)
-        fresh = []
-        for ct in cts:
-            values = np.zeros(codec.slots)
-            values[used] = codec.decrypt_slots(ct)[used]
-            fresh.append(codec.encrypt_slots(values))
-        return fresh
-
-    return transport
-
-
 def _attention_and_pooling(tensor: Any, batch: int, tokens: int, heads: int, dh: int) -> Any:
     """q k^T, a product (a refresh), weights v and a mean over tokens (a slot sum) on
     tokens in slots; then a linear layer on an image's rows (tokens in ciphertexts), which
@@ -177,7 +162,7 @@ def test_dry_and_real_engines_rotate_by_the_same_steps(
     steps in the same order, and the same refreshes."""
     codec = Codec(ctx)
     real = RecordingEngine(ctx)
-    refresher = MaskingRefresher(real, _client(codec), 17)
+    refresher = MaskingRefresher(real, client_refresh(codec), 17)
     dry = DryEngine(SLOTS, real.top_level)
     dry_refresher = DryRefresher(dry)
     rng = np.random.default_rng(batch * 100 + tokens * 10 + heads * 3 + dh)
