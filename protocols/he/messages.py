@@ -116,6 +116,10 @@ class MessageError(ValueError):
     """A message that is malformed, truncated, too large or not the one expected."""
 
 
+class PeerClosed(MessageError):
+    """The peer closed the connection at a message boundary, before the message expected."""
+
+
 class PeerTimeout(TimeoutError):
     """The peer sent nothing (or not all of a message) within the allowed time."""
 
@@ -217,7 +221,7 @@ def _read_exact(
             ) from error
         if not chunk:
             if what == "header" and not buffer:
-                raise MessageError("peer closed the connection before sending a message")
+                raise PeerClosed("peer closed the connection before sending a message")
             raise MessageError(
                 f"{what} truncated: peer closed the connection after {len(buffer)} of {size} bytes"
             )
@@ -641,6 +645,7 @@ __all__ = [
     "Liveness",
     "MessageError",
     "MessageKind",
+    "PeerClosed",
     "PeerError",
     "PeerTimeout",
     "context_digest",

@@ -276,6 +276,38 @@ def test_the_he_server_survives_stray_connections_then_serves_the_client(
     assert "certificate is not a pinned one" in lines[2]
 
 
+def test_a_server_that_hangs_up_after_the_handshake_names_the_certificate_fix(
+    keys: Path, tmp_path: Path
+) -> None:
+    """Under TLS 1.3 the client's handshake completes before the server has checked the
+    client's certificate; the server's refusal (its alert) may be lost when it closes. A
+    server that reads the greeting and hangs up, every time, gives the client the same one
+    line as a refusal it did see: give the server this side's certificate."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    server_link = link(keys, "model-owner", "data-owner")
+
+    def hang_up() -> None:
+        with listener:
+            sock, _ = listener.accept()
+            with server_link.accept(sock, "data-owner", 10) as secured:
+                secured.recv(4096)  # the greeting, then close without a hello
+
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
+    np.save(tmp_path / "x.npy", np.zeros((2, 4), dtype=np.float32))
+    with pytest.raises(
+        PartyError, match=r"before its hello; .*give it this side's data-owner\.crt"
+    ):
+        he_main.client_main(
+            connect=f"127.0.0.1:{listener.getsockname()[1]}",
+            input_paths=(tmp_path / "x.npy",),
+            out_dir=tmp_path,
+            timeout=10,
+            link=he_main.he_link("client", keys, False),
+        )
+    thread.join(10)
+
+
 def test_the_plain_channel_also_skips_a_stray_connection(small, tmp_path: Path) -> None:
     """Without TLS the greeting is what tells a client from a stray connection."""
     graph, plan, x = small

@@ -81,6 +81,7 @@ class Channel:
         self.context: Any = None
         self.peer_timeout: float | None = None  # what the peer announced
         self.role = ""
+        self.secured = isinstance(sock, ssl.SSLSocket)  # under TLS (the relay hides it later)
         self.relay: relay.Relay | None = None
         self.liveness: messages.Liveness | None = None
         self._peer_log = _ProgressLog()
@@ -359,8 +360,21 @@ def guarded(channel: Channel, work: Callable[[], Any]) -> Any:
 
 
 def expect_hello(channel: Channel) -> dict[str, Any]:
-    """The server's hello; its announced timeout sets how often the client's relay speaks."""
-    hello = expect_kind(channel, "hello")
+    """The server's hello; its announced timeout sets how often the client's relay speaks.
+    A server that hangs up instead, under TLS, most likely refused this side's certificate
+    after the handshake (TLS 1.3 checks it then; its alert may be lost with the close)."""
+    try:
+        hello = expect_kind(channel, "hello")
+    except messages.PeerClosed:
+        hint = ""
+        if channel.secured:
+            hint = (
+                "; if it refused this side's certificate, give it this side's "
+                f"{HE_ROLES['client']}.crt"
+            )
+        raise PartyError(
+            f"client: the server closed the connection before its hello{hint}"
+        ) from None
     seconds = announced_timeout(hello)
     channel.set_peer_timeout(seconds if seconds is not None else channel.timeout)
     return hello
