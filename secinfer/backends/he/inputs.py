@@ -52,6 +52,11 @@ def input_specs(graph: Graph, public_embedding: bool) -> list[dict[str, Any]]:
     return specs
 
 
+def public_inputs(graph: Graph) -> set[str]:
+    """The user inputs the client sends in the clear (attention masks, token types)."""
+    return {s["name"] for s in input_specs(graph, public_embedding=False) if s["mode"] == "public"}
+
+
 def _inner_room(graph: Graph) -> int:
     """Free slots per row for axes merged later: the largest product of the middle axes of
     a linear layer's input (patches of an image, tokens), rounded up to a power of two."""

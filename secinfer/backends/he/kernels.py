@@ -35,8 +35,11 @@ from approximations.iterative import InverseSqrt, he_reciprocal
 from protocols.he.layout import LayoutError
 from protocols.he.polynomial import evaluate_approximation as evaluate_polynomial
 from protocols.he.tensor import DepthExhausted, HeTensor, linear, matmul, power
+from secinfer.backends.he.inputs import public_inputs
 from secinfer.backends.he.patches import PatchImage
-from secinfer.core.registry import REGISTRY, Call, register
+from secinfer.backends.he.refusals import UnsupportedHeOp
+from secinfer.backends.he.structural import check_structure, structural_kernels
+from secinfer.core.registry import PUBLIC_INPUTS, REGISTRY, Call, register
 from secinfer.errors import UserError
 
 aten = torch.ops.aten
@@ -45,10 +48,6 @@ CONVERT_HINT = (
     "convert the model first: approximations.convert(model, gelu='quad', softmax='power', "
     "layernorm='poly') (see the README's HE walk-through)"
 )
-
-
-class UnsupportedHeOp(UserError):
-    """An op (or a plan method) that CKKS cannot evaluate."""
 
 
 def _encrypted(value: Any) -> bool:
@@ -325,10 +324,9 @@ def _register() -> None:
     REGISTRY["aten.div"].kernels["he"] = dispatch(_div)
     REGISTRY["aten.pow"].kernels["he"] = dispatch(_pow)
     register("he", "aten.embedding", dispatch(_embedding))
-    from secinfer.backends.he.structural import structural_kernels  # it imports this module
-
     for op, kernel in structural_kernels(_arith).items():
         REGISTRY[op].kernels["he"] = dispatch(kernel)
+    PUBLIC_INPUTS["he"] = public_inputs
 
 
 _register()
@@ -337,8 +335,6 @@ _register()
 def check_he_plan(graph: Any, plan: Any) -> None:
     """UnsupportedHeOp, before any work, for the first nonlinear node CKKS cannot run (and
     a convolution of a computed activation, `structural.check_structure`)."""
-    from secinfer.backends.he.structural import check_structure
-
     check_structure(graph)
     for node in graph.calls:
         spec = REGISTRY.get(node.op)

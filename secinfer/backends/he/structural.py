@@ -66,6 +66,7 @@ from secinfer.backends.he.patches import (
     convolution_weight,
     image_inputs,
 )
+from secinfer.backends.he.refusals import UnsupportedHeOp
 from secinfer.core.graph import Graph
 from secinfer.core.masks import MASK_LIMIT, SENTINEL
 from secinfer.core.registry import Call
@@ -76,8 +77,6 @@ Kernel = Callable[[Call], Any]
 
 
 def _refuse(call: Call, why: str) -> Any:
-    from secinfer.backends.he.kernels import UnsupportedHeOp  # kernels imports this module
-
     name = str(call.target).replace(".default", "")
     raise UnsupportedHeOp(f"{name} {why}")
 
@@ -508,7 +507,6 @@ def bias_on_used_slots(x: HeTensor, bias: np.ndarray) -> HeTensor:
 def check_structure(graph: Graph) -> None:
     """Refuse, before any work, a convolution whose input depends on the client's data but
     is not the client's image sent as patches (`patches.image_inputs`)."""
-    from secinfer.backends.he.kernels import UnsupportedHeOp
     from secinfer.core.inspection import input_dependent
 
     images = image_inputs(graph)
