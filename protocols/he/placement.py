@@ -9,9 +9,11 @@ builds the result:
   2. The result's layout (`choose_layout`, unless given): an axis along which the slots of
      the largest operand's entries step by one positive stride d (most often, when the
      steps differ) is a slot axis of stride d; the others are ciphertext axes; the offset
-     keeps the first such entry in place. If two entries would share a slot, or the span
-     outgrows the ciphertext, the slot axes are packed afresh (innermost stride kept, each
-     axis padded to a power of two, offset 0).
+     keeps the first such entry in place. If two entries would share a slot, or a slot
+     axis padded to a power of two would reach another's entries (slot sums and
+     replication fold over the padding), or the span outgrows the ciphertext, the slot
+     axes are packed afresh (innermost stride kept, each axis padded to a power of two,
+     offset 0).
   3. Each result ciphertext is a sum of groups, one per (operand, ciphertext G, shift):
      the operand's ciphertext rotated by shift = P - T (T: the entry's slot in the result).
      A group is multiplied by its 0/1 slot mask (one plain product, 1 level) only when
@@ -93,9 +95,12 @@ def _step(slot: np.ndarray, mine: np.ndarray, axis: int) -> int | None:
 
 
 def _fits(layout: Layout, slots: int) -> bool:
-    if layout.offset < 0 or layout.span() > slots:
+    """Every slot axis has its power-of-two padding to itself (slot sums and replication
+    fold over next_power_of_two(n) entries, `protocols.he.tensor`), within the slots."""
+    padded = Layout(tuple(next_power_of_two(n) for n in layout.shape), layout.strides, 0)
+    positions = padded.positions().reshape(-1) + layout.offset
+    if layout.offset < 0 or int(positions.max(initial=0)) >= slots:
         return False
-    positions = layout.positions().reshape(-1)
     return np.unique(positions).size == positions.size
 
 

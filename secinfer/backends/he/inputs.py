@@ -108,11 +108,13 @@ def layouts_for(
 
 def server_input(spec: dict[str, Any], tensor: HeTensor) -> Any:
     """The value the server's run starts from for an encrypted input of `spec`: the tensor
-    (marked `embedded` when the client embedded its token ids), or the image it holds as
-    patches (`patches.PatchImage`)."""
+    (token ids marked `token_rows`: their one-hot or embedding axis is last, and `embedded`
+    when the client embedded them), or the image it holds as patches
+    (`patches.PatchImage`)."""
     if spec.get("patches") is not None:
         return PatchImage(tensor, tuple(spec["shape"]), PatchConv.from_dict(spec["patches"]))
     tensor.embedded = spec["mode"] == "embedded"  # type: ignore[attr-defined]
+    tensor.token_rows = spec["mode"] in ("one_hot", "embedded")  # type: ignore[attr-defined]
     return tensor
 
 

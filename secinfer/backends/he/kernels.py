@@ -324,7 +324,7 @@ def _register() -> None:
     REGISTRY["aten.div"].kernels["he"] = dispatch(_div)
     REGISTRY["aten.pow"].kernels["he"] = dispatch(_pow)
     register("he", "aten.embedding", dispatch(_embedding))
-    for op, kernel in structural_kernels(_arith).items():
+    for op, kernel in structural_kernels(_arith, _shape).items():
         REGISTRY[op].kernels["he"] = dispatch(kernel)
     PUBLIC_INPUTS["he"] = public_inputs
 

@@ -13,9 +13,11 @@ every pixel is sent once; overlapping kernels send a pixel once per patch that r
 
 Layout of the unfolded tensor (`PatchConv.layout`): the patches in slots, row-major
 (Wo stride 1, Ho stride Wo, so that the model's flatten of (Ho, Wo) into tokens is a
-view), one token of room in front of each image's tokens (offset 1: a class token
-concatenated in front lands there without moving a slot), images P = next power of two
-above Ho Wo + 1 slots apart; the C kh kw features are ciphertexts.
+view: the layout is meant for the convolution and that flatten, since Wo's padding
+reaches the next row when Wo is not a power of two), one token of room in front of each
+image's tokens (offset 1: a class token concatenated in front lands there without moving
+a slot), images P = 2 next_power_of_two(Ho Wo) slots apart (room for the tokens' padding
+and for the class token); the C kh kw features are ciphertexts.
 
 An image input is unfolded only when every use of it (through copies and casts) is a 2-d
 convolution of one geometry (`image_inputs`); the server then seeds the run with a
@@ -124,7 +126,7 @@ class PatchConv:
     def layout(self, image_shape: tuple[int, ...]) -> Layout:
         """The unfolded tensor's layout (module docstring)."""
         batch, out_h, out_w, features = self.unfolded_shape(image_shape)
-        per_image = next_power_of_two(out_h * out_w + 1)
+        per_image = 2 * next_power_of_two(out_h * out_w)
         return Layout((batch, out_h, out_w, features), (per_image, out_w, 1, None), 1)
 
 

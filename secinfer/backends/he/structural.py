@@ -41,8 +41,15 @@ control itself is encrypted (a comparison result as a mask, encrypted indices).
   new_ones, new_zeros, empty_like, fill
                     plain tensors of the encrypted tensor's public shape.
 
-`structural_kernels(arith)` gives the registry's kernels (`kernels._register` wraps them in
-`dispatch`); `arith` is the he arithmetic kernel that add/sub/rsub fall back to.
+  view, reshape, unsqueeze
+                    of token ids sent one-hot (or embedded by the client): on the ids'
+                    axes, the vocabulary (embedding) axis kept last, as GPT-2's view of
+                    its ids; a view the layout cannot express (merging a padded token
+                    axis with the batch, GPT-2's (B, L, D) -> (B L, D) when L is not a
+                    power of two and B > 1) places the entries afresh.
+
+`structural_kernels(arith, shape)` gives the registry's kernels (`kernels._register` wraps
+them in `dispatch`); add/sub/rsub fall back to `arith`, views of other tensors to `shape`.
 """
 
 from __future__ import annotations
@@ -530,11 +537,52 @@ def _image_of(node: torch.fx.Node) -> str:
     return node.name
 
 
+# --- token ids -----------------------------------------------------------------------------
+def _views(shape: Kernel) -> Kernel:
+    """view/reshape/unsqueeze: of token ids (`core.token_ids.PASS_THROUGH`) sent one-hot or
+    embedded (`inputs.server_input` marks them `token_rows`), on the ids' axes with the
+    trailing vocabulary or embedding axis kept last; of other tensors, `shape`, and where
+    that finds no layout for a view, the entries placed afresh (`reshaped`)."""
+
+    def run(call: Call) -> Any:
+        x = call.args[0]
+        if not (isinstance(x, HeTensor) and getattr(x, "token_rows", False)):
+            try:
+                return shape(call)
+            except LayoutError:
+                if call.target is aten.unsqueeze.default or not isinstance(x, HeTensor):
+                    raise
+                sizes = [int(n) for n in call.args[1]]
+                if -1 in sizes:
+                    known = math.prod(n for n in sizes if n != -1)
+                    sizes[sizes.index(-1)] = math.prod(x.shape) // known
+                return reshaped(x, sizes)
+        ids = [int(n) for n in x.shape[:-1]]
+        if call.target is aten.unsqueeze.default:
+            out = x.unsqueeze(int(call.args[1]) % (len(ids) + 1))
+        else:
+            sizes = [int(n) for n in call.args[1]]
+            if -1 in sizes:
+                sizes[sizes.index(-1)] = math.prod(ids) // math.prod(n for n in sizes if n != -1)
+            out = x.reshape([*sizes, int(x.shape[-1])])
+        out.token_rows = True  # type: ignore[attr-defined]
+        out.embedded = getattr(x, "embedded", False)  # type: ignore[attr-defined]
+        return out
+
+    return run
+
+
 # --- registration ---------------------------------------------------------------------------
-def structural_kernels(arith: Kernel) -> dict[str, Kernel]:
-    """The kernels by registry op name (module docstring)."""
+def structural_kernels(arith: Kernel, shape: Kernel) -> dict[str, Kernel]:
+    """The kernels by registry op name (module docstring); `arith` and `shape` are the he
+    kernels that add/sub/rsub and views of tensors other than token ids fall back to."""
     public_arith = _with_public_operands(arith)
+    views = _views(shape)
     return {
+        "aten.view": views,
+        "aten.reshape": views,
+        "aten._unsafe_view": views,
+        "aten.unsqueeze": views,
         "aten.add": public_arith,
         "aten.sub": public_arith,
         "aten.rsub": public_arith,
