@@ -7,8 +7,8 @@ masked by finfo.min in the scores; GPT-2 adds its causal mask the same way), ima
 batch of two 8x8 pictures in 4x4 patches (a class token concatenated in front).
 
 - `secinfer inspect`'s he coverage: only the nonlinear ops are missing (attention masks
-  are sent in the clear, so where/index/bitwise_and on them are plain computations).
-- The unconverted graphs with their structural ops on real CKKS, the nonlinear ops stood
+  are sent in the clear, so where/index/bitwise_and on them are plain computations), and
+  the unconverted graphs with their structural ops on real CKKS, the nonlinear ops stood
   in by an ORACLE that decrypts, applies the exact op and re-encrypts (test-only: it needs
   the secret key; the he kernels of LayerNorm, softmax and GELU come with
   secinfer/backends/he/nonlinear.py): masked scores reach the softmax as s - 200, GPT-2's
@@ -40,7 +40,6 @@ import transformers as T
 
 from protocols.he.tensor import HeTensor
 from secinfer.backends.he import kernels as he_kernels
-from secinfer.core.graph import build_graph
 from secinfer.core.inspection import coverage
 from secinfer.core.registry import REGISTRY
 from secinfer.load.huggingface import load_huggingface
@@ -132,16 +131,6 @@ def graph_and_plan(path: Path, name: str) -> tuple[Any, Any, tuple[torch.Tensor,
     return graph, plan, xs
 
 
-# --- inspect -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", list(BUILDERS))
-def test_inspect_lists_only_nonlinear_ops_as_missing_under_he(hf_dirs, name: str) -> None:
-    loaded = load_huggingface(hf_dirs[name])
-    graph = build_graph(loaded.program_for(inputs_of(name)))
-    missing = set(coverage(graph)["he"]["missing_ops"])
-    assert missing <= NONLINEAR_OPS, missing
-    assert "aten.layer_norm" in missing  # the unconverted model still needs them
-
-
 # --- unconverted graphs, nonlinear ops by an oracle --------------------------------------------
 @contextmanager
 def oracle_nonlinear(runner: Any) -> Iterator[None]:
@@ -173,11 +162,15 @@ def oracle_nonlinear(runner: Any) -> Iterator[None]:
 
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_structural_ops_of_unconverted_models_on_ckks(hf_dirs, name: str) -> None:
+    """Also what `secinfer inspect` reports for the graph under he."""
     from conformance.he_session import HeRunner
 
     from secinfer.core.execute import Executor
 
     graph, plan, xs = graph_and_plan(hf_dirs[name], name)
+    missing = set(coverage(graph)["he"]["missing_ops"])
+    assert missing <= NONLINEAR_OPS, missing
+    assert "aten.layer_norm" in missing  # the unconverted model still needs them
     ops = {node.op for node in graph.calls}
     structural = {"bert": "aten.where", "gpt2": "aten.split_with_sizes", "vit": "aten.cat"}
     assert structural[name] in ops
