@@ -216,29 +216,51 @@ def _plan_rows(
 ) -> list[_Row]:
     """The terms of every result ciphertext, and which of them need their mask: a term
     shares its ciphertext with another term or a public value, and its operand's junk or
-    other entries (the operand's used slots, shifted) land on the others' slots."""
+    other entries (the operand's used slots, shifted: `landing`, which holds the term's
+    own slots) land on the others' slots."""
     flat_part = part.reshape(-1)
     encrypted = np.flatnonzero(flat_part >= 0)
     tg, ts = target_grid.reshape(-1), target_slot.reshape(-1)
-    shift = (slot_of.reshape(-1)[encrypted] - ts[encrypted]) % slots
-    table = np.stack(
-        [tg[encrypted], flat_part[encrypted], grid_of.reshape(-1)[encrypted], shift], axis=1
-    )
-    keys, inverse = np.unique(table, axis=0, return_inverse=True)
-    order = np.argsort(inverse.reshape(-1), kind="stable")
-    bounds = np.searchsorted(inverse.reshape(-1)[order], np.arange(len(keys) + 1))
-    terms = np.bincount(keys[:, 0], minlength=int(tg.max()) + 1) if len(keys) else []
+    columns = [
+        tg[encrypted],
+        flat_part[encrypted],
+        grid_of.reshape(-1)[encrypted],
+        (slot_of.reshape(-1)[encrypted] - ts[encrypted]) % slots,
+    ]
+    sizes = [int(c.max(initial=0)) + 1 for c in columns]
+    key = np.zeros(encrypted.size, dtype=np.int64)
+    for column, size in zip(columns, sizes, strict=True):  # one integer per term (< 2^63)
+        key = key * size + column
+    if math.prod(sizes) >= 2**62:
+        raise LayoutError(f"placement of {encrypted.size} entries: too many terms to index")
+    keys, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(len(keys) + 1))
+    terms = np.bincount(columns[0][first], minlength=int(tg.max(initial=0)) + 1)
     public_targets = set(tg[flat_part < 0].tolist())
-    used = {int(g): ts[tg == g] for g in np.unique(tg)}
     positions = [t.layout.positions().reshape(-1) for t in tensors]
+    landings: dict[tuple[int, int], np.ndarray] = {}
+    occupied: dict[int, np.ndarray] = {}
     rows = []
-    for index, (g, k, source, s) in enumerate(keys.tolist()):
+    for index, at in enumerate(first.tolist()):
+        g, k, source, s = (int(c[at]) for c in columns)
         mine = ts[encrypted[order[bounds[index] : bounds[index + 1]]]]
-        others = np.setdiff1d(used[g], mine)
-        landing = (positions[k] - s) % slots
-        spills = bool(np.isin(landing, others).any())
-        shared = terms[g] > 1 or g in public_targets
-        masked = shared and (spills or not tensors[k].clean)
-        clean = masked or (tensors[k].clean and bool(np.isin(landing, mine).all()))
+        landing = landings.get((k, s))
+        if landing is None:
+            landing = landings[(k, s)] = (positions[k] - s) % slots
+        whole = mine.size == landing.size  # mine is within landing: equal sizes, equal sets
+        masked = False
+        if terms[g] > 1 or g in public_targets:
+            if not occupied:  # the entries of each result ciphertext, by one sort
+                by_grid = np.argsort(tg, kind="stable")
+                starts = np.searchsorted(tg[by_grid], np.arange(int(tg.max()) + 2))
+            if g not in occupied:
+                used = np.zeros(slots, dtype=bool)
+                used[ts[by_grid[starts[g] : starts[g + 1]]]] = True
+                occupied[g] = used
+            spills = int(occupied[g][landing].sum()) > mine.size
+            masked = spills or not tensors[k].clean
+        clean = masked or (tensors[k].clean and whole)
         rows.append(_Row(g, k, source, s, mine, masked, clean))
     return rows
