@@ -159,6 +159,9 @@ def place(sources: Sources, layout: Layout | None = None) -> HeTensor:
     plain = np.asarray(sources.plain, dtype=np.float64) if sources.plain is not None else None
     flat_grid, flat_slot = target_grid.reshape(-1), target_slot.reshape(-1)
     public = np.flatnonzero(part.reshape(-1) < 0)
+    public_at: dict[int, list[int]] = {}
+    for entry, g in zip(public.tolist(), flat_grid[public].tolist(), strict=True):
+        public_at.setdefault(g, []).append(entry)
     by_target: dict[int, list[_Row]] = {}
     for row in rows:
         by_target.setdefault(row.target, []).append(row)
@@ -175,7 +178,7 @@ def place(sources: Sources, layout: Layout | None = None) -> HeTensor:
                 mask[row.slots] = 1.0
                 ct = engine.mul_plain(ct, mask)
             terms.append(ct)
-        here = public[flat_grid[public] == g]
+        here = np.asarray(public_at.get(g, []), dtype=np.int64)
         if not terms:  # public values only: an encryption of zero carries them
             any_ct = first.grid.flat[0]
             terms = [engine.sub(any_ct, any_ct)]

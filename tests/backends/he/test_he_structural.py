@@ -236,6 +236,10 @@ def test_where_with_a_public_mask_costs_one_level(codec, engine, shape) -> None:
     filled = S._masked_fill(call(aten.masked_fill.Scalar, x, ~mask, -3.0))
     assert_close(decrypt(codec, filled), scores.masked_fill(~mask, -3.0), ONE_LEVEL)
     assert S._where(call(aten.where.self, torch.ones(shape, dtype=torch.bool), x, 0.0)) is x
+    wide = torch.rand((3, *shape[1:]), generator=torch.Generator().manual_seed(4)) > 0.5
+    row = encrypt(codec, engine, scores[:1], Layout.rows((1, *shape[1:]), 3))
+    spread = S._where(call(aten.where.self, wide, row, 1.5))  # x broadcast over a new batch
+    assert_close(decrypt(codec, spread), torch.where(wide, scores[:1], 1.5), ONE_LEVEL)
 
 
 def test_an_additive_mask_with_finfo_min_reaches_the_scores_as_minus_200(codec, engine) -> None:
