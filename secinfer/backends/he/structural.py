@@ -168,7 +168,10 @@ def _broadcast(value: Any, shape: tuple[int, ...]) -> Any:
     if isinstance(value, HeTensor):
         if tuple(value.shape) == shape:
             return value
-        return value + torch.zeros(shape, dtype=FLOAT)  # a plain zero broadcasts the grid
+        try:
+            return value.expand(list(shape))  # along ciphertext axes: the grid repeats
+        except LayoutError:
+            return value + torch.zeros(shape, dtype=FLOAT)
     return torch.as_tensor(value, dtype=FLOAT).expand(shape).clone()
 
 
