@@ -7,7 +7,9 @@ MiniLM shapes (1x384)(384x384), (32x384)(384x384) and (32x384)(384x1536). X is u
 `protocols.he.matmul` run one after the other on the same data: TenSEAL's built-in per-row
 product (`builtin_rows`, the baseline), the BSGS diagonal method (`diagonal_bsgs`) and the
 feature-major scalar products (`feature_major`); a strategy whose cost model says it does not
-fit the slots is skipped and the row says why.
+fit the slots is skipped and the row says why. Then Iron's compact packing (`iron`: BFV
+coefficient encoding, its own context; `benchmarks.he_iron`), with its bytes each way against
+the diagonal method's as a run sends them.
 
 The flow is the protocol's: the client encrypts under its private context and serializes;
 the server loads the ciphertexts into a PUBLIC context and computes; the client loads the
@@ -45,6 +47,7 @@ from typing import Any
 import numpy as np
 import tenseal as ts
 
+from benchmarks import he_iron
 from benchmarks.records import code_state
 from protocols.he import matmul as mm
 from protocols.he.galois import bsgs_rotation_steps, public_context_with_steps
@@ -144,6 +147,8 @@ STRATEGIES: dict[str, Callable[..., list[ts.CKKSVector]]] = {
     "diagonal_bsgs": mm.diagonal_bsgs,
     "feature_major": mm.feature_major,
 }
+#: Every row of a shape, in order: the TenSEAL strategies, then Iron (`benchmarks.he_iron`).
+ROW_STRATEGIES: tuple[str, ...] = (*STRATEGIES, "iron")
 COST_MODELS: dict[str, Callable[[int, int, int, int], mm.MatmulPlan]] = {
     "builtin_rows": mm.builtin_rows_cost,
     "diagonal_bsgs": mm.diagonal_bsgs_cost,
@@ -199,9 +204,10 @@ def measure(
 
 
 def shape_rows(contexts: Contexts, shape: tuple[int, int, int], seed: int) -> list[dict]:
-    """The three strategies on one shape, with time ratios against the built-in."""
+    """The three strategies and Iron on one shape, with time ratios against the built-in."""
     x, w, expected = shape_data(*shape, seed=seed)
     rows = [measure(s, contexts, x, w, expected) for s in STRATEGIES]
+    rows.append(he_iron.measure(contexts.private, x, w, expected))
     base = next((r for r in rows if r["strategy"] == BASELINE and not r["skipped"]), None)
     for r in rows:
         ok = base is not None and not r["skipped"]
@@ -308,6 +314,8 @@ def markdown(record: dict[str, Any]) -> str:
         _HEADER,
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *(_table_row(r) for r in record["rows"]),
+        "",
+        *he_iron.notes(record),
         "",
         *_context_lines(record["contexts"]),
         "",

@@ -17,8 +17,9 @@ mesh. All are this party's sent bytes, summed over the three parties' links, in 
 directions once. Seconds: the computing parties' time inside the computation (after the
 connections are up), and the wall time of the whole run (process start to exit,
 connections and handshakes included); medians over the repeats. Without `quick` it also
-times the product's own `secinfer run --backend mpc` path (`launch.run_local_parties`) on
-the bundled digits model with 2 rows, TLS and gloo.
+times the product's own `secinfer run --backend mpc` path
+(`secinfer.backends.mpc.local.run_local_parties`) on the bundled digits model with 2 rows,
+TLS and gloo.
 """
 
 from __future__ import annotations
@@ -93,12 +94,14 @@ def _one(identity: str | None) -> dict[str, Any]:
 def _digits_run(insecure: bool) -> float:
     import torch
 
+    from secinfer.backends.base import RunOptions
     from secinfer.backends.mpc.local import run_local_parties
     from secinfer.zoo.digits import load_split
 
     _, _, test_x, _ = load_split(0)
     began = time.perf_counter()
-    run_local_parties(DIGITS, (torch.as_tensor(test_x[:2]),), insecure_channel=insecure)
+    inputs = (torch.as_tensor(test_x[:2]),)
+    run_local_parties(DIGITS, inputs, RunOptions(), insecure_channel=insecure)
     return time.perf_counter() - began
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 
+from protocols.net import PEER_TIMEOUT
 from secinfer.errors import Interrupted, PartyError, UserError
 
 BACKEND_CHOICES = ("plain", "approx", "mpc", "he")
@@ -80,9 +81,10 @@ def _mpc_options(fn: Any) -> Any:
     fn = click.option(
         "--timeout",
         type=float,
-        default=60.0,
+        default=PEER_TIMEOUT,
         show_default=True,
-        help="mpc, he: seconds a party waits for a peer before giving up.",
+        help="mpc: seconds a party waits for a peer before giving up; he: seconds a side "
+        "lets the other stay silent (a working side says so: README).",
     )(fn)
     fn = click.option(
         "--precision-bits",
@@ -629,9 +631,10 @@ def eval_(
 @click.option(
     "--timeout",
     type=float,
-    default=60.0,
+    default=PEER_TIMEOUT,
     show_default=True,
-    help="Seconds to wait for the peer's next message.",
+    help="Seconds the peer may stay silent before this side gives up (a working peer says "
+    "so every quarter of it); also the wait for the peer to connect.",
 )
 @click.option("--no-refresh", is_flag=True, help="Server: never ask the client to re-encrypt.")
 @click.option(

@@ -14,6 +14,17 @@ Kinds and their payloads:
   TenSEAL's own serialization of a `CKKSVector`.
 - JSON: one UTF-8 JSON object (handshake, plans, shapes).
 - ERROR: one line of UTF-8 text: the peer gives up and says why (`PeerError` on receipt).
+- ALIVE (version 2): one UTF-8 JSON object of at most `ALIVE_MAX_BYTES`: the peer is working
+  and says on what ("step", "step_seconds", "seconds"). A receive given a `Liveness` passes
+  it on (`Liveness.alive`) and starts its deadline afresh; one without refuses it, as it
+  refuses any message it does not expect. ALIVE messages are not counted in a `Counter`.
+
+Liveness. `timeout` bounds each message, and a peer that works longer than that says so
+with an ALIVE message at least every timeout / 4 seconds
+(`secinfer.backends.he.relay`), so a receiver's timeout measures the peer's silence, not
+the length of its computation: a peer that is stopped, hung in the network or gone still
+ends the wait after `timeout` seconds. A peer that keeps saying it is alive is waited for
+as long as it does; bounding a whole run is the caller's business.
 
 The receiver never trusts a length: a header announcing more than `max_bytes` is refused
 before a byte of the payload is read, a payload is read no further than it arrives (memory
@@ -58,15 +69,15 @@ import socket
 import struct
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import tenseal
 
 MAGIC = b"SIHE"
 """First four bytes of every message."""
 
-VERSION = 1
-"""Format version; a peer speaking another version is refused."""
+VERSION = 2
+"""Format version; a peer speaking another version is refused. Version 2 added ALIVE."""
 
 HEADER = struct.Struct(">4sBBQ")
 """magic, version, kind, payload length: 14 bytes."""
@@ -76,6 +87,9 @@ DIGEST_BYTES = 32
 
 SESSION_ID_BYTES = 16
 """Random session id of the JSON handshake."""
+
+ALIVE_MAX_BYTES = 4096
+"""Largest ALIVE payload; a longer one is refused before it is read."""
 
 DEFAULT_MAX_BYTES = 1 << 31
 """A default bound for `max_bytes`: enough for a public context with all Galois keys at
@@ -95,6 +109,7 @@ class MessageKind(enum.IntEnum):
     CIPHERTEXTS = 2
     JSON = 3
     ERROR = 4
+    ALIVE = 5
 
 
 class MessageError(ValueError):
@@ -117,6 +132,16 @@ class Counter:
     bytes_received: int = 0
     messages_sent: int = 0
     messages_received: int = 0
+
+
+class Liveness(Protocol):
+    """What a receive tells its caller about the wait (module docstring, "Liveness")."""
+
+    def waiting(self, flag: bool) -> None:
+        """True before the first byte of a message is awaited, False once it is complete."""
+
+    def alive(self, fields: dict[str, Any]) -> None:
+        """The peer sent an ALIVE message with these fields."""
 
 
 def context_digest(public_context: bytes) -> bytes:
@@ -208,16 +233,41 @@ def recv_message(
     timeout: float,
     max_bytes: int,
     counter: Counter | None = None,
+    liveness: Liveness | None = None,
 ) -> tuple[MessageKind, bytes]:
     """Receive one framed message: its kind and payload.
 
     `timeout` bounds the whole message (header and payload), not each read, so a peer that
     trickles bytes cannot hold us forever. Raises `PeerTimeout` when it runs out and
     `MessageError` on a closed connection, a bad magic, version or kind, a payload longer
-    than `max_bytes` (refused before reading it) or a truncated payload.
+    than `max_bytes` (refused before reading it) or a truncated payload. With `liveness`,
+    ALIVE messages are passed to `liveness.alive` and the deadline starts again after each;
+    without, an ALIVE message is refused.
     """
+    if liveness is not None:
+        liveness.waiting(True)
+    try:
+        while True:
+            kind, payload = _recv_one(sock, timeout, max_bytes, counter, liveness is not None)
+            if kind != MessageKind.ALIVE:
+                return kind, payload
+            assert liveness is not None
+            liveness.alive(_alive_fields(payload))
+    finally:
+        if liveness is not None:
+            liveness.waiting(False)
+
+
+def _recv_one(
+    sock: socket.socket,
+    timeout: float,
+    max_bytes: int,
+    counter: Counter | None,
+    alive_allowed: bool,
+) -> tuple[MessageKind, bytes]:
     deadline = time.monotonic() + timeout
     previous = sock.gettimeout()
+    received = counter.bytes_received if counter is not None else 0
     try:
         header = _read_exact(sock, HEADER.size, deadline, timeout, "header", counter)
         magic, version, kind_byte, length = HEADER.unpack(header)
@@ -229,16 +279,32 @@ def recv_message(
             kind = MessageKind(kind_byte)
         except ValueError:
             raise MessageError(f"unknown message kind {kind_byte}") from None
-        if length > max_bytes:
+        if kind == MessageKind.ALIVE and not alive_allowed:
+            raise MessageError("unexpected ALIVE message")
+        limit = ALIVE_MAX_BYTES if kind == MessageKind.ALIVE else max_bytes
+        if length > limit:
             raise MessageError(
-                f"{kind.name} message of {length} bytes exceeds the limit of {max_bytes} bytes"
+                f"{kind.name} message of {length} bytes exceeds the limit of {limit} bytes"
             )
         payload = _read_exact(sock, length, deadline, timeout, f"{kind.name} payload", counter)
     finally:
         sock.settimeout(previous)
     if counter is not None:
-        counter.messages_received += 1
+        if kind == MessageKind.ALIVE:  # traffic counts the protocol's messages only
+            counter.bytes_received = received
+        else:
+            counter.messages_received += 1
     return kind, payload
+
+
+def _alive_fields(payload: bytes) -> dict[str, Any]:
+    try:
+        fields = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise MessageError(f"ALIVE message does not parse: {error}") from None
+    if not isinstance(fields, dict):
+        raise MessageError(f"ALIVE message is a {type(fields).__name__}, not an object")
+    return fields
 
 
 def _expect(
@@ -248,9 +314,12 @@ def _expect(
     timeout: float,
     max_bytes: int,
     counter: Counter | None,
+    liveness: Liveness | None = None,
 ) -> bytes:
     """The payload of the next message, which must be of kind `expected` (or ERROR)."""
-    kind, payload = recv_message(sock, timeout=timeout, max_bytes=max_bytes, counter=counter)
+    kind, payload = recv_message(
+        sock, timeout=timeout, max_bytes=max_bytes, counter=counter, liveness=liveness
+    )
     if kind == MessageKind.ERROR:
         raise PeerError(f"peer gave up: {payload.decode('utf-8', errors='replace')}")
     if kind != expected:
@@ -281,9 +350,17 @@ def recv_json(
     timeout: float,
     max_bytes: int,
     counter: Counter | None = None,
+    liveness: Liveness | None = None,
 ) -> dict[str, Any]:
     """Receive a JSON object; anything else is a `MessageError`."""
-    payload = _expect(sock, MessageKind.JSON, timeout=timeout, max_bytes=max_bytes, counter=counter)
+    payload = _expect(
+        sock,
+        MessageKind.JSON,
+        timeout=timeout,
+        max_bytes=max_bytes,
+        counter=counter,
+        liveness=liveness,
+    )
     try:
         message = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
@@ -407,10 +484,16 @@ def recv_context_with_digest(
     timeout: float,
     max_bytes: int,
     counter: Counter | None = None,
+    liveness: Liveness | None = None,
 ) -> tuple[tenseal.Context, bytes]:
     """Receive a public context and the SHA-256 digest of its bytes (see `recv_context`)."""
     data = _expect(
-        sock, MessageKind.PUBLIC_CONTEXT, timeout=timeout, max_bytes=max_bytes, counter=counter
+        sock,
+        MessageKind.PUBLIC_CONTEXT,
+        timeout=timeout,
+        max_bytes=max_bytes,
+        counter=counter,
+        liveness=liveness,
     )
     try:
         context = tenseal.context_from(data)
@@ -531,6 +614,7 @@ def recv_vectors(
     max_bytes: int,
     expected_context_digest: bytes | None = None,
     counter: Counter | None = None,
+    liveness: Liveness | None = None,
 ) -> list[tenseal.CKKSVector]:
     """Receive CKKS vectors and load them under `context`.
 
@@ -539,12 +623,18 @@ def recv_vectors(
     ciphertext under another key of the same parameters loads and decrypts to garbage.
     """
     payload = _expect(
-        sock, MessageKind.CIPHERTEXTS, timeout=timeout, max_bytes=max_bytes, counter=counter
+        sock,
+        MessageKind.CIPHERTEXTS,
+        timeout=timeout,
+        max_bytes=max_bytes,
+        counter=counter,
+        liveness=liveness,
     )
     return decode_vectors(payload, context, expected_context_digest=expected_context_digest)
 
 
 __all__ = [
+    "ALIVE_MAX_BYTES",
     "DEFAULT_MAX_BYTES",
     "DIGEST_BYTES",
     "HEADER",
@@ -552,6 +642,7 @@ __all__ = [
     "SESSION_ID_BYTES",
     "VERSION",
     "Counter",
+    "Liveness",
     "MessageError",
     "MessageKind",
     "PeerError",
@@ -610,6 +701,7 @@ def recv_ciphertexts(
     expected_context_digest: bytes,
     count: int,
     counter: Counter | None = None,
+    liveness: Liveness | None = None,
 ) -> list[Any]:
     """Receive exactly `count` single-ciphertext vectors; their SEAL ciphertexts."""
     vectors = recv_vectors(
@@ -619,6 +711,7 @@ def recv_ciphertexts(
         max_bytes=max_bytes,
         expected_context_digest=expected_context_digest,
         counter=counter,
+        liveness=liveness,
     )
     if len(vectors) != count:
         raise MessageError(f"expected {count} ciphertexts, received {len(vectors)}")

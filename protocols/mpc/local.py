@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
-import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from typing import Any
 
 from protocols.mpc.meter import Meter, Traffic
 from protocols.mpc.runtime import PartySettings, Role, run_dealer, start_party, stop_party
+from protocols.net import PEER_TIMEOUT, free_port
 
 
 class LocalRunError(RuntimeError):
@@ -39,13 +39,6 @@ class PartyResult:
     traffic: Traffic
     seconds: float
     views: list[Any] = field(default_factory=list)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _party_main(
@@ -82,7 +75,7 @@ def run_local(
     fn: Callable[..., Any],
     *args: Any,
     timeout: float = 300.0,
-    peer_timeout: float = 60.0,
+    peer_timeout: float = PEER_TIMEOUT,
     provider: str = "dealer",
     precision_bits: int = 16,
     keep_views: bool = False,
@@ -149,4 +142,4 @@ def run_local(
     return collected
 
 
-__all__ = ["LocalRunError", "PartyResult", "free_port", "run_local"]
+__all__ = ["LocalRunError", "PartyResult", "run_local"]

@@ -10,7 +10,8 @@ Guarantees, for a rendezvous tcp://HOST:PORT:
   - A port that cannot be bound (already in use, or privileged) raises `RendezvousBusy`
     naming HOST and PORT before anything waits. `claim` binds it early (the model owner
     does so before loading its model); a launcher may bind it itself and hand the socket
-    over (`LISTENER_FD_ENV`), so that no other program can take the port in between.
+    over (`protocols.net.LISTENER_FD_ENV`), so that no other program can take the port in
+    between.
   - Before any process group exists, every party publishes the settings that shape the
     groups (the number of parties, the provider of correlated randomness) and checks the
     others' as they appear: a difference raises `SettingsMismatch` naming the setting,
@@ -34,12 +35,10 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlparse
 
+from protocols.net import LISTENER_FD_ENV
+
 VERSION = 1
 """Version of the settings record the parties publish at the rendezvous."""
-
-LISTENER_FD_ENV = "SECINFER_RENDEZVOUS_FD"
-"""Environment variable: a listening socket's file descriptor, inherited from a launcher
-that bound the rendezvous port itself; rank 0 listens on it."""
 
 CLIENT_GRACE = 2.0
 """Seconds beyond the timeout given to torch's own store client to report its error."""
@@ -65,6 +64,11 @@ class SettingsMismatch(ValueError):
 
 class RendezvousTimeout(TimeoutError):
     """Not every party appeared at the rendezvous in time."""
+
+
+class NothingListening(RendezvousTimeout):
+    """No process listened at the rendezvous address for the whole timeout (every
+    connection refused): the model owner is not running, or runs elsewhere."""
 
 
 def address(rendezvous: str) -> tuple[str, int]:
@@ -223,6 +227,10 @@ def _client(host: str, port: int, world_size: int, timeout: float) -> Any:
     worker.join(timeout + CLIENT_GRACE)
     if failed:
         raise failed[0]
+    if not made and not _listening(host, port):
+        raise NothingListening(
+            f"nothing listened at {host}:{port} for {timeout:g} s (connection refused)"
+        )
     if not made:
         raise RendezvousTimeout(
             f"timed out after {timeout:g} s: {host}:{port} took the connection but never "
@@ -230,6 +238,17 @@ def _client(host: str, port: int, world_size: int, timeout: float) -> Any:
             "still loading its model)"
         )
     return made[0]
+
+
+def _listening(host: str, port: int) -> bool:
+    """Whether a connection to host:port is accepted now (False when refused or unreachable):
+    tells "nothing listens" apart from "a listener that never answers", because torch's
+    client may keep retrying a refused port past our deadline."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 def _agree(
@@ -322,7 +341,6 @@ def _parsed(value: Any) -> Any:
 
 
 __all__ = [
-    "LISTENER_FD_ENV",
     "RendezvousBusy",
     "RendezvousTimeout",
     "SettingsMismatch",

@@ -33,9 +33,7 @@ from enum import IntEnum
 from typing import Any
 
 from protocols.mpc.crypten_setup import import_crypten
-
-DEFAULT_TIMEOUT = 60.0
-"""Seconds a party waits for a peer to connect or to send the next message."""
+from protocols.net import PEER_TIMEOUT
 
 PROVIDERS = ("dealer", "trusted-first-party")
 INSECURE_PROVIDER_WARNING = (
@@ -73,7 +71,7 @@ class PartySettings:
     """How a party reaches the others."""
 
     rendezvous: str  # tcp://HOST:PORT (or file:///path for one machine)
-    timeout: float = DEFAULT_TIMEOUT
+    timeout: float = PEER_TIMEOUT  # seconds per wait for a peer
     provider: str = "dealer"
     precision_bits: int = 16  # fractional bits of CrypTen's fixed-point encoding
     job: str = "query"
@@ -250,7 +248,6 @@ def _shutdown_quietly() -> None:
 
 
 __all__ = [
-    "DEFAULT_TIMEOUT",
     "INSECURE_PROVIDER_WARNING",
     "PROVIDERS",
     "PartySettings",

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from protocols.net import PEER_TIMEOUT
 from secinfer.core.evaluation import Evaluation
 from secinfer.core.execute import RunResult
 from secinfer.core.graph import Graph
@@ -49,7 +50,7 @@ class RunOptions:
 
     trust_model: bool = False
     config: Path | None = None
-    peer_timeout: float = 60.0
+    peer_timeout: float = PEER_TIMEOUT
     provider: str = "dealer"  # mpc: who deals the correlated randomness
     precision_bits: int = 16  # mpc: fixed-point fractional bits
     refresh: bool = True  # he: the client may re-encrypt between contexts

@@ -3,8 +3,10 @@
 `run_parties` starts one fresh process per role, waits for all of them with a deadline,
 and on the first failure raises that party's one-line error (`UserError` when it exited
 2, else `PartyError`), never leaving a process behind. The mpc and he local launchers
-(`secinfer.backends.mpc.local`, `secinfer.backends.he.local`) build the command lines;
-on another host each role runs by hand with the same command (see the README).
+(`secinfer.backends.mpc.local`, `secinfer.backends.he.local`) build the command lines
+(with `save_inputs` and `evaluation_arguments` from here) and read the results with
+`read_run` / `read_evaluation`; on another host each role runs by hand with
+the same command (see the README).
 
 Process safety (`secinfer.backends.processes`): each party leads a process group of its
 own; on success, failure, the deadline, or SIGTERM, SIGINT or SIGHUP to this process
@@ -23,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from protocols.mpc import rendezvous as meeting
-from protocols.mpc.runtime import Role
+from protocols.net import LISTENER_FD_ENV
 from secinfer.backends import processes
 from secinfer.backends.base import PartyEvaluation, PartyRun
+from secinfer.core.evaluation import Evaluation
 from secinfer.errors import PartyError, UserError
 
 RUN_TIMEOUT = 3600.0
@@ -47,6 +50,25 @@ def party_dirs(root: Path, roles: list[Any]) -> dict[Any, Path]:
     return {role: processes.private_subdirectory(root, role.label) for role in roles}
 
 
+def save_inputs(inputs: tuple[torch.Tensor, ...], directory: Path) -> Path:
+    """The data owner's query inputs saved as `directory/input.pt` for its `--input` (a
+    party reads it with `torch.load(weights_only=True)`: `secinfer.load.inputs`); the path."""
+    path = directory / "input.pt"
+    torch.save(tuple(t.detach().clone() for t in inputs), path)
+    return path
+
+
+def evaluation_arguments(
+    evaluation: Evaluation, data: Path, batch_size: int
+) -> tuple[list[str], list[str]]:
+    """The arguments, besides each role's own, that make the model owner's and the data
+    owner's party processes (`secinfer party`, `secinfer he-party`) run `evaluation` over
+    `data` (the data owner's) in batches of `batch_size` rows."""
+    arguments = evaluation.arguments()
+    data_owner = [*arguments, "--eval-data", str(Path(data).resolve())]
+    return arguments, [*data_owner, "--batch-size", str(batch_size)]
+
+
 def run_parties(
     commands: dict[Any, list[str]],
     root: Path,
@@ -57,7 +79,7 @@ def run_parties(
     """Start one process per role (output to `root/<role>.log`), wait until all exit 0;
     on the first failure, the deadline or a signal (`Interrupted`) raise, and never leave
     a process behind: every started party's process group is killed and reaped first.
-    `listeners` hands a role a listening socket (`meeting.LISTENER_FD_ENV`)."""
+    `listeners` hands a role a listening socket (`protocols.net.LISTENER_FD_ENV`)."""
     logs = {role: root / f"{role.label}.log" for role in commands}
     processes_by_role: dict[Any, subprocess.Popen[bytes]] = {}
     with processes.stopping_on_signals():
@@ -68,7 +90,7 @@ def run_parties(
                 fds: tuple[int, ...] = ()
                 if listener is not None:
                     fds = (listener.fileno(),)
-                    role_env[meeting.LISTENER_FD_ENV] = str(listener.fileno())
+                    role_env[LISTENER_FD_ENV] = str(listener.fileno())
                 with processes.deferred():
                     processes_by_role[role] = processes.start(
                         command, logs[role], env=role_env, pass_fds=fds
@@ -81,7 +103,7 @@ def run_parties(
 
 
 def wait_for_parties(
-    processes: dict[Role, subprocess.Popen[bytes]], logs: dict[Role, Path], timeout: float
+    processes: dict[Any, subprocess.Popen[bytes]], logs: dict[Any, Path], timeout: float
 ) -> None:
     """Until every party exits 0; on the first failure or the deadline, raise."""
     deadline = time.monotonic() + timeout

@@ -29,13 +29,14 @@ def record() -> dict:
     return bench.run(quick=True)
 
 
-def test_every_shape_has_the_three_strategies(record: dict) -> None:
+def test_every_shape_has_the_three_strategies_and_iron(record: dict) -> None:
     rows = record["rows"]
     assert record["quick"] is True
-    assert len(rows) == 3 * len(bench.QUICK_SHAPES)
+    assert (*bench.STRATEGIES, "iron") == bench.ROW_STRATEGIES
+    assert len(rows) == len(bench.ROW_STRATEGIES) * len(bench.QUICK_SHAPES)
     for shape in bench.QUICK_SHAPES:
         same = [r for r in rows if tuple(r["shape"]) == shape]
-        assert [r["strategy"] for r in same] == list(bench.STRATEGIES)
+        assert [r["strategy"] for r in same] == list(bench.ROW_STRATEGIES)
 
 
 def test_rows_are_measured_and_accurate(record: dict) -> None:
@@ -46,6 +47,12 @@ def test_rows_are_measured_and_accurate(record: dict) -> None:
         assert r["counts_match_model"] and r["depth"] == 1
         assert r["ciphertexts_in"] >= 1 and r["ciphertexts_out"] >= 1
         assert r["bytes_in"] > 100_000 * r["ciphertexts_in"]  # ~330 KB per fresh ciphertext
+        if r["strategy"] == "iron":  # seeded inputs (one polynomial), outputs of two
+            assert r["rotations"] == r["key_switches"] == 0
+            per_in, per_out = r["details"]["iron_bytes_per_ciphertext"]
+            assert 1.9 < per_out / per_in < 2.1
+            assert r["max_abs_error"] <= r["details"]["error_bound"]
+            continue
         assert 0 < r["bytes_out"] < r["bytes_in"] * r["ciphertexts_out"]
         assert r["time_ratio_vs_builtin"] > 0
         if r["strategy"] == "builtin_rows":
@@ -82,6 +89,7 @@ def test_write_gives_json_and_a_markdown_table(record: dict, tmp_path: Path) -> 
     assert len(lines) == 2 + len(record["rows"])
     assert len({ln.count("|") for ln in lines}) == 1  # every row has every column
     assert "MB with only the steps [1, 4]" in table and "noise" in table
+    assert "Iron moves" in table and "m=4096:" in table
 
 
 def test_the_data_follow_the_stated_distributions() -> None:

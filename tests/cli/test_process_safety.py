@@ -33,6 +33,7 @@ import numpy as np
 import pytest
 
 from protocols.mpc import rendezvous as meeting
+from protocols.net import LISTENER_FD_ENV
 from secinfer.backends import processes
 from secinfer.errors import Interrupted
 from secinfer.zoo.digits import load_split
@@ -249,7 +250,7 @@ def test_stop_kills_the_childs_whole_group(tmp_path: Path) -> None:
 def test_the_rendezvous_listens_on_loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
     listener = meeting.listen("127.0.0.1", 0)
     port = listener.getsockname()[1]
-    monkeypatch.setenv(meeting.LISTENER_FD_ENV, str(listener.fileno()))
+    monkeypatch.setenv(LISTENER_FD_ENV, str(listener.fileno()))
     store = meeting.store(f"tcp://127.0.0.1:{port}", 0, 1, 5.0, {}, {})
     store.set("k", "v")
     assert _listening(port) == ["0100007F"]  # 127.0.0.1, not 0.0.0.0 nor ::
@@ -307,7 +308,7 @@ def test_a_provider_mismatch_is_found_when_both_are_there(
     LINGER seconds for the missing dealer to read the difference too."""
     listener = meeting.listen("127.0.0.1", 0)
     port = listener.getsockname()[1]
-    monkeypatch.setenv(meeting.LISTENER_FD_ENV, str(listener.fileno()))
+    monkeypatch.setenv(LISTENER_FD_ENV, str(listener.fileno()))
     outcome: dict[int, object] = {}
     began = time.monotonic()
     threads = [
@@ -332,7 +333,7 @@ def test_a_provider_mismatch_is_found_when_both_are_there(
 def test_a_missing_party_is_named_after_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     listener = meeting.listen("127.0.0.1", 0)
     port = listener.getsockname()[1]
-    monkeypatch.setenv(meeting.LISTENER_FD_ENV, str(listener.fileno()))
+    monkeypatch.setenv(LISTENER_FD_ENV, str(listener.fileno()))
     began = time.monotonic()
     with pytest.raises(meeting.RendezvousTimeout, match="waiting for the data-owner"):
         meeting.store(f"tcp://127.0.0.1:{port}", 0, 2, 1.0, {}, {0: "model-owner", 1: "data-owner"})
@@ -367,7 +368,7 @@ def _three_parties(
             role_env = dict(env)
             fds: tuple[int, ...] = ()
             if role == "model-owner":
-                role_env[meeting.LISTENER_FD_ENV] = str(listener.fileno())
+                role_env[LISTENER_FD_ENV] = str(listener.fileno())
                 fds = (listener.fileno(),)
             started[role] = processes.start(
                 commands[role], tmp_path / f"{role}.log", env=role_env, pass_fds=fds

@@ -41,30 +41,14 @@ class HeBackend:
     ) -> PartyRun:
         from secinfer.backends.he.local import run_local_he
 
-        return run_local_he(
-            model,
-            inputs,
-            trust_model=options.trust_model,
-            config=options.config,
-            refresh=options.refresh,
-            public_embedding=options.public_embedding,
-            peer_timeout=options.peer_timeout,
-        )
+        return run_local_he(model, inputs, options)
 
     def evaluate_parties(
         self, model: Path, data: Path, evaluation: Evaluation, batch_size: int, options: RunOptions
     ) -> PartyEvaluation:
         from secinfer.backends.he.local import run_local_he_evaluation
 
-        return run_local_he_evaluation(
-            model,
-            data,
-            evaluation,
-            trust_model=options.trust_model,
-            config=options.config,
-            batch_size=batch_size,
-            peer_timeout=options.peer_timeout,
-        )
+        return run_local_he_evaluation(model, data, evaluation, batch_size, options)
 
     def outside_counter(self, graph: Graph, plan: Plan) -> None:
         return None  # HE kernels saturate nothing: the plan's intervals are its depth budget

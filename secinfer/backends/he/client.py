@@ -56,6 +56,7 @@ class ClientSession:
             if message.get("kind") != "refresh":
                 raise messages.MessageError(f"unexpected message {message.get('kind')!r}")
             masked = self.channel.recv_cts(int(message["count"]))
+            self.channel.set_status(f"refreshing {len(masked)} ciphertexts")
             used = Layout.from_dict(message["layout"]).positions().reshape(-1)
             fresh = []
             for ct in masked:
@@ -100,11 +101,10 @@ def open_client(channel: Channel, inputs: tuple[torch.Tensor, ...]) -> ClientSes
         if spec["mode"] == "embedded":
             message = expect_kind(channel, "embedding")
             tables[message["name"]] = np.asarray(message["table"], dtype=np.float64)
+    channel.set_status(f"making keys ({len(plan['galois_steps'])} rotation steps)")
     context = make_context(params, galois_steps=[])
     public = public_context_with_steps(context, plan["galois_steps"])
-    digest = messages.send_context_bytes(
-        channel.sock, public, timeout=channel.timeout, counter=channel.counter
-    )
+    digest = channel.send_context_bytes(public)
     context_bytes = channel.counter.bytes_sent
     channel.send_json(messages.handshake_message(digest))
     channel.context, channel.digest = context, digest

@@ -51,7 +51,7 @@ from protocols.he.losses import HeLossPlan, per_example
 from protocols.he.refresh import uniform_mask
 from protocols.he.tensor import HeTensor
 from protocols.tls import Link
-from secinfer.backends.he.channel import Channel, connect, expect_kind, guarded
+from secinfer.backends.he.channel import Channel, connect, expect_hello, guarded
 from secinfer.backends.he.client import open_client
 from secinfer.backends.he.server import ServerSession
 from secinfer.core.evaluation import Evaluation, aggregate, progress_bar
@@ -133,12 +133,14 @@ def serve_evaluation(
             raise messages.MessageError(
                 f"the client announced {announced} examples, then {total_rows}"
             )
+        session.step = f"batch {batches + 1}: "
         result = session.run(session.receive_inputs())
         logits = result.outputs[0]
         if not isinstance(logits, HeTensor) or logits.dim() != 2:
             raise UserError("private evaluation needs encrypted logits of shape (N, classes)")
         channel.send_json({"kind": "labels", "layout": logits.layout.to_dict()})
         labels = session.receive_tensor(logits.layout)
+        channel.set_status(f"batch {batches + 1}: the losses")
         began, refreshed = time.perf_counter(), _refreshes(session)
         weights = np.zeros(logits.shape[0])
         weights[:rows] = 1.0 / announced
@@ -156,6 +158,7 @@ def serve_evaluation(
     to_model_owner = evaluation.settings.reveal_to == "model-owner"
     bound = 2.0**session.mask_bits
     masks = {name: float(uniform_mask(1, bound)[0]) if to_model_owner else 0.0 for name in totals}
+    channel.set_status("the totals")
     for name in [*names, "hit"]:
         total = totals[name].masked()  # every other slot zero
         total.ensure_level(0)
@@ -218,7 +221,7 @@ def _evaluate(
     channel: Channel, data: Dataset, batch_size: int, settings: Evaluation, out_dir: Path
 ) -> dict[str, Any]:
     began = time.perf_counter()
-    hello = expect_kind(channel, "hello")
+    hello = expect_hello(channel)
     asked = hello.get("evaluation")
     if asked is None:
         raise UserError(
@@ -248,6 +251,7 @@ def _evaluate(
                 f"{announced}: every shard needs the same input shape"
             )
         channel.send_json({"kind": "batch", "rows": count, "examples": data.rows})
+        channel.set_status(f"batch at row {examples}: encrypting")
         client.send_inputs(inputs)
         message = client.await_message("labels")
         shape = message["layout"]["shape"]
@@ -256,6 +260,7 @@ def _evaluate(
         onehot = np.zeros((int(shape[0]), classes))
         onehot[np.arange(count), batch.labels.numpy()] = 1.0
         onehot[count:] = onehot[0]
+        channel.set_status(f"batch at row {examples}: encrypting the labels")
         client.send_values(onehot, message["layout"])
         client.await_message("next")
         examples += count

@@ -1,27 +1,39 @@
-"""The server and the client of an HE run as separate processes on this machine."""
+"""The server and the client of an HE run as separate processes on this machine.
+
+`run_local_he(model, inputs, options)` and `run_local_he_evaluation(model, data,
+evaluation, batch_size, options)` start `secinfer he-party` twice (server: the model
+owner; client: the data owner) on a loopback port (`secinfer.backends.parties`), their
+link authenticated by ephemeral identities, and collect the result and both records.
+
+While they run, each side's own progress lines ("server progress: node 3/7 aten.linear
+(40 s on it, 95 s in all)", written by its relay while it works: see
+`secinfer.backends.he.channel`) are echoed from its log to this process's stderr.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from protocols.mpc.local import free_port
-from protocols.mpc.runtime import DEFAULT_TIMEOUT
+from protocols.net import free_port
 from secinfer.backends import processes
-from secinfer.backends.base import PartyEvaluation, PartyRun
+from secinfer.backends.base import PartyEvaluation, PartyRun, RunOptions
 from secinfer.backends.parties import (
     RUN_TIMEOUT,
+    evaluation_arguments,
     party_dirs,
     read_evaluation,
     read_run,
     run_parties,
+    save_inputs,
 )
+from secinfer.core.evaluation import Evaluation
 
 
 class HeRole(Enum):
@@ -38,50 +50,39 @@ class HeRole(Enum):
 def run_local_he(
     model: Path,
     inputs: tuple[torch.Tensor, ...],
+    options: RunOptions,
     *,
-    trust_model: bool = False,
-    config: Path | None = None,
-    refresh: bool = True,
-    public_embedding: bool = False,
-    peer_timeout: float = DEFAULT_TIMEOUT,
     run_timeout: float = RUN_TIMEOUT,
 ) -> PartyRun:
     """Server (model owner) and client (data owner) of an HE run as two processes on
-    loopback; the client's decrypted output and both records."""
+    loopback; the client's decrypted output and both records. The server re-encrypts
+    through the client unless `options.refresh` is off, and sends the embedding table to
+    the client under `options.public_embedding`."""
     with processes.stopping_on_signals(), processes.private_directory("secinfer-he-") as root:
         out = party_dirs(root, list(HeRole))
-        input_path = out[HeRole.CLIENT] / "input.pt"
-        torch.save(tuple(t.detach().clone() for t in inputs), input_path)
-        server, client = _he_commands(model, out, peer_timeout, trust_model, config)
-        if not refresh:
-            server.append("--no-refresh")
-        if public_embedding:
+        server = [] if options.refresh else ["--no-refresh"]
+        if options.public_embedding:
             server.append("--public-embedding")
-        client += ["--input", str(input_path)]
-        seconds = _run_he(server, client, root, run_timeout)
+        client = ["--input", str(save_inputs(inputs, out[HeRole.CLIENT]))]
+        seconds = _run_he(model, options, out, server, client, root, run_timeout)
         return read_run(out[HeRole.CLIENT] / "output.npy", *_records(out), seconds)
 
 
 def run_local_he_evaluation(
     model: Path,
     data: Path,
-    evaluation: Any,
+    evaluation: Evaluation,
+    batch_size: int,
+    options: RunOptions,
     *,
-    trust_model: bool = False,
-    config: Path | None = None,
-    batch_size: int = 64,
-    peer_timeout: float = DEFAULT_TIMEOUT,
     run_timeout: float = RUN_TIMEOUT,
 ) -> PartyEvaluation:
     """A private evaluation under HE, server and client as processes: the aggregate the
     chosen side learned, the server's record (as the model owner's), the client's."""
     with processes.stopping_on_signals(), processes.private_directory("secinfer-he-eval-") as root:
         out = party_dirs(root, list(HeRole))
-        server, client = _he_commands(model, out, peer_timeout, trust_model, config)
-        server += evaluation.arguments()
-        client += [*evaluation.arguments(), "--eval-data", str(Path(data).resolve())]
-        client += ["--batch-size", str(batch_size)]
-        seconds = _run_he(server, client, root, run_timeout)
+        server, client = evaluation_arguments(evaluation, data, batch_size)
+        seconds = _run_he(model, options, out, server, client, root, run_timeout)
         learner = out[HeRole.SERVER if evaluation.reveal_to == "model-owner" else HeRole.CLIENT]
         return read_evaluation(learner / "aggregate.json", *_records(out), seconds)
 
@@ -91,34 +92,65 @@ def _records(out: dict[HeRole, Path]) -> tuple[Path, Path]:
     return out[HeRole.SERVER] / "server.json", out[HeRole.CLIENT] / "client.json"
 
 
-def _he_commands(
+def _run_he(
     model: Path,
+    options: RunOptions,
     out: dict[HeRole, Path],
-    peer_timeout: float,
-    trust_model: bool,
-    config: Path | None,
-) -> tuple[list[str], list[str]]:
-    """The two `secinfer he-party` command lines on a fresh loopback port, authenticated by
-    ephemeral identities made in the run's own temporary directory (deleted with it)."""
+    server_job: list[str],
+    client_job: list[str],
+    root: Path,
+    run_timeout: float,
+) -> float:
+    """The two `secinfer he-party` processes on a fresh loopback port, each given its
+    arguments in `server_job` / `client_job` besides the common ones, authenticated by
+    ephemeral identities made in the run's own temporary directory (deleted with it), until
+    both exit (`run_parties`); the wall seconds."""
     from protocols.tls import local_identities
+    from secinfer.backends.he.channel import MEET_ENV
 
     port = free_port()
-    identity = local_identities(out[HeRole.SERVER].parent / "identities")
-    base = [sys.executable, "-m", "secinfer.cli", "he-party", "--timeout", str(peer_timeout)]
-    base += ["--identity", str(identity)]
+    identity = local_identities(root / "identities")
+    base = [sys.executable, "-m", "secinfer.cli", "he-party", "--timeout"]
+    base += [str(options.peer_timeout), "--identity", str(identity)]
     server = [*base, "--role", "server", "--port", str(port), "--out", str(out[HeRole.SERVER])]
     server += ["--model", str(Path(model).resolve())]
-    if trust_model:
+    if options.trust_model:
         server.append("--trust-model")
-    if config:
-        server += ["--config", str(Path(config).resolve())]
+    if options.config:
+        server += ["--config", str(Path(options.config).resolve())]
     client = [*base, "--role", "client", "--connect", f"127.0.0.1:{port}"]
     client += ["--out", str(out[HeRole.CLIENT])]
-    return server, client
-
-
-def _run_he(server: list[str], client: list[str], root: Path, run_timeout: float) -> float:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    commands = {HeRole.SERVER: server + server_job, HeRole.CLIENT: client + client_job}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", MEET_ENV: str(run_timeout)}
     began = time.perf_counter()
-    run_parties({HeRole.SERVER: server, HeRole.CLIENT: client}, root, run_timeout, env=env)
+    done = threading.Event()
+    echo = threading.Thread(target=_echo_progress, args=(root, done), daemon=True)
+    echo.start()
+    try:
+        run_parties(commands, root, run_timeout, env=env)
+    finally:
+        done.set()
+        echo.join(2.0)
     return time.perf_counter() - began
+
+
+def _echo_progress(root: Path, done: threading.Event, every: float = 0.5) -> None:
+    """Until `done`, copy each party's own progress lines from `root/<role>.log` to stderr
+    (not its view of the other's progress: that would repeat the other's own lines)."""
+    offsets = {role: 0 for role in HeRole}
+    while not done.wait(every):
+        for role in HeRole:
+            path = root / f"{role.label}.log"
+            try:
+                with path.open("rb") as stream:
+                    stream.seek(offsets[role])
+                    chunk = stream.read()
+            except OSError:
+                continue
+            complete = chunk[: chunk.rfind(b"\n") + 1]
+            offsets[role] += len(complete)
+            own = f"{role.label} progress: "
+            peer = f"{own}{'client' if role is HeRole.SERVER else 'server'}: "
+            for line in complete.decode(errors="replace").splitlines():
+                if line.startswith(own) and not line.startswith(peer):
+                    print(line, file=sys.stderr, flush=True)

@@ -20,7 +20,7 @@ from protocols.he.layout import Layout
 from protocols.he.params import CkksParams
 from protocols.he.refresh import MaskingRefresher, default_mask_bits
 from protocols.he.tensor import HeTensor
-from secinfer.backends.he.channel import MAX_MESSAGE, Channel, receive_grid
+from secinfer.backends.he.channel import Channel, receive_grid
 from secinfer.backends.he.inputs import (
     embedding_table,
     input_specs,
@@ -57,9 +57,11 @@ class ServerSession:
     engine: Engine
     refresher: MaskingRefresher | None
     mask_bits: int
+    step: str = ""  # prefixes the status of each node ("batch 3: ")
 
     def receive_inputs(self) -> tuple[Any, ...]:
         """The client's inputs for one run: encrypted tensors, or public values."""
+        self.channel.set_status(f"{self.step}loading the encrypted inputs")
         inputs: list[Any] = []
         for spec in self.specs:
             if spec["mode"] == "public":
@@ -91,7 +93,7 @@ class ServerSession:
             )
 
         executor = Executor(self.graph, "he", self.plan, seeder=_ServerSeeder(), meter=meter)
-        return executor.run(inputs)
+        return executor.run(inputs, hook=_NodeStatus(self.graph, self.channel, self.step))
 
 
 def open_server(
@@ -106,7 +108,7 @@ def open_server(
 ) -> ServerSession:
     """hello -> shapes -> layouts (and embedding tables) -> public context -> handshake."""
     specs = input_specs(graph, public_embedding)
-    hello: dict[str, Any] = {"kind": "hello", "inputs": specs}
+    hello: dict[str, Any] = {"kind": "hello", "inputs": specs, "timeout": channel.timeout}
     if evaluation is not None:
         hello["evaluation"] = evaluation.announce()
     channel.send_json(hello)
@@ -129,9 +131,8 @@ def open_server(
     )
     for name, table in tables.items():
         channel.send_json({"kind": "embedding", "name": name, "table": table.double().tolist()})
-    context, digest = messages.recv_context_with_digest(
-        channel.sock, timeout=channel.timeout, max_bytes=MAX_MESSAGE, counter=channel.counter
-    )
+    channel.set_status("loading the public context")
+    context, digest = channel.recv_context()
     if context.is_private():
         raise UserError("the client sent a context holding its secret key; refusing it")
     messages.verify_handshake(channel.recv_json(), digest)
@@ -165,6 +166,25 @@ def _check_shapes(
         placeholders.append(torch.zeros(shape, dtype=kind))
     if check_inputs is not None:
         check_inputs(tuple(placeholders))
+
+
+class _NodeStatus:
+    """The executor's hook: after each node, tell the channel which node runs next, so that
+    the client and the server's log see "node i/n op" while a long node runs."""
+
+    def __init__(self, graph: Graph, channel: Channel, prefix: str) -> None:
+        self.ops = [node.op for node in graph.calls]
+        self.channel, self.prefix, self.done = channel, prefix, 0
+        self._tell()
+
+    def _tell(self) -> None:
+        if self.done < len(self.ops):
+            op = self.ops[self.done]
+            self.channel.set_status(f"{self.prefix}node {self.done + 1}/{len(self.ops)} {op}")
+
+    def __call__(self, name: str, call: Any, value: Any) -> None:
+        self.done += 1
+        self._tell()
 
 
 class _ServerSeeder:

@@ -22,8 +22,9 @@ session to its `serve_evaluation`.
 
 Here: the two entry points, `serve` (the server) and `query` (the client). Their parts: the
 link and its vetting (`secinfer.backends.he.channel`: mutual TLS with the peer's role proven,
-or a plain socket), the server's session (`secinfer.backends.he.server`) and the client's
-(`secinfer.backends.he.client`).
+or a plain socket; a relay process per side tells the other it is working, so a timeout
+measures silence, not work: `secinfer.backends.he.relay`), the server's session
+(`secinfer.backends.he.server`) and the client's (`secinfer.backends.he.client`).
 
 Records: the server writes `server.json` (parameters and why, refreshes, counts, bytes,
 per-node costs), the client `client.json` (bytes each way) and `output.npy` (a private
@@ -49,7 +50,7 @@ from secinfer.backends.he.channel import (
     Channel,
     accept_client,
     connect,
-    expect_kind,
+    expect_hello,
     guarded,
 )
 from secinfer.backends.he.client import open_client
@@ -82,7 +83,7 @@ def serve(
     the record. `check_inputs` sees placeholder tensors of the client's shapes and dtypes.
     With `evaluation` (a `HeEvaluation`) the session is a private evaluation."""
     channel = accept_client(listener, timeout, link, log)
-    with channel.sock:
+    with channel:
         try:
             settings = (allow_refresh, public_embedding, params, check_inputs, evaluation)
             return _serve(graph, plan, channel, out_dir, *settings)
@@ -112,6 +113,7 @@ def _serve(
         if not isinstance(output, HeTensor):
             raise UserError("the model's output does not depend on the encrypted input")
         output.ensure_level(0)
+        channel.set_status("sending the output")
         session.send_tensor("output", output)
         if channel.recv_json().get("kind") != "received":
             raise messages.MessageError("the client did not confirm the output")
@@ -150,7 +152,7 @@ def _query(
     out_dir: Path,
 ) -> np.ndarray:
     began = time.perf_counter()
-    hello = expect_kind(channel, "hello")
+    hello = expect_hello(channel)
     if "evaluation" in hello:
         raise UserError(
             "the server runs a private evaluation, this client sent a query: start the "
@@ -158,8 +160,11 @@ def _query(
         )
     inputs = read_inputs([spec["name"] for spec in hello["inputs"]])
     client = open_client(channel, inputs)
+    channel.set_status("encrypting the inputs")
     client.send_inputs(inputs)
-    output = client.receive_values(client.await_message("output"), "the output")
+    message = client.await_message("output")
+    channel.set_status("decrypting the output")
+    output = client.receive_values(message, "the output")
     channel.send_json({"kind": "received"})
     write_npy(out_dir / "output.npy", output)
     write_json(out_dir / "client.json", client.record(began))

@@ -42,30 +42,14 @@ class MpcBackend:
     ) -> PartyRun:
         from secinfer.backends.mpc.local import run_local_parties
 
-        return run_local_parties(
-            model,
-            inputs,
-            trust_model=options.trust_model,
-            config=options.config,
-            provider=options.provider,
-            precision_bits=options.precision_bits,
-            peer_timeout=options.peer_timeout,
-        )
+        return run_local_parties(model, inputs, options)
 
     def evaluate_parties(
         self, model: Path, data: Path, evaluation: Evaluation, batch_size: int, options: RunOptions
     ) -> PartyEvaluation:
         from secinfer.backends.mpc.local import run_local_evaluation
 
-        return run_local_evaluation(
-            model,
-            data,
-            evaluation,
-            trust_model=options.trust_model,
-            config=options.config,
-            batch_size=batch_size,
-            peer_timeout=options.peer_timeout,
-        )
+        return run_local_evaluation(model, data, evaluation, batch_size, options)
 
     def outside_counter(self, graph: Graph, plan: Plan) -> OutsideCounter:
         return OutsideCounter(graph, plan)

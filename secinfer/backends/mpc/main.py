@@ -122,6 +122,11 @@ def main_for_role(
         raise UserError(f"{role}: {exc}") from None
     except tls.AuthenticationError as exc:  # a peer that cannot prove its role
         raise PartyError(f"{role}: {exc}") from None
+    except meeting.NothingListening as exc:
+        raise PartyError(
+            f"{role}: no answer from the other parties at {rendezvous} ({exc}); "
+            f"check that all three roles run and reach it within --timeout {timeout:g} s"
+        ) from None
     except meeting.RendezvousTimeout as exc:
         raise PartyError(
             f"{role}: {exc}; check that all three roles run and reach {rendezvous}"

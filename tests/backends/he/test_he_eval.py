@@ -1,24 +1,25 @@
-"""`secinfer eval -b he`: the server sums encrypted losses, the client decrypts the totals.
+"""`secinfer eval -b he`, what only HE has: the server sums encrypted losses, the client
+decrypts the totals.
 
-Default suite, on a small exported classifier (8 features, 4 classes, a square activation)
-with 10 labelled rows in batches of 4 (the last one padded and masked):
-- the CLI end to end (two processes): every loss within 1e-2 relative of plaintext
-  (cross-entropy 2e-2), accuracy identical, the report's HE fields;
-- in process (server thread, real sockets): with the aggregate revealed to the model owner,
-  every JSON message the server receives is recorded: none carries a per-example value
-  (only row counts and the final aggregate), and every ciphertext it receives is one it
-  cannot decrypt (tested in `test_he_run`);
+The promises every backend shares (losses within the backend's bound of plaintext through
+the CLI, on a small classifier and on the digits test split; one line for a bad --loss or
+a label out of range) are in `tests/cli/test_eval.py`. Here, in process (server thread,
+real sockets) on the same small classifier (`helpers.evaluation`: 8 features, 4 classes,
+10 labelled rows in batches of 4, the last one padded and masked):
+- with the aggregate revealed to the model owner, every JSON message the server receives
+  is recorded: none carries a per-example value (only row counts and the final aggregate),
+  and every ciphertext it receives is one it cannot decrypt (tested in `test_he_run`); the
+  aggregate within 2e-2 relative of the float64 references; the report's HE costs from
+  both sides' records (refreshes, the loss schedule's depth, round trips, the WAN estimate);
+- revealed to the data owner, the client keeps the aggregate;
 - bad input: a label out of range, settings the client did not agree to, a data set of
   the wrong input shape: one line each, both sides stop.
-Slow suite: the bundled HE-friendly digits model on its whole test split (360 images).
 """
 
 from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -27,11 +28,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers.evaluation import LOSSES, Classifier, export_classifier
 
-from approximations import losses as L
-from protocols.he import messages as M
+from approximations import losses
+from protocols.he import messages
 from secinfer import load
+from secinfer.backends.base import PartyEvaluation
 from secinfer.backends.he import session as he_session
+from secinfer.backends.he.backend import HE
 from secinfer.backends.he.channel import PLAIN
 from secinfer.backends.he.evaluation import HeEvaluation, evaluate, loss_plan
 from secinfer.core.evaluation import Evaluation
@@ -39,72 +43,10 @@ from secinfer.core.prepare import prepare
 from secinfer.errors import UserError
 from secinfer.load.dataset import open_dataset
 
-ROOT = Path(__file__).resolve().parents[3]
-LOSSES = ("ce", "square", "zloss", "gce", "mae")
-
-
-class Classifier(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc1 = torch.nn.Linear(8, 12)
-        self.fc2 = torch.nn.Linear(12, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc1(x)
-        return self.fc2(0.3 * h * h - h)
-
 
 @pytest.fixture(scope="module")
 def model_and_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("he-eval")
-    torch.manual_seed(1)
-    x = torch.randn(10, 8)
-    batch = torch.export.Dim("batch", min=2, max=64)
-    program = torch.export.export(Classifier().eval(), (x,), dynamic_shapes=({0: batch},))
-    model = root / "classifier.pt2"
-    torch.export.save(program, model)
-    with torch.no_grad():
-        labels = Classifier()(x).argmax(-1)
-    labels[:3] = (labels[:3] + 1) % 4  # three misses
-    data = root / "data.npz"
-    np.savez(data, inputs=x.numpy(), labels=labels.numpy())
-    return model, data
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "secinfer.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
-
-
-def check(report: dict[str, Any]) -> None:
-    for name, pair in report["losses"].items():
-        tolerance = 2e-2 if name == "ce" else 1e-2
-        assert abs(pair["secure"] - pair["plain"]) <= tolerance * abs(pair["plain"]), name
-    assert report["accuracy"]["secure"] == report["accuracy"]["plain"]
-
-
-def test_eval_backend_he_through_the_cli(model_and_data, tmp_path: Path) -> None:
-    model, data = model_and_data
-    report_path = tmp_path / "r.json"
-    done = cli(
-        "eval", str(model), str(data), "-b", "he", "--loss", ",".join(LOSSES),
-        "--batch-size", "4", "--reveal-to", "model-owner", "--report", str(report_path),
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    report = json.loads(report_path.read_text())
-    assert report["examples"] == 10 and report["accuracy"]["plain"] == 0.7
-    check(report)
-    assert report["comm"]["refreshes"] > 0 and report["comm"]["bytes_sent"]["data_owner"] > 0
-    assert report["he"]["loss_depth"]["square"] == 1
-    assert 0 < report["he"]["loss_refreshes"] < report["comm"]["refreshes"]
-    assert "revealed to the model-owner only" in done.stdout and "| zloss |" in done.stdout
-    comm, sent = report["comm"], report["comm"]["bytes_sent"]
-    wire = sent["model_owner"] + sent["data_owner"]  # request then reply: both directions
-    wan = report["seconds"] + comm["round_trips"] * 0.040 + wire * 8 / 100e6
-    assert comm["round_trips"] > comm["refreshes"]
-    assert report["estimates"]["wan"] == pytest.approx(wan)
-    assert "estimated wall time: LAN (1 ms, 5 Gbps)" in done.stdout
+    return export_classifier(tmp_path_factory.mktemp("he-eval"))
 
 
 # --- in process ---------------------------------------------------------------------------------
@@ -134,9 +76,10 @@ def _session(model: Path, settings: Evaluation, server_settings: Evaluation | No
     return listener.getsockname()[1], outcome, thread, out_dir
 
 
-def test_the_model_owner_receives_the_aggregate_and_no_per_example_value(
-    model_and_data, monkeypatch
-) -> None:
+@pytest.fixture(scope="module")
+def revealed_to_the_model_owner(model_and_data) -> dict[str, Any]:
+    """One evaluation of every loss revealed to the model owner, with every JSON message the
+    server received: what each side returned and wrote."""
     model, data = model_and_data
     settings = Evaluation(LOSSES, "model-owner")
     received: list[dict[str, Any]] = []
@@ -148,14 +91,28 @@ def test_the_model_owner_receives_the_aggregate_and_no_per_example_value(
             received.append(message)
         return message
 
-    monkeypatch.setattr(he_session.Channel, "recv_json", spy)
-    port, outcome, thread, out_dir = _session(model, settings)
-    client_dir = Path(tempfile.mkdtemp())
-    result = evaluate(
-        ("127.0.0.1", port), open_dataset(data), 4, settings, client_dir, timeout=60, link=PLAIN
-    )
-    thread.join(60)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(he_session.Channel, "recv_json", spy)
+        port, outcome, thread, out_dir = _session(model, settings)
+        client_dir = Path(tempfile.mkdtemp())
+        result = evaluate(
+            ("127.0.0.1", port), open_dataset(data), 4, settings, client_dir, timeout=60,
+            link=PLAIN,
+        )  # fmt: skip
+        thread.join(60)
     assert "error" not in outcome, outcome.get("error")
+    return {"received": received, "result": result, "server": out_dir, "client": client_dir}
+
+
+def test_the_model_owner_receives_the_aggregate_and_no_per_example_value(
+    model_and_data, revealed_to_the_model_owner
+) -> None:
+    _, data = model_and_data
+    received = revealed_to_the_model_owner["received"]
+    out_dir, client_dir = (
+        revealed_to_the_model_owner["server"],
+        revealed_to_the_model_owner["client"],
+    )
     assert set(received[1]) == {"session_id", "context_sha256"}  # the key handshake
     kinds = [m.get("kind") for m in received[:1] + received[2:]]
     assert kinds == ["shapes", "batch", "batch", "batch", "end", "masked_totals"]
@@ -167,16 +124,39 @@ def test_the_model_owner_receives_the_aggregate_and_no_per_example_value(
     with torch.no_grad():
         logits = Classifier()(torch.from_numpy(x)).double()
     for name in LOSSES:
-        want = float(L.reference(name)(logits, torch.from_numpy(labels)))
+        want = float(losses.reference(name)(logits, torch.from_numpy(labels)))
         assert abs(aggregate["losses"][name] - want) <= 2e-2 * abs(want), name
     assert aggregate["accuracy"] == 0.7
     # the client decrypted the totals plus the server's masks (uniform in +-2^17): it
     # learns the count only, and writes no aggregate
-    assert result == {"examples": 10, "revealed_to": "model-owner"}
+    assert revealed_to_the_model_owner["result"] == {"examples": 10, "revealed_to": "model-owner"}
     assert not (client_dir / "aggregate.json").exists()
     means = [aggregate["losses"][name] for name in LOSSES] + [aggregate["accuracy"]]
     distances = [abs(masked[name] - m) for name, m in zip([*LOSSES, "hit"], means, strict=True)]
     assert max(distances) > 1.0  # all six within 1 of the truth: probability below 2^-100
+
+
+def test_the_report_counts_the_he_costs(revealed_to_the_model_owner) -> None:
+    """What `secinfer eval -b he` adds to its report, from the records both sides wrote:
+    refreshes (some of them the loss schedule's), round trips (refreshes plus the protocol's
+    exchanges), the square loss at depth 1, and the WAN estimate = seconds + round trips x
+    40 ms + both directions' bytes at 100 Mbps."""
+    server_dir, client_dir = (
+        revealed_to_the_model_owner["server"],
+        revealed_to_the_model_owner["client"],
+    )
+    aggregate = json.loads((server_dir / "aggregate.json").read_text())
+    server = json.loads((server_dir / "server.json").read_text())
+    client = json.loads((client_dir / "client.json").read_text())
+    costs = HE.evaluation_costs(PartyEvaluation(aggregate, server, client, seconds=2.0))
+    comm, sent = costs["comm"], costs["comm"]["bytes_sent"]
+    assert comm["refreshes"] > 0 and sent["data_owner"] > 0 and sent["model_owner"] > 0
+    assert costs["he"]["loss_depth"]["square"] == 1
+    assert 0 < costs["he"]["loss_refreshes"] < comm["refreshes"]
+    assert comm["round_trips"] > comm["refreshes"]
+    wire = sent["model_owner"] + sent["data_owner"]  # request then reply: both directions
+    wan = 2.0 + comm["round_trips"] * 0.040 + wire * 8 / 100e6
+    assert costs["estimates"]["wan"] == pytest.approx(wan)
 
 
 def test_revealed_to_the_data_owner_the_client_keeps_the_aggregate(model_and_data) -> None:
@@ -220,7 +200,7 @@ def test_a_label_out_of_range_stops_both_sides_with_one_line(tmp_path: Path, mod
             ("127.0.0.1", port), open_dataset(data), 4, settings, tmp_path, timeout=60, link=PLAIN
         )
     thread.join(60)
-    assert isinstance(outcome["error"], M.PeerError) and "4" in str(outcome["error"])
+    assert isinstance(outcome["error"], messages.PeerError) and "4" in str(outcome["error"])
 
 
 def test_settings_the_client_did_not_agree_to_are_refused(tmp_path: Path, model_and_data):
@@ -230,7 +210,7 @@ def test_settings_the_client_did_not_agree_to_are_refused(tmp_path: Path, model_
     with pytest.raises(UserError, match="agreed to"):
         evaluate(("127.0.0.1", port), open_dataset(data), 4, mine, tmp_path, timeout=60, link=PLAIN)
     thread.join(60)
-    assert isinstance(outcome["error"], M.PeerError)
+    assert isinstance(outcome["error"], messages.PeerError)
 
 
 def test_data_of_the_wrong_input_shape_is_refused_by_the_server(tmp_path: Path, model_and_data):
@@ -239,29 +219,9 @@ def test_data_of_the_wrong_input_shape_is_refused_by_the_server(tmp_path: Path, 
     np.savez(data, inputs=np.zeros((3, 9), np.float32), labels=np.array([0, 1, 2]))
     settings = Evaluation(("square",), "data-owner")
     port, outcome, thread, _ = _session(model, settings)
-    with pytest.raises(M.PeerError, match="9"):
+    with pytest.raises(messages.PeerError, match="9"):
         evaluate(
             ("127.0.0.1", port), open_dataset(data), 4, settings, tmp_path, timeout=60, link=PLAIN
         )
     thread.join(60)
     assert isinstance(outcome["error"], UserError)
-
-
-# --- slow: the digits model --------------------------------------------------------------------
-@pytest.mark.slow
-def test_the_digits_test_split_under_he(tmp_path: Path) -> None:
-    from secinfer.zoo.digits import load_split
-
-    _, _, x, y = load_split(0)
-    data = tmp_path / "test.npz"
-    np.savez(data, inputs=x.numpy(), labels=y.numpy())
-    report_path = tmp_path / "r.json"
-    done = cli(
-        "eval", str(ROOT / "secinfer" / "data" / "digits_he.pt2"), str(data), "-b", "he",
-        "--loss", ",".join(LOSSES), "--batch-size", "180", "--reveal-to", "model-owner",
-        "--report", str(report_path),
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    report = json.loads(report_path.read_text())
-    assert report["examples"] == 360
-    check(report)

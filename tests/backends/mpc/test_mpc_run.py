@@ -114,7 +114,7 @@ def test_an_op_without_mpc_kernel_fails_before_any_party_starts(tmp_path: Path) 
 
 
 def test_a_peer_that_never_connects_gives_an_error_within_the_timeout(tmp_path: Path) -> None:
-    from protocols.mpc.local import free_port
+    from protocols.net import free_port
 
     np.save(tmp_path / "x.npy", np.zeros((1, 64), dtype=np.float32))
     began = time.monotonic()
@@ -132,18 +132,19 @@ def test_a_peer_that_never_connects_gives_an_error_within_the_timeout(tmp_path: 
 
 
 def test_a_data_owner_input_of_the_wrong_shape_stops_every_party(tmp_path: Path) -> None:
+    from secinfer.backends.base import RunOptions
     from secinfer.backends.mpc.local import run_local_parties
     from secinfer.errors import UserError
 
     with pytest.raises(UserError, match=r"data[ -]owner.*input x: shape \(1, 63\)"):
-        run_local_parties(DIGITS, (torch.zeros(1, 63),), peer_timeout=20)
+        run_local_parties(DIGITS, (torch.zeros(1, 63),), RunOptions(peer_timeout=20))
 
 
 @pytest.mark.slow  # make test-all; the default suite keeps the cheaper checks
 def test_a_peer_that_dies_mid_run_stops_the_others(tmp_path: Path) -> None:
     """Kill the data owner while the parties compute: the model owner and the dealer must
     exit non-zero with one line within the timeout, leaving no process behind."""
-    from protocols.mpc.local import free_port
+    from protocols.net import free_port
     from secinfer.zoo.digits import load_split
 
     _, _, test_x, _ = load_split(0)
@@ -275,7 +276,7 @@ def test_several_queries_share_one_offline_phase(tmp_path: Path) -> None:
     """`secinfer party` with two --input files: one session, the weights' masks opened
     once before the first query; each query's output agrees with plain, and both queries
     cost the same online."""
-    from protocols.mpc.local import free_port
+    from protocols.net import free_port
     from secinfer.zoo.digits import load_split
 
     _, _, test_x, _ = load_split(0)

@@ -327,7 +327,7 @@ FAST = ("pickle",)  # the others are slow (about 10 s each); in-process tests co
 
 
 def _run_dealer_against(case: str, tmp_path: Path) -> tuple[int, str, dict, Path]:
-    from protocols.mpc.local import free_port
+    from protocols.net import free_port
 
     rendezvous = f"tcp://127.0.0.1:{free_port()}"
     marker = tmp_path / "marker"
