@@ -27,7 +27,7 @@ from approximations import catalog
 from approximations.functions import rsqrt_approximation
 from secinfer.core.calibrate import calibrate
 from secinfer.core.graph import Graph
-from secinfer.core.registry import BACKENDS, lookup, supported_backends
+from secinfer.core.registry import BACKENDS, PUBLIC_INPUTS, lookup, supported_backends
 
 FREE_CATEGORIES = ("shape", "create", "select")
 CATALOG_DEPTH = {
@@ -61,10 +61,11 @@ SHAPE_ONLY = frozenset({"aten.sym_size", "aten.full_like", "aten.ones_like", "at
 """Ops whose result depends on their input's shape only (public), not its values."""
 
 
-def input_dependent(graph: Graph) -> set[str]:
+def input_dependent(graph: Graph, public: set[str] | frozenset[str] = frozenset()) -> set[str]:
     """Nodes whose value depends on the data owner's inputs (what a secure backend holds
-    encrypted or shared); the rest are the model owner's plain computations."""
-    tainted = set(graph.user_inputs)
+    encrypted or shared), but for the inputs named `public` (sent in the clear); the rest
+    are plain computations."""
+    tainted = set(graph.user_inputs) - set(public)
     for node in graph.calls:
         if node.op in SHAPE_ONLY:
             continue
@@ -76,7 +77,8 @@ def input_dependent(graph: Graph) -> set[str]:
 
 def coverage(graph: Graph) -> dict[str, dict[str, Any]]:
     """Per backend: nodes it can run (an input-dependent node needs a kernel that computes
-    on secret values; the others are plain computations any backend does)."""
+    on secret values; the others, and those on inputs the backend sends in the clear
+    (`registry.PUBLIC_INPUTS`), are plain computations any backend does)."""
     calls = graph.calls
     result = {}
 
@@ -87,8 +89,9 @@ def coverage(graph: Graph) -> dict[str, dict[str, Any]]:
         kernel = spec.kernels.get(backend) if spec else None
         return kernel is not None and not getattr(kernel, "plain_only", False)
 
-    secret = input_dependent(graph)
     for backend in BACKENDS:
+        public = PUBLIC_INPUTS[backend](graph) if backend in PUBLIC_INPUTS else set()
+        secret = input_dependent(graph, public)
         ok = [runs(n.op, backend) or n.name not in secret for n in calls]
         missing = sorted({n.op for n, good in zip(calls, ok, strict=True) if not good})
         supported = sum(ok)

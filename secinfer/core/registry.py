@@ -215,6 +215,12 @@ NONLINEAR: dict[str, str] = {
 }
 
 
+PUBLIC_INPUTS: dict[str, Callable[[Any], set[str]]] = {}
+"""Per backend, a function naming the user inputs of a graph that the backend sends in the
+clear (the he backend's attention masks and token types): `secinfer inspect` counts ops on
+them as plain computations, not as ops on secret values."""
+
+
 def _populate() -> None:
     for category, names in _CATEGORIES.items():
         for name in names:

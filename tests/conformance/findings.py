@@ -6,33 +6,6 @@ entry must go. Bounds are never loosened to make a case pass.
 
 from __future__ import annotations
 
-HE_REFUSED = (
-    "the he backend claims {op} (its kernel is not marked plain_only, so `secinfer inspect` "
-    "counts the op as supported) but the kernel refuses encrypted inputs with "
-    "UnsupportedHeOp{why}"
-)
-_HE_OVERCLAIMED = {
-    "aten.baddbmm": "",
-    "aten.cat": " (reshaping that would move slots)",
-    "aten.chunk": " (reshaping that would move slots)",
-    "aten.conv2d": "",
-    "aten.convolution": "",
-    "aten.cumsum": "",
-    "aten.empty_like": "",
-    "aten.fill": "",
-    "aten.flatten": " (reshaping that would move slots)",
-    "aten.narrow": " (reshaping that would move slots)",
-    "aten.new_ones": "",
-    "aten.new_zeros": "",
-    "aten.repeat": " (reshaping that would move slots)",
-    "aten.split": " (reshaping that would move slots)",
-    "aten.split_with_sizes": " (reshaping that would move slots)",
-    "aten.stack": " (reshaping that would move slots)",
-    "aten.to": " (only _to_copy is handled)",
-    "aten.unbind": " (reshaping that would move slots)",
-    "aten.unflatten": " (reshaping that would move slots)",
-    "getitem": " (no kernel takes a tuple of encrypted values: split_with_sizes refuses)",
-}
 _HE_RECIPROCAL = (
     "the CKKS reciprocal (Goldschmidt without normalisation, he_reciprocal) on a calibrated "
     "interval spanning 1e-3 .. 1e3: certified 1e-6 relative in float64 (approx passes), "
@@ -49,7 +22,6 @@ KNOWN: dict[tuple[str, str, str], str] = {
         "its fixed-point precision towards the interval's ends: x = 6.0 gives 7.31 (want "
         "5.99), x = 7.97 gives 131.9 (want 7.96)"
     ),
-    **{("he", op, "*"): HE_REFUSED.format(op=op, why=why) for op, why in _HE_OVERCLAIMED.items()},
     ("he", "aten.reciprocal", "outlier"): _HE_RECIPROCAL,
     ("he", "aten.pow[-1]", "outlier"): _HE_RECIPROCAL,
     ("he", "aten.div[secret]", "outlier"): _HE_RECIPROCAL + "; x / y off by up to 6.3e3",

@@ -5,7 +5,8 @@ parameters a server uses: N = 8192, chain [60, 40, 40, 60], scale 2^40; every Ga
 and the server's `Engine` on a public copy (no secret key). A case runs as the server
 runs a query (`secinfer.backends.he.server`): the inputs' modes and layouts from
 `inputs.input_specs` / `layouts_for` (floating inputs encrypted, token ids one-hot and
-encrypted, other integers public), the client encrypts them (`Codec`), the server runs
+encrypted, other integers public; an image read by a convolution unfolded into its
+patches), the client encrypts them (`Codec`), the server runs
 `Executor(graph, "he", plan)` with its weights in float64 and a `MaskingRefresher` whose
 transport is the client's side of a refresh in process (decrypt the masked values,
 re-encrypt), and the client decrypts the output.
@@ -27,7 +28,7 @@ from protocols.he.layout import Layout
 from protocols.he.params import make_context, public_copy
 from protocols.he.refresh import MaskingRefresher, default_mask_bits
 from protocols.he.tensor import HeTensor
-from secinfer.backends.he.inputs import input_specs, layouts_for
+from secinfer.backends.he.inputs import client_values, input_specs, layouts_for, server_input
 from secinfer.backends.he.kernels import check_he_plan
 from secinfer.backends.he.server import DEFAULT_PARAMS
 from secinfer.core.execute import Executor
@@ -71,14 +72,13 @@ class HeRunner:
             if spec["mode"] == "public":
                 sent.append(value)
                 continue
-            plain = value
+            plain = client_values(spec, value)
             if spec["mode"] == "one_hot":
-                plain = torch.nn.functional.one_hot(value.long(), spec["vocab"])
+                plain = torch.nn.functional.one_hot(value.long(), spec["vocab"]).double().numpy()
             layout = Layout.from_dict(spec["layout"])
-            grid = self.codec.encrypt(plain.double().numpy(), layout)
+            grid = self.codec.encrypt(plain, layout)
             tensor = HeTensor(self.engine, layout, grid, clean=True, refresher=self.refresher)
-            tensor.embedded = False  # type: ignore[attr-defined]
-            sent.append(tensor)
+            sent.append(server_input(spec, tensor))
         result = Executor(graph, "he", plan, seeder=_ServerSeeder()).run(tuple(sent))
         output = result.outputs[0]
         if isinstance(output, HeTensor):

@@ -20,6 +20,7 @@ from protocols.he.galois import public_context_with_steps
 from protocols.he.layout import Layout
 from protocols.he.params import CkksParams, make_context
 from secinfer.backends.he.channel import Channel, expect_kind, receive_grid
+from secinfer.backends.he.inputs import client_values
 from secinfer.errors import UserError
 
 
@@ -140,8 +141,9 @@ def _plausible(values: np.ndarray, bound: float, what: str) -> np.ndarray:
 def _client_values(
     spec: dict[str, Any], value: torch.Tensor, tables: dict[str, np.ndarray]
 ) -> np.ndarray:
-    if spec["mode"] == "encrypted":
-        return value.detach().double().numpy()
+    values = client_values(spec, value)
+    if values is not None:
+        return values
     ids = value.detach().long().numpy()
     vocab = int(spec["vocab"])
     if ids.min(initial=0) < 0 or ids.max(initial=0) >= vocab:

@@ -5,9 +5,12 @@ that feed an embedding are sent one-hot (encrypted, the default) or embedded by 
 with a table the model owner declared public; other integer inputs (attention masks, token
 types) are public. Encrypted inputs use the feature-major `Layout` (`packed_layout`): rows
 in slots, features in ciphertexts, with room left for the axes a later view splits off the
-features (an image's patches). `rotation_plan` names the Galois keys the client generates:
-those of the steps a dry run of the server's own tensor code rotates by (`protocols.he.dry`),
-not a formula beside it. `parameter_reason` says why the CKKS parameters.
+features (an image's patches). An image read only by a convolution is sent unfolded into
+that convolution's patches (`patches`: spec field "patches", `patches.PatchConv.layout`),
+and the server holds it as a `patches.PatchImage` (`server_input`). `rotation_plan` names
+the Galois keys the client generates: those of the steps a dry run of the server's own
+tensor code rotates by (`protocols.he.dry`), not a formula beside it. `parameter_reason`
+says why the CKKS parameters.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import torch
 
 from protocols.he.layout import Layout, next_power_of_two
 from protocols.he.params import CkksParams
+from protocols.he.tensor import HeTensor
+from secinfer.backends.he.patches import PatchConv, PatchImage, check_room, image_inputs
 from secinfer.core.graph import Graph, op_name
 from secinfer.core.plan import Plan
 from secinfer.core.token_ids import token_id_inputs
@@ -30,6 +35,7 @@ from secinfer.errors import UserError
 def input_specs(graph: Graph, public_embedding: bool) -> list[dict[str, Any]]:
     """How the client sends each user input (module docstring): name, mode, vocabulary."""
     tokens = token_id_inputs(graph)
+    images = image_inputs(graph)
     placeholders = {n.name: n for n in graph.program.graph.nodes if n.op == "placeholder"}
     specs = []
     for name in graph.user_inputs:
@@ -37,11 +43,18 @@ def input_specs(graph: Graph, public_embedding: bool) -> list[dict[str, Any]]:
         if name in tokens:
             mode = "embedded" if public_embedding else "one_hot"
             specs.append({"name": name, "mode": mode, "vocab": tokens[name]})
+        elif name in images:
+            specs.append({"name": name, "mode": "encrypted", "patches": images[name].to_dict()})
         elif val.dtype.is_floating_point:
             specs.append({"name": name, "mode": "encrypted"})
         else:
             specs.append({"name": name, "mode": "public"})
     return specs
+
+
+def public_inputs(graph: Graph) -> set[str]:
+    """The user inputs the client sends in the clear (attention masks, token types)."""
+    return {s["name"] for s in input_specs(graph, public_embedding=False) if s["mode"] == "public"}
 
 
 def _inner_room(graph: Graph) -> int:
@@ -73,6 +86,11 @@ def layouts_for(
         if spec["mode"] == "public":
             continue
         shape = list(spec["shape"])
+        if spec.get("patches") is not None:
+            conv = PatchConv.from_dict(spec["patches"])
+            check_room(spec["name"], tuple(shape), conv, slots)
+            spec["layout"] = conv.layout(tuple(shape)).to_dict()
+            continue
         if spec["mode"] == "one_hot":
             shape = [*shape, spec["vocab"]]
         elif spec["mode"] == "embedded":
@@ -86,6 +104,28 @@ def layouts_for(
                 f"{slots}: send fewer rows per query"
             )
         spec["layout"] = layout.to_dict()
+
+
+def server_input(spec: dict[str, Any], tensor: HeTensor) -> Any:
+    """The value the server's run starts from for an encrypted input of `spec`: the tensor
+    (token ids marked `token_rows`: their one-hot or embedding axis is last, and `embedded`
+    when the client embedded them), or the image it holds as patches
+    (`patches.PatchImage`)."""
+    if spec.get("patches") is not None:
+        return PatchImage(tensor, tuple(spec["shape"]), PatchConv.from_dict(spec["patches"]))
+    tensor.embedded = spec["mode"] == "embedded"  # type: ignore[attr-defined]
+    tensor.token_rows = spec["mode"] in ("one_hot", "embedded")  # type: ignore[attr-defined]
+    return tensor
+
+
+def client_values(spec: dict[str, Any], value: torch.Tensor) -> np.ndarray | None:
+    """What the client encrypts for a float input of `spec`: its values, or the image
+    unfolded into the patches of its convolution; None for other modes."""
+    if spec["mode"] != "encrypted":
+        return None
+    if spec.get("patches") is not None:
+        return PatchConv.from_dict(spec["patches"]).unfold(value.detach())
+    return value.detach().double().numpy()
 
 
 @dataclass(frozen=True)
@@ -153,9 +193,7 @@ def rotation_plan(
         if spec["mode"] == "public":
             inputs.append(torch.zeros(spec["shape"], dtype=torch.int64))
             continue
-        value = tensor(Layout.from_dict(spec["layout"]))
-        value.embedded = spec["mode"] == "embedded"  # type: ignore[attr-defined]
-        inputs.append(value)
+        inputs.append(server_input(spec, tensor(Layout.from_dict(spec["layout"]))))
 
     def hook(name: str, call: Any, value: Any) -> None:
         node = graph.node_by_name[name]

@@ -10,13 +10,18 @@ tensors maps to HeTensor arithmetic:
              matmul of two encrypted tensors (attention): replicated rows, ct-ct products
   create     full_like / ones_like / zeros_like of an encrypted tensor: a plain tensor
   select     embedding with an encrypted one-hot input: a linear layer over the vocabulary
+  structural where/masked_fill on public masks, index/gather/cat/split/... with public
+             indices, a convolution of the client's image sent as patches, sentinels of
+             public operands (`structural`, which registers them)
   nonlinear  polynomial GELU ("quad", "minimax"), reciprocal and division by an encrypted
              tensor ("polynomial": Goldschmidt without normalisation on the calibrated
              interval widened 16x, `approximations.iterative.he_reciprocal`), inverse
              square root (Newton on the calibrated interval)
 
 Comparisons, max, exp-based softmax, LayerNorm as one op and piecewise GELUs have no CKKS
-kernel: `UnsupportedHeOp` names the op and the conversion that removes it.
+kernel: `UnsupportedHeOp` names the op and the conversion that removes it. Ops without an
+encrypted form (comparisons, bitwise and logical ops on masks, max, ...) still run on plain
+values, and are marked `plain_only`, which `secinfer inspect` reports.
 """
 
 from __future__ import annotations
@@ -30,7 +35,11 @@ from approximations.iterative import InverseSqrt, he_reciprocal
 from protocols.he.layout import LayoutError
 from protocols.he.polynomial import evaluate_approximation as evaluate_polynomial
 from protocols.he.tensor import DepthExhausted, HeTensor, linear, matmul, power
-from secinfer.core.registry import REGISTRY, Call, register
+from secinfer.backends.he.inputs import public_inputs
+from secinfer.backends.he.patches import PatchImage
+from secinfer.backends.he.refusals import UnsupportedHeOp
+from secinfer.backends.he.structural import check_structure, structural_kernels
+from secinfer.core.registry import PUBLIC_INPUTS, REGISTRY, Call, register
 from secinfer.errors import UserError
 
 aten = torch.ops.aten
@@ -41,12 +50,8 @@ CONVERT_HINT = (
 )
 
 
-class UnsupportedHeOp(UserError):
-    """An op (or a plan method) that CKKS cannot evaluate."""
-
-
 def _encrypted(value: Any) -> bool:
-    if isinstance(value, HeTensor):
+    if isinstance(value, HeTensor | PatchImage):
         return True
     if isinstance(value, list | tuple):
         return any(_encrypted(v) for v in value)
@@ -319,13 +324,18 @@ def _register() -> None:
     REGISTRY["aten.div"].kernels["he"] = dispatch(_div)
     REGISTRY["aten.pow"].kernels["he"] = dispatch(_pow)
     register("he", "aten.embedding", dispatch(_embedding))
+    for op, kernel in structural_kernels(_arith, _shape).items():
+        REGISTRY[op].kernels["he"] = dispatch(kernel)
+    PUBLIC_INPUTS["he"] = public_inputs
 
 
 _register()
 
 
 def check_he_plan(graph: Any, plan: Any) -> None:
-    """UnsupportedHeOp, before any work, for the first nonlinear node CKKS cannot run."""
+    """UnsupportedHeOp, before any work, for the first nonlinear node CKKS cannot run (and
+    a convolution of a computed activation, `structural.check_structure`)."""
+    check_structure(graph)
     for node in graph.calls:
         spec = REGISTRY.get(node.op)
         if spec is None or spec.category != "nonlinear":

@@ -21,7 +21,13 @@ from protocols.he.params import CkksParams
 from protocols.he.refresh import MaskingRefresher, default_mask_bits
 from protocols.he.tensor import HeTensor
 from secinfer.backends.he.channel import Channel, receive_grid
-from secinfer.backends.he.inputs import embedding_table, input_specs, layouts_for, rotation_plan
+from secinfer.backends.he.inputs import (
+    embedding_table,
+    input_specs,
+    layouts_for,
+    rotation_plan,
+    server_input,
+)
 from secinfer.core.execute import Executor, RunResult
 from secinfer.core.graph import Graph
 from secinfer.core.plan import Plan
@@ -62,10 +68,8 @@ class ServerSession:
                 values = self.channel.recv_json()["values"]
                 inputs.append(torch.tensor(values).reshape(spec["shape"]))
                 continue
-            layout = Layout.from_dict(spec["layout"])
-            tensor = self.receive_tensor(layout)
-            tensor.embedded = spec["mode"] == "embedded"
-            inputs.append(tensor)
+            tensor = self.receive_tensor(Layout.from_dict(spec["layout"]))
+            inputs.append(server_input(spec, tensor))
         return tuple(inputs)
 
     def receive_tensor(self, layout: Layout) -> HeTensor:
