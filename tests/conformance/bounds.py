@@ -62,6 +62,7 @@ import torch.nn.functional as F
 
 import approximations as A
 from approximations.iterative import ExpBySquaring, he_reciprocal
+from secinfer.core.forms import form_for, sized_by_interval
 from secinfer.core.plan import Choice, Plan
 from secinfer.core.registry import REGISTRY
 
@@ -174,6 +175,25 @@ def _softmax(x: np.ndarray, eps_exp: float, eps_rec: float, rec_ulps: float = 0.
     return eps_exp * (1 + n * w) / low * (1 + eps_rec) + eps_rec * w + rec_ulps * ULP
 
 
+def _interval_form(
+    function: str,
+    choice: Choice,
+    x: np.ndarray,
+    want: np.ndarray,
+    inputs: tuple[torch.Tensor, ...],
+    noise: float,
+) -> Bound:
+    """The he plan's forms sized by the calibrated interval: the very object the kernels
+    evaluate (`secinfer.core.forms.form_for`) and its certificate."""
+    if function == "softmax":
+        form = form_for(choice, x.shape[-1])
+        allowed = form.weight_error(inputs[0].double(), -1).numpy()
+        return Bound(allowed + noise, f"exp_max {form.mode}, cert {form.max_error:.3g}")
+    form = form_for(choice)
+    cert = float(form.max_error)
+    return Bound(np.full(want.shape, cert + noise), f"{choice.method} cert {cert:.3g}")
+
+
 def nonlinear(
     function: str,
     backend: str,
@@ -207,6 +227,8 @@ def _nonlinear(
     absolute = np.abs(want)
     noise = HE_NONLINEAR * max(1.0, scale) if backend == "he" else 0.0
     mpc = backend == "mpc"
+    if sized_by_interval(choice) and function != "layer_norm":  # the he plan's forms
+        return _interval_form(function, choice, x, want, inputs, noise)
     if function == "gelu":
         extra: np.ndarray | float = MPC_POLYNOMIAL if mpc else noise
         if choice.method in ("auto", "sign_exp"):
@@ -260,7 +282,10 @@ def _nonlinear(
         from approximations.functions import rsqrt_approximation
 
         method = choice.method
-        rel = float(rsqrt_approximation(method, _interval(choice)).max_error)
+        if sized_by_interval(choice):
+            rel = float(form_for(choice).max_error)
+        else:
+            rel = float(rsqrt_approximation(method, _interval(choice)).max_error)
         shifted = absolute + (np.abs(bias).max() if bias is not None else 0.0)
         # torch's float32 LayerNorm itself: its mean and variance round at the scale of the
         # row's largest input, which the normalisation divides by the row's deviation
