@@ -42,12 +42,45 @@ FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
 }
 """The functions `fit_function` fits by name."""
+PARITY: dict[str, tuple[int, tuple[int, ...]]] = {
+    "gelu": (0, (1,)),  # x/2 + an even function
+    "silu": (0, (1,)),
+    "tanh": (1, ()),  # odd
+    "erf": (1, ()),
+    "sigmoid": (1, (0,)),  # 1/2 + an odd function
+}
+"""function -> (the parity p of its Chebyshev terms on a symmetric interval, the indices
+kept besides those k = p mod 2): `fit_function` fits on [-B, B] and keeps only these
+(exactly zero otherwise), which halves the products of the evaluation."""
+
+
+def _terms(degree: int, parity: tuple[int, tuple[int, ...]] | None) -> np.ndarray:
+    """Which Chebyshev terms a fit keeps (all, or those of `PARITY`)."""
+    keep = np.ones(degree + 1, dtype=bool)
+    if parity is not None:
+        p, extra = parity
+        keep = np.arange(degree + 1) % 2 == p
+        keep[[k for k in extra if k <= degree]] = True
+    return keep
+
+
+def _interpolant(
+    values: Callable[[np.ndarray], np.ndarray],
+    degree: int,
+    parity: tuple[int, tuple[int, ...]] | None,
+) -> np.ndarray:
+    cheb = npcheb.chebinterpolate(values, degree) if degree > 0 else values(np.zeros(1))[:1]
+    return np.where(_terms(degree, parity), cheb, 0.0)
 
 
 def _search_error(
-    values: Callable[[np.ndarray], np.ndarray], degree: int, t: np.ndarray, want: np.ndarray
+    values: Callable[[np.ndarray], np.ndarray],
+    degree: int,
+    t: np.ndarray,
+    want: np.ndarray,
+    parity: tuple[int, tuple[int, ...]] | None,
 ) -> float:
-    cheb = npcheb.chebinterpolate(values, degree)
+    cheb = _interpolant(values, degree, parity)
     return float(np.abs(npcheb.chebval(t, cheb) - want).max())
 
 
@@ -57,10 +90,12 @@ def fit_to_target(
     target: float,
     max_degree: int = MAX_DEGREE,
     name: str | None = None,
+    parity: tuple[int, tuple[int, ...]] | None = None,
 ) -> Polynomial:
     """The Chebyshev interpolant of `fn` on `interval` of the lowest depth, then lowest
     degree, whose error meets `target` (module docstring); the max_degree one if none
-    does. Its `max_error` is certified."""
+    does. `parity` (see PARITY; for a symmetric interval only) keeps only those terms.
+    Its `max_error` is certified."""
     lo, hi = check_interval(interval)
     if not target > 0:
         raise ApproximationError(f"target={target!r}: must be positive")
@@ -77,29 +112,36 @@ def fit_to_target(
     degree = None
     for k in range(1, math.ceil(math.log2(max_degree + 1)) + 1):
         top = min(2**k - 1, max_degree)
-        if _search_error(values, top, t, want) <= target:
+        if _search_error(values, top, t, want, parity) <= target:
             low = 2 ** (k - 1)  # the least degree of depth k (degree 1 for k = 1)
             while low < top:  # the error falls with the degree, to round-off
                 middle = (low + top) // 2
-                if _search_error(values, middle, t, want) <= target:
+                if _search_error(values, middle, t, want, parity) <= target:
                     top = middle
                 else:
                     low = middle + 1
             degree = top
             break
-    return fit(fn, (lo, hi), degree if degree is not None else max_degree, "chebyshev", name=label)
+    degree = degree if degree is not None else max_degree
+    if parity is None:
+        return fit(fn, (lo, hi), degree, "chebyshev", name=label)
+    poly = Polynomial(tuple(_interpolant(values, degree, parity)), (lo, hi), method="chebyshev")
+    return poly.certified(fn, reference=label)
 
 
 @lru_cache(maxsize=128)
 def fit_function(
     function: str, interval: tuple[float, float], target: float, max_degree: int = MAX_DEGREE
 ) -> Polynomial:
-    """`fit_to_target` for one of FUNCTIONS by name (cached: the plan's kernels on every
-    backend ask for the same fit)."""
+    """`fit_to_target` for one of FUNCTIONS by name on the symmetric [-B, B] covering
+    `interval` (B = max(|lo|, |hi|)), only the terms of its PARITY kept (cached: the plan's
+    kernels on every backend ask for the same fit)."""
     if function not in FUNCTIONS:
         raise ApproximationError(f"function={function!r}: one of {', '.join(FUNCTIONS)}")
-    lo, hi = (float(v) for v in interval)
-    return fit_to_target(FUNCTIONS[function], (lo, hi), float(target), max_degree, function)
+    bound = max(abs(float(v)) for v in interval)
+    return fit_to_target(
+        FUNCTIONS[function], (-bound, bound), float(target), max_degree, function, PARITY[function]
+    )
 
 
 __all__ = ["FUNCTIONS", "MAX_DEGREE", "fit_function", "fit_to_target"]
