@@ -53,7 +53,6 @@ import torch
 from approximations.certify import check_interval
 from approximations.composite_sign import CompositeSign
 from approximations.errors import ApproximationError
-from approximations.fitting import fit
 from approximations.iterative import ExpBySquaring, Reciprocal
 from approximations.polynomial import Polynomial
 

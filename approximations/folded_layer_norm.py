@@ -73,7 +73,9 @@ class FoldedLayerNorm:
         eps: float = 1e-5,
         apply: Apply = _torch_apply,
     ) -> Any:
-        shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        shape = (
+            (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        )
         dims = tuple(range(-len(shape), 0))
         count = math.prod(int(n) for n in shape)
         c, v = self.statistics(x, count, float(eps), dims)

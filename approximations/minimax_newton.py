@@ -176,9 +176,7 @@ def _for_interval(lo: float, hi: float, target: float) -> MinimaxNewtonInverseSq
             a, b, low, high = optimal_step(low, high)
             steps.append((a, b))
             ranges.append((low, high))
-        form = MinimaxNewtonInverseSqrt(
-            (lo, hi), guess, tuple(steps), (m, big_m), tuple(ranges)
-        )
+        form = MinimaxNewtonInverseSqrt((lo, hi), guess, tuple(steps), (m, big_m), tuple(ranges))
         score = (form.depth, form.initial.degree + 4 * len(steps), form.max_error)
         if best is None or score < best[0]:
             best = (score, form)

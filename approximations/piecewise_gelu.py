@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 
 from approximations.certify import Certificate, certify, check_interval

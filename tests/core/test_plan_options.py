@@ -55,8 +55,8 @@ BAD_CONFIGS = {
     ),
 }
 HE_BAD_CONFIGS = {  # the he plan's softmax is exp_max, whose options differ
-    "misspelt": f"--config: softmax option 'squaring' is not an option of method exp_max; {EXP_MAX}",
-    "wrong type": f"--config: softmax option 'squarings' is not an option of method exp_max; {EXP_MAX}",
+    case: f"--config: softmax option '{key}' is not an option of method exp_max; {EXP_MAX}"
+    for case, key in (("misspelt", "squaring"), ("wrong type", "squarings"))
 }
 RUNS = {  # backend -> the bundled model it runs
     "plain": DATA / "digits.pt2",

@@ -111,9 +111,7 @@ def _rows(shape: tuple[int, ...], normalized: int, seed: int) -> torch.Tensor:
     return x
 
 
-@pytest.mark.parametrize(
-    ("shape", "normalized"), [((2, 4, 8), 1), ((1, 8, 32), 1), ((2, 4, 8), 2)]
-)
+@pytest.mark.parametrize(("shape", "normalized"), [((2, 4, 8), 1), ((1, 8, 32), 1), ((2, 4, 8), 2)])
 def test_layer_norm_on_variances_from_1e_minus_3_to_1e3(
     runner: HeRunner, shape: tuple[int, ...], normalized: int
 ) -> None:

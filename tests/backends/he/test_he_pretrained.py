@@ -55,7 +55,11 @@ def test_an_unconverted_outlier_bert_runs_encrypted(
 
     # the he defaults serve every nonlinear node, calibrated on outlier ranges
     methods = {(c.function, c.method) for c in plan.choices.values()}
-    assert methods == {("layer_norm", "minimax_newton"), ("softmax", "exp_max"), ("gelu", "chebyshev")}  # noqa: E501
+    assert methods == {
+        ("layer_norm", "minimax_newton"),
+        ("softmax", "exp_max"),
+        ("gelu", "chebyshev"),
+    }
     observed = {c.function: [] for c in plan.choices.values()}
     for choice in plan.choices.values():
         observed[choice.function].append(choice.observed)
