@@ -48,6 +48,13 @@ divided by the row's deviation (a row of deviation 0.03 around 9: 1e-5 relative)
 bound adds 2^-20 of that ratio.
   he      1e-4 of max(1, the output's largest magnitude): polynomial evaluation with
           refreshes (CKKS's 2^-30 times the coefficients' magnitude and the levels used).
+The he plan's forms sized by the calibrated interval (`secinfer.core.forms`: GELU, tanh,
+sigmoid, erf, silu "chebyshev" and GELU "piecewise", softmax "exp_max", LayerNorm
+"minimax_newton") are bounded by the very object the kernels evaluate, on approx and he
+alike: the elementwise ones by their certified max error; softmax per weight by the form's
+`weight_error` (E (1 + n w) (1 + rho) / (D_low - n E) + rho w: the exp's absolute error E,
+the reciprocal's relative error rho, D_low the least denominator the row allows);
+LayerNorm by the inverse square root's relative error times |want - bias| as above.
 """
 
 from __future__ import annotations
