@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from protocols.he.losses import LevelProbe
 from protocols.he.polynomial import evaluate_approximation
 from protocols.he.tensor import HeTensor
 from secinfer.core.forms import INTERVAL_METHODS, form_for, sized_by_interval
@@ -75,6 +76,40 @@ def layer_norm(call: Call) -> Any:
     return form(x, shape, weight, bias, float(eps), evaluate_approximation)
 
 
+def node_depth(choice: Any, shape: tuple[int, ...], dim: int = -1) -> int:
+    """The levels the kernel of `choice` consumes on an input of `shape` (softmax along
+    `dim`): the same form run on a `LevelProbe`, so every product, scalar ones and the
+    interval maps of unfolded polynomials included, is counted as the encrypted run does it
+    (a reduction axis in slots adds the one level of moving it)."""
+    probe = LevelProbe(tuple(shape))
+    if choice.function == "softmax":
+        form = form_for(choice, shape[dim])
+        return form(probe, dim % len(shape), evaluate_approximation).depth
+    form = form_for(choice)
+    if choice.function == "layer_norm":
+        return form(probe, [shape[-1]], None, None, 1e-5, evaluate_approximation).depth
+    if hasattr(form, "chebyshev"):
+        return evaluate_approximation(probe, form).depth
+    return form(probe, evaluate_approximation).depth
+
+
+def planned_levels(graph: Any, plan: Any) -> dict[str, int]:
+    """node -> `node_depth` for the plan's choices these kernels run (input shapes from the
+    graph; softmax along its `dim` argument)."""
+    levels = {}
+    for name, choice in plan.choices.items():
+        if not sized_by_interval(choice) or not choice.interval:
+            continue
+        fx_node = graph.fx_nodes[name]
+        value = fx_node.args[0].meta.get("val") if fx_node.args else None
+        if value is None:
+            continue
+        shape = tuple(int(n) for n in value.shape)
+        dim = int(fx_node.args[1]) if choice.function == "softmax" else -1
+        levels[name] = node_depth(choice, shape, dim)
+    return levels
+
+
 KERNELS: dict[str, Kernel] = {
     "gelu": elementwise,
     "tanh": elementwise,
@@ -109,4 +144,4 @@ def register(
         he_functions[function] = tuple(dict.fromkeys((*known, *methods)))
 
 
-__all__ = ["KERNELS", "in_ciphertexts", "register"]
+__all__ = ["KERNELS", "in_ciphertexts", "node_depth", "planned_levels", "register"]
