@@ -153,3 +153,23 @@ def test_elementwise_functions_on_inputs_to_17(runner: HeRunner, function: str) 
     cert = form_for(choice).max_error
     assert choice.method == "chebyshev" and cert <= 1e-4
     assert np.abs(got - want).max() <= cert + _noise(want)
+
+
+@pytest.mark.slow
+def test_piecewise_gelu_on_ciphertexts(runner: HeRunner, tmp_path: Any) -> None:
+    """GELU "piecewise" (--config): two composite signs and a polynomial, inputs to +-17."""
+    import json
+
+    config = tmp_path / "plan.json"
+    config.write_text(json.dumps({"defaults": {"gelu": {"method": "piecewise"}}}))
+    gen = torch.Generator().manual_seed(9)
+    x = (5.0 * torch.randn(2, 4, 8, generator=gen)).clamp(-17, 17)
+    x.view(-1)[:2] = torch.tensor([-17.0, 17.0])
+    program = torch.export.export(Op(lambda s, v: F.gelu(v)).eval(), (x,))
+    graph, plan = prepare(program, "he", [(x.flip(-1),), (x,)], config)
+    got = runner.run(graph, plan, (x,))
+    want = F.gelu(x.double()).numpy()
+    (choice,) = plan.choices.values()
+    cert = form_for(choice).max_error
+    assert choice.method == "piecewise" and cert <= 1e-4
+    assert np.abs(got - want).max() <= cert + _noise(want)
