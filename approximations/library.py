@@ -21,8 +21,10 @@ import torch.nn.functional as F
 from approximations.certify import Certificate, certify, check_interval
 from approximations.fitting import fit
 from approximations.iterative import ExpBySquaring, InverseSqrt, Log, Reciprocal
+from approximations.minimax_newton import MinimaxNewtonInverseSqrt
 from approximations.piecewise import Piecewise
 from approximations.polynomial import Polynomial
+from approximations.target_fit import fit_function
 
 # PUMA's GeLU segments (Dong et al., PUMA 2023), power-basis coefficients, lowest first.
 PUMA_GELU_CUBIC = (
@@ -75,7 +77,16 @@ class Formula:
         return {"type": "Formula", "interval": list(self.interval)}
 
 
-Approximation = Polynomial | Piecewise | ExpBySquaring | Reciprocal | InverseSqrt | Log | Formula
+Approximation = (
+    Polynomial
+    | Piecewise
+    | ExpBySquaring
+    | Reciprocal
+    | InverseSqrt
+    | MinimaxNewtonInverseSqrt
+    | Log
+    | Formula
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,7 +116,8 @@ class Entry:
     @property
     def iterations(self) -> int | None:
         a = self.approximation
-        return a.iterations if isinstance(a, (ExpBySquaring, Reciprocal, InverseSqrt)) else None
+        iterative = (ExpBySquaring, Reciprocal, InverseSqrt, MinimaxNewtonInverseSqrt)
+        return a.iterations if isinstance(a, iterative) else None
 
     @property
     def depth(self) -> int | None:
@@ -323,6 +335,14 @@ def _entries() -> list[Entry]:
             exact_gelu,
         ),
         Entry(
+            "gelu.chebyshev_he",
+            "gelu",
+            "one polynomial to 1e-4, GELU's parity",
+            "HE default (ours)",
+            lambda: fit_function("gelu", (-21.25, 21.25), 1e-4),
+            exact_gelu,
+        ),
+        Entry(
             "silu.minimax",
             "silu",
             "minimax polynomial",
@@ -450,6 +470,14 @@ def _entries() -> list[Entry]:
             "shallowest guess + Newton reaching 1e-3",
             "HE (no normalisation)",
             lambda: InverseSqrt.polynomial_only((0.1, 10.0)),
+            torch.rsqrt,
+        ),
+        Entry(
+            "rsqrt.minimax_newton",
+            "1/sqrt(x)",
+            "guess + Newton steps with minimax coefficients, 1e-4",
+            "HE LayerNorm (ours)",
+            lambda: MinimaxNewtonInverseSqrt.for_interval((1e-3, 1e3), 1e-4),
             torch.rsqrt,
         ),
     ]

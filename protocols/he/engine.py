@@ -221,10 +221,12 @@ class Engine:
         """sum_i cts[i] * factors[i], one rescale for the sum (zero factors are skipped)."""
         aligned = self.lowest(cts)
         self._need_level(aligned[0])
-        terms = [(ct, f) for ct, f in zip(aligned, factors, strict=True) if not _is_zero(f)]
+        q = self._last_prime(aligned[0])
+        # a factor below 1 / (2q) encodes to the zero plaintext, whose product SEAL refuses
+        # ("transparent"): it is a zero term
+        terms = [(ct, f) for ct, f in zip(aligned, factors, strict=True) if not _is_zero(f, q)]
         if not terms:
             return self.zero(aligned[0])
-        q = self._last_prime(aligned[0])
         acc: Ciphertext | None = None
         term = Ciphertext()
         for ct, factor in terms:
@@ -280,7 +282,8 @@ def message_bound(scale_bits: int, first_prime_bits: int) -> float:
     return math.ldexp(1.0, first_prime_bits - scale_bits - 1)
 
 
-def _is_zero(factor: float | np.ndarray) -> bool:
+def _is_zero(factor: float | np.ndarray, q: float = math.inf) -> bool:
+    """Whether `factor` encodes to the zero plaintext at scale q (every entry below 1/(2q))."""
     if isinstance(factor, float | int):
-        return factor == 0.0
-    return not np.any(factor)
+        return abs(factor) * q < 0.5 if math.isfinite(q) else factor == 0.0
+    return not np.any(np.abs(factor) * q >= 0.5) if math.isfinite(q) else not np.any(factor)

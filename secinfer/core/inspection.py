@@ -103,8 +103,13 @@ def coverage(graph: Graph) -> dict[str, dict[str, Any]]:
     return result
 
 
-def he_depth(graph: Graph, ranges: dict[str, tuple[float, float]]) -> dict[str, Any]:
-    """Longest-path multiplicative depth estimate (see the module docstring)."""
+def he_depth(
+    graph: Graph,
+    ranges: dict[str, tuple[float, float]],
+    levels: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """Longest-path multiplicative depth estimate (see the module docstring); `levels`
+    gives the exact levels of some nodes (the he backend's own count for its plan)."""
     depth: dict[str, int] = {name: 0 for name in graph.owned}
     owned = set(graph.owned)
     costs: dict[str, int] = {}
@@ -114,7 +119,10 @@ def he_depth(graph: Graph, ranges: dict[str, tuple[float, float]]) -> dict[str, 
         fx_node = graph.fx_nodes[node.name]
         inputs = [n.name for n in fx_node.all_input_nodes]
         base = max((depth.get(i, 0) for i in inputs if i not in owned), default=0)
-        cost = _node_cost(node.op, fx_node, node.name, inputs, owned, ranges)
+        if levels and node.name in levels:
+            cost = levels[node.name]
+        else:
+            cost = _node_cost(node.op, fx_node, node.name, inputs, owned, ranges)
         costs[node.name] = cost
         depth[node.name] = base + cost
     deepest = max((depth[n.name] for n in graph.calls), default=0)

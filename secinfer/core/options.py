@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields
 from functools import cache
 from typing import Any, TypeVar, get_type_hints
 
+from approximations.exp_softmax import MAXIMA
 from approximations.functions import POWER_NORMALIZERS, RECIPROCAL_CHOICES
 from secinfer.core.precision import MAX_BITS, MIN_BITS
 
@@ -140,12 +141,61 @@ class ExpSquaring(MethodOptions):
     )
 
 
+_TARGET_DOC = "the certified error the approximation must reach on the calibrated interval"
+
+
+@dataclass(frozen=True)
+class SoftmaxExpMax(MethodOptions):
+    """softmax "exp_max" (he): a stand-in m for the row maximum, exp(x - m) by squaring, one
+    Goldschmidt reciprocal of the row sum; everything sized from the calibrated interval of
+    the scores and the row length (`approximations.exp_softmax.ExpSoftmax`)."""
+
+    target: float = setting(1e-4, _TARGET_DOC + " (absolute, per weight)", above=0.0, high=0.1)
+    maximum: str = setting(
+        "auto",
+        "the stand-in for the row maximum: a composite-sign tournament, the row mean, the "
+        "calibrated upper bound (auto: the shallowest that meets the target)",
+        choices=MAXIMA,
+    )
+
+
+@dataclass(frozen=True)
+class LayerNormMinimaxNewton(MethodOptions):
+    """layer_norm "minimax_newton" (he): LayerNorm as one op, 1/sqrt(var + eps) by a
+    polynomial guess and Newton steps with per-step minimax coefficients on the calibrated
+    interval of var + eps (`approximations.folded_layer_norm.FoldedLayerNorm`)."""
+
+    target: float = setting(1e-4, _TARGET_DOC + " (relative)", above=0.0, high=0.1)
+
+
+@dataclass(frozen=True)
+class ChebyshevFit(MethodOptions):
+    """gelu, tanh, sigmoid, erf, silu "chebyshev" (he): one polynomial on the calibrated
+    interval, of the lowest depth and degree that meets the target
+    (`approximations.target_fit.fit_to_target`)."""
+
+    target: float = setting(1e-4, _TARGET_DOC + " (absolute)", above=0.0, high=0.1)
+    max_degree: int = setting(255, "the highest degree tried", low=1, high=1023)
+
+
+@dataclass(frozen=True)
+class GeluPiecewise(MethodOptions):
+    """gelu "piecewise" (he): 0, a polynomial, x, the segments chosen by composite signs
+    (`approximations.piecewise_gelu.PiecewiseGelu`)."""
+
+    target: float = setting(1e-4, _TARGET_DOC + " (absolute)", above=0.0, high=0.1)
+
+
 OPTIONS: dict[tuple[str, str], type[MethodOptions]] = {
     ("softmax", "exp_limit"): SoftmaxExpLimit,
     ("softmax", "power"): SoftmaxPower,
     ("softmax", "2quad"): SoftmaxTwoQuad,
+    ("softmax", "exp_max"): SoftmaxExpMax,
     ("log_softmax", "exp_limit"): ExpSquaring,
     ("exp", "squaring"): ExpSquaring,
+    ("layer_norm", "minimax_newton"): LayerNormMinimaxNewton,
+    ("gelu", "piecewise"): GeluPiecewise,
+    **{(f, "chebyshev"): ChebyshevFit for f in ("gelu", "tanh", "sigmoid", "erf", "silu")},
 }
 """(function, method) -> its options; any other method: MethodOptions."""
 
@@ -305,10 +355,14 @@ __all__ = [
     "MAX_NUMBER",
     "OPTIONS",
     "Allowed",
+    "ChebyshevFit",
     "ExpSquaring",
+    "GeluPiecewise",
+    "LayerNormMinimaxNewton",
     "MethodOptions",
     "OptionError",
     "SoftmaxExpLimit",
+    "SoftmaxExpMax",
     "SoftmaxPower",
     "SoftmaxTwoQuad",
     "Spec",

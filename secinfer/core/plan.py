@@ -59,14 +59,16 @@ METHODS: dict[str, tuple[str, ...]] = {
         "quad",
         "auto",
         "sign_exp",
+        "chebyshev",
+        "piecewise",
     ),
-    "softmax": ("exact", "exp_limit", "power", "2quad"),
+    "softmax": ("exact", "exp_limit", "power", "2quad", "exp_max"),
     "log_softmax": ("exact", "exp_limit"),
-    "layer_norm": ("exact", "newton", "poly"),
-    "tanh": ("exact", "saturated"),
-    "sigmoid": ("exact", "saturated"),
-    "erf": ("exact", "saturated"),
-    "silu": ("exact", "saturated"),
+    "layer_norm": ("exact", "newton", "poly", "minimax_newton"),
+    "tanh": ("exact", "saturated", "chebyshev"),
+    "sigmoid": ("exact", "saturated", "chebyshev"),
+    "erf": ("exact", "saturated", "chebyshev"),
+    "silu": ("exact", "saturated", "chebyshev"),
     "exp": ("exact", "squaring"),
     "log": ("exact", "normalised"),
     "rsqrt": ("exact", "newton", "poly"),
@@ -83,11 +85,18 @@ METHODS: dict[str, tuple[str, ...]] = {
 #   softmax exp_limit: the base 1 + u + u^2/2 raised by 7 squarings, zero below -14,
 #   Goldschmidt reciprocal of the row sum (`options.SoftmaxExpLimit`), then the plan drops
 #   the cut-off when enough squarings cover the calibrated spread (`mpc_softmax_exp`).
-# he: GELU must be one polynomial (minimax, refit on the calibrated interval); a reciprocal
-#   or inverse square root has no normalisation: a polynomial guess and Newton / Goldschmidt
+# he: no comparison is cheap and no input can be clipped, so every form is sized from the
+#   node's calibrated interval and certified there (secinfer.backends.he.nonlinear):
+#   GELU, tanh, sigmoid, erf, silu one Chebyshev polynomial of the degree its error target
+#   needs (GELU on [-21, 21]: degree 82, 8 levels; the sign-selected "piecewise" GELU
+#   takes 17 there, so it is the option, not the default); softmax "exp_max": a row-max
+#   stand-in (composite-sign tournament, or the row mean or the calibrated bound when that
+#   is shallower and as accurate), exp by squaring, one Goldschmidt reciprocal on the
+#   denominator interval this implies; LayerNorm as one op, its 1/sqrt by Newton steps
+#   with minimax coefficients on the calibrated variance interval. A reciprocal or
+#   inverse square root has no normalisation: a polynomial guess and Newton / Goldschmidt
 #   steps on the calibrated interval (approximations.iterative.he_reciprocal,
-#   InverseSqrt.polynomial_only). Softmax and LayerNorm as one op have no CKKS kernel
-#   (convert the model: README); their rows only keep the table complete.
+#   InverseSqrt.polynomial_only). log_softmax, exp and log have no CKKS kernel.
 _MPC_METHODS: dict[str, str] = {
     "gelu": "auto",
     "softmax": "exp_limit",
@@ -107,7 +116,13 @@ DEFAULT_METHODS: dict[str, dict[str, str]] = {
     "mpc": _MPC_METHODS,
     "he": {  # mpc's rows but where CKKS needs another method (comments above)
         **_MPC_METHODS,
-        "gelu": "minimax",
+        "gelu": "chebyshev",
+        "softmax": "exp_max",
+        "layer_norm": "minimax_newton",
+        "tanh": "chebyshev",
+        "sigmoid": "chebyshev",
+        "erf": "chebyshev",
+        "silu": "chebyshev",
         "rsqrt": "poly",
         "sqrt": "poly",
         "reciprocal": "polynomial",

@@ -48,6 +48,13 @@ divided by the row's deviation (a row of deviation 0.03 around 9: 1e-5 relative)
 bound adds 2^-20 of that ratio.
   he      1e-4 of max(1, the output's largest magnitude): polynomial evaluation with
           refreshes (CKKS's 2^-30 times the coefficients' magnitude and the levels used).
+The he plan's forms sized by the calibrated interval (`secinfer.core.forms`: GELU, tanh,
+sigmoid, erf, silu "chebyshev" and GELU "piecewise", softmax "exp_max", LayerNorm
+"minimax_newton") are bounded by the very object the kernels evaluate, on approx and he
+alike: the elementwise ones by their certified max error; softmax per weight by the form's
+`weight_error` (E (1 + n w) (1 + rho) / (D_low - n E) + rho w: the exp's absolute error E,
+the reciprocal's relative error rho, D_low the least denominator the row allows);
+LayerNorm by the inverse square root's relative error times |want - bias| as above.
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ import torch.nn.functional as F
 
 import approximations as A
 from approximations.iterative import ExpBySquaring, he_reciprocal
+from secinfer.core.forms import form_for, sized_by_interval
 from secinfer.core.plan import Choice, Plan
 from secinfer.core.registry import REGISTRY
 
@@ -174,6 +182,25 @@ def _softmax(x: np.ndarray, eps_exp: float, eps_rec: float, rec_ulps: float = 0.
     return eps_exp * (1 + n * w) / low * (1 + eps_rec) + eps_rec * w + rec_ulps * ULP
 
 
+def _interval_form(
+    function: str,
+    choice: Choice,
+    x: np.ndarray,
+    want: np.ndarray,
+    inputs: tuple[torch.Tensor, ...],
+    noise: float,
+) -> Bound:
+    """The he plan's forms sized by the calibrated interval: the very object the kernels
+    evaluate (`secinfer.core.forms.form_for`) and its certificate."""
+    if function == "softmax":
+        form = form_for(choice, x.shape[-1])
+        allowed = form.weight_error(inputs[0].double(), -1).numpy()
+        return Bound(allowed + noise, f"exp_max {form.mode}, cert {form.max_error:.3g}")
+    form = form_for(choice)
+    cert = float(form.max_error)
+    return Bound(np.full(want.shape, cert + noise), f"{choice.method} cert {cert:.3g}")
+
+
 def nonlinear(
     function: str,
     backend: str,
@@ -207,6 +234,8 @@ def _nonlinear(
     absolute = np.abs(want)
     noise = HE_NONLINEAR * max(1.0, scale) if backend == "he" else 0.0
     mpc = backend == "mpc"
+    if sized_by_interval(choice) and function != "layer_norm":  # the he plan's forms
+        return _interval_form(function, choice, x, want, inputs, noise)
     if function == "gelu":
         extra: np.ndarray | float = MPC_POLYNOMIAL if mpc else noise
         if choice.method in ("auto", "sign_exp"):
@@ -260,7 +289,10 @@ def _nonlinear(
         from approximations.functions import rsqrt_approximation
 
         method = choice.method
-        rel = float(rsqrt_approximation(method, _interval(choice)).max_error)
+        if sized_by_interval(choice):
+            rel = float(form_for(choice).max_error)
+        else:
+            rel = float(rsqrt_approximation(method, _interval(choice)).max_error)
         shifted = absolute + (np.abs(bias).max() if bias is not None else 0.0)
         # torch's float32 LayerNorm itself: its mean and variance round at the scale of the
         # row's largest input, which the normalisation divides by the row's deviation

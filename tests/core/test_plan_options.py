@@ -41,6 +41,7 @@ from secinfer.errors import UserError
 
 DATA = Path(__file__).parents[2] / "secinfer" / "data"
 EXP_LIMIT = "options: squarings, order, cutoff, reciprocal, precision_bits"
+EXP_MAX = "options: target, maximum, precision_bits"
 BAD_CONFIGS = {
     "misspelt": (
         {"defaults": {"softmax": {"options": {"squaring": 6}}}},
@@ -51,6 +52,10 @@ BAD_CONFIGS = {
         "--config: softmax option 'squarings' of method exp_limit must be an integer from 1 "
         "to 64, not '6'",
     ),
+}
+HE_BAD_CONFIGS = {  # the he plan's softmax is exp_max, whose options differ
+    case: f"--config: softmax option '{key}' is not an option of method exp_max; {EXP_MAX}"
+    for case, key in (("misspelt", "squaring"), ("wrong type", "squarings"))
 }
 RUNS = {  # backend -> the bundled model it runs
     "plain": DATA / "digits.pt2",
@@ -83,6 +88,8 @@ def test_a_bad_option_is_one_line_on_every_backend(
 
     monkeypatch.setattr(processes, "start", _no_party_may_start)
     config, expected = BAD_CONFIGS[case]
+    if backend == "he":
+        expected = HE_BAD_CONFIGS[case]
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(config))
     report = tmp_path / "report.json"
@@ -110,6 +117,10 @@ NODE_MISTAKES = {
     "nodes:\n  softmax:\n    options: {order: 3}\n": (
         "--config: node softmax: softmax option 'order' of method exp_limit must be one of "
         "1, 2, not 3"
+    ),
+    "nodes:\n  softmax:\n    options: {target: 0}\n": (
+        "--config: node softmax: softmax option 'target' of method exp_max must be a number "
+        "above 0 up to 0.1, not 0"
     ),
     "defaults:\n  softmax: {method: power}\nnodes:\n  softmax: {options: {squarings: 6}}\n": (
         "--config: node softmax: softmax option 'squarings' is not an option of method "
@@ -139,11 +150,15 @@ def test_yaml_node_and_entry_mistakes(graph: Graph, text: str, tmp_path: Path) -
     path = tmp_path / "plan.yaml"
     path.write_text(text)
     config = read_config(path)
+    expected = NODE_MISTAKES[text]
+    if text.startswith("nodes:\n  softmax"):  # the method the message names, on both targets
+        method = "exp_max" if "exp_max" in expected else "exp_limit"
+        config = {**config, "defaults": {"softmax": {"method": method}}}
     for target in TARGETS:
         with pytest.raises(UserError) as caught:
             make_plan(graph, target, config)
-        gelu = DEFAULT_METHODS[target]["gelu"]  # auto (mpc), minimax (he)
-        assert str(caught.value) == NODE_MISTAKES[text].format(gelu=gelu)
+        gelu = DEFAULT_METHODS[target]["gelu"]  # auto (mpc), chebyshev (he)
+        assert str(caught.value) == expected.format(gelu=gelu)
 
 
 def test_a_good_config_sets_the_node_its_method_options(graph: Graph) -> None:

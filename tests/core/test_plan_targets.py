@@ -114,10 +114,11 @@ def test_approx_runs_exactly_the_plan_of_its_target(model_path: Path, target: st
     )
     assert approx.target == secure.target == target
     methods = {c.function: c.method for c in secure.choices.values()}
-    assert methods["gelu"] == {"mpc": "auto", "he": "minimax"}[target]
+    assert methods["gelu"] == {"mpc": "auto", "he": "chebyshev"}[target]
     assert methods["rsqrt"] == {"mpc": "newton", "he": "poly"}[target]
     assert methods["reciprocal"] == {"mpc": "goldschmidt", "he": "polynomial"}[target]
-    assert methods["layer_norm"] == "newton"
+    assert methods["layer_norm"] == {"mpc": "newton", "he": "minimax_newton"}[target]
+    assert methods["softmax"] == {"mpc": "exp_limit", "he": "exp_max"}[target]
 
 
 def test_the_targets_plans_differ_and_approx_defaults_to_mpc(model_path: Path) -> None:
@@ -127,7 +128,8 @@ def test_the_targets_plans_differ_and_approx_defaults_to_mpc(model_path: Path) -
     assert default.to_dict() == mpc.to_dict() != he.to_dict()
     (softmax,) = (c for c in mpc.choices.values() if c.function == "softmax")
     (he_softmax,) = (c for c in he.choices.values() if c.function == "softmax")
-    assert softmax.options["cutoff"] is None and he_softmax.options["cutoff"] == 14.0
+    assert softmax.options["cutoff"] is None
+    assert he_softmax.options == {"target": 1e-4, "maximum": "auto"}
 
 
 def test_a_config_reaches_both_paths_alike(model_path: Path, tmp_path: Path) -> None:

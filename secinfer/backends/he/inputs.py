@@ -214,7 +214,9 @@ def rotation_plan(
 
 def estimated_depth(graph: Graph, plan: Plan) -> int:
     """The model's multiplicative depth (`inspection.he_depth`, longest path) on the plan's
-    calibrated ranges."""
+    calibrated ranges; the nodes of `secinfer.backends.he.nonlinear` count the levels their
+    kernels take (`nonlinear.node_depth`)."""
+    from secinfer.backends.he.nonlinear import planned_levels
     from secinfer.core.inspection import he_depth
 
     ranges = {
@@ -222,7 +224,7 @@ def estimated_depth(graph: Graph, plan: Plan) -> int:
         for name, choice in plan.choices.items()
         if choice.observed or choice.interval
     }
-    return int(he_depth(graph, ranges)["depth"])
+    return int(he_depth(graph, ranges, planned_levels(graph, plan))["depth"])
 
 
 def parameter_reason(graph: Graph, plan: Plan, params: CkksParams, refresh: bool) -> str:

@@ -16,12 +16,14 @@ tensors maps to HeTensor arithmetic:
   nonlinear  polynomial GELU ("quad", "minimax"), reciprocal and division by an encrypted
              tensor ("polynomial": Goldschmidt without normalisation on the calibrated
              interval widened 16x, `approximations.iterative.he_reciprocal`), inverse
-             square root (Newton on the calibrated interval)
+             square root (Newton on the calibrated interval); LayerNorm as one op,
+             exp-based softmax, GELU / tanh / sigmoid / erf / silu sized by their
+             calibrated intervals: `secinfer.backends.he.nonlinear`
 
-Comparisons, max, exp-based softmax, LayerNorm as one op and piecewise GELUs have no CKKS
-kernel: `UnsupportedHeOp` names the op and the conversion that removes it. Ops without an
-encrypted form (comparisons, bitwise and logical ops on masks, max, ...) still run on plain
-values, and are marked `plain_only`, which `secinfer inspect` reports.
+Comparisons, max, log_softmax, exp and log have no CKKS kernel: `UnsupportedHeOp` names
+the op and the conversion that removes it. Ops without an encrypted form (comparisons,
+bitwise and logical ops on masks, max, ...) still run on plain values, and are marked
+`plain_only`, which `secinfer inspect` reports.
 """
 
 from __future__ import annotations
@@ -330,6 +332,10 @@ def _register() -> None:
 
 
 _register()
+
+from secinfer.backends.he import nonlinear as _interval_kernels  # noqa: E402 (after _register)
+
+_interval_kernels.register(dispatch, HE_FUNCTIONS, fallback=_nonlinear)
 
 
 def check_he_plan(graph: Any, plan: Any) -> None:

@@ -5,7 +5,9 @@ graph are promoted). Nonlinear ops use `approximations`, configured by the node'
 (method, interval, and options read through `secinfer.core.options.options_for`, which
 holds every default); inputs outside the approximation's interval are counted in
 the node's RangeStats. Division by a tensor and fractional powers are nonlinear too and
-go through the reciprocal / inverse square root approximations.
+go through the reciprocal / inverse square root approximations. The he target's forms
+sized by the calibrated interval (`secinfer.core.forms`) are the very objects the he
+kernels evaluate on ciphertexts, so approx under the he plan predicts he.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from approximations.even_gelu import even_gelu, secure_gelu_form
 from approximations.functions import rsqrt_approximation
 from approximations.iterative import he_reciprocal
 from approximations.sign_exp_gelu import SignExpGELU
+from secinfer.core.forms import form_for, sized_by_interval
 from secinfer.core.masks import MASK_LIMIT, SENTINEL
 from secinfer.core.options import ExpSquaring, SoftmaxExpLimit, options_for
 from secinfer.core.registry import Call, register, register_all, register_functions
@@ -78,10 +81,20 @@ def gelu_approximation(method: str, interval: tuple[float, float] | None) -> tup
 
 def gelu(call: Call) -> torch.Tensor:
     x = call.args[0]
+    if sized_by_interval(call.choice):
+        return _elementwise_form(call, x)
     fn, interval = gelu_approximation(call.choice.method, _interval(call.choice))
     if interval != UNBOUNDED:
         call.stats.record(x, interval)
     return fn(x)
+
+
+def _elementwise_form(call: Call, x: torch.Tensor) -> torch.Tensor:
+    """The he target's single polynomial or piecewise form (`secinfer.core.forms`), the
+    very object the he kernel evaluates; inputs outside its interval are counted."""
+    form = form_for(call.choice)
+    call.stats.record(x, form.interval)
+    return form(x)
 
 
 # --- softmax --------------------------------------------------------------------------------
@@ -89,6 +102,8 @@ def softmax(call: Call) -> torch.Tensor:
     x, dim, method = call.args[0], call.args[1], call.choice.method
     if method == "exact":
         return approximations.softmax(x, dim, method=method)
+    if sized_by_interval(call.choice):
+        return _softmax_exp_max(call, x, dim)
     options = options_for(call.choice)
     if isinstance(options, SoftmaxExpLimit) and options.cutoff is None:
         return _softmax_uncut(call, x, dim, options)
@@ -116,6 +131,16 @@ def _softmax_uncut(call: Call, x: torch.Tensor, dim: int, options: SoftmaxExpLim
     return weights * approximations.catalog[f"reciprocal.{name}"].approximation(total)
 
 
+def _softmax_exp_max(call: Call, x: torch.Tensor, dim: int) -> torch.Tensor:
+    """The he form (`approximations.exp_softmax.ExpSoftmax`) in float64: a row-maximum
+    stand-in, exp by squaring, one reciprocal. Sentinels (masks' finfo.min) become
+    -MASK_LIMIT, as on the secure backends, and are counted as outside the interval."""
+    x = torch.where(x.abs() >= SENTINEL, torch.sign(x) * MASK_LIMIT, x)
+    form = form_for(call.choice, x.shape[dim])
+    call.stats.record(x, form.interval)
+    return form(x, dim)
+
+
 def log_softmax(call: Call) -> torch.Tensor:
     """log softmax(x) = z - log(sum exp z), z = x - max: exp and log approximated."""
     x, dim = call.args[0], call.args[1]
@@ -137,6 +162,10 @@ def layer_norm(call: Call) -> torch.Tensor:
     eps = call.args[4] if len(call.args) > 4 else call.kwargs.get("eps", 1e-5)
     method, interval = call.choice.method, _interval(call.choice)
     dims = tuple(range(-len(shape), 0))
+    if sized_by_interval(call.choice):
+        form = form_for(call.choice)
+        call.stats.record(x.var(dim=dims, unbiased=False) + eps, form.interval)
+        return form(x, shape, weight, bias, eps)
     if method != "exact":
         var = x.var(dim=dims, unbiased=False) + eps
         approx = rsqrt_approximation(method, interval if method == "poly" else None)
@@ -147,11 +176,14 @@ def layer_norm(call: Call) -> torch.Tensor:
 # --- elementwise functions ------------------------------------------------------------------
 def saturated(call: Call) -> torch.Tensor:
     """tanh, sigmoid, erf, silu: a minimax polynomial inside its interval, the function's
-    limits outside (one comparison on each side)."""
+    limits outside (one comparison on each side); "chebyshev" (he): one polynomial on the
+    calibrated interval."""
     function = call.choice.function
     x = call.args[0]
     if call.choice.method == "exact":
         return EXACT[function](x)
+    if sized_by_interval(call.choice):
+        return _elementwise_form(call, x)
     entry_name, below, above = SATURATED[function]
     entry = approximations.catalog[entry_name]
     lo, hi = entry.interval
