@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from numpy.polynomial import chebyshev as npcheb
 
+from approximations import lowdepth
 from approximations.errors import ApproximationError
 from approximations.even_gelu import even_part
 from approximations.fitting import fit
@@ -57,7 +58,10 @@ def gelu(
         return even_gelu_form(x, gelu_minimax_on(gelu_bound(method, interval)))
     from approximations.library import catalog
 
-    return catalog[f"gelu.{method}"].approximation(x)
+    approximation = catalog[f"gelu.{method}"].approximation
+    if method == "minimax":  # one polynomial: evaluated in log depth, not by Clenshaw
+        return lowdepth.evaluate(approximation, x)
+    return approximation(x)
 
 
 # --- softmax ------------------------------------------------------------------------------
@@ -107,21 +111,23 @@ def _power_terms(
     scale: bool | float,
     mask: torch.Tensor | None,
     delta: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(powered, the reciprocal's input, count) of `power_softmax`."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | int | None]:
+    """(powered, the reciprocal's input, count L or None for "sum") of `power_softmax`.
+    Without a mask nothing is multiplied by ones and L is the row length (a product less
+    on the way under HE)."""
     check_power_softmax_args(p, normalizer, eps)
     check_power_softmax_scale(scale)
-    keep = _keep(mask, x)
+    keep = None if mask is None else _keep(mask, x)
     if scale is True:
-        c = (x.detach().abs() * keep).amax(dim=dim, keepdim=True) + delta
-        x = x / c
+        magnitude = x.detach().abs() if keep is None else x.detach().abs() * keep
+        x = x / (magnitude.amax(dim=dim, keepdim=True) + delta)
     elif scale is not False:
         x = x / float(scale)
-    powered = x**p * keep
+    powered = x**p if keep is None else x**p * keep
     total = powered.sum(dim=dim, keepdim=True)
     if normalizer == "sum":
-        return powered, total + eps, torch.ones_like(total)
-    count = keep.sum(dim=dim, keepdim=True).clamp_min(1.0)
+        return powered, total + eps, None
+    count = x.shape[dim] if keep is None else keep.sum(dim=dim, keepdim=True).clamp_min(1.0)
     return powered, total / count + eps, count
 
 
@@ -149,8 +155,9 @@ def power_softmax(
     `mask` is multiplicative: 1 keeps a position, 0 drops it.
     """
     powered, denominator, count = _power_terms(x, dim, p, normalizer, eps, scale, mask, delta)
-    weights = powered * _reciprocal(denominator, reciprocal)
-    return weights if normalizer == "sum" else weights / count
+    if count is not None:  # beside the reciprocal, not after it: no extra depth
+        powered = powered / count
+    return powered * _reciprocal(denominator, reciprocal)
 
 
 def power_softmax_normaliser(
@@ -376,8 +383,9 @@ def gelu_minimax_on(bound: float) -> Polynomial:
 
 
 def even_gelu_form(x: torch.Tensor, q: Polynomial) -> torch.Tensor:
-    """x/2 + q(x^2), in x's dtype, differentiable."""
-    return 0.5 * x + q(x * x)
+    """x/2 + q(x^2), in x's dtype, differentiable; q in logarithmic depth
+    (`approximations.lowdepth`: depth about 3 + log2(deg q) counted from x)."""
+    return 0.5 * x + lowdepth.evaluate(q, x * x)
 
 
 def layer_norm(
@@ -398,7 +406,12 @@ def layer_norm(
     centred = x - mean
     var = (centred * centred).mean(dim=dims, keepdim=True)
     approx = rsqrt_approximation(rsqrt, tuple(interval) if interval is not None else None)
-    inv = torch.rsqrt(var + eps) if approx is None else approx(var + eps)
+    if approx is None:
+        inv = torch.rsqrt(var + eps)
+    elif rsqrt == "poly":  # the guess in log depth (`lowdepth`), then Newton's steps
+        inv = approx.iterate(var + eps, lambda v: lowdepth.evaluate(approx.initial, v))
+    else:
+        inv = approx(var + eps)
     out = centred * inv
     if weight is not None:
         out = out * weight
