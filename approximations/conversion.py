@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -158,7 +158,6 @@ class _SiteValues:
     observed: tuple[float, float] | None = None
     interval: tuple[float, float] | None = None
     scale: float | None = None
-    used: bool = field(default=False, compare=False)
 
 
 def convert(
@@ -201,21 +200,18 @@ def convert(
         target, gelu, softmax, layernorm, softmax_options, layernorm_interval, samples, calibration
     )
     check_convertible(model, settings.softmax is not None)
+    values: dict[str, _SiteValues] = {}
     if samples is not None:
-        values = _calibrate(model, settings, cal.batches(samples))
-    else:
-        values = _from_record(calibration) if calibration is not None else {}
+        values, kinds = _calibrate(model, settings, cal.batches(samples))
+        _check_calibrated(model, settings, values, kinds, "samples")
+    elif calibration is not None:
+        values = _from_record(calibration)
+        _check_calibrated(model, settings, values, _site_kinds(model, settings), "calibration")
     if not inplace:
         model = copy.deepcopy(model)
     sites = replace_sites(model, _FinalBuilders(settings, values), settings.kinds)
     if not sites:
         raise ConversionError(_nothing_found_message(model, settings))
-    unused = sorted(path for path, v in values.items() if not v.used)
-    if calibration is not None and samples is None and unused:
-        raise ConversionError(
-            f"convert(calibration=...): names {unused[0]}, which is no site of this "
-            f"{type(model).__name__}; use the record of a conversion of the same model"
-        )
     return model, [_describe(model, site, values.get(site.path)) for site in sites]
 
 
@@ -404,6 +400,54 @@ def _pair(value: Any) -> tuple[float, float] | None:
     return (lo, hi)
 
 
+def _site_kinds(model: nn.Module, settings: _Settings) -> dict[str, str]:
+    """path -> kind of every site of `model` (a conversion of a copy, placeholders only)."""
+
+    class Placeholders:
+        def gelu(self, paths: list[str]) -> nn.Module:
+            return nn.Identity()
+
+        def layernorm(self, module: nn.LayerNorm, paths: list[str]) -> nn.Module:
+            return nn.Identity()
+
+        def softmax(self, dim: int, paths: list[str]) -> nn.Module:
+            return nn.Identity()
+
+    sites = replace_sites(copy.deepcopy(model), Placeholders(), settings.kinds)
+    return {site.path: site.kind for site in sites}
+
+
+def _check_calibrated(
+    model: nn.Module,
+    settings: _Settings,
+    values: dict[str, _SiteValues],
+    kinds: dict[str, str],
+    source: str,
+) -> None:
+    """Before any change to the model: every calibrated path is a site, and every site
+    that needs an interval (rsqrt "poly" without layernorm_interval) has one."""
+    unknown = sorted(set(values) - set(kinds))
+    if unknown:
+        raise ConversionError(
+            f"convert(calibration=...): names {unknown[0]}, which is no site of this "
+            f"{type(model).__name__}; use the record of a conversion of the same model"
+        )
+    if settings.layernorm != "poly" or settings.layernorm_interval is not None:
+        return
+    for path, kind in kinds.items():
+        if kind == "layernorm" and (path not in values or values[path].interval is None):
+            reason = (
+                "the samples never reached it"
+                if source == "samples"
+                else "the calibration record does not name it"
+            )
+            raise ConversionError(
+                f"convert(layernorm='poly'): the LayerNorm at {path} has no calibrated "
+                f"interval ({reason}); pass samples= that run through it or "
+                "layernorm_interval=(lo, hi)"
+            )
+
+
 # --- building the replacements --------------------------------------------------------------
 class _FinalBuilders:
     """The modules of the conversion, each site with its calibrated values."""
@@ -415,8 +459,6 @@ class _FinalBuilders:
     def _site(self, paths: list[str]) -> _SiteValues:
         """The values of a module's paths (one module shared by paths: their union)."""
         found = [self.values[p] for p in paths if p in self.values]
-        for v in found:
-            v.used = True
         if not found:
             return _SiteValues()
         merged = found[0]
@@ -440,13 +482,7 @@ class _FinalBuilders:
         site = self._site(paths)
         interval = self.settings.layernorm_interval
         if interval is None and rsqrt == "poly":
-            interval = site.interval
-            if interval is None:
-                raise ConversionError(
-                    f"convert(layernorm='poly'): the LayerNorm at {paths[0]} has no calibrated "
-                    "interval (the samples never reached it, or the calibration record does "
-                    "not name it); pass samples= that run through it or layernorm_interval="
-                )
+            interval = site.interval  # present: `_check_calibrated`
         return PolyLayerNorm.from_layer_norm(module, rsqrt=rsqrt, interval=interval)
 
     def softmax(self, dim: int, paths: list[str]) -> nn.Module:
@@ -519,7 +555,7 @@ def _probe(
 
 def _calibrate(
     model: nn.Module, settings: _Settings, calls: list[cal.Call]
-) -> dict[str, _SiteValues]:
+) -> tuple[dict[str, _SiteValues], dict[str, str]]:
     """Per-site values from running the original model and probe copies on `calls`.
 
     1. the original model: GELU inputs and LayerNorm var + eps at its GELU and LayerNorm
@@ -529,7 +565,8 @@ def _calibrate(
     3. a probe with exact GELU and LayerNorm and the final power-softmax: what every site
        of the converted model sees (its inputs follow the power-softmax, not the softmax);
        a c exceeded there is raised, the normaliser range rescaled to it.
-    GELU and LayerNorm ranges are the union of 1 and 3.
+    GELU and LayerNorm ranges are the union of 1 and 3. Returns the values of the sites the
+    samples reached and the kind of every site.
     """
     kinds = settings.kinds
     original = original_sites(model, kinds)
@@ -553,7 +590,7 @@ def _calibrate(
         if observation is None or not observation.values.seen:
             continue
         values[path] = _site_values(settings, sites[module], path, module, observation, scales)
-    return values
+    return values, {path: sites[module] for path, module in at.items()}
 
 
 def _site_values(
