@@ -20,8 +20,8 @@ interval rather than degrading:
   GELU       [-B, B], B = GELU_MARGIN (1.5) max|x|, rounded up to a quarter octave
              (2^(k/4)); the fit's cost grows with B (`functions.gelu_minimax_on`).
   LayerNorm  [lo / 4, hi * 4] (LAYERNORM_MARGIN, geometric: a variance is a scale), never
-             below eps, rounded outward to powers of two; the rsqrt's depth grows with
-             log(hi / lo) only.
+             below eps, rounded outward to quarter octaves; the rsqrt's depth grows with
+             log(hi / lo) only (about two levels per doubling of hi / lo).
   softmax    scale c = SCORE_MARGIN (1.5) max|score|, 3 significant digits up, so that
              |x / c|^p <= 1 for scores within 1.5x of those seen: HE values stay bounded
              and the normaliser lies in [eps, 1 + eps]. Normaliser interval
@@ -35,7 +35,7 @@ makes the intervals stable from one calibration set to another.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,16 +206,23 @@ def observe(
 def gelu_interval(observed: Range) -> tuple[float, float]:
     """(-B, B): B = GELU_MARGIN max|x| rounded up to a quarter octave, at least 1."""
     bound = GELU_MARGIN * max(abs(observed.lo), abs(observed.hi), MIN_GELU_BOUND)
-    bound = 2.0 ** (math.ceil(4 * math.log2(bound) - 1e-9) / 4)
+    bound = quarter_octave(bound, math.ceil)
     return (-bound, bound)
 
 
 def layer_norm_interval(observed: Range, eps: float) -> tuple[float, float]:
     """[lo / LAYERNORM_MARGIN, hi * LAYERNORM_MARGIN] (lo at least eps), rounded outward to
-    powers of two."""
+    quarter octaves 2^(k/4) (at most 19% more each way: each doubling of hi / lo costs the
+    rsqrt about one Newton step, two levels)."""
     lo = max(observed.lo / LAYERNORM_MARGIN, eps, 1e-30)
     hi = max(observed.hi * LAYERNORM_MARGIN, lo * 2)
-    return (2.0 ** math.floor(math.log2(lo) + 1e-9), 2.0 ** math.ceil(math.log2(hi) - 1e-9))
+    return (quarter_octave(lo, math.floor), quarter_octave(hi, math.ceil))
+
+
+def quarter_octave(value: float, rounding: Callable[[float], int]) -> float:
+    """`value` rounded to the grid 2^(k/4) (down with math.floor, up with math.ceil)."""
+    nudge = 1e-9 if rounding is math.floor else -1e-9
+    return 2.0 ** (rounding(4 * math.log2(value) + nudge) / 4)
 
 
 def softmax_scale(scores: Range) -> float:

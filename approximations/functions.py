@@ -269,8 +269,8 @@ def rsqrt_approximation(rsqrt: str, interval: tuple[float, float] | None) -> Inv
 
 
 def _poly_rsqrt(interval: tuple[float, float]) -> InverseSqrt:
-    """`InverseSqrt.polynomial_only(interval)`; for an interval whose ends are powers of
-    two (calibration's), the configuration found on 4^j times it, lo in [1, 4).
+    """`InverseSqrt.polynomial_only(interval)`; for an interval whose ends lie on the grid
+    2^(k/4) (calibration's), the configuration found on 4^j times it, lo in [1, 4).
 
     1/sqrt is homogeneous: 2^j rsqrt(4^j v) = rsqrt(v), the relative-minimax guess of a
     given degree scales the same way, and Newton's steps commute with the scaling, so the
@@ -280,7 +280,7 @@ def _poly_rsqrt(interval: tuple[float, float]) -> InverseSqrt:
     """
     lo, hi = float(interval[0]), float(interval[1])
     shift = -math.floor(math.log(lo, 4)) if lo > 0 else 0
-    if not (_power_of_two(lo) and _power_of_two(hi)) or shift == 0:
+    if not (_on_quarter_octaves(lo) and _on_quarter_octaves(hi)) or shift == 0:
         return InverseSqrt.polynomial_only((lo, hi))
     shape = rsqrt_approximation("poly", (lo * 4.0**shift, hi * 4.0**shift))
     assert shape is not None
@@ -293,9 +293,12 @@ def _poly_rsqrt(interval: tuple[float, float]) -> InverseSqrt:
     )
 
 
-def _power_of_two(value: float) -> bool:
-    mantissa, _ = math.frexp(value)
-    return value > 0 and mantissa == 0.5
+def _on_quarter_octaves(value: float) -> bool:
+    """value = 2^(k/4) for an integer k (to rounding)."""
+    if not value > 0:
+        return False
+    k = 4 * math.log2(value)
+    return abs(k - round(k)) < 1e-9
 
 
 def prepare_gelu(method: str, interval: tuple[float, float] | None = None) -> None:
