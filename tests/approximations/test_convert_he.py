@@ -7,7 +7,7 @@
   interval `convert` reports).
 - Slow (`make test-all`): `secinfer run tiny.pt2 --backend he` for real, server and client
   processes, no other argument: the decrypted output matches the plaintext run of the same
-  program (measured: max abs error 3e-5, cosine 1.000000, 60 refreshes, about 60 s here).
+  program (measured: max abs error 3.3e-5, cosine 1.000000, 59 refreshes, 46 s of HE here).
 """
 
 from __future__ import annotations
