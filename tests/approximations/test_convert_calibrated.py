@@ -1,15 +1,18 @@
-"""`convert(model, target="he", samples=batch)` on the outlier BERT of `helpers.models`
-(2 layers, hidden 64, GELU inputs to about +-21, attention scores to about +-48, LayerNorm
-var + eps from 7e-4 to 26), calibrated on 16 sequences and checked on 16 others.
+"""`convert(model, target="he", samples=batch)` on the BERT of `helpers.models` (2 layers,
+hidden 64), calibrated on 16 sequences and checked on 16 others, at realistic ranges and
+with trained-like outliers (`scaled`: GELU inputs to about +-21, attention scores to about
++-48, LayerNorm var + eps from 7e-4 to 26).
 
 Measured (seed 0), last_hidden_state against the unconverted model on the held-out batch:
-  GELU and LayerNorm only (softmax kept)   cosine 0.99997, max abs error 0.037
-  + power-softmax (the whole conversion)   cosine 0.99945, max abs error 0.141
-  quad GELU instead (needs distillation)   cosine 0.557
-  no calibration (catalog GELU on [-8, 8]) cosine -0.07 (the polynomial diverges)
-The tolerances below sit a little under those figures. Power-softmax is not softmax: on
-this random model attention moves the output little; on a trained model it is the part
-fine-tuning recovers (README, HE walk-through)."""
+                                            realistic            outliers
+  GELU and LayerNorm only (softmax kept)   1 - 1e-7, 3e-4       0.99997, 0.037
+  + power-softmax (the whole conversion)   0.99989, 0.067       0.99945, 0.141
+  quad GELU instead (needs distillation)   0.990                0.557
+  no calibration (catalog GELU on [-8, 8]) 1 - 1e-7             -0.07 (diverges)
+(cosine, max abs error; outputs reach about 3.7). The tolerances below sit a little under
+those figures. Power-softmax is not softmax: on this random model attention moves the
+output little; on a trained model it is the part fine-tuning recovers (README, HE
+walk-through)."""
 
 from __future__ import annotations
 
@@ -26,10 +29,8 @@ from approximations.modules import PolyGELU, PolyLayerNorm, PowerSoftmax
 
 pytest.importorskip("transformers")
 
-COSINE = 0.999
-MAX_ABS = 0.25
-POLYNOMIAL_COSINE = 0.9999
-POLYNOMIAL_MAX_ABS = 0.06
+# scaled -> (cosine, max abs error) of the whole conversion, then of GELU and LayerNorm only
+TOLERANCES = {False: (0.9995, 0.1, 0.99999, 1e-3), True: (0.999, 0.25, 0.9999, 0.06)}
 
 
 def batch(seeds: range) -> dict[str, torch.Tensor]:
@@ -41,9 +42,14 @@ CALIBRATION = batch(range(8))
 HELD_OUT = batch(range(100, 108))
 
 
+@pytest.fixture(scope="module", params=[False, True], ids=["realistic", "outliers"])
+def scaled(request: pytest.FixtureRequest) -> bool:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def original() -> torch.nn.Module:
-    return bert(scaled=True)
+def original(scaled: bool) -> torch.nn.Module:
+    return bert(scaled=scaled)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +81,7 @@ def held_out_ranges(model: torch.nn.Module) -> dict[str, tuple[float, float]]:
     return {names[m]: o.values.as_tuple() for m, o in seen.items()}
 
 
-def test_every_site_is_replaced_by_an_he_method(converted) -> None:
+def test_every_site_is_replaced_by_an_he_method(converted, scaled) -> None:
     model, replaced = converted
     kinds = [r.kind for r in replaced]
     assert kinds.count("layernorm") == 5 and kinds.count("gelu") == 2
@@ -88,21 +94,23 @@ def test_every_site_is_replaced_by_an_he_method(converted) -> None:
             assert module.rsqrt == "poly" and module.interval == r.interval
         else:
             assert module.normalizer == "mean" and module.scale == r.scale
-            assert r.scale > 40  # the scores reach about 48
+            assert r.scale > (40 if scaled else 0.1)  # the scores reach about 48 (0.15)
 
 
-def test_outputs_stay_close_to_the_original_on_held_out_inputs(original, converted) -> None:
+def test_outputs_stay_close_to_the_original_on_held_out_inputs(original, converted, scaled) -> None:
+    min_cosine, max_abs, _, _ = TOLERANCES[scaled]
     reference, output = hidden(original, HELD_OUT), hidden(converted[0], HELD_OUT)
-    assert cosine(output, reference) >= COSINE
-    assert float((output - reference).abs().max()) <= MAX_ABS
+    assert cosine(output, reference) >= min_cosine
+    assert float((output - reference).abs().max()) <= max_abs
 
 
-def test_the_polynomials_alone_are_closer(original) -> None:
+def test_the_polynomials_alone_are_closer(original, scaled) -> None:
     """GELU and LayerNorm replaced, softmax kept: the calibrated polynomials' own error."""
+    _, _, min_cosine, max_abs = TOLERANCES[scaled]
     model, _ = convert(original, target="he", softmax=None, samples=CALIBRATION)
     reference, output = hidden(original, HELD_OUT), hidden(model, HELD_OUT)
-    assert cosine(output, reference) >= POLYNOMIAL_COSINE
-    assert float((output - reference).abs().max()) <= POLYNOMIAL_MAX_ABS
+    assert cosine(output, reference) >= min_cosine
+    assert float((output - reference).abs().max()) <= max_abs
 
 
 def test_every_layer_norm_interval_holds_the_held_out_variances(original, converted) -> None:
