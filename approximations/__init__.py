@@ -8,6 +8,7 @@ Pure torch + numpy; no cryptography. The pieces:
 - `catalog`: every named approximation with interval, degree, depth and max error
 - function forms `gelu`, `softmax`, `power_softmax`, `layer_norm`
 - modules `PolyGELU`, `PowerSoftmax`, `PolyLayerNorm` and `convert(model, ...)`
+  (`convert(model, target="he", samples=batch)` calibrates every interval)
 """
 
 from approximations.errors import ApproximationError, ConversionError
@@ -35,6 +36,7 @@ __all__ = [
     "PowerSoftmax",
     "Reciprocal",
     "Segment",
+    "calibration_record",
     "catalog",
     "convert",
     "fit",
@@ -50,7 +52,7 @@ def __getattr__(name: str):
     # on demand so that a missing optional piece never breaks `import approximations`. (The
     # module is not called `convert`: importing it would rebind this package's attribute
     # `convert` from the function to the module.)
-    if name in ("convert", "Replacement"):
+    if name in ("convert", "Replacement", "calibration_record"):
         from approximations import conversion
 
         return getattr(conversion, name)

@@ -7,13 +7,20 @@ quoted there are the numbers these functions achieve.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import lru_cache
 
+import numpy as np
 import torch
+from numpy.polynomial import chebyshev as npcheb
 
+from approximations import lowdepth
 from approximations.errors import ApproximationError
+from approximations.even_gelu import even_part
+from approximations.fitting import fit
 from approximations.iterative import ExpBySquaring, InverseSqrt
+from approximations.polynomial import Polynomial
 
 GELU_METHODS = ("exact", "tanh", "sigmoid", "puma", "puma_refit", "bolt", "minimax", "quad")
 SOFTMAX_METHODS = ("exact", "exp_limit", "power", "2quad")
@@ -28,7 +35,9 @@ def check_gelu_method(method: str) -> None:
         raise ApproximationError(f"method={method!r}: GELU methods are {', '.join(GELU_METHODS)}")
 
 
-def gelu(x: torch.Tensor, method: str = "puma_refit") -> torch.Tensor:
+def gelu(
+    x: torch.Tensor, method: str = "puma_refit", interval: tuple[float, float] | None = None
+) -> torch.Tensor:
     """GELU(x) = x Phi(x) or an approximation of it.
 
     exact    x/2 (1 + erf(x / sqrt 2))
@@ -38,14 +47,21 @@ def gelu(x: torch.Tensor, method: str = "puma_refit") -> torch.Tensor:
              coefficients: error 0.0199 (just below x = 3), 0 beyond the ends
     puma_refit  the same segments and degrees, coefficients refit by Remez: error 0.0075
     bolt     0 below -2.7, x above 2.7, a degree-4 minimax polynomial between
-    minimax  one degree-20 minimax polynomial on [-8, 8] (diverges outside it)
+    minimax  one degree-20 minimax polynomial on [-8, 8] (diverges outside it); with
+             `interval` = (-B, B) one minimax polynomial fitted there instead
+             (`gelu_minimax_on`: degree and certified error chosen by B)
     quad     MPCFormer's 0.125 x^2 + 0.25 x + 0.5 (a replacement that needs distillation)
     The errors of each are in `approximations.library`.
     """
     check_gelu_method(method)
+    if interval is not None:
+        return even_gelu_form(x, gelu_minimax_on(gelu_bound(method, interval)))
     from approximations.library import catalog
 
-    return catalog[f"gelu.{method}"].approximation(x)
+    approximation = catalog[f"gelu.{method}"].approximation
+    if method == "minimax":  # one polynomial: evaluated in log depth, not by Clenshaw
+        return lowdepth.evaluate(approximation, x)
+    return approximation(x)
 
 
 # --- softmax ------------------------------------------------------------------------------
@@ -76,13 +92,52 @@ def _keep(mask: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     return torch.ones_like(x) if mask is None else mask.to(x.dtype).expand_as(x)
 
 
+def check_power_softmax_scale(scale: bool | float) -> None:
+    if isinstance(scale, bool):
+        return
+    if not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
+        raise ApproximationError(
+            f"scale={scale!r}: expected True (divide by the row's max |x|), False, or a "
+            "positive constant"
+        )
+
+
+def _power_terms(
+    x: torch.Tensor,
+    dim: int,
+    p: int,
+    normalizer: str,
+    eps: float,
+    scale: bool | float,
+    mask: torch.Tensor | None,
+    delta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | int | None]:
+    """(powered, the reciprocal's input, count L or None for "sum") of `power_softmax`.
+    Without a mask nothing is multiplied by ones and L is the row length (a product less
+    on the way under HE)."""
+    check_power_softmax_args(p, normalizer, eps)
+    check_power_softmax_scale(scale)
+    keep = None if mask is None else _keep(mask, x)
+    if scale is True:
+        magnitude = x.detach().abs() if keep is None else x.detach().abs() * keep
+        x = x / (magnitude.amax(dim=dim, keepdim=True) + delta)
+    elif scale is not False:
+        x = x / float(scale)
+    powered = x**p if keep is None else x**p * keep
+    total = powered.sum(dim=dim, keepdim=True)
+    if normalizer == "sum":
+        return powered, total + eps, None
+    count = x.shape[dim] if keep is None else keep.sum(dim=dim, keepdim=True).clamp_min(1.0)
+    return powered, total / count + eps, count
+
+
 def power_softmax(
     x: torch.Tensor,
     dim: int = -1,
     p: int = 4,
     normalizer: str = "sum",
     eps: float = 1e-6,
-    scale: bool = True,
+    scale: bool | float = True,
     mask: torch.Tensor | None = None,
     delta: float = 1e-6,
     reciprocal: str = "exact",
@@ -90,23 +145,34 @@ def power_softmax(
     """Power-softmax (Zimerman et al., arXiv 2410.09457): w_i = x_i^p / normaliser.
 
     scale=True first divides x by c = max_i |x_i| + delta (treated as a constant), the
-    paper's stable training form; with eps = 0 this leaves the weights unchanged.
+    paper's stable training form; with eps = 0 this leaves the weights unchanged. It needs
+    a row maximum (comparisons): under HE give a positive constant c instead (calibrated:
+    `approximations.convert(..., samples=...)`), which keeps |x / c|^p <= 1 for |x| <= c.
     normalizer="sum":  w_i = x_i^p / (sum_j x_j^p + eps).
     normalizer="mean": w_i = x_i^p / (L (mean_j x_j^p + eps)), the inference form: the
     reciprocal's input mean + eps stays in a bounded range whatever L is (L = number of
-    kept positions, public). `mask` is multiplicative: 1 keeps a position, 0 drops it.
+    kept positions, public); with a constant c it lies in [eps, 1 + eps] for |x| <= c.
+    `mask` is multiplicative: 1 keeps a position, 0 drops it.
     """
-    check_power_softmax_args(p, normalizer, eps)
-    keep = _keep(mask, x)
-    if scale:
-        c = (x.detach().abs() * keep).amax(dim=dim, keepdim=True) + delta
-        x = x / c
-    powered = x**p * keep
-    total = powered.sum(dim=dim, keepdim=True)
-    if normalizer == "sum":
-        return powered * _reciprocal(total + eps, reciprocal)
-    count = keep.sum(dim=dim, keepdim=True).clamp_min(1.0)
-    return powered * _reciprocal(total / count + eps, reciprocal) / count
+    powered, denominator, count = _power_terms(x, dim, p, normalizer, eps, scale, mask, delta)
+    if count is not None:  # beside the reciprocal, not after it: no extra depth
+        powered = powered / count
+    return powered * _reciprocal(denominator, reciprocal)
+
+
+def power_softmax_normaliser(
+    x: torch.Tensor,
+    dim: int = -1,
+    p: int = 4,
+    normalizer: str = "sum",
+    eps: float = 1e-6,
+    scale: bool | float = True,
+    mask: torch.Tensor | None = None,
+    delta: float = 1e-6,
+) -> torch.Tensor:
+    """The reciprocal's input in `power_softmax` (same arguments): sum_j x_j^p + eps, or
+    mean_j x_j^p + eps, of the scaled x, one value per row (keepdim)."""
+    return _power_terms(x, dim, p, normalizer, eps, scale, mask, delta)[1]
 
 
 def softmax(
@@ -197,17 +263,132 @@ def rsqrt_approximation(rsqrt: str, interval: tuple[float, float] | None) -> Inv
     elif interval is None:
         raise ApproximationError("rsqrt='poly' needs interval=(lo, hi)")
     else:
-        approx = InverseSqrt.polynomial_only(interval)
+        approx = _poly_rsqrt(interval)
     _ = approx.initial
     return approx
 
 
-def prepare_gelu(method: str) -> None:
-    """Build (fit) the approximation behind `gelu(x, method)` now, outside any trace."""
+def _poly_rsqrt(interval: tuple[float, float]) -> InverseSqrt:
+    """`InverseSqrt.polynomial_only(interval)`; for an interval whose ends lie on the grid
+    2^(k/4) (calibration's), the configuration found on 4^j times it, lo in [1, 4).
+
+    1/sqrt is homogeneous: 2^j rsqrt(4^j v) = rsqrt(v), the relative-minimax guess of a
+    given degree scales the same way, and Newton's steps commute with the scaling, so the
+    shallowest configuration (degree, steps, guess scale) on [lo, hi] is the one on
+    [4^j lo, 4^j hi]. Searching once per shape lets LayerNorms whose calibrated intervals
+    differ by powers of four share the search (about 5 s); each still fits its own guess.
+    """
+    lo, hi = float(interval[0]), float(interval[1])
+    shift = -math.floor(math.log(lo, 4)) if lo > 0 else 0
+    if not (_on_quarter_octaves(lo) and _on_quarter_octaves(hi)) or shift == 0:
+        return InverseSqrt.polynomial_only((lo, hi))
+    shape = rsqrt_approximation("poly", (lo * 4.0**shift, hi * 4.0**shift))
+    assert shape is not None
+    return InverseSqrt(
+        interval=(lo, hi),
+        iterations=shape.iterations,
+        initial_degree=shape.initial_degree,
+        normalise=False,
+        guess_scale=shape.guess_scale,
+    )
+
+
+def _on_quarter_octaves(value: float) -> bool:
+    """value = 2^(k/4) for an integer k (to rounding)."""
+    if not value > 0:
+        return False
+    k = 4 * math.log2(value)
+    return abs(k - round(k)) < 1e-9
+
+
+def prepare_gelu(method: str, interval: tuple[float, float] | None = None) -> None:
+    """Build (fit) the approximation behind `gelu(x, method, interval)` now, outside any
+    trace."""
     check_gelu_method(method)
+    if interval is not None:
+        gelu_minimax_on(gelu_bound(method, interval))
+        return
     from approximations.library import catalog
 
     _ = catalog[f"gelu.{method}"].approximation
+
+
+GELU_RELATIVE_TARGET = 1e-3
+"""`gelu_minimax_on(B)` aims at a max error of 1e-3 B: GELU's values on [-B, B] reach B, and
+an absolute error that grows with the input scale keeps the degree affordable."""
+GELU_MAX_DEGREE = 32
+"""Highest degree of q in `gelu_minimax_on` (64 in x)."""
+GELU_TAIL_TERMS = 256
+GELU_TAIL_FACTOR = 0.7
+"""The degree-k minimax error of q, estimated as 0.7 times the sum of q's Chebyshev
+coefficients beyond k (measured ratio 0.55 to 0.70 for B = 8 to 32): the estimate picks k,
+one Remez fit then certifies it (one degree more if it misses)."""
+
+
+def gelu_bound(method: str, interval: tuple[float, float]) -> float:
+    """B = max(|lo|, |hi|) of a GELU `interval` (the fit covers the symmetric [-B, B]);
+    only "minimax" takes an interval."""
+    if method != "minimax":
+        raise ApproximationError(
+            f"interval={interval!r}: only GELU method 'minimax' is fitted on an interval "
+            f"({method!r} has a fixed form)"
+        )
+    try:
+        lo, hi = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise ApproximationError(f"interval={interval!r}: expected (lo, hi)") from None
+    bound = max(abs(lo), abs(hi))
+    if not (math.isfinite(bound) and bound > 0 and lo < hi):
+        raise ApproximationError(f"interval={interval!r}: expected finite lo < hi")
+    return bound
+
+
+@lru_cache(maxsize=64)
+def gelu_minimax_on(bound: float) -> Polynomial:
+    """q with GELU(x) ~ x/2 + q(x^2) on [-B, B] (B = `bound`), error certified.
+
+    GELU(x) - x/2 is even, so its best uniform approximation of degree 2k is q(x^2) with q
+    the degree-k minimax of E(sqrt s) on s in [0, B^2] (`even_gelu.even_part`): the same
+    error as a degree-2k minimax in x at half the sequential products (a secure
+    evaluation computes x^2 once, then q). k is the lowest degree estimated to reach
+    GELU_RELATIVE_TARGET B (GELU_TAIL_FACTOR), at most GELU_MAX_DEGREE; Remez fits q and
+    `max_error` certifies it (absolute error of GELU on [-B, B]). Measured trade-off,
+    certified error by bound B and degree 2k in x (the target 1e-3 B picks 2k = 10 at
+    B = 4, 18 at B = 8, 32 at B = 16, 54 at B = 32):
+
+        B     2k = 16   24       32       40       48
+        8     1.1e-2    6.3e-4   1.9e-5
+        12    5.0e-2    1.1e-2   1.7e-3
+        17    1.1e-1    4.3e-2   1.5e-2
+        24    1.9e-1    9.9e-2   5.0e-2   2.4e-2   1.1e-2
+        32    2.7e-1    1.6e-1   9.9e-2   6.0e-2   3.5e-2
+
+    A polynomial diverges outside its interval (T_k grows like cosh(k arccosh t)), so B
+    must come from calibration with a margin (`approximations.calibration`).
+    """
+    target = GELU_RELATIVE_TARGET * bound
+    domain = (0.0, bound * bound)
+
+    def mapped(t: np.ndarray) -> np.ndarray:
+        s = (np.asarray(t, dtype=np.float64) + 1.0) * (bound * bound) / 2
+        return even_part(torch.from_numpy(s)).numpy()
+
+    tails = np.cumsum(np.abs(npcheb.chebinterpolate(mapped, GELU_TAIL_TERMS))[::-1])[::-1]
+    degree = next(
+        (k for k in range(1, GELU_MAX_DEGREE) if GELU_TAIL_FACTOR * tails[k + 1] <= target),
+        GELU_MAX_DEGREE,
+    )
+    while True:
+        poly = fit(even_part, domain, degree, "remez", name="gelu_even_part")
+        if degree >= GELU_MAX_DEGREE or (poly.max_error or 0.0) <= target:
+            return poly
+        degree += 1
+
+
+def even_gelu_form(x: torch.Tensor, q: Polynomial) -> torch.Tensor:
+    """x/2 + q(x^2), in x's dtype, differentiable; q in logarithmic depth
+    (`approximations.lowdepth`: depth about 3 + log2(deg q) counted from x)."""
+    return 0.5 * x + lowdepth.evaluate(q, x * x)
 
 
 def layer_norm(
@@ -228,7 +409,12 @@ def layer_norm(
     centred = x - mean
     var = (centred * centred).mean(dim=dims, keepdim=True)
     approx = rsqrt_approximation(rsqrt, tuple(interval) if interval is not None else None)
-    inv = torch.rsqrt(var + eps) if approx is None else approx(var + eps)
+    if approx is None:
+        inv = torch.rsqrt(var + eps)
+    elif rsqrt == "poly":  # the guess in log depth (`lowdepth`), then Newton's steps
+        inv = approx.iterate(var + eps, lambda v: lowdepth.evaluate(approx.initial, v))
+    else:
+        inv = approx(var + eps)
     out = centred * inv
     if weight is not None:
         out = out * weight

@@ -2,9 +2,10 @@
 
 1. trains the plain model (`secinfer.zoo.digits.DigitsTransformer`: exact GELU, softmax and
    LayerNorm) on scikit-learn's digits set;
-2. converts a copy with `approximations.convert`: polynomial GELU, power-softmax and
-   (by default) LayerNorm whose inverse square root is polynomial-only on an interval
-   calibrated from the variances the plain model sees on the training data;
+2. converts a copy with `approximations.convert(plain, target="he", samples=train_x)`:
+   polynomial GELU, power-softmax and (by default) LayerNorm whose inverse square root is
+   polynomial-only, every interval calibrated per site from the training images (no
+   variance range computed by hand);
 3. fine-tunes the converted model, distilling from the plain model's logits
    (KL at temperature T, mixed with cross-entropy on the labels);
 4. prints both test accuracies and saves both models into --out as
@@ -20,7 +21,6 @@ adds `--update-bundled`; without it, an --out inside that folder is refused.
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import random
 import time
@@ -32,12 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from approximations.calibration import Range, layer_norm_input
+from approximations.conversion import Replacement, calibration_record, convert
 from approximations.functions import rsqrt_approximation
+from approximations.modules import PolyLayerNorm
 from secinfer.zoo.digits import (
     DigitsConfig,
     DigitsTransformer,
     accuracy,
-    apply_conversion,
     export_program,
     load_model,
     load_split,
@@ -90,25 +92,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="power-softmax normaliser ('mean' is the paper's inference form)",
     )
     ap.add_argument(
-        "--softmax-eps", type=float, default=1e-3, help="power-softmax epsilon in the denominator"
-    )
-    ap.add_argument(
-        "--softmax-scale",
-        action="store_true",
-        help="divide scores by max|x| before the power (the paper's training form; the max "
-        "needs comparisons, so it is off for HE)",
+        "--softmax-eps",
+        type=float,
+        default=1e-3,
+        help="power-softmax epsilon in the denominator (of the scores divided by their "
+        "calibrated scale)",
     )
     ap.add_argument(
         "--layernorm",
         default="poly",
-        choices=["poly", "newton", "exact"],
-        help="rsqrt of the converted LayerNorm ('exact' keeps nn.LayerNorm)",
-    )
-    ap.add_argument(
-        "--ln-margin",
-        type=float,
-        default=4.0,
-        help="the poly rsqrt interval is [min/m, max*m] of the observed var+eps",
+        choices=["poly", "exact"],
+        help="rsqrt of the converted LayerNorm, on each LayerNorm's calibrated interval "
+        "('exact' keeps nn.LayerNorm)",
     )
     ap.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
     ap.add_argument(
@@ -201,60 +196,56 @@ def distill_loss(teacher: nn.Module, temperature: float, alpha: float) -> Any:
     return loss
 
 
+def convert_for_he(
+    plain: nn.Module, args: argparse.Namespace, samples: torch.Tensor
+) -> tuple[nn.Module, list[Replacement], dict[str, Any]]:
+    """`approximations.convert(plain, target="he", samples=...)` with the chosen methods;
+    returns the converted copy, its replacements and the JSON record saved with the model
+    (convert's arguments plus `calibration_record`, so that loading replays the same
+    per-site intervals without the samples)."""
+    options: dict[str, Any] = {
+        "target": "he",
+        "gelu": args.gelu,
+        "softmax": "power",
+        "softmax_options": {"p": args.p, "normalizer": args.normalizer, "eps": args.softmax_eps},
+        "layernorm": None if args.layernorm == "exact" else args.layernorm,
+    }
+    he, replaced = convert(plain, **options, samples=samples)
+    return he, replaced, {**options, "calibration": calibration_record(replaced)}
+
+
+def print_calibration(replaced: list[Replacement]) -> None:
+    """One line per site: what the training images produced and the interval chosen."""
+    for r in replaced:
+        seen = f"[{r.observed[0]:.3g}, {r.observed[1]:.3g}]" if r.observed else "-"
+        chosen = f"[{r.interval[0]:.3g}, {r.interval[1]:.3g}]" if r.interval else "-"
+        extra = f", scale {r.scale:g}" if r.scale is not None else ""
+        error = f", max error {r.max_error:.2e}" if r.max_error is not None else ""
+        print(f"  {r.path:24s} {r.kind:9s} seen {seen:22s} interval {chosen}{extra}{error}")
+
+
 @torch.no_grad()
-def layernorm_variances(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
-    """(min, max) over every LayerNorm of `model` of var + eps seen on inputs `x`.
+def layer_norm_ranges(model: nn.Module, x: torch.Tensor) -> dict[str, Range]:
+    """var + eps seen by each converted LayerNorm of `model` on `x`."""
+    seen: dict[str, Range] = {}
 
-    Works for nn.LayerNorm and for converted LayerNorms (anything with `normalized_shape`
-    and `eps`); the variance is the biased one LayerNorm uses.
-    """
-    lo, hi = math.inf, 0.0
+    def record(path: str) -> Any:
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...], _out: Any) -> None:
+            seen.setdefault(path, Range()).add(layer_norm_input(module, args[0]))
 
-    def hook(mod: nn.Module, args: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
-        nonlocal lo, hi
-        dims = tuple(range(-len(mod.normalized_shape), 0))
-        v = args[0].var(dim=dims, unbiased=False) + mod.eps
-        lo, hi = min(lo, v.min().item()), max(hi, v.max().item())
+        return hook
 
     handles = [
-        m.register_forward_hook(hook)
-        for m in model.modules()
-        if hasattr(m, "normalized_shape") and hasattr(m, "eps")
+        m.register_forward_hook(record(path))
+        for path, m in model.named_modules()
+        if isinstance(m, PolyLayerNorm)
     ]
     try:
         predict(model, x)
     finally:
         for h in handles:
             h.remove()
-    return lo, hi
-
-
-def conversion_options(args: argparse.Namespace, var_range: tuple[float, float]) -> dict:
-    """All keyword arguments of `approximations.convert`, JSON-ready (saved with the model).
-
-    For rsqrt "poly" the interval is the observed range of var + eps widened by the factor
-    --ln-margin on both ends: a polynomial rsqrt is accurate only on its interval (its Newton
-    steps diverge above it), and a wider interval costs depth, not accuracy.
-    """
-    opts: dict[str, Any] = {
-        "gelu": args.gelu,
-        "softmax": "power",
-        "softmax_options": {
-            "p": args.p,
-            "normalizer": args.normalizer,
-            "eps": args.softmax_eps,
-            "scale": args.softmax_scale,
-        },
-        "layernorm": None if args.layernorm == "exact" else args.layernorm,
-        "layernorm_interval": None,
-    }
-    if args.layernorm == "poly":
-        lo, hi = var_range
-        opts["layernorm_interval"] = [
-            float(f"{lo / args.ln_margin:.3g}"),
-            float(f"{hi * args.ln_margin:.3g}"),
-        ]
-    return opts
+    return seen
 
 
 def check_export(model: nn.Module, path: Path, x: torch.Tensor) -> float:
@@ -300,39 +291,37 @@ def main(argv: list[str] | None = None) -> None:
     t_plain = time.perf_counter() - t0
     print(f"plain model: test accuracy {acc_plain:.4f}  ({t_plain:.1f} s)")
 
-    var_range = layernorm_variances(plain, train_x)
-    conversion = conversion_options(args, var_range)
-    print(f"LayerNorm var+eps on train data: [{var_range[0]:.3g}, {var_range[1]:.3g}]")
-    print(f"convert options: {conversion}")
-    he = apply_conversion(copy.deepcopy(plain), conversion)
+    he, replaced, conversion = convert_for_he(plain, args, train_x)
+    print("calibrated on the training images (per site):")
+    print_calibration(replaced)
     acc_before = accuracy(he, test_x, test_y)
     print(f"converted, before fine-tuning: test accuracy {acc_before:.4f}")
 
     loss = distill_loss(plain, args.temperature, args.alpha)
     fit(he, (train_x, train_y), args.ft_epochs, args.ft_lr, args.seed + 1, loss)
     acc_he = accuracy(he, test_x, test_y)
-    he_range = layernorm_variances(he, torch.cat([train_x, test_x]))
     agree = (predict(plain, test_x).argmax(-1) == predict(he, test_x).argmax(-1)).float().mean()
     print(
         f"converted, after fine-tuning:  test accuracy {acc_he:.4f} "
         f"(plain {acc_plain:.4f}, diff {100 * (acc_he - acc_plain):+.2f} points, "
         f"agreement {agree.item():.4f})"
     )
-    print(
-        f"LayerNorm var+eps of the fine-tuned model (train+test): "
-        f"[{he_range[0]:.3g}, {he_range[1]:.3g}]"
-    )
     rsqrt_record: dict[str, Any] = {}
-    if conversion["layernorm_interval"] is not None:
-        lo, hi = conversion["layernorm_interval"]
-        inside = lo <= he_range[0] and he_range[1] <= hi
-        print(f"  within the poly rsqrt interval [{lo:g}, {hi:g}]: {'yes' if inside else 'NO'}")
+    after = layer_norm_ranges(he, torch.cat([train_x, test_x]))
+    for r in replaced:
+        if r.kind != "layernorm" or r.interval is None:
+            continue
+        lo, hi = r.interval
+        inside = lo <= after[r.path].lo and after[r.path].hi <= hi
         rsqrt = rsqrt_approximation("poly", (lo, hi))
-        rsqrt_record = {"layernorm_rsqrt": rsqrt.to_dict() | {"max_error": rsqrt.max_error}}
+        assert rsqrt is not None
         print(
-            f"  rsqrt: degree {rsqrt.initial_degree} guess + {rsqrt.iterations} Newton steps, "
-            f"depth {rsqrt.depth}, relative error {rsqrt.max_error:.2e}"
+            f"  {r.path}: var+eps after fine-tuning (train+test) "
+            f"[{after[r.path].lo:.3g}, {after[r.path].hi:.3g}], within [{lo:g}, {hi:g}]: "
+            f"{'yes' if inside else 'NO'}; rsqrt degree {rsqrt.initial_degree} guess + "
+            f"{rsqrt.iterations} Newton steps, relative error {rsqrt.max_error:.2e}"
         )
+        rsqrt_record[r.path] = rsqrt.to_dict() | {"max_error": rsqrt.max_error}
 
     common = {"seed": args.seed, "train_rows": len(train_x), "test_rows": len(test_x)}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -350,14 +339,13 @@ def main(argv: list[str] | None = None) -> None:
         conversion,
         {
             **common,
-            **rsqrt_record,
+            "layernorm_rsqrt": rsqrt_record,
             "teacher": f"{args.name}.safetensors",
             "ft_epochs": args.ft_epochs,
             "temperature": args.temperature,
             "alpha": args.alpha,
             "test_accuracy_before_finetune": acc_before,
             "test_accuracy": acc_he,
-            "layernorm_var_range_train": list(var_range),
         },
         test_x,
     )
