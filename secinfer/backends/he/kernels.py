@@ -47,8 +47,8 @@ from secinfer.errors import UserError
 aten = torch.ops.aten
 FLOAT = torch.float64
 CONVERT_HINT = (
-    "convert the model first: approximations.convert(model, gelu='quad', softmax='power', "
-    "layernorm='poly') (see the README's HE walk-through)"
+    "convert the model first: approximations.convert(model, target='he', samples=...) "
+    "(see the README's HE walk-through)"
 )
 
 
