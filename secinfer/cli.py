@@ -223,6 +223,23 @@ def _inputs(
     help="he: the embedding table is public; the client embeds its token ids itself "
     "(default: it encrypts them one-hot and the server multiplies by its table).",
 )
+@click.option(
+    "--hiding-bits",
+    type=click.IntRange(1, 128),
+    default=40,
+    show_default=True,
+    help="he: statistical hiding, in bits, of every intermediate value a refresh shows the "
+    "client (below 40: a warning; more bits can cost levels and a larger ring).",
+)
+@click.option(
+    "--flood-bits",
+    type=click.IntRange(0, 56),
+    default=0,
+    show_default=True,
+    help="he: flood the output's CKKS noise with integers uniform on +-2^F per coefficient "
+    "before the client decrypts it (circuit privacy; 0: off). Costs precision: the report "
+    "states the error bound.",
+)
 def run(
     model: Path,
     trust_model: bool,
@@ -240,6 +257,8 @@ def run(
     timeout: float,
     no_refresh: bool,
     public_embedding: bool,
+    hiding_bits: int,
+    flood_bits: int,
 ) -> None:
     """Run MODEL on a backend and compare its output with plaintext.
 
@@ -273,6 +292,8 @@ def run(
         refresh=not no_refresh,
         public_embedding=public_embedding,
         target=target,
+        hiding_bits=hiding_bits,
+        flood_bits=flood_bits,
     )
     plan_for = plan_target(backend, target)
     loaded = load.load_model(model, trust_model=trust_model)
@@ -576,7 +597,7 @@ def eval_(
     )
     graph, plan = prepare(loaded.program, backend, samples, config_path, target)
     options = LossOptions(zloss_a, zloss_b, gce_q)
-    chosen.check(graph, plan)
+    chosen.check(graph, plan, run_options)
     if chosen.secure:
         report = evaluate_secure(
             backend, loaded, graph, plan, model, data, dataset, names, options, batches,
@@ -638,6 +659,23 @@ def eval_(
     "--public-embedding", is_flag=True, help="Server: send the embedding table to the client."
 )
 @click.option(
+    "--hiding-bits",
+    type=click.IntRange(1, 128),
+    default=40,
+    show_default=True,
+    help="Server: statistical hiding, in bits, of every intermediate value a refresh shows the "
+    "client (below 40: a warning; more bits can cost levels and a larger ring).",
+)
+@click.option(
+    "--flood-bits",
+    type=click.IntRange(0, 56),
+    default=0,
+    show_default=True,
+    help="Server: flood the output's CKKS noise with integers uniform on +-2^F per coefficient "
+    "before the client decrypts it (circuit privacy; 0: off). Costs precision: the report "
+    "states the error bound.",
+)
+@click.option(
     "--identity",
     type=click.Path(path_type=Path, file_okay=False),
     help="Directory with this side's key and certificate and the other side's certificate "
@@ -688,6 +726,8 @@ def he_party(role: str, **options: Any) -> None:
                 refresh=not options["no_refresh"],
                 public_embedding=options["public_embedding"],
                 evaluation=evaluation,
+                hiding_bits=options["hiding_bits"],
+                flood_bits=options["flood_bits"],
             )
         else:
             if not options["connect"]:

@@ -37,7 +37,7 @@ from tenseal import sealapi
 
 from protocols.he.serial import saved_bytes
 
-_HEADER = struct.Struct("<HBBBBHQ")  # magic, header size, version major, minor, compression, 0, size
+_HEADER = struct.Struct("<HBBBBHQ")  # magic, header size, version, compression, 0, size
 _MAGIC = 0xA15E
 _CT_META = struct.Struct("<QQQdQ")  # size, poly_modulus_degree, coeff_modulus_size, scale, corr.
 

@@ -346,7 +346,8 @@ class ClientRefresh:
     """The client side of a refresh under `plan` (module docstring): decrypt, check,
     re-encrypt at the top level. `check_slots(values)` vets slot-mode values (and returns
     them); `seeded`: slot-mode answers in SEAL's seeded form, for sending (coefficient-mode
-    answers are full ciphertexts: an encryption of zero plus the integers); a coefficient-mode ciphertext must arrive at the room level and decrypt below
+    answers are full ciphertexts: an encryption of zero plus the integers); a
+    coefficient-mode ciphertext must arrive at the room level and decrypt below
     2^(mask_bits + 1), else `messages.MessageError`."""
 
     def __init__(

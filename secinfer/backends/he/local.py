@@ -45,6 +45,8 @@ def run_local_he(
     public_embedding: bool = False,
     peer_timeout: float = DEFAULT_TIMEOUT,
     run_timeout: float = RUN_TIMEOUT,
+    hiding_bits: int = 40,
+    flood_bits: int = 0,
 ) -> PartyRun:
     """Server (model owner) and client (data owner) of an HE run as two processes on
     loopback; the client's decrypted output and both records."""
@@ -57,6 +59,7 @@ def run_local_he(
             server.append("--no-refresh")
         if public_embedding:
             server.append("--public-embedding")
+        server += ["--hiding-bits", str(hiding_bits), "--flood-bits", str(flood_bits)]
         client += ["--input", str(input_path)]
         seconds = _run_he(server, client, root, run_timeout)
         return read_run(out[HeRole.CLIENT] / "output.npy", *_records(out), seconds)
@@ -72,13 +75,14 @@ def run_local_he_evaluation(
     batch_size: int = 64,
     peer_timeout: float = DEFAULT_TIMEOUT,
     run_timeout: float = RUN_TIMEOUT,
+    hiding_bits: int = 40,
 ) -> PartyEvaluation:
     """A private evaluation under HE, server and client as processes: the aggregate the
     chosen side learned, the server's record (as the model owner's), the client's."""
     with processes.stopping_on_signals(), processes.private_directory("secinfer-he-eval-") as root:
         out = party_dirs(root, list(HeRole))
         server, client = _he_commands(model, out, peer_timeout, trust_model, config)
-        server += evaluation.arguments()
+        server += [*evaluation.arguments(), "--hiding-bits", str(hiding_bits)]
         client += [*evaluation.arguments(), "--eval-data", str(Path(data).resolve())]
         client += ["--batch-size", str(batch_size)]
         seconds = _run_he(server, client, root, run_timeout)
