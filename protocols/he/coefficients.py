@@ -61,24 +61,43 @@ def primes(data: Any, parms_id: Any) -> list[int]:
     return [m.value() for m in data.get_context_data(parms_id).parms().coeff_modulus()]
 
 
-def ciphertext_bytes(parms_id: Any, polys: np.ndarray, scale: float, *, ntt: bool) -> bytes:
+def ciphertext_pieces(
+    parms_id: Any, polys: np.ndarray, scale: float, *, ntt: bool
+) -> list[bytes | memoryview]:
     """SEAL's uncompressed serialization of a ciphertext with polynomials `polys`
-    (shape (size, k, N), uint64 residues below their primes) at `parms_id`."""
+    (shape (size, k, N), uint64 residues below their primes) at `parms_id`, in pieces
+    (the polynomial data is not copied)."""
     size, k, n = polys.shape
     words = np.ascontiguousarray(polys, dtype="<u8").reshape(-1)
-    array = _header(struct.pack("<Q", words.size) + words.tobytes())
-    body = struct.pack("<4Q", *parms_id) + bytes([1 if ntt else 0])
-    body += _CT_META.pack(size, n, k, float(scale), 1) + array
-    return _header(body)
+    array_size = 16 + 8 + words.nbytes
+    meta = struct.pack("<4Q", *parms_id) + bytes([1 if ntt else 0])
+    meta += _CT_META.pack(size, n, k, float(scale), 1)
+    major, minor = _version()
+    total = 16 + len(meta) + array_size
+    return [
+        _HEADER.pack(_MAGIC, 16, major, minor, 0, 0, total),
+        meta,
+        _HEADER.pack(_MAGIC, 16, major, minor, 0, 0, array_size),
+        struct.pack("<Q", words.size),
+        memoryview(words).cast("B"),
+    ]
 
 
-def load_ciphertext(data: Any, raw: bytes) -> sealapi.Ciphertext:
-    """A SEAL ciphertext loaded (and validated by SEAL) from `raw` (`ciphertext_bytes`)."""
+def ciphertext_bytes(parms_id: Any, polys: np.ndarray, scale: float, *, ntt: bool) -> bytes:
+    """`ciphertext_pieces` joined."""
+    return b"".join(ciphertext_pieces(parms_id, polys, scale, ntt=ntt))
+
+
+def load_ciphertext(data: Any, raw: bytes | list[bytes | memoryview]) -> sealapi.Ciphertext:
+    """A SEAL ciphertext loaded (and validated by SEAL) from `raw` (`ciphertext_bytes`, or
+    its pieces), through a file on a RAM disk when there is one (sealapi loads from paths)."""
     directory = "/dev/shm" if os.path.isdir("/dev/shm") else None
     handle, path = tempfile.mkstemp(suffix=".seal", dir=directory)
     try:
-        os.write(handle, raw)
-        os.close(handle)
+        pieces = [raw] if isinstance(raw, bytes) else raw
+        with os.fdopen(handle, "wb") as stream:
+            for piece in pieces:
+                stream.write(piece)
         out = sealapi.Ciphertext()
         out.load(data, path)
         return out
@@ -96,7 +115,7 @@ def trivial(
     polys[0] = first
     if marker:
         polys[1, :, 0] = 1
-    return load_ciphertext(data, ciphertext_bytes(parms_id, polys, scale, ntt=ntt))
+    return load_ciphertext(data, ciphertext_pieces(parms_id, polys, scale, ntt=ntt))
 
 
 def residues(ct: sealapi.Ciphertext) -> np.ndarray:
@@ -178,13 +197,16 @@ class Integers:
         return np.stack(rows).astype(np.uint64)
 
     def magnitude(self) -> np.ndarray:
-        """|centred x| as float64 (relative error about 2^-52: for bounds, not values)."""
+        """|centred x| as float64 (relative error about 2^-52: for bounds, not values); a
+        negative x has |x| = Q - x = sum (q_i - 1 - d_i) q_0 .. q_(i-1) + 1, summed from
+        its own digits so that small magnitudes stay exact."""
         value = np.zeros(self.digits[0].shape, dtype=np.float64)
         weight = 1.0
         for d, q in zip(self.digits, self.moduli, strict=True):
-            value += d.astype(np.float64) * weight
+            digit = np.where(self.negative, np.uint64(q - 1) - d, d)
+            value += digit.astype(np.float64) * weight
             weight *= float(q)
-        return np.abs(np.where(self.negative, value - weight, value))
+        return value + self.negative
 
 
 def _mixed_radix(value: int, moduli: list[int]) -> list[int]:
@@ -233,17 +255,33 @@ def plaintext_integers(
     return Integers.from_residues(residues(holder), moduli)
 
 
+_MARKERS: dict[tuple[Any, ...], sealapi.Ciphertext] = {}
+
+
+def _marker(data: Any, evaluator: sealapi.Evaluator, parms_id: Any, n: int, k: int) -> Any:
+    """(0, 1) in NTT form at `parms_id`, made once per context and level."""
+    key = (id(data), tuple(parms_id))
+    if key not in _MARKERS:
+        held = trivial(data, parms_id, np.zeros((k, n), np.uint64), 1.0, ntt=False, marker=True)
+        evaluator.transform_to_ntt_inplace(held)
+        _MARKERS[key] = held
+    return _MARKERS[key]
+
+
 def add_residues(
     data: Any, evaluator: sealapi.Evaluator, ct: sealapi.Ciphertext, res: np.ndarray
 ) -> sealapi.Ciphertext:
-    """A copy of `ct` whose plaintext polynomial has the integers of residues `res` (k, N at
-    `ct`'s level) added exactly: ct out of NTT form, plus the trivial (res, 0), back into NTT
-    form (two NTTs; SEAL accepts the sum, whose second polynomial is ct's)."""
-    addend = trivial(data, ct.parms_id(), res, ct.scale, ntt=False)
+    """ct with the integers of residues `res` (k, N at `ct`'s level) added exactly to its
+    plaintext polynomial (a new ciphertext): the trivial (res, marker) is put in NTT form by
+    SEAL (one transform), added, and the marker's own NTT form (0, marker) subtracted."""
+    k, n = res.shape
+    addend = trivial(data, ct.parms_id(), res, ct.scale, ntt=False, marker=True)
+    evaluator.transform_to_ntt_inplace(addend)
+    marker = _marker(data, evaluator, ct.parms_id(), n, k)
+    marker.scale = ct.scale
     out = sealapi.Ciphertext()
-    evaluator.transform_from_ntt(ct, out)
-    evaluator.add_inplace(out, addend)
-    evaluator.transform_to_ntt_inplace(out)
+    evaluator.add(ct, addend, out)
+    evaluator.sub_inplace(out, marker)
     return out
 
 
@@ -251,6 +289,7 @@ __all__ = [
     "Integers",
     "add_residues",
     "ciphertext_bytes",
+    "ciphertext_pieces",
     "load_ciphertext",
     "mulmod",
     "plaintext_integers",

@@ -187,10 +187,14 @@ def plan_refresh(
 ) -> RefreshPlan:
     """The cheapest refresh hiding |x| <= value_bound to 2^-hiding: the slot mode when it
     suffices (no level reserved), else the coefficient mode at the lowest room level that
-    does. `primes`: q_0 .. q_L of the chain (the special prime excluded). Raises
-    `HidingError` when even the top level's room falls short."""
+    does. `primes`: q_0 .. q_L of the chain (the special prime excluded). At least 2 bits
+    are always asked: then the mask is at least twice the value (R >= 2B, U >= 2 Delta B),
+    so |value + mask| <= 1.5 x the mask's bound, inside the client's check (twice the bound)
+    and the message space. Raises `HidingError` when even the top level's room falls
+    short."""
     if not value_bound > 0:
         raise ValueError(f"value bound {value_bound!r}: expected > 0")
+    hiding = max(hiding, 2.0)
     slot = RefreshPlan(
         SLOT, default_mask_bits(primes[0].bit_length(), scale_bits), 0, scale_bits, value_bound
     )
