@@ -126,7 +126,7 @@ def test_shoup_products_are_exact() -> None:
 @pytest.mark.parametrize("count", [1, 2, 3])
 def test_residues_compose_and_lift_exactly(count: int) -> None:
     rng = random.Random(count)
-    moduli, other = PRIMES[:count], PRIMES[count:] + [2**61 - 1]
+    moduli, other = PRIMES[:count], [*PRIMES[count:], 2**61 - 1]
     total = math.prod(moduli)
     values = [rng.randrange(-(total // 2), total // 2) for _ in range(300)] + [0, -1, 1]
     res = np.array([[v % q for v in values] for q in moduli], dtype=np.uint64)
