@@ -543,6 +543,14 @@ def _evaluation_settings(options: dict[str, Any]) -> Any:
 @click.option(
     "--gce-q", type=float, default=0.7, show_default=True, help="Generalised cross-entropy q."
 )
+@click.option(
+    "--hiding-bits",
+    type=click.IntRange(1, 128),
+    default=40,
+    show_default=True,
+    help="he: statistical hiding, in bits, of every intermediate value a refresh shows the "
+    "client (below 40: a warning).",
+)
 def eval_(
     model: Path,
     trust_model: bool,
@@ -557,6 +565,7 @@ def eval_(
     zloss_a: float,
     zloss_b: float,
     gce_q: float,
+    hiding_bits: int,
 ) -> None:
     """Evaluate MODEL's losses and accuracy on labelled DATA, against plaintext.
 
@@ -585,7 +594,11 @@ def eval_(
     names = parse_losses(loss_names)
     check_hyper_parameters(zloss_a, gce_q)
     chosen = backends.get(backend)
-    run_options = RunOptions(trust_model=trust_model, config=config_path, target=target)
+    run_options = RunOptions(
+        trust_model=trust_model, config=config_path, target=target, hiding_bits=hiding_bits
+    )
+    for notice in chosen.notices(run_options):
+        click.echo(notice, err=True)
     dataset = open_dataset(data, limit=chosen.value_limit(run_options))
     loaded = load.load_model(model, trust_model=trust_model)
     if loaded.program is None:
