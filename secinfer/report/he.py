@@ -193,8 +193,13 @@ def he_summary(report: dict[str, Any]) -> str:
     params = he["params"]
     lines = [
         f"CKKS N={params['poly_modulus_degree']}, chain {params['coeff_mod_bit_sizes']}, "
-        f"scale 2^{params['scale_bits']}: {depth['depth_per_context']} levels per ciphertext, "
-        f"{depth['refreshes']} refreshes ({depth['refreshed_ciphertexts']} ciphertexts), "
+        f"scale 2^{params['scale_bits']}: {depth['depth_per_context']} levels per ciphertext"
+        + (
+            f" (+{depth['reserved_levels']} kept for the refresh), "
+            if depth.get("reserved_levels")
+            else ", "
+        )
+        + f"{depth['refreshes']} refreshes ({depth['refreshed_ciphertexts']} ciphertexts), "
         f"at most {depth['levels_used']} levels used",
         f"why: {he['params_reason']}",
         hiding_line(he.get("hiding"), he.get("flood")),
