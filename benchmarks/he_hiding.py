@@ -159,9 +159,10 @@ def run(quick: bool = False, digits_40: dict[str, Any] | None = None) -> dict[st
 def markdown(record: dict[str, Any]) -> str:
     head = (
         "**HE: what 40 bits of refresh hiding cost against today's slot mask** (one "
-        "`secinfer run --backend he` per row, server and client as processes; hiding per slot "
-        "(slot masks) or per plaintext coefficient (coefficient masks) for values up to B, from the calibration "
-        "samples; the server chose N and the chain by predicted cost; MB = 10^6 bytes):"
+        "`secinfer run --backend he` per row, server and client as processes; hiding per "
+        "slot (slot masks) or per plaintext coefficient (coefficient masks) for values up "
+        "to B, from the calibration samples; the server chose N and the chain by predicted "
+        "cost; MB = 10^6 bytes):"
     )
     table = [
         "| model | asked | hiding bits (per, B) | N, chain | levels products / kept "
