@@ -23,7 +23,9 @@ any key exists):
    per-ciphertext work, and the wire by the stated network (`report.mpc.NETWORKS`: round
    trips x RTT + bytes / bandwidth; bytes = refreshes both ways, the encrypted inputs, the
    public context). The cheapest on the chosen network (LAN by default) wins; the report
-   lists every candidate with its predicted seconds on both networks.
+   lists every candidate priced with its predicted seconds on both networks. Not every
+   chain is priced: per ring the usable levels of USABLE_STEPS and the deepest, from the
+   shallowest, stopping when the prediction keeps rising (STOP_AFTER_RISES, STOP_FACTOR).
 """
 
 from __future__ import annotations
@@ -61,6 +63,12 @@ USABLE_STEPS = (2, 3, 4, 5, 6, 8, 12, 17)
 """Levels for products per context tried at each ring degree (with the deepest chain): the
 dry runs are the planning's cost, and the predicted cost changes slowly between these."""
 MIN_USABLE = 2
+STOP_AFTER_RISES = 2
+STOP_FACTOR = 3.0
+"""A ring's deeper chains are not priced once two in a row predicted more than the ring's
+best so far, or one predicted more than STOP_FACTOR x the best of all: the dry runs are the
+planning's cost, and past the point where the per-operation price (growing with the
+primes) outweighs the refreshes saved, the prediction only rises."""
 PROTOCOL_ROUND_TRIPS = 3  # as `report.he.PROTOCOL_ROUND_TRIPS` (report sits above backends)
 SENTINEL = 1e30  # masks' stand-ins for -inf, not values (`core.calibrate.SENTINEL`)
 
@@ -450,11 +458,18 @@ def choose_parameters(
                 f"N={n}: the refresh keeps {reserve_of(at_n[-1])} of its "
                 f"{at_n[-1].depth} levels, fewer than {MIN_USABLE} are left for products"
             )
+        rising, best_here = 0, math.inf
         for params in dict.fromkeys(picks):
             key = (params.poly_modulus_degree, tuple(params.coeff_mod_bit_sizes))
             candidate = Candidate(params, refreshes[key], params.depth - reserve_of(params))
             _dry_run(graph, plan, laid, candidate, evaluation)
             candidates.append(candidate)
+            cost = candidate.predicted[network]
+            rising = rising + 1 if cost > best_here else 0
+            best_here = min(best_here, cost)
+            best_all = min(c.predicted[network] for c in candidates)
+            if rising >= STOP_AFTER_RISES or cost > STOP_FACTOR * best_all:
+                break  # deeper chains of this ring only cost more (module docstring)
     if not candidates:
         why = "; ".join(skipped) or "no candidate"
         raise UserError(f"no 128-bit CKKS parameter set serves this model: {why}")
