@@ -51,11 +51,6 @@ def _version() -> tuple[int, int]:
     return major, minor
 
 
-def _header(body: bytes) -> bytes:
-    major, minor = _version()
-    return _HEADER.pack(_MAGIC, 16, major, minor, 0, 0, 16 + len(body)) + body
-
-
 def primes(data: Any, parms_id: Any) -> list[int]:
     """The primes q_0 .. q_l of the level `parms_id` (SEAL's `coeff_modulus`)."""
     return [m.value() for m in data.get_context_data(parms_id).parms().coeff_modulus()]
