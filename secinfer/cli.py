@@ -225,6 +225,23 @@ def _inputs(
     help="he: the embedding table is public; the client embeds its token ids itself "
     "(default: it encrypts them one-hot and the server multiplies by its table).",
 )
+@click.option(
+    "--hiding-bits",
+    type=click.IntRange(1, 128),
+    default=40,
+    show_default=True,
+    help="he: statistical hiding, in bits, of every intermediate value a refresh shows the "
+    "client (below 40: a warning; more bits can cost levels and a larger ring).",
+)
+@click.option(
+    "--flood-bits",
+    type=click.IntRange(0, 56),
+    default=0,
+    show_default=True,
+    help="he: flood the output's CKKS noise with integers uniform on +-2^F per coefficient "
+    "before the client decrypts it (circuit privacy; 0: off). Costs precision: the report "
+    "states the error bound.",
+)
 def run(
     model: Path,
     trust_model: bool,
@@ -242,6 +259,8 @@ def run(
     timeout: float,
     no_refresh: bool,
     public_embedding: bool,
+    hiding_bits: int,
+    flood_bits: int,
 ) -> None:
     """Run MODEL on a backend and compare its output with plaintext.
 
@@ -275,6 +294,8 @@ def run(
         refresh=not no_refresh,
         public_embedding=public_embedding,
         target=target,
+        hiding_bits=hiding_bits,
+        flood_bits=flood_bits,
     )
     plan_for = plan_target(backend, target)
     loaded = load.load_model(model, trust_model=trust_model)
@@ -524,6 +545,14 @@ def _evaluation_settings(options: dict[str, Any]) -> Any:
 @click.option(
     "--gce-q", type=float, default=0.7, show_default=True, help="Generalised cross-entropy q."
 )
+@click.option(
+    "--hiding-bits",
+    type=click.IntRange(1, 128),
+    default=40,
+    show_default=True,
+    help="he: statistical hiding, in bits, of every intermediate value a refresh shows the "
+    "client (below 40: a warning).",
+)
 def eval_(
     model: Path,
     trust_model: bool,
@@ -538,6 +567,7 @@ def eval_(
     zloss_a: float,
     zloss_b: float,
     gce_q: float,
+    hiding_bits: int,
 ) -> None:
     """Evaluate MODEL's losses and accuracy on labelled DATA, against plaintext.
 
@@ -566,7 +596,11 @@ def eval_(
     names = parse_losses(loss_names)
     check_hyper_parameters(zloss_a, gce_q)
     chosen = backends.get(backend)
-    run_options = RunOptions(trust_model=trust_model, config=config_path, target=target)
+    run_options = RunOptions(
+        trust_model=trust_model, config=config_path, target=target, hiding_bits=hiding_bits
+    )
+    for notice in chosen.notices(run_options):
+        click.echo(notice, err=True)
     dataset = open_dataset(data, limit=chosen.value_limit(run_options))
     loaded = load.load_model(model, trust_model=trust_model)
     if loaded.program is None:
@@ -578,7 +612,7 @@ def eval_(
     )
     graph, plan = prepare(loaded.program, backend, samples, config_path, target)
     options = LossOptions(zloss_a, zloss_b, gce_q)
-    chosen.check(graph, plan)
+    chosen.check(graph, plan, run_options)
     if chosen.secure:
         report = evaluate_secure(
             backend, loaded, graph, plan, model, data, dataset, names, options, batches,
@@ -641,6 +675,23 @@ def eval_(
     "--public-embedding", is_flag=True, help="Server: send the embedding table to the client."
 )
 @click.option(
+    "--hiding-bits",
+    type=click.IntRange(1, 128),
+    default=40,
+    show_default=True,
+    help="Server: statistical hiding, in bits, of every intermediate value a refresh shows the "
+    "client (below 40: a warning; more bits can cost levels and a larger ring).",
+)
+@click.option(
+    "--flood-bits",
+    type=click.IntRange(0, 56),
+    default=0,
+    show_default=True,
+    help="Server: flood the output's CKKS noise with integers uniform on +-2^F per coefficient "
+    "before the client decrypts it (circuit privacy; 0: off). Costs precision: the report "
+    "states the error bound.",
+)
+@click.option(
     "--identity",
     type=click.Path(path_type=Path, file_okay=False),
     help="Directory with this side's key and certificate and the other side's certificate "
@@ -691,6 +742,8 @@ def he_party(role: str, **options: Any) -> None:
                 refresh=not options["no_refresh"],
                 public_embedding=options["public_embedding"],
                 evaluation=evaluation,
+                hiding_bits=options["hiding_bits"],
+                flood_bits=options["flood_bits"],
             )
         else:
             if not options["connect"]:

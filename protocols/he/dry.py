@@ -170,14 +170,17 @@ class DryEngine:
 
 class DryRefresher:
     """Stands in for `refresh.MaskingRefresher`: every ciphertext comes back at the top
-    level, as the client's fresh encryption would; counts the refreshes."""
+    level, as the client's fresh encryption would; counts the refreshes and the ciphertexts
+    they carry."""
 
     def __init__(self, engine: DryEngine) -> None:
         self.engine = engine
         self.refreshes = 0
+        self.ciphertexts = 0
 
     def __call__(self, cts: list[Any], layout: Layout) -> list[Any]:
         self.refreshes += 1
+        self.ciphertexts += len(cts)
         return [self.engine.fresh() for _ in cts]
 
 

@@ -17,7 +17,10 @@ below 2^s: |Delta / q - 1| is 6.7e-7 at N = 8192, s = 40 (primes 2^40 - 147455 a
 2^40 - 737279), but 2.4e-4 at s = 30, where such primes are sparser (`scale_drift` gives
 the bound of a context).
 
-Levels. `level(ct)` is the SEAL chain index: the rescales still possible (0: none left).
+Levels. `level(ct)` is the SEAL chain index minus the engine's `reserve`: the rescales still
+possible for products (0: none left). A coefficient-mode refresh (`protocols.he.refresh`)
+keeps the lowest `reserve` levels of every context for itself (room for its mask above the
+bottom prime, and the product that zeroes junk slots), so products never use them.
 Operands at different levels are aligned by mod-switching a copy of the higher one down.
 An operation that needs a level on a ciphertext at level 0 raises `LevelError`; the caller
 (`protocols.he.tensor`) refreshes first.
@@ -48,9 +51,13 @@ class LevelError(ValueError):
 class Engine:
     """SEAL arithmetic for one CKKS context (module docstring)."""
 
-    def __init__(self, context: ts.Context) -> None:
+    def __init__(self, context: ts.Context, reserve: int = 0) -> None:
         self.context = context
         data = context.seal_context().data
+        chain = data.first_context_data().chain_index()
+        if not 0 <= reserve <= chain:
+            raise ValueError(f"reserve {reserve}: expected 0 .. {chain} (the chain's levels)")
+        self.reserve = reserve
         self.data = data
         self.evaluator = sealapi.Evaluator(data)
         self.encoder = sealapi.CKKSEncoder(data)
@@ -58,7 +65,7 @@ class Engine:
         self.scale = float(context.global_scale)
         self.relin_keys = context.relin_keys().data
         self.galois_keys = context.galois_keys().data if context.has_galois_keys() else None
-        self.top_level = data.first_context_data().chain_index()
+        self.top_level = chain - reserve
         self.cost = HeCost()
         self.key_switches = 0
         self._plain_cache: dict[tuple, sealapi.Plaintext] = {}
@@ -66,7 +73,7 @@ class Engine:
 
     # --- levels and primes ------------------------------------------------------------------
     def level(self, ct: Ciphertext) -> int:
-        return self.data.get_context_data(ct.parms_id()).chain_index()
+        return self.data.get_context_data(ct.parms_id()).chain_index() - self.reserve
 
     def _last_prime(self, ct: Ciphertext) -> float:
         parms = self.data.get_context_data(ct.parms_id()).parms()

@@ -47,6 +47,7 @@ them; N = 16384, [60, 40 x 7, 60]: 17 MB and 415 MB. Step-limited keys can be ma
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -363,3 +364,70 @@ def context_bytes(context: ts.Context) -> int:
             save_relin_keys=True,
         )
     )
+
+
+# --- the cost model that ranks parameter sets ---------------------------------------------
+#: Unit costs in ms at N = 8192 with k = 3 primes (q_0, q_1, q_2; the special prime apart),
+#: one thread, what the ranking of candidates multiplies counts by (their ratios matter
+#: more than their absolute values, which depend on the machine and its load):
+#: `pt_mult` a ciphertext times a plaintext, encoding a scalar included (the feature-major
+#: inner step); `add` a ciphertext addition; `key_switch` one rotation by a step that has
+#: its own Galois key, and the relinearisation after a ciphertext product; `ct_mult` the
+#: ciphertext product itself (four polynomial products, without relinearisation);
+#: `refresh_slot` and `refresh_coefficient` the whole work on one refreshed ciphertext,
+#: server and client together, not counting the wire (slot mode: encode, add, mod-switch,
+#: decrypt, decode, encode, encrypt, encode, add; coefficient mode: a zeroing product, two
+#: transforms and an exact integer addition on each side, the client's word-by-word read of
+#: the decrypted polynomial).
+UNIT_MS: dict[str, float] = {
+    "pt_mult": 0.26,
+    "add": 0.04,
+    "key_switch": 2.1,
+    "ct_mult": 0.6,
+    "refresh_slot": 7.3,
+    "refresh_coefficient": 40.0,
+}
+COMPRESSION = 0.85
+"""Bytes of a zstd-compressed SEAL ciphertext over its 8 bytes a word (measured 331 KB of
+393 KB at N = 8192, 3 primes)."""
+
+
+def op_ms(op: str, poly_modulus_degree: int, primes: float) -> float:
+    """`UNIT_MS[op]` scaled from (8192, 3 primes) to (N, k): every unit is polynomial
+    arithmetic on k residues of N words, so linear in N k; key switching decomposes the k
+    residues and transforms each over k + 1 primes (NTTs: N log2 N), so it grows as
+    N log2 N k (k + 1); a refresh's coefficient work is linear in N k."""
+    n = poly_modulus_degree / 8192
+    if op == "key_switch":
+        size = poly_modulus_degree * math.log2(poly_modulus_degree) / (8192 * 13)
+        return UNIT_MS[op] * size * primes * (primes + 1) / 12
+    return UNIT_MS[op] * n * primes / 3
+
+
+def ciphertext_bytes(poly_modulus_degree: int, primes: int, *, seeded: bool = False) -> float:
+    """Serialized bytes of one ciphertext with `primes` residues (seeded: the second
+    polynomial replaced by its seed, half the bytes)."""
+    full = 2 * poly_modulus_degree * primes * 8 * COMPRESSION
+    return full / 2 if seeded else full
+
+
+def key_bytes(poly_modulus_degree: int, primes_with_special: int) -> float:
+    """Serialized bytes of one seeded key-switching key (a Galois key, or the
+    relinearisation key): k - 1 pairs of polynomials over all k primes, half of each pair
+    a seed: 8 N k (k - 1)."""
+    k = primes_with_special
+    return 8.0 * poly_modulus_degree * k * (k - 1)
+
+
+def candidate_chains(
+    min_depth: int = 2, scale_bits: int = DEFAULT_SCALE_BITS, integer_bits: int = 20
+) -> list[CkksParams]:
+    """Every chain [e, s x d, e] with d >= min_depth that a ring of PLANNED_DEGREES holds
+    at 128-bit security, smallest ring and depth first (the candidates `plan_params`'s
+    cheapest-first rule would pick among)."""
+    out = []
+    edge = _edge_bits(scale_bits, integer_bits)
+    for n in PLANNED_DEGREES:
+        for depth in range(min_depth, max_depth(n, scale_bits, integer_bits) + 1):
+            out.append(CkksParams(n, [edge, *([scale_bits] * depth), edge], scale_bits))
+    return out

@@ -55,6 +55,8 @@ class RunOptions:
     precision_bits: int = 16  # mpc: fixed-point fractional bits
     refresh: bool = True  # he: the client may re-encrypt between contexts
     public_embedding: bool = False  # he: the client embeds token ids itself
+    hiding_bits: int = 40  # he: statistical hiding of what a refresh shows the client
+    flood_bits: int = 0  # he: flood the output's noise (0: off)
     target: str | None = None  # approx: the secure backend whose plan it runs
 
 
@@ -90,7 +92,7 @@ class Backend(Protocol):
 
     def notices(self, options: RunOptions) -> list[str]: ...
 
-    def check(self, graph: Graph, plan: Plan) -> None: ...
+    def check(self, graph: Graph, plan: Plan, options: RunOptions | None = None) -> None: ...
 
     def summary(self, report: dict[str, Any]) -> str: ...
 

@@ -25,7 +25,7 @@ class LocalBackend:
     def notices(self, options: RunOptions) -> list[str]:
         return []
 
-    def check(self, graph: Graph, plan: Plan) -> None:
+    def check(self, graph: Graph, plan: Plan, options: RunOptions | None = None) -> None:
         return None
 
     def summary(self, report: dict[str, Any]) -> str:

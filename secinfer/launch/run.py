@@ -90,7 +90,7 @@ def run_secure(
     chosen = backends.get(backend)
     config = Path(options.config) if options.config else None
     graph, plan = prepare(program, backend, samples, config)
-    chosen.check(graph, plan)
+    chosen.check(graph, plan, options)
     run = chosen.run_parties(Path(model_path), inputs, replace(options, config=config))
     plan = ran_plan(run.model_owner, plan)
     watch = frozenset(block_ends(graph).values())

@@ -3,11 +3,23 @@
 Fields shared with `secinfer.report.common` (backend, model, seconds, output_shape, max_abs_error,
 cosine, argmax_agreement, out_of_range) keep their meaning; `he` adds:
   he.params            ring degree, modulus chain, scale; params_explained (security bound,
-                       precision) and params_reason (the depth the model needs against what
-                       a context offers)
-  he.depth             levels a fresh ciphertext has (depth_per_context), refreshes (client
-                       round trips) and levels_used = depth_per_context x (refreshes + 1),
-                       an upper bound on the levels the run consumed
+                       precision) and params_reason (why: the winner's predicted cost, the
+                       runner-up, what was excluded)
+  he.params_choice     the candidates the server priced (`backends.he.choice`): per ring
+                       degree and chain the levels for products and kept for the refresh,
+                       refreshes, refreshed ciphertexts, Galois keys, predicted seconds
+                       (compute, refresh work, LAN and WAN) and bytes; the network chosen for
+  he.hiding            hiding_bits: -log2 of the statistical distance of what a refresh shows
+                       the client, per slot or per coefficient (`per`), for values up to the
+                       stated bound B (value_bound: from the calibration samples); asked_bits;
+                       the refresh mode, its mask and room level, the levels it reserves;
+                       run_hiding_bits: hiding_bits - log2(values masked in this run), the
+                       distance summed over the whole run. None when refresh is off.
+  he.flood             flood_bits (0: off) and the slot error bound flooding may add
+  he.depth             levels a fresh ciphertext has for products (depth_per_context), the
+                       levels reserved for the refresh, refreshes (client round trips) and
+                       levels_used = depth_per_context x (refreshes + 1), an upper bound on
+                       the levels the run consumed
   he.counts            ct-ct and ct-pt products, additions, rotations, key switches
   he.bytes             server -> client and client -> server (framed), and the public
                        context the client sent (part of client -> server)
@@ -146,8 +158,12 @@ def build_he_report(
             "params": server["params"],
             "params_explained": server["params_explained"],
             "params_reason": server.get("params_reason", ""),
+            "params_choice": server.get("params_choice"),
+            "hiding": server.get("hiding"),
+            "flood": server.get("flood") or {"flood_bits": 0},
             "depth": {
                 "depth_per_context": server["depth_per_context"],
+                "reserved_levels": server.get("reserved_levels", 0),
                 "refreshes": server["refreshes"],
                 "refreshed_ciphertexts": server["refreshed_ciphertexts"],
                 "levels_used": server["levels_used"],
@@ -177,10 +193,16 @@ def he_summary(report: dict[str, Any]) -> str:
     params = he["params"]
     lines = [
         f"CKKS N={params['poly_modulus_degree']}, chain {params['coeff_mod_bit_sizes']}, "
-        f"scale 2^{params['scale_bits']}: {depth['depth_per_context']} levels per ciphertext, "
-        f"{depth['refreshes']} refreshes ({depth['refreshed_ciphertexts']} ciphertexts), "
+        f"scale 2^{params['scale_bits']}: {depth['depth_per_context']} levels per ciphertext"
+        + (
+            f" (+{depth['reserved_levels']} kept for the refresh), "
+            if depth.get("reserved_levels")
+            else ", "
+        )
+        + f"{depth['refreshes']} refreshes ({depth['refreshed_ciphertexts']} ciphertexts), "
         f"at most {depth['levels_used']} levels used",
         f"why: {he['params_reason']}",
+        hiding_line(he.get("hiding"), he.get("flood")),
         f"bytes: server -> client {sent['server_to_client'] / 1e6:.1f} MB, client -> server "
         f"{sent['client_to_server'] / 1e6:.1f} MB "
         f"(public context {sent['public_context'] / 1e6:.1f} MB)",
@@ -190,6 +212,28 @@ def he_summary(report: dict[str, Any]) -> str:
         latency_markdown(he["latency"]),
     ]
     return "\n".join(lines)
+
+
+def hiding_line(hiding: dict[str, Any] | None, flood: dict[str, Any] | None) -> str:
+    """The terminal line on what refreshes show the client, and the output's flooding."""
+    if not hiding:
+        return "hiding: not recorded"
+    if hiding.get("hiding_bits") is None:
+        line = f"hiding: {hiding['explained']}"
+    else:
+        bound = hiding["value_bound"]["bound"]
+        line = (
+            f"hiding: {hiding['hiding_bits']:.1f} bits per {hiding['per']} "
+            f"(asked {hiding['asked_bits']:g}) for |x| <= {bound:g}, {hiding['mode']} masks"
+        )
+        if "run_hiding_bits" in hiding:
+            line += f"; {hiding['run_hiding_bits']:.1f} bits over the run's masked values"
+    if flood and flood.get("flood_bits"):
+        line += (
+            f"; output flooded with +-2^{flood['flood_bits']} (adds at most "
+            f"{flood['slot_error_bound']:.2g} per value)"
+        )
+    return line
 
 
 def latency_markdown(latency: dict[str, dict[str, float]]) -> str:
@@ -202,4 +246,4 @@ def latency_markdown(latency: dict[str, dict[str, float]]) -> str:
     return "\n".join(rows)
 
 
-__all__ = ["build_he_report", "he_summary", "latency_markdown"]
+__all__ = ["build_he_report", "he_summary", "hiding_line", "latency_markdown"]

@@ -28,13 +28,23 @@ class HeBackend:
         return he_limit()
 
     def notices(self, options: RunOptions) -> list[str]:
-        return []
+        from secinfer.backends.he.choice import hiding_warning
 
-    def check(self, graph: Graph, plan: Plan) -> None:
-        """Ops CKKS cannot run (comparisons, exact GELU, ...) name the conversion to apply."""
+        warning = hiding_warning(options.hiding_bits)
+        return [warning] if warning else []
+
+    def check(self, graph: Graph, plan: Plan, options: RunOptions | None = None) -> None:
+        """Ops CKKS cannot run (comparisons, exact GELU, ...) name the conversion to apply;
+        a model too wide for every 128-bit ring (its example inputs' layouts), or too deep
+        for every 128-bit chain when refresh is off, is refused here, before any party
+        starts (`choice.check_serviceable`)."""
+        from secinfer.backends.he.choice import check_serviceable
         from secinfer.backends.he.kernels import check_he_plan
 
         check_he_plan(graph, plan)
+        options = options or RunOptions()
+        check_serviceable(graph, plan, refresh=options.refresh,
+                          public_embedding=options.public_embedding)  # fmt: skip
 
     def run_parties(
         self, model: Path, inputs: tuple[torch.Tensor, ...], options: RunOptions
@@ -100,6 +110,8 @@ class HeBackend:
             },
             "he": {
                 "params": server["params"],
+                "hiding": server.get("hiding"),
+                "params_choice": server.get("params_choice"),
                 "loss_depth": server["loss_depth"],
                 "loss_seconds": server["loss_seconds"],
                 "loss_refreshes": server["loss_refreshes"],

@@ -19,6 +19,7 @@ from protocols.he.codec import Codec
 from protocols.he.galois import public_context_with_steps
 from protocols.he.layout import Layout
 from protocols.he.params import CkksParams, make_context
+from protocols.he.refresh import ClientRefresh, RefreshPlan
 from secinfer.backends.he.channel import Channel, expect_kind, receive_grid
 from secinfer.backends.he.inputs import client_values
 from secinfer.errors import UserError
@@ -34,6 +35,7 @@ class ClientSession:
     tables: dict[str, np.ndarray]
     bound: float
     context_bytes: int
+    refresh: ClientRefresh | None = None
     refreshes: int = 0
 
     def send_inputs(self, inputs: tuple[torch.Tensor, ...]) -> None:
@@ -55,16 +57,11 @@ class ClientSession:
                 return message
             if message.get("kind") != "refresh":
                 raise messages.MessageError(f"unexpected message {message.get('kind')!r}")
+            if self.refresh is None:
+                raise messages.MessageError("the server asked for a refresh it announced off")
             masked = self.channel.recv_cts(int(message["count"]))
             self.channel.set_status(f"refreshing {len(masked)} ciphertexts")
-            used = Layout.from_dict(message["layout"]).positions().reshape(-1)
-            fresh = []
-            for ct in masked:
-                values = np.zeros(self.codec.slots)
-                slots = self.codec.decrypt_slots(ct)[used]
-                values[used] = _plausible(slots, self.bound, "a refresh")
-                fresh.append(self.codec.encrypt_slots(values, seeded=True))
-            self.channel.send_cts(fresh)
+            self.channel.send_cts(self.refresh(masked, Layout.from_dict(message["layout"])))
             self.refreshes += 1
 
     def receive_values(self, message: dict[str, Any], what: str) -> np.ndarray:
@@ -109,7 +106,15 @@ def open_client(channel: Channel, inputs: tuple[torch.Tensor, ...]) -> ClientSes
     channel.send_json(messages.handshake_message(digest))
     channel.context, channel.digest = context, digest
     bound = 2.0 ** (int(plan["mask_bits"]) + 1)
-    return ClientSession(channel, Codec(context), specs, tables, bound, context_bytes)
+    codec = Codec(context)
+    refresh = None
+    if plan.get("refresh") is not None:
+        refresh = ClientRefresh(
+            codec,
+            RefreshPlan.from_dict(plan["refresh"]),
+            lambda values: _plausible(values, bound, "a refresh"),
+        )
+    return ClientSession(channel, codec, specs, tables, bound, context_bytes, refresh)
 
 
 FOREIGN = 1e15

@@ -134,11 +134,13 @@ class RotationPlan:
 
     `steps`: every step (reduced to (-S/2, S/2], as SEAL gets it) that the run performs,
     each with the first op that asks for it; `keys`: `galois.keys_for_steps(steps)`, what
-    the client makes (possibly empty); `refreshes`: how many the dry run went through."""
+    the client makes (possibly empty); `refreshes`: how many the dry run went through, and
+    `refreshed_ciphertexts` the ciphertexts they carried."""
 
     steps: dict[int, str]
     keys: list[int]
     refreshes: int
+    refreshed_ciphertexts: int = 0
 
 
 class _DrySeeder:
@@ -158,6 +160,7 @@ def rotation_plan(
     params: CkksParams,
     evaluation: Any = None,
     engine: Any = None,
+    reserve: int = 0,
 ) -> RotationPlan:
     """The rotations of the encrypted run, found by running it: the executor runs `graph`
     with the `he` kernels on stand-in ciphertexts (`protocols.he.dry.DryEngine`) in the
@@ -168,7 +171,8 @@ def rotation_plan(
     allowed (without them the real run stops with its own depth error). Errors are those
     of the real run (an op without a kernel, a layout it cannot handle), raised here
     before any key is made. `engine`: the `DryEngine` to run on (default: one for
-    `params`; one holding `keys` checks that they suffice, `protocols.he.tensor.RotationKeyError`
+    `params` with `reserve` levels kept for the refresh, `refresh.RefreshPlan.reserve`;
+    one holding `keys` checks that they suffice, `protocols.he.tensor.RotationKeyError`
     inside an `execute.ExecutionError` naming the op otherwise)."""
     from protocols.he.dry import DryEngine, DryRefresher, dry_grid
     from protocols.he.galois import keys_for_steps
@@ -176,7 +180,7 @@ def rotation_plan(
     from secinfer.core.execute import Executor
 
     if engine is None:
-        engine = DryEngine(params.slots, params.depth, 2.0**params.scale_bits)
+        engine = DryEngine(params.slots, params.depth - reserve, 2.0**params.scale_bits)
     refresher = DryRefresher(engine)
     first: dict[int, str] = {}
 
@@ -209,7 +213,8 @@ def rotation_plan(
         for value in values.values():
             (value * np.ones(logits.shape[0])).sum(0).masked()
         attribute("the private evaluation's losses summed over the rows")
-    return RotationPlan(first, keys_for_steps(first, params.slots), refresher.refreshes)
+    keys = keys_for_steps(first, params.slots)
+    return RotationPlan(first, keys, refresher.refreshes, refresher.ciphertexts)
 
 
 def estimated_depth(graph: Graph, plan: Plan) -> int:

@@ -57,12 +57,14 @@ def run_local_he(
     """Server (model owner) and client (data owner) of an HE run as two processes on
     loopback; the client's decrypted output and both records. The server re-encrypts
     through the client unless `options.refresh` is off, and sends the embedding table to
-    the client under `options.public_embedding`."""
+    the client under `options.public_embedding`, and floods the output's noise with
+    `options.flood_bits`."""
     with processes.stopping_on_signals(), processes.private_directory("secinfer-he-") as root:
         out = party_dirs(root, list(HeRole))
         server = [] if options.refresh else ["--no-refresh"]
         if options.public_embedding:
             server.append("--public-embedding")
+        server += ["--flood-bits", str(options.flood_bits)]
         client = ["--input", str(save_inputs(inputs, out[HeRole.CLIENT]))]
         seconds = _run_he(model, options, out, server, client, root, run_timeout)
         return read_run(out[HeRole.CLIENT] / "output.npy", *_records(out), seconds)
@@ -113,7 +115,7 @@ def _run_he(
     base = [sys.executable, "-m", "secinfer.cli", "he-party", "--timeout"]
     base += [str(options.peer_timeout), "--identity", str(identity)]
     server = [*base, "--role", "server", "--port", str(port), "--out", str(out[HeRole.SERVER])]
-    server += ["--model", str(Path(model).resolve())]
+    server += ["--model", str(Path(model).resolve()), "--hiding-bits", str(options.hiding_bits)]
     if options.trust_model:
         server.append("--trust-model")
     if options.config:

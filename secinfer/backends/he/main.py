@@ -20,6 +20,7 @@ import torch
 
 from protocols import tls
 from protocols.he.messages import MessageError, PeerError, PeerTimeout
+from protocols.he.refresh import DEFAULT_HIDING_BITS
 from secinfer.errors import PartyError, UserError
 
 
@@ -58,9 +59,15 @@ def server_main(
     public_embedding: bool,
     evaluation: Any = None,
     link: tls.Link,
+    hiding_bits: float = DEFAULT_HIDING_BITS,
+    flood_bits: int = 0,
+    network: str = "lan",
 ) -> None:
     """With `evaluation` (an `evaluate.Evaluation`) the session is a private evaluation.
-    `link` (`he_link`) secures the connection (`Link(None)`: the opt-in plain socket)."""
+    `link` (`he_link`) secures the connection (`Link(None)`: the opt-in plain socket).
+    The CKKS parameters are chosen here, before listening (`choice.choose_parameters`, for
+    `hiding_bits` of refresh hiding and the `network`'s costs): a model no 128-bit set can
+    serve is refused before any key exists. `flood_bits` floods the output."""
     from secinfer import load
     from secinfer.backends.he.kernels import check_he_plan
     from secinfer.backends.he.session import serve
@@ -78,8 +85,6 @@ def server_main(
     samples = loaded.calibration_samples()
     graph, plan = prepare(loaded.program, "he", samples, config_path)
     check_he_plan(graph, plan)
-    if not refresh:
-        _check_depth(graph, plan)
     he_evaluation = None
     if evaluation is not None:
         from secinfer.backends.he.evaluation import HeEvaluation, loss_plan
@@ -91,6 +96,10 @@ def server_main(
         he_evaluation = HeEvaluation(
             evaluation, loss_plan(graph, samples, evaluation), batch_axis(loaded.program)
         )
+    choice = _choose(
+        graph, plan, loaded, samples, refresh, public_embedding, hiding_bits, network,
+        he_evaluation,
+    )  # fmt: skip
     try:
         listener = socket.create_server((host, port))
     except OSError as exc:
@@ -109,6 +118,8 @@ def server_main(
                 check_inputs=loaded.check_inputs,
                 evaluation=he_evaluation,
                 link=link,
+                params=choice,
+                flood_bits=flood_bits,
             ),
         )
 
@@ -171,19 +182,31 @@ def client_main(
     )
 
 
-def _check_depth(graph: Any, plan: Any) -> None:
-    """Without refresh, the whole model must fit one ciphertext's levels."""
-    from secinfer.backends.he.inputs import estimated_depth
-    from secinfer.backends.he.server import DEFAULT_PARAMS
+def _choose(
+    graph: Any,
+    plan: Any,
+    loaded: Any,
+    samples: list[Any],
+    refresh: bool,
+    public_embedding: bool,
+    hiding_bits: float,
+    network: str,
+    evaluation: Any,
+) -> Any:
+    """The CKKS parameters for the model's example shapes (`choice.choose_parameters`):
+    the refresh's value bound from the calibration samples, every candidate priced by a dry
+    run. UserError (before any key) when no 128-bit set can serve the model."""
+    from secinfer.backends.he.choice import choose_parameters, example_specs, value_bound
 
-    needed = estimated_depth(graph, plan)
-    available = DEFAULT_PARAMS.depth
-    if needed > available:
-        raise UserError(
-            f"--no-refresh: the model needs about {needed} levels of multiplicative depth "
-            f"(estimate) and a ciphertext at N={DEFAULT_PARAMS.poly_modulus_degree} offers "
-            f"{available}; allow refresh (client round trips) or use a shallower model"
-        )
+    example = tuple(loaded.example_inputs) or (samples[0] if samples else ())
+    if not example:
+        raise UserError("the he server needs the model's example input to plan its parameters")
+    specs = example_specs(graph, example, public_embedding)
+    bound = value_bound(graph, specs, samples or [example])
+    return choose_parameters(
+        graph, plan, specs, bound, hiding_bits=hiding_bits, allow_refresh=refresh,
+        network=network, evaluation=evaluation,
+    )  # fmt: skip
 
 
 def _guard(role: str, work: object) -> None:

@@ -8,6 +8,7 @@ that decrypts. `server_record` is what it writes to `server.json`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -18,9 +19,10 @@ from protocols.he import messages
 from protocols.he.engine import Engine
 from protocols.he.layout import Layout
 from protocols.he.params import CkksParams
-from protocols.he.refresh import MaskingRefresher, default_mask_bits
+from protocols.he.refresh import CoefficientRefresher, MaskingRefresher, make_refresher
 from protocols.he.tensor import HeTensor
 from secinfer.backends.he.channel import Channel, receive_grid
+from secinfer.backends.he.choice import ParameterChoice, default_choice
 from secinfer.backends.he.inputs import (
     embedding_table,
     input_specs,
@@ -35,7 +37,8 @@ from secinfer.errors import UserError
 from secinfer.report.he import latency_table
 
 DEFAULT_PARAMS = CkksParams(8192, [60, 40, 40, 60], 40)
-"""The CKKS parameters a server uses unless told otherwise."""
+"""The CKKS parameters of an in-process session that is given no `ParameterChoice` (the
+party entry point always chooses: `choice.choose_parameters`)."""
 
 
 class Announced(Protocol):
@@ -55,8 +58,9 @@ class ServerSession:
     params: CkksParams
     specs: list[dict[str, Any]]
     engine: Engine
-    refresher: MaskingRefresher | None
+    refresher: MaskingRefresher | CoefficientRefresher | None
     mask_bits: int
+    choice: ParameterChoice
     step: str = ""  # prefixes the status of each node ("batch 3: ")
 
     def receive_inputs(self) -> tuple[Any, ...]:
@@ -102,11 +106,17 @@ def open_server(
     channel: Channel,
     allow_refresh: bool,
     public_embedding: bool,
-    params: CkksParams,
+    choice: ParameterChoice | CkksParams,
     check_inputs: Callable[[tuple[torch.Tensor, ...]], None] | None,
     evaluation: Announced | None,
 ) -> ServerSession:
-    """hello -> shapes -> layouts (and embedding tables) -> public context -> handshake."""
+    """hello -> shapes -> layouts (and embedding tables) -> public context -> handshake.
+    `choice`: the parameters and the refresh (bare `CkksParams`: `choice.default_choice`)."""
+    if isinstance(choice, CkksParams):
+        choice = default_choice(choice, allow_refresh)
+    params = choice.params
+    refresh = choice.refresh if allow_refresh else None
+    reserve = refresh.reserve if refresh else 0
     specs = input_specs(graph, public_embedding)
     hello: dict[str, Any] = {"kind": "hello", "inputs": specs, "timeout": channel.timeout}
     if evaluation is not None:
@@ -118,14 +128,15 @@ def open_server(
     }
     dim = next((int(t.shape[1]) for t in tables.values() if t is not None), None)
     layouts_for(graph, specs, dim, params.slots)
-    rotations = rotation_plan(graph, plan, specs, params, evaluation)
-    mask_bits = default_mask_bits(params.coeff_mod_bit_sizes[0], params.scale_bits)
+    rotations = rotation_plan(graph, plan, specs, params, evaluation, reserve=reserve)
+    mask_bits = choice.mask_bits
     channel.send_json(
         {
             "kind": "layouts",
             "params": params.to_dict(),
             "inputs": specs,
             "mask_bits": mask_bits,
+            "refresh": refresh.to_dict() if refresh else None,
             "galois_steps": rotations.keys,
         }
     )
@@ -137,15 +148,15 @@ def open_server(
         raise UserError("the client sent a context holding its secret key; refusing it")
     messages.verify_handshake(channel.recv_json(), digest)
     channel.context, channel.digest = context, digest
-    engine = Engine(context)
+    engine = Engine(context, reserve=reserve)
 
     def transport(cts: list[Any], layout: Layout) -> list[Any]:
         channel.send_json({"kind": "refresh", "count": len(cts), "layout": layout.to_dict()})
         channel.send_cts(cts)
         return channel.recv_cts(len(cts))
 
-    refresher = MaskingRefresher(engine, transport, mask_bits) if allow_refresh else None
-    return ServerSession(graph, plan, channel, params, specs, engine, refresher, mask_bits)
+    refresher = make_refresher(engine, transport, refresh) if refresh else None
+    return ServerSession(graph, plan, channel, params, specs, engine, refresher, mask_bits, choice)
 
 
 def _check_shapes(
@@ -206,21 +217,31 @@ class _Counts(dict):
 
 def server_record(
     graph: Graph,
-    params: CkksParams,
-    engine: Engine,
-    refresher: MaskingRefresher | None,
+    session: ServerSession,
     result: RunResult,
-    channel: Channel,
 ) -> dict[str, Any]:
-    stats = refresher.stats if refresher else None
+    """What the server writes to `server.json`: parameters and why, the hiding, counts,
+    bytes, per-node costs."""
+    params, engine, channel = session.params, session.engine, session.channel
+    stats = session.refresher.stats if session.refresher else None
+    usable = engine.top_level
+    refreshed = stats.ciphertexts if stats else 0
+    hiding = session.choice.hiding()
+    if hiding["hiding_bits"] is not None and refreshed:
+        masked = refreshed * (2 * engine.slots if hiding["mode"] == "coefficient" else engine.slots)
+        hiding["masked_values"] = masked
+        hiding["run_hiding_bits"] = hiding["hiding_bits"] - math.log2(masked)
     return {
         "role": "server",
         "params": params.to_dict(),
         "params_explained": params.explain(),
-        "depth_per_context": params.depth,
+        "params_choice": session.choice.to_dict(),
+        "hiding": hiding,
+        "depth_per_context": usable,
+        "reserved_levels": engine.reserve,
         "refreshes": stats.refreshes if stats else 0,
-        "refreshed_ciphertexts": stats.ciphertexts if stats else 0,
-        "levels_used": params.depth * (stats.refreshes + 1 if stats else 1),
+        "refreshed_ciphertexts": refreshed,
+        "levels_used": usable * (stats.refreshes + 1 if stats else 1),
         "counts": {**engine.cost.to_dict(), "key_switches": engine.key_switches},
         "bytes_sent": channel.counter.bytes_sent,
         "bytes_received": channel.counter.bytes_received,

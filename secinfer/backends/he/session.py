@@ -53,6 +53,7 @@ from secinfer.backends.he.channel import (
     expect_hello,
     guarded,
 )
+from secinfer.backends.he.choice import ParameterChoice
 from secinfer.backends.he.client import open_client
 from secinfer.backends.he.evaluation import HeEvaluation, serve_evaluation
 from secinfer.backends.he.inputs import parameter_reason
@@ -73,19 +74,24 @@ def serve(
     timeout: float,
     allow_refresh: bool = True,
     public_embedding: bool = False,
-    params: CkksParams = DEFAULT_PARAMS,
+    params: CkksParams | ParameterChoice = DEFAULT_PARAMS,
     check_inputs: Callable[[tuple[torch.Tensor, ...]], None] | None = None,
     evaluation: HeEvaluation | None = None,
     link: Link,
     log: Callable[[str], None] | None = None,
+    flood_bits: int = 0,
 ) -> dict[str, Any]:
     """Accept one client (`accept_client`) and answer its query (module docstring); returns
-    the record. `check_inputs` sees placeholder tensors of the client's shapes and dtypes.
-    With `evaluation` (a `HeEvaluation`) the session is a private evaluation."""
+    the record. `params`: the `choice.ParameterChoice` (parameters, refresh and why), or
+    bare parameters with a slot-mode refresh. `check_inputs` sees placeholder tensors of
+    the client's shapes and dtypes. With `evaluation` (a `HeEvaluation`) the session is a
+    private evaluation. `flood_bits` > 0 floods the output (`protocols.he.flood`)."""
     channel = accept_client(listener, timeout, link, log)
     with channel:
         try:
-            settings = (allow_refresh, public_embedding, params, check_inputs, evaluation)
+            settings = (
+                allow_refresh, public_embedding, params, check_inputs, evaluation, flood_bits
+            )  # fmt: skip
             return _serve(graph, plan, channel, out_dir, *settings)
         except Exception as exc:
             channel.send_error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
@@ -99,9 +105,10 @@ def _serve(
     out_dir: Path,
     allow_refresh: bool,
     public_embedding: bool,
-    params: CkksParams,
+    params: CkksParams | ParameterChoice,
     check_inputs: Callable[[tuple[torch.Tensor, ...]], None] | None,
     evaluation: HeEvaluation | None,
+    flood_bits: int,
 ) -> dict[str, Any]:
     began = time.perf_counter()
     session = open_server(
@@ -113,6 +120,8 @@ def _serve(
         if not isinstance(output, HeTensor):
             raise UserError("the model's output does not depend on the encrypted input")
         output.ensure_level(0)
+        if flood_bits:
+            output = flooded(session, output, flood_bits)
         channel.set_status("sending the output")
         session.send_tensor("output", output)
         if channel.recv_json().get("kind") != "received":
@@ -120,8 +129,11 @@ def _serve(
         extra: dict[str, Any] = {}
     else:
         result, extra = serve_evaluation(session, evaluation, out_dir)
-    record = server_record(graph, params, session.engine, session.refresher, result, channel)
-    record["params_reason"] = parameter_reason(graph, plan, params, allow_refresh)
+    record = server_record(graph, session, result)
+    record["params_reason"] = session.choice.reason or parameter_reason(
+        graph, plan, session.params, allow_refresh
+    )
+    record["flood"] = flood_record(session, flood_bits) if evaluation is None else None
     record["plan"] = plan.to_dict()  # the plan that ran: the launcher's approx runs it
     if evaluation is not None:  # per-node figures are one batch's; the rest covers all
         record["last_batch"] = {k: record.pop(k) for k in ("run_seconds", "latency", "nodes")}
@@ -129,6 +141,38 @@ def _serve(
     record["seconds"] = time.perf_counter() - began
     write_json(out_dir / "server.json", record)
     return record
+
+
+def flooded(session: Any, output: HeTensor, flood_bits: int) -> HeTensor:
+    """`output` with every ciphertext flooded (`protocols.he.flood`), at the bottom level."""
+    from protocols.he.flood import flood
+
+    grid = np.empty(output.grid.size, dtype=object)
+    grid[:] = flood(session.engine, list(output.grid.flat), flood_bits)
+    return HeTensor(
+        session.engine, output.layout, grid.reshape(output.grid.shape), clean=output.clean,
+        refresher=None,
+    )  # fmt: skip
+
+
+def flood_record(session: Any, flood_bits: int) -> dict[str, Any]:
+    """The report's `flood` entry: the bits, the slot error it may add (2^-40 failure)."""
+    from protocols.he.flood import FAILURE_BITS, slot_error_bound
+
+    params = session.params
+    if not flood_bits:
+        return {"flood_bits": 0}
+    return {
+        "flood_bits": flood_bits,
+        "slot_error_bound": slot_error_bound(
+            flood_bits, params.poly_modulus_degree, params.scale_bits
+        ),
+        "failure_probability_bits": FAILURE_BITS,
+        "explained": (
+            f"integers uniform on +-2^{flood_bits} added to every output coefficient: an "
+            f"output noise of at most 2^n per coefficient is hidden to 2^(n - {flood_bits + 1})"
+        ),
+    }
 
 
 # --- client -------------------------------------------------------------------------------

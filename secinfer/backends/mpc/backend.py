@@ -34,7 +34,7 @@ class MpcBackend:
             return [INSECURE_PROVIDER_WARNING]
         return []
 
-    def check(self, graph: Graph, plan: Plan) -> None:
+    def check(self, graph: Graph, plan: Plan, options: RunOptions | None = None) -> None:
         return None  # the registry check (`check_supported`) covers what mpc can run
 
     def run_parties(

@@ -67,9 +67,14 @@ def test_digits_he_runs_encrypted_and_matches_plaintext(tmp_path: Path) -> None:
     assert report["max_abs_error"] < 1e-3
     assert report["cosine"] > 0.999999
     he = report["he"]
-    assert he["depth"]["depth_per_context"] == 2
-    assert he["depth"]["refreshes"] > 0
-    assert he["depth"]["levels_used"] == 2 * (he["depth"]["refreshes"] + 1)
+    depth = he["depth"]
+    assert (
+        depth["depth_per_context"] + depth["reserved_levels"]
+        == len(he["params"]["coeff_mod_bit_sizes"]) - 2
+    )
+    assert depth["refreshes"] > 0
+    assert depth["levels_used"] == depth["depth_per_context"] * (depth["refreshes"] + 1)
+    assert he["hiding"]["hiding_bits"] >= 40
     assert he["counts"]["ct_ct_mults"] > 0 and he["counts"]["rotations"] > 0
     assert he["bytes"]["server_to_client"] > 0 and he["bytes"]["client_to_server"] > 0
     # only the Galois keys the layout needs: far below TenSEAL's 35 MB of all keys
@@ -97,21 +102,27 @@ def test_run_backend_he_on_a_small_model_through_the_cli(tmp_path: Path) -> None
     report = json.loads(report_path.read_text())
     assert report["max_abs_error"] < 1e-4 and report["he"]["bytes"]["client_to_server"] > 0
     assert "why:" in done.stdout and "| matmul |" in done.stdout
+    # the default hiding: 40 bits at least, for a stated bound, and the candidates priced
+    hiding = report["he"]["hiding"]
+    assert hiding["hiding_bits"] >= 40 and hiding["asked_bits"] == 40
+    assert hiding["value_bound"]["samples"] >= 1 and "calibration samples" in hiding["explained"]
+    assert report["he"]["params_choice"]["candidates"] and "hiding: " in done.stdout
     assert report["estimates"]["wan"] > report["estimates"]["lan"] > report["seconds"]
     assert f"({report['he']['round_trips']} round trips)" in done.stdout
     assert np.load(output_path).shape == (2, 3)
 
 
 def test_without_refresh_the_error_states_depth_needed_and_available(tmp_path: Path) -> None:
-    """`secinfer run` in this process, server and client as processes; the server refuses.
-    A small exported model needing about 5 levels: its plan is quick to build (the bundled
-    digits model, 227 levels, spent some 15 s calibrating and fitting first)."""
+    """`secinfer run` in this process; refused before any party starts. A model needing
+    more levels than the deepest 128-bit chain offers (19 at N = 32768): twelve squarings
+    after the linear layer (a model of a few levels now runs without refresh, on a chain
+    deep enough: `test_he_choice.py`)."""
     path = tmp_path / "deep.pt2"
-    torch.export.save(torch.export.export(Deep().eval(), (torch.randn(2, 3, 8),)), path)
+    torch.export.save(torch.export.export(Deeper().eval(), (torch.randn(2, 3, 8),)), path)
     done = secinfer_here("run", str(path), "--backend", "he", "--no-refresh")
     assert done.returncode == 2
     line = done.stderr.strip().splitlines()[-1]
-    assert "levels" in line and "offers 2" in line and "Traceback" not in done.stderr
+    assert "levels" in line and "offers 19" in line and "Traceback" not in done.stderr
 
 
 class LogSoftmax(torch.nn.Module):
@@ -159,6 +170,16 @@ class Deep(Square):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.fc(x)
         for _ in range(3):
+            y = y * y
+        return y.mean(-1)
+
+
+class Deeper(Square):
+    """Twenty squarings after the linear layer, scaled to stay small: deeper than any chain."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x) * 0.1
+        for _ in range(20):
             y = y * y
         return y.mean(-1)
 
