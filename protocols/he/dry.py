@@ -170,15 +170,39 @@ class DryEngine:
 
 class DryRefresher:
     """Stands in for `refresh.MaskingRefresher`: every ciphertext comes back at the top
-    level, as the client's fresh encryption would; counts the refreshes."""
+    level, as the client's fresh encryption would; counts the refreshes. With a packing
+    `policy` it stands in for `relayout.RelayoutRefresher` too (re-layouts: the target's
+    ciphertexts fresh, counted as refreshes and as `relayouts`), so that a dry run makes
+    the real run's packing choices; without, it cannot re-lay out (as a bare
+    `MaskingRefresher`)."""
 
-    def __init__(self, engine: DryEngine) -> None:
+    def __init__(self, engine: DryEngine, policy: str | None = None) -> None:
         self.engine = engine
+        self.policy = policy
         self.refreshes = 0
+        self.relayouts = 0
+        self.choices: list[tuple[str, Any, str, str]] = []
+
+    @property
+    def can_relayout(self) -> bool:
+        return self.policy is not None
 
     def __call__(self, cts: list[Any], layout: Layout) -> list[Any]:
         self.refreshes += 1
         return [self.engine.fresh() for _ in cts]
+
+    def relayout(self, parts: Sequence[tuple[list[Any], Layout, Layout]]) -> list[list[Any]]:
+        if self.policy is None:
+            raise ValueError("this dry refresher stands in for one that cannot re-lay out")
+        self.refreshes += 1
+        self.relayouts += 1
+        return [
+            [self.engine.fresh() for _ in range(int(np.prod(target.grid_shape)))]
+            for _, _, target in parts
+        ]
+
+    def note_choice(self, op: str, shape: Any, strategy: str, reason: str) -> None:
+        self.choices.append((op, shape, strategy, reason))
 
 
 def dry_grid(engine: DryEngine, layout: Layout) -> np.ndarray:

@@ -31,8 +31,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from protocols.he.diagonal import product_all
 from protocols.he.engine import Ciphertext, Engine
 from protocols.he.layout import Layout, LayoutError, next_power_of_two
+from protocols.he.packing import (
+    choose_linear,
+    diagonal_input,
+    diagonal_width,
+    feature_major_ready,
+    linear_options,
+)
 from protocols.he.rotation import reduce_step
 
 Plain = float | int | np.ndarray | torch.Tensor
@@ -96,8 +104,9 @@ class HeTensor:
     # --- levels ----------------------------------------------------------------------------
     def ensure_level(self, levels: int = 1) -> HeTensor:
         """Refresh in place when some ciphertext has fewer than `levels` levels left."""
-        if self.level >= levels:
-            return self
+        return ensure_levels([self], levels)[0]
+
+    def _check_refresh(self, levels: int) -> None:
         if levels > self.engine.top_level:
             raise DepthExhausted(
                 f"an operation needs {levels} levels at once; a fresh ciphertext of this "
@@ -109,22 +118,42 @@ class HeTensor:
                 f"{levels} needed, and refreshing is not allowed: use a larger context or allow "
                 "refresh (a client round trip)"
             )
-        flat = list(self.grid.flat)
-        fresh = self.refresher(flat, self.layout)
+
+    def _replace(self, layout: Layout, fresh: Sequence[Ciphertext]) -> None:
         grid = np.empty(len(fresh), dtype=object)
-        grid[:] = fresh
-        self.grid = grid.reshape(self.grid.shape)
+        grid[:] = list(fresh)
+        self.layout = layout
+        self.grid = grid.reshape(layout.grid_shape)
         self.clean = True
+
+    def relayout(self, target: Layout) -> HeTensor:
+        """In place: the same values in `target` (same shape), fresh, clean; one client round
+        trip (`relayout_tensors`, `protocols.he.relayout`). Every holder of this tensor sees
+        the new packing."""
+        relayout_tensors([(self, target)])
         return self
+
+    def standardized(self) -> HeTensor:
+        """This tensor in a simple layout: itself when it has one, else re-laid out (in
+        place) to `Layout.standard`, what ops without a form for extended layouts need."""
+        if not self.layout.simple:
+            self.relayout(Layout.standard(self.layout.shape, self.engine.slots))
+        return self
+
+    @property
+    def policy(self) -> str:
+        """The run's packing policy (`protocols.he.relayout.POLICIES`): "auto" when the
+        refresher can re-lay out, "feature_major" otherwise."""
+        if not can_relayout(self.refresher):
+            return "feature_major"
+        return str(getattr(self.refresher, "policy", "auto"))
 
     # --- shape bookkeeping -----------------------------------------------------------------
     def permute(self, dims: Sequence[int]) -> HeTensor:
         dims = [d % self.dim() for d in dims]
         layout = self.layout.permute(dims)
-        ct_order = [self.layout.ct_axes.index(d) for d in dims if self.layout.strides[d] is None]
-        return self._new(
-            layout, np.transpose(self.grid, ct_order) if ct_order else self.grid, self.clean
-        )
+        order = [g for d in dims for g in self.layout.grid_axes_of(d)]
+        return self._new(layout, np.transpose(self.grid, order) if order else self.grid, self.clean)
 
     def transpose(self, a: int, b: int) -> HeTensor:
         dims = list(range(self.dim()))
@@ -133,11 +162,19 @@ class HeTensor:
         return self.permute(dims)
 
     def reshape(self, shape: Sequence[int]) -> HeTensor:
+        """A view. Views a simple layout cannot express (a slot axis merged with a
+        ciphertext axis) give a composite axis (`Layout.regroup`) when the run can
+        re-lay out later (policy "auto"); `LayoutError` otherwise."""
         shape = list(shape)
         if -1 in shape:
             known = math.prod(n for n in shape if n != -1)
             shape[shape.index(-1)] = math.prod(self.layout.shape) // max(known, 1)
-        layout = self.layout.reshape(tuple(shape))
+        try:
+            layout = self.layout.reshape(tuple(shape))
+        except LayoutError:
+            if self.policy != "auto":
+                raise
+            layout = self.layout.regroup(tuple(shape))
         return self._new(layout, self.grid.reshape(layout.grid_shape), self.clean)
 
     view = reshape
@@ -152,10 +189,10 @@ class HeTensor:
         return self.reshape(shape)
 
     def select(self, dim: int, index: int) -> HeTensor:
-        layout, grid_index = self.layout.select(dim, index)
+        layout, taken = self.layout.select_grid(dim, index)
         grid = self.grid
-        if grid_index is not None:
-            grid = np.take(grid, grid_index, axis=self.layout.ct_axes.index(dim % self.dim()))
+        for axis, entry in sorted(taken, reverse=True):
+            grid = np.take(grid, entry, axis=axis)
         return self._new(layout, np.asarray(grid, dtype=object).reshape(layout.grid_shape), False)
 
     def slice(self, dim: int, start: int, end: int, step: int = 1) -> HeTensor:
@@ -164,22 +201,26 @@ class HeTensor:
         indices = range(*slice(start, end, step).indices(n))
         if len(indices) == n:
             return self
-        if self.layout.strides[dim] is not None:
+        source = self.standardized() if self.layout.composite(dim) else self
+        layout = source.layout
+        if layout.strides[dim] is not None:
             if len(indices) != 1:
                 raise LayoutError(f"slicing the slot axis {dim} to {len(indices)} entries")
-            return self.select(dim, indices[0]).unsqueeze(dim)
-        axis = self.layout.ct_axes.index(dim)
-        grid = np.take(self.grid, list(indices), axis=axis)
-        shape = list(self.layout.shape)
+            return source.select(dim, indices[0]).unsqueeze(dim)
+        (axis,) = layout.grid_axes_of(dim)
+        grid = np.take(source.grid, list(indices), axis=axis)
+        shape = list(layout.shape)
         shape[dim] = len(indices)
-        layout = Layout(tuple(shape), self.layout.strides, self.layout.offset)
-        return self._new(layout, grid, self.clean)
+        out = Layout(tuple(shape), layout.strides, layout.offset, layout.parts, layout.replicas)
+        return self._new(out, grid, source.clean)
 
     def narrow(self, dim: int, start: int, length: int) -> HeTensor:
         """torch.narrow: entries start .. start + length - 1 of `dim` (bookkeeping)."""
         return self.slice(dim, start, start + length)
 
     def expand(self, shape: Sequence[int]) -> HeTensor:
+        if not self.layout.simple:
+            return self.standardized().expand(shape)
         shape = [
             self.layout.shape[i - (len(shape) - self.dim())] if n == -1 else n
             for i, n in enumerate(shape)
@@ -235,7 +276,7 @@ class HeTensor:
     def sum(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> HeTensor:
         dims = range(self.dim()) if dim is None else ([dim] if isinstance(dim, int) else dim)
         dims = sorted({d % self.dim() for d in dims}, reverse=True)
-        out = self
+        out = self.standardized()
         for d in dims:
             out = out._sum_ct(d) if out.layout.strides[d] is None else out._sum_slot(d)
         if not keepdim:
@@ -284,15 +325,27 @@ class HeTensor:
         return mask
 
     def masked(self) -> HeTensor:
-        """The same values with junk slots zeroed: one plain product, 1 L."""
+        """The same values with junk slots zeroed: one plain product, 1 L (replicas are
+        kept: they are used slots)."""
         self.ensure_level(1)
-        mask = self.slot_mask()
-        return self._map(lambda ct: self.engine.mul_plain(ct, mask), True)
+        if self.layout.simple:
+            mask = self.slot_mask()
+            return self._map(lambda ct: self.engine.mul_plain(ct, mask), True)
+        placement, slots = self.layout.placement(), self.engine.slots
+        flat = [
+            self.engine.mul_plain(ct, placement.used(g, slots).astype(np.float64))
+            for g, ct in enumerate(self.grid.flat)
+        ]
+        grid = np.empty(len(flat), dtype=object)
+        grid[:] = flat
+        return self._new(self.layout, grid.reshape(self.grid.shape), True)
 
     def merge(self, dim: int) -> HeTensor:
         """Move ciphertext axis `dim` into the free slots below the innermost slot axis:
         entry i of the axis rotates right by i * t, t = (smallest slot stride) / n'. Needs a
         clean tensor (masked first otherwise) and room (t >= 1)."""
+        if not self.layout.simple:
+            return self.standardized().merge(dim)
         n = self.layout.shape[dim]
         strides = [t for t in self.layout.strides if t is not None]
         room = min(strides) if strides else self.engine.slots
@@ -323,6 +376,8 @@ class HeTensor:
         entry j broadcast over all n' = next_power_of_two(n) slots of the axis (positions
         offset + i t, i < n'), so it can meet a tensor whose slot axis sits there.
         Per entry: one mask product (1 L), one rotation to the front, log2(n') rotations."""
+        if not self.layout.simple:
+            return self.standardized().replicate(dim)
         n, stride = self.layout.shape[dim], self.layout.strides[dim]
         if stride is None:
             return self
@@ -456,10 +511,13 @@ def _result_layout(a: Layout, b_shape: tuple[int, ...], b_layout: Layout | None)
 def _binary(a: HeTensor, b: Any, op: str) -> HeTensor:
     engine = a.engine
     if isinstance(b, HeTensor):
+        if not (a.layout.simple and b.layout.simple):
+            same = _common_packing(a, b)
+            if same is not None:
+                return _gridwise(a, b, same, op)
         out = _result_layout(a.layout, tuple(b.layout.shape), b.layout)
         if op == "mul":
-            a.ensure_level(1)
-            b.ensure_level(1)
+            ensure_levels([a, b], 1)
         ga, gb = _grid_view(a, out), _grid_view(b, out)
         fn = {"add": engine.add, "sub": engine.sub, "mul": engine.mul}[op]
         grid = np.empty(out.grid_shape, dtype=object)
@@ -481,6 +539,11 @@ def _binary(a: HeTensor, b: Any, op: str) -> HeTensor:
             a.ensure_level(1)
         fn = engine.add_plain if op == "add" else engine.mul_plain
         return a._map(lambda ct: fn(ct, plain), a.clean and op == "mul")
+    if not a.layout.simple:
+        shape = np.broadcast_shapes(tuple(a.layout.shape), plain.shape)
+        if shape == tuple(a.layout.shape):
+            return _plain_placed(a, np.broadcast_to(plain, shape), op)
+        a = a.standardized()
     out = _result_layout(a.layout, tuple(plain.shape), None)
     values = np.broadcast_to(
         plain.reshape((1,) * (len(out.shape) - plain.ndim) + plain.shape), out.shape
@@ -508,6 +571,122 @@ def _binary(a: HeTensor, b: Any, op: str) -> HeTensor:
     return a._new(out, grid, clean)
 
 
+def _common_packing(a: HeTensor, b: HeTensor) -> Layout | None:
+    """Two encrypted operands, one of them in an extended layout: their common layout when
+    they have one (equal shapes; the other operand re-laid out to it, in place, when it
+    is simple; both to `Layout.standard` when both are extended and differ: one round
+    trip), or None after re-laying the extended ones out to `Layout.standard` (shapes that
+    broadcast: the simple-layout path takes it from there)."""
+    if a.layout == b.layout:
+        return a.layout
+    if a.layout.shape != b.layout.shape:
+        relayout_tensors(
+            [(t, Layout.standard(t.layout.shape, t.engine.slots)) for t in (a, b)
+             if not t.layout.simple]
+        )  # fmt: skip
+        return None
+    if a.layout.simple:
+        b.relayout(a.layout)
+    elif b.layout.simple:
+        a.relayout(b.layout)
+    else:
+        target = Layout.standard(a.layout.shape, a.engine.slots)
+        relayout_tensors([(a, target), (b, target)])
+    return a.layout
+
+
+def _gridwise(a: HeTensor, b: HeTensor, layout: Layout, op: str) -> HeTensor:
+    """a (op) b ciphertext by ciphertext, both in `layout`."""
+    engine = a.engine
+    if op == "mul":
+        ensure_levels([a, b], 1)
+    fn = {"add": engine.add, "sub": engine.sub, "mul": engine.mul}[op]
+    flat = []
+    for x, y in zip(a.grid.flat, b.grid.flat, strict=True):
+        flat.append(engine.square(x) if (op == "mul" and x is y) else fn(x, y))
+    grid = np.empty(len(flat), dtype=object)
+    grid[:] = flat
+    clean = a.clean and b.clean if op != "mul" else (a.clean or b.clean)
+    return a._new(layout, grid.reshape(layout.grid_shape), clean)
+
+
+def _plain_placed(a: HeTensor, values: np.ndarray, op: str) -> HeTensor:
+    """a (op) a plain tensor of a's shape, laid out by a's placement (any layout; replicas
+    get their entry's value): per ciphertext one scalar when its entries agree, else a
+    slot vector (zero on unused slots: a product also zeroes the junk)."""
+    engine = a.engine
+    if op == "mul":
+        a.ensure_level(1)
+    placement, slots = a.layout.placement(), engine.slots
+    flat_values = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
+    fn = engine.add_plain if op == "add" else engine.mul_plain
+    clean = True  # every ciphertext's junk stays zero (all of them: the tensor is clean)
+    out = []
+    for g, ct in enumerate(a.grid.flat):
+        entries = flat_values[placement.groups[g][0]]
+        factor: float | np.ndarray
+        if entries.size and np.all(entries == entries[0]):
+            factor = float(entries[0])  # the junk is multiplied, or shifted
+            clean = clean and a.clean and op == "mul"
+        else:
+            factor = placement.vector(flat_values, g, slots)  # zero on the junk
+            clean = clean and (a.clean or op == "mul")
+        out.append(fn(ct, factor))
+    grid = np.empty(len(out), dtype=object)
+    grid[:] = out
+    return a._new(a.layout, grid.reshape(a.grid.shape), clean)
+
+
+def can_relayout(refresher: Any) -> bool:
+    """Whether `refresher` can move tensors to another packing (a round trip)."""
+    return bool(getattr(refresher, "can_relayout", False))
+
+
+def ensure_levels(tensors: Sequence[HeTensor], levels: int = 1) -> list[HeTensor]:
+    """Refresh in place every tensor with fewer than `levels` levels left: all of them in
+    one round trip when the refresher can (a re-layout to their own layouts), else one
+    round trip each. Returns `tensors`."""
+    short: list[HeTensor] = []
+    for t in tensors:
+        if t.level < levels and not any(t is s for s in short):
+            short.append(t)
+    if not short:
+        return list(tensors)
+    for t in short:
+        t._check_refresh(levels)
+    if can_relayout(short[0].refresher) and (len(short) > 1 or not short[0].layout.simple):
+        relayout_tensors([(t, t.layout) for t in short])
+        return list(tensors)
+    for t in short:
+        assert t.refresher is not None
+        t._replace(t.layout, t.refresher(list(t.grid.flat), t.layout))
+    return list(tensors)
+
+
+def relayout_tensors(pairs: Sequence[tuple[HeTensor, Layout]]) -> None:
+    """Every tensor of `pairs` re-laid out in place to its target, all in one round trip
+    (`protocols.he.relayout`); a tensor listed twice goes once (its first target).
+    Raises LayoutError when the run cannot re-lay out (refresh is off)."""
+    unique: list[tuple[HeTensor, Layout]] = []
+    for t, target in pairs:
+        if target.shape != t.layout.shape:
+            raise ValueError(f"relayout: target {target.shape} for a {t.layout.shape} tensor")
+        if not any(t is u for u, _ in unique):
+            unique.append((t, target))
+    if not unique:
+        return
+    refresher = unique[0][0].refresher
+    if not can_relayout(refresher):
+        shape = tuple(unique[0][0].layout.shape)
+        raise LayoutError(
+            f"moving a {shape} tensor to another packing needs a client round trip (a "
+            "re-layout at a refresh), and refresh is off"
+        )
+    parts = [(list(t.grid.flat), t.layout, target) for t, target in unique]
+    for (t, target), fresh in zip(unique, refresher.relayout(parts), strict=True):
+        t._replace(target, fresh)
+
+
 def power(x: HeTensor, exponent: int) -> HeTensor:
     """x^k for an integer k >= 1 by repeated squaring: ceil(log2 k) levels for k a power of two."""
     if not isinstance(exponent, int) or exponent < 1:
@@ -527,17 +706,61 @@ def power(x: HeTensor, exponent: int) -> HeTensor:
 
 # --- products with a matrix ---------------------------------------------------------------
 def linear(
-    x: HeTensor, weight: Plain, bias: Plain | None = None, *, merge: bool = True
+    x: HeTensor,
+    weight: Plain,
+    bias: Plain | None = None,
+    *,
+    merge: bool = True,
+    strategy: str | None = None,
 ) -> HeTensor:
-    """x @ weight.T + bias with x's last axis (d_in) a ciphertext axis: for every output
-    feature j one `dot_plain` of the d_in input ciphertexts (zero weights skipped), 1 L.
+    """x @ weight.T + bias (weight d_out x d_in) by the packing the cost model picks for
+    x's rows (`protocols.he.packing.choose_linear`, under the run's policy), or the one
+    named by `strategy` ("feature_major", "diagonal_bsgs"):
 
-    With `merge`, leading ciphertext axes are first moved into free slots (`merge`) when the
-    layout has room, so that the products are paid once for all of them."""
+    - feature-major: x's last axis in ciphertexts (re-laid out to `Layout.standard` first
+      when it is not); for every output feature j one `dot_plain` of the d_in input
+      ciphertexts (zero weights skipped), 1 L. With `merge`, leading ciphertext axes are
+      first moved into free slots (`merge`) when the layout has room, so that the
+      products are paid once for all of them.
+    - diagonal: x re-laid out (in place: one round trip, unless it is there already) to
+      rows d_in + d_out - 1 slots apart with replicas (`packing.diagonal_input`), then
+      baby-step giant-step diagonals per ciphertext (`protocols.he.diagonal`): about
+      2 sqrt(d_in) rotations and d_in products each, 1 L. The output keeps the rows'
+      spacing, features at stride 1 (`Layout.row_blocks`), not clean.
+    """
     w = np.asarray(_as_plain(weight), dtype=np.float64)
     if w.ndim != 2 or w.shape[1] != x.shape[-1]:
         raise ValueError(f"linear: weight {w.shape} for input {tuple(x.shape)}")
-    if x.layout.strides[-1] is not None:
+    d_out, slots = w.shape[0], x.engine.slots
+    movable = can_relayout(x.refresher)
+    if strategy is None:
+        option, reason = choose_linear(
+            x.layout, x.level, d_out, slots, policy=x.policy, can_relayout=movable
+        )
+    else:
+        found = [o for o in linear_options(x.layout, x.level, d_out, slots, movable)
+                 if o.strategy == strategy]  # fmt: skip
+        if not found:
+            raise LayoutError(f"linear: strategy {strategy!r} does not apply to {x.layout}")
+        option, reason = found[0], f"forced: {found[0].describe()}"
+    note = getattr(x.refresher, "note_choice", None)
+    if note is not None:
+        note("linear", (tuple(x.shape), d_out), option.strategy, reason)
+    if option.strategy == "diagonal_bsgs":
+        out = _linear_diagonal(x, w, option.relayout)
+    else:
+        out = _linear_feature_major(x, w, merge, option.relayout)
+    if bias is not None:
+        out = out + bias
+    return out
+
+
+def _linear_feature_major(
+    x: HeTensor, w: np.ndarray, merge: bool, target: Layout | None
+) -> HeTensor:
+    if target is not None:
+        x.relayout(target)
+    if not feature_major_ready(x.layout):
         raise LayoutError("linear: the feature axis is in slots; expected feature-major packing")
     if merge:
         for dim in x.layout.ct_axes[:-1]:
@@ -560,10 +783,33 @@ def linear(
             grid[(*index, j)] = x.engine.dot_plain(
                 [inputs[k] for k in nonzero], [float(w[j, k]) for k in nonzero]
             )
-    out = x._new(layout, grid, x.clean)
-    if bias is not None:
-        out = out + bias
-    return out
+    return x._new(layout, grid, x.clean)
+
+
+def _linear_diagonal(x: HeTensor, w: np.ndarray, target: Layout | None) -> HeTensor:
+    if x.dim() == 1:
+        return _linear_diagonal(x.unsqueeze(0), w, target and target.unsqueeze(0)).squeeze(0)
+    if target is not None:
+        x.relayout(target)
+    d_out, d_in = w.shape
+    slots = x.engine.slots
+    width = diagonal_width(d_in, d_out)
+    if x.layout != diagonal_input(x.layout.shape, d_out, slots) or x.level < 1:
+        raise LayoutError(f"linear: {x.layout} is not the diagonal method's input layout")
+    rows = min(slots // width, x.layout.shape[-2])
+    what = f"the diagonal product of a {tuple(x.shape)} tensor by a {d_in}x{d_out} weight"
+    flat = product_all(
+        x.engine,
+        list(x.grid.flat),
+        w,
+        width,
+        rows,
+        lambda ct, step: _rotate(x.engine, ct, step, what),
+    )
+    layout = Layout.row_blocks((*x.layout.shape[:-1], d_out), width, slots)
+    grid = np.empty(len(flat), dtype=object)
+    grid[:] = flat
+    return x._new(layout, grid.reshape(layout.grid_shape), False)
 
 
 def matmul(a: HeTensor, b: HeTensor | Plain) -> HeTensor:

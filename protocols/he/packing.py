@@ -1,0 +1,144 @@
+"""Which packing a linear layer uses inside a run: the cost model's choice, with the re-layout
+round trips each option needs priced in.
+
+For x (..., n, d_in) times a plain W (d_in x d_out), `protocols.he.tensor.linear` has two
+strategies (`protocols.he.matmul` gives their operation counts and unit costs):
+
+- feature-major (`matmul.feature_major_cost`): x's features in ciphertexts, rows in slots;
+  d_in d_out scalar products per grid cell of x without its feature axis (G cells), no
+  rotation. Needs x in a feature-major layout (`Layout.standard`, or any simple layout
+  whose last axis is a ciphertext axis) with a level left; otherwise one round trip first
+  (a re-layout to `Layout.standard`, or a refresh).
+- diagonal (`matmul.diagonal_bsgs_cost`, `protocols.he.diagonal`): rows w = d_in + d_out - 1
+  slots apart, r = floor(S / w) per ciphertext, x replicated with period d_in inside its row
+  (`Layout.row_blocks(..., replicate=True)`); per ciphertext about 2 sqrt(d_in) rotations and
+  d_in plain products. Only the client can write the replicas, so unless x is already in
+  that layout with a level left, one re-layout round trip first (x's ciphertexts out,
+  prod(leading) ceil(n / r) back). Its output has rows w slots apart, features at stride 1
+  (no replicas), not feature-major: an op that cannot use it re-lays it out later.
+
+Price (ms, `estimated_ms`): the strategy's `MatmulPlan.estimated_ms` with the unit costs of
+`matmul.UNIT_MS_8192` (no `wrap`: the run keeps SEAL ciphertexts), times the number of
+independent blocks, plus for each round trip `ROUND_TRIP_MS`: `trip` once, `sent` per
+ciphertext the server masks and sends (masking, mod switch, serialization, the client's
+decryption), `received` per ciphertext the client encrypts and sends back (encryption,
+serialization, the server's load and unmasking); LAN transfer included, measured against
+a rotation on this machine (their ratios to `key_switch` are what matters). A round trip
+that the feature-major path pays too (x has no level left) is priced on both sides.
+
+Not priced: what the choice does to later ops (the diagonal output is 1 / (d_out / r)
+times fewer ciphertexts for the elementwise ops and refreshes that follow, a gain; an op
+that has no form for it pays a re-layout round trip, a loss). The choice depends on
+layouts, levels and shapes only, never on values, so a dry run (`protocols.he.dry`) makes
+the same choices as the real run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from protocols.he.layout import Layout, LayoutError
+from protocols.he.matmul import UNIT_MS_8192, diagonal_bsgs_cost, feature_major_cost
+
+ROUND_TRIP_MS: dict[str, float] = {"trip": 1.0, "sent": 2.2, "received": 4.8}
+"""A re-layout or refresh round trip at N = 8192 (module docstring)."""
+
+UNITS = {**UNIT_MS_8192, "wrap": 0.0}
+"""The cost model's units for products inside a run (SEAL ciphertexts, no `CKKSVector`)."""
+
+
+def round_trip_ms(sent: int, received: int) -> float:
+    """One round trip: `sent` ciphertexts to the client, `received` back."""
+    return (
+        ROUND_TRIP_MS["trip"] + sent * ROUND_TRIP_MS["sent"] + received * ROUND_TRIP_MS["received"]
+    )
+
+
+def diagonal_width(d_in: int, d_out: int) -> int:
+    """Slots per row of the diagonal method: d_in + d_out - 1."""
+    return d_in + d_out - 1
+
+
+def diagonal_input(shape: tuple[int, ...], d_out: int, slots: int) -> Layout:
+    """The layout the diagonal method reads x in: `Layout.row_blocks` with replicas."""
+    return Layout.row_blocks(shape, diagonal_width(shape[-1], d_out), slots, replicate=True)
+
+
+def feature_major_ready(layout: Layout) -> bool:
+    """x's layout serves feature-major products as is: simple, last axis in ciphertexts."""
+    return layout.simple and layout.strides[-1] is None
+
+
+@dataclass(frozen=True)
+class LinearOption:
+    """One way to compute a linear layer: `strategy`, predicted `compute_ms`, the target
+    layout of the round trip it needs first (None: none), that trip's `trip_ms`."""
+
+    strategy: str
+    compute_ms: float
+    relayout: Layout | None
+    trip_ms: float
+
+    @property
+    def ms(self) -> float:
+        return self.compute_ms + self.trip_ms
+
+    def describe(self) -> str:
+        trip = f" + {self.trip_ms / 1e3:.2f} s round trip" if self.trip_ms else ""
+        return f"{self.strategy} ~{self.compute_ms / 1e3:.2f} s{trip}"
+
+
+def linear_options(
+    layout: Layout, level: int, d_out: int, slots: int, can_relayout: bool
+) -> list[LinearOption]:
+    """The options for x in `layout` (its level `level`) times a d_in x d_out W
+    (module docstring); without `can_relayout`, only those needing no re-layout."""
+    shape = layout.shape
+    d_in = shape[-1]
+    cells = math.prod(layout.grid_shape)
+    options: list[LinearOption] = []
+    # feature-major
+    fm_layout = layout if feature_major_ready(layout) else Layout.standard(shape, slots)
+    groups = math.prod(fm_layout.grid_shape) // d_in
+    rows = max(1, math.prod(shape[:-1]) // max(groups, 1))
+    fm = feature_major_cost(min(rows, slots), d_in, d_out, slots).estimated_ms(UNITS) * groups
+    if fm_layout is layout:
+        trip = 0.0 if level >= 1 else round_trip_ms(cells, cells)
+        options.append(LinearOption("feature_major", fm, None, trip))
+    elif can_relayout:
+        trip = round_trip_ms(cells, math.prod(fm_layout.grid_shape))
+        options.append(LinearOption("feature_major", fm, fm_layout, trip))
+    # diagonal
+    if diagonal_width(d_in, d_out) <= slots:
+        target = diagonal_input(shape, d_out, slots)
+        n = shape[-2] if len(shape) >= 2 else 1
+        lead = math.prod(shape[:-2])
+        diag = diagonal_bsgs_cost(n, d_in, d_out, slots).estimated_ms(UNITS) * lead
+        if layout == target and level >= 1:
+            options.append(LinearOption("diagonal_bsgs", diag, None, 0.0))
+        elif can_relayout:
+            trip = round_trip_ms(cells, math.prod(target.grid_shape))
+            options.append(LinearOption("diagonal_bsgs", diag, target, trip))
+    return options
+
+
+def choose_linear(
+    layout: Layout, level: int, d_out: int, slots: int, *, policy: str, can_relayout: bool
+) -> tuple[LinearOption, str]:
+    """(option, reason): the cheapest option (`policy` "auto"), or feature-major (policy
+    "feature_major"). The reason names the predicted costs of the chosen option and the
+    runner-up."""
+    options = linear_options(layout, level, d_out, slots, can_relayout)
+    if policy == "feature_major":
+        options = [o for o in options if o.strategy == "feature_major"] or options
+    if not options:
+        raise LayoutError(
+            f"linear: the feature axis of a {layout.shape} tensor is in slots; expected "
+            "feature-major packing (moving it needs a re-layout round trip: allow refresh)"
+        )
+    ranked = sorted(options, key=lambda o: o.ms)
+    reason = f"{policy}: {ranked[0].describe()}"
+    if len(ranked) > 1:
+        reason += f"; next {ranked[1].describe()}"
+    return ranked[0], reason
