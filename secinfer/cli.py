@@ -223,6 +223,14 @@ def _inputs(
     help="he: the embedding table is public; the client embeds its token ids itself "
     "(default: it encrypts them one-hot and the server multiplies by its table).",
 )
+@click.option(
+    "--packing",
+    type=click.Choice(["auto", "feature-major"]),
+    default="auto",
+    show_default=True,
+    help="he: how linear layers and attention pack ciphertexts: the cost model's choice per "
+    "layer, or feature-major everywhere (the slower baseline).",
+)
 def run(
     model: Path,
     trust_model: bool,
@@ -240,6 +248,7 @@ def run(
     timeout: float,
     no_refresh: bool,
     public_embedding: bool,
+    packing: str,
 ) -> None:
     """Run MODEL on a backend and compare its output with plaintext.
 
@@ -273,6 +282,7 @@ def run(
         refresh=not no_refresh,
         public_embedding=public_embedding,
         target=target,
+        packing=packing.replace("-", "_"),
     )
     plan_for = plan_target(backend, target)
     loaded = load.load_model(model, trust_model=trust_model)
@@ -638,6 +648,13 @@ def eval_(
     "--public-embedding", is_flag=True, help="Server: send the embedding table to the client."
 )
 @click.option(
+    "--packing",
+    type=click.Choice(["auto", "feature-major"]),
+    default="auto",
+    show_default=True,
+    help="Server: the cost model's packing per layer, or feature-major everywhere.",
+)
+@click.option(
     "--identity",
     type=click.Path(path_type=Path, file_okay=False),
     help="Directory with this side's key and certificate and the other side's certificate "
@@ -688,6 +705,7 @@ def he_party(role: str, **options: Any) -> None:
                 refresh=not options["no_refresh"],
                 public_embedding=options["public_embedding"],
                 evaluation=evaluation,
+                packing=options["packing"].replace("-", "_"),
             )
         else:
             if not options["connect"]:

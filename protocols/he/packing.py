@@ -109,8 +109,8 @@ def linear_options(
     elif can_relayout:
         trip = round_trip_ms(cells, math.prod(fm_layout.grid_shape))
         options.append(LinearOption("feature_major", fm, fm_layout, trip))
-    # diagonal
-    if diagonal_width(d_in, d_out) <= slots:
+    # diagonal (a feature axis of one entry has no slot form to replicate: feature-major)
+    if d_in > 1 and diagonal_width(d_in, d_out) <= slots:
         target = diagonal_input(shape, d_out, slots)
         n = shape[-2] if len(shape) >= 2 else 1
         lead = math.prod(shape[:-2])
@@ -121,6 +121,58 @@ def linear_options(
             trip = round_trip_ms(cells, math.prod(target.grid_shape))
             options.append(LinearOption("diagonal_bsgs", diag, target, trip))
     return options
+
+
+CT_MULT_MS = 0.6
+"""One ciphertext-ciphertext product before relinearisation at N = 8192 (the SEAL tensor
+product of two 2-part ciphertexts, about four plain products)."""
+
+
+def attention_ms(a: Layout, b: Layout) -> float | None:
+    """Predicted ms of `tensor.matmul(a, b)` (both encrypted) in these layouts, or None when
+    they do not fit its form: a (..., i, c) with i in slots (stride t) and c in ciphertexts,
+    b's slot axis among its last two at stride t, replicated into ciphertexts (per
+    ciphertext of b and entry j < n: one mask product, log2(n') + (j > 0) rotations,
+    log2(n') additions), then one ct-ct dot product over c per output ciphertext (c
+    products, one relinearisation: a key switch). A single row (i of size 1) with b's last
+    two axes in ciphertexts: products and additions only. The form also needs b's other
+    axis of the two in ciphertexts, batch axes at the same strides (or both in
+    ciphertexts), one offset, and a's rows within the replicated span."""
+    if not (a.simple and b.simple) or len(a.shape) < 2 or len(b.shape) < 2:
+        return None
+    u = UNIT_MS_8192
+    c = a.shape[-1]
+    rows = math.prod(a.grid_shape) // max(c, 1)
+    t_i = a.strides[-2]
+    if a.strides[-1] is not None:
+        return None
+    if t_i is None:
+        if a.shape[-2] != 1 or b.strides[-2:] != (None, None):
+            return None
+        if any(x != y for x, y in zip(a.strides[:-2], b.strides[:-2], strict=False)):
+            return None
+        outputs = rows * b.shape[-1]
+        return outputs * c * (CT_MULT_MS + u["add"]) + outputs * u["key_switch"]
+    spread = [d for d in (-2, -1) if b.strides[d] == t_i]
+    batch_a, batch_b = a.strides[:-2], b.strides[:-2]
+    if (
+        len(spread) != 1
+        or b.strides[-1 - (spread[0] == -1)] is not None
+        or len(batch_a) != len(batch_b)
+        or any(x != y for x, y in zip(batch_a, batch_b, strict=True))
+        or a.offset != b.offset
+        or a.shape[-2] > 1 << math.ceil(math.log2(b.shape[spread[0]]))
+    ):
+        return None
+    n = b.shape[spread[0]]
+    levels = math.ceil(math.log2(max(n, 1))) if n > 1 else 0
+    b_cts = math.prod(b.grid_shape)
+    replicate = b_cts * (
+        n * (u["pt_mult"] + u["encode"] + levels * u["add"])
+        + (n - 1 + n * levels) * u["key_switch"]
+    )
+    outputs = rows * b.shape[-1]
+    return replicate + outputs * (c * (CT_MULT_MS + u["add"]) + u["key_switch"])
 
 
 def choose_linear(

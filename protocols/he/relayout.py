@@ -44,9 +44,9 @@ from protocols.he.refresh import MaskingRefresher
 Part = tuple[list[Ciphertext], Layout, Layout]
 """One tensor to re-layout: its ciphertexts (grid order), its layout, the target layout."""
 
-RelayoutTransport = Callable[[list[Ciphertext], list[dict[str, Any]]], list[Ciphertext]]
+RelayoutTransport = Callable[[list[Ciphertext], list[dict[str, Any]], int], list[Ciphertext]]
 """Sends the masked ciphertexts and the parts' descriptions (`describe`); returns the
-client's fresh ciphertexts of every target, in order."""
+client's fresh ciphertexts of every target, in order (the count expected is given)."""
 
 POLICIES = ("auto", "feature_major")
 """Packing policies: `auto` picks per op by the cost model (`protocols.he.packing`);
@@ -161,8 +161,8 @@ class RelayoutRefresher:
             masked += sent
             masks.append(drawn)
         shapes = [(len(cts), source, target) for cts, source, target in parts]
-        fresh = self.transport(masked, describe(shapes))
         expected = sum(int(np.prod(target.grid_shape)) for _, _, target in parts)
+        fresh = self.transport(masked, describe(shapes), expected)
         if len(fresh) != expected:
             raise ValueError(f"relayout: expected {expected} ciphertexts back, got {len(fresh)}")
         slots = self.refresher.engine.slots

@@ -35,11 +35,13 @@ from protocols.he.diagonal import product_all
 from protocols.he.engine import Ciphertext, Engine
 from protocols.he.layout import Layout, LayoutError, next_power_of_two
 from protocols.he.packing import (
+    attention_ms,
     choose_linear,
     diagonal_input,
     diagonal_width,
     feature_major_ready,
     linear_options,
+    round_trip_ms,
 )
 from protocols.he.rotation import reduce_step
 
@@ -137,6 +139,14 @@ class HeTensor:
         """This tensor in a simple layout: itself when it has one, else re-laid out (in
         place) to `Layout.standard`, what ops without a form for extended layouts need."""
         if not self.layout.simple:
+            self.relayout(Layout.standard(self.layout.shape, self.engine.slots))
+        return self
+
+    def feature_major(self) -> HeTensor:
+        """This tensor with its last axis in ciphertexts: itself when its layout is simple
+        with a last ciphertext axis, else re-laid out (in place) to `Layout.standard`
+        (what code outside the kernels that slices the feature axis needs)."""
+        if not feature_major_ready(self.layout):
             self.relayout(Layout.standard(self.layout.shape, self.engine.slots))
         return self
 
@@ -515,7 +525,12 @@ def _binary(a: HeTensor, b: Any, op: str) -> HeTensor:
             same = _common_packing(a, b)
             if same is not None:
                 return _gridwise(a, b, same, op)
-        out = _result_layout(a.layout, tuple(b.layout.shape), b.layout)
+        try:
+            out = _result_layout(a.layout, tuple(b.layout.shape), b.layout)
+        except LayoutError:
+            if not standardize([a, b]):
+                raise
+            out = _result_layout(a.layout, tuple(b.layout.shape), b.layout)
         if op == "mul":
             ensure_levels([a, b], 1)
         ga, gb = _grid_view(a, out), _grid_view(b, out)
@@ -637,23 +652,40 @@ def _plain_placed(a: HeTensor, values: np.ndarray, op: str) -> HeTensor:
     return a._new(a.layout, grid.reshape(a.grid.shape), clean)
 
 
+def standardize(tensors: Sequence[Any]) -> bool:
+    """Re-lay out, in one round trip, every encrypted tensor of `tensors` whose layout is
+    not `Layout.standard` (the fallback of ops that found no form for their operands'
+    layouts). False when there is none to move or the run cannot re-lay out."""
+    moves = [
+        (t, Layout.standard(t.layout.shape, t.engine.slots))
+        for t in tensors
+        if isinstance(t, HeTensor)
+        and t.layout != Layout.standard(t.layout.shape, t.engine.slots)
+        and can_relayout(t.refresher)
+    ]
+    if not moves:
+        return False
+    relayout_tensors(moves)
+    return True
+
+
 def can_relayout(refresher: Any) -> bool:
     """Whether `refresher` can move tensors to another packing (a round trip)."""
     return bool(getattr(refresher, "can_relayout", False))
 
 
-def ensure_levels(tensors: Sequence[HeTensor], levels: int = 1) -> list[HeTensor]:
-    """Refresh in place every tensor with fewer than `levels` levels left: all of them in
-    one round trip when the refresher can (a re-layout to their own layouts), else one
-    round trip each. Returns `tensors`."""
+def ensure_levels(tensors: Sequence[HeTensor], levels: int | Sequence[int] = 1) -> list[HeTensor]:
+    """Refresh in place every tensor with fewer levels left than it needs (`levels`, one
+    count for all or one per tensor): all of them in one round trip when the refresher
+    can (a re-layout to their own layouts), else one round trip each. Returns `tensors`."""
+    needs = [levels] * len(tensors) if isinstance(levels, int) else list(levels)
     short: list[HeTensor] = []
-    for t in tensors:
-        if t.level < levels and not any(t is s for s in short):
+    for t, need in zip(tensors, needs, strict=True):
+        if t.level < need and not any(t is s for s in short):
+            t._check_refresh(need)
             short.append(t)
     if not short:
         return list(tensors)
-    for t in short:
-        t._check_refresh(levels)
     if can_relayout(short[0].refresher) and (len(short) > 1 or not short[0].layout.simple):
         relayout_tensors([(t, t.layout) for t in short])
         return list(tensors)
@@ -755,6 +787,61 @@ def linear(
     return out
 
 
+def _attention_targets(a: HeTensor, b: HeTensor) -> tuple[Layout, Layout] | None:
+    """Layouts in which `matmul(a, b)` runs (`packing.attention_ms`), for operands in any
+    layouts: a in `Layout.standard` (batch axes and rows in slots, c in ciphertexts); b
+    with a's batch strides, the axis of its last two whose size is a's row count (the last
+    one when both are) in slots at a's row stride, the other in ciphertexts. None when b
+    has no axis of a's row count (no such form)."""
+    slots = a.engine.slots
+    a_target = Layout.standard(a.layout.shape, slots)
+    if a.dim() != b.dim():
+        return None
+    rows = a.layout.shape[-2]
+    t_i = a_target.strides[-2]
+    strides: list[int | None] = [
+        t if b.layout.shape[k] == a.layout.shape[k] else None
+        for k, t in enumerate(a_target.strides[:-2])
+    ]
+    if t_i is None:  # a single row: b's last two axes in ciphertexts
+        return a_target, Layout(b.layout.shape, (*strides, None, None), a_target.offset)
+    if b.layout.shape[-1] == rows:
+        tail: tuple[int | None, ...] = (None, t_i)
+    elif b.layout.shape[-2] == rows:
+        tail = (t_i, None)
+    else:
+        return None
+    return a_target, Layout(b.layout.shape, (*strides, *tail), a_target.offset)
+
+
+def _attention_packing(a: HeTensor, b: HeTensor) -> None:
+    """Move a and b (in place, one round trip) to `_attention_targets` when they have no
+    form for `matmul` as they are, or when the cost model (`packing.attention_ms` plus the
+    round trip) finds the targets cheaper (policy "auto": e.g. heads moved from
+    ciphertexts into slots, so that fewer ciphertexts of b are replicated)."""
+    if not can_relayout(a.refresher):
+        return
+    targets = _attention_targets(a, b)
+    if targets is None:
+        return
+    now = attention_ms(a.layout, b.layout)
+    if now is not None and a.policy != "auto":
+        return
+    moved = [(t, target) for t, target in zip((a, b), targets, strict=True) if t.layout != target]
+    if not moved:
+        return
+    if now is not None:
+        after = attention_ms(*targets)
+        sent = sum(math.prod(t.layout.grid_shape) for t, _ in moved)
+        back = sum(math.prod(target.grid_shape) for _, target in moved)
+        if after is None or after + round_trip_ms(sent, back) >= now:
+            return
+    note = getattr(a.refresher, "note_choice", None)
+    if note is not None:
+        note("attention", (tuple(a.shape), tuple(b.shape)), "relayout", "cheaper or needed")
+    relayout_tensors(moved)
+
+
 def _linear_feature_major(
     x: HeTensor, w: np.ndarray, merge: bool, target: Layout | None
 ) -> HeTensor:
@@ -824,6 +911,7 @@ def matmul(a: HeTensor, b: HeTensor | Plain) -> HeTensor:
         return linear(a, w.T if w.ndim == 2 else w[:, None].T)
     if a.dim() < 2 or b.dim() < 2:
         raise LayoutError("matmul of encrypted tensors needs at least 2 axes each")
+    _attention_packing(a, b)
     single_row = a.layout.shape[-2] == 1 and a.layout.strides[-1] is None
     if single_row and b.layout.strides[-2:] == (None, None):
         return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(-2)
@@ -836,8 +924,7 @@ def matmul(a: HeTensor, b: HeTensor | Plain) -> HeTensor:
     spread = [d for d in (b.dim() - 2, b.dim() - 1) if b.layout.strides[d] == t_i]
     if not spread:
         raise LayoutError("matmul: b has no slot axis where a's rows sit")
-    a.ensure_level(1)
-    b.ensure_level(2)
+    ensure_levels([a, b], [1, 2])
     bp = b.replicate(spread[0])
     n_i = a.layout.shape[-2]
     # b' seen with an explicit row axis i in slots: (..., i, c, j)

@@ -54,6 +54,7 @@ class RunOptions:
     precision_bits: int = 16  # mpc: fixed-point fractional bits
     refresh: bool = True  # he: the client may re-encrypt between contexts
     public_embedding: bool = False  # he: the client embeds token ids itself
+    packing: str = "auto"  # he: "auto" (cost model per layer) or "feature_major" (baseline)
     target: str | None = None  # approx: the secure backend whose plan it runs
 
 

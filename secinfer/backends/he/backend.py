@@ -49,6 +49,7 @@ class HeBackend:
             refresh=options.refresh,
             public_embedding=options.public_embedding,
             peer_timeout=options.peer_timeout,
+            packing=options.packing,
         )
 
     def evaluate_parties(

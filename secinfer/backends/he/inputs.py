@@ -118,6 +118,8 @@ def rotation_plan(
     params: CkksParams,
     evaluation: Any = None,
     engine: Any = None,
+    *,
+    policy: str | None = "auto",
 ) -> RotationPlan:
     """The rotations of the encrypted run, found by running it: the executor runs `graph`
     with the `he` kernels on stand-in ciphertexts (`protocols.he.dry.DryEngine`) in the
@@ -129,7 +131,9 @@ def rotation_plan(
     of the real run (an op without a kernel, a layout it cannot handle), raised here
     before any key is made. `engine`: the `DryEngine` to run on (default: one for
     `params`; one holding `keys` checks that they suffice, `protocols.he.tensor.RotationKeyError`
-    inside an `execute.ExecutionError` naming the op otherwise)."""
+    inside an `execute.ExecutionError` naming the op otherwise). `policy`: the run's packing
+    policy (`protocols.he.relayout.POLICIES`; None: refresh is off, no re-layout), so that
+    the dry run makes the real run's packing choices and rotates as it does."""
     from protocols.he.dry import DryEngine, DryRefresher, dry_grid
     from protocols.he.galois import keys_for_steps
     from protocols.he.tensor import HeTensor
@@ -137,7 +141,7 @@ def rotation_plan(
 
     if engine is None:
         engine = DryEngine(params.slots, params.depth, 2.0**params.scale_bits)
-    refresher = DryRefresher(engine)
+    refresher = DryRefresher(engine, policy)
     first: dict[int, str] = {}
 
     def attribute(where: str) -> None:
@@ -166,6 +170,7 @@ def rotation_plan(
     if evaluation is not None and isinstance(logits, HeTensor) and logits.dim() == 2:
         from protocols.he.losses import per_example
 
+        logits = logits.feature_major()  # as `evaluation.serve_evaluation`
         names = list(evaluation.settings.losses)
         values = per_example(logits, tensor(logits.layout), names, evaluation.plan)
         for value in values.values():

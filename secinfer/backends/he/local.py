@@ -45,6 +45,7 @@ def run_local_he(
     public_embedding: bool = False,
     peer_timeout: float = DEFAULT_TIMEOUT,
     run_timeout: float = RUN_TIMEOUT,
+    packing: str = "auto",
 ) -> PartyRun:
     """Server (model owner) and client (data owner) of an HE run as two processes on
     loopback; the client's decrypted output and both records."""
@@ -57,6 +58,8 @@ def run_local_he(
             server.append("--no-refresh")
         if public_embedding:
             server.append("--public-embedding")
+        if packing != "auto":
+            server += ["--packing", packing.replace("_", "-")]
         client += ["--input", str(input_path)]
         seconds = _run_he(server, client, root, run_timeout)
         return read_run(out[HeRole.CLIENT] / "output.npy", *_records(out), seconds)

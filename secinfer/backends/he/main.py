@@ -58,6 +58,7 @@ def server_main(
     public_embedding: bool,
     evaluation: Any = None,
     link: tls.Link,
+    packing: str = "auto",
 ) -> None:
     """With `evaluation` (an `evaluate.Evaluation`) the session is a private evaluation.
     `link` (`he_link`) secures the connection (`Link(None)`: the opt-in plain socket)."""
@@ -109,6 +110,7 @@ def server_main(
                 check_inputs=loaded.check_inputs,
                 evaluation=he_evaluation,
                 link=link,
+                packing=packing,
             ),
         )
 

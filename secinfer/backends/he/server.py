@@ -19,6 +19,7 @@ from protocols.he.engine import Engine
 from protocols.he.layout import Layout
 from protocols.he.params import CkksParams
 from protocols.he.refresh import MaskingRefresher, default_mask_bits
+from protocols.he.relayout import RelayoutRefresher
 from protocols.he.tensor import HeTensor
 from secinfer.backends.he.channel import MAX_MESSAGE, Channel, receive_grid
 from secinfer.backends.he.inputs import embedding_table, input_specs, layouts_for, rotation_plan
@@ -49,7 +50,7 @@ class ServerSession:
     params: CkksParams
     specs: list[dict[str, Any]]
     engine: Engine
-    refresher: MaskingRefresher | None
+    refresher: RelayoutRefresher | None
     mask_bits: int
 
     def receive_inputs(self) -> tuple[Any, ...]:
@@ -99,8 +100,10 @@ def open_server(
     params: CkksParams,
     check_inputs: Callable[[tuple[torch.Tensor, ...]], None] | None,
     evaluation: Announced | None,
+    packing: str = "auto",
 ) -> ServerSession:
-    """hello -> shapes -> layouts (and embedding tables) -> public context -> handshake."""
+    """hello -> shapes -> layouts (and embedding tables) -> public context -> handshake.
+    `packing`: the policy of linear layers and attention (`protocols.he.relayout.POLICIES`)."""
     specs = input_specs(graph, public_embedding)
     hello: dict[str, Any] = {"kind": "hello", "inputs": specs}
     if evaluation is not None:
@@ -112,7 +115,9 @@ def open_server(
     }
     dim = next((int(t.shape[1]) for t in tables.values() if t is not None), None)
     layouts_for(graph, specs, dim, params.slots)
-    rotations = rotation_plan(graph, plan, specs, params, evaluation)
+    rotations = rotation_plan(
+        graph, plan, specs, params, evaluation, policy=packing if allow_refresh else None
+    )
     mask_bits = default_mask_bits(params.coeff_mod_bit_sizes[0], params.scale_bits)
     channel.send_json(
         {
@@ -139,7 +144,15 @@ def open_server(
         channel.send_cts(cts)
         return channel.recv_cts(len(cts))
 
-    refresher = MaskingRefresher(engine, transport, mask_bits) if allow_refresh else None
+    def relayout_transport(cts: list[Any], parts: list[dict[str, Any]], expected: int) -> list[Any]:
+        channel.send_json({"kind": "relayout", "parts": parts})
+        channel.send_cts(cts)
+        return channel.recv_cts(expected)
+
+    refresher = None
+    if allow_refresh:
+        masking = MaskingRefresher(engine, transport, mask_bits)
+        refresher = RelayoutRefresher(masking, relayout_transport, packing)
     return ServerSession(graph, plan, channel, params, specs, engine, refresher, mask_bits)
 
 
@@ -184,7 +197,7 @@ def server_record(
     graph: Graph,
     params: CkksParams,
     engine: Engine,
-    refresher: MaskingRefresher | None,
+    refresher: RelayoutRefresher | None,
     result: RunResult,
     channel: Channel,
 ) -> dict[str, Any]:
@@ -196,6 +209,12 @@ def server_record(
         "depth_per_context": params.depth,
         "refreshes": stats.refreshes if stats else 0,
         "refreshed_ciphertexts": stats.ciphertexts if stats else 0,
+        "packing": {
+            "policy": refresher.policy if refresher else "feature_major",
+            "relayouts": refresher.relayouts if refresher else 0,
+            "relayout_ciphertexts": list(refresher.relayout_ciphertexts) if refresher else [0, 0],
+            "products": refresher.choices_summary() if refresher else {},
+        },
         "levels_used": params.depth * (stats.refreshes + 1 if stats else 1),
         "counts": {**engine.cost.to_dict(), "key_switches": engine.key_switches},
         "bytes_sent": channel.counter.bytes_sent,

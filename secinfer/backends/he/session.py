@@ -77,6 +77,7 @@ def serve(
     evaluation: HeEvaluation | None = None,
     link: Link,
     log: Callable[[str], None] | None = None,
+    packing: str = "auto",
 ) -> dict[str, Any]:
     """Accept one client (`accept_client`) and answer its query (module docstring); returns
     the record. `check_inputs` sees placeholder tensors of the client's shapes and dtypes.
@@ -85,7 +86,7 @@ def serve(
     with channel.sock:
         try:
             settings = (allow_refresh, public_embedding, params, check_inputs, evaluation)
-            return _serve(graph, plan, channel, out_dir, *settings)
+            return _serve(graph, plan, channel, out_dir, *settings, packing)
         except Exception as exc:
             channel.send_error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             raise
@@ -101,11 +102,13 @@ def _serve(
     params: CkksParams,
     check_inputs: Callable[[tuple[torch.Tensor, ...]], None] | None,
     evaluation: HeEvaluation | None,
+    packing: str,
 ) -> dict[str, Any]:
     began = time.perf_counter()
     session = open_server(
-        graph, plan, channel, allow_refresh, public_embedding, params, check_inputs, evaluation
-    )
+        graph, plan, channel, allow_refresh, public_embedding, params, check_inputs, evaluation,
+        packing,
+    )  # fmt: skip
     if evaluation is None:
         result = session.run(session.receive_inputs())
         output = result.outputs[0]

@@ -289,12 +289,15 @@ def server_specs(graph: Any, inputs: tuple[torch.Tensor, ...]) -> list[dict[str,
     return specs
 
 
-def run_with_keys(graph: Any, plan: Any, specs: list[dict[str, Any]], keys: list[int]) -> None:
+def run_with_keys(
+    graph: Any, plan: Any, specs: list[dict[str, Any]], keys: list[int], policy: str = "auto"
+) -> None:
     """The `he` kernels on stand-ins of the client's inputs (public inputs: ones, as a
     full attention mask) with a dry engine that refuses, as SEAL would, any rotation the
-    `keys` cannot compose: raises `ExecutionError` naming the op and the step."""
+    `keys` cannot compose: raises `ExecutionError` naming the op and the step. `policy`:
+    the packing policy the server runs (its choices of packing follow it)."""
     engine = DryEngine(SLOTS, PARAMS.depth, keys=keys)
-    refresher = DryRefresher(engine)
+    refresher = DryRefresher(engine, policy)
     inputs: list[Any] = []
     for spec in specs:
         if spec["mode"] == "public":
@@ -309,22 +312,23 @@ def run_with_keys(graph: Any, plan: Any, specs: list[dict[str, Any]], keys: list
 
 # --- the sweep --------------------------------------------------------------------------------
 @st.composite
-def models(draw: st.DrawFn) -> tuple[str, tuple]:
-    heads = draw(st.sampled_from([1, 2, 4]))
+def models(draw: st.DrawFn) -> tuple[str, tuple, str]:
+    heads = draw(st.sampled_from([1, 2, 4, 12]))
     width = heads * draw(st.sampled_from([2, 4, 8]))
     batch = draw(st.integers(1, 3))
+    policy = draw(st.sampled_from(["auto", "feature_major"]))
     if draw(st.booleans()):
-        tokens, mask = draw(st.integers(1, 12)), draw(st.booleans())
-        return "bert", (width, heads, 1, tokens, batch, mask)
-    return "image", (draw(st.sampled_from([1, 2, 4, 8])), width, heads, batch)
+        tokens, mask = draw(st.integers(1, 16)), draw(st.booleans())
+        return "bert", (width, heads, 1, tokens, batch, mask), policy
+    return "image", (draw(st.sampled_from([1, 2, 4, 8])), width, heads, batch), policy
 
 
-def check_planned_keys(kind: str, args: tuple) -> None:
+def check_planned_keys(kind: str, args: tuple, policy: str = "auto") -> None:
     graph, plan, inputs = (bert if kind == "bert" else image_transformer)(*args)
     specs = server_specs(graph, inputs)
-    planned = rotation_plan(graph, plan, specs, PARAMS)
+    planned = rotation_plan(graph, plan, specs, PARAMS, policy=policy)
     assert galois.missing_steps(planned.steps, planned.keys, SLOTS) == []
-    run_with_keys(graph, plan, specs, planned.keys)
+    run_with_keys(graph, plan, specs, planned.keys, policy)
 
 
 NO_SHRINK = [Phase.explicit, Phase.reuse, Phase.generate]  # seconds per example: report as found
@@ -332,8 +336,29 @@ NO_SHRINK = [Phase.explicit, Phase.reuse, Phase.generate]  # seconds per example
 
 @settings(max_examples=4, deadline=None, phases=NO_SHRINK)
 @given(model=models())
-def test_planned_keys_cover_every_rotation_of_the_run(model: tuple[str, tuple]) -> None:
+def test_planned_keys_cover_every_rotation_of_the_run(model: tuple[str, tuple, str]) -> None:
     check_planned_keys(*model)
+
+
+@pytest.mark.parametrize(
+    ("hidden", "tokens"),
+    [(48, 16), (96, 5)],  # 12 heads: the issue's head count at small widths
+)
+def test_planned_keys_cover_twelve_heads_under_both_packings(hidden: int, tokens: int) -> None:
+    """12 heads (the issue's MiniLM head count) at widths 48 and 96, 16 and 5 tokens, under
+    the cost model's packing (diagonal linears, heads moved into slots for attention) and
+    the feature-major baseline: every rotation of the run is planned."""
+    for policy in ("auto", "feature_major"):
+        check_planned_keys("bert", (hidden, 12, 1, tokens, 1, False), policy)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tokens", [16, 128])
+def test_planned_keys_cover_a_minilm_width_layer(tokens: int) -> None:
+    """One layer of MiniLM width (hidden 384, 12 heads, FFN 768 here: the BERT helper's
+    2 x hidden), 16 and 128 tokens: the run that died with "Galois key not present"."""
+    for policy in ("auto", "feature_major"):
+        check_planned_keys("bert", (384, 12, 1, tokens, 1, False), policy)
 
 
 @pytest.mark.slow
@@ -344,17 +369,18 @@ def test_planned_keys_cover_every_rotation_of_the_run_more_examples(model) -> No
 
 
 def test_a_batch_1_bert_is_planned_and_the_old_keys_refused() -> None:
-    """A BERT at batch 1 (the shape that failed, smaller): replicating tokens rotates by 2 and
-    3; the old plan (+-1 only) is refused, naming the op and the step."""
+    """A BERT at batch 1 (the shape that failed, smaller), feature-major packing (the path
+    of the old formula): replicating tokens rotates by 2 and 3; the old plan (+-1 only) is
+    refused, naming the op and the step."""
     graph, plan, inputs = bert(16, 2, 1, 4, 1, False)
     specs = server_specs(graph, inputs)
-    planned = rotation_plan(graph, plan, specs, PARAMS)
+    planned = rotation_plan(graph, plan, specs, PARAMS, policy="feature_major")
     assert {1, 2, 3, -1, -2} <= set(planned.steps)
     assert planned.keys == [1, -1, 2, -2, 4]  # 3 = 4 - 1
     assert "aten.matmul" in planned.steps[2] and "attention" in planned.steps[2]
-    run_with_keys(graph, plan, specs, planned.keys)
+    run_with_keys(graph, plan, specs, planned.keys, "feature_major")
     with pytest.raises(ExecutionError) as caught:
-        run_with_keys(graph, plan, specs, [1, -1])
+        run_with_keys(graph, plan, specs, [1, -1], "feature_major")
     message = str(caught.value)
     assert "aten.matmul (node matmul)" in message and "rotation by -2 slots" in message
     assert "Galois key not present" in message and "replicating slot axis" in message
