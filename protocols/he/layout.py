@@ -178,6 +178,12 @@ class Layout:
         """Every entry's ciphertext and slot (module docstring); cached per layout."""
         return _placement(self)
 
+    def without_replicas(self) -> Layout:
+        """The same layout, replicas dropped (their slots then count as junk)."""
+        if self.replicas is None:
+            return self
+        return Layout(self.shape, self.strides, self.offset, self.parts)
+
     def slot_key(self) -> tuple:
         """What two operands must share to be combined slot-wise."""
         key = (self.offset, tuple((a, self.strides[a]) for a in self.slot_axes))

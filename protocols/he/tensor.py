@@ -588,25 +588,27 @@ def _binary(a: HeTensor, b: Any, op: str) -> HeTensor:
 
 def _common_packing(a: HeTensor, b: HeTensor) -> Layout | None:
     """Two encrypted operands, one of them in an extended layout: their common layout when
-    they have one (equal shapes; the other operand re-laid out to it, in place, when it
-    is simple; both to `Layout.standard` when both are extended and differ: one round
-    trip), or None after re-laying the extended ones out to `Layout.standard` (shapes that
-    broadcast: the simple-layout path takes it from there)."""
+    they have one (layouts equal but for replicas; otherwise, for equal shapes, one
+    operand re-laid out in place to the other's layout, whichever round trip moves fewer
+    ciphertexts back), or None after re-laying the extended ones out to `Layout.standard`
+    (shapes that broadcast: the simple-layout path takes it from there)."""
     if a.layout == b.layout:
         return a.layout
+    if a.layout.without_replicas() == b.layout.without_replicas():
+        return a.layout.without_replicas()
     if a.layout.shape != b.layout.shape:
         relayout_tensors(
             [(t, Layout.standard(t.layout.shape, t.engine.slots)) for t in (a, b)
              if not t.layout.simple]
         )  # fmt: skip
         return None
-    if a.layout.simple:
-        b.relayout(a.layout)
-    elif b.layout.simple:
-        a.relayout(b.layout)
+    # one operand moves to the other's layout (replicas dropped), the cheaper way round
+    # (`packing.round_trip_ms`: the ciphertexts sent and received)
+    size = [math.prod(t.layout.grid_shape) for t in (a, b)]
+    if round_trip_ms(size[0], size[1]) <= round_trip_ms(size[1], size[0]):
+        a.relayout(b.layout.without_replicas())
     else:
-        target = Layout.standard(a.layout.shape, a.engine.slots)
-        relayout_tensors([(a, target), (b, target)])
+        b.relayout(a.layout.without_replicas())
     return a.layout
 
 
@@ -773,7 +775,10 @@ def linear(
         found = [o for o in linear_options(x.layout, x.level, d_out, slots, movable)
                  if o.strategy == strategy]  # fmt: skip
         if not found:
-            raise LayoutError(f"linear: strategy {strategy!r} does not apply to {x.layout}")
+            raise LayoutError(
+                f"linear: strategy {strategy!r} does not apply to {x.layout} (moving it to "
+                "another packing needs a round trip, which needs refresh)"
+            )
         option, reason = found[0], f"forced: {found[0].describe()}"
     note = getattr(x.refresher, "note_choice", None)
     if note is not None:
