@@ -34,6 +34,11 @@ of `protocols.he.diagonal` and by re-layouts at refreshes (`protocols.he.relayou
   The diagonal method reads its input x~[j] = x[j mod d_in] over d_in + d_out - 1 slots
   of each row, which only the client can write (it encrypts) or a re-layout produces.
   Replicas count as used slots (a refresh keeps them), reads see the first copy.
+- A *skew* (a, b): the ciphertext axis a (size n) is indexed by (idx[a] - idx[b]) mod n,
+  b a slot axis of the same size. The diagonal method for a product of two encrypted
+  matrices (`protocols.he.attention`) leaves S[i, j] in ciphertext (j - i) mod n at row
+  i's slot: attention scores in this layout are summed over keys by ciphertext additions
+  and multiplied by a per-row value by reusing one ciphertext for all of them.
 
 `placement` gives, for any layout, every entry's ciphertext and slot (and its replicas'):
 what the client encrypts and decrypts through (`Codec`), and what plain operands,
@@ -75,6 +80,7 @@ class Layout:
     offset: int = 0
     parts: tuple[tuple[SubAxis, ...] | None, ...] = ()
     replicas: tuple[int, int] | None = None
+    skew: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if len(self.shape) != len(self.strides):
@@ -112,12 +118,25 @@ class Layout:
                 raise ValueError(f"layout: replicas of axis {axis}, which is not a slot axis")
             replicas = None if span <= shape[axis] else (axis, span)
         object.__setattr__(self, "replicas", replicas)
+        skew = self.skew
+        if skew is not None:
+            a, b = int(skew[0]) % len(shape), int(skew[1]) % len(shape)
+            composite = bool(self.parts) and (parts[a] is not None or parts[b] is not None)
+            if shape[a] == 1:
+                skew = None
+            elif strides[a] is not None or strides[b] is None or composite or shape[a] != shape[b]:
+                raise ValueError(
+                    f"layout: skew ({a}, {b}) needs a ciphertext axis and a slot axis of one size"
+                )
+            else:
+                skew = (a, b)
+        object.__setattr__(self, "skew", skew)
 
     # --- derived ---------------------------------------------------------------------------
     @property
     def simple(self) -> bool:
         """No composite axis and no replicas: the layouts every op of `tensor` handles."""
-        return not self.parts and self.replicas is None
+        return not self.parts and self.replicas is None and self.skew is None
 
     def composite(self, axis: int) -> bool:
         return bool(self.parts) and self.parts[axis] is not None
@@ -182,14 +201,14 @@ class Layout:
         """The same layout, replicas dropped (their slots then count as junk)."""
         if self.replicas is None:
             return self
-        return Layout(self.shape, self.strides, self.offset, self.parts)
+        return Layout(self.shape, self.strides, self.offset, self.parts, None, self.skew)
 
     def slot_key(self) -> tuple:
         """What two operands must share to be combined slot-wise."""
         key = (self.offset, tuple((a, self.strides[a]) for a in self.slot_axes))
         if self.simple:
             return key
-        return (*key, self.parts, self.replicas)
+        return (*key, self.parts, self.replicas, self.skew)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -201,6 +220,8 @@ class Layout:
             out["parts"] = [None if p is None else [list(s) for s in p] for p in self.parts]
         if self.replicas is not None:
             out["replicas"] = list(self.replicas)
+        if self.skew is not None:
+            out["skew"] = list(self.skew)
         return out
 
     @classmethod
@@ -211,9 +232,9 @@ class Layout:
         if (
             not isinstance(data, dict)
             or not base <= set(data)
-            or not set(data) <= base | {"parts", "replicas"}
+            or not set(data) <= base | {"parts", "replicas", "skew"}
         ):
-            raise ValueError("layout: expected keys shape, strides, offset (parts, replicas)")
+            raise ValueError("layout: expected keys shape, strides, offset (parts, replicas, skew)")
         shape, strides, offset = data["shape"], data["strides"], data["offset"]
         if not (isinstance(shape, list) and all(_count(n) for n in shape)):
             raise ValueError(f"layout: shape {shape!r} is not a list of sizes")
@@ -238,12 +259,18 @@ class Layout:
                                                                       for v in replicas)
         ):  # fmt: skip
             raise ValueError(f"layout: replicas {replicas!r} are not [axis, span]")
+        skew = data.get("skew")
+        if skew is not None and not (
+            isinstance(skew, list) and len(skew) == 2 and all(_count(v) or v == 0 for v in skew)
+        ):
+            raise ValueError(f"layout: skew {skew!r} is not [axis, axis]")
         return cls(
             tuple(shape),
             tuple(strides),
             int(offset),
             tuple(parts),
             None if replicas is None else (replicas[0], replicas[1]),
+            None if skew is None else (skew[0], skew[1]),
         )
 
     # --- constructors ----------------------------------------------------------------------
@@ -313,8 +340,9 @@ class Layout:
         offset: int,
         parts: tuple[tuple[SubAxis, ...] | None, ...],
         replicas: tuple[int, int] | None,
+        skew: tuple[int, int] | None = None,
     ) -> Layout:
-        return Layout(shape, strides, offset, parts if any(parts) else (), replicas)
+        return Layout(shape, strides, offset, parts if any(parts) else (), replicas, skew)
 
     def _parts(self) -> tuple[tuple[SubAxis, ...] | None, ...]:
         return self.parts or (None,) * len(self.shape)
@@ -324,12 +352,16 @@ class Layout:
         replicas = None
         if self.replicas is not None:
             replicas = (list(dims).index(self.replicas[0]), self.replicas[1])
+        skew = None
+        if self.skew is not None:
+            skew = (list(dims).index(self.skew[0]), list(dims).index(self.skew[1]))
         return self._with(
             tuple(self.shape[d] for d in dims),
             tuple(self.strides[d] for d in dims),
             self.offset,
             tuple(parts[d] for d in dims),
             replicas,
+            skew,
         )
 
     def unsqueeze(self, dim: int) -> Layout:
@@ -338,12 +370,16 @@ class Layout:
         replicas = self.replicas
         if replicas is not None and replicas[0] >= dim:
             replicas = (replicas[0] + 1, replicas[1])
+        skew = None
+        if self.skew is not None:
+            skew = (self.skew[0] + (self.skew[0] >= dim), self.skew[1] + (self.skew[1] >= dim))
         return self._with(
             (*self.shape[:dim], 1, *self.shape[dim:]),
             (*self.strides[:dim], None, *self.strides[dim:]),
             self.offset,
             (*parts[:dim], None, *parts[dim:]),
             replicas,
+            skew,
         )
 
     def select(self, dim: int, index: int) -> tuple[Layout, int | None]:
@@ -361,6 +397,8 @@ class Layout:
         sub-axes pick grid entries."""
         dim %= len(self.shape)
         index %= self.shape[dim]
+        if self.skew is not None and dim in self.skew:
+            raise LayoutError(f"selecting on axis {dim}, one of the skewed pair {self.skew}")
         offset, taken = self.offset, []
         grid_axes = iter(self.grid_axes_of(dim))
         digits = []
@@ -378,12 +416,16 @@ class Layout:
         if replicas is not None:
             axis = replicas[0]
             replicas = None if axis == dim else (axis - (axis > dim), replicas[1])
+        skew = None
+        if self.skew is not None:
+            skew = (self.skew[0] - (self.skew[0] > dim), self.skew[1] - (self.skew[1] > dim))
         layout = self._with(
             self.shape[:dim] + self.shape[dim + 1 :],
             self.strides[:dim] + self.strides[dim + 1 :],
             offset,
             parts[:dim] + parts[dim + 1 :],
             replicas,
+            skew,
         )
         return layout, taken
 
@@ -398,6 +440,7 @@ class Layout:
         shape = tuple(int(n) for n in shape)
         parts: list[tuple[SubAxis, ...] | None] = [None] * len(shape)
         replicas = None
+        whole: dict[int, int] = {}  # old axis -> new axis, for axes carried whole
         for old, new in _reshape_groups(self.shape, shape):
             big_old = [a for a in old if self.shape[a] > 1]
             big_new = [b for b in new if shape[b] > 1]
@@ -408,6 +451,7 @@ class Layout:
                       > self.shape[a]]  # fmt: skip
             if len(big_old) == 1 and len(big_new) == 1:
                 parts[big_new[0]] = tuple(subs)
+                whole[big_old[0]] = big_new[0]
                 if self.replicas is not None and self.replicas[0] == big_old[0]:
                     replicas = (big_new[0], self.replicas[1])
                 continue
@@ -416,13 +460,18 @@ class Layout:
                     f"view {self.shape} -> {shape}: axis {padded[0]} is split over ciphertexts "
                     "with an unfilled last one; it can only be carried whole"
                 )
+            if self.skew is not None and set(self.skew) & set(big_old):
+                raise LayoutError(f"view {self.shape} -> {shape}: splits a skewed axis")
             for b, own in zip(big_new, _deal(subs, [shape[b] for b in big_new]), strict=True):
                 parts[b] = tuple(own)
         strides = tuple(
             p[0][1] if p is not None and len(p) == 1 and p[0][1] is not None else None
             for p in parts
         )
-        return Layout(shape, strides, self.offset, tuple(parts), replicas)
+        skew = None
+        if self.skew is not None:
+            skew = (whole[self.skew[0]], whole[self.skew[1]])
+        return Layout(shape, strides, self.offset, tuple(parts), replicas, skew)
 
     def reshape(self, shape: tuple[int, ...]) -> Layout:
         """The layout of a view: groups of consecutive axes map to groups; a group may mix only
@@ -612,6 +661,13 @@ def _placement(layout: Layout) -> Placement:
         view = [1] * ndim
         view[a] = shape[a]
         index = np.broadcast_to(np.arange(shape[a]).reshape(view), shape).reshape(-1)
+        if layout.skew is not None and a == layout.skew[0]:
+            view_b = [1] * ndim
+            view_b[layout.skew[1]] = shape[layout.skew[1]]
+            other = np.broadcast_to(
+                np.arange(shape[layout.skew[1]]).reshape(view_b), shape
+            ).reshape(-1)
+            index = (index - other) % shape[a]
         digits = []
         rest = index
         for size, stride in reversed(layout.axis_parts(a)):

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from protocols.he.attention import product_ms, scores, scores_layout, token_layout, weighted_values
 from protocols.he.diagonal import product_all
 from protocols.he.engine import Ciphertext, Engine
 from protocols.he.layout import Layout, LayoutError, next_power_of_two
@@ -286,7 +287,14 @@ class HeTensor:
     def sum(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> HeTensor:
         dims = range(self.dim()) if dim is None else ([dim] if isinstance(dim, int) else dim)
         dims = sorted({d % self.dim() for d in dims}, reverse=True)
-        out = self.standardized()
+        out = self
+        skewed_rows = self.layout.skew is not None and self.layout.skew[1] in dims
+        if (
+            skewed_rows
+            or any(self.layout.composite(d) for d in dims)
+            or not all(self.layout.strides[d] is None or self._slot_room(d) for d in dims)
+        ):
+            out = self.standardized()
         for d in dims:
             out = out._sum_ct(d) if out.layout.strides[d] is None else out._sum_slot(d)
         if not keepdim:
@@ -299,15 +307,43 @@ class HeTensor:
         count = math.prod(self.layout.shape[d % self.dim()] for d in dims)
         return self.sum(dim, keepdim) * (1.0 / count)
 
+    def _slot_room(self, dim: int) -> bool:
+        """Whether the slots a slot sum over `dim` reads past the axis (entries n .. n' - 1,
+        n' = next_power_of_two(n), at the axis's stride) hold no other entry, in every
+        ciphertext: taken as true for simple layouts of power-of-two strides (`Layout.rows`
+        and `Layout.standard` pad every slot axis to a power of two), checked on the
+        placement otherwise (rows d_in + d_out - 1 slots apart)."""
+        layout = self.layout
+        n, stride = layout.shape[dim], layout.strides[dim]
+        padded = next_power_of_two(n)
+        powers = all(t is None or t == next_power_of_two(t) for t in layout.strides)
+        if stride is None or padded == n or (layout.simple and powers):
+            return True
+        placement = layout.placement()
+        first = np.moveaxis(np.arange(placement.count).reshape(layout.shape), dim, 0)[0]
+        first = first.reshape(-1)
+        for ct in np.unique(placement.cts[first]):
+            slots = placement.groups[ct][1]
+            starts = placement.slots[first[placement.cts[first] == ct]]
+            past = (starts[:, None] + stride * np.arange(n, padded)[None, :]).reshape(-1)
+            if np.intersect1d(past, slots).size or past.max(initial=0) >= self.engine.slots:
+                return False
+        return True
+
+    def _reduced(self, dim: int) -> Layout:
+        """The layout with axis `dim` summed to size 1 (at the axis's first entry)."""
+        layout = self.layout
+        shape = list(layout.shape)
+        shape[dim] = 1
+        return Layout(tuple(shape), layout.strides, layout.offset, layout.parts, None, layout.skew)
+
     def _sum_ct(self, dim: int) -> HeTensor:
-        axis = self.layout.ct_axes.index(dim)
+        (axis,) = self.layout.grid_axes_of(dim)
         moved = np.moveaxis(self.grid, axis, -1)
         out = np.empty(moved.shape[:-1], dtype=object)
         for index in np.ndindex(out.shape):
             out[index] = self.engine.add_many(list(moved[index]))
-        shape = list(self.layout.shape)
-        shape[dim] = 1
-        layout = Layout(tuple(shape), self.layout.strides, self.layout.offset)
+        layout = self._reduced(dim)
         return self._new(layout, out.reshape(layout.grid_shape), self.clean)
 
     def _sum_slot(self, dim: int) -> HeTensor:
@@ -323,10 +359,58 @@ class HeTensor:
                 ct = self.engine.add(ct, _rotate(self.engine, ct, step, what))
             return ct
 
-        shape = list(self.layout.shape)
-        shape[dim] = 1
-        layout = Layout(tuple(shape), self.layout.strides, self.layout.offset)
+        layout = self._reduced(dim)
         return self._new(layout, _object_map(fold, source.grid).reshape(layout.grid_shape), False)
+
+    def spread(self, like: Layout) -> HeTensor | None:
+        """This tensor broadcast, server-side, along the axes where it has size 1 and `like`
+        a simple slot axis (stride t, n entries): masked first unless clean (1 L, only the
+        entries' slots kept), then per such axis log2(n') rotations by -t, -2t, ... with
+        additions, so entry 0's value fills the n' slots of the axis. Returns the tensor in
+        `like`'s layout (replicas dropped; slots n .. n' - 1 junk), or None when the other
+        axes do not sit as in `like` or the axis has no room (`_slot_room`)."""
+        nd = len(like.shape)
+        if self.dim() > nd:
+            return None
+        view = self.reshape([1] * (nd - self.dim()) + list(self.shape))
+        source = view.layout
+        axes = [
+            k for k in range(nd)
+            if source.shape[k] == 1 and like.shape[k] > 1 and like.strides[k] is not None
+            and not like.composite(k)
+        ]  # fmt: skip
+        if not axes:
+            return None
+        parts = source._parts()
+        expanded = Layout(
+            like.shape,
+            tuple(like.strides[k] if k in axes else source.strides[k] for k in range(nd)),
+            source.offset,
+            tuple(None if k in axes else parts[k] for k in range(nd)),
+        )
+        target = like.without_replicas()
+        if expanded != target:
+            return None
+        probe = HeTensor(self.engine, target, dry_like(target), clean=False, refresher=None)
+        if not all(probe._slot_room(k) for k in axes):
+            return None
+        base = view if view.clean else view.masked()
+        what = f"broadcasting a {tuple(self.shape)} tensor along slot axes {axes}"
+        steps = [
+            -like.strides[k] * (1 << j)
+            for k in axes
+            for j in range(int(math.log2(next_power_of_two(like.shape[k]))))
+        ]
+
+        def fill(ct: Ciphertext) -> Ciphertext:
+            for step in steps:
+                ct = self.engine.add(ct, _rotate(self.engine, ct, step, what))
+            return ct
+
+        flat = [fill(ct) for ct in base.grid.flat]
+        grid = np.empty(len(flat), dtype=object)
+        grid[:] = flat
+        return self._new(target, grid.reshape(target.grid_shape), False)
 
     # --- masks and layout moves ------------------------------------------------------------
     def slot_mask(self) -> np.ndarray:
@@ -521,7 +605,17 @@ def _result_layout(a: Layout, b_shape: tuple[int, ...], b_layout: Layout | None)
 def _binary(a: HeTensor, b: Any, op: str) -> HeTensor:
     engine = a.engine
     if isinstance(b, HeTensor):
+        if a.layout.shape != b.layout.shape and a.policy == "auto":
+            spread = b.spread(a.layout)
+            if spread is not None:
+                b = spread
+            else:
+                spread = a.spread(b.layout)
+                a = spread if spread is not None else a
         if not (a.layout.simple and b.layout.simple):
+            broadcast = _ct_broadcast(a, b, op)
+            if broadcast is not None:
+                return broadcast
             same = _common_packing(a, b)
             if same is not None:
                 return _gridwise(a, b, same, op)
@@ -612,6 +706,45 @@ def _common_packing(a: HeTensor, b: HeTensor) -> Layout | None:
     return a.layout
 
 
+def _ct_broadcast(a: HeTensor, b: HeTensor, op: str) -> HeTensor | None:
+    """a (op) b when one operand's layout is the other's with some ciphertext axes reduced
+    to size 1 (a per-row value times skewed attention scores, say): its ciphertext is
+    reused along those axes, no round trip. None when the layouts are not so related."""
+    if a.layout.shape == b.layout.shape:
+        return None
+    for big, small in ((a, b), (b, a)):
+        nd = big.dim()
+        if small.dim() > nd:
+            continue
+        view = small.reshape([1] * (nd - small.dim()) + list(small.shape))
+        axes = [k for k in range(nd) if view.layout.shape[k] == 1 and big.layout.shape[k] > 1]
+        layout = big.layout.without_replicas()
+        if not axes or any(layout.strides[k] is not None or layout.composite(k) for k in axes):
+            continue
+        shape = tuple(1 if k in axes else n for k, n in enumerate(layout.shape))
+        reduced = Layout(shape, layout.strides, layout.offset, layout.parts, None, layout.skew)
+        if view.layout.without_replicas() != reduced:
+            continue
+        if op == "mul":
+            ensure_levels([big, view], 1)
+        grid_small = view.grid.reshape(reduced.grid_shape)
+        sized = [1 if any(g in layout.grid_axes_of(k) for k in axes) else n
+                 for g, n in enumerate(layout.grid_shape)]  # fmt: skip
+        spread = np.broadcast_to(grid_small.reshape(sized), layout.grid_shape)
+        pairs = (
+            zip(a.grid.flat, spread.flat, strict=True)
+            if big is a
+            else zip(spread.flat, b.grid.flat, strict=True)
+        )
+        fn = {"add": a.engine.add, "sub": a.engine.sub, "mul": a.engine.mul}[op]
+        flat = [fn(x, y) for x, y in pairs]
+        grid = np.empty(len(flat), dtype=object)
+        grid[:] = flat
+        clean = a.clean and b.clean if op != "mul" else (a.clean or b.clean)
+        return a._new(layout, grid.reshape(layout.grid_shape), clean)
+    return None
+
+
 def _gridwise(a: HeTensor, b: HeTensor, layout: Layout, op: str) -> HeTensor:
     """a (op) b ciphertext by ciphertext, both in `layout`."""
     engine = a.engine
@@ -669,6 +802,11 @@ def standardize(tensors: Sequence[Any]) -> bool:
         return False
     relayout_tensors(moves)
     return True
+
+
+def dry_like(layout: Layout) -> np.ndarray:
+    """A grid of placeholders shaped like `layout`'s (for layout-only checks)."""
+    return np.empty(layout.grid_shape, dtype=object)
 
 
 def can_relayout(refresher: Any) -> bool:
@@ -790,6 +928,83 @@ def linear(
     if bias is not None:
         out = out + bias
     return out
+
+
+def _diagonal_attention(a: HeTensor, b: HeTensor) -> HeTensor | None:
+    """a @ b by the diagonal method (`protocols.he.attention`) when the run may re-lay out
+    (policy "auto"), the shapes fit one of its two forms, and the cost model finds it
+    cheaper than replicating a token axis (`packing.attention_ms` on the layouts that
+    path would use, each side with its round trip): the scores form for a (..., L, d)
+    times b (..., d, L), giving the diagonal (skewed) layout; the values form for a
+    (..., L, L) times b (..., L, d), a in that layout. Operands are re-laid out in place,
+    in one round trip, when they are not in the method's layouts. None: not taken."""
+    if a.policy != "auto" or a.dim() != b.dim():
+        return None
+    nd, slots = a.dim(), a.engine.slots
+    *batch, n, m = a.layout.shape
+    *batch_b, m2, p = b.layout.shape
+    if batch != batch_b or m != m2 or n < 2:
+        return None
+    skewed = a.layout.skew == (nd - 1, nd - 2)
+    if skewed and n == m:
+        form = "values"
+    elif p == n:
+        form = "scores"
+    elif n == m:
+        form = "values"
+    else:
+        return None
+    width = m if form == "scores" else p
+    queries = token_layout((*batch, n, width), slots, replicate=False)
+    if queries is None:
+        return None
+    keys = token_layout((*batch, n, width), slots, replicate=True)
+    assert keys is not None
+    if form == "scores":
+        targets = (queries, keys.permute([*range(nd - 2), nd - 1, nd - 2]))
+    else:
+        targets = (scores_layout(queries), keys)
+    moved = [(t, target) for t, target in zip((a, b), targets, strict=True) if t.layout != target]
+    cells = math.prod(queries.grid_shape) // width
+    sent = sum(math.prod(t.layout.grid_shape) for t, _ in moved)
+    back = sum(math.prod(target.grid_shape) for _, target in moved)
+    diagonal_ms = product_ms(n, width, form, cells) + (round_trip_ms(sent, back) if moved else 0)
+    other = _attention_targets(a, b)
+    if other is not None:
+        now = attention_ms(a.layout, b.layout)
+        after = attention_ms(*other)
+        replicate_ms = min(
+            now if now is not None else math.inf,
+            (after if after is not None else math.inf)
+            + round_trip_ms(math.prod(a.layout.grid_shape) + math.prod(b.layout.grid_shape),
+                            sum(math.prod(t.grid_shape) for t in other)),
+        )  # fmt: skip
+        if replicate_ms <= diagonal_ms:
+            return None
+    note = getattr(a.refresher, "note_choice", None)
+    if note is not None:
+        note("attention", (tuple(a.shape), tuple(b.shape)), f"diagonal_{form}",
+             f"~{diagonal_ms / 1e3:.2f} s")  # fmt: skip
+    relayout_tensors(moved)
+    ensure_levels([a, b], 1)
+    what = f"the diagonal {form} product of {tuple(a.shape)} and {tuple(b.shape)} tensors"
+
+    def rotate(ct: Ciphertext, step: int) -> Ciphertext:
+        return _rotate(a.engine, ct, step, what)
+
+    outer = a.grid.shape[:-1]
+    if form == "scores":
+        out_layout = scores_layout(queries)
+        grid = np.empty((*outer, n), dtype=object)
+        for index in np.ndindex(outer):
+            grid[index] = scores(a.engine, list(a.grid[index]), list(b.grid[index]), n, rotate)
+    else:
+        out_layout = queries
+        grid = np.empty((*outer, p), dtype=object)
+        for index in np.ndindex(outer):
+            grid[index] = weighted_values(a.engine, list(a.grid[index]), list(b.grid[index]),
+                                          rotate)  # fmt: skip
+    return a._new(out_layout, grid.reshape(out_layout.grid_shape), False)
 
 
 def _attention_targets(a: HeTensor, b: HeTensor) -> tuple[Layout, Layout] | None:
@@ -916,6 +1131,9 @@ def matmul(a: HeTensor, b: HeTensor | Plain) -> HeTensor:
         return linear(a, w.T if w.ndim == 2 else w[:, None].T)
     if a.dim() < 2 or b.dim() < 2:
         raise LayoutError("matmul of encrypted tensors needs at least 2 axes each")
+    diagonal = _diagonal_attention(a, b)
+    if diagonal is not None:
+        return diagonal
     _attention_packing(a, b)
     single_row = a.layout.shape[-2] == 1 and a.layout.strides[-1] is None
     if single_row and b.layout.strides[-2:] == (None, None):

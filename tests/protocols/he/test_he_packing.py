@@ -46,7 +46,7 @@ from protocols.he.layout import Layout, LayoutError  # noqa: E402
 from protocols.he.params import CkksParams, make_context  # noqa: E402
 from protocols.he.refresh import MaskingRefresher  # noqa: E402
 from protocols.he.relayout import RelayoutRefresher, client_relayout, read_parts  # noqa: E402
-from protocols.he.tensor import HeTensor, linear, relayout_tensors  # noqa: E402
+from protocols.he.tensor import HeTensor, linear, matmul, relayout_tensors  # noqa: E402
 
 PARAMS = CkksParams(4096, [38, 30, 38], 30)
 SLOTS = PARAMS.slots
@@ -378,3 +378,41 @@ def test_a_dry_run_rotates_by_the_real_run_s_steps(small: ts.Context) -> None:
     assert steps and dry.steps == [s for s in steps if s % SLOTS]
     assert dry_refresher.relayouts == kit.refresher.relayouts
     assert dry_refresher.refreshes == kit.refresher.stats.refreshes
+
+
+# --- attention by the diagonal method ----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("batch", "heads", "tokens", "dh"), [(1, 3, 5, 4), (2, 2, 8, 6), (1, 12, 16, 2), (1, 1, 33, 3)]
+)
+def test_attention_by_the_diagonal_method_matches_numpy(
+    small: ts.Context, batch: int, heads: int, tokens: int, dh: int
+) -> None:
+    """q k^T into the skewed diagonal layout, a power softmax's ops on it (scale, square,
+    a multiplicative mask broadcast over queries, the sum over keys, a per-row factor),
+    then weights times v back in q's layout; no token axis replicated (the rotations are
+    the method's: about 2 dh sqrt(L) + L per product)."""
+    from protocols.he.attention import rotations
+
+    kit = Kit(small)
+    rng = np.random.default_rng(tokens)
+    q, k, v = (rng.uniform(-1, 1, (batch, tokens, heads * dh)) for _ in range(3))
+    Q, K, V = (kit.enc(x).reshape((batch, tokens, heads, dh)).transpose(1, 2) for x in (q, k, v))
+    nq, nk, nv = (x.reshape(batch, tokens, heads, dh).transpose(0, 2, 1, 3) for x in (q, k, v))
+    scores = matmul(Q, K.transpose(-2, -1))
+    assert scores.layout.skew == (3, 2)
+    assert kit.refresher.choices[-1]["strategy"] == "diagonal_scores"
+    want = nq @ nk.transpose(0, 1, 3, 2)
+    _close(kit.dec(scores), want)
+    mask = (rng.uniform(0, 1, (batch, 1, 1, tokens)) > 0.2).astype(float)
+    powered = (scores * 0.5) ** 2 * mask
+    weights = powered * (powered.sum(-1, keepdim=True) * 0.1)
+    n_powered = (want * 0.5) ** 2 * mask
+    n_weights = n_powered * (n_powered.sum(-1, keepdims=True) * 0.1)
+    assert weights.layout.skew == (3, 2)  # no re-layout on the way
+    _close(kit.dec(weights), n_weights)
+    before = kit.engine.cost.rotations
+    out = matmul(weights, V)
+    assert kit.refresher.choices[-1]["strategy"] == "diagonal_values"
+    cells = batch * heads if out.layout.strides[1] is None else 1
+    assert kit.engine.cost.rotations - before <= rotations(tokens, dh, "values") * cells
+    _close(kit.dec(out), n_weights @ nv)
