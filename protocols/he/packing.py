@@ -9,22 +9,25 @@ strategies (`protocols.he.matmul` gives their operation counts and unit costs):
   rotation. Needs x in a feature-major layout (`Layout.standard`, or any simple layout
   whose last axis is a ciphertext axis) with a level left; otherwise one round trip first
   (a re-layout to `Layout.standard`, or a refresh).
-- diagonal (`matmul.diagonal_bsgs_cost`, `protocols.he.diagonal`): rows w = d_in + d_out - 1
-  slots apart, r = floor(S / w) per ciphertext, x replicated with period d_in inside its row
-  (`Layout.row_blocks(..., replicate=True)`); per ciphertext about 2 sqrt(d_in) rotations and
-  d_in plain products. Only the client can write the replicas, so unless x is already in
-  that layout with a level left, one re-layout round trip first (x's ciphertexts out,
-  prod(leading) ceil(n / r) back). Its output has rows w slots apart, features at stride 1
-  (no replicas), not feature-major: an op that cannot use it re-lays it out later.
+- diagonal (`protocols.he.diagonal`, its `estimated_ms`): rows w = d_in + d_out - 1 slots
+  apart, r = floor(S / w) per ciphertext, x replicated with period d_in inside its row
+  (`Layout.row_blocks(..., replicate=True)`); per ciphertext about 2 sqrt(d_in) rotations
+  and d_in plain products (d_out products and 2 sqrt(d_out) + log2(d_in / d_out) rotations
+  for a W that narrows by a power of two). Only the client can write the replicas, so unless
+  x is already in that layout with a level left, one re-layout round trip first (x's
+  ciphertexts out, prod(leading) ceil(n / r) back). Its output has rows w slots apart,
+  features at stride 1 (no replicas), not feature-major: an op that cannot use it re-lays it
+  out later.
 
-Price (ms, `estimated_ms`): the strategy's `MatmulPlan.estimated_ms` with the unit costs of
-`matmul.UNIT_MS_8192` (no `wrap`: the run keeps SEAL ciphertexts), times the number of
-independent blocks, plus for each round trip `ROUND_TRIP_MS`: `trip` once, `sent` per
-ciphertext the server masks and sends (masking, mod switch, serialization, the client's
-decryption), `received` per ciphertext the client encrypts and sends back (encryption,
-serialization, the server's load and unmasking); LAN transfer included, measured against
-a rotation on this machine (their ratios to `key_switch` are what matters). A round trip
-that the feature-major path pays too (x has no level left) is priced on both sides.
+Price (ms): the strategy's predicted time with the unit costs of `matmul.UNIT_MS_8192`
+(`MatmulPlan.estimated_ms` for feature-major, without `wrap`: the run keeps SEAL
+ciphertexts; `diagonal.estimated_ms`), times the number of independent blocks, plus for each
+round trip `ROUND_TRIP_MS`: `trip` once, `sent` per ciphertext the server masks and sends
+(masking, mod switch, serialization, the client's decryption), `received` per ciphertext the
+client encrypts and sends back (encryption, serialization, the server's load and unmasking);
+LAN transfer included, measured against a rotation on this machine (their ratios to
+`key_switch` are what matters). A round trip that the feature-major path pays too (x has no
+level left) is priced on both sides.
 
 Not priced: what the choice does to later ops (the diagonal output is 1 / (d_out / r)
 times fewer ciphertexts for the elementwise ops and refreshes that follow, a gain; an op
@@ -38,8 +41,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from protocols.he.diagonal import estimated_ms as diagonal_estimated_ms
 from protocols.he.layout import Layout, LayoutError
-from protocols.he.matmul import UNIT_MS_8192, diagonal_bsgs_cost, feature_major_cost
+from protocols.he.matmul import UNIT_MS_8192, feature_major_cost
 
 ROUND_TRIP_MS: dict[str, float] = {"trip": 1.0, "sent": 2.2, "received": 4.8}
 """A re-layout or refresh round trip at N = 8192 (module docstring)."""
@@ -114,7 +118,7 @@ def linear_options(
         target = diagonal_input(shape, d_out, slots)
         n = shape[-2] if len(shape) >= 2 else 1
         lead = math.prod(shape[:-2])
-        diag = diagonal_bsgs_cost(n, d_in, d_out, slots).estimated_ms(UNITS) * lead
+        diag = diagonal_estimated_ms(n, d_in, d_out, slots, UNITS) * lead
         if layout == target and level >= 1:
             options.append(LinearOption("diagonal_bsgs", diag, None, 0.0))
         elif can_relayout:

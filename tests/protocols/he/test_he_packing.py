@@ -13,8 +13,9 @@ Refreshes and re-layouts go through the real server code (`MaskingRefresher`,
 - Re-layout: values survive a round trip between feature-major, row blocks with replicas
   and composite views, the tensors come back fresh and clean; several in one trip.
 - linear against numpy on rows 1 .. 40 and d_in, d_out in 8 .. 96 (not only powers of
-  two), both strategies and the cost model's choice; the output layout, the level, the
-  round trips counted.
+  two; layers that narrow by 2 and 4, which take d_out diagonals and a rotate-and-sum),
+  both strategies and the cost model's choice; the output layout, the level, the round
+  trips counted.
 - Elementwise ops and reductions on extended layouts (bias, residual in another packing,
   a product of two paged tensors, a mean over features, a selected token), against numpy.
 - The choice itself (`packing.linear_options`, no crypto): the diagonal method wins for a
@@ -243,7 +244,8 @@ def test_relayout_moves_values_between_packings_in_one_round_trip(kit: Kit) -> N
 
 # --- linear ------------------------------------------------------------------------------------
 SHAPES = [(1, 8, 8), (3, 12, 20), (5, 17, 9), (16, 33, 48), (40, 96, 33), (17, 33, 96),
-          (24, 96, 96), (40, 10, 90)]  # fmt: skip
+          (24, 96, 96), (40, 10, 90),
+          (7, 64, 16), (21, 96, 48), (3, 40, 10)]  # fmt: skip  (the last three narrow: 4x, 2x, 4x)
 
 
 @pytest.mark.parametrize(("rows", "d_in", "d_out"), SHAPES)
