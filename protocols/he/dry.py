@@ -195,7 +195,7 @@ class DryRefresher:
         if self.policy is None:
             raise ValueError("this dry refresher stands in for one that cannot re-lay out")
         self.refreshes += 1
-        self.relayouts += 1
+        self.relayouts += any(source != target for _, source, target in parts)
         return [
             [self.engine.fresh() for _ in range(int(np.prod(target.grid_shape)))]
             for _, _, target in parts

@@ -175,7 +175,8 @@ class RelayoutRefresher:
             out.append(self.refresher.unmask(fresh[at : at + count], laid))
             at += count
         self.refresher.record(len(masked), time.perf_counter() - began)
-        self.relayouts += 1
-        self.relayout_ciphertexts[0] += len(masked)
-        self.relayout_ciphertexts[1] += expected
+        if any(source != target for _, source, target in parts):  # else: refreshes batched
+            self.relayouts += 1
+            self.relayout_ciphertexts[0] += len(masked)
+            self.relayout_ciphertexts[1] += expected
         return out
