@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("tenseal")
 
-from benchmarks import he_layer  # noqa: E402
+from benchmarks import he_layer
 
 
 @pytest.mark.slow
