@@ -182,6 +182,8 @@ class DryRefresher:
         self.refreshes = 0
         self.relayouts = 0
         self.choices: list[tuple[str, Any, str, str]] = []
+        self.moves: list[tuple[tuple[int, ...], Layout, Layout]] = []
+        """Every re-layout: (ids of the ciphertexts moved, source, target), in order."""
 
     @property
     def can_relayout(self) -> bool:
@@ -196,6 +198,7 @@ class DryRefresher:
             raise ValueError("this dry refresher stands in for one that cannot re-lay out")
         self.refreshes += 1
         self.relayouts += any(source != target for _, source, target in parts)
+        self.moves += [(tuple(map(id, cts)), source, target) for cts, source, target in parts]
         return [
             [self.engine.fresh() for _ in range(int(np.prod(target.grid_shape)))]
             for _, _, target in parts

@@ -13,7 +13,7 @@ not a formula beside it. `parameter_reason` says why the CKKS parameters.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -94,11 +94,14 @@ class RotationPlan:
 
     `steps`: every step (reduced to (-S/2, S/2], as SEAL gets it) that the run performs,
     each with the first op that asks for it; `keys`: `galois.keys_for_steps(steps)`, what
-    the client makes (possibly empty); `refreshes`: how many the dry run went through."""
+    the client makes (possibly empty); `refreshes`: how many the dry run went through;
+    `first_moves`: per encrypted input (by position in the specs), the layout its first
+    re-layout moved it to, when its first use re-laid it out (a diagonal linear layer)."""
 
     steps: dict[int, str]
     keys: list[int]
     refreshes: int
+    first_moves: dict[int, Layout] = field(default_factory=dict)
 
 
 class _DrySeeder:
@@ -153,11 +156,13 @@ def rotation_plan(
         return HeTensor(engine, layout, dry_grid(engine, layout), clean=True, refresher=refresher)
 
     inputs: list[Any] = []
-    for spec in specs:
+    sent: dict[tuple[int, ...], int] = {}  # the ciphertexts of each encrypted input
+    for position, spec in enumerate(specs):
         if spec["mode"] == "public":
             inputs.append(torch.zeros(spec["shape"], dtype=torch.int64))
             continue
         value = tensor(Layout.from_dict(spec["layout"]))
+        sent[tuple(map(id, value.grid.flat))] = position
         value.embedded = spec["mode"] == "embedded"  # type: ignore[attr-defined]
         inputs.append(value)
 
@@ -176,7 +181,35 @@ def rotation_plan(
         for value in values.values():
             (value * np.ones(logits.shape[0])).sum(0).masked()
         attribute("the private evaluation's losses summed over the rows")
-    return RotationPlan(first, keys_for_steps(first, params.slots), refresher.refreshes)
+    first_moves: dict[int, Layout] = {}
+    for ids, source, target in refresher.moves:
+        position = sent.pop(ids, None)
+        if position is not None and source != target:
+            first_moves[position] = target
+    return RotationPlan(
+        first, keys_for_steps(first, params.slots), refresher.refreshes, first_moves
+    )
+
+
+def plan_inputs(
+    graph: Graph,
+    plan: Plan,
+    specs: list[dict[str, Any]],
+    params: CkksParams,
+    evaluation: Any = None,
+    *,
+    policy: str | None = "auto",
+) -> RotationPlan:
+    """`rotation_plan`, after sending each encrypted input in the layout its first use
+    re-lays it out to (`RotationPlan.first_moves`: the client encrypts it there directly,
+    one round trip and the feature-major ciphertexts saved), planned again on those
+    layouts. Updates `specs`' layouts in place."""
+    rotations = rotation_plan(graph, plan, specs, params, evaluation, policy=policy)
+    if not rotations.first_moves:
+        return rotations
+    for position, target in rotations.first_moves.items():
+        specs[position]["layout"] = target.to_dict()
+    return rotation_plan(graph, plan, specs, params, evaluation, policy=policy)
 
 
 def estimated_depth(graph: Graph, plan: Plan) -> int:

@@ -22,7 +22,7 @@ from protocols.he.refresh import MaskingRefresher, default_mask_bits
 from protocols.he.relayout import RelayoutRefresher
 from protocols.he.tensor import HeTensor
 from secinfer.backends.he.channel import MAX_MESSAGE, Channel, receive_grid
-from secinfer.backends.he.inputs import embedding_table, input_specs, layouts_for, rotation_plan
+from secinfer.backends.he.inputs import embedding_table, input_specs, layouts_for, plan_inputs
 from secinfer.core.execute import Executor, RunResult
 from secinfer.core.graph import Graph
 from secinfer.core.plan import Plan
@@ -115,7 +115,7 @@ def open_server(
     }
     dim = next((int(t.shape[1]) for t in tables.values() if t is not None), None)
     layouts_for(graph, specs, dim, params.slots)
-    rotations = rotation_plan(
+    rotations = plan_inputs(
         graph, plan, specs, params, evaluation, policy=packing if allow_refresh else None
     )
     mask_bits = default_mask_bits(params.coeff_mod_bit_sizes[0], params.scale_bits)

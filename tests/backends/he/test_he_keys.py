@@ -58,7 +58,12 @@ from protocols.he.refresh import MaskingRefresher  # noqa: E402
 from protocols.he.rotation import reduce_step  # noqa: E402
 from protocols.he.tensor import HeTensor, RotationKeyError, linear, matmul  # noqa: E402
 from secinfer.backends.he import server as he_server  # noqa: E402
-from secinfer.backends.he.inputs import input_specs, layouts_for, rotation_plan  # noqa: E402
+from secinfer.backends.he.inputs import (  # noqa: E402
+    input_specs,
+    layouts_for,
+    plan_inputs,
+    rotation_plan,
+)
 from secinfer.core.execute import ExecutionError, Executor  # noqa: E402
 from secinfer.core.prepare import prepare  # noqa: E402
 
@@ -458,7 +463,7 @@ def _encrypted_bert(monkeypatch, args: tuple) -> dict[str, Any]:
     real_steps: set[int] = set()
 
     def spy_plan(*a: Any, **k: Any) -> Any:
-        planned.append(rotation_plan(*a, **k))
+        planned.append(plan_inputs(*a, **k))
         return planned[-1]
 
     original = Engine.rotate
@@ -468,7 +473,7 @@ def _encrypted_bert(monkeypatch, args: tuple) -> dict[str, Any]:
             real_steps.add(reduce_step(steps, self.slots))
         return original(self, ct, steps)
 
-    monkeypatch.setattr(he_server, "rotation_plan", spy_plan)
+    monkeypatch.setattr(he_server, "plan_inputs", spy_plan)
     monkeypatch.setattr(Engine, "rotate", recording_rotate)
     y, expected, outcome = encrypted_run(graph, plan, inputs, timeout=1800)
     (rotations,) = planned
