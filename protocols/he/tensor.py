@@ -8,18 +8,39 @@
     sum / mean over ciphertext axes                 additions (mean: one more product, 1 L)
     sum over a slot axis of size n                  log2(n') rotations per ciphertext
                                                     (n' = n rounded up to a power of two)
-    linear(x, W, b): x @ W.T + b, features a        d_in d_out plain-scalar products summed
-        ciphertext axis (feature-major)              before one rescale per output, 1 L
-    matmul(a, b), both encrypted (attention)        b's slot axis is replicated into
-                                                    ciphertexts (n masks, 1 L, and
-                                                    n - 1 + n log2 n' rotations), then one
-                                                    ct-ct dot product per output, 1 L
+    a (op) b, b of size 1 along a slot axis of a    b spread: a mask (1 L) and log2(n')
+        (a LayerNorm's mean in a row layout)         rotations per ciphertext (`spread`)
+    linear(x, W, b): x @ W.T + b                    the cost model's packing for the rows
+                                                    (`protocols.he.packing`):
+        feature-major (features a ciphertext axis)  d_in d_out plain-scalar products summed
+                                                    before one rescale per output, 1 L
+        diagonal (rows w = d_in + d_out - 1 slots   per ciphertext about 2 sqrt(d_in)
+        apart, x replicated inside its row)         rotations and d_in products, 1 L
+    matmul(a, b), both encrypted (attention)        the diagonal method
+                                                    (`protocols.he.attention`: about
+                                                    2 d sqrt(L) + L rotations and L d
+                                                    ct-ct products, 1 L), or b's slot axis
+                                                    replicated into ciphertexts (n masks,
+                                                    1 L, n - 1 + n log2 n' rotations) then
+                                                    one ct-ct dot product per output, 1 L
     merge(a, axis): a ciphertext axis into slots    one rotation per ciphertext moved, 0 L
     view, permute, transpose, select, unsqueeze     bookkeeping only (`Layout`)
+    relayout(a, layout)                             one client round trip (its ciphertexts
+                                                    out, the target's back), fresh, clean
 
 Operands are brought to the lowest level of the two. When a product finds no level left,
 the tensor is refreshed first (`Refresher`, one client round trip; the refreshed
-ciphertexts replace the old ones in place, so every holder of the tensor benefits).
+ciphertexts replace the old ones in place, so every holder of the tensor benefits; the
+tensors a product needs refreshed at once travel in one round trip, `ensure_levels`).
+
+Packings. Besides feature-major, tensors may sit in the extended layouts of `Layout`
+(rows over ciphertexts, replicas, the skewed diagonal order of attention scores): the
+diagonal methods make and read them, elementwise ops, slot sums and bookkeeping work on
+them, and an op with no form for an operand's layout re-lays it out to `Layout.standard`
+first (`standardized`; one round trip, in place), which is also what the kernels fall back
+to on a `LayoutError`. A re-layout needs the client, so without refresh (or under the
+"feature_major" policy of `protocols.he.relayout.POLICIES`) every op keeps the
+feature-major path.
 """
 
 from __future__ import annotations
