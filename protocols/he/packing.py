@@ -7,14 +7,14 @@ strategies (`protocols.he.matmul` gives their operation counts and unit costs):
 - feature-major (`matmul.feature_major_cost`): x's features in ciphertexts, rows in slots;
   d_in d_out scalar products per grid cell of x without its feature axis (G cells), no
   rotation. Needs x in a feature-major layout (`Layout.standard`, or any simple layout
-  whose last axis is a ciphertext axis) with a level left; otherwise one round trip first
-  (a re-layout to `Layout.standard`, or a refresh).
+  whose last axis is a ciphertext axis); otherwise one round trip first (a re-layout to
+  `Layout.standard`).
 - diagonal (`protocols.he.diagonal`, its `estimated_ms`): rows w = d_in + d_out - 1 slots
   apart, r = floor(S / w) per ciphertext, x replicated with period d_in inside its row
   (`Layout.row_blocks(..., replicate=True)`); per ciphertext about 2 sqrt(d_in) rotations
   and d_in plain products (d_out products and 2 sqrt(d_out) + log2(d_in / d_out) rotations
   for a W that narrows by a power of two). Only the client can write the replicas, so unless
-  x is already in that layout with a level left, one re-layout round trip first (x's
+  x is already in that layout, one re-layout round trip first (x's
   ciphertexts out, prod(leading) ceil(n / r) back). Its output has rows w slots apart,
   features at stride 1 (no replicas), not feature-major: an op that cannot use it re-lays it
   out later.
@@ -26,14 +26,16 @@ round trip `ROUND_TRIP_MS`: `trip` once, `sent` per ciphertext the server masks 
 (masking, mod switch, serialization, the client's decryption), `received` per ciphertext the
 client encrypts and sends back (encryption, serialization, the server's load and unmasking);
 LAN transfer included, measured against a rotation on this machine (their ratios to
-`key_switch` are what matters). A round trip that the feature-major path pays too (x has no
-level left) is priced on both sides.
+`key_switch` are what matters).
 
+Levels do not enter the choice: an input with no level left pays a round trip whichever
+option runs (a refresh, or a re-layout that refreshes), and the levels of a run depend on
+the values of its public inputs (a mask of ones costs no product), which the dry run that
+plans the keys (`protocols.he.dry`) does not know. So the choice depends on layouts and
+shapes only, and the dry run makes the real run's choices.
 Not priced: what the choice does to later ops (the diagonal output is 1 / (d_out / r)
 times fewer ciphertexts for the elementwise ops and refreshes that follow, a gain; an op
-that has no form for it pays a re-layout round trip, a loss). The choice depends on
-layouts, levels and shapes only, never on values, so a dry run (`protocols.he.dry`) makes
-the same choices as the real run.
+that has no form for it pays a re-layout round trip, a loss).
 """
 
 from __future__ import annotations
@@ -94,10 +96,10 @@ class LinearOption:
 
 
 def linear_options(
-    layout: Layout, level: int, d_out: int, slots: int, can_relayout: bool
+    layout: Layout, d_out: int, slots: int, can_relayout: bool
 ) -> list[LinearOption]:
-    """The options for x in `layout` (its level `level`) times a d_in x d_out W
-    (module docstring); without `can_relayout`, only those needing no re-layout."""
+    """The options for x in `layout` times a d_in x d_out W (module docstring); without
+    `can_relayout`, only those needing no re-layout."""
     shape = layout.shape
     d_in = shape[-1]
     cells = math.prod(layout.grid_shape)
@@ -108,8 +110,7 @@ def linear_options(
     rows = max(1, math.prod(shape[:-1]) // max(groups, 1))
     fm = feature_major_cost(min(rows, slots), d_in, d_out, slots).estimated_ms(UNITS) * groups
     if fm_layout is layout:
-        trip = 0.0 if level >= 1 else round_trip_ms(cells, cells)
-        options.append(LinearOption("feature_major", fm, None, trip))
+        options.append(LinearOption("feature_major", fm, None, 0.0))
     elif can_relayout:
         trip = round_trip_ms(cells, math.prod(fm_layout.grid_shape))
         options.append(LinearOption("feature_major", fm, fm_layout, trip))
@@ -119,7 +120,7 @@ def linear_options(
         n = shape[-2] if len(shape) >= 2 else 1
         lead = math.prod(shape[:-2])
         diag = diagonal_estimated_ms(n, d_in, d_out, slots, UNITS) * lead
-        if layout == target and level >= 1:
+        if layout == target:
             options.append(LinearOption("diagonal_bsgs", diag, None, 0.0))
         elif can_relayout:
             trip = round_trip_ms(cells, math.prod(target.grid_shape))
@@ -180,12 +181,12 @@ def attention_ms(a: Layout, b: Layout) -> float | None:
 
 
 def choose_linear(
-    layout: Layout, level: int, d_out: int, slots: int, *, policy: str, can_relayout: bool
+    layout: Layout, d_out: int, slots: int, *, policy: str, can_relayout: bool
 ) -> tuple[LinearOption, str]:
     """(option, reason): the cheapest option (`policy` "auto"), or feature-major (policy
     "feature_major"). The reason names the predicted costs of the chosen option and the
     runner-up."""
-    options = linear_options(layout, level, d_out, slots, can_relayout)
+    options = linear_options(layout, d_out, slots, can_relayout)
     if policy == "feature_major":
         options = [o for o in options if o.strategy == "feature_major"] or options
     if not options:

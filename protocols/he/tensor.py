@@ -928,10 +928,10 @@ def linear(
     movable = can_relayout(x.refresher)
     if strategy is None:
         option, reason = choose_linear(
-            x.layout, x.level, d_out, slots, policy=x.policy, can_relayout=movable
+            x.layout, d_out, slots, policy=x.policy, can_relayout=movable
         )
     else:
-        found = [o for o in linear_options(x.layout, x.level, d_out, slots, movable)
+        found = [o for o in linear_options(x.layout, d_out, slots, movable)
                  if o.strategy == strategy]  # fmt: skip
         if not found:
             raise LayoutError(
@@ -1119,10 +1119,11 @@ def _linear_diagonal(x: HeTensor, w: np.ndarray, target: Layout | None) -> HeTen
         return _linear_diagonal(x.unsqueeze(0), w, target and target.unsqueeze(0)).squeeze(0)
     if target is not None:
         x.relayout(target)
+    x.ensure_level(1)  # in its layout: the replicas survive a refresh
     d_out, d_in = w.shape
     slots = x.engine.slots
     width = diagonal_width(d_in, d_out)
-    if x.layout != diagonal_input(x.layout.shape, d_out, slots) or x.level < 1:
+    if x.layout != diagonal_input(x.layout.shape, d_out, slots):
         raise LayoutError(f"linear: {x.layout} is not the diagonal method's input layout")
     rows = min(slots // width, x.layout.shape[-2])
     what = f"the diagonal product of a {tuple(x.shape)} tensor by a {d_in}x{d_out} weight"

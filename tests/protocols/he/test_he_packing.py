@@ -243,9 +243,19 @@ def test_relayout_moves_values_between_packings_in_one_round_trip(kit: Kit) -> N
 
 
 # --- linear ------------------------------------------------------------------------------------
-SHAPES = [(1, 8, 8), (3, 12, 20), (5, 17, 9), (16, 33, 48), (40, 96, 33), (17, 33, 96),
-          (24, 96, 96), (40, 10, 90),
-          (7, 64, 16), (21, 96, 48), (3, 40, 10)]  # fmt: skip  (the last three narrow: 4x, 2x, 4x)
+SHAPES = [
+    (1, 8, 8),
+    (3, 12, 20),
+    (5, 17, 9),
+    (16, 33, 48),
+    (40, 96, 33),
+    (17, 33, 96),
+    (24, 96, 96),
+    (40, 10, 90),
+    (7, 64, 16),
+    (21, 96, 48),
+    (3, 40, 10),
+]  # fmt: skip  (the last three narrow: 4x, 2x, 4x)
 
 
 @pytest.mark.parametrize(("rows", "d_in", "d_out"), SHAPES)
@@ -329,11 +339,9 @@ def test_without_refresh_linear_stays_feature_major(small: ts.Context) -> None:
 
 # --- the choice ----------------------------------------------------------------------------------
 def test_the_cost_model_picks_by_rows_and_width() -> None:
-    def pick(rows: int, d_in: int, d_out: int, level: int = 2, relayout: bool = True) -> str:
+    def pick(rows: int, d_in: int, d_out: int, relayout: bool = True) -> str:
         layout = Layout.standard((1, rows, d_in), 4096)
-        option, _ = packing.choose_linear(
-            layout, level, d_out, 4096, policy="auto", can_relayout=relayout
-        )
+        option, _ = packing.choose_linear(layout, d_out, 4096, policy="auto", can_relayout=relayout)
         return option.strategy
 
     assert pick(16, 384, 384) == "diagonal_bsgs"
@@ -342,12 +350,12 @@ def test_the_cost_model_picks_by_rows_and_width() -> None:
     assert pick(16, 384, 384, relayout=False) == "feature_major"
     layout = Layout.standard((1, 16, 384), 4096)
     option, reason = packing.choose_linear(
-        layout, 2, 384, 4096, policy="feature_major", can_relayout=True
+        layout, 384, 4096, policy="feature_major", can_relayout=True
     )
     assert option.strategy == "feature_major" and "feature_major" in reason
     # already in the diagonal input layout: no round trip is priced
     ready = packing.diagonal_input((1, 16, 384), 384, 4096)
-    (diag,) = [o for o in packing.linear_options(ready, 1, 384, 4096, True)
+    (diag,) = [o for o in packing.linear_options(ready, 384, 4096, True)
                if o.strategy == "diagonal_bsgs"]  # fmt: skip
     assert diag.relayout is None and diag.trip_ms == 0.0
 
