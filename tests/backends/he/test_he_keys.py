@@ -15,18 +15,22 @@ keys now come from a dry run of the same tensor code (`secinfer.backends.he.inpu
   (attention matmuls, slot sums, merges; hypothesis over batch, tokens, heads, widths) it
   records exactly the steps a real `Engine` hands SEAL, in order, and the same refreshes.
 - The sweep (hypothesis; more examples in the slow suite): converted BERTs (hidden width,
-  heads, tokens, batch, with and without a mask input) and image transformers (patches,
-  width, heads, batch) planned as the server plans them, then run by the `he` kernels on
-  stand-ins that refuse, as SEAL would, any step the planned keys cannot compose: none is
-  refused. A dry run, no encryption: seconds per example, export included.
+  heads up to 12, tokens, batch, with and without a mask input) and image transformers
+  (patches, width, heads, batch) planned as the server plans them, under both packing
+  policies (the cost model's: diagonal linears, diagonal attention, re-layouts; and
+  feature-major), then run by the `he` kernels on stand-ins that refuse, as SEAL would,
+  any step the planned keys cannot compose: none is refused. A dry run, no encryption:
+  seconds per example, export included. 12 heads at widths 48 and 96 (parametrized), and
+  MiniLM's width (384, 12 heads; 16 and 128 tokens) in the slow suite.
 - A private evaluation's keys also cover the losses' sum over rows.
 - A missing key names the step and the op (dry and real).
 - Found by the sweep: attention over a single token (an image of one patch) was refused by
   `matmul`; now products summed over ciphertexts, checked against numpy.
 - Real encrypted runs against plaintext, only the planned keys in the client's context: a
   BERT at batch 1 that the old formula broke (hidden 16, 2 heads, 4 tokens; the steps and
-  refreshes SEAL saw equal the dry run's), and the BERT that failed (slow: minutes); both
-  cosine >= 0.999 and max abs error < 1e-3 against plaintext.
+  refreshes SEAL saw equal the dry run's), the BERT that failed (slow: minutes), and a
+  12-head BERT under the cost model's packing (slow); all cosine >= 0.999 and max abs
+  error < 1e-3 against plaintext.
 """
 
 from __future__ import annotations
@@ -396,8 +400,9 @@ def test_a_batch_1_bert_is_planned_and_the_old_keys_refused() -> None:
 
 
 def test_a_private_evaluation_s_keys_cover_the_sum_over_rows() -> None:
-    """Images cut into 4 patches, 3 per batch: the rows sit 4 slots apart, so the losses'
-    sum over rows rotates by 4 and 8, beyond what the query itself needs."""
+    """Images cut into 4 patches, 3 per batch, feature-major packing: the rows sit 4 slots
+    apart, so the losses' sum over rows rotates by 4 and 8, beyond what the query itself
+    needs. Under the cost model's packing too, the planned keys cover the losses."""
     from secinfer.backends.he.evaluation import HeEvaluation, loss_plan
     from secinfer.core.evaluation import Evaluation
 
@@ -405,15 +410,19 @@ def test_a_private_evaluation_s_keys_cover_the_sum_over_rows() -> None:
     specs = server_specs(graph, inputs)
     chosen = Evaluation(losses=("ce", "square"), reveal_to="data-owner")
     evaluation = HeEvaluation(chosen, loss_plan(graph, [inputs], chosen))
-    query = rotation_plan(graph, plan, specs, PARAMS)
-    planned = rotation_plan(graph, plan, specs, PARAMS, evaluation)
+    fm = {"policy": "feature_major"}
+    query = rotation_plan(graph, plan, specs, PARAMS, **fm)
+    planned = rotation_plan(graph, plan, specs, PARAMS, evaluation, **fm)
     rows = {s for s, where in planned.steps.items() if "private evaluation" in where}
     assert 8 in rows and set(query.steps) | rows == set(planned.steps)
     keyed = DryEngine(SLOTS, PARAMS.depth, keys=planned.keys)
-    rotation_plan(graph, plan, specs, PARAMS, evaluation, keyed)  # no step refused
+    rotation_plan(graph, plan, specs, PARAMS, evaluation, keyed, **fm)  # no step refused
     with pytest.raises(RotationKeyError, match="rotation by 8 slots"):
         keyed = DryEngine(SLOTS, PARAMS.depth, keys=query.keys)
-        rotation_plan(graph, plan, specs, PARAMS, evaluation, keyed)
+        rotation_plan(graph, plan, specs, PARAMS, evaluation, keyed, **fm)
+    auto = rotation_plan(graph, plan, specs, PARAMS, evaluation)
+    keyed = DryEngine(SLOTS, PARAMS.depth, keys=auto.keys)
+    rotation_plan(graph, plan, specs, PARAMS, evaluation, keyed)  # no step refused
 
 
 def test_a_real_missing_key_names_the_step(private: ts.Context) -> None:
