@@ -313,7 +313,7 @@ class HeTensor:
         if (
             skewed_rows
             or any(self.layout.composite(d) for d in dims)
-            or not all(self.layout.strides[d] is None or self._slot_room(d) for d in dims)
+            or not all(slot_room(self.layout, d, self.engine.slots) for d in dims)
         ):
             out = self.standardized()
         for d in dims:
@@ -327,29 +327,6 @@ class HeTensor:
         dims = range(self.dim()) if dim is None else ([dim] if isinstance(dim, int) else dim)
         count = math.prod(self.layout.shape[d % self.dim()] for d in dims)
         return self.sum(dim, keepdim) * (1.0 / count)
-
-    def _slot_room(self, dim: int) -> bool:
-        """Whether the slots a slot sum over `dim` reads past the axis (entries n .. n' - 1,
-        n' = next_power_of_two(n), at the axis's stride) hold no other entry, in every
-        ciphertext: taken as true for simple layouts of power-of-two strides (`Layout.rows`
-        and `Layout.standard` pad every slot axis to a power of two), checked on the
-        placement otherwise (rows d_in + d_out - 1 slots apart)."""
-        layout = self.layout
-        n, stride = layout.shape[dim], layout.strides[dim]
-        padded = next_power_of_two(n)
-        powers = all(t is None or t == next_power_of_two(t) for t in layout.strides)
-        if stride is None or padded == n or (layout.simple and powers):
-            return True
-        placement = layout.placement()
-        first = np.moveaxis(np.arange(placement.count).reshape(layout.shape), dim, 0)[0]
-        first = first.reshape(-1)
-        for ct in np.unique(placement.cts[first]):
-            slots = placement.groups[ct][1]
-            starts = placement.slots[first[placement.cts[first] == ct]]
-            past = (starts[:, None] + stride * np.arange(n, padded)[None, :]).reshape(-1)
-            if np.intersect1d(past, slots).size or past.max(initial=0) >= self.engine.slots:
-                return False
-        return True
 
     def _reduced(self, dim: int) -> Layout:
         """The layout with axis `dim` summed to size 1 (at the axis's first entry)."""
@@ -389,7 +366,7 @@ class HeTensor:
         entries' slots kept), then per such axis log2(n') rotations by -t, -2t, ... with
         additions, so entry 0's value fills the n' slots of the axis. Returns the tensor in
         `like`'s layout (replicas dropped; slots n .. n' - 1 junk), or None when the other
-        axes do not sit as in `like` or the axis has no room (`_slot_room`)."""
+        axes do not sit as in `like` or the axis has no room (`slot_room`)."""
         nd = len(like.shape)
         if self.dim() > nd:
             return None
@@ -412,8 +389,7 @@ class HeTensor:
         target = like.without_replicas()
         if expanded != target:
             return None
-        probe = HeTensor(self.engine, target, dry_like(target), clean=False, refresher=None)
-        if not all(probe._slot_room(k) for k in axes):
+        if not all(slot_room(target, k, self.engine.slots) for k in axes):
             return None
         base = view if view.clean else view.masked()
         what = f"broadcasting a {tuple(self.shape)} tensor along slot axes {axes}"
@@ -825,9 +801,27 @@ def standardize(tensors: Sequence[Any]) -> bool:
     return True
 
 
-def dry_like(layout: Layout) -> np.ndarray:
-    """A grid of placeholders shaped like `layout`'s (for layout-only checks)."""
-    return np.empty(layout.grid_shape, dtype=object)
+def slot_room(layout: Layout, dim: int, slots: int) -> bool:
+    """Whether the slots a slot sum over `dim` reads past the axis (entries n .. n' - 1,
+    n' = next_power_of_two(n), at the axis's stride) hold no other entry, in every
+    ciphertext: taken as true for simple layouts of power-of-two strides (`Layout.rows`
+    and `Layout.standard` pad every slot axis to a power of two), checked on the
+    placement otherwise (rows d_in + d_out - 1 slots apart)."""
+    n, stride = layout.shape[dim], layout.strides[dim]
+    padded = next_power_of_two(n)
+    powers = all(t is None or t == next_power_of_two(t) for t in layout.strides)
+    if stride is None or padded == n or (layout.simple and powers):
+        return True
+    placement = layout.placement()
+    first = np.moveaxis(np.arange(placement.count).reshape(layout.shape), dim, 0)[0]
+    first = first.reshape(-1)
+    for ct in np.unique(placement.cts[first]):
+        used = placement.groups[ct][1]
+        starts = placement.slots[first[placement.cts[first] == ct]]
+        past = (starts[:, None] + stride * np.arange(n, padded)[None, :]).reshape(-1)
+        if np.intersect1d(past, used).size or past.max(initial=0) >= slots:
+            return False
+    return True
 
 
 def can_relayout(refresher: Any) -> bool:

@@ -24,7 +24,8 @@ Refreshes and re-layouts go through the real server code (`MaskingRefresher`,
 
 Tolerance 1e-3 absolute (inputs uniform in [-1, 1], W ~ N(0, 1/d_in)): at scale 2^30 a
 rotation's key switching adds about 1e-5 here; measured maxima 1.2e-4 (diagonal) and
-1e-6 (feature-major).
+1e-6 (feature-major). A LayerNorm-style chain (two slot sums, two spreads, three products
+and their refreshes, values to about 10) gets 5e-3 [measured 1.4e-3].
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from protocols.he.tensor import HeTensor, linear, matmul, relayout_tensors  # no
 PARAMS = CkksParams(4096, [38, 30, 38], 30)
 SLOTS = PARAMS.slots
 ATOL = 1e-3
+ATOL_DEEP = 5e-3
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +308,7 @@ def test_linear_on_a_one_dimensional_input_and_a_reused_input(kit: Kit) -> None:
 def test_elementwise_ops_and_reductions_on_row_blocks(kit: Kit) -> None:
     """A residual block as the graph computes it: the linear's output (rows over
     ciphertexts, features in slots) plus a bias, plus the input in another packing, a
-    product of two such tensors, a mean over features and a selected token."""
+    product of two such tensors, a selected token, and a LayerNorm's statistics."""
     rows, d = 100, 12  # 89 rows of 23 slots per ciphertext: two pages
     x = _uniform(6, (1, rows, d))
     w = _uniform(7, (d, d)) / 3
@@ -322,8 +324,21 @@ def test_elementwise_ops_and_reductions_on_row_blocks(kit: Kit) -> None:
     _close(kit.dec(res * 0.5 - 1.0), (want + x) * 0.5 - 1.0)
     token = res.select(1, 95)  # a token on the second page
     _close(kit.dec(token), (want + x)[:, 95])
-    mean = res.mean(-1, keepdim=True)  # re-laid out to feature-major first
-    _close(kit.dec(mean), (want + x).mean(-1, keepdims=True))
+    # a LayerNorm's statistics without leaving the row layout: slot sums over the
+    # features, the per-row results spread back over the features by rotations
+    trips = kit.refresher.relayouts
+    n_res = want + x
+    mean = res.mean(-1, keepdim=True)
+    assert mean.layout.parts  # still rows over ciphertexts
+    _close(kit.dec(mean), n_res.mean(-1, keepdims=True))
+    centred = res - mean
+    assert centred.layout == y.layout.without_replicas()
+    n_centred = n_res - n_res.mean(-1, keepdims=True)
+    _close(kit.dec(centred), n_centred)
+    variance = (centred * centred).mean(-1, keepdim=True)
+    deep = n_centred * (n_centred**2).mean(-1, keepdims=True)  # values to about 10
+    _close(kit.dec(centred * variance), deep, ATOL_DEEP)
+    assert kit.refresher.relayouts == trips  # refreshes only, no re-layout
 
 
 def test_without_refresh_linear_stays_feature_major(small: ts.Context) -> None:
