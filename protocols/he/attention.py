@@ -30,7 +30,7 @@ L - n1 rotations of the weights (shared by every c), d (n1 - 1) baby rotations o
 d (n2 - 1) Horner rotations, L d products, d n2 relinearisations, 1 level. O comes out in
 q's layout (tokens in slots, d in ciphertexts).
 
-Against replicating the token axis (`tensor.matmul`'s other path: per ciphertext of b and
+Against replicating the token axis (`products.matmul`'s other path: per ciphertext of b and
 token j a mask product and log2(L') + 1 rotations), the rotations drop from about
 d L (log2 L + 1) to about 2 d sqrt(L) + L per product; the products stay L d.
 """

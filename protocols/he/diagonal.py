@@ -1,7 +1,7 @@
 """The diagonal (Halevi-Shoup) product with baby-step giant-step, on one ciphertext of rows.
 
 `protocols.he.matmul.diagonal_bsgs` states the method on TenSEAL vectors; this is the same
-arithmetic on the run's `Engine` (or a `DryEngine`), so that `protocols.he.tensor.linear`
+arithmetic on the run's `Engine` (or a `DryEngine`), so that `protocols.he.products.linear`
 can use it inside a model run and a dry run records its rotations.
 
 Input: one ciphertext holding r rows, row b in slots [b w, b w + w) with w = d_in + d_out - 1,

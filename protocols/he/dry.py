@@ -9,10 +9,13 @@ exactly as `Engine.rotate` passes it to SEAL (`rotation.reduce_step`). `DryRefre
 stands in for the client round trip of a refresh (a stand-in at the top level), so the
 dry run follows the real run's refreshes too.
 
-Every decision in `protocols.he.tensor` that leads to a rotation (which axes sit in slots,
-their strides, merges, replications, slot reductions) depends on layouts and shapes only,
-never on the encrypted values, so the recorded steps are the steps of the real run with
-the same layouts. `galois.keys_for_steps` turns them into keys. What is guaranteed: for
+Every decision in `protocols.he.tensor` and `protocols.he.products` that leads to a
+rotation (which axes sit in slots, their strides, merges, replications, slot reductions,
+and the packing each product picks, `protocols.he.packing`) depends on layouts and shapes
+only, never on the encrypted values nor on levels, so the recorded steps are the steps of
+the real run with the same layouts. A `DryRefresher` with the run's packing policy
+re-lays out as the real refresher does (the target layouts' ciphertexts come back
+fresh), so the dry run follows the real run's packings too. `galois.keys_for_steps` turns them into keys. What is guaranteed: for
 every rotation that a real `Engine` running the same tensor code on the same layouts
 performs, `Engine.rotate` passes SEAL a step that `DryEngine.rotate` recorded (tested
 against real runs in tests/backends/he/test_he_keys.py).

@@ -1,7 +1,7 @@
 """Which packing a linear layer uses inside a run: the cost model's choice, with the re-layout
 round trips each option needs priced in.
 
-For x (..., n, d_in) times a plain W (d_in x d_out), `protocols.he.tensor.linear` has two
+For x (..., n, d_in) times a plain W (d_in x d_out), `protocols.he.products.linear` has two
 strategies (`protocols.he.matmul` gives their operation counts and unit costs):
 
 - feature-major (`matmul.feature_major_cost`): x's features in ciphertexts, rows in slots;
@@ -134,7 +134,7 @@ product of two 2-part ciphertexts, about four plain products)."""
 
 
 def attention_ms(a: Layout, b: Layout) -> float | None:
-    """Predicted ms of `tensor.matmul(a, b)` (both encrypted) in these layouts, or None when
+    """Predicted ms of `products.matmul(a, b)` (both encrypted) in these layouts, or None when
     they do not fit its form: a (..., i, c) with i in slots (stride t) and c in ciphertexts,
     b's slot axis among its last two at stride t, replicated into ciphertexts (per
     ciphertext of b and entry j < n: one mask product, log2(n') + (j > 0) rotations,

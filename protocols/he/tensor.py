@@ -1,6 +1,7 @@
 """Encrypted tensors: a `Layout` plus a grid of CKKS ciphertexts, with torch-like operations.
 
-`HeTensor` is what the server computes on. Operations and what they cost (L: levels):
+`HeTensor` is what the server computes on. Operations and what they cost (L: levels; the
+products `linear` and `matmul` are in `protocols.he.products`):
 
     a + b, a - b, -a (b encrypted or plain)         additions, 0 L
     a * c (c plain: number or tensor)               one ct-pt product per ciphertext, 1 L
@@ -52,19 +53,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from protocols.he.attention import product_ms, scores, scores_layout, token_layout, weighted_values
-from protocols.he.diagonal import product_all
 from protocols.he.engine import Ciphertext, Engine
 from protocols.he.layout import Layout, LayoutError, next_power_of_two
-from protocols.he.packing import (
-    attention_ms,
-    choose_linear,
-    diagonal_input,
-    diagonal_width,
-    feature_major_ready,
-    linear_options,
-    round_trip_ms,
-)
+from protocols.he.packing import feature_major_ready, round_trip_ms
 from protocols.he.rotation import reduce_step
 
 Plain = float | int | np.ndarray | torch.Tensor
@@ -292,7 +283,7 @@ class HeTensor:
     def __truediv__(self, other: Any) -> HeTensor:
         if isinstance(other, HeTensor):
             raise TypeError("division by an encrypted tensor: use a reciprocal approximation")
-        return _binary(self, 1.0 / _as_plain(other), "mul")
+        return _binary(self, 1.0 / as_plain(other), "mul")
 
     def square(self) -> HeTensor:
         self.ensure_level(1)
@@ -354,7 +345,7 @@ class HeTensor:
 
         def fold(ct: Ciphertext) -> Ciphertext:
             for step in steps:
-                ct = self.engine.add(ct, _rotate(self.engine, ct, step, what))
+                ct = self.engine.add(ct, checked_rotate(self.engine, ct, step, what))
             return ct
 
         layout = self._reduced(dim)
@@ -401,7 +392,7 @@ class HeTensor:
 
         def fill(ct: Ciphertext) -> Ciphertext:
             for step in steps:
-                ct = self.engine.add(ct, _rotate(self.engine, ct, step, what))
+                ct = self.engine.add(ct, checked_rotate(self.engine, ct, step, what))
             return ct
 
         flat = [fill(ct) for ct in base.grid.flat]
@@ -453,7 +444,7 @@ class HeTensor:
         what = f"merging axis {dim} of a {tuple(self.shape)} tensor into slots"
         for index in np.ndindex(out.shape):
             parts = [
-                ct if i == 0 else _rotate(self.engine, ct, -i * stride, what)
+                ct if i == 0 else checked_rotate(self.engine, ct, -i * stride, what)
                 for i, ct in enumerate(moved[index])
             ]
             out[index] = self.engine.add_many(parts)
@@ -487,9 +478,9 @@ class HeTensor:
         def spread(ct: Ciphertext, j: int) -> Ciphertext:
             picked = self.engine.mul_plain(ct, masks[j])
             if j:
-                picked = _rotate(self.engine, picked, j * stride, what)
+                picked = checked_rotate(self.engine, picked, j * stride, what)
             for k in range(steps):
-                rotated = _rotate(self.engine, picked, -stride * (1 << k), what)
+                rotated = checked_rotate(self.engine, picked, -stride * (1 << k), what)
                 picked = self.engine.add(picked, rotated)
             return picked
 
@@ -512,7 +503,7 @@ class RotationKeyError(ValueError):
     """A rotation whose Galois key the context does not hold (the key plan missed it)."""
 
 
-def _rotate(engine: Engine, ct: Ciphertext, step: int, what: str) -> Ciphertext:
+def checked_rotate(engine: Engine, ct: Ciphertext, step: int, what: str) -> Ciphertext:
     """`engine.rotate(ct, step)`: every rotation of this module goes through here, so a dry
     run (`protocols.he.dry`) sees each of them. A missing Galois key raises
     `RotationKeyError` naming the step (as SEAL gets it) and `what` rotated."""
@@ -537,7 +528,7 @@ def _object_map(fn: Callable[[Ciphertext], Ciphertext], grid: np.ndarray) -> np.
     return out
 
 
-def _as_plain(value: Any) -> float | np.ndarray:
+def as_plain(value: Any) -> float | np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().double().numpy()
     if isinstance(value, np.ndarray) and value.ndim == 0:
@@ -551,7 +542,7 @@ def _aligned_axes(layout: Layout, ndim: int) -> Layout:
     return layout
 
 
-def _grid_view(t: HeTensor, out: Layout) -> np.ndarray:
+def grid_view(t: HeTensor, out: Layout) -> np.ndarray:
     """t's grid broadcast to `out`'s ciphertext axes (t aligned to out's number of axes)."""
     layout = _aligned_axes(t.layout, len(out.shape))
     grid = t.grid.reshape(layout.grid_shape)
@@ -567,7 +558,7 @@ def _grid_view(t: HeTensor, out: Layout) -> np.ndarray:
     return np.broadcast_to(expanded.reshape(shape), out.grid_shape)
 
 
-def _result_layout(a: Layout, b_shape: tuple[int, ...], b_layout: Layout | None) -> Layout:
+def result_layout(a: Layout, b_shape: tuple[int, ...], b_layout: Layout | None) -> Layout:
     """The layout of a slot-wise a (op) b; b is plain when `b_layout` is None (a plain operand
     is encoded slot by slot, so it broadcasts along anything)."""
     ndim = max(len(a.shape), len(b_shape))
@@ -617,14 +608,14 @@ def _binary(a: HeTensor, b: Any, op: str) -> HeTensor:
             if same is not None:
                 return _gridwise(a, b, same, op)
         try:
-            out = _result_layout(a.layout, tuple(b.layout.shape), b.layout)
+            out = result_layout(a.layout, tuple(b.layout.shape), b.layout)
         except LayoutError:
             if not standardize([a, b]):
                 raise
-            out = _result_layout(a.layout, tuple(b.layout.shape), b.layout)
+            out = result_layout(a.layout, tuple(b.layout.shape), b.layout)
         if op == "mul":
             ensure_levels([a, b], 1)
-        ga, gb = _grid_view(a, out), _grid_view(b, out)
+        ga, gb = grid_view(a, out), grid_view(b, out)
         fn = {"add": engine.add, "sub": engine.sub, "mul": engine.mul}[op]
         grid = np.empty(out.grid_shape, dtype=object)
         for index in np.ndindex(out.grid_shape):
@@ -632,7 +623,7 @@ def _binary(a: HeTensor, b: Any, op: str) -> HeTensor:
             grid[index] = engine.square(x) if (op == "mul" and x is y) else fn(x, y)
         clean = a.clean and b.clean if op != "mul" else (a.clean or b.clean)
         return a._new(out, grid, clean)
-    plain = _as_plain(b)
+    plain = as_plain(b)
     if op == "sub":
         plain = -plain
         op = "add"
@@ -650,13 +641,13 @@ def _binary(a: HeTensor, b: Any, op: str) -> HeTensor:
         if shape == tuple(a.layout.shape):
             return _plain_placed(a, np.broadcast_to(plain, shape), op)
         a = a.standardized()
-    out = _result_layout(a.layout, tuple(plain.shape), None)
+    out = result_layout(a.layout, tuple(plain.shape), None)
     values = np.broadcast_to(
         plain.reshape((1,) * (len(out.shape) - plain.ndim) + plain.shape), out.shape
     )
     if op == "mul":
         a.ensure_level(1)
-    ga = _grid_view(a, out)
+    ga = grid_view(a, out)
     positions = out.positions().reshape(-1)
     grid = np.empty(out.grid_shape, dtype=object)
     slot_order = list(out.ct_axes) + list(out.slot_axes)
@@ -889,296 +880,3 @@ def power(x: HeTensor, exponent: int) -> HeTensor:
             base = base.square()
     assert result is not None
     return result
-
-
-# --- products with a matrix ---------------------------------------------------------------
-def linear(
-    x: HeTensor,
-    weight: Plain,
-    bias: Plain | None = None,
-    *,
-    merge: bool = True,
-    strategy: str | None = None,
-) -> HeTensor:
-    """x @ weight.T + bias (weight d_out x d_in) by the packing the cost model picks for
-    x's rows (`protocols.he.packing.choose_linear`, under the run's policy), or the one
-    named by `strategy` ("feature_major", "diagonal_bsgs"):
-
-    - feature-major: x's last axis in ciphertexts (re-laid out to `Layout.standard` first
-      when it is not); for every output feature j one `dot_plain` of the d_in input
-      ciphertexts (zero weights skipped), 1 L. With `merge`, leading ciphertext axes are
-      first moved into free slots (`merge`) when the layout has room, so that the
-      products are paid once for all of them.
-    - diagonal: x re-laid out (in place: one round trip, unless it is there already) to
-      rows d_in + d_out - 1 slots apart with replicas (`packing.diagonal_input`), then
-      baby-step giant-step diagonals per ciphertext (`protocols.he.diagonal`): about
-      2 sqrt(d_in) rotations and d_in products each, 1 L. The output keeps the rows'
-      spacing, features at stride 1 (`Layout.row_blocks`), not clean.
-    """
-    w = np.asarray(_as_plain(weight), dtype=np.float64)
-    if w.ndim != 2 or w.shape[1] != x.shape[-1]:
-        raise ValueError(f"linear: weight {w.shape} for input {tuple(x.shape)}")
-    d_out, slots = w.shape[0], x.engine.slots
-    movable = can_relayout(x.refresher)
-    if strategy is None:
-        option, reason = choose_linear(
-            x.layout, d_out, slots, policy=x.policy, can_relayout=movable
-        )
-    else:
-        found = [o for o in linear_options(x.layout, d_out, slots, movable)
-                 if o.strategy == strategy]  # fmt: skip
-        if not found:
-            raise LayoutError(
-                f"linear: strategy {strategy!r} does not apply to {x.layout} (moving it to "
-                "another packing needs a round trip, which needs refresh)"
-            )
-        option, reason = found[0], f"forced: {found[0].describe()}"
-    note = getattr(x.refresher, "note_choice", None)
-    if note is not None:
-        note("linear", (tuple(x.shape), d_out), option.strategy, reason)
-    if option.strategy == "diagonal_bsgs":
-        out = _linear_diagonal(x, w, option.relayout)
-    else:
-        out = _linear_feature_major(x, w, merge, option.relayout)
-    if bias is not None:
-        out = out + bias
-    return out
-
-
-def _diagonal_attention(a: HeTensor, b: HeTensor) -> HeTensor | None:
-    """a @ b by the diagonal method (`protocols.he.attention`) when the run may re-lay out
-    (policy "auto"), the shapes fit one of its two forms, and the cost model finds it
-    cheaper than replicating a token axis (`packing.attention_ms` on the layouts that
-    path would use, each side with its round trip): the scores form for a (..., L, d)
-    times b (..., d, L), giving the diagonal (skewed) layout; the values form for a
-    (..., L, L) times b (..., L, d), a in that layout. Operands are re-laid out in place,
-    in one round trip, when they are not in the method's layouts. None: not taken."""
-    if a.policy != "auto" or a.dim() != b.dim():
-        return None
-    nd, slots = a.dim(), a.engine.slots
-    *batch, n, m = a.layout.shape
-    *batch_b, m2, p = b.layout.shape
-    if batch != batch_b or m != m2 or n < 2:
-        return None
-    skewed = a.layout.skew == (nd - 1, nd - 2)
-    if skewed and n == m:
-        form = "values"
-    elif p == n:
-        form = "scores"
-    elif n == m:
-        form = "values"
-    else:
-        return None
-    width = m if form == "scores" else p
-    queries = token_layout((*batch, n, width), slots, replicate=False)
-    if queries is None:
-        return None
-    keys = token_layout((*batch, n, width), slots, replicate=True)
-    assert keys is not None
-    if form == "scores":
-        targets = (queries, keys.permute([*range(nd - 2), nd - 1, nd - 2]))
-    else:
-        targets = (scores_layout(queries), keys)
-    moved = [(t, target) for t, target in zip((a, b), targets, strict=True) if t.layout != target]
-    cells = math.prod(queries.grid_shape) // width
-    sent = sum(math.prod(t.layout.grid_shape) for t, _ in moved)
-    back = sum(math.prod(target.grid_shape) for _, target in moved)
-    diagonal_ms = product_ms(n, width, form, cells) + (round_trip_ms(sent, back) if moved else 0)
-    other = _attention_targets(a, b)
-    if other is not None:
-        now = attention_ms(a.layout, b.layout)
-        after = attention_ms(*other)
-        replicate_ms = min(
-            now if now is not None else math.inf,
-            (after if after is not None else math.inf)
-            + round_trip_ms(math.prod(a.layout.grid_shape) + math.prod(b.layout.grid_shape),
-                            sum(math.prod(t.grid_shape) for t in other)),
-        )  # fmt: skip
-        if replicate_ms <= diagonal_ms:
-            return None
-    note = getattr(a.refresher, "note_choice", None)
-    if note is not None:
-        note("attention", (tuple(a.shape), tuple(b.shape)), f"diagonal_{form}",
-             f"~{diagonal_ms / 1e3:.2f} s")  # fmt: skip
-    relayout_tensors(moved)
-    ensure_levels([a, b], 1)
-    what = f"the diagonal {form} product of {tuple(a.shape)} and {tuple(b.shape)} tensors"
-
-    def rotate(ct: Ciphertext, step: int) -> Ciphertext:
-        return _rotate(a.engine, ct, step, what)
-
-    outer = a.grid.shape[:-1]
-    if form == "scores":
-        out_layout = scores_layout(queries)
-        grid = np.empty((*outer, n), dtype=object)
-        for index in np.ndindex(outer):
-            grid[index] = scores(a.engine, list(a.grid[index]), list(b.grid[index]), n, rotate)
-    else:
-        out_layout = queries
-        grid = np.empty((*outer, p), dtype=object)
-        for index in np.ndindex(outer):
-            grid[index] = weighted_values(a.engine, list(a.grid[index]), list(b.grid[index]),
-                                          rotate)  # fmt: skip
-    return a._new(out_layout, grid.reshape(out_layout.grid_shape), False)
-
-
-def _attention_targets(a: HeTensor, b: HeTensor) -> tuple[Layout, Layout] | None:
-    """Layouts in which `matmul(a, b)` runs (`packing.attention_ms`), for operands in any
-    layouts: a in `Layout.standard` (batch axes and rows in slots, c in ciphertexts); b
-    with a's batch strides, the axis of its last two whose size is a's row count (the last
-    one when both are) in slots at a's row stride, the other in ciphertexts. None when b
-    has no axis of a's row count (no such form)."""
-    slots = a.engine.slots
-    a_target = Layout.standard(a.layout.shape, slots)
-    if a.dim() != b.dim():
-        return None
-    rows = a.layout.shape[-2]
-    t_i = a_target.strides[-2]
-    strides: list[int | None] = [
-        t if b.layout.shape[k] == a.layout.shape[k] else None
-        for k, t in enumerate(a_target.strides[:-2])
-    ]
-    if t_i is None:  # a single row: b's last two axes in ciphertexts
-        return a_target, Layout(b.layout.shape, (*strides, None, None), a_target.offset)
-    if b.layout.shape[-1] == rows:
-        tail: tuple[int | None, ...] = (None, t_i)
-    elif b.layout.shape[-2] == rows:
-        tail = (t_i, None)
-    else:
-        return None
-    return a_target, Layout(b.layout.shape, (*strides, *tail), a_target.offset)
-
-
-def _attention_packing(a: HeTensor, b: HeTensor) -> None:
-    """Move a and b (in place, one round trip) to `_attention_targets` when they have no
-    form for `matmul` as they are, or when the cost model (`packing.attention_ms` plus the
-    round trip) finds the targets cheaper (policy "auto": e.g. heads moved from
-    ciphertexts into slots, so that fewer ciphertexts of b are replicated)."""
-    if not can_relayout(a.refresher):
-        return
-    targets = _attention_targets(a, b)
-    if targets is None:
-        return
-    now = attention_ms(a.layout, b.layout)
-    if now is not None and a.policy != "auto":
-        return
-    moved = [(t, target) for t, target in zip((a, b), targets, strict=True) if t.layout != target]
-    if not moved:
-        return
-    if now is not None:
-        after = attention_ms(*targets)
-        sent = sum(math.prod(t.layout.grid_shape) for t, _ in moved)
-        back = sum(math.prod(target.grid_shape) for _, target in moved)
-        if after is None or after + round_trip_ms(sent, back) >= now:
-            return
-    note = getattr(a.refresher, "note_choice", None)
-    if note is not None:
-        note("attention", (tuple(a.shape), tuple(b.shape)), "relayout", "cheaper or needed")
-    relayout_tensors(moved)
-
-
-def _linear_feature_major(
-    x: HeTensor, w: np.ndarray, merge: bool, target: Layout | None
-) -> HeTensor:
-    if target is not None:
-        x.relayout(target)
-    if not feature_major_ready(x.layout):
-        raise LayoutError("linear: the feature axis is in slots; expected feature-major packing")
-    if merge:
-        for dim in x.layout.ct_axes[:-1]:
-            try:
-                x = x.merge(dim)
-            except LayoutError:
-                continue
-    x.ensure_level(1)
-    d_out = w.shape[0]
-    shape = (*x.layout.shape[:-1], d_out)
-    layout = Layout(shape, (*x.layout.strides[:-1], None), x.layout.offset)
-    grid = np.empty(layout.grid_shape, dtype=object)
-    for index in np.ndindex(x.grid.shape[:-1]):
-        inputs = list(x.grid[index])
-        for j in range(d_out):
-            nonzero = np.flatnonzero(w[j])
-            if nonzero.size == 0:
-                grid[(*index, j)] = x.engine.mul_plain(inputs[0], 0.0)
-                continue
-            grid[(*index, j)] = x.engine.dot_plain(
-                [inputs[k] for k in nonzero], [float(w[j, k]) for k in nonzero]
-            )
-    return x._new(layout, grid, x.clean)
-
-
-def _linear_diagonal(x: HeTensor, w: np.ndarray, target: Layout | None) -> HeTensor:
-    if x.dim() == 1:
-        return _linear_diagonal(x.unsqueeze(0), w, target and target.unsqueeze(0)).squeeze(0)
-    if target is not None:
-        x.relayout(target)
-    x.ensure_level(1)  # in its layout: the replicas survive a refresh
-    d_out, d_in = w.shape
-    slots = x.engine.slots
-    width = diagonal_width(d_in, d_out)
-    if x.layout != diagonal_input(x.layout.shape, d_out, slots):
-        raise LayoutError(f"linear: {x.layout} is not the diagonal method's input layout")
-    rows = min(slots // width, x.layout.shape[-2])
-    what = f"the diagonal product of a {tuple(x.shape)} tensor by a {d_in}x{d_out} weight"
-    flat = product_all(
-        x.engine,
-        list(x.grid.flat),
-        w,
-        width,
-        rows,
-        lambda ct, step: _rotate(x.engine, ct, step, what),
-    )
-    layout = Layout.row_blocks((*x.layout.shape[:-1], d_out), width, slots)
-    grid = np.empty(len(flat), dtype=object)
-    grid[:] = flat
-    return x._new(layout, grid.reshape(layout.grid_shape), False)
-
-
-def matmul(a: HeTensor, b: HeTensor | Plain) -> HeTensor:
-    """a @ b. With b plain: `linear(a, b.T)`. With both encrypted (attention scores q k^T,
-    weights v): a is (..., i, c) with i in slots and c in ciphertexts; b's slot axis among
-    its last two must sit where a's i does; it is replicated into ciphertexts, and every
-    output is one ct-ct dot product over c (module docstring). A single row (i of size 1,
-    one token) and b's last two axes in ciphertexts: products summed over c, 1 L, no
-    rotation."""
-    if not isinstance(b, HeTensor):
-        w = np.asarray(_as_plain(b), dtype=np.float64)
-        return linear(a, w.T if w.ndim == 2 else w[:, None].T)
-    if a.dim() < 2 or b.dim() < 2:
-        raise LayoutError("matmul of encrypted tensors needs at least 2 axes each")
-    diagonal = _diagonal_attention(a, b)
-    if diagonal is not None:
-        return diagonal
-    _attention_packing(a, b)
-    single_row = a.layout.shape[-2] == 1 and a.layout.strides[-1] is None
-    if single_row and b.layout.strides[-2:] == (None, None):
-        return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(-2)
-    t_i = a.layout.strides[-2]
-    if t_i is None or a.layout.strides[-1] is not None:
-        raise LayoutError(
-            f"matmul: expected a (..., i, c) with i in slots and c in ciphertexts, got strides "
-            f"{a.layout.strides}"
-        )
-    spread = [d for d in (b.dim() - 2, b.dim() - 1) if b.layout.strides[d] == t_i]
-    if not spread:
-        raise LayoutError("matmul: b has no slot axis where a's rows sit")
-    ensure_levels([a, b], [1, 2])
-    bp = b.replicate(spread[0])
-    n_i = a.layout.shape[-2]
-    # b' seen with an explicit row axis i in slots: (..., i, c, j)
-    b_shape = (*bp.layout.shape[:-2], n_i, *bp.layout.shape[-2:])
-    b_layout = Layout(b_shape, (*bp.layout.strides[:-2], t_i, None, None), bp.layout.offset)
-    b4 = a._new(b_layout, bp.grid.reshape(b_layout.grid_shape), False)
-    a4 = a.unsqueeze(-1)  # (..., i, c, 1)
-    out4 = _result_layout(a4.layout, b_shape, b_layout)
-    ga, gb = _grid_view(a4, out4), _grid_view(b4, out4)
-    # contract over c: grid axis of out4's axis -2
-    c_axis = out4.ct_axes.index(len(out4.shape) - 2)
-    ga, gb = np.moveaxis(ga, c_axis, -1), np.moveaxis(gb, c_axis, -1)
-    shape = out4.shape[:-2] + out4.shape[-1:]
-    layout = Layout(shape, out4.strides[:-2] + out4.strides[-1:], out4.offset)
-    grid = np.empty(layout.grid_shape, dtype=object)
-    for index in np.ndindex(layout.grid_shape):
-        grid[index] = a.engine.dot(list(ga[index]), list(gb[index]))
-    return a._new(layout, grid, False)

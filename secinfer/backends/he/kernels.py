@@ -29,7 +29,8 @@ import torch
 from approximations.iterative import InverseSqrt, he_reciprocal
 from protocols.he.layout import LayoutError
 from protocols.he.polynomial import evaluate_approximation as evaluate_polynomial
-from protocols.he.tensor import DepthExhausted, HeTensor, linear, matmul, power, standardize
+from protocols.he.products import linear, matmul
+from protocols.he.tensor import DepthExhausted, HeTensor, power, standardize
 from secinfer.core.registry import REGISTRY, Call, register
 from secinfer.errors import UserError
 

@@ -58,9 +58,10 @@ from protocols.he.dry import DryEngine, DryRefresher, dry_grid  # noqa: E402
 from protocols.he.engine import Engine  # noqa: E402
 from protocols.he.layout import Layout  # noqa: E402
 from protocols.he.params import make_context  # noqa: E402
+from protocols.he.products import linear, matmul  # noqa: E402
 from protocols.he.refresh import MaskingRefresher  # noqa: E402
 from protocols.he.rotation import reduce_step  # noqa: E402
-from protocols.he.tensor import HeTensor, RotationKeyError, linear, matmul  # noqa: E402
+from protocols.he.tensor import HeTensor, RotationKeyError  # noqa: E402
 from secinfer.backends.he import server as he_server  # noqa: E402
 from secinfer.backends.he.inputs import (  # noqa: E402
     input_specs,

@@ -46,9 +46,10 @@ from protocols.he.dry import DryEngine, DryRefresher, dry_grid  # noqa: E402
 from protocols.he.engine import Engine  # noqa: E402
 from protocols.he.layout import Layout, LayoutError  # noqa: E402
 from protocols.he.params import CkksParams, make_context  # noqa: E402
+from protocols.he.products import linear, matmul  # noqa: E402
 from protocols.he.refresh import MaskingRefresher  # noqa: E402
 from protocols.he.relayout import RelayoutRefresher, client_relayout, read_parts  # noqa: E402
-from protocols.he.tensor import HeTensor, linear, matmul, relayout_tensors  # noqa: E402
+from protocols.he.tensor import HeTensor, relayout_tensors  # noqa: E402
 
 PARAMS = CkksParams(4096, [38, 30, 38], 30)
 SLOTS = PARAMS.slots
