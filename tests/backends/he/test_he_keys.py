@@ -254,7 +254,7 @@ def bert(hidden: int, heads: int, layers: int, tokens: int, batch: int, mask: bo
         num_attention_heads=heads,
         intermediate_size=2 * hidden,
         vocab_size=50,
-        max_position_embeddings=64,
+        max_position_embeddings=max(64, tokens),
     )
     model = transformers.BertModel(config).eval()
     model.config._attn_implementation = "eager"
