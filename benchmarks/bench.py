@@ -173,14 +173,16 @@ def main(argv: list[str] | None = None) -> int:
         note = f"_MPC tables from the run of {date} (`--no-mpc` this time)._"
         sections[0] = ("bench", f"{sections[0][1]}\n\n{note}\n\n{stored}")
     if not args.no_he and not args.mpc_only:
-        from benchmarks import he_hiding, he_matmul, he_model
+        from benchmarks import he_hiding, he_layer, he_matmul, he_model
 
         he = he_matmul.run(quick=args.quick)
         he["model"] = he_model.run(quick=args.quick)
         he["hiding"] = he_hiding.run(quick=args.quick, digits_40=he["model"])
+        he["layer"] = he_layer.run(quick=args.quick)
         he["meta"] = meta
         he_table = he_matmul.write(he, Path(args.mpc_out)) + "\n\n" + he_model.markdown(he["model"])
         he_table += "\n\n" + he_hiding.markdown(he["hiding"])
+        he_table += "\n\n" + he_layer.markdown(he["layer"])
         (Path(args.mpc_out) / ("he.quick.md" if args.quick else "he.md")).write_text(
             he_table + "\n"
         )

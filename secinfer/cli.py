@@ -242,6 +242,16 @@ def _inputs(
     "before the client decrypts it (circuit privacy; 0: off). Costs precision: the report "
     "states the error bound.",
 )
+@click.option(
+    "--packing",
+    type=click.Choice(["auto", "feature-major"]),
+    default="auto",
+    show_default=True,
+    help="he: how linear layers and attention pack ciphertexts: the cost model's choice per "
+    "layer, or feature-major everywhere (the slower baseline). Re-layouts ride on "
+    "slot-mode refreshes (about 12 bits of hiding at most): under --hiding-bits 40 the run is "
+    "feature-major.",
+)
 def run(
     model: Path,
     trust_model: bool,
@@ -261,6 +271,7 @@ def run(
     public_embedding: bool,
     hiding_bits: int,
     flood_bits: int,
+    packing: str,
 ) -> None:
     """Run MODEL on a backend and compare its output with plaintext.
 
@@ -296,6 +307,7 @@ def run(
         target=target,
         hiding_bits=hiding_bits,
         flood_bits=flood_bits,
+        packing=packing.replace("-", "_"),
     )
     plan_for = plan_target(backend, target)
     loaded = load.load_model(model, trust_model=trust_model)
@@ -692,6 +704,14 @@ def eval_(
     "states the error bound.",
 )
 @click.option(
+    "--packing",
+    type=click.Choice(["auto", "feature-major"]),
+    default="auto",
+    show_default=True,
+    help="Server: the cost model's packing per layer, or feature-major everywhere (under "
+    "--hiding-bits 40 the run is feature-major: re-layouts need slot-mode refreshes).",
+)
+@click.option(
     "--identity",
     type=click.Path(path_type=Path, file_okay=False),
     help="Directory with this side's key and certificate and the other side's certificate "
@@ -744,6 +764,7 @@ def he_party(role: str, **options: Any) -> None:
                 evaluation=evaluation,
                 hiding_bits=options["hiding_bits"],
                 flood_bits=options["flood_bits"],
+                packing=options["packing"].replace("-", "_"),
             )
         else:
             if not options["connect"]:

@@ -54,12 +54,22 @@ class Codec:
 
     def encrypt(self, values: np.ndarray, layout: Layout, *, seeded: bool = False) -> np.ndarray:
         """A grid (object array, `layout.grid_shape`) of ciphertexts holding `values`
-        (`seeded`: for sending, see `encrypt_slots`)."""
+        (`seeded`: for sending, see `encrypt_slots`); any layout (`Layout.placement`:
+        replicas are written too)."""
         values = np.asarray(values, dtype=np.float64)
         if tuple(values.shape) != layout.shape:
             raise ValueError(f"values of shape {values.shape} for a layout of {layout.shape}")
         if layout.span() > self.slots:
             raise ValueError(f"layout needs {layout.span()} slots, a ciphertext has {self.slots}")
+        if not layout.simple:
+            placement, flat = layout.placement(), values.reshape(-1)
+            cts = [
+                self.encrypt_slots(placement.vector(flat, g, self.slots), seeded=seeded)
+                for g in range(len(placement.groups))
+            ]
+            grid = np.empty(len(cts), dtype=object)
+            grid[:] = cts
+            return grid.reshape(layout.grid_shape)
         positions = layout.positions().reshape(-1)
         arranged = np.transpose(values, list(layout.ct_axes) + list(layout.slot_axes))
         arranged = arranged.reshape((*layout.grid_shape, -1))
@@ -71,7 +81,11 @@ class Codec:
         return grid
 
     def decrypt(self, grid: np.ndarray, layout: Layout) -> np.ndarray:
-        """The values of `layout` read from the decrypted ciphertexts of `grid`."""
+        """The values of `layout` read from the decrypted ciphertexts of `grid` (first
+        copies of replicated entries)."""
+        if not layout.simple:
+            vectors = [self.decrypt_slots(ct) for ct in np.asarray(grid).flat]
+            return layout.placement().gather(vectors).reshape(layout.shape)
         positions = layout.positions().reshape(-1)
         out = np.empty((*layout.grid_shape, positions.size))
         for index in np.ndindex(layout.grid_shape):

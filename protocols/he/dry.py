@@ -9,10 +9,14 @@ exactly as `Engine.rotate` passes it to SEAL (`rotation.reduce_step`). `DryRefre
 stands in for the client round trip of a refresh (a stand-in at the top level), so the
 dry run follows the real run's refreshes too.
 
-Every decision in `protocols.he.tensor` that leads to a rotation (which axes sit in slots,
-their strides, merges, replications, slot reductions) depends on layouts and shapes only,
-never on the encrypted values, so the recorded steps are the steps of the real run with
-the same layouts. `galois.keys_for_steps` turns them into keys. What is guaranteed: for
+Every decision in `protocols.he.tensor` and `protocols.he.products` that leads to a
+rotation (which axes sit in slots, their strides, merges, replications, slot reductions,
+and the packing each product picks, `protocols.he.packing`) depends on layouts and shapes
+only, never on the encrypted values nor on levels, so the recorded steps are the steps of
+the real run with the same layouts. A `DryRefresher` with the run's packing policy
+re-lays out as the real refresher does (the target layouts' ciphertexts come back
+fresh), so the dry run follows the real run's packings too. `galois.keys_for_steps`
+turns them into keys. What is guaranteed: for
 every rotation that a real `Engine` running the same tensor code on the same layouts
 performs, `Engine.rotate` passes SEAL a step that `DryEngine.rotate` recorded (tested
 against real runs in tests/backends/he/test_he_keys.py).
@@ -171,17 +175,44 @@ class DryEngine:
 class DryRefresher:
     """Stands in for `refresh.MaskingRefresher`: every ciphertext comes back at the top
     level, as the client's fresh encryption would; counts the refreshes and the ciphertexts
-    they carry."""
+    they carry. With a packing `policy` it stands in for `relayout.RelayoutRefresher` too
+    (re-layouts: the target's ciphertexts fresh, counted as refreshes and as `relayouts`),
+    so that a dry run makes the real run's packing choices; without, it cannot re-lay out
+    (as a bare `MaskingRefresher`)."""
 
-    def __init__(self, engine: DryEngine) -> None:
+    def __init__(self, engine: DryEngine, policy: str | None = None) -> None:
         self.engine = engine
+        self.policy = policy
         self.refreshes = 0
         self.ciphertexts = 0
+        self.relayouts = 0
+        self.choices: list[tuple[str, Any, str, str]] = []
+        self.moves: list[tuple[tuple[int, ...], Layout, Layout]] = []
+        """Every re-layout: (ids of the ciphertexts moved, source, target), in order."""
+
+    @property
+    def can_relayout(self) -> bool:
+        return self.policy is not None
 
     def __call__(self, cts: list[Any], layout: Layout) -> list[Any]:
         self.refreshes += 1
         self.ciphertexts += len(cts)
         return [self.engine.fresh() for _ in cts]
+
+    def relayout(self, parts: Sequence[tuple[list[Any], Layout, Layout]]) -> list[list[Any]]:
+        if self.policy is None:
+            raise ValueError("this dry refresher stands in for one that cannot re-lay out")
+        self.refreshes += 1
+        self.ciphertexts += sum(len(cts) for cts, _, _ in parts)
+        self.relayouts += any(source != target for _, source, target in parts)
+        self.moves += [(tuple(map(id, cts)), source, target) for cts, source, target in parts]
+        return [
+            [self.engine.fresh() for _ in range(int(np.prod(target.grid_shape)))]
+            for _, _, target in parts
+        ]
+
+    def note_choice(self, op: str, shape: Any, strategy: str, reason: str) -> None:
+        self.choices.append((op, shape, strategy, reason))
 
 
 def dry_grid(engine: DryEngine, layout: Layout) -> np.ndarray:

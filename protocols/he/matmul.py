@@ -59,8 +59,9 @@ c. `feature_major`: one ciphertext per input feature k holding the column X[:, k
 `UNIT_MS_8192`); `make bench` (`benchmarks/he_matmul.py`) measures the three side by side
 and prints each prediction next to its measured seconds. The
 three take and give different layouts (a vector per row; packed row blocks; a vector per
-feature): converting between them (a client round trip, or masks and rotations) is not
-priced.
+feature): converting between them is not priced here; inside a model run
+`protocols.he.packing` prices the re-layout round trips (`protocols.he.relayout`) with the
+products, and `protocols.he.diagonal` runs the diagonal method on the run's engine.
 
 Levels: every strategy consumes exactly one level (one rescale after the plain products),
 so the input needs at least one level left; inputs at different levels are mod-switched

@@ -233,6 +233,19 @@ class MaskingRefresher:
 
     def __call__(self, cts: list[Ciphertext], layout: Layout) -> list[Ciphertext]:
         began = time.perf_counter()
+        masked, masks = self.mask(cts)
+        fresh = self.transport(masked, layout)
+        if len(fresh) != len(cts):
+            raise ValueError(f"refresh: sent {len(cts)} ciphertexts, got {len(fresh)} back")
+        used = np.zeros(self.engine.slots, dtype=bool)
+        used[layout.positions().reshape(-1)] = True
+        out = self.unmask(fresh, [np.where(used, mask, 0.0) for mask in masks])
+        self.record(len(cts), time.perf_counter() - began)
+        return out
+
+    def mask(self, cts: list[Ciphertext]) -> tuple[list[Ciphertext], list[np.ndarray]]:
+        """The server's first half: c + r with a fresh mask r per ciphertext, mod-switched to
+        the last level (what is sent), and the masks."""
         engine = self.engine
         masks = [uniform_mask(engine.slots, self.bound) for _ in cts]
         masked = [
@@ -240,21 +253,24 @@ class MaskingRefresher:
         ]
         bottom = engine.data.last_parms_id()
         masked = [engine.mod_switch(ct, bottom) if ct.parms_id() != bottom else ct for ct in masked]
-        fresh = self.transport(masked, layout)
-        if len(fresh) != len(cts):
-            raise ValueError(f"refresh: sent {len(cts)} ciphertexts, got {len(fresh)} back")
-        used = np.zeros(engine.slots, dtype=bool)
-        used[layout.positions().reshape(-1)] = True
+        return masked, masks
+
+    def unmask(self, fresh: list[Ciphertext], masks: list[np.ndarray]) -> list[Ciphertext]:
+        """The second half: Enc(m') - r for the client's fresh ciphertexts, each mask laid out
+        where the client wrote masked values (zero elsewhere); they must be at the top."""
         out = []
         for ct, mask in zip(fresh, masks, strict=True):
-            if engine.level(ct) != engine.top_level:
+            if self.engine.level(ct) != self.engine.top_level:
                 raise ValueError("refresh: the client's ciphertext is not at the top level")
-            out.append(engine.add_plain(ct, np.where(used, -mask, 0.0), cache=False))
-        self.stats.refreshes += 1
-        self.stats.ciphertexts += len(cts)
-        self.stats.per_refresh.append(len(cts))
-        self.stats.seconds += time.perf_counter() - began
+            out.append(self.engine.add_plain(ct, -mask, cache=False))
         return out
+
+    def record(self, ciphertexts: int, seconds: float) -> None:
+        """Count one round trip of `ciphertexts` sent ciphertexts taking `seconds`."""
+        self.stats.refreshes += 1
+        self.stats.ciphertexts += ciphertexts
+        self.stats.per_refresh.append(ciphertexts)
+        self.stats.seconds += seconds
 
 
 class CoefficientRefresher:

@@ -1,6 +1,7 @@
 """Encrypted tensors: a `Layout` plus a grid of CKKS ciphertexts, with torch-like operations.
 
-`HeTensor` is what the server computes on. Operations and what they cost (L: levels):
+`HeTensor` is what the server computes on. Operations and what they cost (L: levels; the
+products `linear` and `matmul` are in `protocols.he.products`):
 
     a + b, a - b, -a (b encrypted or plain)         additions, 0 L
     a * c (c plain: number or tensor)               one ct-pt product per ciphertext, 1 L
@@ -8,18 +9,39 @@
     sum / mean over ciphertext axes                 additions (mean: one more product, 1 L)
     sum over a slot axis of size n                  log2(n') rotations per ciphertext
                                                     (n' = n rounded up to a power of two)
-    linear(x, W, b): x @ W.T + b, features a        d_in d_out plain-scalar products summed
-        ciphertext axis (feature-major)              before one rescale per output, 1 L
-    matmul(a, b), both encrypted (attention)        b's slot axis is replicated into
-                                                    ciphertexts (n masks, 1 L, and
-                                                    n - 1 + n log2 n' rotations), then one
-                                                    ct-ct dot product per output, 1 L
+    a (op) b, b of size 1 along a slot axis of a    b spread: a mask (1 L) and log2(n')
+        (a LayerNorm's mean in a row layout)         rotations per ciphertext (`spread`)
+    linear(x, W, b): x @ W.T + b                    the cost model's packing for the rows
+                                                    (`protocols.he.packing`):
+        feature-major (features a ciphertext axis)  d_in d_out plain-scalar products summed
+                                                    before one rescale per output, 1 L
+        diagonal (rows w = d_in + d_out - 1 slots   per ciphertext about 2 sqrt(d_in)
+        apart, x replicated inside its row)         rotations and d_in products, 1 L
+    matmul(a, b), both encrypted (attention)        the diagonal method
+                                                    (`protocols.he.attention`: about
+                                                    2 d sqrt(L) + L rotations and L d
+                                                    ct-ct products, 1 L), or b's slot axis
+                                                    replicated into ciphertexts (n masks,
+                                                    1 L, n - 1 + n log2 n' rotations) then
+                                                    one ct-ct dot product per output, 1 L
     merge(a, axis): a ciphertext axis into slots    one rotation per ciphertext moved, 0 L
     view, permute, transpose, select, unsqueeze     bookkeeping only (`Layout`)
+    relayout(a, layout)                             one client round trip (its ciphertexts
+                                                    out, the target's back), fresh, clean
 
 Operands are brought to the lowest level of the two. When a product finds no level left,
 the tensor is refreshed first (`Refresher`, one client round trip; the refreshed
-ciphertexts replace the old ones in place, so every holder of the tensor benefits).
+ciphertexts replace the old ones in place, so every holder of the tensor benefits; the
+tensors a product needs refreshed at once travel in one round trip, `ensure_levels`).
+
+Packings. Besides feature-major, tensors may sit in the extended layouts of `Layout`
+(rows over ciphertexts, replicas, the skewed diagonal order of attention scores): the
+diagonal methods make and read them, elementwise ops, slot sums and bookkeeping work on
+them, and an op with no form for an operand's layout re-lays it out to `Layout.standard`
+first (`standardized`; one round trip, in place), which is also what the kernels fall back
+to on a `LayoutError`. A re-layout needs the client, so without refresh (or under the
+"feature_major" policy of `protocols.he.relayout.POLICIES`) every op keeps the
+feature-major path.
 """
 
 from __future__ import annotations
@@ -33,6 +55,7 @@ import torch
 
 from protocols.he.engine import Ciphertext, Engine
 from protocols.he.layout import Layout, LayoutError, next_power_of_two
+from protocols.he.packing import feature_major_ready, round_trip_ms
 from protocols.he.rotation import reduce_step
 
 Plain = float | int | np.ndarray | torch.Tensor
@@ -96,8 +119,9 @@ class HeTensor:
     # --- levels ----------------------------------------------------------------------------
     def ensure_level(self, levels: int = 1) -> HeTensor:
         """Refresh in place when some ciphertext has fewer than `levels` levels left."""
-        if self.level >= levels:
-            return self
+        return ensure_levels([self], levels)[0]
+
+    def _check_refresh(self, levels: int) -> None:
         if levels > self.engine.top_level:
             raise DepthExhausted(
                 f"an operation needs {levels} levels at once; a fresh ciphertext of this "
@@ -109,22 +133,50 @@ class HeTensor:
                 f"{levels} needed, and refreshing is not allowed: use a larger context or allow "
                 "refresh (a client round trip)"
             )
-        flat = list(self.grid.flat)
-        fresh = self.refresher(flat, self.layout)
+
+    def _replace(self, layout: Layout, fresh: Sequence[Ciphertext]) -> None:
         grid = np.empty(len(fresh), dtype=object)
-        grid[:] = fresh
-        self.grid = grid.reshape(self.grid.shape)
+        grid[:] = list(fresh)
+        self.layout = layout
+        self.grid = grid.reshape(layout.grid_shape)
         self.clean = True
+
+    def relayout(self, target: Layout) -> HeTensor:
+        """In place: the same values in `target` (same shape), fresh, clean; one client round
+        trip (`relayout_tensors`, `protocols.he.relayout`). Every holder of this tensor sees
+        the new packing."""
+        relayout_tensors([(self, target)])
         return self
+
+    def standardized(self) -> HeTensor:
+        """This tensor in a simple layout: itself when it has one, else re-laid out (in
+        place) to `Layout.standard`, what ops without a form for extended layouts need."""
+        if not self.layout.simple:
+            self.relayout(Layout.standard(self.layout.shape, self.engine.slots))
+        return self
+
+    def feature_major(self) -> HeTensor:
+        """This tensor with its last axis in ciphertexts: itself when its layout is simple
+        with a last ciphertext axis, else re-laid out (in place) to `Layout.standard`
+        (what code outside the kernels that slices the feature axis needs)."""
+        if not feature_major_ready(self.layout):
+            self.relayout(Layout.standard(self.layout.shape, self.engine.slots))
+        return self
+
+    @property
+    def policy(self) -> str:
+        """The run's packing policy (`protocols.he.relayout.POLICIES`): "auto" when the
+        refresher can re-lay out, "feature_major" otherwise."""
+        if not can_relayout(self.refresher):
+            return "feature_major"
+        return str(getattr(self.refresher, "policy", "auto"))
 
     # --- shape bookkeeping -----------------------------------------------------------------
     def permute(self, dims: Sequence[int]) -> HeTensor:
         dims = [d % self.dim() for d in dims]
         layout = self.layout.permute(dims)
-        ct_order = [self.layout.ct_axes.index(d) for d in dims if self.layout.strides[d] is None]
-        return self._new(
-            layout, np.transpose(self.grid, ct_order) if ct_order else self.grid, self.clean
-        )
+        order = [g for d in dims for g in self.layout.grid_axes_of(d)]
+        return self._new(layout, np.transpose(self.grid, order) if order else self.grid, self.clean)
 
     def transpose(self, a: int, b: int) -> HeTensor:
         dims = list(range(self.dim()))
@@ -133,11 +185,19 @@ class HeTensor:
         return self.permute(dims)
 
     def reshape(self, shape: Sequence[int]) -> HeTensor:
+        """A view. Views a simple layout cannot express (a slot axis merged with a
+        ciphertext axis) give a composite axis (`Layout.regroup`) when the run can
+        re-lay out later (policy "auto"); `LayoutError` otherwise."""
         shape = list(shape)
         if -1 in shape:
             known = math.prod(n for n in shape if n != -1)
             shape[shape.index(-1)] = math.prod(self.layout.shape) // max(known, 1)
-        layout = self.layout.reshape(tuple(shape))
+        try:
+            layout = self.layout.reshape(tuple(shape))
+        except LayoutError:
+            if self.policy != "auto":
+                raise
+            layout = self.layout.regroup(tuple(shape))
         return self._new(layout, self.grid.reshape(layout.grid_shape), self.clean)
 
     view = reshape
@@ -152,10 +212,10 @@ class HeTensor:
         return self.reshape(shape)
 
     def select(self, dim: int, index: int) -> HeTensor:
-        layout, grid_index = self.layout.select(dim, index)
+        layout, taken = self.layout.select_grid(dim, index)
         grid = self.grid
-        if grid_index is not None:
-            grid = np.take(grid, grid_index, axis=self.layout.ct_axes.index(dim % self.dim()))
+        for axis, entry in sorted(taken, reverse=True):
+            grid = np.take(grid, entry, axis=axis)
         return self._new(layout, np.asarray(grid, dtype=object).reshape(layout.grid_shape), False)
 
     def slice(self, dim: int, start: int, end: int, step: int = 1) -> HeTensor:
@@ -164,22 +224,26 @@ class HeTensor:
         indices = range(*slice(start, end, step).indices(n))
         if len(indices) == n:
             return self
-        if self.layout.strides[dim] is not None:
+        source = self.standardized() if self.layout.composite(dim) else self
+        layout = source.layout
+        if layout.strides[dim] is not None:
             if len(indices) != 1:
                 raise LayoutError(f"slicing the slot axis {dim} to {len(indices)} entries")
-            return self.select(dim, indices[0]).unsqueeze(dim)
-        axis = self.layout.ct_axes.index(dim)
-        grid = np.take(self.grid, list(indices), axis=axis)
-        shape = list(self.layout.shape)
+            return source.select(dim, indices[0]).unsqueeze(dim)
+        (axis,) = layout.grid_axes_of(dim)
+        grid = np.take(source.grid, list(indices), axis=axis)
+        shape = list(layout.shape)
         shape[dim] = len(indices)
-        layout = Layout(tuple(shape), self.layout.strides, self.layout.offset)
-        return self._new(layout, grid, self.clean)
+        out = Layout(tuple(shape), layout.strides, layout.offset, layout.parts, layout.replicas)
+        return self._new(out, grid, source.clean)
 
     def narrow(self, dim: int, start: int, length: int) -> HeTensor:
         """torch.narrow: entries start .. start + length - 1 of `dim` (bookkeeping)."""
         return self.slice(dim, start, start + length)
 
     def expand(self, shape: Sequence[int]) -> HeTensor:
+        if not self.layout.simple:
+            return self.standardized().expand(shape)
         shape = [
             self.layout.shape[i - (len(shape) - self.dim())] if n == -1 else n
             for i, n in enumerate(shape)
@@ -219,7 +283,7 @@ class HeTensor:
     def __truediv__(self, other: Any) -> HeTensor:
         if isinstance(other, HeTensor):
             raise TypeError("division by an encrypted tensor: use a reciprocal approximation")
-        return _binary(self, 1.0 / _as_plain(other), "mul")
+        return _binary(self, 1.0 / as_plain(other), "mul")
 
     def square(self) -> HeTensor:
         self.ensure_level(1)
@@ -236,6 +300,13 @@ class HeTensor:
         dims = range(self.dim()) if dim is None else ([dim] if isinstance(dim, int) else dim)
         dims = sorted({d % self.dim() for d in dims}, reverse=True)
         out = self
+        skewed_rows = self.layout.skew is not None and self.layout.skew[1] in dims
+        if (
+            skewed_rows
+            or any(self.layout.composite(d) for d in dims)
+            or not all(slot_room(self.layout, d, self.engine.slots) for d in dims)
+        ):
+            out = self.standardized()
         for d in dims:
             out = out._sum_ct(d) if out.layout.strides[d] is None else out._sum_slot(d)
         if not keepdim:
@@ -248,15 +319,20 @@ class HeTensor:
         count = math.prod(self.layout.shape[d % self.dim()] for d in dims)
         return self.sum(dim, keepdim) * (1.0 / count)
 
+    def _reduced(self, dim: int) -> Layout:
+        """The layout with axis `dim` summed to size 1 (at the axis's first entry)."""
+        layout = self.layout
+        shape = list(layout.shape)
+        shape[dim] = 1
+        return Layout(tuple(shape), layout.strides, layout.offset, layout.parts, None, layout.skew)
+
     def _sum_ct(self, dim: int) -> HeTensor:
-        axis = self.layout.ct_axes.index(dim)
+        (axis,) = self.layout.grid_axes_of(dim)
         moved = np.moveaxis(self.grid, axis, -1)
         out = np.empty(moved.shape[:-1], dtype=object)
         for index in np.ndindex(out.shape):
             out[index] = self.engine.add_many(list(moved[index]))
-        shape = list(self.layout.shape)
-        shape[dim] = 1
-        layout = Layout(tuple(shape), self.layout.strides, self.layout.offset)
+        layout = self._reduced(dim)
         return self._new(layout, out.reshape(layout.grid_shape), self.clean)
 
     def _sum_slot(self, dim: int) -> HeTensor:
@@ -269,13 +345,60 @@ class HeTensor:
 
         def fold(ct: Ciphertext) -> Ciphertext:
             for step in steps:
-                ct = self.engine.add(ct, _rotate(self.engine, ct, step, what))
+                ct = self.engine.add(ct, checked_rotate(self.engine, ct, step, what))
             return ct
 
-        shape = list(self.layout.shape)
-        shape[dim] = 1
-        layout = Layout(tuple(shape), self.layout.strides, self.layout.offset)
+        layout = self._reduced(dim)
         return self._new(layout, _object_map(fold, source.grid).reshape(layout.grid_shape), False)
+
+    def spread(self, like: Layout) -> HeTensor | None:
+        """This tensor broadcast, server-side, along the axes where it has size 1 and `like`
+        a simple slot axis (stride t, n entries): masked first unless clean (1 L, only the
+        entries' slots kept), then per such axis log2(n') rotations by -t, -2t, ... with
+        additions, so entry 0's value fills the n' slots of the axis. Returns the tensor in
+        `like`'s layout (replicas dropped; slots n .. n' - 1 junk), or None when the other
+        axes do not sit as in `like` or the axis has no room (`slot_room`)."""
+        nd = len(like.shape)
+        if self.dim() > nd:
+            return None
+        view = self.reshape([1] * (nd - self.dim()) + list(self.shape))
+        source = view.layout
+        axes = [
+            k for k in range(nd)
+            if source.shape[k] == 1 and like.shape[k] > 1 and like.strides[k] is not None
+            and not like.composite(k)
+        ]  # fmt: skip
+        if not axes:
+            return None
+        parts = source._parts()
+        expanded = Layout(
+            like.shape,
+            tuple(like.strides[k] if k in axes else source.strides[k] for k in range(nd)),
+            source.offset,
+            tuple(None if k in axes else parts[k] for k in range(nd)),
+        )
+        target = like.without_replicas()
+        if expanded != target:
+            return None
+        if not all(slot_room(target, k, self.engine.slots) for k in axes):
+            return None
+        base = view if view.clean else view.masked()
+        what = f"broadcasting a {tuple(self.shape)} tensor along slot axes {axes}"
+        steps = [
+            -like.strides[k] * (1 << j)
+            for k in axes
+            for j in range(int(math.log2(next_power_of_two(like.shape[k]))))
+        ]
+
+        def fill(ct: Ciphertext) -> Ciphertext:
+            for step in steps:
+                ct = self.engine.add(ct, checked_rotate(self.engine, ct, step, what))
+            return ct
+
+        flat = [fill(ct) for ct in base.grid.flat]
+        grid = np.empty(len(flat), dtype=object)
+        grid[:] = flat
+        return self._new(target, grid.reshape(target.grid_shape), False)
 
     # --- masks and layout moves ------------------------------------------------------------
     def slot_mask(self) -> np.ndarray:
@@ -284,15 +407,27 @@ class HeTensor:
         return mask
 
     def masked(self) -> HeTensor:
-        """The same values with junk slots zeroed: one plain product, 1 L."""
+        """The same values with junk slots zeroed: one plain product, 1 L (replicas are
+        kept: they are used slots)."""
         self.ensure_level(1)
-        mask = self.slot_mask()
-        return self._map(lambda ct: self.engine.mul_plain(ct, mask), True)
+        if self.layout.simple:
+            mask = self.slot_mask()
+            return self._map(lambda ct: self.engine.mul_plain(ct, mask), True)
+        placement, slots = self.layout.placement(), self.engine.slots
+        flat = [
+            self.engine.mul_plain(ct, placement.used(g, slots).astype(np.float64))
+            for g, ct in enumerate(self.grid.flat)
+        ]
+        grid = np.empty(len(flat), dtype=object)
+        grid[:] = flat
+        return self._new(self.layout, grid.reshape(self.grid.shape), True)
 
     def merge(self, dim: int) -> HeTensor:
         """Move ciphertext axis `dim` into the free slots below the innermost slot axis:
         entry i of the axis rotates right by i * t, t = (smallest slot stride) / n'. Needs a
         clean tensor (masked first otherwise) and room (t >= 1)."""
+        if not self.layout.simple:
+            return self.standardized().merge(dim)
         n = self.layout.shape[dim]
         strides = [t for t in self.layout.strides if t is not None]
         room = min(strides) if strides else self.engine.slots
@@ -309,7 +444,7 @@ class HeTensor:
         what = f"merging axis {dim} of a {tuple(self.shape)} tensor into slots"
         for index in np.ndindex(out.shape):
             parts = [
-                ct if i == 0 else _rotate(self.engine, ct, -i * stride, what)
+                ct if i == 0 else checked_rotate(self.engine, ct, -i * stride, what)
                 for i, ct in enumerate(moved[index])
             ]
             out[index] = self.engine.add_many(parts)
@@ -323,6 +458,8 @@ class HeTensor:
         entry j broadcast over all n' = next_power_of_two(n) slots of the axis (positions
         offset + i t, i < n'), so it can meet a tensor whose slot axis sits there.
         Per entry: one mask product (1 L), one rotation to the front, log2(n') rotations."""
+        if not self.layout.simple:
+            return self.standardized().replicate(dim)
         n, stride = self.layout.shape[dim], self.layout.strides[dim]
         if stride is None:
             return self
@@ -341,9 +478,9 @@ class HeTensor:
         def spread(ct: Ciphertext, j: int) -> Ciphertext:
             picked = self.engine.mul_plain(ct, masks[j])
             if j:
-                picked = _rotate(self.engine, picked, j * stride, what)
+                picked = checked_rotate(self.engine, picked, j * stride, what)
             for k in range(steps):
-                rotated = _rotate(self.engine, picked, -stride * (1 << k), what)
+                rotated = checked_rotate(self.engine, picked, -stride * (1 << k), what)
                 picked = self.engine.add(picked, rotated)
             return picked
 
@@ -366,7 +503,7 @@ class RotationKeyError(ValueError):
     """A rotation whose Galois key the context does not hold (the key plan missed it)."""
 
 
-def _rotate(engine: Engine, ct: Ciphertext, step: int, what: str) -> Ciphertext:
+def checked_rotate(engine: Engine, ct: Ciphertext, step: int, what: str) -> Ciphertext:
     """`engine.rotate(ct, step)`: every rotation of this module goes through here, so a dry
     run (`protocols.he.dry`) sees each of them. A missing Galois key raises
     `RotationKeyError` naming the step (as SEAL gets it) and `what` rotated."""
@@ -391,7 +528,7 @@ def _object_map(fn: Callable[[Ciphertext], Ciphertext], grid: np.ndarray) -> np.
     return out
 
 
-def _as_plain(value: Any) -> float | np.ndarray:
+def as_plain(value: Any) -> float | np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().double().numpy()
     if isinstance(value, np.ndarray) and value.ndim == 0:
@@ -405,7 +542,7 @@ def _aligned_axes(layout: Layout, ndim: int) -> Layout:
     return layout
 
 
-def _grid_view(t: HeTensor, out: Layout) -> np.ndarray:
+def grid_view(t: HeTensor, out: Layout) -> np.ndarray:
     """t's grid broadcast to `out`'s ciphertext axes (t aligned to out's number of axes)."""
     layout = _aligned_axes(t.layout, len(out.shape))
     grid = t.grid.reshape(layout.grid_shape)
@@ -421,7 +558,7 @@ def _grid_view(t: HeTensor, out: Layout) -> np.ndarray:
     return np.broadcast_to(expanded.reshape(shape), out.grid_shape)
 
 
-def _result_layout(a: Layout, b_shape: tuple[int, ...], b_layout: Layout | None) -> Layout:
+def result_layout(a: Layout, b_shape: tuple[int, ...], b_layout: Layout | None) -> Layout:
     """The layout of a slot-wise a (op) b; b is plain when `b_layout` is None (a plain operand
     is encoded slot by slot, so it broadcasts along anything)."""
     ndim = max(len(a.shape), len(b_shape))
@@ -456,11 +593,29 @@ def _result_layout(a: Layout, b_shape: tuple[int, ...], b_layout: Layout | None)
 def _binary(a: HeTensor, b: Any, op: str) -> HeTensor:
     engine = a.engine
     if isinstance(b, HeTensor):
-        out = _result_layout(a.layout, tuple(b.layout.shape), b.layout)
+        if a.layout.shape != b.layout.shape and a.policy == "auto":
+            spread = b.spread(a.layout)
+            if spread is not None:
+                b = spread
+            else:
+                spread = a.spread(b.layout)
+                a = spread if spread is not None else a
+        if not (a.layout.simple and b.layout.simple):
+            broadcast = _ct_broadcast(a, b, op)
+            if broadcast is not None:
+                return broadcast
+            same = _common_packing(a, b)
+            if same is not None:
+                return _gridwise(a, b, same, op)
+        try:
+            out = result_layout(a.layout, tuple(b.layout.shape), b.layout)
+        except LayoutError:
+            if not standardize([a, b]):
+                raise
+            out = result_layout(a.layout, tuple(b.layout.shape), b.layout)
         if op == "mul":
-            a.ensure_level(1)
-            b.ensure_level(1)
-        ga, gb = _grid_view(a, out), _grid_view(b, out)
+            ensure_levels([a, b], 1)
+        ga, gb = grid_view(a, out), grid_view(b, out)
         fn = {"add": engine.add, "sub": engine.sub, "mul": engine.mul}[op]
         grid = np.empty(out.grid_shape, dtype=object)
         for index in np.ndindex(out.grid_shape):
@@ -468,7 +623,7 @@ def _binary(a: HeTensor, b: Any, op: str) -> HeTensor:
             grid[index] = engine.square(x) if (op == "mul" and x is y) else fn(x, y)
         clean = a.clean and b.clean if op != "mul" else (a.clean or b.clean)
         return a._new(out, grid, clean)
-    plain = _as_plain(b)
+    plain = as_plain(b)
     if op == "sub":
         plain = -plain
         op = "add"
@@ -481,13 +636,18 @@ def _binary(a: HeTensor, b: Any, op: str) -> HeTensor:
             a.ensure_level(1)
         fn = engine.add_plain if op == "add" else engine.mul_plain
         return a._map(lambda ct: fn(ct, plain), a.clean and op == "mul")
-    out = _result_layout(a.layout, tuple(plain.shape), None)
+    if not a.layout.simple:
+        shape = np.broadcast_shapes(tuple(a.layout.shape), plain.shape)
+        if shape == tuple(a.layout.shape):
+            return _plain_placed(a, np.broadcast_to(plain, shape), op)
+        a = a.standardized()
+    out = result_layout(a.layout, tuple(plain.shape), None)
     values = np.broadcast_to(
         plain.reshape((1,) * (len(out.shape) - plain.ndim) + plain.shape), out.shape
     )
     if op == "mul":
         a.ensure_level(1)
-    ga = _grid_view(a, out)
+    ga = grid_view(a, out)
     positions = out.positions().reshape(-1)
     grid = np.empty(out.grid_shape, dtype=object)
     slot_order = list(out.ct_axes) + list(out.slot_axes)
@@ -508,6 +668,203 @@ def _binary(a: HeTensor, b: Any, op: str) -> HeTensor:
     return a._new(out, grid, clean)
 
 
+def _common_packing(a: HeTensor, b: HeTensor) -> Layout | None:
+    """Two encrypted operands, one of them in an extended layout: their common layout when
+    they have one (layouts equal but for replicas; otherwise, for equal shapes, one
+    operand re-laid out in place to the other's layout, whichever round trip moves fewer
+    ciphertexts back), or None after re-laying the extended ones out to `Layout.standard`
+    (shapes that broadcast: the simple-layout path takes it from there)."""
+    if a.layout == b.layout:
+        return a.layout
+    if a.layout.without_replicas() == b.layout.without_replicas():
+        return a.layout.without_replicas()
+    if a.layout.shape != b.layout.shape:
+        relayout_tensors(
+            [(t, Layout.standard(t.layout.shape, t.engine.slots)) for t in (a, b)
+             if not t.layout.simple]
+        )  # fmt: skip
+        return None
+    # one operand moves to the other's layout (replicas dropped), the cheaper way round
+    # (`packing.round_trip_ms`: the ciphertexts sent and received)
+    size = [math.prod(t.layout.grid_shape) for t in (a, b)]
+    if round_trip_ms(size[0], size[1]) <= round_trip_ms(size[1], size[0]):
+        a.relayout(b.layout.without_replicas())
+    else:
+        b.relayout(a.layout.without_replicas())
+    return a.layout
+
+
+def _ct_broadcast(a: HeTensor, b: HeTensor, op: str) -> HeTensor | None:
+    """a (op) b when one operand's layout is the other's with some ciphertext axes reduced
+    to size 1 (a per-row value times skewed attention scores, say): its ciphertext is
+    reused along those axes, no round trip. None when the layouts are not so related."""
+    if a.layout.shape == b.layout.shape:
+        return None
+    for big, small in ((a, b), (b, a)):
+        nd = big.dim()
+        if small.dim() > nd:
+            continue
+        view = small.reshape([1] * (nd - small.dim()) + list(small.shape))
+        axes = [k for k in range(nd) if view.layout.shape[k] == 1 and big.layout.shape[k] > 1]
+        layout = big.layout.without_replicas()
+        if not axes or any(layout.strides[k] is not None or layout.composite(k) for k in axes):
+            continue
+        shape = tuple(1 if k in axes else n for k, n in enumerate(layout.shape))
+        reduced = Layout(shape, layout.strides, layout.offset, layout.parts, None, layout.skew)
+        if view.layout.without_replicas() != reduced:
+            continue
+        if op == "mul":
+            ensure_levels([big, view], 1)
+        grid_small = view.grid.reshape(reduced.grid_shape)
+        sized = [1 if any(g in layout.grid_axes_of(k) for k in axes) else n
+                 for g, n in enumerate(layout.grid_shape)]  # fmt: skip
+        spread = np.broadcast_to(grid_small.reshape(sized), layout.grid_shape)
+        pairs = (
+            zip(a.grid.flat, spread.flat, strict=True)
+            if big is a
+            else zip(spread.flat, b.grid.flat, strict=True)
+        )
+        fn = {"add": a.engine.add, "sub": a.engine.sub, "mul": a.engine.mul}[op]
+        flat = [fn(x, y) for x, y in pairs]
+        grid = np.empty(len(flat), dtype=object)
+        grid[:] = flat
+        clean = a.clean and b.clean if op != "mul" else (a.clean or b.clean)
+        return a._new(layout, grid.reshape(layout.grid_shape), clean)
+    return None
+
+
+def _gridwise(a: HeTensor, b: HeTensor, layout: Layout, op: str) -> HeTensor:
+    """a (op) b ciphertext by ciphertext, both in `layout`."""
+    engine = a.engine
+    if op == "mul":
+        ensure_levels([a, b], 1)
+    fn = {"add": engine.add, "sub": engine.sub, "mul": engine.mul}[op]
+    flat = []
+    for x, y in zip(a.grid.flat, b.grid.flat, strict=True):
+        flat.append(engine.square(x) if (op == "mul" and x is y) else fn(x, y))
+    grid = np.empty(len(flat), dtype=object)
+    grid[:] = flat
+    clean = a.clean and b.clean if op != "mul" else (a.clean or b.clean)
+    return a._new(layout, grid.reshape(layout.grid_shape), clean)
+
+
+def _plain_placed(a: HeTensor, values: np.ndarray, op: str) -> HeTensor:
+    """a (op) a plain tensor of a's shape, laid out by a's placement (any layout; replicas
+    get their entry's value): per ciphertext one scalar when its entries agree, else a
+    slot vector (zero on unused slots: a product also zeroes the junk)."""
+    engine = a.engine
+    if op == "mul":
+        a.ensure_level(1)
+    placement, slots = a.layout.placement(), engine.slots
+    flat_values = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
+    fn = engine.add_plain if op == "add" else engine.mul_plain
+    clean = True  # every ciphertext's junk stays zero (all of them: the tensor is clean)
+    out = []
+    for g, ct in enumerate(a.grid.flat):
+        entries = flat_values[placement.groups[g][0]]
+        factor: float | np.ndarray
+        if entries.size and np.all(entries == entries[0]):
+            factor = float(entries[0])  # the junk is multiplied, or shifted
+            clean = clean and a.clean and op == "mul"
+        else:
+            factor = placement.vector(flat_values, g, slots)  # zero on the junk
+            clean = clean and (a.clean or op == "mul")
+        out.append(fn(ct, factor))
+    grid = np.empty(len(out), dtype=object)
+    grid[:] = out
+    return a._new(a.layout, grid.reshape(a.grid.shape), clean)
+
+
+def standardize(tensors: Sequence[Any]) -> bool:
+    """Re-lay out, in one round trip, every encrypted tensor of `tensors` whose layout is
+    not `Layout.standard` (the fallback of ops that found no form for their operands'
+    layouts). False when there is none to move or the run cannot re-lay out."""
+    moves = [
+        (t, Layout.standard(t.layout.shape, t.engine.slots))
+        for t in tensors
+        if isinstance(t, HeTensor)
+        and t.layout != Layout.standard(t.layout.shape, t.engine.slots)
+        and can_relayout(t.refresher)
+    ]
+    if not moves:
+        return False
+    relayout_tensors(moves)
+    return True
+
+
+def slot_room(layout: Layout, dim: int, slots: int) -> bool:
+    """Whether the slots a slot sum over `dim` reads past the axis (entries n .. n' - 1,
+    n' = next_power_of_two(n), at the axis's stride) hold no other entry, in every
+    ciphertext: taken as true for simple layouts of power-of-two strides (`Layout.rows`
+    and `Layout.standard` pad every slot axis to a power of two), checked on the
+    placement otherwise (rows d_in + d_out - 1 slots apart)."""
+    n, stride = layout.shape[dim], layout.strides[dim]
+    padded = next_power_of_two(n)
+    powers = all(t is None or t == next_power_of_two(t) for t in layout.strides)
+    if stride is None or padded == n or (layout.simple and powers):
+        return True
+    placement = layout.placement()
+    first = np.moveaxis(np.arange(placement.count).reshape(layout.shape), dim, 0)[0]
+    first = first.reshape(-1)
+    for ct in np.unique(placement.cts[first]):
+        used = placement.groups[ct][1]
+        starts = placement.slots[first[placement.cts[first] == ct]]
+        past = (starts[:, None] + stride * np.arange(n, padded)[None, :]).reshape(-1)
+        if np.intersect1d(past, used).size or past.max(initial=0) >= slots:
+            return False
+    return True
+
+
+def can_relayout(refresher: Any) -> bool:
+    """Whether `refresher` can move tensors to another packing (a round trip)."""
+    return bool(getattr(refresher, "can_relayout", False))
+
+
+def ensure_levels(tensors: Sequence[HeTensor], levels: int | Sequence[int] = 1) -> list[HeTensor]:
+    """Refresh in place every tensor with fewer levels left than it needs (`levels`, one
+    count for all or one per tensor): all of them in one round trip when the refresher
+    can (a re-layout to their own layouts), else one round trip each. Returns `tensors`."""
+    needs = [levels] * len(tensors) if isinstance(levels, int) else list(levels)
+    short: list[HeTensor] = []
+    for t, need in zip(tensors, needs, strict=True):
+        if t.level < need and not any(t is s for s in short):
+            t._check_refresh(need)
+            short.append(t)
+    if not short:
+        return list(tensors)
+    if can_relayout(short[0].refresher) and (len(short) > 1 or not short[0].layout.simple):
+        relayout_tensors([(t, t.layout) for t in short])
+        return list(tensors)
+    for t in short:
+        assert t.refresher is not None
+        t._replace(t.layout, t.refresher(list(t.grid.flat), t.layout))
+    return list(tensors)
+
+
+def relayout_tensors(pairs: Sequence[tuple[HeTensor, Layout]]) -> None:
+    """Every tensor of `pairs` re-laid out in place to its target, all in one round trip
+    (`protocols.he.relayout`); a tensor listed twice goes once (its first target).
+    Raises LayoutError when the run cannot re-lay out (refresh is off)."""
+    unique: list[tuple[HeTensor, Layout]] = []
+    for t, target in pairs:
+        if target.shape != t.layout.shape:
+            raise ValueError(f"relayout: target {target.shape} for a {t.layout.shape} tensor")
+        if not any(t is u for u, _ in unique):
+            unique.append((t, target))
+    if not unique:
+        return
+    refresher = unique[0][0].refresher
+    if not can_relayout(refresher):
+        shape = tuple(unique[0][0].layout.shape)
+        raise LayoutError(
+            f"moving a {shape} tensor to another packing needs a client round trip (a "
+            "re-layout at a refresh), and refresh is off"
+        )
+    parts = [(list(t.grid.flat), t.layout, target) for t, target in unique]
+    for (t, target), fresh in zip(unique, refresher.relayout(parts), strict=True):
+        t._replace(target, fresh)
+
+
 def power(x: HeTensor, exponent: int) -> HeTensor:
     """x^k for an integer k >= 1 by repeated squaring: ceil(log2 k) levels for k a power of two."""
     if not isinstance(exponent, int) or exponent < 1:
@@ -523,90 +880,3 @@ def power(x: HeTensor, exponent: int) -> HeTensor:
             base = base.square()
     assert result is not None
     return result
-
-
-# --- products with a matrix ---------------------------------------------------------------
-def linear(
-    x: HeTensor, weight: Plain, bias: Plain | None = None, *, merge: bool = True
-) -> HeTensor:
-    """x @ weight.T + bias with x's last axis (d_in) a ciphertext axis: for every output
-    feature j one `dot_plain` of the d_in input ciphertexts (zero weights skipped), 1 L.
-
-    With `merge`, leading ciphertext axes are first moved into free slots (`merge`) when the
-    layout has room, so that the products are paid once for all of them."""
-    w = np.asarray(_as_plain(weight), dtype=np.float64)
-    if w.ndim != 2 or w.shape[1] != x.shape[-1]:
-        raise ValueError(f"linear: weight {w.shape} for input {tuple(x.shape)}")
-    if x.layout.strides[-1] is not None:
-        raise LayoutError("linear: the feature axis is in slots; expected feature-major packing")
-    if merge:
-        for dim in x.layout.ct_axes[:-1]:
-            try:
-                x = x.merge(dim)
-            except LayoutError:
-                continue
-    x.ensure_level(1)
-    d_out = w.shape[0]
-    shape = (*x.layout.shape[:-1], d_out)
-    layout = Layout(shape, (*x.layout.strides[:-1], None), x.layout.offset)
-    grid = np.empty(layout.grid_shape, dtype=object)
-    for index in np.ndindex(x.grid.shape[:-1]):
-        inputs = list(x.grid[index])
-        for j in range(d_out):
-            nonzero = np.flatnonzero(w[j])
-            if nonzero.size == 0:
-                grid[(*index, j)] = x.engine.mul_plain(inputs[0], 0.0)
-                continue
-            grid[(*index, j)] = x.engine.dot_plain(
-                [inputs[k] for k in nonzero], [float(w[j, k]) for k in nonzero]
-            )
-    out = x._new(layout, grid, x.clean)
-    if bias is not None:
-        out = out + bias
-    return out
-
-
-def matmul(a: HeTensor, b: HeTensor | Plain) -> HeTensor:
-    """a @ b. With b plain: `linear(a, b.T)`. With both encrypted (attention scores q k^T,
-    weights v): a is (..., i, c) with i in slots and c in ciphertexts; b's slot axis among
-    its last two must sit where a's i does; it is replicated into ciphertexts, and every
-    output is one ct-ct dot product over c (module docstring). A single row (i of size 1,
-    one token) and b's last two axes in ciphertexts: products summed over c, 1 L, no
-    rotation."""
-    if not isinstance(b, HeTensor):
-        w = np.asarray(_as_plain(b), dtype=np.float64)
-        return linear(a, w.T if w.ndim == 2 else w[:, None].T)
-    if a.dim() < 2 or b.dim() < 2:
-        raise LayoutError("matmul of encrypted tensors needs at least 2 axes each")
-    single_row = a.layout.shape[-2] == 1 and a.layout.strides[-1] is None
-    if single_row and b.layout.strides[-2:] == (None, None):
-        return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(-2)
-    t_i = a.layout.strides[-2]
-    if t_i is None or a.layout.strides[-1] is not None:
-        raise LayoutError(
-            f"matmul: expected a (..., i, c) with i in slots and c in ciphertexts, got strides "
-            f"{a.layout.strides}"
-        )
-    spread = [d for d in (b.dim() - 2, b.dim() - 1) if b.layout.strides[d] == t_i]
-    if not spread:
-        raise LayoutError("matmul: b has no slot axis where a's rows sit")
-    a.ensure_level(1)
-    b.ensure_level(2)
-    bp = b.replicate(spread[0])
-    n_i = a.layout.shape[-2]
-    # b' seen with an explicit row axis i in slots: (..., i, c, j)
-    b_shape = (*bp.layout.shape[:-2], n_i, *bp.layout.shape[-2:])
-    b_layout = Layout(b_shape, (*bp.layout.strides[:-2], t_i, None, None), bp.layout.offset)
-    b4 = a._new(b_layout, bp.grid.reshape(b_layout.grid_shape), False)
-    a4 = a.unsqueeze(-1)  # (..., i, c, 1)
-    out4 = _result_layout(a4.layout, b_shape, b_layout)
-    ga, gb = _grid_view(a4, out4), _grid_view(b4, out4)
-    # contract over c: grid axis of out4's axis -2
-    c_axis = out4.ct_axes.index(len(out4.shape) - 2)
-    ga, gb = np.moveaxis(ga, c_axis, -1), np.moveaxis(gb, c_axis, -1)
-    shape = out4.shape[:-2] + out4.shape[-1:]
-    layout = Layout(shape, out4.strides[:-2] + out4.strides[-1:], out4.offset)
-    grid = np.empty(layout.grid_shape, dtype=object)
-    for index in np.ndindex(layout.grid_shape):
-        grid[index] = a.engine.dot(list(ga[index]), list(gb[index]))
-    return a._new(layout, grid, False)

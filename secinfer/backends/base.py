@@ -57,6 +57,7 @@ class RunOptions:
     public_embedding: bool = False  # he: the client embeds token ids itself
     hiding_bits: int = 40  # he: statistical hiding of what a refresh shows the client
     flood_bits: int = 0  # he: flood the output's noise (0: off)
+    packing: str = "auto"  # he: "auto" (cost model per layer) or "feature_major" (baseline)
     target: str | None = None  # approx: the secure backend whose plan it runs
 
 

@@ -23,6 +23,9 @@ cosine, argmax_agreement, out_of_range) keep their meaning; `he` adds:
   he.counts            ct-ct and ct-pt products, additions, rotations, key switches
   he.bytes             server -> client and client -> server (framed), and the public
                        context the client sent (part of client -> server)
+  he.packing           the packing policy ("auto": the cost model per layer;
+                       "feature_major": the baseline), re-layout round trips and the
+                       ciphertexts they moved, how many products each strategy computed
   he.latency           seconds per group (matmul, attention, softmax, GELU, LayerNorm,
                        refresh, other); refresh round trips are taken out of the node times
   estimates            wall time on a LAN and a WAN (`secure_report.NETWORKS`): the local
@@ -175,6 +178,7 @@ def build_he_report(
                 "public_context": client["public_context_bytes"],
             },
             "latency": server["latency"],
+            "packing": server.get("packing", {}),
             "server_seconds": server["seconds"],
             "client_seconds": client["seconds"],
         },
@@ -209,8 +213,15 @@ def he_summary(report: dict[str, Any]) -> str:
         f"operations: {counts['ct_ct_mults']} ct-ct and {counts['ct_pt_mults']} ct-pt products, "
         f"{counts['rotations']} rotations ({counts['key_switches']} key switches)",
         estimate_line(report["estimates"], f"{he['round_trips']} round trips"),
-        latency_markdown(he["latency"]),
     ]
+    packing = he.get("packing") or {}
+    if packing:
+        chosen = ", ".join(f"{n} {k}" for k, n in sorted(packing.get("products", {}).items()))
+        lines.append(
+            f"packing {packing['policy']}: {chosen or 'no product'}; "
+            f"{packing['relayouts']} re-layout round trips (in the refreshes)"
+        )
+    lines.append(latency_markdown(he["latency"]))
     return "\n".join(lines)
 
 

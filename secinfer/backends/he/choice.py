@@ -368,14 +368,17 @@ def _dry_run(
     specs: list[dict[str, Any]],
     candidate: Candidate,
     evaluation: Any,
+    packing: str,
 ) -> None:
     from protocols.he.dry import DryEngine
     from protocols.he.layout import Layout
+    from protocols.he.relayout import runnable_policy
     from secinfer.backends.he.inputs import rotation_plan
 
     params = candidate.params
     engine = DryEngine(params.slots, candidate.usable, params.scale)
-    rotations = rotation_plan(graph, plan, specs, params, evaluation, engine=engine)
+    policy = runnable_policy(candidate.refresh, packing)
+    rotations = rotation_plan(graph, plan, specs, params, evaluation, engine=engine, policy=policy)
     candidate.counts = {k: int(v) for k, v in engine.cost.to_dict().items()}
     candidate.refreshes = rotations.refreshes
     candidate.refreshed = rotations.refreshed_ciphertexts
@@ -407,10 +410,12 @@ def choose_parameters(
     allow_refresh: bool = True,
     network: str = "lan",
     evaluation: Any = None,
+    packing: str = "auto",
 ) -> ParameterChoice:
     """The cheapest parameter set on `network` (module docstring); UserError when none can
     serve the model (too wide for every ring, too deep without refresh, or the hiding out
-    of every chain's reach)."""
+    of every chain's reach). Each candidate's dry run packs as its refresh allows
+    (`relayout.runnable_policy`: `packing` under slot-mode refreshes, else feature-major)."""
     from secinfer.report.mpc import NETWORKS
 
     if network not in NETWORKS:
@@ -462,7 +467,7 @@ def choose_parameters(
         for params in dict.fromkeys(picks):
             key = (params.poly_modulus_degree, tuple(params.coeff_mod_bit_sizes))
             candidate = Candidate(params, refreshes[key], params.depth - reserve_of(params))
-            _dry_run(graph, plan, laid, candidate, evaluation)
+            _dry_run(graph, plan, laid, candidate, evaluation, packing)
             candidates.append(candidate)
             cost = candidate.predicted[network]
             rising = rising + 1 if cost > best_here else 0

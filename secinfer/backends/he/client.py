@@ -20,6 +20,7 @@ from protocols.he.galois import public_context_with_steps
 from protocols.he.layout import Layout
 from protocols.he.params import CkksParams, make_context
 from protocols.he.refresh import ClientRefresh, RefreshPlan
+from protocols.he.relayout import client_relayout, read_parts
 from secinfer.backends.he.channel import Channel, expect_kind, receive_grid
 from secinfer.backends.he.inputs import client_values
 from secinfer.errors import UserError
@@ -55,6 +56,9 @@ class ClientSession:
             message = self.channel.recv_json()
             if message.get("kind") == kind:
                 return message
+            if message.get("kind") == "relayout":
+                self._relayout(message)
+                continue
             if message.get("kind") != "refresh":
                 raise messages.MessageError(f"unexpected message {message.get('kind')!r}")
             if self.refresh is None:
@@ -63,6 +67,21 @@ class ClientSession:
             self.channel.set_status(f"refreshing {len(masked)} ciphertexts")
             self.channel.send_cts(self.refresh(masked, Layout.from_dict(message["layout"])))
             self.refreshes += 1
+
+    def _relayout(self, message: dict[str, Any]) -> None:
+        """Re-encrypt masked tensors in the layouts the server asks for
+        (`protocols.he.relayout`): one round trip, counted as a refresh."""
+        parts = read_parts(message, self.codec.slots)
+        masked = self.channel.recv_cts(sum(count for count, _, _ in parts))
+        fresh = client_relayout(
+            parts,
+            masked,
+            self.codec.decrypt_slots,
+            lambda values: self.codec.encrypt_slots(values, seeded=True),
+            lambda values: _plausible(values, self.bound, "a re-layout"),
+        )
+        self.channel.send_cts(fresh)
+        self.refreshes += 1
 
     def receive_values(self, message: dict[str, Any], what: str) -> np.ndarray:
         """Decrypt the tensor that follows `message` (which carries its layout)."""

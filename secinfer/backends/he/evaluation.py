@@ -138,6 +138,7 @@ def serve_evaluation(
         logits = result.outputs[0]
         if not isinstance(logits, HeTensor) or logits.dim() != 2:
             raise UserError("private evaluation needs encrypted logits of shape (N, classes)")
+        logits = logits.feature_major()  # the losses take the classes from ciphertexts
         channel.send_json({"kind": "labels", "layout": logits.layout.to_dict()})
         labels = session.receive_tensor(logits.layout)
         channel.set_status(f"batch {batches + 1}: the losses")

@@ -16,7 +16,7 @@ says why the CKKS parameters.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -135,12 +135,15 @@ class RotationPlan:
     `steps`: every step (reduced to (-S/2, S/2], as SEAL gets it) that the run performs,
     each with the first op that asks for it; `keys`: `galois.keys_for_steps(steps)`, what
     the client makes (possibly empty); `refreshes`: how many the dry run went through, and
-    `refreshed_ciphertexts` the ciphertexts they carried."""
+    `refreshed_ciphertexts` the ciphertexts they carried; `first_moves`: per encrypted
+    input (by position in the specs), the layout its first re-layout moved it to, when its
+    first use re-laid it out (a diagonal linear layer)."""
 
     steps: dict[int, str]
     keys: list[int]
     refreshes: int
     refreshed_ciphertexts: int = 0
+    first_moves: dict[int, Layout] = field(default_factory=dict)
 
 
 class _DrySeeder:
@@ -161,6 +164,8 @@ def rotation_plan(
     evaluation: Any = None,
     engine: Any = None,
     reserve: int = 0,
+    *,
+    policy: str | None = "auto",
 ) -> RotationPlan:
     """The rotations of the encrypted run, found by running it: the executor runs `graph`
     with the `he` kernels on stand-in ciphertexts (`protocols.he.dry.DryEngine`) in the
@@ -173,7 +178,9 @@ def rotation_plan(
     before any key is made. `engine`: the `DryEngine` to run on (default: one for
     `params` with `reserve` levels kept for the refresh, `refresh.RefreshPlan.reserve`;
     one holding `keys` checks that they suffice, `protocols.he.tensor.RotationKeyError`
-    inside an `execute.ExecutionError` naming the op otherwise)."""
+    inside an `execute.ExecutionError` naming the op otherwise). `policy`: the run's packing
+    policy (`protocols.he.relayout.POLICIES`; None: refresh is off, no re-layout), so that
+    the dry run makes the real run's packing choices and rotates as it does."""
     from protocols.he.dry import DryEngine, DryRefresher, dry_grid
     from protocols.he.galois import keys_for_steps
     from protocols.he.tensor import HeTensor
@@ -181,7 +188,7 @@ def rotation_plan(
 
     if engine is None:
         engine = DryEngine(params.slots, params.depth - reserve, 2.0**params.scale_bits)
-    refresher = DryRefresher(engine)
+    refresher = DryRefresher(engine, policy)
     first: dict[int, str] = {}
 
     def attribute(where: str) -> None:
@@ -193,11 +200,14 @@ def rotation_plan(
         return HeTensor(engine, layout, dry_grid(engine, layout), clean=True, refresher=refresher)
 
     inputs: list[Any] = []
-    for spec in specs:
+    sent: dict[tuple[int, ...], int] = {}  # the ciphertexts of each encrypted input
+    for position, spec in enumerate(specs):
         if spec["mode"] == "public":
             inputs.append(torch.zeros(spec["shape"], dtype=torch.int64))
             continue
-        inputs.append(server_input(spec, tensor(Layout.from_dict(spec["layout"]))))
+        value = tensor(Layout.from_dict(spec["layout"]))
+        sent[tuple(map(id, value.grid.flat))] = position
+        inputs.append(server_input(spec, value))
 
     def hook(name: str, call: Any, value: Any) -> None:
         node = graph.node_by_name[name]
@@ -208,13 +218,42 @@ def rotation_plan(
     if evaluation is not None and isinstance(logits, HeTensor) and logits.dim() == 2:
         from protocols.he.losses import per_example
 
+        logits = logits.feature_major()  # as `evaluation.serve_evaluation`
         names = list(evaluation.settings.losses)
         values = per_example(logits, tensor(logits.layout), names, evaluation.plan)
         for value in values.values():
             (value * np.ones(logits.shape[0])).sum(0).masked()
         attribute("the private evaluation's losses summed over the rows")
+    first_moves: dict[int, Layout] = {}
+    for ids, source, target in refresher.moves:
+        position = sent.pop(ids, None)
+        if position is not None and source != target:
+            first_moves[position] = target
     keys = keys_for_steps(first, params.slots)
-    return RotationPlan(first, keys, refresher.refreshes, refresher.ciphertexts)
+    return RotationPlan(first, keys, refresher.refreshes, refresher.ciphertexts, first_moves)
+
+
+def plan_inputs(
+    graph: Graph,
+    plan: Plan,
+    specs: list[dict[str, Any]],
+    params: CkksParams,
+    evaluation: Any = None,
+    reserve: int = 0,
+    *,
+    policy: str | None = "auto",
+) -> RotationPlan:
+    """`rotation_plan`, after sending each encrypted input in the layout its first use
+    re-lays it out to (`RotationPlan.first_moves`: the client encrypts it there directly,
+    one round trip and the feature-major ciphertexts saved), planned again on those
+    layouts. Updates `specs`' layouts in place."""
+    again = {"reserve": reserve, "policy": policy}
+    rotations = rotation_plan(graph, plan, specs, params, evaluation, **again)
+    if not rotations.first_moves:
+        return rotations
+    for position, target in rotations.first_moves.items():
+        specs[position]["layout"] = target.to_dict()
+    return rotation_plan(graph, plan, specs, params, evaluation, **again)
 
 
 def estimated_depth(graph: Graph, plan: Plan) -> int:

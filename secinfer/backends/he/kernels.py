@@ -36,7 +36,8 @@ import torch
 from approximations.iterative import InverseSqrt, he_reciprocal
 from protocols.he.layout import LayoutError
 from protocols.he.polynomial import evaluate_approximation as evaluate_polynomial
-from protocols.he.tensor import DepthExhausted, HeTensor, linear, matmul, power
+from protocols.he.products import linear, matmul
+from protocols.he.tensor import DepthExhausted, HeTensor, power, standardize
 from secinfer.backends.he.inputs import public_inputs
 from secinfer.backends.he.patches import PatchImage
 from secinfer.backends.he.refusals import UnsupportedHeOp
@@ -76,6 +77,15 @@ def _unsupported(call: Call, why: str = "") -> Any:
     raise UnsupportedHeOp(f"{name} has no he kernel on encrypted values{why}; {CONVERT_HINT}")
 
 
+def _tensors(call: Call) -> list[HeTensor]:
+    """The encrypted tensors among a call's arguments (one level of lists)."""
+    out: list[HeTensor] = []
+    for value in [*call.args, *call.kwargs.values()]:
+        items = value if isinstance(value, list | tuple) else [value]
+        out += [v for v in items if isinstance(v, HeTensor)]
+    return out
+
+
 def dispatch(kernel: Any) -> Any:
     """A kernel that runs `kernel` on encrypted arguments and torch otherwise."""
 
@@ -83,7 +93,14 @@ def dispatch(kernel: Any) -> Any:
         if not _encrypted(call.args) and not _encrypted(list(call.kwargs.values())):
             return _plain(call)
         try:
-            return kernel(call)
+            try:
+                return kernel(call)
+            except LayoutError:
+                # no form for the operands' packings: re-lay them out to the standard
+                # feature-major layout (one round trip) and try once more
+                if not standardize(_tensors(call)):
+                    raise
+                return kernel(call)
         except DepthExhausted as exc:
             raise UserError(str(exc)) from None
         except LayoutError as exc:

@@ -57,14 +57,16 @@ def run_local_he(
     """Server (model owner) and client (data owner) of an HE run as two processes on
     loopback; the client's decrypted output and both records. The server re-encrypts
     through the client unless `options.refresh` is off, and sends the embedding table to
-    the client under `options.public_embedding`, and floods the output's noise with
-    `options.flood_bits`."""
+    the client under `options.public_embedding`, floods the output's noise with
+    `options.flood_bits` and packs each layer by `options.packing`."""
     with processes.stopping_on_signals(), processes.private_directory("secinfer-he-") as root:
         out = party_dirs(root, list(HeRole))
         server = [] if options.refresh else ["--no-refresh"]
         if options.public_embedding:
             server.append("--public-embedding")
         server += ["--flood-bits", str(options.flood_bits)]
+        if options.packing != "auto":
+            server += ["--packing", options.packing.replace("_", "-")]
         client = ["--input", str(save_inputs(inputs, out[HeRole.CLIENT]))]
         seconds = _run_he(model, options, out, server, client, root, run_timeout)
         return read_run(out[HeRole.CLIENT] / "output.npy", *_records(out), seconds)

@@ -62,6 +62,7 @@ def server_main(
     hiding_bits: float = DEFAULT_HIDING_BITS,
     flood_bits: int = 0,
     network: str = "lan",
+    packing: str = "auto",
 ) -> None:
     """With `evaluation` (an `evaluate.Evaluation`) the session is a private evaluation.
     `link` (`he_link`) secures the connection (`Link(None)`: the opt-in plain socket).
@@ -98,7 +99,7 @@ def server_main(
         )
     choice = _choose(
         graph, plan, loaded, samples, refresh, public_embedding, hiding_bits, network,
-        he_evaluation,
+        he_evaluation, packing,
     )  # fmt: skip
     try:
         listener = socket.create_server((host, port))
@@ -120,6 +121,7 @@ def server_main(
                 link=link,
                 params=choice,
                 flood_bits=flood_bits,
+                packing=packing,
             ),
         )
 
@@ -192,6 +194,7 @@ def _choose(
     hiding_bits: float,
     network: str,
     evaluation: Any,
+    packing: str,
 ) -> Any:
     """The CKKS parameters for the model's example shapes (`choice.choose_parameters`):
     the refresh's value bound from the calibration samples, every candidate priced by a dry
@@ -205,7 +208,7 @@ def _choose(
     bound = value_bound(graph, specs, samples or [example])
     return choose_parameters(
         graph, plan, specs, bound, hiding_bits=hiding_bits, allow_refresh=refresh,
-        network=network, evaluation=evaluation,
+        network=network, evaluation=evaluation, packing=packing,
     )  # fmt: skip
 
 

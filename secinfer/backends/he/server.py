@@ -19,7 +19,12 @@ from protocols.he import messages
 from protocols.he.engine import Engine
 from protocols.he.layout import Layout
 from protocols.he.params import CkksParams
-from protocols.he.refresh import CoefficientRefresher, MaskingRefresher, make_refresher
+from protocols.he.refresh import (
+    CoefficientRefresher,
+    MaskingRefresher,
+    make_refresher,
+)
+from protocols.he.relayout import RelayoutRefresher, runnable_policy
 from protocols.he.tensor import HeTensor
 from secinfer.backends.he.channel import Channel, receive_grid
 from secinfer.backends.he.choice import ParameterChoice, default_choice
@@ -27,7 +32,7 @@ from secinfer.backends.he.inputs import (
     embedding_table,
     input_specs,
     layouts_for,
-    rotation_plan,
+    plan_inputs,
     server_input,
 )
 from secinfer.core.execute import Executor, RunResult
@@ -58,9 +63,10 @@ class ServerSession:
     params: CkksParams
     specs: list[dict[str, Any]]
     engine: Engine
-    refresher: MaskingRefresher | CoefficientRefresher | None
+    refresher: RelayoutRefresher | MaskingRefresher | CoefficientRefresher | None
     mask_bits: int
     choice: ParameterChoice
+    packing: str = "auto"  # the policy asked for (`relayout.runnable_policy`: the one run)
     step: str = ""  # prefixes the status of each node ("batch 3: ")
 
     def receive_inputs(self) -> tuple[Any, ...]:
@@ -109,14 +115,19 @@ def open_server(
     choice: ParameterChoice | CkksParams,
     check_inputs: Callable[[tuple[torch.Tensor, ...]], None] | None,
     evaluation: Announced | None,
+    packing: str = "auto",
 ) -> ServerSession:
     """hello -> shapes -> layouts (and embedding tables) -> public context -> handshake.
-    `choice`: the parameters and the refresh (bare `CkksParams`: `choice.default_choice`)."""
+    `choice`: the parameters and the refresh (bare `CkksParams`: `choice.default_choice`).
+    `packing`: the policy of linear layers and attention (`protocols.he.relayout.POLICIES`);
+    re-layouts ride on slot-mode refreshes only (`relayout.runnable_policy`), so a refresh in
+    coefficient mode (the hiding asked for needs it) runs feature-major."""
     if isinstance(choice, CkksParams):
         choice = default_choice(choice, allow_refresh)
     params = choice.params
     refresh = choice.refresh if allow_refresh else None
     reserve = refresh.reserve if refresh else 0
+    policy = runnable_policy(refresh, packing)
     specs = input_specs(graph, public_embedding)
     hello: dict[str, Any] = {"kind": "hello", "inputs": specs, "timeout": channel.timeout}
     if evaluation is not None:
@@ -128,7 +139,7 @@ def open_server(
     }
     dim = next((int(t.shape[1]) for t in tables.values() if t is not None), None)
     layouts_for(graph, specs, dim, params.slots)
-    rotations = rotation_plan(graph, plan, specs, params, evaluation, reserve=reserve)
+    rotations = plan_inputs(graph, plan, specs, params, evaluation, reserve, policy=policy)
     mask_bits = choice.mask_bits
     channel.send_json(
         {
@@ -155,8 +166,42 @@ def open_server(
         channel.send_cts(cts)
         return channel.recv_cts(len(cts))
 
-    refresher = make_refresher(engine, transport, refresh) if refresh else None
-    return ServerSession(graph, plan, channel, params, specs, engine, refresher, mask_bits, choice)
+    def relayout_transport(cts: list[Any], parts: list[dict[str, Any]], expected: int) -> list[Any]:
+        channel.send_json({"kind": "relayout", "parts": parts})
+        channel.send_cts(cts)
+        return channel.recv_cts(expected)
+
+    refresher: RelayoutRefresher | MaskingRefresher | CoefficientRefresher | None = None
+    if refresh is not None:
+        refresher = make_refresher(engine, transport, refresh)
+        if policy is not None and isinstance(refresher, MaskingRefresher):
+            refresher = RelayoutRefresher(refresher, relayout_transport, policy)
+    return ServerSession(
+        graph, plan, channel, params, specs, engine, refresher, mask_bits, choice, packing
+    )
+
+
+def packing_record(session: ServerSession) -> dict[str, Any]:
+    """The report's `he.packing`: the policy asked for and the one run (with why, when they
+    differ), re-layouts and the ciphertexts they moved, products by strategy."""
+    refresher = session.refresher
+    moving = refresher if isinstance(refresher, RelayoutRefresher) else None
+    record: dict[str, Any] = {
+        "asked": session.packing,
+        "policy": moving.policy if moving else "feature_major",
+        "relayouts": moving.relayouts if moving else 0,
+        "relayout_ciphertexts": list(moving.relayout_ciphertexts) if moving else [0, 0],
+        "products": moving.choices_summary() if moving else {},
+    }
+    if record["policy"] != session.packing:
+        record["why"] = (
+            "refresh is off: no client round trip to re-lay out in"
+            if refresher is None
+            else "the refreshes are coefficient-mode (the hiding asked for needs them): the "
+            "client sees integer polynomials, not slot values it could move; lower "
+            "--hiding-bits to re-lay out"
+        )
+    return record
 
 
 def _check_shapes(
@@ -241,6 +286,7 @@ def server_record(
         "reserved_levels": engine.reserve,
         "refreshes": stats.refreshes if stats else 0,
         "refreshed_ciphertexts": refreshed,
+        "packing": packing_record(session),
         "levels_used": usable * (stats.refreshes + 1 if stats else 1),
         "counts": {**engine.cost.to_dict(), "key_switches": engine.key_switches},
         "bytes_sent": channel.counter.bytes_sent,
@@ -256,4 +302,11 @@ def server_record(
     }
 
 
-__all__ = ["DEFAULT_PARAMS", "Announced", "ServerSession", "open_server", "server_record"]
+__all__ = [
+    "DEFAULT_PARAMS",
+    "Announced",
+    "ServerSession",
+    "open_server",
+    "packing_record",
+    "server_record",
+]

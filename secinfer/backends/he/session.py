@@ -80,6 +80,7 @@ def serve(
     link: Link,
     log: Callable[[str], None] | None = None,
     flood_bits: int = 0,
+    packing: str = "auto",
 ) -> dict[str, Any]:
     """Accept one client (`accept_client`) and answer its query (module docstring); returns
     the record. `params`: the `choice.ParameterChoice` (parameters, refresh and why), or
@@ -92,7 +93,7 @@ def serve(
             settings = (
                 allow_refresh, public_embedding, params, check_inputs, evaluation, flood_bits
             )  # fmt: skip
-            return _serve(graph, plan, channel, out_dir, *settings)
+            return _serve(graph, plan, channel, out_dir, *settings, packing)
         except Exception as exc:
             channel.send_error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             raise
@@ -109,11 +110,13 @@ def _serve(
     check_inputs: Callable[[tuple[torch.Tensor, ...]], None] | None,
     evaluation: HeEvaluation | None,
     flood_bits: int,
+    packing: str,
 ) -> dict[str, Any]:
     began = time.perf_counter()
     session = open_server(
-        graph, plan, channel, allow_refresh, public_embedding, params, check_inputs, evaluation
-    )
+        graph, plan, channel, allow_refresh, public_embedding, params, check_inputs, evaluation,
+        packing,
+    )  # fmt: skip
     if evaluation is None:
         result = session.run(session.receive_inputs())
         output = result.outputs[0]

@@ -43,8 +43,9 @@ ts = pytest.importorskip("tenseal")
 from protocols.he.codec import Codec  # noqa: E402
 from protocols.he.engine import Engine, LevelError  # noqa: E402
 from protocols.he.layout import Layout, LayoutError, next_power_of_two  # noqa: E402
+from protocols.he.products import linear, matmul  # noqa: E402
 from protocols.he.refresh import MaskingRefresher  # noqa: E402
-from protocols.he.tensor import DepthExhausted, HeTensor, linear, matmul, power  # noqa: E402
+from protocols.he.tensor import DepthExhausted, HeTensor, power  # noqa: E402
 
 SLOTS = 4096
 TOP = 2  # levels of the chain [60, 40, 40, 60]

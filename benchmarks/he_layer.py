@@ -1,0 +1,232 @@
+"""The HE bench's encoder layer: one MiniLM-size layer under `he`, the cost model's packing
+against the feature-major baseline, in one run.
+
+Model: a BERT encoder layer (transformers' `BertLayer`, eager attention) of MiniLM's size,
+hidden 384, 12 heads, FFN 1536, weights random at the scale of trained ones (every
+linear N(0, 1/fan_in), biases N(0, 0.02^2), LayerNorm gain 1 and bias 0, so that the
+activations stay O(1) as in a trained layer rather than shrinking by BERT's 0.02 init),
+converted as the README's HE walk-through does (quad GELU, power-softmax p = 4 with the
+"mean" normaliser and eps 1e-3, polynomial LayerNorm on the range of var + eps measured on
+the calibration inputs, widened 2x each way), exported with `torch.export` on hidden
+states of `seq` tokens drawn N(0, 1). One query through `secinfer.launch.run.run_secure`
+("he": server and client as processes on loopback, exactly `secinfer run --backend he`),
+first with `--packing auto` (`protocols.he.packing`: diagonal linear layers, attention by
+the diagonal method, re-layouts at refreshes) then `--packing feature-major` (the
+executor's path before: one ciphertext per feature, attention by replicating a token
+axis), on the same model and input.
+
+Reported per packing: wall seconds (both processes), the server's run seconds, bytes each
+way, round trips (refreshes, re-layouts among them, and the protocol's own), products per
+strategy, operation counts, the per-operation latency table, max abs error and cosine
+against plaintext; and feature-major seconds over auto seconds. `quick`: a 32-wide layer
+(4 heads) on 8 tokens, a check that both paths run, not a figure. Absolute times on this
+2-core machine move with its load; the ratio of the two runs is the figure to read.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from secinfer.report.he import latency_markdown
+
+FULL = {"hidden": 384, "heads": 12, "ffn": 1536, "seq": 128}
+QUICK = {"hidden": 32, "heads": 4, "ffn": 64, "seq": 8}
+SOFTMAX = {"p": 4, "normalizer": "mean", "eps": 1e-3, "scale": False}
+PACKINGS = ("auto", "feature_major")
+SEED = 0
+
+
+class EncoderLayer(torch.nn.Module):
+    """A `BertLayer` on hidden states (batch, tokens, hidden) -> the same shape."""
+
+    def __init__(self, hidden: int, heads: int, ffn: int) -> None:
+        super().__init__()
+        import transformers
+
+        config = transformers.BertConfig(
+            hidden_size=hidden,
+            num_attention_heads=heads,
+            intermediate_size=ffn,
+            num_hidden_layers=1,
+        )
+        config._attn_implementation = "eager"
+        self.layer = transformers.models.bert.modeling_bert.BertLayer(config).eval()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        out = self.layer(hidden_states)
+        return out[0] if isinstance(out, tuple) else out
+
+
+def trained_scale(model: torch.nn.Module, generator: torch.Generator) -> None:
+    """Weights at the scale of a trained layer (module docstring)."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                fan_in = module.weight.shape[1]
+                module.weight.normal_(0.0, fan_in**-0.5, generator=generator)
+                module.bias.normal_(0.0, 0.02, generator=generator)
+            elif isinstance(module, torch.nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+
+
+def variance_range(model: torch.nn.Module, inputs: list[torch.Tensor]) -> tuple[float, float]:
+    """The range of var + eps the LayerNorms see on `inputs`, widened 2x each way."""
+    seen: list[torch.Tensor] = []
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    hooks = [
+        m.register_forward_pre_hook(
+            lambda m, args: seen.append(args[0].var(-1, unbiased=False) + m.eps)
+        )
+        for m in norms
+    ]
+    with torch.no_grad():
+        for x in inputs:
+            model(x)
+    for hook in hooks:
+        hook.remove()
+    values = torch.cat([v.reshape(-1) for v in seen])
+    return float(values.min()) / 2, float(values.max()) * 2
+
+
+def build(shape: dict[str, int], directory: Path) -> tuple[Path, torch.Tensor]:
+    """The converted, exported layer saved in `directory`, and the query's input."""
+    import approximations
+
+    generator = torch.Generator().manual_seed(SEED)
+    model = EncoderLayer(shape["hidden"], shape["heads"], shape["ffn"]).eval()
+    trained_scale(model, generator)
+    dims = (1, shape["seq"], shape["hidden"])
+    calibration = torch.randn(dims, generator=generator)
+    query = torch.randn(dims, generator=generator)
+    converted, _ = approximations.convert(
+        model, gelu="quad", softmax="power", layernorm="poly",
+        layernorm_interval=variance_range(model, [calibration, query]),
+        softmax_options=SOFTMAX,
+    )  # fmt: skip
+    program = torch.export.export(converted.eval(), (calibration,))
+    path = directory / "encoder_layer_he.pt2"
+    torch.export.save(program, path)
+    return path, query
+
+
+def run(
+    quick: bool = False, seq: int | None = None, packings: tuple[str, ...] = PACKINGS
+) -> dict[str, Any]:
+    """Both packings on one model and input (module docstring); `seq` overrides the
+    number of tokens, `packings` the runs (the ratio needs both)."""
+    from secinfer import load
+    from secinfer.backends.base import RunOptions
+    from secinfer.launch import run as runner
+
+    shape = dict(QUICK if quick else FULL)
+    if seq is not None:
+        shape["seq"] = seq
+    began = time.perf_counter()
+    record: dict[str, Any] = {"shape": shape, "runs": {}}
+    with tempfile.TemporaryDirectory(prefix="secinfer-he-layer-") as tmp:
+        path, query = build(shape, Path(tmp))
+        loaded = load.load_model(path)
+        for packing in packings:
+            outcome = runner.run_secure(
+                "he",
+                path,
+                loaded.program,
+                (query,),
+                samples=loaded.calibration_samples(),
+                model_name=path.name,
+                output_name=loaded.output_name,
+                options=RunOptions(peer_timeout=7200.0, packing=packing),
+            )
+            record["runs"][packing] = _summary(outcome.report)
+    if set(PACKINGS) <= set(record["runs"]):
+        auto, baseline = record["runs"]["auto"], record["runs"]["feature_major"]
+        record["speedup"] = baseline["seconds"] / auto["seconds"]
+        record["compute_speedup"] = baseline["compute_seconds"] / auto["compute_seconds"]
+    record["seconds"] = time.perf_counter() - began
+    return record
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    he = report["he"]
+    return {
+        "seconds": report["seconds"],
+        "server_seconds": he["server_seconds"],
+        "compute_seconds": sum(row["seconds"] for row in he["latency"].values()),
+        "max_abs_error": report["max_abs_error"],
+        "cosine": report["cosine"],
+        "bytes": he["bytes"],
+        "round_trips": he["round_trips"],
+        "refreshes": he["depth"]["refreshes"],
+        "refreshed_ciphertexts": he["depth"]["refreshed_ciphertexts"],
+        "packing": he.get("packing", {}),
+        "counts": he["counts"],
+        "latency": he["latency"],
+        "estimates": report["estimates"],
+    }
+
+
+def markdown(record: dict[str, Any]) -> str:
+    shape = record["shape"]
+    head = (
+        f"**HE end to end: one encoder layer of MiniLM size** (hidden {shape['hidden']}, "
+        f"{shape['heads']} heads, FFN {shape['ffn']}, {shape['seq']} tokens; random weights at "
+        "trained scale, converted as the README's walk-through; one query, server and client "
+        "as processes on loopback through `secinfer run --backend he`; the same model and "
+        "input under both packings):"
+    )
+    names = {"auto": "cost model per layer (auto)", "feature_major": "feature-major only"}
+    rows = [
+        "| packing | seconds (wall) | server compute s | MB server -> client / client -> "
+        "server | round trips | refreshes (re-layouts) | products by strategy | rotations | "
+        "max abs error | cosine |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for packing, run_ in record["runs"].items():
+        chosen = run_["packing"].get("products", {})
+        strategies = ", ".join(f"{n} {k}" for k, n in sorted(chosen.items())) or "-"
+        rows.append(
+            f"| {names.get(packing, packing)} | {run_['seconds']:.1f} | "
+            f"{run_['compute_seconds']:.1f} | "
+            f"{run_['bytes']['server_to_client'] / 1e6:.1f} / "
+            f"{run_['bytes']['client_to_server'] / 1e6:.1f} | {run_['round_trips']} | "
+            f"{run_['refreshes']} ({run_['packing'].get('relayouts', 0)}) | {strategies} | "
+            f"{run_['counts']['rotations']} | {run_['max_abs_error']:.2e} | "
+            f"{run_['cosine']:.6f} |"
+        )
+    tables = [head, "", *rows]
+    if "speedup" in record:
+        tables += [
+            "",
+            f"Feature-major over auto: {record['speedup']:.1f}x wall, "
+            f"{record['compute_speedup']:.1f}x server compute (refresh round trips included).",
+        ]
+    for packing, run_ in record["runs"].items():
+        tables += ["", f"Server time per operation, {names.get(packing, packing)}:", "",
+                   latency_markdown(run_["latency"])]  # fmt: skip
+    return "\n".join(tables)
+
+
+def main() -> None:  # pragma: no cover - a manual entry point for one shape
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seq", type=int, default=None)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--packings", default=",".join(PACKINGS))
+    args = parser.parse_args()
+    record = run(quick=args.quick, seq=args.seq, packings=tuple(args.packings.split(",")))
+    print(json.dumps(record, indent=1, default=float))
+    print(markdown(record))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    np.set_printoptions(precision=4)
+    main()

@@ -1,0 +1,31 @@
+"""Smoke test of the HE encoder-layer bench (`benchmarks.he_layer`) in quick mode: a 32-wide
+converted BERT layer (4 heads, 8 tokens), one query per packing through the CLI's run path
+(server and client processes, real TenSEAL). Several minutes on two cores: slow suite."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("tenseal")
+
+from benchmarks import he_layer
+
+
+@pytest.mark.slow
+def test_both_packings_run_and_match_plaintext() -> None:
+    record = he_layer.run(quick=True)
+    json.dumps(record)  # what bench/he.json holds
+    auto, baseline = record["runs"]["auto"], record["runs"]["feature_major"]
+    for run in (auto, baseline):
+        assert run["cosine"] > 0.9999 and run["max_abs_error"] < 1e-3
+        assert run["bytes"]["server_to_client"] > 0 and run["round_trips"] > run["refreshes"]
+        assert run["compute_seconds"] > 0
+    assert auto["packing"]["policy"] == "auto" and auto["packing"]["relayouts"] > 0
+    assert auto["packing"]["products"]["linear diagonal_bsgs"] == 6
+    assert baseline["packing"]["products"] == {"linear feature_major": 6}
+    assert baseline["packing"]["relayouts"] == 0
+    assert auto["counts"]["rotations"] < baseline["counts"]["rotations"]
+    table = he_layer.markdown(record)
+    assert "| cost model per layer (auto) |" in table and "Feature-major over auto" in table
