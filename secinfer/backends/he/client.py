@@ -19,7 +19,7 @@ from protocols.he.codec import Codec
 from protocols.he.galois import public_context_with_steps
 from protocols.he.layout import Layout
 from protocols.he.params import CkksParams, make_context
-from protocols.he.refresh import ClientRefresh, RefreshPlan
+from protocols.he.refresh import SLOT, ClientRefresh, RefreshPlan
 from protocols.he.relayout import client_relayout, read_parts
 from secinfer.backends.he.channel import Channel, expect_kind, receive_grid
 from secinfer.backends.he.inputs import client_values
@@ -70,7 +70,15 @@ class ClientSession:
 
     def _relayout(self, message: dict[str, Any]) -> None:
         """Re-encrypt masked tensors in the layouts the server asks for
-        (`protocols.he.relayout`): one round trip, counted as a refresh."""
+        (`protocols.he.relayout`): one round trip, counted as a refresh. Only under the
+        slot-mode refresh agreed at the start: a re-layout shows slot values masked as a
+        slot-mode refresh does, less hiding than a coefficient-mode plan promises."""
+        if self.refresh is None or self.refresh.plan.mode != SLOT:
+            agreed = "off" if self.refresh is None else f"{self.refresh.plan.mode}-mode"
+            raise messages.MessageError(
+                f"the server asked for a re-layout, which needs slot-mode refreshes; the "
+                f"refresh agreed is {agreed}"
+            )
         parts = read_parts(message, self.codec.slots)
         masked = self.channel.recv_cts(sum(count for count, _, _ in parts))
         fresh = client_relayout(
