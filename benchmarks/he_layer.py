@@ -13,7 +13,9 @@ states of `seq` tokens drawn N(0, 1). One query through `secinfer.launch.run.run
 first with `--packing auto` (`protocols.he.packing`: diagonal linear layers, attention by
 the diagonal method, re-layouts at refreshes) then `--packing feature-major` (the
 executor's path before: one ciphertext per feature, attention by replicating a token
-axis), on the same model and input.
+axis), both at `--hiding-bits 12` (re-layouts need slot-mode refreshes), then with the
+CLI's defaults (`--hiding-bits 40`: coefficient-mode refreshes, feature-major), on the same
+model and input (`RUNS`).
 
 Reported per packing: wall seconds (both processes), the server's run seconds, bytes each
 way, round trips (refreshes, re-layouts among them, and the protocol's own), products per
@@ -38,7 +40,15 @@ from secinfer.report.he import latency_markdown
 FULL = {"hidden": 384, "heads": 12, "ffn": 1536, "seq": 128}
 QUICK = {"hidden": 32, "heads": 4, "ffn": 64, "seq": 8}
 SOFTMAX = {"p": 4, "normalizer": "mean", "eps": 1e-3, "scale": False}
-PACKINGS = ("auto", "feature_major")
+RUNS: dict[str, dict[str, Any]] = {
+    "auto": {"packing": "auto", "hiding_bits": 12},
+    "feature_major": {"packing": "feature_major", "hiding_bits": 12},
+    "default": {},
+}
+"""The runs, each `RunOptions` fields: the two packings at 12 bits of refresh hiding (slot-mode
+refreshes, which re-layouts ride on), and the CLI's defaults (40 bits: coefficient-mode
+refreshes, under which the run is feature-major, `protocols.he.relayout.runnable_policy`)."""
+PACKINGS = tuple(RUNS)
 SEED = 0
 
 
@@ -134,6 +144,7 @@ def run(
         path, query = build(shape, Path(tmp))
         loaded = load.load_model(path)
         for packing in packings:
+            settings = {"peer_timeout": 7200.0, **RUNS[packing]}
             outcome = runner.run_secure(
                 "he",
                 path,
@@ -142,10 +153,10 @@ def run(
                 samples=loaded.calibration_samples(),
                 model_name=path.name,
                 output_name=loaded.output_name,
-                options=RunOptions(peer_timeout=7200.0, packing=packing),
+                options=RunOptions(**settings),
             )
-            record["runs"][packing] = _summary(outcome.report)
-    if set(PACKINGS) <= set(record["runs"]):
+            record["runs"][packing] = {**_summary(outcome.report), "settings": RUNS[packing]}
+    if {"auto", "feature_major"} <= set(record["runs"]):
         auto, baseline = record["runs"]["auto"], record["runs"]["feature_major"]
         record["speedup"] = baseline["seconds"] / auto["seconds"]
         record["compute_speedup"] = baseline["compute_seconds"] / auto["compute_seconds"]
@@ -165,6 +176,8 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
         "round_trips": he["round_trips"],
         "refreshes": he["depth"]["refreshes"],
         "refreshed_ciphertexts": he["depth"]["refreshed_ciphertexts"],
+        "hiding_bits": (he.get("hiding") or {}).get("hiding_bits"),
+        "ring": he["params"]["poly_modulus_degree"],
         "packing": he.get("packing", {}),
         "counts": he["counts"],
         "latency": he["latency"],
@@ -181,18 +194,23 @@ def markdown(record: dict[str, Any]) -> str:
         "as processes on loopback through `secinfer run --backend he`; the same model and "
         "input under both packings):"
     )
-    names = {"auto": "cost model per layer (auto)", "feature_major": "feature-major only"}
+    names = {
+        "auto": "cost model per layer (auto), 12-bit hiding",
+        "feature_major": "feature-major only, 12-bit hiding",
+        "default": "CLI defaults (40-bit hiding: feature-major)",
+    }
     rows = [
-        "| packing | seconds (wall) | server compute s | MB server -> client / client -> "
-        "server | round trips | refreshes (re-layouts) | products by strategy | rotations | "
-        "max abs error | cosine |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| packing | ring N | hiding bits | seconds (wall) | server compute s | MB server -> "
+        "client / client -> server | round trips | refreshes (re-layouts) | products by "
+        "strategy | rotations | max abs error | cosine |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for packing, run_ in record["runs"].items():
         chosen = run_["packing"].get("products", {})
         strategies = ", ".join(f"{n} {k}" for k, n in sorted(chosen.items())) or "-"
         rows.append(
-            f"| {names.get(packing, packing)} | {run_['seconds']:.1f} | "
+            f"| {names.get(packing, packing)} | {run_['ring']} | {_bits(run_['hiding_bits'])} | "
+            f"{run_['seconds']:.1f} | "
             f"{run_['compute_seconds']:.1f} | "
             f"{run_['bytes']['server_to_client'] / 1e6:.1f} / "
             f"{run_['bytes']['client_to_server'] / 1e6:.1f} | {run_['round_trips']} | "
@@ -204,13 +222,17 @@ def markdown(record: dict[str, Any]) -> str:
     if "speedup" in record:
         tables += [
             "",
-            f"Feature-major over auto: {record['speedup']:.1f}x wall, "
+            f"Feature-major over auto (both at 12-bit hiding): {record['speedup']:.1f}x wall, "
             f"{record['compute_speedup']:.1f}x server compute (refresh round trips included).",
         ]
     for packing, run_ in record["runs"].items():
         tables += ["", f"Server time per operation, {names.get(packing, packing)}:", "",
                    latency_markdown(run_["latency"])]  # fmt: skip
     return "\n".join(tables)
+
+
+def _bits(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def main() -> None:  # pragma: no cover - a manual entry point for one shape

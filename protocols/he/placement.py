@@ -37,7 +37,7 @@ import numpy as np
 
 from protocols.he.engine import Ciphertext
 from protocols.he.layout import Layout, LayoutError, next_power_of_two
-from protocols.he.tensor import HeTensor, _rotate
+from protocols.he.tensor import HeTensor, checked_rotate
 
 
 @dataclass
@@ -172,7 +172,7 @@ def place(sources: Sources, layout: Layout | None = None) -> HeTensor:
             ct = tensors[row.operand].grid.flat[row.source]
             if row.shift:
                 what = f"placing entries of a {tuple(tensors[row.operand].shape)} tensor"
-                ct = _rotate(engine, ct, row.shift, what)
+                ct = checked_rotate(engine, ct, row.shift, what)
             if row.masked:
                 mask = np.zeros(slots)
                 mask[row.slots] = 1.0

@@ -23,9 +23,10 @@ cosine, argmax_agreement, out_of_range) keep their meaning; `he` adds:
   he.counts            ct-ct and ct-pt products, additions, rotations, key switches
   he.bytes             server -> client and client -> server (framed), and the public
                        context the client sent (part of client -> server)
-  he.packing           the packing policy ("auto": the cost model per layer;
-                       "feature_major": the baseline), re-layout round trips and the
-                       ciphertexts they moved, how many products each strategy computed
+  he.packing           the packing policy asked for and the one run ("auto": the cost
+                       model per layer; "feature_major": the baseline; with `why` when
+                       they differ), re-layout round trips and the ciphertexts they moved,
+                       how many products each strategy computed
   he.latency           seconds per group (matmul, attention, softmax, GELU, LayerNorm,
                        refresh, other); refresh round trips are taken out of the node times
   estimates            wall time on a LAN and a WAN (`secure_report.NETWORKS`): the local
@@ -220,6 +221,7 @@ def he_summary(report: dict[str, Any]) -> str:
         lines.append(
             f"packing {packing['policy']}: {chosen or 'no product'}; "
             f"{packing['relayouts']} re-layout round trips (in the refreshes)"
+            + (f" (asked {packing['asked']}: {packing['why']})" if packing.get("why") else "")
         )
     lines.append(latency_markdown(he["latency"]))
     return "\n".join(lines)

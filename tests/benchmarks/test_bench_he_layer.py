@@ -1,5 +1,5 @@
 """Smoke test of the HE encoder-layer bench (`benchmarks.he_layer`) in quick mode: a 32-wide
-converted BERT layer (4 heads, 8 tokens), one query per packing through the CLI's run path
+converted BERT layer (4 heads, 8 tokens), one query per setting (auto and feature-major at 12-bit hiding, the defaults) through the CLI's run path
 (server and client processes, real TenSEAL). Several minutes on two cores: slow suite."""
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from benchmarks import he_layer
 def test_both_packings_run_and_match_plaintext() -> None:
     record = he_layer.run(quick=True)
     json.dumps(record)  # what bench/he.json holds
-    auto, baseline = record["runs"]["auto"], record["runs"]["feature_major"]
-    for run in (auto, baseline):
+    runs = record["runs"]
+    auto, baseline, default = runs["auto"], runs["feature_major"], runs["default"]
+    for run in (auto, baseline, default):
         assert run["cosine"] > 0.9999 and run["max_abs_error"] < 1e-3
         assert run["bytes"]["server_to_client"] > 0 and run["round_trips"] > run["refreshes"]
         assert run["compute_seconds"] > 0
@@ -26,6 +27,10 @@ def test_both_packings_run_and_match_plaintext() -> None:
     assert auto["packing"]["products"]["linear diagonal_bsgs"] == 6
     assert baseline["packing"]["products"] == {"linear feature_major": 6}
     assert baseline["packing"]["relayouts"] == 0
+    # the defaults: 40 bits of hiding, coefficient-mode refreshes, so no re-layout
+    assert default["hiding_bits"] >= 40 and auto["hiding_bits"] >= 12
+    assert default["packing"]["policy"] == "feature_major" and "why" in default["packing"]
+    assert default["packing"]["relayouts"] == 0
     assert auto["counts"]["rotations"] < baseline["counts"]["rotations"]
     table = he_layer.markdown(record)
     assert "| cost model per layer (auto) |" in table and "Feature-major over auto" in table

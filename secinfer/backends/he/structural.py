@@ -65,7 +65,8 @@ import torch
 
 from protocols.he.layout import LayoutError
 from protocols.he.placement import Sources, place
-from protocols.he.tensor import HeTensor, _rotate, linear, matmul
+from protocols.he.products import linear, matmul
+from protocols.he.tensor import HeTensor, checked_rotate
 from secinfer.backends.he.patches import (
     CONVOLUTIONS,
     PatchConv,
@@ -449,7 +450,7 @@ def running_sum(x: HeTensor, dim: int) -> HeTensor:
         out.ensure_level(1)
         shifted = np.empty(out.grid.shape, dtype=object)
         for g in np.ndindex(out.grid.shape):
-            rotated = _rotate(x.engine, out.grid[g], -stride * step, what)
+            rotated = checked_rotate(x.engine, out.grid[g], -stride * step, what)
             shifted[g] = x.engine.mul_plain(rotated, mask)
         out = out + out._new(out.layout, shifted, True)
         step *= 2
