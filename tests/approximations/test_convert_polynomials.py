@@ -161,11 +161,14 @@ def test_rsqrt_search_is_shared_by_intervals_four_times_apart() -> None:
 def test_layer_norm_poly_rsqrt_holds_on_its_interval() -> None:
     """The low-depth guess changes nothing: LayerNorm with rsqrt 'poly' within the rsqrt's
     relative error of the exact one for variances inside the interval."""
-    x = (
-        torch.randn(4, 6, 16, dtype=torch.float64)
-        * torch.tensor([0.8, 2.0, 5.0, 10.0]).view(4, 1, 1).double()
-    )
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 6, 16, dtype=torch.float64, generator=generator)
+    x = (x - x.mean(-1, keepdim=True)) / x.std(-1, unbiased=False, keepdim=True)
+    spread = torch.logspace(math.log10(0.3), math.log10(100.0), 24, dtype=torch.float64)
+    x = x * spread.sqrt().view(4, 6, 1)  # row variances 0.3 .. 100, inside the interval
     interval = (0.25, 128.0)
+    variances = x.var(-1, unbiased=False) + 1e-5
+    assert interval[0] <= float(variances.min()) and float(variances.max()) <= interval[1]
     exact = functions.layer_norm(x, 16, eps=1e-5)
     poly = functions.layer_norm(x, 16, eps=1e-5, rsqrt="poly", interval=interval)
     approx = functions.rsqrt_approximation("poly", interval)

@@ -143,7 +143,12 @@ def test_bad_inputs_are_one_line_errors(tmp_path, bert_dir) -> None:
     )
     assert_user_error(secinfer_here("run", str(DIGITS), "--input", str(wrong_dtype)), "dtype int64")
     assert_user_error(secinfer_here("run", str(DIGITS), "--text", "hello"), "tokenizer")
-    assert_user_error(secinfer_here("run", str(DIGITS), "-b", "he"), "approximations.convert")
+    # an op with no CKKS kernel (log_softmax) is refused before any party starts, naming
+    # the conversion (the unconverted digits model itself runs under he now)
+    no_kernel = tmp_path / "log_softmax.pt2"
+    head = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LogSoftmax(-1)).eval()
+    torch.export.save(torch.export.export(head, (torch.zeros(2, 4),)), no_kernel)
+    assert_user_error(secinfer_here("run", str(no_kernel), "-b", "he"), "approximations.convert")
     assert_user_error(
         secinfer_here("run", str(DIGITS), "--output", str(tmp_path / "y.txt")), ".npy"
     )
