@@ -102,6 +102,47 @@ def _mpc_options(fn: Any) -> Any:
     )(fn)
 
 
+def _hiding_option(who: str) -> Any:
+    """--hiding-bits, for `run`, `eval` (`who`: "he") and `he-party` ("Server")."""
+    return click.option(
+        "--hiding-bits",
+        type=click.IntRange(1, 128),
+        default=40,
+        show_default=True,
+        help=f"{who}: statistical hiding, in bits, of every intermediate value a refresh shows "
+        "the client (below 40: a warning; more bits can cost levels and a larger ring).",
+    )
+
+
+def _server_run_options(who: str) -> Any:
+    """--hiding-bits, --flood-bits and --packing of an HE query, for `run` (`who`: "he")
+    and `he-party` ("Server")."""
+
+    def apply(fn: Any) -> Any:
+        fn = click.option(
+            "--packing",
+            type=click.Choice(["auto", "feature-major"]),
+            default="auto",
+            show_default=True,
+            help=f"{who}: how linear layers and attention pack ciphertexts: the cost model's "
+            "choice per layer, or feature-major everywhere (the slower baseline). Re-layouts "
+            "ride on slot-mode refreshes (about 12 bits of hiding at most): under "
+            "--hiding-bits 40 the run is feature-major.",
+        )(fn)
+        fn = click.option(
+            "--flood-bits",
+            type=click.IntRange(0, 56),
+            default=0,
+            show_default=True,
+            help=f"{who}: flood the output's CKKS noise with integers uniform on +-2^F per "
+            "coefficient before the client decrypts it (circuit privacy; 0: off). Costs "
+            "precision: the report states the error bound.",
+        )(fn)
+        return _hiding_option(who)(fn)
+
+    return apply
+
+
 def _evaluation_options(data_side: str) -> Any:
     """--loss, --eval-data, --reveal-to, the hyper-parameters and --batch-size of a party's
     private evaluation, shared by `party` and `he-party` (`_evaluation_settings` reads
@@ -225,33 +266,7 @@ def _inputs(
     help="he: the embedding table is public; the client embeds its token ids itself "
     "(default: it encrypts them one-hot and the server multiplies by its table).",
 )
-@click.option(
-    "--hiding-bits",
-    type=click.IntRange(1, 128),
-    default=40,
-    show_default=True,
-    help="he: statistical hiding, in bits, of every intermediate value a refresh shows the "
-    "client (below 40: a warning; more bits can cost levels and a larger ring).",
-)
-@click.option(
-    "--flood-bits",
-    type=click.IntRange(0, 56),
-    default=0,
-    show_default=True,
-    help="he: flood the output's CKKS noise with integers uniform on +-2^F per coefficient "
-    "before the client decrypts it (circuit privacy; 0: off). Costs precision: the report "
-    "states the error bound.",
-)
-@click.option(
-    "--packing",
-    type=click.Choice(["auto", "feature-major"]),
-    default="auto",
-    show_default=True,
-    help="he: how linear layers and attention pack ciphertexts: the cost model's choice per "
-    "layer, or feature-major everywhere (the slower baseline). Re-layouts ride on "
-    "slot-mode refreshes (about 12 bits of hiding at most): under --hiding-bits 40 the run is "
-    "feature-major.",
-)
+@_server_run_options("he")
 def run(
     model: Path,
     trust_model: bool,
@@ -557,14 +572,7 @@ def _evaluation_settings(options: dict[str, Any]) -> Any:
 @click.option(
     "--gce-q", type=float, default=0.7, show_default=True, help="Generalised cross-entropy q."
 )
-@click.option(
-    "--hiding-bits",
-    type=click.IntRange(1, 128),
-    default=40,
-    show_default=True,
-    help="he: statistical hiding, in bits, of every intermediate value a refresh shows the "
-    "client (below 40: a warning).",
-)
+@_hiding_option("he")
 def eval_(
     model: Path,
     trust_model: bool,
@@ -686,31 +694,7 @@ def eval_(
 @click.option(
     "--public-embedding", is_flag=True, help="Server: send the embedding table to the client."
 )
-@click.option(
-    "--hiding-bits",
-    type=click.IntRange(1, 128),
-    default=40,
-    show_default=True,
-    help="Server: statistical hiding, in bits, of every intermediate value a refresh shows the "
-    "client (below 40: a warning; more bits can cost levels and a larger ring).",
-)
-@click.option(
-    "--flood-bits",
-    type=click.IntRange(0, 56),
-    default=0,
-    show_default=True,
-    help="Server: flood the output's CKKS noise with integers uniform on +-2^F per coefficient "
-    "before the client decrypts it (circuit privacy; 0: off). Costs precision: the report "
-    "states the error bound.",
-)
-@click.option(
-    "--packing",
-    type=click.Choice(["auto", "feature-major"]),
-    default="auto",
-    show_default=True,
-    help="Server: the cost model's packing per layer, or feature-major everywhere (under "
-    "--hiding-bits 40 the run is feature-major: re-layouts need slot-mode refreshes).",
-)
+@_server_run_options("Server")
 @click.option(
     "--identity",
     type=click.Path(path_type=Path, file_okay=False),
