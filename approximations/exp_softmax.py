@@ -47,7 +47,6 @@ guess and 5 Goldschmidt steps); n = 128 at s = 100: 145 here, 153 encrypted.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Any
@@ -58,7 +57,7 @@ from approximations.certify import check_interval
 from approximations.composite_sign import CompositeSign
 from approximations.errors import ApproximationError
 from approximations.iterative import ExpBySquaring, Reciprocal
-from approximations.polynomial import Polynomial
+from approximations.polynomial import Apply, Polynomial, direct
 
 MAXIMA = ("auto", "sign", "mean", "shift")
 """Stand-ins for the row maximum (module docstring); "auto" picks the shallowest."""
@@ -73,12 +72,6 @@ e^slack)."""
 GUESS_DEGREES = (1, 3, 7)
 MAX_STEPS = 40
 DENOMINATOR_MARGIN = 1.01
-
-Apply = Callable[[Any, Polynomial], Any]
-
-
-def _torch_apply(x: Any, poly: Polynomial) -> Any:
-    return poly(x)
 
 
 @dataclass(frozen=True, eq=False)
@@ -172,7 +165,7 @@ class ExpSoftmax:
         return e * (1 + n * w) * (1 + rho) / (low - n * e) + rho * w
 
     # --- evaluation -----------------------------------------------------------------------
-    def maximum(self, x: Any, dim: int = -1, apply: Apply = _torch_apply) -> Any:
+    def maximum(self, x: Any, dim: int = -1, apply: Apply = direct) -> Any:
         """The stand-in m for the row maximum, keeping `dim` (size 1)."""
         if self.shift:
             return self.interval[1]
@@ -186,7 +179,7 @@ class ExpSoftmax:
             m = self.sign.maximum(m.narrow(dim, 0, half), m.narrow(dim, n - half, half), apply)
         return m
 
-    def exponential(self, z: Any, apply: Apply = _torch_apply) -> Any:
+    def exponential(self, z: Any, apply: Apply = direct) -> Any:
         """exp(z) by squaring, the base as one degree-2 polynomial of z (depth k + 2)."""
         e = apply(z, self.base)
         for _ in range(self.exp.squarings):
@@ -200,7 +193,7 @@ class ExpSoftmax:
             [1.0, 2.0**-k, 2.0 ** (-2 * k - 1)], self.exp.interval, reference="exp base"
         )
 
-    def __call__(self, x: Any, dim: int = -1, apply: Apply = _torch_apply) -> Any:
+    def __call__(self, x: Any, dim: int = -1, apply: Apply = direct) -> Any:
         if x.shape[dim] != self.length:
             raise ApproximationError(
                 f"rows of {x.shape[dim]} entries; this form was made for {self.length}"

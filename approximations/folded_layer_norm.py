@@ -21,18 +21,12 @@ for every row whose var + eps lies in the interval (`MinimaxNewtonInverseSqrt`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from approximations.minimax_newton import MinimaxNewtonInverseSqrt
-from approximations.polynomial import Polynomial
-
-Apply = Callable[[Any, Polynomial], Any]
-
-
-def _torch_apply(x: Any, poly: Polynomial) -> Any:
-    return poly(x)
+from approximations.polynomial import Apply, direct
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,7 +66,7 @@ class FoldedLayerNorm:
         weight: Any = None,
         bias: Any = None,
         eps: float = 1e-5,
-        apply: Apply = _torch_apply,
+        apply: Apply = direct,
     ) -> Any:
         shape = (
             (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)

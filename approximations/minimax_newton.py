@@ -39,7 +39,6 @@ a degree-7 guess and 8 steps, 19 levels here, 20 encrypted.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from typing import Any
@@ -50,7 +49,7 @@ import torch
 from approximations.certify import Certificate, certify, check_interval
 from approximations.errors import ApproximationError
 from approximations.fitting import fit
-from approximations.polynomial import Polynomial
+from approximations.polynomial import Apply, Polynomial, direct
 
 GUESS_DEGREES = (1, 3, 7)
 """Guess degrees tried: the largest of each depth 1, 2, 3 (a lower degree at the same
@@ -58,8 +57,6 @@ depth only saves products)."""
 MAX_STEPS = 40
 GRID = 200_001
 SLACK = 1e-9
-
-Apply = Callable[[Any, Polynomial], Any]
 
 
 def optimal_step(m: float, big_m: float) -> tuple[float, float, float, float]:
@@ -74,10 +71,6 @@ def optimal_step(m: float, big_m: float) -> tuple[float, float, float, float]:
     low = min(m * (a - b * m * m), big_m * (a - b * big_m * big_m))
     high = peak * (a - b * peak * peak)
     return a, b, low, high
-
-
-def _torch_apply(x: Any, poly: Polynomial) -> Any:
-    return poly(x)
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,9 +129,9 @@ class MinimaxNewtonInverseSqrt:
         return torch.rsqrt(x)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.iterate(x, _torch_apply)
+        return self.iterate(x, direct)
 
-    def iterate(self, x: Any, apply: Apply = _torch_apply) -> Any:
+    def iterate(self, x: Any, apply: Apply = direct) -> Any:
         """The steps from y0 = apply(x, initial) with +, - and * only, so an encrypted
         tensor works too (`apply` evaluates a polynomial on it)."""
         y = apply(x, self.initial)

@@ -23,7 +23,6 @@ this form's depth grows only with log(B): it is the choice for very wide ranges.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Any
@@ -33,17 +32,11 @@ import torch.nn.functional as F
 from approximations.certify import Certificate, certify, check_interval
 from approximations.composite_sign import CompositeSign
 from approximations.errors import ApproximationError
-from approximations.polynomial import Polynomial
+from approximations.polynomial import Apply, Polynomial, direct
 from approximations.target_fit import fit_to_target
 
 EDGES = (4.5,)
 RESOLUTIONS = (1.0, 2.0, 0.5)
-
-Apply = Callable[[Any, Polynomial], Any]
-
-
-def _torch_apply(x: Any, poly: Polynomial) -> Any:
-    return poly(x)
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,12 +76,12 @@ class PiecewiseGelu:
     def max_error(self) -> float:
         return self.certificate.max_error
 
-    def relu(self, d: Any, apply: Apply = _torch_apply) -> Any:
+    def relu(self, d: Any, apply: Apply = direct) -> Any:
         """d/2 + (d/2) F(d): relu within the sign's error (depth(F) + 1)."""
         half = d * 0.5
         return half + half * self.sign(d, apply)
 
-    def __call__(self, x: Any, apply: Apply = _torch_apply) -> Any:
+    def __call__(self, x: Any, apply: Apply = direct) -> Any:
         upper = self.relu(x - self.edge, apply)
         lower = self.relu(-x - self.edge, apply)
         return apply(x - upper + lower, self.inner) + upper

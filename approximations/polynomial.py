@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,3 +201,14 @@ class Polynomial:
 
     def __hash__(self) -> int:
         return hash((self.chebyshev, self.interval))
+
+
+Apply = Callable[[Any, Polynomial], Any]
+"""How a composite form (exp-softmax, piecewise GELU, minimax-Newton rsqrt, folded
+LayerNorm) evaluates each of its polynomials on an operand: `direct` in torch; the HE
+kernels pass one that evaluates on ciphertexts."""
+
+
+def direct(x: Any, poly: Polynomial) -> Any:
+    """`poly(x)`: the plaintext `Apply`."""
+    return poly(x)
