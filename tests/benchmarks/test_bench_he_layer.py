@@ -1,6 +1,7 @@
 """Smoke test of the HE encoder-layer bench (`benchmarks.he_layer`) in quick mode: a 32-wide
-converted BERT layer (4 heads, 8 tokens), one query per setting (auto and feature-major at 12-bit hiding, the defaults) through the CLI's run path
-(server and client processes, real TenSEAL). Several minutes on two cores: slow suite."""
+converted BERT layer (4 heads, 8 tokens), one query per setting (auto and feature-major at
+12-bit hiding, then the CLI's defaults) through the CLI's run path (server and client
+processes, real TenSEAL). Several minutes on two cores: slow suite."""
 
 from __future__ import annotations
 

@@ -271,6 +271,7 @@ class _Loop:
         self.waited = self.wait_began = 0.0  # seconds of the step spent waiting on the peer
         self.last_log, self.logged_step = 0.0, ""
         self.peer_readable = self.peer_writable = self.party_open = True
+        self.party_writable = True  # false once a write to the party failed (it closed)
         self.pending_write = 0  # length of a TLS write to repeat as it was
 
     def run(self) -> None:
@@ -291,7 +292,7 @@ class _Loop:
                 select.POLLOUT if self.to_peer and self.peer_writable else 0
             )
             party_events = (select.POLLIN if self._want_party_read() else 0) | (
-                select.POLLOUT if self.to_party else 0
+                select.POLLOUT if self.to_party and self.party_writable else 0
             )
             if peer_events:
                 poller.register(self.peer.fileno(), peer_events)
@@ -331,19 +332,24 @@ class _Loop:
                 self.peer_readable = False
                 self._end_party_if_drained()
                 return
+            if not self.party_writable:
+                continue  # the party closed: what the peer still says (an ALIVE) is dropped
             self.to_party += data
             if self.inbound.data_bytes(data):
                 self.data_arrived = time.monotonic()
 
     def _write_party(self) -> None:
-        while self.to_party:
+        while self.to_party and self.party_writable:
             try:
                 sent = self.party.send(memoryview(self.to_party)[:CHUNK])
             except _WOULD_BLOCK:
                 return
-            except OSError:  # the party is gone
+            except OSError:
+                # the party closed its end (with the peer's last ALIVE unread): stop writing
+                # to it, but keep reading it to its end-of-file, for its last message may
+                # still be on its way to us (`party_open` falls there, in `_read_party`)
                 self.to_party.clear()
-                self.party_open = False
+                self.party_writable = False
                 return
             del self.to_party[:sent]
         self._end_party_if_drained()

@@ -21,6 +21,11 @@
   the network, a version-1 header): the server refuses each with one line.
 - The relay's splitting of its party's stream into messages and STATUS frames, for any
   chunking (hypothesis).
+- The party's last message survives the race with the peer's ALIVE: the party sends it and
+  closes with an ALIVE of the peer unread, and another ALIVE arrives before the relay read
+  the message (the relay held by SIGSTOP to fix that order); the peer still receives it
+  (it used to get only the header before end-of-file: the relay stopped reading its party
+  when a write to it failed).
 """
 
 from __future__ import annotations
@@ -542,3 +547,24 @@ def test_two_sides_waiting_on_each_other_still_time_out() -> None:
             os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
         listener.close()
+
+
+def test_the_partys_last_message_survives_an_alive_it_never_read() -> None:
+    remote, local = socket.socketpair()
+    alive = HEADER.pack(MAGIC, VERSION, MessageKind.ALIVE, 2) + b"{}"
+    handle = relay.start(local, "client", flush=5.0)
+    try:
+        remote.sendall(alive)  # forwarded to the party, which never reads it
+        time.sleep(0.5)
+        os.kill(handle.pid, signal.SIGSTOP)
+        M.send_json(handle.sock, {"kind": "received"}, timeout=5)  # header, then payload
+        handle.sock.close()  # the ALIVE still unread
+        remote.sendall(alive)  # waits for the relay beside the party's message
+        os.kill(handle.pid, signal.SIGCONT)
+        got = M.recv_json(remote, timeout=10, max_bytes=1 << 10)
+        assert got == {"kind": "received"}
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(handle.pid, signal.SIGCONT)
+        handle.close(5.0)
+        remote.close()
