@@ -219,12 +219,19 @@ def he_summary(report: dict[str, Any]) -> str:
     if packing:
         chosen = ", ".join(f"{n} {k}" for k, n in sorted(packing.get("products", {}).items()))
         lines.append(
-            f"packing {packing['policy']}: {chosen or 'no product'}; "
+            f"packing {packing['policy']}: {chosen or _no_choice(packing)}; "
             f"{packing['relayouts']} re-layout round trips (in the refreshes)"
             + (f" (asked {packing['asked']}: {packing['why']})" if packing.get("why") else "")
         )
     lines.append(latency_markdown(he["latency"]))
     return "\n".join(lines)
+
+
+def _no_choice(packing: dict[str, Any]) -> str:
+    """What the packing line says when no product recorded a choice."""
+    if packing.get("policy") == "feature_major" and packing.get("why"):
+        return "every product feature-major"
+    return "no product"
 
 
 def hiding_line(hiding: dict[str, Any] | None, flood: dict[str, Any] | None) -> str:
