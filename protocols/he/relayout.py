@@ -39,7 +39,7 @@ import numpy as np
 from protocols.he.engine import Ciphertext
 from protocols.he.layout import Layout
 from protocols.he.messages import MessageError
-from protocols.he.refresh import MaskingRefresher
+from protocols.he.refresh import SLOT, MaskingRefresher, RefreshPlan
 
 Part = tuple[list[Ciphertext], Layout, Layout]
 """One tensor to re-layout: its ciphertexts (grid order), its layout, the target layout."""
@@ -54,15 +54,13 @@ POLICIES = ("auto", "feature_major")
 and re-lays out only what cannot run otherwise (the comparison baseline)."""
 
 
-def runnable_policy(refresh: Any, packing: str) -> str | None:
-    """The packing policy a run can keep under the refresh plan `refresh`
-    (`protocols.he.refresh.RefreshPlan`, None: refresh off): `packing` when refreshes are
+def runnable_policy(refresh: RefreshPlan | None, packing: str) -> str | None:
+    """The packing policy a run can keep under the refresh plan `refresh` (None: refresh
+    off): `packing` when refreshes are
     slot-mode ones (a re-layout is a slot-mode refresh whose client writes the entries
     elsewhere); None (every product feature-major, no re-layout) without refresh or under
     coefficient-mode refreshes, whose client sees integer polynomials, not slot values it
     could move."""
-    from protocols.he.refresh import SLOT
-
     if refresh is None or refresh.mode != SLOT:
         return None
     return packing
