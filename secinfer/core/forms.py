@@ -6,8 +6,16 @@ same object, certificate included.
     gelu, tanh, sigmoid, erf, silu  "chebyshev"       approximations.target_fit.fit_function
     gelu                             "piecewise"       approximations.piecewise_gelu
     softmax                          "exp_max"         approximations.exp_softmax (the row
-                                                       length is the op's, known at run time)
+                                                       length is the op's, known at run time;
+                                                       the interval reaches MASK_LIMIT lower)
     layer_norm                       "minimax_newton"  approximations.folded_layer_norm
+
+Softmax's interval is the calibrated one with its lower end MASK_LIMIT further down:
+calibration leaves out the masks' sentinels (torch.finfo.min), which reach a secure
+backend's softmax as score - MASK_LIMIT (`secinfer.core.masks`), as the mpc exp's reach
+counts them (`core.plan.mpc_softmax_exp`); the row maximum's tournament and the exp must
+hold there too, else their polynomials diverge on the masked entries. An unmasked softmax
+pays the same levels (the plan does not know which inputs carry masks).
 
 A choice without a calibrated interval is refused (UserError, one line naming the node):
 these forms hold only where they were fitted, and CKKS cannot clip an input.
@@ -21,6 +29,7 @@ from approximations.exp_softmax import ExpSoftmax
 from approximations.folded_layer_norm import FoldedLayerNorm
 from approximations.piecewise_gelu import PiecewiseGelu
 from approximations.target_fit import fit_function
+from secinfer.core.masks import MASK_LIMIT
 from secinfer.core.options import (
     ChebyshevFit,
     GeluPiecewise,
@@ -74,7 +83,8 @@ def form_for(choice: Any, length: int | None = None) -> Any:
         options = options_for(choice, SoftmaxExpMax)
         if length is None:
             raise ValueError("softmax exp_max needs the row length")
-        return ExpSoftmax.for_interval(interval, int(length), options.target, options.maximum)
+        reach = (interval[0] - MASK_LIMIT, interval[1])
+        return ExpSoftmax.for_interval(reach, int(length), options.target, options.maximum)
     if function == "layer_norm" and method == "minimax_newton":
         target = options_for(choice, LayerNormMinimaxNewton).target
         return FoldedLayerNorm.for_interval(interval, target)

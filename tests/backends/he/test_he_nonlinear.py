@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from conformance.he_session import HeRunner
 
 from secinfer.core.forms import form_for
+from secinfer.core.masks import MASK_LIMIT
 from secinfer.core.prepare import prepare
 
 NOISE = 1e-4
@@ -99,6 +100,23 @@ def test_softmax_along_a_slot_axis(runner: HeRunner) -> None:
     form = form_for(choice, 4)
     allowed = form.weight_error(x.double(), 1).numpy() + _noise(want)
     assert (np.abs(got - want) <= allowed).all(), np.abs(got - want).max()
+
+
+def test_softmax_of_masked_scores_holds_on_the_masked_entries(runner: HeRunner) -> None:
+    """An attention mask's torch.finfo.min, added to the scores, reaches the ciphertexts as
+    -MASK_LIMIT (calibration never sees the masked entries): the softmax's tournament and
+    exp must hold down there, or their polynomials diverge (the unconverted BERT and GPT-2
+    refused by the client's refresh check did). Masked weights come back about 0."""
+    mask = torch.zeros(1, 2, 4, 6)
+    mask[..., 4:] = torch.finfo(torch.float32).min  # the last two keys padded
+    x, other = _scores((1, 2, 4, 6), 4, False), _scores((1, 2, 4, 6), 5, False)
+    module = Op(lambda s, v: torch.softmax(v + s.mask, -1), mask=mask)
+    got, want, choice = _run(runner, module, x, other)
+    form = form_for(choice, 6)
+    seen = torch.where(mask < -1e9, x - MASK_LIMIT, x).double()  # what the kernel gets
+    allowed = form.weight_error(seen, -1).numpy() + _noise(want)
+    assert (np.abs(got - want) <= allowed).all(), np.abs(got - want).max()
+    assert np.abs(got[..., 4:]).max() < 1e-3
 
 
 def _rows(shape: tuple[int, ...], normalized: int, seed: int) -> torch.Tensor:
