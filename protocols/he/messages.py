@@ -112,6 +112,12 @@ class MessageKind(enum.IntEnum):
     ALIVE = 5
 
 
+MIN_RATE = 8e6
+"""Bytes per second (64 Mbit/s) a payload is allowed beyond the receiver's timeout: a
+message of n bytes may take timeout + n / MIN_RATE seconds (a slower link needs a larger
+--timeout for its large messages)."""
+
+
 class MessageError(ValueError):
     """A message that is malformed, truncated, too large or not the one expected."""
 
@@ -194,7 +200,7 @@ def _read_exact(
     sock: socket.socket,
     size: int,
     deadline: float,
-    timeout: float,
+    limit: str,
     what: str,
     counter: Counter | None,
 ) -> bytes:
@@ -204,7 +210,7 @@ def _read_exact(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise PeerTimeout(
-                f"no complete message from peer within {timeout} s "
+                f"no complete message from peer within {limit} "
                 f"(got {len(buffer)} of {size} {what} bytes)"
             )
         sock.settimeout(remaining)
@@ -212,7 +218,7 @@ def _read_exact(
             chunk = sock.recv(min(size - len(buffer), _CHUNK))
         except TimeoutError as error:
             raise PeerTimeout(
-                f"no complete message from peer within {timeout} s "
+                f"no complete message from peer within {limit} "
                 f"(got {len(buffer)} of {size} {what} bytes)"
             ) from error
         except ConnectionError as error:
@@ -242,7 +248,9 @@ def recv_message(
     """Receive one framed message: its kind and payload.
 
     `timeout` bounds the whole message (header and payload), not each read, so a peer that
-    trickles bytes cannot hold us forever. Raises `PeerTimeout` when it runs out and
+    trickles bytes cannot hold us forever; a long payload gets `length / MIN_RATE` seconds
+    more once its header announced it (a 52 MB output takes seconds through two relays on a
+    loaded machine; no ALIVE can come inside it). Raises `PeerTimeout` when it runs out and
     `MessageError` on a closed connection, a bad magic, version or kind, a payload longer
     than `max_bytes` (refused before reading it) or a truncated payload. With `liveness`,
     ALIVE messages are passed to `liveness.alive` and the deadline starts again after each;
@@ -273,7 +281,7 @@ def _recv_one(
     previous = sock.gettimeout()
     received = counter.bytes_received if counter is not None else 0
     try:
-        header = _read_exact(sock, HEADER.size, deadline, timeout, "header", counter)
+        header = _read_exact(sock, HEADER.size, deadline, f"{timeout} s", "header", counter)
         magic, version, kind_byte, length = HEADER.unpack(header)
         if magic != MAGIC:
             raise MessageError(f"bad magic {magic!r} (expected {MAGIC!r}): not a secinfer peer")
@@ -290,7 +298,10 @@ def _recv_one(
             raise MessageError(
                 f"{kind.name} message of {length} bytes exceeds the limit of {limit} bytes"
             )
-        payload = _read_exact(sock, length, deadline, timeout, f"{kind.name} payload", counter)
+        extra = length / MIN_RATE
+        deadline += extra
+        limit = f"{timeout} s" + (f" + {extra:.2g} s for its size" if extra >= 0.01 else "")
+        payload = _read_exact(sock, length, deadline, limit, f"{kind.name} payload", counter)
     finally:
         sock.settimeout(previous)
     if counter is not None:
@@ -639,6 +650,7 @@ __all__ = [
     "DIGEST_BYTES",
     "HEADER",
     "MAGIC",
+    "MIN_RATE",
     "SESSION_ID_BYTES",
     "VERSION",
     "Counter",

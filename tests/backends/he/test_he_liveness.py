@@ -1,6 +1,6 @@
 """Liveness of an HE session: a peer's `--timeout` measures its silence, not its work.
 
-- One TenSEAL call that holds the GIL for seconds (`CKKSVector.mm` of a 192x192 matrix, in
+- One TenSEAL call that holds the GIL for seconds (`CKKSVector.mm` of a 256x256 matrix, in
   a forked process): a Python thread there sees no tick for over twice the receiver's
   0.5 s timeout (so a heartbeat thread would fall silent), yet with the relay the receiver
   hears ALIVE messages and then the answer (without the relay, slow suite: it times out).
@@ -71,8 +71,8 @@ def _sender(port: int, use_relay: bool, peer_timeout: float) -> None:
     context = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 40, 40, 60])
     context.global_scale = 2**40
     context.generate_galois_keys()
-    vector = ts.ckks_vector(context, list(np.random.rand(192)))
-    matrix = np.random.rand(192, 192).tolist()
+    vector = ts.ckks_vector(context, list(np.random.rand(256)))
+    matrix = np.random.rand(256, 256).tolist()
     ticks: list[float] = []
 
     def tick() -> None:

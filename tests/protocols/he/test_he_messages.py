@@ -358,6 +358,27 @@ def test_timeout_is_for_the_whole_message(pair) -> None:
         recv_message(b, timeout=0.5, max_bytes=LIMIT)
 
 
+def test_a_large_payload_is_allowed_time_for_its_size(pair) -> None:
+    """8 MB at MIN_RATE earn 1 s beyond the 0.3 s timeout: half of it, a 0.6 s pause (past
+    the timeout alone), then the rest, is received whole."""
+    from protocols.he.messages import MIN_RATE
+
+    a, b = pair
+    size = int(MIN_RATE)
+    payload = bytes(size)
+
+    def send() -> None:
+        a.sendall(raw_header(MessageKind.CIPHERTEXTS, size) + payload[: size // 2])
+        time.sleep(0.6)
+        a.sendall(payload[size // 2 :])
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    kind, got = recv_message(b, timeout=0.3, max_bytes=LIMIT)
+    sender.join()
+    assert kind == MessageKind.CIPHERTEXTS and len(got) == size
+
+
 def test_wrong_kind_and_bad_json(pair) -> None:
     a, b = pair
     send_message(a, MessageKind.CIPHERTEXTS, bytes(36))
