@@ -300,8 +300,8 @@ def _recv_one(
             )
         extra = length / MIN_RATE
         deadline += extra
-        limit = f"{timeout} s" + (f" + {extra:.2g} s for its size" if extra >= 0.01 else "")
-        payload = _read_exact(sock, length, deadline, limit, f"{kind.name} payload", counter)
+        allowed = f"{timeout} s" + (f" + {extra:.2g} s for its size" if extra >= 0.01 else "")
+        payload = _read_exact(sock, length, deadline, allowed, f"{kind.name} payload", counter)
     finally:
         sock.settimeout(previous)
     if counter is not None:
