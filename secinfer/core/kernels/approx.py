@@ -134,7 +134,8 @@ def _softmax_uncut(call: Call, x: torch.Tensor, dim: int, options: SoftmaxExpLim
 def _softmax_exp_max(call: Call, x: torch.Tensor, dim: int) -> torch.Tensor:
     """The he form (`approximations.exp_softmax.ExpSoftmax`) in float64: a row-maximum
     stand-in, exp by squaring, one reciprocal. Sentinels (masks' finfo.min) become
-    -MASK_LIMIT, as on the secure backends, and are counted as outside the interval."""
+    -MASK_LIMIT, as on the secure backends, inside the form's interval (`form_for` reaches
+    MASK_LIMIT below the calibrated one)."""
     x = torch.where(x.abs() >= SENTINEL, torch.sign(x) * MASK_LIMIT, x)
     form = form_for(call.choice, x.shape[dim])
     call.stats.record(x, form.interval)
