@@ -1,7 +1,7 @@
 """Smoke test of the HE encoder-layer bench (`benchmarks.he_layer`) in quick mode: a 32-wide
-converted BERT layer (4 heads, 8 tokens), one query per setting (auto and feature-major at
-12-bit hiding, then the CLI's defaults) through the CLI's run path (server and client
-processes, real TenSEAL). Several minutes on two cores: slow suite."""
+converted BERT layer (4 heads, 8 tokens), one query per setting (auto and feature-major
+with slot masks, `--hiding-bits 1`, then the CLI's defaults) through the CLI's run path
+(server and client processes, real TenSEAL). Several minutes on two cores: slow suite."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_both_packings_run_and_match_plaintext() -> None:
     assert baseline["packing"]["products"] == {"linear feature_major": 6}
     assert baseline["packing"]["relayouts"] == 0
     # the defaults: 40 bits of hiding, coefficient-mode refreshes, so no re-layout
-    assert default["hiding_bits"] >= 40 and auto["hiding_bits"] >= 12
+    assert default["hiding_bits"] >= 40 and auto["hiding_bits"] >= 1
     assert default["packing"]["policy"] == "feature_major" and "why" in default["packing"]
     assert default["packing"]["relayouts"] == 0
     assert auto["counts"]["rotations"] < baseline["counts"]["rotations"]
