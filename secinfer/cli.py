@@ -126,8 +126,7 @@ def _server_run_options(who: str) -> Any:
             show_default=True,
             help=f"{who}: how linear layers and attention pack ciphertexts: the cost model's "
             "choice per layer, or feature-major everywhere (the slower baseline). Re-layouts "
-            "ride on slot-mode refreshes, which hide only a few bits of typical activations: "
-            "at the default --hiding-bits the run is feature-major (the report says why).",
+            "ride on the refreshes' round trips (off with --no-refresh: feature-major).",
         )(fn)
         fn = click.option(
             "--flood-bits",

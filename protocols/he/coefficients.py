@@ -137,8 +137,14 @@ def mulmod(a: np.ndarray, w: int, q: int) -> np.ndarray:
     (Shoup: with w' = floor(w 2^64 / q), a w - floor(a w' / 2^64) q lies in [0, 2q))."""
     a = np.asarray(a, dtype=np.uint64)
     shoup = np.uint64((w << 64) // q)
+    return mulmod_shoup(a, np.uint64(w), np.full_like(a, shoup), q)
+
+
+def mulmod_shoup(a: np.ndarray, w: np.ndarray, shoup: np.ndarray, q: int) -> np.ndarray:
+    """a w mod q elementwise for uint64 a and 0 <= w < q < 2^63 with w's Shoup constants
+    shoup = floor(w 2^64 / q) (arrays, or scalars that broadcast): see `mulmod`."""
     with np.errstate(over="ignore"):
-        rem = a * np.uint64(w) - _mulhi(a, np.full_like(a, shoup)) * np.uint64(q)
+        rem = a * w - _mulhi(a, np.broadcast_to(shoup, a.shape)) * np.uint64(q)
     return np.where(rem >= np.uint64(q), rem - np.uint64(q), rem)
 
 
@@ -146,7 +152,8 @@ def _submod(a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:
     return np.where(a >= b, a - b, a + (np.uint64(q) - b)).astype(np.uint64)
 
 
-def _addmod(a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:
+def addmod(a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:
+    """(a + b) mod q for residues a, b below q."""
     return _submod(a, (np.uint64(q) - b) % np.uint64(q), q)
 
 
@@ -185,7 +192,7 @@ class Integers:
             acc = np.zeros_like(self.digits[0])
             weight = 1
             for d, q in zip(self.digits, self.moduli, strict=True):
-                acc = _addmod(acc, mulmod(d % np.uint64(p), weight % p, p), p)
+                acc = addmod(acc, mulmod(d % np.uint64(p), weight % p, p), p)
                 weight = weight * q
             wrap = np.uint64(weight % p)
             rows.append(np.where(self.negative, _submod(acc, np.full_like(acc, wrap), p), acc))
@@ -229,7 +236,7 @@ def uniform_residues(count: int, bits: int, moduli_sets: list[list[int]]) -> lis
         for q in moduli:
             acc = np.zeros(count, dtype=np.uint64)
             for w in range(words):
-                acc = _addmod(acc, mulmod(raw[w] % np.uint64(q), pow(2, 64 * w, q), q), q)
+                acc = addmod(acc, mulmod(raw[w] % np.uint64(q), pow(2, 64 * w, q), q), q)
             rows.append(_submod(acc, np.full(count, pow(2, bits, q), np.uint64), q))
         out.append(np.stack(rows))
     return out
@@ -283,10 +290,12 @@ def add_residues(
 __all__ = [
     "Integers",
     "add_residues",
+    "addmod",
     "ciphertext_bytes",
     "ciphertext_pieces",
     "load_ciphertext",
     "mulmod",
+    "mulmod_shoup",
     "plaintext_integers",
     "primes",
     "residues",

@@ -318,37 +318,57 @@ class CoefficientRefresher:
 
     def __call__(self, cts: list[Ciphertext], layout: Layout) -> list[Ciphertext]:
         began = time.perf_counter()
-        engine = self.engine
-        data, evaluator = engine.data, engine.evaluator
-        mask = np.zeros(engine.slots)
-        mask[layout.positions().reshape(-1)] = 1.0
-        coefficients_per_ct = 2 * engine.slots
-        masked, removals = [], []
-        for ct in cts:
-            clean = self._zero_junk(ct, mask)
-            if clean.parms_id() != self.room:
-                clean = engine.mod_switch(clean, self.room)
-            low, high = coefficients.uniform_residues(
-                coefficients_per_ct, self.plan.mask_bits, [self.room_primes, self.top_primes]
-            )
-            masked.append(coefficients.add_residues(data, evaluator, clean, low))
-            removals.append(_negated(high, self.top_primes))
+        masked, masks = self.mask(cts, layout)
         fresh = self.transport(masked, layout)
         if len(fresh) != len(cts):
             raise ValueError(f"refresh: sent {len(cts)} ciphertexts, got {len(fresh)} back")
+        out = self.unmask(fresh, [negated(top, self.top_primes) for _, top in masks])
+        self.record(len(cts), time.perf_counter() - began)
+        return out
+
+    def mask(
+        self, cts: list[Ciphertext], layout: Layout
+    ) -> tuple[list[Ciphertext], list[tuple[np.ndarray, np.ndarray]]]:
+        """The server's first half: each ciphertext's junk slots (those its entries in
+        `layout` do not use, replicas included) zeroed,
+        at the room level, a fresh integer mask u added (what is sent); and each u's
+        residues modulo the room's primes and modulo the top level's."""
+        engine = self.engine
+        placement = layout.placement()
+        masked, drawn = [], []
+        for g, ct in enumerate(cts):
+            clean = self._zero_junk(ct, placement.used(g, engine.slots).astype(np.float64))
+            if clean.parms_id() != self.room:
+                clean = engine.mod_switch(clean, self.room)
+            low, high = coefficients.uniform_residues(
+                2 * engine.slots, self.plan.mask_bits, [self.room_primes, self.top_primes]
+            )
+            masked.append(coefficients.add_residues(engine.data, engine.evaluator, clean, low))
+            drawn.append((low, high))
+        return masked, drawn
+
+    def unmask(self, fresh: list[Ciphertext], removals: list[np.ndarray]) -> list[Ciphertext]:
+        """The second half: each of the client's fresh ciphertexts (at the top level) with
+        the integers `removals` (residues modulo the top level's primes: the mask's
+        negation, as the client's ciphertext holds it) added."""
+        data = self.engine.data
         out = []
         for ct, removal in zip(fresh, removals, strict=True):
             if ct.parms_id() != data.first_parms_id():
                 raise ValueError("refresh: the client's ciphertext is not at the top level")
-            out.append(coefficients.add_residues(data, evaluator, ct, removal))
-        self.stats.refreshes += 1
-        self.stats.ciphertexts += len(cts)
-        self.stats.per_refresh.append(len(cts))
-        self.stats.seconds += time.perf_counter() - began
+            out.append(coefficients.add_residues(data, self.engine.evaluator, ct, removal))
         return out
 
+    def record(self, ciphertexts: int, seconds: float) -> None:
+        """Count one round trip of `ciphertexts` sent ciphertexts taking `seconds`."""
+        self.stats.refreshes += 1
+        self.stats.ciphertexts += ciphertexts
+        self.stats.per_refresh.append(ciphertexts)
+        self.stats.seconds += seconds
 
-def _negated(res: np.ndarray, primes: list[int]) -> np.ndarray:
+
+def negated(res: np.ndarray, primes: list[int]) -> np.ndarray:
+    """The residues of -x from those of x (`res`, (k, N)) modulo `primes`."""
     rows = [(np.uint64(q) - r) % np.uint64(q) for q, r in zip(primes, res, strict=True)]
     return np.stack(rows).astype(np.uint64)
 
@@ -400,6 +420,12 @@ class ClientRefresh:
         return self.codec.encrypt_slots(values, seeded=self.seeded)
 
     def _coefficients(self, ct: Any) -> Any:
+        values = self.masked_integers(ct)
+        return self.encrypt_integers(values.residues(self.top_primes), ct.scale)
+
+    def masked_integers(self, ct: Any) -> coefficients.Integers:
+        """The integer polynomial w = m + u of a coefficient-mode ciphertext (module
+        docstring), checked: at the agreed room level, |w| below 2^(mask_bits + 1)."""
         from tenseal import sealapi
 
         from protocols.he.messages import MessageError
@@ -421,9 +447,14 @@ class ClientRefresh:
                 f"the mask's 2^{self.plan.mask_bits + 1}: a ciphertext not made under this "
                 "key, damaged on the way, or a value far outside the calibrated range"
             )
+        return values
+
+    def encrypt_integers(self, residues: np.ndarray, scale: float) -> Any:
+        """A fresh encryption at the top level, at `scale`, of the integer polynomial with
+        `residues` modulo the top level's primes (no encoding, no rounding)."""
+        from tenseal import sealapi
+
         zero = sealapi.Ciphertext()
         self.codec.encryptor.encrypt_zero_symmetric(self.data.first_parms_id(), zero)
-        zero.scale = ct.scale
-        return coefficients.add_residues(
-            self.data, self.evaluator, zero, values.residues(self.top_primes)
-        )
+        zero.scale = scale
+        return coefficients.add_residues(self.data, self.evaluator, zero, residues)

@@ -3,7 +3,7 @@ wants, several tensors in one round trip.
 
 A refresh already has the client decrypt and re-encrypt; nothing makes it re-encrypt in
 the same slots. For each part k (a tensor's ciphertexts, their layout L_k, a target
-layout T_k of the same logical shape):
+layout T_k of the same logical shape), in SLOT mode (`refresh.MaskingRefresher`):
 
     server:  c + r, fresh masks r (`MaskingRefresher.mask`: uniform, mod-switched to the
              last level); sends {"kind": "relayout", "parts": [{"count", "layout",
@@ -21,6 +21,22 @@ same masked value), so the statistical distance per slot is the refresh's
 (`refresh.hiding_bits`). The layouts are public (they follow from the public shapes and
 the public choice of packing).
 
+In COEFFICIENT mode (the refresh that reaches 40 bits, `refresh.CoefficientRefresher`) the
+client sees integer polynomials w = m + u, not slot values, and moves them through the
+canonical embedding (`protocols.he.embedding`, in double-double precision):
+
+    server:  per source ciphertext, junk slots zeroed, at the room level, + u (the
+             coefficient refresh's first half); sends as above
+    client:  w = Dec(c) (exact integers, checked as a refresh does); the map
+             L = encode o (gather from L_k, write by T_k) o decode, linear over the reals,
+             applied to w and rounded: round(L(w)); encrypted exactly at the top level
+    server:  round(L(u)) computed alike, subtracted: Enc(L(m) + e), |e| <= 1 + the
+             double-double error (`embedding`: below 16 per coefficient for |u| <= 2^96,
+             2^-36 of a value at scale 2^40)
+
+The client's view is the coefficient refresh's (w and nothing else), so the hiding is its
+`hiding_bits`; the move costs each side two double-double FFTs per ciphertext.
+
 Costs: one round trip for all parts; the ciphertexts of every L_k sent at the last level,
 those of every T_k received fresh (seeded), the client's decryptions and encryptions.
 The target ciphertexts are at the top level, so a re-layout also restores every level:
@@ -36,10 +52,18 @@ from typing import Any
 
 import numpy as np
 
+from protocols.he import coefficients, embedding
+from protocols.he.doubledouble import DD, ComplexDD
 from protocols.he.engine import Ciphertext
 from protocols.he.layout import Layout
 from protocols.he.messages import MessageError
-from protocols.he.refresh import SLOT, MaskingRefresher, RefreshPlan
+from protocols.he.refresh import (
+    ClientRefresh,
+    CoefficientRefresher,
+    MaskingRefresher,
+    RefreshPlan,
+    negated,
+)
 
 Part = tuple[list[Ciphertext], Layout, Layout]
 """One tensor to re-layout: its ciphertexts (grid order), its layout, the target layout."""
@@ -56,14 +80,10 @@ and re-lays out only what cannot run otherwise (the comparison baseline)."""
 
 def runnable_policy(refresh: RefreshPlan | None, packing: str) -> str | None:
     """The packing policy a run can keep under the refresh plan `refresh` (None: refresh
-    off): `packing` when refreshes are
-    slot-mode ones (a re-layout is a slot-mode refresh whose client writes the entries
-    elsewhere); None (every product feature-major, no re-layout) without refresh or under
-    coefficient-mode refreshes, whose client sees integer polynomials, not slot values it
-    could move."""
-    if refresh is None or refresh.mode != SLOT:
-        return None
-    return packing
+    off): `packing` whenever there is a refresh (slot or coefficient mode: module
+    docstring); None (every product feature-major, no re-layout) without one: no client
+    round trip to re-lay out in."""
+    return None if refresh is None else packing
 
 
 def describe(parts: Sequence[tuple[int, Layout, Layout]]) -> list[dict[str, Any]]:
@@ -120,12 +140,61 @@ def client_relayout(
     return fresh
 
 
+def move(coeffs: DD, source: Layout, target: Layout) -> DD:
+    """The polynomials of `target`'s ciphertexts (rows; not rounded) holding the slot
+    values of the polynomials `coeffs` (one row per ciphertext of `source`): decode, gather
+    each entry from its source slot (first copies), write it at its target slots
+    (replicas included, zero elsewhere), encode. Linear in `coeffs` (module docstring)."""
+    slots = embedding.decode(coeffs)
+    half = coeffs.hi.shape[-1] // 2
+    gather, place = source.placement(), target.placement()
+    parts = []
+    for part in slots.parts():
+        entries = gather.gather(part)
+        parts.append(np.stack([place.vector(entries, g, half) for g in range(len(place.groups))]))
+    return embedding.encode(ComplexDD.from_parts(parts))
+
+
+def _stacked(values: Sequence[coefficients.Integers]) -> DD:
+    rows = [embedding.from_integers(v) for v in values]
+    return DD(np.stack([r.hi for r in rows]), np.stack([r.lo for r in rows]))
+
+
+def _rows(values: DD) -> list[DD]:
+    return [DD(hi, lo) for hi, lo in zip(values.hi, values.lo, strict=True)]
+
+
+def client_relayout_coefficients(
+    parts: Sequence[tuple[int, Layout, Layout]], masked: Sequence[Any], refresh: ClientRefresh
+) -> list[Any]:
+    """The client's side in coefficient mode (module docstring): each part's integers
+    w = m + u read and checked (`ClientRefresh.masked_integers`), moved (`move`),
+    rounded and encrypted at the top level. Returns every target's ciphertexts in order."""
+    fresh: list[Any] = []
+    at = 0
+    for count, source, target in parts:
+        received = masked[at : at + count]
+        at += count
+        integers = [refresh.masked_integers(ct) for ct in received]
+        scale = received[0].scale
+        if source == target:  # a refresh: w itself, as `ClientRefresh` answers one
+            rows = [values.residues(refresh.top_primes) for values in integers]
+        else:
+            moved = move(_stacked(integers), source, target)
+            rows = [embedding.residues(row, refresh.top_primes) for row in _rows(moved)]
+        fresh += [refresh.encrypt_integers(row, scale) for row in rows]
+    return fresh
+
+
 class RelayoutRefresher:
     """A `MaskingRefresher` (refreshes in place) that also re-lays out (`relayout`), with
     the run's packing `policy` (`POLICIES`): what `HeTensor.refresher` holds in a run."""
 
     def __init__(
-        self, refresher: MaskingRefresher, transport: RelayoutTransport, policy: str = "auto"
+        self,
+        refresher: MaskingRefresher | CoefficientRefresher,
+        transport: RelayoutTransport,
+        policy: str = "auto",
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"packing policy {policy!r}: expected one of {POLICIES}")
@@ -166,29 +235,70 @@ class RelayoutRefresher:
         """Every part's ciphertexts in its target layout, fresh, in one round trip (module
         docstring); counted as one refresh of all the ciphertexts sent."""
         began = time.perf_counter()
-        masked: list[Ciphertext] = []
-        masks: list[list[np.ndarray]] = []
-        for cts, _, _ in parts:
-            sent, drawn = self.refresher.mask(list(cts))
-            masked += sent
-            masks.append(drawn)
-        shapes = [(len(cts), source, target) for cts, source, target in parts]
         expected = sum(int(np.prod(target.grid_shape)) for _, _, target in parts)
+        shapes = [(len(cts), source, target) for cts, source, target in parts]
+        if isinstance(self.refresher, CoefficientRefresher):
+            out, sent = self._coefficients(parts, shapes, expected)
+        else:
+            out, sent = self._slots(parts, shapes, expected)
+        self.refresher.record(sent, time.perf_counter() - began)
+        if any(source != target for _, source, target in parts):  # else: refreshes batched
+            self.relayouts += 1
+            self.relayout_ciphertexts[0] += sent
+            self.relayout_ciphertexts[1] += expected
+        return out
+
+    def _exchange(self, masked: list[Ciphertext], shapes: list[Any], expected: int) -> list[Any]:
         fresh = self.transport(masked, describe(shapes), expected)
         if len(fresh) != expected:
             raise ValueError(f"relayout: expected {expected} ciphertexts back, got {len(fresh)}")
-        slots = self.refresher.engine.slots
+        return fresh
+
+    def _slots(
+        self, parts: Sequence[Part], shapes: list[Any], expected: int
+    ) -> tuple[list[list[Ciphertext]], int]:
+        refresher = self.refresher
+        assert isinstance(refresher, MaskingRefresher)
+        masked: list[Ciphertext] = []
+        masks: list[list[np.ndarray]] = []
+        for cts, _, _ in parts:
+            sent, drawn = refresher.mask(list(cts))
+            masked += sent
+            masks.append(drawn)
+        fresh = self._exchange(masked, shapes, expected)
+        slots = refresher.engine.slots
         out, at = [], 0
         for (_, source, target), drawn in zip(parts, masks, strict=True):
             entries = source.placement().gather(drawn)
             placement = target.placement()
             count = len(placement.groups)
             laid = [placement.vector(entries, g, slots) for g in range(count)]
-            out.append(self.refresher.unmask(fresh[at : at + count], laid))
+            out.append(refresher.unmask(fresh[at : at + count], laid))
             at += count
-        self.refresher.record(len(masked), time.perf_counter() - began)
-        if any(source != target for _, source, target in parts):  # else: refreshes batched
-            self.relayouts += 1
-            self.relayout_ciphertexts[0] += len(masked)
-            self.relayout_ciphertexts[1] += expected
-        return out
+        return out, len(masked)
+
+    def _coefficients(
+        self, parts: Sequence[Part], shapes: list[Any], expected: int
+    ) -> tuple[list[list[Ciphertext]], int]:
+        refresher = self.refresher
+        assert isinstance(refresher, CoefficientRefresher)
+        masked: list[Ciphertext] = []
+        draws: list[list[tuple[np.ndarray, np.ndarray]]] = []
+        for cts, source, _ in parts:
+            sent, drawn = refresher.mask(list(cts), source)
+            masked += sent
+            draws.append(drawn)
+        fresh = self._exchange(masked, shapes, expected)
+        out, at = [], 0
+        for (_, source, target), drawn in zip(parts, draws, strict=True):
+            if source == target:  # a refresh: take u off
+                removals = [negated(top, refresher.top_primes) for _, top in drawn]
+            else:
+                room = refresher.room_primes
+                masks = [coefficients.Integers.from_residues(low, room) for low, _ in drawn]
+                moved = move(_stacked(masks), source, target)
+                removals = [embedding.residues(-row, refresher.top_primes) for row in _rows(moved)]
+            count = len(removals)
+            out.append(refresher.unmask(fresh[at : at + count], removals))
+            at += count
+        return out, len(masked)

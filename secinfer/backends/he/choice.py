@@ -415,7 +415,7 @@ def choose_parameters(
     """The cheapest parameter set on `network` (module docstring); UserError when none can
     serve the model (too wide for every ring, too deep without refresh, or the hiding out
     of every chain's reach). Each candidate's dry run packs as its refresh allows
-    (`relayout.runnable_policy`: `packing` under slot-mode refreshes, else feature-major)."""
+    (`relayout.runnable_policy`: `packing` with refreshes, else feature-major)."""
     from secinfer.report.mpc import NETWORKS
 
     if network not in NETWORKS:

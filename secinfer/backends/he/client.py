@@ -19,8 +19,8 @@ from protocols.he.codec import Codec
 from protocols.he.galois import public_context_with_steps
 from protocols.he.layout import Layout
 from protocols.he.params import CkksParams, make_context
-from protocols.he.refresh import SLOT, ClientRefresh, RefreshPlan
-from protocols.he.relayout import client_relayout, read_parts
+from protocols.he.refresh import COEFFICIENT, ClientRefresh, RefreshPlan
+from protocols.he.relayout import client_relayout, client_relayout_coefficients, read_parts
 from secinfer.backends.he.channel import Channel, expect_kind, receive_grid
 from secinfer.backends.he.inputs import client_values
 from secinfer.errors import UserError
@@ -70,24 +70,27 @@ class ClientSession:
 
     def _relayout(self, message: dict[str, Any]) -> None:
         """Re-encrypt masked tensors in the layouts the server asks for
-        (`protocols.he.relayout`): one round trip, counted as a refresh. Only under the
-        slot-mode refresh agreed at the start: a re-layout shows slot values masked as a
-        slot-mode refresh does, less hiding than a coefficient-mode plan promises."""
-        if self.refresh is None or self.refresh.plan.mode != SLOT:
-            agreed = "off" if self.refresh is None else f"{self.refresh.plan.mode}-mode"
+        (`protocols.he.relayout`): one round trip, counted as a refresh, under the refresh
+        agreed at the start (a slot-mode one moves slot values, a coefficient-mode one
+        moves the integer polynomials through the canonical embedding: either way the
+        client sees what that refresh shows it)."""
+        if self.refresh is None:
             raise messages.MessageError(
-                f"the server asked for a re-layout, which needs slot-mode refreshes; the "
-                f"refresh agreed is {agreed}"
+                "the server asked for a re-layout, which needs refreshes; the refresh agreed is off"
             )
         parts = read_parts(message, self.codec.slots)
         masked = self.channel.recv_cts(sum(count for count, _, _ in parts))
-        fresh = client_relayout(
-            parts,
-            masked,
-            self.codec.decrypt_slots,
-            lambda values: self.codec.encrypt_slots(values, seeded=True),
-            lambda values: _plausible(values, self.bound, "a re-layout"),
-        )
+        self.channel.set_status(f"re-laying out {len(masked)} ciphertexts")
+        if self.refresh.plan.mode == COEFFICIENT:
+            fresh = client_relayout_coefficients(parts, masked, self.refresh)
+        else:
+            fresh = client_relayout(
+                parts,
+                masked,
+                self.codec.decrypt_slots,
+                lambda values: self.codec.encrypt_slots(values, seeded=True),
+                lambda values: _plausible(values, self.bound, "a re-layout"),
+            )
         self.channel.send_cts(fresh)
         self.refreshes += 1
 

@@ -120,8 +120,8 @@ def open_server(
     """hello -> shapes -> layouts (and embedding tables) -> public context -> handshake.
     `choice`: the parameters and the refresh (bare `CkksParams`: `choice.default_choice`).
     `packing`: the policy of linear layers and attention (`protocols.he.relayout.POLICIES`);
-    re-layouts ride on slot-mode refreshes only (`relayout.runnable_policy`), so a refresh in
-    coefficient mode (the hiding asked for needs it) runs feature-major."""
+    re-layouts ride on refreshes (`relayout.runnable_policy`), so a run without them is
+    feature-major."""
     if isinstance(choice, CkksParams):
         choice = default_choice(choice, allow_refresh)
     params = choice.params
@@ -174,7 +174,7 @@ def open_server(
     refresher: RelayoutRefresher | MaskingRefresher | CoefficientRefresher | None = None
     if refresh is not None:
         refresher = make_refresher(engine, transport, refresh)
-        if policy is not None and isinstance(refresher, MaskingRefresher):
+        if policy is not None:
             refresher = RelayoutRefresher(refresher, relayout_transport, policy)
     return ServerSession(
         graph, plan, channel, params, specs, engine, refresher, mask_bits, choice, packing
@@ -194,13 +194,7 @@ def packing_record(session: ServerSession) -> dict[str, Any]:
         "products": moving.choices_summary() if moving else {},
     }
     if record["policy"] != session.packing:
-        record["why"] = (
-            "refresh is off: no client round trip to re-lay out in"
-            if refresher is None
-            else "the refreshes are coefficient-mode (the hiding asked for needs them): the "
-            "client sees integer polynomials, not slot values it could move; lower "
-            "--hiding-bits to re-lay out"
-        )
+        record["why"] = "refresh is off: no client round trip to re-lay out in"
     return record
 
 

@@ -110,11 +110,10 @@ def test_run_backend_he_on_a_small_model_through_the_cli(tmp_path: Path) -> None
     assert report["estimates"]["wan"] > report["estimates"]["lan"] > report["seconds"]
     assert f"({report['he']['round_trips']} round trips)" in done.stdout
     assert np.load(output_path).shape == (2, 3)
-    # 40 bits need coefficient-mode refreshes, which cannot re-lay out: feature-major, said
+    # 40 bits need coefficient-mode refreshes, which re-lay out too: the packing asked runs
     packing = report["he"]["packing"]
-    assert packing["asked"] == "auto" and packing["policy"] == "feature_major"
-    assert "coefficient-mode" in packing["why"] and packing["relayouts"] == 0
-    assert "packing feature_major: every product feature-major" in done.stdout
+    assert packing["asked"] == packing["policy"] == "auto" and "why" not in packing
+    assert sum(packing["products"].values()) >= 1 and "packing auto: " in done.stdout
 
 
 def test_without_refresh_the_error_states_depth_needed_and_available(tmp_path: Path) -> None:

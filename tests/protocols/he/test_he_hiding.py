@@ -18,9 +18,10 @@
   Kolmogorov-Smirnov test against U[-1, 1] (unmasked, w / U would sit near 0).
 - Products through refreshes: an `HeTensor` on an engine with 2 levels kept, squarings
   and scalings that need several refreshes, for several shapes; within 1e-4 of numpy.
-- The client refuses a ciphertext at another level, and one made under another key; and a
-  crafted "relayout" message (which would show it slot values, less hiding than the
-  coefficient plan agreed), read from a real socket, before any ciphertext.
+- The client refuses a ciphertext at another level, and one made under another key; a
+  client that agreed to no refresh refuses a crafted "relayout" message, read from a real
+  socket, before any ciphertext (re-layouts under coefficient refreshes:
+  `test_he_coefficient_relayout.py`).
 - Flooding: the output error stays within `slot_error_bound` (with F = 20 at N = 8192,
   about 7.4e-4) and is not zero (its spread is within a factor 3 of the predicted
   2^F sqrt(N / 3) / Delta), the ciphertext arrives at the bottom level.
@@ -248,21 +249,20 @@ def test_the_client_refuses_other_levels_and_foreign_ciphertexts(setup) -> None:
         client([foreign], Layout((4,), (1,)))
 
 
-def test_a_coefficient_mode_client_refuses_a_relayout(setup) -> None:
+def test_a_client_without_refresh_refuses_a_relayout(setup) -> None:
     import socket
 
     from secinfer.backends.he.channel import Channel
     from secinfer.backends.he.client import ClientSession
 
-    _, codec, plan = setup
+    _, codec, _ = setup
     server_end, client_end = socket.socketpair()
     with server_end, client_end:
         part = {"count": 1, "layout": Layout((4,), (1,)).to_dict()}
         part["target"] = part["layout"]
         messages.send_json(server_end, {"kind": "relayout", "parts": [part]}, timeout=5)
-        refresh = ClientRefresh(codec, plan, lambda v: v)
-        client = ClientSession(Channel(client_end, 5.0), codec, [], {}, 64.0, 0, refresh)
-        with pytest.raises(MessageError, match="re-layout, which needs slot-mode refreshes"):
+        client = ClientSession(Channel(client_end, 5.0), codec, [], {}, 64.0, 0, None)
+        with pytest.raises(MessageError, match="re-layout, which needs refreshes"):
             client.await_message("result")
 
 
