@@ -4,10 +4,9 @@ A CKKS plaintext is an integer polynomial m(X) mod X^N + 1; its N/2 slots are it
 the primitive 2N-th roots of unity zeta^(g_k), zeta = exp(i pi / N), g_k = 3^k mod 2N (the
 other N/2 roots, zeta^(-g_k), hold the conjugates), divided by the scale:
 
-    decode:  z_k = m(zeta^(g_k)) = sum_j m_j zeta^(j g_k)
-             (a twist by zeta^j, then one length-N FFT, read at t = (g_k - 1) / 2)
-    encode:  m_j = (1/N) zeta^(-j) sum_t z_t exp(-2 pi i j t / N), z at the roots of slot
-             k and its conjugate, the real part (the input being conjugate-symmetric)
+    decode:  z_k = m(zeta^(g_k)) = sum_j m_j zeta^(j g_k): m folded into N/2 complex
+             numbers, twisted by zeta^j, one FFT of length N/2 (`decode`)
+    encode:  its inverse: one inverse FFT of length N/2, untwisted, unfolded
 
 SEAL and TenSEAL do both in float64, which keeps about 52 bits of the largest slot. A
 coefficient-mode re-layout (`protocols.he.relayout`) moves slot values whose plaintext
@@ -58,13 +57,17 @@ def roots(n: int) -> tuple[DD, DD]:
 
 @lru_cache(maxsize=4)
 def slot_points(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """FFT indices t (root zeta^(2t + 1)) of every slot k and of its conjugate."""
+    """Per slot k, the index t of `decode`'s half-length FFT that holds it and whether it is
+    the conjugate there: the root zeta^r with r = g_k when g_k = 1 mod 4, else r = 2n - g_k
+    (the conjugate's root, which is 1 mod 4); t = (r - 1) / 4."""
     g = np.empty(n // 2, dtype=np.int64)
     power = 1
     for k in range(n // 2):
         g[k] = power
         power = power * 3 % (2 * n)
-    return (g - 1) // 2, (2 * n - g - 1) // 2
+    conjugate = g % 4 == 3
+    r = np.where(conjugate, 2 * n - g, g)
+    return (r - 1) // 4, conjugate
 
 
 @lru_cache(maxsize=4)
@@ -79,12 +82,13 @@ def _bit_reversal(n: int) -> np.ndarray:
 
 @lru_cache(maxsize=8)
 def _twiddles(n: int, sign: int) -> tuple[ComplexDD, ...]:
-    """Per radix-2 stage of half-size h = 1, 2, ..., n/2: exp(sign 2 pi i k / (2h)), k < h."""
-    cos, sin = roots(n)
+    """Per radix-2 stage of half-size h = 1, 2, ..., n/2: exp(sign 2 pi i k / (2h)), k < h
+    (from the table of `roots(2n)`, the one `decode` and `encode` use)."""
+    cos, sin = roots(2 * n)
     out = []
     h = 1
     while h < n:
-        j = (sign * np.arange(h) * (n // h)) % (2 * n)
+        j = (sign * np.arange(h) * (2 * n // h)) % (4 * n)
         out.append(ComplexDD(cos.take(j), sin.take(j)))
         h *= 2
     return tuple(out)
@@ -109,33 +113,43 @@ def fft(x: ComplexDD, sign: int) -> ComplexDD:
 
 
 def decode(coeffs: DD) -> ComplexDD:
-    """The slot values times the scale, m(zeta^(g_k)), of polynomials `coeffs` (..., n)."""
+    """The slot values times the scale, m(zeta^(g_k)), of real polynomials `coeffs`
+    (..., n), by one FFT of length n/2: with c_j = m_j + i m_(j + n/2) (j < n/2) and a root
+    zeta^r, r = 1 mod 4, m(zeta^r) = sum_j c_j zeta^(r j) (as zeta^(r n/2) = i^r = i)
+    = sum_j (c_j zeta^j) exp(2 pi i j t / (n/2)) with t = (r - 1) / 4; every slot's root or
+    its conjugate's is 1 mod 4 (`slot_points`)."""
     n = coeffs.hi.shape[-1]
+    half = n // 2
     cos, sin = roots(n)
-    j = np.arange(n)
-    twisted = ComplexDD(coeffs * cos.take(j), coeffs * sin.take(j))
-    points, _ = slot_points(n)
-    out = fft(twisted, +1)
-    return ComplexDD(out.re.take(points), out.im.take(points))
+    j = np.arange(half)
+    folded = ComplexDD(coeffs.take(np.arange(half)), coeffs.take(np.arange(half, n)))
+    out = fft(folded * ComplexDD(cos.take(j), sin.take(j)), +1)
+    points, conjugate = slot_points(n)
+    sign = np.where(conjugate, -1.0, 1.0)
+    im = out.im.take(points)
+    return ComplexDD(out.re.take(points), DD(im.hi * sign, im.lo * sign))
 
 
 def encode(slots: ComplexDD) -> DD:
     """The real coefficients m_j of the polynomials whose slots times the scale are `slots`
-    (..., n/2): the inverse of `decode` (not rounded)."""
+    (..., n/2): the inverse of `decode` (not rounded): the values at the roots 1 mod 4
+    (conjugated where the slot's root is 3 mod 4), an inverse FFT of length n/2 divided by
+    n/2, untwisted by zeta^-j, read as m_j + i m_(j + n/2)."""
     half = slots.re.hi.shape[-1]
     n = 2 * half
-    points, mirrors = slot_points(n)
-    full = [np.zeros((*slots.re.hi.shape[:-1], n)) for _ in range(4)]
-    for part, value in zip(full, slots.parts(), strict=True):
-        part[..., points] = value
-    conj = slots.conj().parts()
-    for part, value in zip(full, conj, strict=True):
-        part[..., mirrors] = value
+    points, conjugate = slot_points(n)
+    sign = np.where(conjugate, -1.0, 1.0)
+    values = slots.parts()
+    full = [np.zeros(values[0].shape) for _ in range(4)]
+    for part, value, flip in zip(full, values, (1.0, 1.0, sign, sign), strict=True):
+        part[..., points] = value * flip
     y = fft(ComplexDD.from_parts(full), -1)
     cos, sin = roots(n)
-    j = np.arange(n)
-    real = y.re * cos.take(j) + y.im * sin.take(j)  # Re(zeta^-j y_j)
-    return real.ldexp(-(n.bit_length() - 1))
+    j = np.arange(half)
+    c = y * ComplexDD(cos.take(j), -sin.take(j))
+    shift = -(half.bit_length() - 1)
+    re, im = c.re.ldexp(shift), c.im.ldexp(shift)
+    return DD(np.concatenate([re.hi, im.hi], axis=-1), np.concatenate([re.lo, im.lo], axis=-1))
 
 
 def from_integers(values: coefficients.Integers) -> DD:
