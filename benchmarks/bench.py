@@ -179,10 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         he["model"] = he_model.run(quick=args.quick)
         he["hiding"] = he_hiding.run(quick=args.quick, digits_40=he["model"])
         he["layer"] = he_layer.run(quick=args.quick)
+        if not args.quick:
+            he["layer_base"] = he_layer.run(packings=("auto",), size=he_layer.BASE)
         he["meta"] = meta
         he_table = he_matmul.write(he, Path(args.mpc_out)) + "\n\n" + he_model.markdown(he["model"])
         he_table += "\n\n" + he_hiding.markdown(he["hiding"])
         he_table += "\n\n" + he_layer.markdown(he["layer"])
+        if "layer_base" in he:
+            he_table += "\n\n" + he_layer.base_markdown(he["layer_base"])
         (Path(args.mpc_out) / ("he.quick.md" if args.quick else "he.md")).write_text(
             he_table + "\n"
         )

@@ -39,7 +39,15 @@ import torch
 from secinfer.report.he import latency_markdown
 
 FULL = {"hidden": 384, "heads": 12, "ffn": 1536, "seq": 128}
+BASE = {"hidden": 768, "heads": 12, "ffn": 3072, "seq": 128}
+"""A BERT-base-size layer: measured under the CLI's defaults only (its feature-major
+baseline would run d_in d_out ct-pt products per linear layer, about four times MiniLM's
+per layer: the ratio is measured at MiniLM's size)."""
 QUICK = {"hidden": 32, "heads": 4, "ffn": 64, "seq": 8}
+NEXUS = {"seconds": 857.0, "layers": 12, "megabytes": 164.0}
+"""NEXUS (Zhang et al., NDSS 2025): BERT-base, 128 tokens, non-interactive RNS-CKKS with
+bootstrapping, one CPU machine: 857 s and 164 MB for 12 layers (other hardware and another
+protocol; printed for orientation only)."""
 SOFTMAX = {"p": 4, "normalizer": "mean", "eps": 1e-3, "scale": False}
 RUNS: dict[str, dict[str, Any]] = {
     "auto": {},
@@ -128,15 +136,19 @@ def build(shape: dict[str, int], directory: Path) -> tuple[Path, torch.Tensor]:
 
 
 def run(
-    quick: bool = False, seq: int | None = None, packings: tuple[str, ...] = PACKINGS
+    quick: bool = False,
+    seq: int | None = None,
+    packings: tuple[str, ...] = PACKINGS,
+    size: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Both packings on one model and input (module docstring); `seq` overrides the
-    number of tokens, `packings` the runs (the ratio needs both)."""
+    """The runs `packings` on one model and input (module docstring); `seq` overrides the
+    number of tokens, `size` the layer's (MiniLM's, `FULL`, by default; `QUICK` when
+    `quick`)."""
     from secinfer import load
     from secinfer.backends.base import RunOptions
     from secinfer.launch import run as runner
 
-    shape = dict(QUICK if quick else FULL)
+    shape = dict(QUICK if quick else (size or FULL))
     if seq is not None:
         shape["seq"] = seq
     began = time.perf_counter()
@@ -232,6 +244,29 @@ def markdown(record: dict[str, Any]) -> str:
     return "\n".join(tables)
 
 
+def base_markdown(record: dict[str, Any]) -> str:
+    """The BERT-base-size layer's line, with NEXUS's published figure beside it."""
+    shape = record["shape"]
+    run_ = record["runs"]["auto"]
+    per_layer = NEXUS["seconds"] / NEXUS["layers"]
+    megabytes = (run_["bytes"]["server_to_client"] + run_["bytes"]["client_to_server"]) / 1e6
+    return (
+        f"**One BERT-base-size layer** (hidden {shape['hidden']}, {shape['heads']} heads, FFN "
+        f"{shape['ffn']}, {shape['seq']} tokens; as above, CLI defaults: auto packing, "
+        f"40-bit hiding): {run_['seconds']:.1f} s wall ({run_['compute_seconds']:.1f} s of "
+        f"server compute), ring N={run_['ring']}, {megabytes:.1f} MB in all "
+        f"({run_['bytes']['server_to_client'] / 1e6:.1f} server -> client, "
+        f"{run_['bytes']['client_to_server'] / 1e6:.1f} client -> server), "
+        f"{run_['round_trips']} round trips ({run_['refreshes']} refreshes, "
+        f"{run_['packing'].get('relayouts', 0)} re-layouts), {run_['counts']['rotations']} "
+        f"rotations, max abs error {run_['max_abs_error']:.2e}, cosine {run_['cosine']:.6f}. "
+        f"NEXUS (NDSS 2025) publishes {NEXUS['seconds']:.0f} s and {NEXUS['megabytes']:.0f} MB "
+        f"for {NEXUS['layers']} BERT-base layers ({per_layer:.0f} s a layer; non-interactive "
+        "with bootstrapping, other hardware: for orientation only).\n\nServer time per "
+        "operation:\n\n" + latency_markdown(run_["latency"])
+    )
+
+
 def _bits(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
@@ -243,11 +278,14 @@ def main() -> None:  # pragma: no cover - a manual entry point for one shape
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seq", type=int, default=None)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--base", action="store_true", help="the BERT-base-size layer")
     parser.add_argument("--packings", default=",".join(PACKINGS))
     args = parser.parse_args()
-    record = run(quick=args.quick, seq=args.seq, packings=tuple(args.packings.split(",")))
+    size = BASE if args.base else None
+    packings = tuple(args.packings.split(","))
+    record = run(quick=args.quick, seq=args.seq, packings=packings, size=size)
     print(json.dumps(record, indent=1, default=float))
-    print(markdown(record))
+    print(base_markdown(record) if args.base else markdown(record))
 
 
 if __name__ == "__main__":  # pragma: no cover

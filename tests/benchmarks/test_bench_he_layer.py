@@ -36,3 +36,5 @@ def test_both_packings_run_and_match_plaintext() -> None:
     table = he_layer.markdown(record)
     assert "| CLI defaults: cost model per layer (auto), 40-bit hiding |" in table
     assert "Feature-major over auto" in table
+    line = he_layer.base_markdown(record)  # the BERT-base line's form, on this record
+    assert "NEXUS (NDSS 2025) publishes 857 s" in line and "| operation |" in line
