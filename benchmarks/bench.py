@@ -53,6 +53,7 @@ def _write_record(
     with --quick); prints the table and returns it."""
     record["meta"] = meta
     stem = Path(args.mpc_out) / (f"{name}.quick" if args.quick else name)
+    stem.parent.mkdir(parents=True, exist_ok=True)
     table = markdown(record)
     Path(f"{stem}.json").write_text(dumps_strict(record))
     Path(f"{stem}.md").write_text(table + "\n")
