@@ -1,7 +1,8 @@
 """Smoke test of the HE encoder-layer bench (`benchmarks.he_layer`) in quick mode: a 32-wide
 converted BERT layer (4 heads, 8 tokens), one query per setting (the CLI's defaults: auto
 at 40-bit hiding; then auto and feature-major with slot masks, `--hiding-bits 1`) through
-the CLI's run path (server and client processes, real TenSEAL). Several minutes on two cores: slow suite."""
+the CLI's run path (server and client processes, real TenSEAL). Minutes on two cores: slow
+suite."""
 
 from __future__ import annotations
 
