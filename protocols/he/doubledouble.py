@@ -113,11 +113,6 @@ class ComplexDD:
     re: DD
     im: DD
 
-    @classmethod
-    def zeros(cls, shape: tuple[int, ...]) -> ComplexDD:
-        z = np.zeros(shape)
-        return cls(DD(z, z.copy()), DD(z.copy(), z.copy()))
-
     def __add__(self, other: ComplexDD) -> ComplexDD:
         return ComplexDD(self.re + other.re, self.im + other.im)
 
@@ -128,16 +123,6 @@ class ComplexDD:
         return ComplexDD(
             self.re * other.re - self.im * other.im, self.re * other.im + self.im * other.re
         )
-
-    def scale(self, factor: DD) -> ComplexDD:
-        """Times the real `factor`."""
-        return ComplexDD(self.re * factor, self.im * factor)
-
-    def conj(self) -> ComplexDD:
-        return ComplexDD(self.re, -self.im)
-
-    def ldexp(self, power: int) -> ComplexDD:
-        return ComplexDD(self.re.ldexp(power), self.im.ldexp(power))
 
     def parts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The four float64 arrays (re.hi, re.lo, im.hi, im.lo)."""

@@ -221,6 +221,13 @@ class RefreshStats:
     seconds: float = 0.0
     per_refresh: list[int] = field(default_factory=list)
 
+    def count(self, ciphertexts: int, seconds: float) -> None:
+        """One round trip of `ciphertexts` sent ciphertexts taking `seconds`."""
+        self.refreshes += 1
+        self.ciphertexts += ciphertexts
+        self.per_refresh.append(ciphertexts)
+        self.seconds += seconds
+
 
 class MaskingRefresher:
     """The server side of a refresh (module docstring); `transport` does the round trip."""
@@ -267,10 +274,7 @@ class MaskingRefresher:
 
     def record(self, ciphertexts: int, seconds: float) -> None:
         """Count one round trip of `ciphertexts` sent ciphertexts taking `seconds`."""
-        self.stats.refreshes += 1
-        self.stats.ciphertexts += ciphertexts
-        self.stats.per_refresh.append(ciphertexts)
-        self.stats.seconds += seconds
+        self.stats.count(ciphertexts, seconds)
 
 
 class CoefficientRefresher:
@@ -361,10 +365,7 @@ class CoefficientRefresher:
 
     def record(self, ciphertexts: int, seconds: float) -> None:
         """Count one round trip of `ciphertexts` sent ciphertexts taking `seconds`."""
-        self.stats.refreshes += 1
-        self.stats.ciphertexts += ciphertexts
-        self.stats.per_refresh.append(ciphertexts)
-        self.stats.seconds += seconds
+        self.stats.count(ciphertexts, seconds)
 
 
 def negated(res: np.ndarray, primes: list[int]) -> np.ndarray:
