@@ -19,7 +19,9 @@ replicating a token axis) both at `--hiding-bits 1` (slot-mode refreshes), on th
 model and input (`RUNS`). The speed-up is read at equal hiding, from the two slot-mask
 runs: feature-major at 40 bits did not finish its first attention product in 30 minutes
 here (node 11 of 127 after 2385 s; auto at 40 bits took about 5.4 minutes in all), which
-would stop the bench at the launcher's one-hour limit.
+would stop the bench at the launcher's one-hour limit. Even with slot masks the baseline
+runs for a long time, so it is stopped at `BASELINE_CAP` times the slot-mask auto run:
+if it gets there, the table says which node it had reached and the ratio is a lower bound.
 
 Reported per packing: wall seconds (both processes), the server's run seconds, bytes each
 way, round trips (refreshes, re-layouts among them, and the protocol's own), products per
@@ -31,14 +33,18 @@ against plaintext; and feature-major seconds over auto seconds. `quick`: a 32-wi
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
 
+from secinfer.errors import PartyError
 from secinfer.report.he import latency_markdown
 
 FULL = {"hidden": 384, "heads": 12, "ffn": 1536, "seq": 128}
@@ -63,6 +69,12 @@ kept for them): the speed-up's pair (module docstring); the first two give the p
 the 40 bits."""
 PACKINGS = tuple(RUNS)
 SEED = 0
+BASELINE_CAP = 8.0
+"""The feature-major run is stopped after this many times the slot-mask auto run's wall
+seconds (at least `MIN_CAP`): the issue asks for an 8x speed-up, and a baseline that runs
+past the cap shows it (the table then says where the baseline stood when stopped, and the
+ratio is printed as a lower bound). An uncapped MiniLM feature-major run would take hours."""
+MIN_CAP = 300.0
 
 
 class EncoderLayer(torch.nn.Module):
@@ -162,23 +174,71 @@ def run(
         loaded = load.load_model(path)
         for packing in packings:
             settings = {"peer_timeout": 7200.0, **RUNS[packing]}
-            outcome = runner.run_secure(
-                "he",
-                path,
-                loaded.program,
-                (query,),
-                samples=loaded.calibration_samples(),
-                model_name=path.name,
-                output_name=loaded.output_name,
-                options=RunOptions(**settings),
-            )
+            paired = record["runs"].get("slot_masks")
+            if packing == "feature_major" and paired is not None:
+                settings["run_timeout"] = max(MIN_CAP, BASELINE_CAP * paired["seconds"])
+            with _progress_tail() as progress:
+                try:
+                    outcome = runner.run_secure(
+                        "he",
+                        path,
+                        loaded.program,
+                        (query,),
+                        samples=loaded.calibration_samples(),
+                        model_name=path.name,
+                        output_name=loaded.output_name,
+                        options=RunOptions(**settings),
+                    )
+                except PartyError as stopped:
+                    if "run_timeout" not in settings or "did not finish" not in str(stopped):
+                        raise
+                    record["runs"][packing] = {
+                        "stopped_after": settings["run_timeout"],
+                        "progress": progress.last("server progress: node"),
+                        "settings": RUNS[packing],
+                    }
+                    continue
             record["runs"][packing] = {**_summary(outcome.report), "settings": RUNS[packing]}
     if {"slot_masks", "feature_major"} <= set(record["runs"]):
         auto, baseline = record["runs"]["slot_masks"], record["runs"]["feature_major"]
-        record["speedup"] = baseline["seconds"] / auto["seconds"]
-        record["compute_speedup"] = baseline["compute_seconds"] / auto["compute_seconds"]
+        if "stopped_after" in baseline:
+            record["speedup_at_least"] = baseline["stopped_after"] / auto["seconds"]
+        else:
+            record["speedup"] = baseline["seconds"] / auto["seconds"]
+            record["compute_speedup"] = baseline["compute_seconds"] / auto["compute_seconds"]
     record["seconds"] = time.perf_counter() - began
     return record
+
+
+class _Tail:
+    """The stderr lines written while it is installed, passed on unchanged."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.lines: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.lines.extend(line for line in text.splitlines() if line)
+        del self.lines[:-50]
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def last(self, prefix: str) -> str | None:
+        """The last line written that starts with `prefix`."""
+        return next((line for line in reversed(self.lines) if line.startswith(prefix)), None)
+
+
+@contextlib.contextmanager
+def _progress_tail() -> Iterator[_Tail]:
+    """The launcher's progress echo (it prints to `sys.stderr`), kept for a stopped run."""
+    tail = _Tail(sys.stderr)
+    sys.stderr = tail  # type: ignore[assignment]
+    try:
+        yield tail
+    finally:
+        sys.stderr = tail.stream
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -223,6 +283,14 @@ def markdown(record: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for packing, run_ in record["runs"].items():
+        if "stopped_after" in run_:
+            where = run_["progress"] or "no progress line"
+            rows.append(
+                f"| {names.get(packing, packing)} | - | - | stopped after "
+                f"{run_['stopped_after']:.0f} s (the cap: {BASELINE_CAP:g}x the slot-mask auto "
+                f"run), at {where} | - | - | - | - | - | - | - | - |"
+            )
+            continue
         chosen = run_["packing"].get("products", {})
         strategies = ", ".join(f"{n} {k}" for k, n in sorted(chosen.items())) or "-"
         rows.append(
@@ -242,7 +310,16 @@ def markdown(record: dict[str, Any]) -> str:
             f"Feature-major over auto (both with slot masks): {record['speedup']:.1f}x wall, "
             f"{record['compute_speedup']:.1f}x server compute (refresh round trips included).",
         ]
+    elif "speedup_at_least" in record:
+        tables += [
+            "",
+            f"Feature-major over auto (both with slot masks): more than "
+            f"{record['speedup_at_least']:.1f}x wall (feature-major was stopped unfinished at "
+            "its cap; the ratio is a lower bound).",
+        ]
     for packing, run_ in record["runs"].items():
+        if "stopped_after" in run_:
+            continue
         tables += ["", f"Server time per operation, {names.get(packing, packing)}:", "",
                    latency_markdown(run_["latency"])]  # fmt: skip
     return "\n".join(tables)

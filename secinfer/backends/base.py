@@ -40,6 +40,9 @@ from secinfer.core.plan import Plan
 from secinfer.core.registry import RangeStats
 from secinfer.load.values import ValueLimit
 
+RUN_TIMEOUT = 3600.0
+"""Default bound on a whole local run (seconds); each peer wait has its own timeout."""
+
 Hook = Any
 """An executor hook: called with (node name, `Call`, value) for each node."""
 
@@ -58,6 +61,7 @@ class RunOptions:
     hiding_bits: int = 40  # he: statistical hiding of what a refresh shows the client
     flood_bits: int = 0  # he: flood the output's noise (0: off)
     packing: str = "auto"  # he: "auto" (cost model per layer) or "feature_major" (baseline)
+    run_timeout: float = RUN_TIMEOUT  # local runs: the launcher stops the parties after it
     target: str | None = None  # approx: the secure backend whose plan it runs
 
 

@@ -33,9 +33,6 @@ from secinfer.backends.base import PartyEvaluation, PartyRun
 from secinfer.core.evaluation import Evaluation
 from secinfer.errors import PartyError, UserError
 
-RUN_TIMEOUT = 3600.0
-"""Default bound on a whole local run (seconds); each peer wait has its own timeout."""
-
 
 def last_error(path: Path) -> str:
     lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]

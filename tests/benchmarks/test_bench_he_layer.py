@@ -39,3 +39,13 @@ def test_both_packings_run_and_match_plaintext() -> None:
     assert "Feature-major over auto" in table
     line = he_layer.base_markdown(record)  # the BERT-base line's form, on this record
     assert "NEXUS (NDSS 2025) publishes 857 s" in line and "| operation |" in line
+
+
+def test_a_baseline_stopped_at_its_cap_is_reported_as_a_lower_bound() -> None:
+    record = he_layer.run(quick=True, packings=())  # builds nothing else: the shape only
+    auto = {"seconds": 100.0}
+    record["runs"] = {"feature_major": {"stopped_after": 800.0, "progress": None}}
+    record["speedup_at_least"] = 800.0 / auto["seconds"]
+    table = he_layer.markdown(record)
+    assert "stopped after 800 s" in table and "no progress line" in table
+    assert "more than 8.0x wall" in table and "Server time per operation, feature" not in table

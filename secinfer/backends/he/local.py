@@ -25,7 +25,6 @@ from protocols.net import free_port
 from secinfer.backends import processes
 from secinfer.backends.base import PartyEvaluation, PartyRun, RunOptions
 from secinfer.backends.parties import (
-    RUN_TIMEOUT,
     evaluation_arguments,
     party_dirs,
     read_evaluation,
@@ -51,8 +50,6 @@ def run_local_he(
     model: Path,
     inputs: tuple[torch.Tensor, ...],
     options: RunOptions,
-    *,
-    run_timeout: float = RUN_TIMEOUT,
 ) -> PartyRun:
     """Server (model owner) and client (data owner) of an HE run as two processes on
     loopback; the client's decrypted output and both records. The server re-encrypts
@@ -68,7 +65,7 @@ def run_local_he(
         if options.packing != "auto":
             server += ["--packing", options.packing.replace("_", "-")]
         client = ["--input", str(save_inputs(inputs, out[HeRole.CLIENT]))]
-        seconds = _run_he(model, options, out, server, client, root, run_timeout)
+        seconds = _run_he(model, options, out, server, client, root)
         return read_run(out[HeRole.CLIENT] / "output.npy", *_records(out), seconds)
 
 
@@ -78,15 +75,13 @@ def run_local_he_evaluation(
     evaluation: Evaluation,
     batch_size: int,
     options: RunOptions,
-    *,
-    run_timeout: float = RUN_TIMEOUT,
 ) -> PartyEvaluation:
     """A private evaluation under HE, server and client as processes: the aggregate the
     chosen side learned, the server's record (as the model owner's), the client's."""
     with processes.stopping_on_signals(), processes.private_directory("secinfer-he-eval-") as root:
         out = party_dirs(root, list(HeRole))
         server, client = evaluation_arguments(evaluation, data, batch_size)
-        seconds = _run_he(model, options, out, server, client, root, run_timeout)
+        seconds = _run_he(model, options, out, server, client, root)
         learner = out[HeRole.SERVER if evaluation.reveal_to == "model-owner" else HeRole.CLIENT]
         return read_evaluation(learner / "aggregate.json", *_records(out), seconds)
 
@@ -103,7 +98,6 @@ def _run_he(
     server_job: list[str],
     client_job: list[str],
     root: Path,
-    run_timeout: float,
 ) -> float:
     """The two `secinfer he-party` processes on a fresh loopback port, each given its
     arguments in `server_job` / `client_job` besides the common ones, authenticated by
@@ -125,13 +119,13 @@ def _run_he(
     client = [*base, "--role", "client", "--connect", f"127.0.0.1:{port}"]
     client += ["--out", str(out[HeRole.CLIENT])]
     commands = {HeRole.SERVER: server + server_job, HeRole.CLIENT: client + client_job}
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", MEET_ENV: str(run_timeout)}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", MEET_ENV: str(options.run_timeout)}
     began = time.perf_counter()
     done = threading.Event()
     echo = threading.Thread(target=_echo_progress, args=(root, done), daemon=True)
     echo.start()
     try:
-        run_parties(commands, root, run_timeout, env=env)
+        run_parties(commands, root, options.run_timeout, env=env)
     finally:
         done.set()
         echo.join(2.0)

@@ -23,7 +23,6 @@ from protocols.mpc.runtime import Role
 from secinfer.backends import processes
 from secinfer.backends.base import PartyEvaluation, PartyRun, RunOptions
 from secinfer.backends.parties import (
-    RUN_TIMEOUT,
     evaluation_arguments,
     party_dirs,
     read_evaluation,
@@ -38,8 +37,6 @@ def run_local_parties(
     model: Path,
     inputs: tuple[torch.Tensor, ...],
     options: RunOptions,
-    *,
-    run_timeout: float = RUN_TIMEOUT,
     insecure_channel: bool = False,
 ) -> PartyRun:
     """Model owner, data owner and (under `options.provider` "dealer") the dealer as
@@ -51,7 +48,7 @@ def run_local_parties(
     with processes.stopping_on_signals(), processes.private_directory("secinfer-mpc-") as root:
         out = party_dirs(root, roles)
         query = {Role.DATA_OWNER: ["--input", str(save_inputs(inputs, out[Role.DATA_OWNER]))]}
-        seconds = _launch(model, options, out, query, root, run_timeout, insecure_channel)
+        seconds = _launch(model, options, out, query, root, insecure_channel)
         return read_run(out[Role.DATA_OWNER] / "output.npy", *_records(out), seconds)
 
 
@@ -61,8 +58,6 @@ def run_local_evaluation(
     evaluation: Evaluation,
     batch_size: int,
     options: RunOptions,
-    *,
-    run_timeout: float = RUN_TIMEOUT,
 ) -> PartyEvaluation:
     """A private evaluation by the three MPC parties as processes: the aggregate the chosen
     party learned and both computing parties' records. It always runs with the dealer and
@@ -73,7 +68,7 @@ def run_local_evaluation(
         out = party_dirs(root, roles)
         owner, data_owner = evaluation_arguments(evaluation, data, batch_size)
         job = {Role.MODEL_OWNER: owner, Role.DATA_OWNER: data_owner}
-        seconds = _launch(model, options, out, job, root, run_timeout, False)
+        seconds = _launch(model, options, out, job, root, False)
         learner = out[Role.from_label(evaluation.reveal_to)]
         return read_evaluation(learner / "aggregate.json", *_records(out), seconds)
 
@@ -84,7 +79,6 @@ def _launch(
     out: dict[Role, Path],
     job: dict[Role, list[str]],
     root: Path,
-    run_timeout: float,
     insecure_channel: bool,
 ) -> float:
     """The roles' (`out`'s) `secinfer party` processes on a fresh loopback rendezvous, each
@@ -105,7 +99,9 @@ def _launch(
             role: _party_command(role, rendezvous, model, options, out, identity, job.get(role))
             for role in out
         }
-        run_parties(commands, root, run_timeout, env=env, listeners={Role.MODEL_OWNER: listener})
+        run_parties(
+            commands, root, options.run_timeout, env=env, listeners={Role.MODEL_OWNER: listener}
+        )
         return time.perf_counter() - began
 
 
