@@ -61,6 +61,7 @@ def main() -> None:
     secinfer run MODEL -b approx    run with the approximations, compare with plaintext
     secinfer run MODEL -b mpc|he    run it securely (parties as local processes)
     secinfer eval MODEL DATA        losses and accuracy on labelled data, vs plaintext
+    secinfer generate DIR --prompt  greedy text generation with a key/value cache
     secinfer catalog                the approximations and their certified errors
     secinfer keys --out DIR         identities for the parties' authenticated channels
     """
@@ -643,6 +644,116 @@ def eval_(
     if report_path is not None:
         write_json(report_path, report)
     click.echo(table(report))
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--prompt", help="The prompt as text (model directories with a tokenizer).")
+@click.option(
+    "--input",
+    "input_path",
+    type=click.Path(path_type=Path),
+    help="The prompt as token ids: a .npy array of shape (P,) or (1, P).",
+)
+@click.option(
+    "--max-new-tokens",
+    type=int,
+    default=16,
+    show_default=True,
+    help="How many tokens to generate (fewer when --stop-token comes first).",
+)
+@click.option(
+    "-b",
+    "--backend",
+    type=click.Choice(BACKEND_CHOICES),
+    default="approx",
+    show_default=True,
+    help="Where to run: exact torch, approximations in float64, or a secure backend.",
+)
+@click.option("--stop-token", type=int, help="Stop after this token id is generated.")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the generated token ids here (.npy, int64).",
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the generation report here (JSON).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="Plan overrides (JSON or YAML): approximation per function or node.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_target_option
+def generate(
+    model: Path,
+    prompt: str | None,
+    input_path: Path | None,
+    max_new_tokens: int,
+    backend: str,
+    stop_token: int | None,
+    output: Path | None,
+    report_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+    target: str | None,
+) -> None:
+    """Generate text greedily with MODEL (a Hugging Face causal-LM directory) after a prompt.
+
+    The prompt runs once; then each new token runs one row through the model with the
+    key/value cache of the tokens before it. Each token is printed on stderr as it comes
+    (with its seconds); the report compares the tokens with plaintext greedy decoding.
+    """
+    _check_suffix(output, ".npy", "--output")
+    _check_suffix(report_path, ".json", "--report")
+    if max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens {max_new_tokens}: give at least 1")
+    if backend in ("mpc", "he"):
+        raise UserError(f"generate --backend {backend} is not built yet; use plain or approx")
+    from secinfer.launch.generate import generate_local
+    from secinfer.load.decoder import load_decoder, read_prompt
+    from secinfer.report.files import dumps_strict, write_json, write_npy
+    from secinfer.report.generation import generation_report, generation_summary
+
+    decoder = load_decoder(model)
+    ids = read_prompt(decoder, prompt, input_path)
+    decoder.check_length(int(ids.shape[1]), max_new_tokens)
+    if stop_token is not None:
+        decoder.check_token(stop_token, "--stop-token")
+
+    def show(token: int, record: dict[str, Any]) -> None:
+        shown.append(token)
+        piece = f" {decoder.tokenizer.decode([token])!r}" if decoder.tokenizer is not None else ""
+        click.echo(
+            f"token {len(shown)}/{max_new_tokens}: {token}{piece} ({record['seconds']:.2f} s)",
+            err=True,
+        )
+
+    shown: list[int] = []
+    generation = generate_local(
+        decoder,
+        ids,
+        max_new_tokens,
+        backend,
+        stop_token=stop_token,
+        config_path=config_path,
+        target=target,
+        on_token=show,
+    )
+    text = decoder.tokenizer.decode(generation.tokens) if decoder.tokenizer is not None else None
+    report = generation_report(generation, str(model), text, None)
+    if output is not None:
+        import numpy as np
+
+        write_npy(output, np.asarray(generation.tokens, dtype=np.int64))
+    if report_path is not None:
+        write_json(report_path, report)
+    click.echo(dumps_strict(report) if as_json else generation_summary(report))
 
 
 @main.command("he-party")

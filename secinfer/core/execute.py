@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -138,9 +138,14 @@ class Executor:
         watch: frozenset[str] | set[str] = frozenset(),
         hook: Hook | None = None,
         progress: bool = False,
+        given: Mapping[str, Any] | None = None,
     ) -> RunResult:
         """Execute once. `watch` names nodes whose values are kept in the result; `hook`
-        sees every call (calibration uses it)."""
+        sees every call (calibration uses it). `given` holds values for user inputs (by
+        placeholder name) already in the backend's form, used as they are instead of being
+        seeded: what a previous run left, such as a generation's key/value cache or its
+        next token kept secret; `inputs` supply the other user inputs, in order."""
+        given = given or {}
         env: dict[str, Any] = {}
         records: list[NodeRecord] = []
         watched: dict[str, torch.Tensor] = {}
@@ -158,6 +163,8 @@ class Executor:
                     )
                 elif fx_node.name in self.graph.fixed_inputs:
                     env[fx_node.name] = self.graph.fixed_inputs[fx_node.name]
+                elif fx_node.name in given:
+                    env[fx_node.name] = given[fx_node.name]
                 else:
                     value = next(user)
                     env[fx_node.name] = (

@@ -26,9 +26,21 @@ def prepare(
     `approx --target mpc` runs exactly the plan the mpc parties run (same graph, samples
     and config give the same `Plan.to_dict()`)."""
     chosen = plan_target(backend, target)
+    check_config(read_config(config_path), None, chosen)  # before the model is traced
+    return prepare_graph(build_graph(program), backend, samples, config_path, target)
+
+
+def prepare_graph(
+    graph: Graph,
+    backend: str,
+    samples: list[tuple[torch.Tensor, ...]],
+    config_path: str | Path | None = None,
+    target: str | None = None,
+) -> tuple[Graph, Plan]:
+    """`prepare` on a graph already built (a generation's programs run many times)."""
+    chosen = plan_target(backend, target)
     config = read_config(config_path)
-    check_config(config, None, chosen)  # a bad option fails before the model is traced
-    graph = build_graph(program)
+    check_config(config, None, chosen)
     check_supported(graph, backend)
     check_config(config, graph, chosen)  # node names too, before calibrating
     calibration = calibrate(graph, samples) if samples else {}

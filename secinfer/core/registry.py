@@ -7,6 +7,8 @@ Categories say what an op costs in a secure backend:
   linear     products with a weight or another activation (linear, matmul, conv, ...)
   arith      additions, products, means (add, mul, mean, pow with an integer exponent)
   nonlinear  functions the plan approximates (gelu, softmax, layer_norm, exp, ...)
+  public     functions of public values only (the rotary angles' cos and sin of positions):
+             no secure backend computes them on a secret
 
 Backends register kernels here (`register`); the executor only looks them up. A kernel
 takes a `Call` (the op, its evaluated arguments, the plan's choice for the node, and a
@@ -192,6 +194,10 @@ _CATEGORIES: dict[str, tuple[str, ...]] = {
         "aten.pow",
         "aten.div",
         "aten.cumsum",
+    ),
+    "public": (
+        "aten.cos",
+        "aten.sin",
     ),
 }
 

@@ -57,9 +57,9 @@ class VisionModel(nn.Module):
 
 def load_huggingface(path: Path) -> LoadedModel:
     """A Hugging Face directory, loaded offline and exported with dynamic batch (and length)."""
-    config = _read_config(path)
-    _check_weights(path)
-    model = _from_pretrained(path, config)
+    config = read_config(path)
+    check_weights(path)
+    model = from_pretrained(path, config)
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False  # no key/value cache among the outputs
     text = _is_text_model(model, path)
@@ -67,14 +67,14 @@ def load_huggingface(path: Path) -> LoadedModel:
     names = TEXT_INPUTS if text else ["pixel_values"]
     wrapper = (TextModel(model) if text else VisionModel(model)).eval()
     output_name = _first_output_name(model, names, example, path)
-    program = _export_hf(wrapper, example, _max_positions(model.config) if text else None, path)
-    tokenizer, problem = _tokenizer(path) if text else (None, f"{path} is a vision model")
+    program = _export_hf(wrapper, example, max_positions(model.config) if text else None, path)
+    tokenizer, problem = read_tokenizer(path) if text else (None, f"{path} is a vision model")
     return LoadedModel(
         program, "huggingface", path, example, names, output_name, tokenizer, problem
     )
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def read_config(path: Path) -> dict[str, Any]:
     """config.json as a dict; UserError when it is missing or not JSON."""
     config_path = path / "config.json"
     if not config_path.is_file():
@@ -91,7 +91,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _check_weights(path: Path) -> None:
+def check_weights(path: Path) -> None:
     """UserError unless the directory holds safetensors weights (never a pickled .bin)."""
     if any(path.glob("*.safetensors")):
         return
@@ -103,7 +103,7 @@ def _check_weights(path: Path) -> None:
     raise UserError(f"{path}: no *.safetensors weights next to config.json")
 
 
-def _from_pretrained(path: Path, config: dict[str, Any]) -> nn.Module:
+def from_pretrained(path: Path, config: dict[str, Any]) -> nn.Module:
     """The model of config.architectures (else AutoModel), offline, without remote code."""
     import transformers
 
@@ -158,7 +158,7 @@ def _is_text_model(model: nn.Module, path: Path) -> bool:
     )
 
 
-def _max_positions(config: Any) -> int | None:
+def max_positions(config: Any) -> int | None:
     """The longest sequence the model's position embeddings cover, when the config says."""
     for key in _POSITION_KEYS:
         value = getattr(config, key, None)
@@ -170,7 +170,7 @@ def _max_positions(config: Any) -> int | None:
 def _text_sample(config: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Batch 1 of TEXT_SEQ_LEN deterministic token ids and a full attention mask."""
     vocab = int(getattr(config, "vocab_size", 0) or 100)
-    length = min(TEXT_SEQ_LEN, _max_positions(config) or TEXT_SEQ_LEN)
+    length = min(TEXT_SEQ_LEN, max_positions(config) or TEXT_SEQ_LEN)
     ids = (torch.arange(length, dtype=torch.int64) * 7 + 3) % vocab
     return ids[None, :], torch.ones(1, length, dtype=torch.int64)
 
@@ -244,7 +244,7 @@ def _hf_dynamic_shapes(count: int, max_len: int | None) -> list[tuple[dict[int, 
     return [named, tuple({0: auto, 1: auto} for _ in range(count))]
 
 
-def _tokenizer(path: Path) -> tuple[Any, str | None]:
+def read_tokenizer(path: Path) -> tuple[Any, str | None]:
     """The directory's tokenizer (offline, never its own code), or None and the reason."""
     if not any((path / name).is_file() for name in _TOKENIZER_FILES):
         return None, f"{path} has no tokenizer files"

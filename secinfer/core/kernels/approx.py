@@ -290,7 +290,9 @@ def _interval(choice: Any) -> tuple[float, float] | None:
     return tuple(choice.interval) if choice is not None and choice.interval else None
 
 
-register_all("approx", generic, categories=("shape", "create", "select", "linear", "arith"))
+register_all(
+    "approx", generic, categories=("shape", "create", "select", "linear", "arith", "public")
+)
 register_functions(
     "approx",
     {

@@ -351,6 +351,8 @@ for _name in [*SHAPE, *ARITH, *SELECT, "sym.mul", "sym.add", "sym.sub"]:
 for _spec in REGISTRY.values():
     if _spec.category == "create":
         register("mpc", _spec.name, public_only)
+    elif _spec.category == "public":  # refused on a secret: no kernel among SHAPE/ARITH/SELECT
+        register("mpc", _spec.name, structural)
 for _name in ("aten._assert_tensor_metadata", "aten.sym_size", "sym.floordiv", "sym.truediv"):
     register("mpc", _name, structural)
 
