@@ -467,6 +467,20 @@ def inspect(model: Path, trust_model: bool, input_path: Path | None, as_json: bo
     is_flag=True,
     help="gloo sockets in clear: no authentication, no encryption (experiments only).",
 )
+@click.option(
+    "--generate",
+    is_flag=True,
+    help="Generate text (`secinfer generate`): the model owner's --model is a causal-LM "
+    "directory, the data owner's one --input the prompt's token ids (.npy).",
+)
+@click.option(
+    "--max-new-tokens",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Data owner, --generate: how many tokens at most.",
+)
+@click.option("--stop-token", type=int, help="Data owner, --generate: stop after this token id.")
 @_mpc_options
 @_evaluation_options("Data owner")
 def party(role: str, **options: Any) -> None:
@@ -690,6 +704,7 @@ def eval_(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_target_option
+@_mpc_options
 def generate(
     model: Path,
     prompt: str | None,
@@ -702,6 +717,9 @@ def generate(
     config_path: Path | None,
     as_json: bool,
     target: str | None,
+    provider: str,
+    precision_bits: int,
+    timeout: float,
 ) -> None:
     """Generate text greedily with MODEL (a Hugging Face causal-LM directory) after a prompt.
 
@@ -713,9 +731,8 @@ def generate(
     _check_suffix(report_path, ".json", "--report")
     if max_new_tokens < 1:
         raise UserError(f"--max-new-tokens {max_new_tokens}: give at least 1")
-    if backend in ("mpc", "he"):
-        raise UserError(f"generate --backend {backend} is not built yet; use plain or approx")
-    from secinfer.launch.generate import generate_local
+    from secinfer.backends.base import RunOptions
+    from secinfer.launch.generate import generate_local, generate_secure
     from secinfer.load.decoder import load_decoder, read_prompt
     from secinfer.report.files import dumps_strict, write_json, write_npy
     from secinfer.report.generation import generation_report, generation_summary
@@ -735,18 +752,34 @@ def generate(
         )
 
     shown: list[int] = []
-    generation = generate_local(
-        decoder,
-        ids,
-        max_new_tokens,
-        backend,
-        stop_token=stop_token,
-        config_path=config_path,
-        target=target,
-        on_token=show,
-    )
+    reference = None
+    if backend in ("mpc", "he"):
+        options = RunOptions(
+            config=config_path,
+            peer_timeout=timeout,
+            provider=provider,
+            precision_bits=precision_bits,
+        )
+        generation, parties = generate_secure(
+            backend, model, ids, max_new_tokens, options, stop_token=stop_token
+        )
+        count = len(generation.tokens)
+        reference = generate_local(decoder, ids, count, "plain").tokens
+    else:
+        generation = generate_local(
+            decoder,
+            ids,
+            max_new_tokens,
+            backend,
+            stop_token=stop_token,
+            config_path=config_path,
+            target=target,
+            on_token=show,
+        )
     text = decoder.tokenizer.decode(generation.tokens) if decoder.tokenizer is not None else None
-    report = generation_report(generation, str(model), text, None)
+    report = generation_report(generation, str(model), text, reference)
+    if backend in ("mpc", "he"):
+        report["parties"] = parties
     if output is not None:
         import numpy as np
 

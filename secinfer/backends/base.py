@@ -109,6 +109,18 @@ class SecureBackend(Backend, Protocol):
         self, model: Path, inputs: tuple[torch.Tensor, ...], options: RunOptions
     ) -> PartyRun: ...
 
+    def generate_parties(
+        self,
+        model: Path,
+        prompt: torch.Tensor,
+        max_new_tokens: int,
+        stop_token: int | None,
+        options: RunOptions,
+    ) -> PartyRun:
+        """Greedy generation by the parties as local processes: `output` holds the token
+        ids, the records each party's cost of the prefill and of every token."""
+        ...
+
     def evaluate_parties(
         self, model: Path, data: Path, evaluation: Evaluation, batch_size: int, options: RunOptions
     ) -> PartyEvaluation: ...

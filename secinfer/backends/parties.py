@@ -16,11 +16,15 @@ temporary folder (mode 0700: the input, outputs, records and logs) is removed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +149,37 @@ def read_evaluation(
         data_owner=_record(data_owner),
         seconds=seconds,
     )
+
+
+@contextlib.contextmanager
+def echoing_progress(root: Path, labels: list[str], every: float = 0.5) -> Iterator[None]:
+    """While the block runs, copy each party's own progress lines ("<label> progress: ...")
+    from `root/<label>.log` to stderr, not its view of another's progress ("<label>
+    progress: <other>: ...": that would repeat the other's own lines)."""
+    done = threading.Event()
+    echo = threading.Thread(target=_echo, args=(root, labels, done, every), daemon=True)
+    echo.start()
+    try:
+        yield
+    finally:
+        done.set()
+        echo.join(2.0)
+
+
+def _echo(root: Path, labels: list[str], done: threading.Event, every: float) -> None:
+    offsets = dict.fromkeys(labels, 0)
+    while not done.wait(every):
+        for label in labels:
+            try:
+                with (root / f"{label}.log").open("rb") as stream:
+                    stream.seek(offsets[label])
+                    chunk = stream.read()
+            except OSError:
+                continue
+            complete = chunk[: chunk.rfind(b"\n") + 1]
+            offsets[label] += len(complete)
+            own = f"{label} progress: "
+            peers = tuple(f"{own}{other}: " for other in labels if other != label)
+            for line in complete.decode(errors="replace").splitlines():
+                if line.startswith(own) and not line.startswith(peers):
+                    print(line, file=sys.stderr, flush=True)

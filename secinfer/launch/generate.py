@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from secinfer import backends
+from secinfer.backends.base import RunOptions
 from secinfer.core.execute import Executor
 from secinfer.core.graph import Graph, build_graph
 from secinfer.core.prepare import prepare_graph
@@ -99,13 +100,15 @@ def generate_local(
     caches: list[list[Any]] = [[] for _ in runs["prefill"]]
     record = _lockstep(runs["prefill"], [(prompt,)], caches)
     logits = record.pop("logits")
-    result.prefill = dict(record)
+    result.prefill = {key: record.pop(key) for key in ("seconds", "out_of_range")}
     for index in range(max_new_tokens):
         if index > 0:
             token_ids = torch.tensor([[result.tokens[-1]]])
             record = _lockstep(runs["step"], [(token_ids,)], caches)
             logits = record.pop("logits")
+        began = time.perf_counter()
         token = greedy(logits)
+        record["seconds"] = record.get("seconds", 0.0) + time.perf_counter() - began
         record["token"] = token
         result.tokens.append(token)
         result.steps.append(record)
@@ -117,13 +120,38 @@ def generate_local(
     return result
 
 
+def generate_secure(
+    backend: str,
+    model: Path,
+    prompt: torch.Tensor,
+    max_new_tokens: int,
+    options: RunOptions,
+    *,
+    stop_token: int | None = None,
+) -> tuple[Generation, dict[str, Any]]:
+    """Greedy generation by a secure backend's parties as local processes (each token's
+    progress line is echoed as it comes); the generation as the data owner recorded it,
+    and both parties' records (their traffic: offline, prefill and every token)."""
+    chosen = backends.get(backend)
+    run = chosen.generate_parties(model, prompt, max_new_tokens, stop_token, options)
+    record = run.data_owner
+    result = Generation(backend, prompt[0].tolist(), plan_for=backend)
+    result.tokens = [int(t) for t in run.output.reshape(-1)]
+    result.prefill = dict(record.get("prefill", {}))
+    result.steps = [dict(step) for step in record.get("steps", [])]
+    if stop_token is not None and result.tokens and result.tokens[-1] == stop_token:
+        result.stopped_by = "stop_token"
+    parties = {"model_owner": run.model_owner, "data_owner": run.data_owner, "seconds": run.seconds}
+    return result, parties
+
+
 def _lockstep(
     executors: list[Executor], inputs: list[tuple[torch.Tensor, ...]], caches: list[list[Any]]
 ) -> dict[str, Any]:
     """One prefill or step on each executor (the backend's first, then plain's), each with
     its own cache (`caches`, one list per executor, replaced by the new ones); the
-    backend's logits and seconds, and against plain's: the logits' max abs error and the
-    token plain picks."""
+    backend's logits, seconds and inputs outside its intervals, and against plain's: the
+    logits' max abs error and the token plain picks."""
     record: dict[str, Any] = {}
     outputs = []
     for index, executor in enumerate(executors):
@@ -144,4 +172,4 @@ def _lockstep(
     return record
 
 
-__all__ = ["Generation", "OnToken", "generate_local", "greedy"]
+__all__ = ["Generation", "OnToken", "generate_local", "generate_secure", "greedy"]

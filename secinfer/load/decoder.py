@@ -77,7 +77,7 @@ class Decoder:
         prompts = [((torch.arange(prompt_tokens) * 7 + 3) % self.vocab)[None]]
         for _ in range(CALIBRATION_PROMPTS - 1):
             prompts.append(torch.randint(0, self.vocab, (1, prompt_tokens), generator=generator))
-        steps = new_tokens - 1
+        steps = max(new_tokens - 1, 1)  # a step sample even when no step will run
         spread = max(CALIBRATION_STEPS - 1, 1)
         chosen = {round(k * (steps - 1) / spread) for k in range(CALIBRATION_STEPS)}
         prefill, step = self.prefill.module(), self.step.module()
@@ -112,10 +112,8 @@ class Decoder:
 
 def read_prompt(decoder: Decoder, text: str | None, path: Path | None) -> torch.Tensor:
     """The prompt as (1, P) int64 ids: `text` through the directory's tokenizer, or the ids
-    in the .npy file `path` (shape (P,) or (1, P), integers of the vocabulary); UserError
-    naming the problem and the fix."""
-    import numpy as np
-
+    in the .npy file `path` (`read_prompt_ids`, then checked against the vocabulary);
+    UserError naming the problem and the fix."""
     if (text is None) == (path is None):
         raise UserError("give the prompt as --prompt TEXT or --input IDS.npy (one of them)")
     if text is not None:
@@ -127,6 +125,21 @@ def read_prompt(decoder: Decoder, text: str | None, path: Path | None) -> torch.
             raise UserError("--prompt: the text has no tokens; give some text")
         return ids.reshape(1, -1)
     assert path is not None
+    ids = read_prompt_ids(path)
+    bad = ids[ids >= decoder.vocab]
+    if bad.numel():
+        raise UserError(
+            f"--input {path}: token id {int(bad[0])} outside the vocabulary 0..{decoder.vocab - 1}"
+        )
+    return ids
+
+
+def read_prompt_ids(path: Path) -> torch.Tensor:
+    """Token ids from a .npy file: (1, P) int64 from shape (P,) or (1, P), non-negative
+    integers; UserError naming the problem and the fix (the vocabulary is checked by whoever
+    knows it)."""
+    import numpy as np
+
     if path.suffix != ".npy" or not path.is_file():
         raise UserError(f"--input {path}: give an existing .npy file of token ids")
     try:
@@ -143,11 +156,8 @@ def read_prompt(decoder: Decoder, text: str | None, path: Path | None) -> torch.
     ids = torch.from_numpy(array.astype(np.int64)).reshape(1, -1)
     if ids.numel() == 0:
         raise UserError(f"--input {path}: no token ids; give at least one")
-    bad = ids[(ids < 0) | (ids >= decoder.vocab)]
-    if bad.numel():
-        raise UserError(
-            f"--input {path}: token id {int(bad[0])} outside the vocabulary 0..{decoder.vocab - 1}"
-        )
+    if int(ids.min()) < 0:
+        raise UserError(f"--input {path}: token id {int(ids.min())} is negative")
     return ids
 
 
@@ -266,4 +276,4 @@ def _export(
         ) from None
 
 
-__all__ = ["SAMPLE_PROMPT", "Decoder", "load_decoder", "read_prompt"]
+__all__ = ["SAMPLE_PROMPT", "Decoder", "load_decoder", "read_prompt", "read_prompt_ids"]

@@ -27,7 +27,7 @@ def generation_report(
         "tokens": tokens,
         "text": text,
         "stopped_by": generation.stopped_by,
-        "seconds": generation.prefill.get("seconds", 0.0) + sum(s["seconds"] for s in steps[1:]),
+        "seconds": generation.prefill.get("seconds", 0.0) + sum(s["seconds"] for s in steps),
         "prefill": generation.prefill,
         "steps": steps,
     }

@@ -15,6 +15,7 @@ from secinfer.core.execute import RunResult
 from secinfer.core.graph import Graph
 from secinfer.core.plan import Plan
 from secinfer.core.registry import RangeStats
+from secinfer.errors import UserError
 from secinfer.load.values import ValueLimit
 
 
@@ -52,6 +53,16 @@ class HeBackend:
         from secinfer.backends.he.local import run_local_he
 
         return run_local_he(model, inputs, options)
+
+    def generate_parties(
+        self,
+        model: Path,
+        prompt: torch.Tensor,
+        max_new_tokens: int,
+        stop_token: int | None,
+        options: RunOptions,
+    ) -> PartyRun:
+        raise UserError("generate --backend he is not built yet; use mpc, approx or plain")
 
     def evaluate_parties(
         self, model: Path, data: Path, evaluation: Evaluation, batch_size: int, options: RunOptions

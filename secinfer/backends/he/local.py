@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 from enum import Enum
 from pathlib import Path
@@ -25,6 +24,7 @@ from protocols.net import free_port
 from secinfer.backends import processes
 from secinfer.backends.base import PartyEvaluation, PartyRun, RunOptions
 from secinfer.backends.parties import (
+    echoing_progress,
     evaluation_arguments,
     party_dirs,
     read_evaluation,
@@ -121,34 +121,6 @@ def _run_he(
     commands = {HeRole.SERVER: server + server_job, HeRole.CLIENT: client + client_job}
     env = {**os.environ, "PYTHONUNBUFFERED": "1", MEET_ENV: str(options.run_timeout)}
     began = time.perf_counter()
-    done = threading.Event()
-    echo = threading.Thread(target=_echo_progress, args=(root, done), daemon=True)
-    echo.start()
-    try:
+    with echoing_progress(root, [role.label for role in HeRole]):
         run_parties(commands, root, options.run_timeout, env=env)
-    finally:
-        done.set()
-        echo.join(2.0)
     return time.perf_counter() - began
-
-
-def _echo_progress(root: Path, done: threading.Event, every: float = 0.5) -> None:
-    """Until `done`, copy each party's own progress lines from `root/<role>.log` to stderr
-    (not its view of the other's progress: that would repeat the other's own lines)."""
-    offsets = {role: 0 for role in HeRole}
-    while not done.wait(every):
-        for role in HeRole:
-            path = root / f"{role.label}.log"
-            try:
-                with path.open("rb") as stream:
-                    stream.seek(offsets[role])
-                    chunk = stream.read()
-            except OSError:
-                continue
-            complete = chunk[: chunk.rfind(b"\n") + 1]
-            offsets[role] += len(complete)
-            own = f"{role.label} progress: "
-            peer = f"{own}{'client' if role is HeRole.SERVER else 'server'}: "
-            for line in complete.decode(errors="replace").splitlines():
-                if line.startswith(own) and not line.startswith(peer):
-                    print(line, file=sys.stderr, flush=True)

@@ -44,6 +44,18 @@ class MpcBackend:
 
         return run_local_parties(model, inputs, options)
 
+    def generate_parties(
+        self,
+        model: Path,
+        prompt: torch.Tensor,
+        max_new_tokens: int,
+        stop_token: int | None,
+        options: RunOptions,
+    ) -> PartyRun:
+        from secinfer.backends.mpc.local import run_local_generation
+
+        return run_local_generation(model, prompt, max_new_tokens, stop_token, options)
+
     def evaluate_parties(
         self, model: Path, data: Path, evaluation: Evaluation, batch_size: int, options: RunOptions
     ) -> PartyEvaluation:

@@ -16,6 +16,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from protocols.mpc import rendezvous as meeting
@@ -23,6 +24,7 @@ from protocols.mpc.runtime import Role
 from secinfer.backends import processes
 from secinfer.backends.base import PartyEvaluation, PartyRun, RunOptions
 from secinfer.backends.parties import (
+    echoing_progress,
     evaluation_arguments,
     party_dirs,
     read_evaluation,
@@ -50,6 +52,31 @@ def run_local_parties(
         query = {Role.DATA_OWNER: ["--input", str(save_inputs(inputs, out[Role.DATA_OWNER]))]}
         seconds = _launch(model, options, out, query, root, insecure_channel)
         return read_run(out[Role.DATA_OWNER] / "output.npy", *_records(out), seconds)
+
+
+def run_local_generation(
+    model: Path,
+    prompt: torch.Tensor,
+    max_new_tokens: int,
+    stop_token: int | None,
+    options: RunOptions,
+) -> PartyRun:
+    """Greedy generation by the three parties as processes (`secinfer party --generate`,
+    `secinfer.backends.mpc.generation`): `output` holds the data owner's token ids; each
+    token's progress line is echoed on stderr as it comes."""
+    roles = [Role.MODEL_OWNER, Role.DATA_OWNER, Role.DEALER]
+    options = replace(options, provider="dealer")
+    with processes.stopping_on_signals(), processes.private_directory("secinfer-gen-") as root:
+        out = party_dirs(root, roles)
+        ids = out[Role.DATA_OWNER] / "prompt.npy"
+        np.save(ids, prompt.numpy().astype(np.int64), allow_pickle=False)
+        data_owner = ["--generate", "--input", str(ids), "--max-new-tokens", str(max_new_tokens)]
+        if stop_token is not None:
+            data_owner += ["--stop-token", str(stop_token)]
+        job = {Role.MODEL_OWNER: ["--generate"], Role.DATA_OWNER: data_owner}
+        with echoing_progress(root, [Role.MODEL_OWNER.label, Role.DATA_OWNER.label]):
+            seconds = _launch(model, options, out, job, root, False)
+        return read_run(out[Role.DATA_OWNER] / "tokens.npy", *_records(out), seconds)
 
 
 def run_local_evaluation(

@@ -52,6 +52,7 @@ def _settings(
     precision_bits: int,
     evaluation: Any = None,
     identity: str | None = None,
+    generate: bool = False,
 ) -> Any:
     import json
 
@@ -59,7 +60,7 @@ def _settings(
 
     if not rendezvous.startswith(("tcp://", "file://")):
         raise UserError(f"--rendezvous {rendezvous}: give tcp://HOST:PORT")
-    job = "query"
+    job = "generate" if generate else "query"
     if evaluation is not None:
         job = json.dumps({"evaluation": evaluation.to_dict()}, sort_keys=True)
     try:
@@ -85,17 +86,26 @@ def main_for_role(
     batch_size: int = 64,
     identity: Path | None = None,
     insecure_channel: bool = False,
+    generate: bool = False,
+    max_new_tokens: int = 16,
+    stop_token: int | None = None,
 ) -> None:
     """Run one party; with `evaluation` (an `eval_party.Evaluation`) a private evaluation
-    on the data owner's labelled `eval_data` instead of queries. Its links are mutual TLS
-    with the identity in `identity`, or gloo in clear with `insecure_channel`."""
+    on the data owner's labelled `eval_data` instead of queries; with `generate`, greedy
+    generation after the data owner's prompt (`--input` token ids), `max_new_tokens` at
+    most, stopping after its `stop_token`. Its links are mutual TLS with the identity in
+    `identity`, or gloo in clear with `insecure_channel`."""
     from protocols import tls
     from protocols.mpc import rendezvous as meeting
     from protocols.mpc.dealer import DealerError
     from protocols.mpc.runtime import Role, run_dealer
 
     channel = _channel(role, provider, identity, insecure_channel)
-    settings = _settings(rendezvous, timeout, provider, precision_bits, evaluation, channel)
+    if generate and evaluation is not None:
+        raise UserError("give --generate or --loss (an evaluation), not both")
+    settings = _settings(
+        rendezvous, timeout, provider, precision_bits, evaluation, channel, generate
+    )
     party = Role.from_label(role)
     if party is not Role.DEALER and not out_dir.is_dir():
         raise UserError(f"--out {out_dir}: no such directory")
@@ -104,6 +114,17 @@ def main_for_role(
             meeting.claim(rendezvous)  # a port in use fails now, not after the model loads
         if party is Role.DEALER:
             run_dealer(settings)
+        elif generate:
+            _generation(
+                party,
+                settings,
+                model,
+                config_path,
+                input_paths,
+                out_dir,
+                max_new_tokens,
+                stop_token,
+            )
         elif evaluation is not None and party is Role.MODEL_OWNER:
             _eval_model_owner(settings, model, trust_model, config_path, evaluation, out_dir)
         elif evaluation is not None:
@@ -151,6 +172,35 @@ def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     text = re.sub(r"^\[[^\]]*:\d+\]\s*", "", lines[0] if lines else type(exc).__name__)
     return text.split(". This is typically")[0]  # gloo's advice to read the peer's logs
+
+
+def _generation(
+    party: Any,
+    settings: Any,
+    model: Path | None,
+    config_path: Path | None,
+    input_paths: tuple[Path, ...],
+    out_dir: Path,
+    max_new_tokens: int,
+    stop_token: int | None,
+) -> None:
+    """One computing party of a generation (`secinfer.backends.mpc.generation`)."""
+    from protocols.mpc.runtime import Role
+    from secinfer.backends.mpc import generation
+
+    if party is Role.MODEL_OWNER:
+        if model is None:
+            raise UserError("--role model-owner --generate needs --model DIR (a causal LM)")
+        generation.model_owner(settings, model, config_path, out_dir)
+        return
+    if len(input_paths) != 1:
+        raise UserError("--role data-owner --generate needs one --input IDS.npy (the prompt)")
+    if max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens {max_new_tokens}: give at least 1")
+    from secinfer.load.decoder import read_prompt_ids
+
+    prompt = read_prompt_ids(input_paths[0])
+    generation.data_owner(settings, prompt, max_new_tokens, stop_token, out_dir)
 
 
 def _loaded_for_mpc(model: Path | None, trust_model: bool) -> Any:

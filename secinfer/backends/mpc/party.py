@@ -67,14 +67,18 @@ class Seeder:
     vocab: dict[str, int] = field(default_factory=dict)
     shared: dict[str, Any] = field(default_factory=dict)
 
-    def prepare(self, graph: Graph) -> int:
+    def prepare(self, *graphs: Graph) -> int:
         """The offline phase, before any input exists: share every floating-point weight
         and open once the masks of those that feed products (`mpc_weights`); returns how
-        many weight masks were opened."""
-        for name, value in graph.owned.items():
-            if value.is_floating_point():
-                self.shared[name] = self._share(value, Role.MODEL_OWNER)
-        return open_weights(graph, self.shared)
+        many weight masks were opened. Several graphs over the same weights (a decoder's
+        prefill and step) share and open each weight once."""
+        opened = 0
+        for graph in graphs:
+            for name, value in graph.owned.items():
+                if value.is_floating_point() and name not in self.shared:
+                    self.shared[name] = self._share(value, Role.MODEL_OWNER)
+            opened += open_weights(graph, self.shared)
+        return opened
 
     def owned(self, name: str, value: torch.Tensor) -> Any:
         if not value.is_floating_point():

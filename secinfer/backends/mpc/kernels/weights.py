@@ -51,8 +51,9 @@ def weight_operands(graph: Graph) -> dict[str, set[bool]]:
 
 def open_weights(graph: Graph, shared: dict[str, Any]) -> int:
     """Mark every product weight among `shared` (name -> secret) and open its mask once
-    per layout it is used in, all in one round; returns how many were opened. Both parties call it
-    with the same graph, in the same order."""
+    per layout it is used in, all in one round; returns how many were opened (none twice:
+    a mask kept for an earlier graph of the session stays). Both parties call it with the
+    same graph, in the same order."""
     from protocols.mpc import reuse
 
     if not reuse.available():
@@ -64,9 +65,9 @@ def open_weights(graph: Graph, shared: dict[str, Any]) -> int:
             continue
         keep_mask(weight, name)
         for transposed in sorted(layouts):
-            pending.append(
-                (transposed_weight(weight), name + TRANSPOSED) if transposed else (weight, name)
-            )
+            key = name + TRANSPOSED if transposed else name
+            if not reuse.is_kept(key):  # opened already for another graph of the session
+                pending.append((transposed_weight(weight), key) if transposed else (weight, key))
     reuse.open_all(pending)
     return len(pending)
 
