@@ -55,10 +55,17 @@ class _Piece:
 
 
 def _classify(piecewise: Piecewise) -> list[_Piece]:
+    """Each segment's kind and power-basis coefficients, trailing terms dropped only when
+    negligible on the segment: |c_k| R^k < _TOLERANCE with R the largest |x| of its finite
+    bounds (at least 1). An absolute test would cut a wide segment's high terms (the
+    degree-16 SiLU on [-8, 8] has c_16 about 5e-13, worth 0.004 at x = 8)."""
     pieces = []
     for i, seg in enumerate(piecewise.segments):
         coeffs = np.asarray(seg.polynomial.coefficients, dtype=np.float64)
-        coeffs = coeffs[: degree_of(np.where(np.abs(coeffs) < _TOLERANCE, 0.0, coeffs)) + 1]
+        bounds = [abs(b) for b in (float(seg.lower), float(seg.upper)) if math.isfinite(b)]
+        reach = max([1.0, *bounds])
+        worth = np.abs(coeffs) * reach ** np.arange(coeffs.size)
+        coeffs = coeffs[: degree_of(np.where(worth < _TOLERANCE, 0.0, coeffs)) + 1]
         if coeffs.size == 1:
             kind = "zero" if abs(coeffs[0]) < _TOLERANCE else "constant"
         elif coeffs.size == 2 and abs(coeffs[0]) < _TOLERANCE and abs(coeffs[1] - 1) < 1e-9:

@@ -16,7 +16,9 @@ where a node is {"name", "kind", "module", "shape", "dtype"} plus
                                       key); floating-point values travel as their shape
                                       only (the data owner holds zeros), integer and bool
                                       ones (position ids) are public architecture and
-                                      travel as "data": base64 of their little-endian bytes
+                                      travel as "data": base64 of their little-endian bytes,
+                                      as do floating-point non-persistent buffers (rotary
+                                      frequencies), marked "public": true
   fixed                               a user input traced as a constant: "value"
   call                                "target" ("aten.linear.default", "getitem",
                                       "sym.mul"), "args", "kwargs"
@@ -121,8 +123,11 @@ def describe(
             if node.kind in OWNED_KINDS:
                 entry["target"] = node.target_name or ""
                 value = graph.owned.get(fx_node.name)
-                if value is not None and not value.is_floating_point():
+                public = fx_node.name in graph.public_owned
+                if value is not None and (public or not value.is_floating_point()):
                     entry["data"] = _tensor_data(value)
+                if public and value is not None and value.is_floating_point():
+                    entry["public"] = True
         elif fx_node.op == "call_function":
             assert node is not None
             entry.update(
@@ -240,6 +245,7 @@ class _Builder:
         self.owned: dict[str, torch.Tensor] = {}
         self.user_inputs: list[str] = []
         self.fixed_inputs: dict[str, Any] = {}
+        self.public: set[str] = set()
         self.ended = False
         self.weight_elements = 0
 
@@ -275,6 +281,7 @@ class _Builder:
             self.fx_nodes,
             self.fixed_inputs,
             fx_graph=self.fx_graph,
+            public_owned=frozenset(self.public),
         )
 
     # one method per kind
@@ -300,6 +307,8 @@ class _Builder:
                 "elements, more than this data owner will hold shares of"
             )
         self.owned[name] = _owned_value(entry, name, shape, dtype)
+        if entry.get("public") is True:
+            self.public.add(name)
         self._placeholder(name, shape, dtype)
         self.nodes.append(Node(name, kind, kind, module, shape, dtype, MODEL_OWNER, target))
 
@@ -457,10 +466,14 @@ def _owned_value(
     entry: dict[str, Any], where: str, shape: tuple[int, ...], dtype: str
 ) -> torch.Tensor:
     """Zeros for a floating-point weight (the model owner's secret); the public values of
-    an integer or bool buffer."""
+    an integer or bool buffer, or of a floating-point one marked public (a non-persistent
+    buffer: architecture, such as rotary frequencies)."""
     torch_dtype = INPUT_DTYPES[dtype]
     data = entry.get("data")
-    if torch_dtype.is_floating_point:
+    public = entry.get("public", False)
+    if public not in (True, False) or (public and not torch_dtype.is_floating_point):
+        raise ArchitectureError(f"node {where}: 'public' marks floating-point buffers only")
+    if torch_dtype.is_floating_point and not public:
         if data is not None:
             raise ArchitectureError(f"node {where}: a floating-point weight sent with values")
         return torch.zeros((), dtype=torch_dtype).expand(shape)  # no memory: only its shape

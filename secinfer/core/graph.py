@@ -94,6 +94,11 @@ class Graph:
     fx_nodes: dict[str, torch.fx.Node] = field(repr=False)
     fixed_inputs: dict[str, Any] = field(default_factory=dict)  # user inputs traced as constants
     fx_graph: torch.fx.Graph = field(default=None, repr=False)  # type: ignore[assignment]
+    public_owned: frozenset[str] = frozenset()
+    """Floating-point owned values that are architecture, not weights: non-persistent
+    buffers (left out of the state_dict, computed from the config when the model is
+    built, such as LLaMA's rotary frequencies). They travel with the architecture and no
+    secure backend hides them."""
     node_by_name: dict[str, Node] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -135,6 +140,7 @@ def build_graph(program: ExportedProgram, *, decomposed: bool = False) -> Graph:
     fx_nodes: dict[str, torch.fx.Node] = {}
     user_inputs: list[str] = []
     fixed_inputs: dict[str, Any] = {}
+    public: set[str] = set()
     for fx_node in program.graph.nodes:
         fx_nodes[fx_node.name] = fx_node
         shape, dtype = _shape_dtype(fx_node)
@@ -158,6 +164,8 @@ def build_graph(program: ExportedProgram, *, decomposed: bool = False) -> Graph:
             value = state.get(spec.target) if spec.target in state else constants.get(spec.target)
             if isinstance(value, torch.Tensor):
                 owned[fx_node.name] = value.detach()
+                if spec.kind == InputKind.BUFFER and spec.persistent is False:
+                    public.add(fx_node.name)
             nodes.append(
                 Node(
                     fx_node.name,
@@ -183,7 +191,9 @@ def build_graph(program: ExportedProgram, *, decomposed: bool = False) -> Graph:
             )
         elif fx_node.op == "output":
             nodes.append(Node(fx_node.name, "output", "output", "", None, None, DATA_OWNER))
-    return Graph(program, nodes, owned, user_inputs, fx_nodes, fixed_inputs)
+    return Graph(
+        program, nodes, owned, user_inputs, fx_nodes, fixed_inputs, public_owned=frozenset(public)
+    )
 
 
 def _shape_dtype(fx_node: torch.fx.Node) -> tuple[tuple[int, ...] | None, str | None]:

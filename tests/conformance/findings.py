@@ -17,11 +17,6 @@ KNOWN: dict[tuple[str, str, str], str] = {
         "the mpc kernel calls MPCTensor.chunk, which CrypTen does not have (AttributeError); "
         "unreachable from a prepared graph (decomposition turns chunk into split_with_sizes)"
     ),
-    ("mpc", "aten.silu", "outlier"): (
-        "the saturated silu (degree-16 minimax on [-8, 8], Chebyshev terms on shares) loses "
-        "its fixed-point precision towards the interval's ends: x = 6.0 gives 7.31 (want "
-        "5.99), x = 7.97 gives 131.9 (want 7.96)"
-    ),
     ("he", "aten.reciprocal", "outlier"): _HE_RECIPROCAL,
     ("he", "aten.pow[-1]", "outlier"): _HE_RECIPROCAL,
     ("he", "aten.div[secret]", "outlier"): _HE_RECIPROCAL + "; x / y off by up to 6.3e3",

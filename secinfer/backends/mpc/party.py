@@ -58,7 +58,8 @@ class Seeder:
     """Shares placeholders: weights from the model owner, inputs from the data owner.
 
     Floating-point parameters and buffers are the model owner's secrets; integer ones
-    (position ids) are public architecture. The data owner's token ids (`vocab` names
+    (position ids) and non-persistent floating-point buffers (`Graph.public_owned`: rotary
+    frequencies) are public architecture. The data owner's token ids (`vocab` names
     them) are shared as one-hot rows; its other integer inputs (attention masks, 0/1)
     and its floating-point inputs are shared as they are.
     """
@@ -66,6 +67,7 @@ class Seeder:
     role: Role
     vocab: dict[str, int] = field(default_factory=dict)
     shared: dict[str, Any] = field(default_factory=dict)
+    public: set[str] = field(default_factory=set)  # `Graph.public_owned`: used as they are
 
     def prepare(self, *graphs: Graph) -> int:
         """The offline phase, before any input exists: share every floating-point weight
@@ -74,14 +76,17 @@ class Seeder:
         prefill and step) share and open each weight once."""
         opened = 0
         for graph in graphs:
+            self.public |= graph.public_owned
             for name, value in graph.owned.items():
+                if name in self.public:
+                    continue
                 if value.is_floating_point() and name not in self.shared:
                     self.shared[name] = self._share(value, Role.MODEL_OWNER)
             opened += open_weights(graph, self.shared)
         return opened
 
     def owned(self, name: str, value: torch.Tensor) -> Any:
-        if not value.is_floating_point():
+        if not value.is_floating_point() or name in self.public:
             return value
         if name in self.shared:
             return self.shared[name]
