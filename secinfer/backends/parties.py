@@ -168,7 +168,9 @@ def echoing_progress(root: Path, labels: list[str], every: float = 0.5) -> Itera
 
 def _echo(root: Path, labels: list[str], done: threading.Event, every: float) -> None:
     offsets = dict.fromkeys(labels, 0)
-    while not done.wait(every):
+    finished = False
+    while not finished:
+        finished = done.wait(every)  # one more pass after the parties end: their last lines
         for label in labels:
             try:
                 with (root / f"{label}.log").open("rb") as stream:
