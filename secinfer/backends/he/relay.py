@@ -421,19 +421,24 @@ class _Loop:
         receiving = now - self.data_arrived < 2 * self.interval  # a peer's message arrives
         if not (self.working or receiving):
             return
-        if now - self.last_write < self.interval or self.to_peer or not self.split.at_boundary:
-            return
-        if _stopped(self.parent):
-            return
         fields = {
             "step": self.step,
             "step_seconds": round(now - self.step_began - self.waited, 3),
             "seconds": round(now - self.began, 3),
         }
+        due = now - self.last_log >= LOG_STEP_CHANGE
+        beat = not (now - self.last_write < self.interval or self.to_peer)
+        beat = beat and self.split.at_boundary
+        if not (due or beat) or _stopped(self.parent):
+            return
+        # the party's own progress line on its own cadence: a peer with a long timeout
+        # (an interval of its timeout / 4) must not silence it
+        self._log(fields, now)
+        if not beat:
+            return
         payload = json.dumps(fields, separators=(",", ":")).encode()
         self._queue(HEADER.pack(MAGIC, VERSION, MessageKind.ALIVE, len(payload)) + payload)
         self.last_write = now  # the write follows at once; a stalled peer stops further beats
-        self._log(fields, now)
 
     def _log(self, fields: dict[str, Any], now: float) -> None:
         since = now - self.last_log

@@ -237,8 +237,9 @@ def session(tmp_path: Path) -> Any:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = _party(
-        "server", tmp_path, port, 30, "--model", str(tmp_path / "m.pt2"), "--port", str(port)
-    )
+        "server", tmp_path, port, 30, "--model", str(tmp_path / "m.pt2"), "--port", str(port),
+        "--packing", "feature-major",  # the work TwoLinear's docstring counts on
+    )  # fmt: skip
     started: list[subprocess.Popen] = [server]
 
     def client(timeout: float) -> subprocess.Popen:
@@ -303,6 +304,18 @@ def test_the_client_waits_through_server_work_far_longer_than_its_timeout(sessio
     assert "client progress: server: node " in client_log, client_log
     assert "server progress: node " in server_log, server_log
     assert "aten.linear" in client_log and "received so far" in client_log
+
+
+def test_a_client_with_a_long_timeout_does_not_silence_the_servers_progress(session) -> None:
+    """The server beats every client timeout / 4 (here 150 s, so never in this run), but
+    its own progress lines keep their cadence (the make bench runs, at --timeout 7200,
+    logged none before)."""
+    start_client, server, tmp, _ = session
+    client = start_client(600.0)
+    assert client.wait(300) == 0, (tmp / "client.log").read_text()
+    assert server.wait(60) == 0, (tmp / "server.log").read_text()
+    server_log = (tmp / "server.log").read_text()
+    assert "server progress: node " in server_log and "aten.linear" in server_log, server_log
 
 
 @pytest.mark.slow
