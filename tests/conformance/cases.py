@@ -324,6 +324,10 @@ _NONLINEAR: list[Case] = [
     _c("aten.erf", lambda s, x: torch.erf(x), (_a("saturating"),)),
     _c("aten.silu", lambda s, x: F.silu(x), (_a("saturating"),)),
     _c("aten.exp", lambda s, x: torch.exp(x), (_a("exp"),)),
+    # functions of public values (rotary angles): approx only; mpc and he run them on
+    # plain tensors and claim no kernel on secrets
+    _c("aten.cos", lambda s, x: torch.cos(x)),
+    _c("aten.sin", lambda s, x: torch.sin(x)),
     _c("aten.log", lambda s, x: torch.log(x), POS),
     _c("aten.rsqrt", lambda s, x: torch.rsqrt(x), POS),
     _c("aten.sqrt", lambda s, x: torch.sqrt(x), POS),

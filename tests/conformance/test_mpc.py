@@ -70,16 +70,19 @@ def slow_session() -> dict[str, Any]:
 
 def test_the_mpc_backend_claims_what_it_registered() -> None:
     """The ops without an mpc kernel are exactly those the backend leaves out on purpose
-    (argmax, conv2d as exported, index_select, log and log-softmax, or on bits)."""
+    (argmax, conv2d as exported, cos and sin of public angles, index_select, log and
+    log-softmax, or on bits)."""
     assert UNCLAIMED == [
         "aten._log_softmax",
         "aten.argmax",
         "aten.bitwise_or",
         "aten.conv2d",
+        "aten.cos",
         "aten.index_select",
         "aten.log",
         "aten.log_softmax",
         "aten.logical_or",
+        "aten.sin",
     ]
 
 

@@ -345,14 +345,25 @@ def public_only(call: Call) -> Any:
     return call.target(*args, **kwargs)
 
 
+def public_values(call: Call) -> Any:
+    """Functions of public values only (the rotary angles' cos and sin): torch on plain
+    tensors; a secret argument is refused (no kernel among SHAPE, ARITH, SELECT). Marked
+    `plain_only`, as the he backend marks such kernels: `secinfer inspect` and the
+    conformance suite count it as no kernel on secrets."""
+    return structural(call)
+
+
+public_values.plain_only = True  # type: ignore[attr-defined]
+
+
 for _name in [*SHAPE, *ARITH, *SELECT, "sym.mul", "sym.add", "sym.sub"]:
     if _name in REGISTRY:
         register("mpc", _name, structural)
 for _spec in REGISTRY.values():
     if _spec.category == "create":
         register("mpc", _spec.name, public_only)
-    elif _spec.category == "public":  # refused on a secret: no kernel among SHAPE/ARITH/SELECT
-        register("mpc", _spec.name, structural)
+    elif _spec.category == "public":
+        register("mpc", _spec.name, public_values)
 for _name in ("aten._assert_tensor_metadata", "aten.sym_size", "sym.floordiv", "sym.truediv"):
     register("mpc", _name, structural)
 
