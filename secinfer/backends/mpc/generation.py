@@ -42,6 +42,7 @@ from secinfer.backends.mpc.kernels.values import OneHot
 from secinfer.backends.mpc.party import (
     PeerAborted,
     Seeder,
+    await_agreement,
     node_costs,
     nonlinear_functions,
     session_digest,
@@ -106,14 +107,7 @@ def model_owner(settings: PartySettings, model: Path, config_path: Path | None, 
         for name in PROGRAMS:
             wire.send_json(public[name], src=Role.MODEL_OWNER)
         wire.send_json(meta, src=Role.MODEL_OWNER)
-        answer = wire.receive_json(src=Role.DATA_OWNER)
-        if "error" in answer:
-            raise PeerAborted(f"the data owner refused the session: {answer['error']}")
-        if answer.get("digest") != session_digest(public, meta):
-            raise PeerAborted(
-                "the data owner received other architectures or plans than this model owner "
-                "sent: the link altered them"
-            )
+        await_agreement(public, meta)
         session = _offline(graphs, plans, prompt_tokens, new_tokens, Role.MODEL_OWNER, meter)
         record = _generate(session, Role.MODEL_OWNER, meter, None)
         record["plans"] = meta["plans"]

@@ -211,6 +211,14 @@ def announce_model(
     )
     wire.send_json(public, src=Role.MODEL_OWNER)
     wire.send_json(meta, src=Role.MODEL_OWNER)
+    await_agreement(public, meta)
+    return offline_phase(graph, Role.MODEL_OWNER, meter)
+
+
+def await_agreement(public: Any, meta: dict[str, Any]) -> None:
+    """The model owner's side, after sending `public` (the architecture, or several) and
+    `meta`: the data owner's answer must carry their digest (PeerAborted when it refused
+    them, or received something else)."""
     answer = wire.receive_json(src=Role.DATA_OWNER)
     if "error" in answer:
         raise PeerAborted(f"the data owner refused the session: {answer['error']}")
@@ -220,7 +228,6 @@ def announce_model(
             f"sent (digest {str(answer.get('digest'))[:16]}..., sent "
             f"{session_digest(public, meta)[:16]}...): the link altered it"
         )
-    return offline_phase(graph, Role.MODEL_OWNER, meter)
 
 
 def receive_model(
@@ -369,6 +376,7 @@ __all__ = [
     "Query",
     "Seeder",
     "announce_model",
+    "await_agreement",
     "offline_phase",
     "output_names",
     "receive_model",
