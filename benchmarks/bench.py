@@ -166,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         evaluation = loss_costs.run(quick=args.quick)
         eval_table = _write_record(evaluation, loss_costs.markdown, meta, args, "eval")
         sections.append(("bench-eval", eval_table))
+        from benchmarks import generation
+
+        decoding = generation.run(quick=args.quick)
+        decoding_table = _write_record(decoding, generation.markdown, meta, args, "generation")
+        sections.append(("bench-generation", decoding_table))
     elif sections and (Path(args.mpc_out) / "mpc.json").is_file():
         # keep the README's MPC table: the last full run's, saying when it was measured
         previous = json.loads((Path(args.mpc_out) / "mpc.json").read_text())
@@ -205,7 +210,14 @@ def main(argv: list[str] | None = None) -> int:
         for section, text in sections:
             if update_readme(readme, section, text):
                 print(f"updated the {section} section of {readme}", file=sys.stderr)
-            elif section in ("bench-mpc", "bench-he", "bench-eval", "bench-eval-he", "bench-tls"):
+            elif section in (
+                "bench-mpc",
+                "bench-he",
+                "bench-eval",
+                "bench-eval-he",
+                "bench-generation",
+                "bench-tls",
+            ):
                 print(
                     f"{readme} has no <!-- {section}:start/end --> section to update",
                     file=sys.stderr,

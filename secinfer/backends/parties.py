@@ -51,6 +51,12 @@ def party_dirs(root: Path, roles: list[Any]) -> dict[Any, Path]:
     return {role: processes.private_subdirectory(root, role.label) for role in roles}
 
 
+def output_names(count: int) -> list[str]:
+    """The data owner's output files for `count` queries: output.npy for one, else
+    output-1.npy, output-2.npy, ..."""
+    return ["output.npy"] if count == 1 else [f"output-{k}.npy" for k in range(1, count + 1)]
+
+
 def save_inputs(inputs: tuple[torch.Tensor, ...], directory: Path) -> Path:
     """The data owner's query inputs saved as `directory/input.pt` for its `--input` (a
     party reads it with `torch.load(weights_only=True)`: `secinfer.load.inputs`); the path."""

@@ -75,7 +75,7 @@ def test_a_stop_token_ends_the_generation_after_it(family: tuple) -> None:
 
 
 @settings(
-    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     family=st.sampled_from(["gpt2", "llama"]),

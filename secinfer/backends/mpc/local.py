@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from secinfer.backends.base import PartyEvaluation, PartyRun, RunOptions
 from secinfer.backends.parties import (
     echoing_progress,
     evaluation_arguments,
+    output_names,
     party_dirs,
     read_evaluation,
     read_run,
@@ -52,6 +54,40 @@ def run_local_parties(
         query = {Role.DATA_OWNER: ["--input", str(save_inputs(inputs, out[Role.DATA_OWNER]))]}
         seconds = _launch(model, options, out, query, root, insecure_channel)
         return read_run(out[Role.DATA_OWNER] / "output.npy", *_records(out), seconds)
+
+
+@dataclass
+class PartyQueries:
+    """Several queries in one session (the weights' masks opened once for all): the data
+    owner's outputs in order, both records (each query's traffic in `queries`)."""
+
+    outputs: list[np.ndarray]
+    model_owner: dict[str, Any]
+    data_owner: dict[str, Any]
+    seconds: float
+
+
+def run_local_queries(
+    model: Path, queries: list[tuple[torch.Tensor, ...]], options: RunOptions
+) -> PartyQueries:
+    """The three parties as processes for `queries` in one session (`secinfer party` with
+    one `--input` per query; their shapes may differ)."""
+    roles = [Role.MODEL_OWNER, Role.DATA_OWNER, Role.DEALER]
+    options = replace(options, provider="dealer")
+    with processes.stopping_on_signals(), processes.private_directory("secinfer-mpc-") as root:
+        out = party_dirs(root, roles)
+        job: list[str] = []
+        for index, inputs in enumerate(queries):
+            folder = out[Role.DATA_OWNER] / f"query-{index}"
+            folder.mkdir()
+            job += ["--input", str(save_inputs(inputs, folder))]
+        seconds = _launch(model, options, out, {Role.DATA_OWNER: job}, root, False)
+        runs = [
+            read_run(out[Role.DATA_OWNER] / name, *_records(out), seconds)
+            for name in output_names(len(queries))
+        ]
+        owner, data_owner = runs[0].model_owner, runs[0].data_owner
+        return PartyQueries([r.output for r in runs], owner, data_owner, seconds)
 
 
 def run_local_generation(

@@ -37,6 +37,7 @@ from protocols.mpc.runtime import PartySettings, Role, start_party, stop_party
 from secinfer.backends.mpc import wire
 from secinfer.backends.mpc.kernels.values import OneHot
 from secinfer.backends.mpc.kernels.weights import open_weights
+from secinfer.backends.parties import output_names
 from secinfer.core import architecture
 from secinfer.core.execute import Executor, RunResult
 from secinfer.core.graph import Graph, build_graph
@@ -336,15 +337,11 @@ def run_data_owner(
     finally:
         meter.remove()
         stop_party()
-    names = ["output.npy"] if len(outputs) == 1 else output_names(len(outputs))
+    names = output_names(len(outputs))
     for name, output in zip(names, outputs, strict=True):
         write_npy(out_dir / name, output)
     write_json(out_dir / f"{Role.DATA_OWNER.label}.json", record)
     return record
-
-
-def output_names(count: int) -> list[str]:
-    return [f"output-{k}.npy" for k in range(1, count + 1)]
 
 
 def party_record(
@@ -378,7 +375,6 @@ __all__ = [
     "announce_model",
     "await_agreement",
     "offline_phase",
-    "output_names",
     "receive_model",
     "run_data_owner",
     "run_model_owner",

@@ -422,7 +422,7 @@ def test_the_splitter_forwards_messages_and_keeps_statuses_for_any_chunking(
 
 # --- the local launcher's parts -----------------------------------------------------------------
 def test_the_launcher_echoes_each_sides_own_progress_lines(tmp_path: Path, capsys) -> None:
-    from secinfer.backends.he.local import _echo_progress
+    from secinfer.backends.parties import echoing_progress
 
     (tmp_path / "server.log").write_text(
         "server progress: node 1/3 aten.linear (15 s on it, 16 s in all)\n"
@@ -434,15 +434,14 @@ def test_the_launcher_echoes_each_sides_own_progress_lines(tmp_path: Path, capsy
         "client progress: making keys (15 s on it, 15 s in all)\n"
         "client progress: server: node 1/3 aten.linear (15 s on it, 16 s in all); 1 MB sent\n"
     )
-    done = threading.Event()
-    echo = threading.Thread(target=_echo_progress, args=(tmp_path, done, 0.05))
-    echo.start()
-    time.sleep(0.5)
-    done.set()
-    echo.join(5)
+    with echoing_progress(tmp_path, ["server", "client"], every=0.05):
+        time.sleep(0.5)
+        with (tmp_path / "client.log").open("a") as log:  # the party's last line, as it ends
+            log.write("client progress: decrypting (1 s on it, 40 s in all)\n")
     assert capsys.readouterr().err.splitlines() == [
         "server progress: node 1/3 aten.linear (15 s on it, 16 s in all)",
         "client progress: making keys (15 s on it, 15 s in all)",
+        "client progress: decrypting (1 s on it, 40 s in all)",
     ]
 
 

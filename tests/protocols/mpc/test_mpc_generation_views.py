@@ -62,6 +62,9 @@ def protocol_views(views: list[np.ndarray]) -> list[np.ndarray]:
     return kept
 
 
+pytestmark = pytest.mark.slow  # three sessions of three processes: about two minutes
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("views")
