@@ -92,16 +92,18 @@ class Decoder:
                     logits, *cache = step(token, *cache)
         return [(prompt,) for prompt in prompts], samples
 
-    def check_length(self, prompt_tokens: int, new_tokens: int) -> None:
-        """UserError unless the prompt and the new tokens fit the model's positions."""
+    def check_length(self, prompt_tokens: int, new_tokens: int, name: str | None = None) -> None:
+        """UserError unless the prompt and the new tokens fit the model's positions; the
+        message names the model as `name` (default: its path; a model owner answering a
+        data owner names no path of its host)."""
         if prompt_tokens < 1:
             raise UserError("the prompt is empty; give at least one token")
         limit = self.max_positions
         if limit is not None and prompt_tokens + new_tokens > limit:
             raise UserError(
                 f"a prompt of {prompt_tokens} tokens and {new_tokens} new tokens need "
-                f"{prompt_tokens + new_tokens} positions; {self.path} has {limit}: shorten "
-                "the prompt or lower --max-new-tokens"
+                f"{prompt_tokens + new_tokens} positions; {name or self.path} has {limit}: "
+                "shorten the prompt or lower --max-new-tokens"
             )
 
     def check_token(self, token: int, what: str) -> None:

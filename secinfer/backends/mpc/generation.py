@@ -87,7 +87,7 @@ def model_owner(settings: PartySettings, model: Path, config_path: Path | None, 
             raise PeerAborted(f"the data owner gave up: {lengths['error']}")
         try:
             prompt_tokens, new_tokens = _lengths(lengths)
-            decoder.check_length(prompt_tokens, new_tokens)
+            decoder.check_length(prompt_tokens, new_tokens, "the model")
         except UserError as exc:
             wire.send_json({"error": str(exc)}, src=Role.MODEL_OWNER)
             raise
