@@ -19,8 +19,9 @@ owner, the lengths, and how many tokens ran when the data owner stops early (a s
 token); neither sees a logit. Per token the step runs every linear layer on one row and
 attention over the cached rows, so its bytes grow linearly with the context.
 
-Records: each computing party writes `<role>.json` (setup, offline, the prefill and
-every token's traffic and seconds apart); the data owner also `tokens.npy`.
+Records: each computing party writes `<role>.json` (the setup: lengths, architectures,
+plans and digest; the offline phase; the prefill and every token's traffic and seconds
+apart); the data owner also `tokens.npy`.
 """
 
 from __future__ import annotations
@@ -108,8 +109,9 @@ def model_owner(settings: PartySettings, model: Path, config_path: Path | None, 
             wire.send_json(public[name], src=Role.MODEL_OWNER)
         wire.send_json(meta, src=Role.MODEL_OWNER)
         await_agreement(public, meta)
+        setup = meter.snapshot().to_dict()  # the lengths, architectures, plans and digest
         session = _offline(graphs, plans, prompt_tokens, new_tokens, Role.MODEL_OWNER, meter)
-        record = _generate(session, Role.MODEL_OWNER, meter, None)
+        record = {**_generate(session, Role.MODEL_OWNER, meter, None), "setup": setup}
         record["plans"] = meta["plans"]
     finally:
         meter.remove()
@@ -155,10 +157,12 @@ def data_owner(
             wire.send_json({"error": str(exc)}, src=Role.DATA_OWNER)
             raise
         wire.send_json({"digest": session_digest(public, meta)}, src=Role.DATA_OWNER)
+        setup = meter.snapshot().to_dict()  # the lengths, architectures, plans and digest
         session = _offline(
             graphs, plans, int(prompt.shape[1]), max_new_tokens, Role.DATA_OWNER, meter
         )
         record = _generate(session, Role.DATA_OWNER, meter, (prompt, stop_token))
+        record["setup"] = setup
     finally:
         meter.remove()
         stop_party()
@@ -283,7 +287,6 @@ def _generate(
         "role": role.label,
         "prompt_tokens": session.prompt_tokens,
         "tokens": tokens,
-        "setup": {},
         "offline": session.offline,
         "prefill": prefill_record,
         "steps": records,
