@@ -226,7 +226,8 @@ def plan(
         degree = len(coeffs) - 1
         mid, half = (lo + hi) / 2.0, (hi - lo) / 2.0
         if fold is None:
-            fold = max(half, 1.0 / half) ** degree <= FOLD_LIMIT
+            # in logarithms: a wide interval's half^d overflows a float at high degree
+            fold = degree * math.log2(max(half, 1.0 / half)) <= math.log2(FOLD_LIMIT)
         extra = 0 if (fold or half == 1.0 or degree <= 0) else 1
         schedule = Schedule(
             "chebyshev",

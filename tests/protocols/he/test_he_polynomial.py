@@ -84,6 +84,12 @@ def test_fold_rule() -> None:
     assert FOLD_LIMIT == 2.0**16
 
 
+def test_fold_rule_on_a_wide_interval_at_high_degree() -> None:
+    # 200^150 overflows a float: the rule is decided in logarithms (a decoder's tanh-GELU)
+    wide = plan(np.ones(151), (-200.0, 200.0))
+    assert not wide.folded
+
+
 def test_cost_arithmetic() -> None:
     a = HeCost(ct_ct_mults=1, ct_pt_mults=2, additions=3, rotations=0, depth=2)
     b = HeCost(ct_ct_mults=5, ct_pt_mults=4, additions=7, rotations=1, depth=3)
