@@ -62,6 +62,15 @@ def _write_record(
     return table
 
 
+def _generation(meta: dict[str, Any], args: Any) -> str:
+    """Private generation under mpc, with the cache against the growing prefix
+    (`benchmarks.generation`), to bench/generation.*."""
+    from benchmarks import generation
+
+    record = generation.run(quick=args.quick)
+    return _write_record(record, generation.markdown, meta, args, "generation")
+
+
 def _channels(meta: dict[str, Any], args: Any) -> str:
     """What mutual TLS costs against the plain channel, each link measured in one run
     (`benchmarks.he_tls`, and `benchmarks.mpc_tls` where it exists), to bench/tls.*."""
@@ -107,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument(
         "--channels-only", action="store_true", help="run the TLS-vs-plain channel section only"
     )
+    which.add_argument(
+        "--generation-only",
+        action="store_true",
+        help="run the private generation bench only (part of the MPC section)",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -124,11 +138,15 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"),
     }
     sections: list[tuple[str, str]] = []  # (README section, markdown)
+    if args.generation_only:
+        sections.append(("bench-generation", _generation(meta, args)))
+        args.no_he = args.no_channels = True
     if args.he_only or args.channels_only:
         args.no_mpc = True
     if args.channels_only:
         args.no_he = True
-    if not args.mpc_only and not args.he_only and not args.channels_only:
+    only = args.mpc_only or args.he_only or args.channels_only or args.generation_only
+    if not only:
         catalog_table = catalog.markdown()
         accuracy = accuracy_section()
         cost = training_cost_section()
@@ -144,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / "bench.md").write_text(f"{catalog_table}\n\n{table}\n")
         print(table)
         sections += [("bench", table), ("catalog", catalog_table)]
-    if not args.no_mpc:
+    if not args.no_mpc and not args.generation_only:
         from benchmarks import records
 
         mpc = records.run(quick=args.quick)
@@ -160,18 +178,14 @@ def main(argv: list[str] | None = None) -> int:
             sections[0] = ("bench", f"{sections[0][1]}\n\n{mpc_table}")
         else:
             sections.append(("bench-mpc", mpc_table))
-    if not args.no_mpc:
+    if not args.no_mpc and not args.generation_only:
         from benchmarks import loss_costs
 
         evaluation = loss_costs.run(quick=args.quick)
         eval_table = _write_record(evaluation, loss_costs.markdown, meta, args, "eval")
         sections.append(("bench-eval", eval_table))
-        from benchmarks import generation
-
-        decoding = generation.run(quick=args.quick)
-        decoding_table = _write_record(decoding, generation.markdown, meta, args, "generation")
-        sections.append(("bench-generation", decoding_table))
-    elif sections and (Path(args.mpc_out) / "mpc.json").is_file():
+        sections.append(("bench-generation", _generation(meta, args)))
+    elif not args.generation_only and sections and (Path(args.mpc_out) / "mpc.json").is_file():
         # keep the README's MPC table: the last full run's, saying when it was measured
         previous = json.loads((Path(args.mpc_out) / "mpc.json").read_text())
         date = previous.get("meta", {}).get("date", "an earlier run")

@@ -18,7 +18,7 @@ the first new token attends over 127 and the second over 128 (the issue's contex
             each query's online bytes, rounds and seconds from the data owner's record,
             plus, per token, the argmax the cached run measured alone (its first token's
             record: the prefill's logits need only the argmax).
-The ratio is no-cache over cached, for the online bytes, rounds and seconds of all the
+The ratios are no-cache over cached, for the online bytes, rounds and seconds of all the
 tokens together (the cached side including its prefill). Beside it, for orientation only
 (other set-ups, other models): PUMA's LLaMA-7B token in about 200 s over 3 parties
 (LAN), SIGMA's GPT-2 inference in 1.6 s on GPUs. `quick`: a 32-wide block with a
@@ -121,7 +121,11 @@ def _plain(decoder: Any, prompt: torch.Tensor, tokens: int) -> list[int]:
 
 
 def _no_cache(
-    decoder: Any, root: Path, prompt: torch.Tensor, tokens: list[int], options: Any
+    decoder: Any,
+    root: Path,
+    prompt: torch.Tensor,
+    tokens: list[int],
+    options: Any,
 ) -> dict[str, Any]:
     """One mpc session of len(tokens) queries: the prefill program on each growing prefix."""
     from secinfer.backends.mpc.local import run_local_queries
@@ -129,8 +133,8 @@ def _no_cache(
     model = root / "prefill.pt2"
     torch.export.save(decoder.prefill, model)
     queries = [
-        (torch.cat([prompt, torch.tensor([tokens[:count]], dtype=torch.int64)], 1),)
-        for count in range(len(tokens))
+        (torch.cat([prompt, torch.tensor([tokens[:index]], dtype=torch.int64)], 1),)
+        for index in range(len(tokens))
     ]
     session = run_local_queries(model, queries, options)
     picked = [int(np.argmax(output.reshape(-1))) for output in session.outputs]
@@ -142,17 +146,31 @@ def _no_cache(
     }
 
 
+KEYS = ("bytes_sent", "rounds", "seconds")
+
+
 def _ratio(record: dict[str, Any]) -> dict[str, float]:
     """No cache over cached, all tokens together (module docstring)."""
     cached = [record["cached"]["prefill"], *record["cached"]["steps"]]
     argmax = record["cached"]["steps"][0]  # the first token: the argmax alone
     queries = record["no_cache"]["queries"]
     out = {}
-    for key in ("bytes_sent", "rounds", "seconds"):
+    for key in KEYS:
         ours = sum(float(step[key]) for step in cached)
         theirs = sum(float(q[key]) + float(argmax[key]) for q in queries)
         out[key] = theirs / ours
     return out
+
+
+def _row(token: str, context: int, step: dict[str, Any]) -> str:
+    """A table row: the step's online figures and `report.mpc.estimate`'s wall times."""
+    from secinfer.report.mpc import estimate
+
+    wall = estimate(float(step["seconds"]), int(step["rounds"]), int(step["bytes_sent"]))
+    return (
+        f"| {token} | {context} | {step['bytes_sent'] / 1e6:.2f} | {step['rounds']} | "
+        f"{step['seconds']:.2f} | {wall['lan']:.2f} | {wall['wan']:.2f} |"
+    )
 
 
 def markdown(record: dict[str, Any]) -> str:
@@ -162,21 +180,23 @@ def markdown(record: dict[str, Any]) -> str:
         f"**Private generation under mpc** (one GPT-2-small-size block as a causal LM: hidden "
         f"{shape['hidden']}, {shape['heads']} heads, vocabulary {shape['vocab']}; a prompt of "
         f"{record['prompt_tokens']} tokens, {shape['tokens']} greedy tokens; three processes "
-        "on loopback with TLS; MB sent by the data owner, online; the same tokens both ways):"
+        "on loopback with TLS; MB sent by the data owner, online; LAN 1 ms / 5 Gbps and WAN "
+        "40 ms / 100 Mbps estimates add rounds x RTT and bytes / bandwidth to the seconds):"
     )
     rows = [
-        "| token | context | MB sent | rounds | seconds |",
-        "|---|---|---|---|---|",
-        f"| prefill | {record['prompt_tokens']} | {cached['prefill']['bytes_sent'] / 1e6:.2f} | "
-        f"{cached['prefill']['rounds']} | {cached['prefill']['seconds']:.1f} |",
+        "| token | context | MB sent | rounds | seconds | LAN s (est.) | WAN s (est.) |",
+        "|---|---|---|---|---|---|---|",
+        _row("prefill", record["prompt_tokens"], cached["prefill"]),
+        *(_row(str(i), step["context"], step) for i, step in enumerate(steps, start=1)),
     ]
-    for index, step in enumerate(steps, start=1):
-        rows.append(
-            f"| {index} | {step['context']} | {step['bytes_sent'] / 1e6:.2f} | {step['rounds']} | "
-            f"{step['seconds']:.2f} |"
-        )
     equal = cached["tokens"] == record["plaintext_tokens"]
-    same = cached["tokens"] == record["no_cache"]["tokens"]
+    no_cache = record["no_cache"]
+    same = cached["tokens"] == no_cache["tokens"]
+    rows_no_cache = [
+        f"| {record['prompt_tokens'] + i} | {q['bytes_sent'] / 1e6:.2f} | {q['rounds']} | "
+        f"{q['seconds']:.1f} |"
+        for i, q in enumerate(no_cache["queries"])
+    ]
     later = [s["bytes_sent"] for s in steps[1:]]
     growth = (later[-1] - later[0]) / max(len(later) - 1, 1) / 1e6 if len(later) > 1 else 0.0
     lines = [
@@ -187,9 +207,17 @@ def markdown(record: dict[str, Any]) -> str:
         f"Tokens equal to plaintext greedy: {'yes' if equal else 'no'}; the no-cache run picked "
         f"{'the same' if same else 'other'} tokens. Per token after the first the bytes grow by "
         f"{growth:.3f} MB per token of context (attention over the cache; the rest is fixed). "
+        "Re-running the prefix instead (one session, the prefill program on each prefix; MB "
+        "sent by the data owner, online, without the argmax):",
+        "",
+        "| prefix tokens | MB sent | rounds | seconds |",
+        "|---|---|---|---|",
+        *rows_no_cache,
+        "",
         f"Prefill and {len(steps)} tokens with the cache against {len(steps)} forward passes of "
         f"the growing prefix (each plus the argmax): the prefix costs {ratio['bytes_sent']:.1f}x "
-        f"the bytes, {ratio['rounds']:.2f}x the rounds and {ratio['seconds']:.1f}x the seconds. "
+        f"the bytes, {ratio['rounds']:.2f}x the rounds and {ratio['seconds']:.1f}x the seconds "
+        "(rounds are the programs' depth, which a step shares with a whole pass). "
         f"Offline, once per session (the weights shared, their masks opened): "
         f"{cached['offline']['bytes_sent'] / 1e6:.1f} MB.",
         "",
