@@ -294,6 +294,29 @@ def _linear_diagonal(x: HeTensor, w: np.ndarray, target: Layout | None) -> HeTen
     return x._new(layout, grid.reshape(layout.grid_shape), False)
 
 
+def _single_row(a: HeTensor, b: HeTensor) -> HeTensor | None:
+    """a @ b for a single row a (..., 1, c), one token's query against a key/value cache,
+    as broadcast products summed over c (1 L), in the three layouts a step meets:
+      c in ciphertexts, b's (c, j) in ciphertexts: one product per (c, j), no rotation;
+      c in ciphertexts, b's j in slots (the keys, transposed): each a entry spread over
+        b's j slots (`HeTensor.spread`: log2(j') rotations), one product per c;
+      c in slots where b's c sits (attention weights against the values): one product
+        per column j, then the sum over c's slots (log2(c') rotations).
+    None for other layouts (the caller's general method then decides)."""
+    a_c, (b_c, b_j) = a.layout.strides[-1], b.layout.strides[-2:]
+    if not (a.layout.simple and b.layout.simple):
+        return None
+    rows, columns = a.unsqueeze(-1), b.unsqueeze(-3)  # (..., 1, c, 1), (..., 1, c, j)
+    if a_c is None and b_c is None and b_j is None:
+        return (rows * columns).sum(-2)
+    if a_c is None and b_c is None:
+        spread = rows.spread(columns.layout)
+        return None if spread is None else (spread * columns).sum(-2)
+    if a_c is not None and a_c == b_c and b_j is None and a.layout.offset == b.layout.offset:
+        return (rows * columns).sum(-2)
+    return None
+
+
 def matmul(a: HeTensor, b: HeTensor | Plain) -> HeTensor:
     """a @ b. With b plain: `linear(a, b.T)`. With both encrypted (attention scores q k^T,
     weights v): a is (..., i, c) with i in slots and c in ciphertexts; b's slot axis among
@@ -310,9 +333,10 @@ def matmul(a: HeTensor, b: HeTensor | Plain) -> HeTensor:
     if diagonal is not None:
         return diagonal
     _attention_packing(a, b)
-    single_row = a.layout.shape[-2] == 1 and a.layout.strides[-1] is None
-    if single_row and b.layout.strides[-2:] == (None, None):
-        return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(-2)
+    if a.layout.shape[-2] == 1:
+        single = _single_row(a, b)
+        if single is not None:
+            return single
     t_i = a.layout.strides[-2]
     if t_i is None or a.layout.strides[-1] is not None:
         raise LayoutError(

@@ -610,7 +610,17 @@ def _binary(a: HeTensor, b: Any, op: str) -> HeTensor:
         try:
             out = result_layout(a.layout, tuple(b.layout.shape), b.layout)
         except LayoutError:
-            if not standardize([a, b]):
+            # a size-1 axis against a slot axis (one token's row against its context),
+            # under any policy: spread server-side, or else standardise
+            spread_b = b.spread(a.layout) if a.layout.shape != b.layout.shape else None
+            spread_a = (
+                a.spread(b.layout)
+                if spread_b is None and a.layout.shape != b.layout.shape
+                else None
+            )
+            if spread_b is not None or spread_a is not None:
+                a, b = spread_a or a, spread_b or b
+            elif not standardize([a, b]):
                 raise
             out = result_layout(a.layout, tuple(b.layout.shape), b.layout)
         if op == "mul":

@@ -28,6 +28,8 @@ bitwise and logical ops on masks, max, ...) still run on plain values, and are m
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from functools import lru_cache
 from typing import Any
 
@@ -278,8 +280,23 @@ def rsqrt_for(interval: tuple[float, float]) -> InverseSqrt:
 
 
 def _reciprocal(call: Call, x: HeTensor) -> HeTensor:
+    """1 / x = s / (s x): Goldschmidt (`he_reciprocal`) on s x, s the power of two nearest
+    1 / sqrt(lo hi) for its widened interval [lo, hi], so that s x and 1 / (s x) both lie
+    within sqrt(hi / lo) of 1. The guess's Chebyshev coefficients, in the same variable t
+    as the unscaled ones, are divided by s. Unscaled, a small interval's coefficients and
+    the baby-step giant-step partial sums grow as 1 / lo: [4e-5, 0.4] (a small model's
+    power-softmax normaliser) reached 4.3e5, beyond the 2^19 a 60-bit last prime holds at
+    a 2^40 scale. Depth: the guess's, the iterations', and 1 for the final product by s
+    (s x is computed beside the guess)."""
     approximation = he_reciprocal(*_interval(call, "reciprocal"))
-    return approximation.iterate(x, lambda b: evaluate_polynomial(b, approximation.initial))
+    lo, hi = approximation.interval
+    s = 2.0 ** round(-0.5 * math.log2(lo * hi))
+    if s == 1.0:
+        return approximation.iterate(x, lambda b: evaluate_polynomial(b, approximation.initial))
+    initial = approximation.initial
+    guess = dataclasses.replace(initial, chebyshev=tuple(c / s for c in initial.chebyshev))
+    scaled = approximation.iterate(x * s, lambda _: evaluate_polynomial(x, guess))
+    return scaled * s
 
 
 def _rsqrt(call: Call, x: HeTensor) -> HeTensor:

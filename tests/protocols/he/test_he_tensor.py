@@ -418,10 +418,15 @@ def test_slot_sum_of_size_three_masks_junk_first(kit: Kit) -> None:
     _close(kit.dec(t.sum(0)), (x + 1.0).sum(0))
 
 
-def test_broadcast_along_a_slot_axis_is_refused(kit: Kit) -> None:
-    x = kit.enc(_uniform(22, SHAPE), LAYOUT)
-    with pytest.raises(LayoutError, match="slots"):
-        x - x.sum(1, keepdim=True)
+def test_broadcast_along_a_slot_axis_spreads_under_any_policy(kit: Kit) -> None:
+    """A size-1 axis against a slot axis (a row's sum against the row, one token against its
+    context) is spread server-side (log2 of the axis' slots in rotations), whatever the
+    packing policy; a mismatch of which axes sit in slots is still refused."""
+    values = _uniform(22, SHAPE)
+    x = kit.enc(values, LAYOUT)
+    before = kit.rotations
+    _close(kit.dec(x - x.sum(1, keepdim=True)), values - values.sum(1, keepdims=True))
+    assert kit.rotations > before
     other = kit.enc(_uniform(23, (2, 4, 3)), Layout.rows((2, 4, 3), 1))
     with pytest.raises(LayoutError):
         x.transpose(1, 2) + other  # tokens in slots in one, features in the other
@@ -604,6 +609,35 @@ def test_attention_matmuls(kit: Kit, tokens: int) -> None:
     assert kit.refresher.stats.refreshes == 1
     with pytest.raises(LayoutError, match="expected a"):
         matmul(k.transpose(-2, -1), q)
+
+
+@pytest.mark.parametrize(
+    ("a_strides", "b_strides", "rotates"),
+    [
+        ((1, None, None, None), (1, None, None, None), False),  # (c, j) in ciphertexts
+        ((4, None, None, None), (4, None, None, 1), True),  # keys^T: the context j in slots
+        ((4, None, None, 1), (4, None, 1, None), True),  # weights @ values: c in slots
+    ],
+    ids=["c-and-j-in-ciphertexts", "j-in-slots", "c-in-slots"],
+)
+def test_single_row_matmul_against_a_cache(
+    kit: Kit, a_strides: tuple, b_strides: tuple, rotates: bool
+) -> None:
+    """One token's row (batch, heads, 1, c) against a cache (batch, heads, c, j), in the
+    three layouts a generation step meets: equal to numpy; rotations only where a slot
+    axis is summed over or spread along."""
+    batch, heads, c, j = 2, 2, 3, 3
+    if a_strides[-1] is not None:  # c in slots: the context (3 entries, 4 slots)
+        c, j = 3, 2
+    na = _uniform(70, (batch, heads, 1, c))
+    nb = _uniform(71, (batch, heads, c, j))
+    a = kit.enc(na, Layout(na.shape, a_strides, 0))
+    b = kit.enc(nb, Layout(nb.shape, b_strides, 0))
+    before = kit.rotations
+    out = matmul(a, b)
+    assert (kit.rotations > before) == rotates
+    assert out.layout.shape == (batch, heads, 1, j)
+    _close(kit.dec(out), na @ nb)
 
 
 # --- levels and refresh ----------------------------------------------------------------------
