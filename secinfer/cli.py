@@ -849,6 +849,21 @@ def generate(
     is_flag=True,
     help="A plain socket: no authentication, no encryption (experiments only).",
 )
+@click.option(
+    "--generate",
+    is_flag=True,
+    help="Generate text (`secinfer generate`): the server's --model is a decoder directory "
+    "(Hugging Face causal LM, or one save_decoder wrote), the client's one --input the "
+    "prompt's token ids (.npy).",
+)
+@click.option(
+    "--max-new-tokens",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Client, --generate: how many tokens at most.",
+)
+@click.option("--stop-token", type=int, help="Client, --generate: stop after this token id.")
 @_evaluation_options("Client")
 def he_party(role: str, **options: Any) -> None:
     """Run one side of an HE run (for two hosts; `run --backend he` starts both).
@@ -892,6 +907,7 @@ def he_party(role: str, **options: Any) -> None:
                 hiding_bits=options["hiding_bits"],
                 flood_bits=options["flood_bits"],
                 packing=options["packing"].replace("-", "_"),
+                generate=options["generate"],
             )
         else:
             if not options["connect"]:
@@ -906,6 +922,9 @@ def he_party(role: str, **options: Any) -> None:
                 evaluation=evaluation,
                 eval_data=options["eval_data"],
                 batch_size=options["batch_size"],
+                generate=options["generate"],
+                max_new_tokens=options["max_new_tokens"],
+                stop_token=options["stop_token"],
             )
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)

@@ -207,19 +207,34 @@ def _cache_tensors(cache: Any, layers: int) -> list[torch.Tensor]:
     return out
 
 
+DECODER_FILE = "decoder.json"
+"""The description beside a saved decoder's two programs (`save_decoder`)."""
+PROGRAM_FILES = {"prefill": "prefill.pt2", "step": "step.pt2"}
+
+
 def load_decoder(path: Path) -> Decoder:
-    """A Hugging Face causal-LM directory as a `Decoder` (module docstring); UserError for
-    anything else, naming the file and the fix."""
+    """A Hugging Face causal-LM directory, or a directory `save_decoder` wrote (a converted
+    model's programs), as a `Decoder` (module docstring); UserError for anything else,
+    naming the file and the fix."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(
             f"{path}: generate reads Hugging Face model directories (config.json and "
-            "*.safetensors) of causal language models"
+            "*.safetensors) of causal language models, or a directory save_decoder wrote"
         )
+    if (path / DECODER_FILE).is_file():
+        return _load_saved(path)
     config = read_config(path)
     check_weights(path)
     model = from_pretrained(path, config)
     _check_causal_lm(model, path)
+    return decoder_from_model(model, path)
+
+
+def decoder_from_model(model: nn.Module, path: Path) -> Decoder:
+    """The two programs of a causal LM module (a Hugging Face model class, or one
+    `approximations.convert` rewrote), traced on a sample prompt; `path` names it in
+    messages (and is where a tokenizer is looked for)."""
     layers = int(model.config.num_hidden_layers)
     vocab = int(model.config.vocab_size)
     wrapper = _CachedLM(model, layers).eval()
@@ -235,11 +250,11 @@ def load_decoder(path: Path) -> Decoder:
     token = prompt[:, :1]
     past = tuple({2: torch.export.Dim.DYNAMIC} for _ in cache)
     step = _export(wrapper, (token, *cache), (None, past), path)
-    tokenizer, problem = read_tokenizer(path)
+    tokenizer, problem = read_tokenizer(path) if Path(path).is_dir() else (None, None)
     eos = getattr(model.config, "eos_token_id", None)
     eos = eos if isinstance(eos, int) and 0 <= eos < vocab else None
     return Decoder(
-        path,
+        Path(path),
         prefill,
         step,
         layers,
@@ -249,6 +264,87 @@ def load_decoder(path: Path) -> Decoder:
         tokenizer,
         problem,
         type(model).__name__,
+    )
+
+
+def save_decoder(decoder: Decoder, out_dir: Path) -> None:
+    """Write `decoder` as a directory `load_decoder` reads: its two programs
+    (`torch.export.save`, loaded back without running code from them:
+    `safe_archive.load_untrusted`) and `decoder.json` (layers, vocabulary, positions, end
+    token, family). For a model no Hugging Face class describes, such as one
+    `approximations.convert` rewrote for HE."""
+    import json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, file in PROGRAM_FILES.items():
+        torch.export.save(getattr(decoder, name), out_dir / file)
+    description = {
+        "format": "secinfer-decoder/1",
+        "layers": decoder.layers,
+        "vocab": decoder.vocab,
+        "max_positions": decoder.max_positions,
+        "eos_token_id": decoder.eos_token_id,
+        "family": decoder.family,
+    }
+    (out_dir / DECODER_FILE).write_text(json.dumps(description, indent=1) + "\n")
+
+
+def _load_saved(path: Path) -> Decoder:
+    """A directory `save_decoder` wrote: `decoder.json` checked field by field, the two
+    programs through `safe_archive.load_untrusted` (no code from the files runs)."""
+    import json
+
+    from secinfer.load.safe_archive import load_untrusted
+
+    where = path / DECODER_FILE
+    try:
+        description = json.loads(where.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(
+            f"{where}: not readable JSON ({one_line(exc)}); write it with save_decoder"
+        ) from None
+    if not isinstance(description, dict) or description.get("format") != "secinfer-decoder/1":
+        raise UserError(
+            f"{where}: not a secinfer-decoder/1 description; write it with save_decoder"
+        )
+
+    def count(name: str, optional: bool = False) -> int | None:
+        value = description.get(name)
+        if value is None and optional:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise UserError(f"{where}: {name} is {value!r}, not a non-negative integer")
+        return value
+
+    layers, vocab = count("layers"), count("vocab")
+    positions, eos = count("max_positions", True), count("eos_token_id", True)
+    programs = {}
+    for name, file in PROGRAM_FILES.items():
+        if not (path / file).is_file():
+            raise UserError(f"{path}: {file} is missing; write the directory with save_decoder")
+        programs[name] = load_untrusted(path / file)
+    wanted = {"prefill": 1, "step": 1 + 2 * layers}  # type: ignore[operator]
+    for name, program in programs.items():
+        taken = len(program.graph_signature.user_inputs)
+        if taken != wanted[name]:
+            raise UserError(
+                f"{path / PROGRAM_FILES[name]}: takes {taken} inputs, a {layers}-layer "
+                f"decoder's {name} takes {wanted[name]}; write the directory with save_decoder"
+            )
+    tokenizer, problem = read_tokenizer(path)
+    assert layers is not None and vocab is not None
+    return Decoder(
+        path,
+        programs["prefill"],
+        programs["step"],
+        layers,
+        vocab,
+        positions,
+        eos if eos is not None and eos < vocab else None,
+        tokenizer,
+        problem,
+        str(description.get("family", "")),
     )
 
 
@@ -278,4 +374,12 @@ def _export(
         ) from None
 
 
-__all__ = ["SAMPLE_PROMPT", "Decoder", "load_decoder", "read_prompt", "read_prompt_ids"]
+__all__ = [
+    "SAMPLE_PROMPT",
+    "Decoder",
+    "decoder_from_model",
+    "load_decoder",
+    "read_prompt",
+    "read_prompt_ids",
+    "save_decoder",
+]

@@ -15,7 +15,6 @@ from secinfer.core.execute import RunResult
 from secinfer.core.graph import Graph
 from secinfer.core.plan import Plan
 from secinfer.core.registry import RangeStats
-from secinfer.errors import UserError
 from secinfer.load.values import ValueLimit
 
 
@@ -62,7 +61,9 @@ class HeBackend:
         stop_token: int | None,
         options: RunOptions,
     ) -> PartyRun:
-        raise UserError("generate --backend he is not built yet; use mpc, approx or plain")
+        from secinfer.backends.he.local import run_local_he_generation
+
+        return run_local_he_generation(model, prompt, max_new_tokens, stop_token, options)
 
     def evaluate_parties(
         self, model: Path, data: Path, evaluation: Evaluation, batch_size: int, options: RunOptions

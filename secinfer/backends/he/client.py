@@ -8,7 +8,7 @@ server sends back, refusing a decryption beyond the message space (`_plausible`)
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,7 @@ class ClientSession:
     context_bytes: int
     refresh: ClientRefresh | None = None
     refreshes: int = 0
+    layouts: dict[str, Any] = field(default_factory=dict)  # the server's layouts message
 
     def send_inputs(self, inputs: tuple[torch.Tensor, ...]) -> None:
         for spec, value in zip(self.specs, inputs, strict=True):
@@ -111,13 +112,17 @@ class ClientSession:
         }
 
 
-def open_client(channel: Channel, inputs: tuple[torch.Tensor, ...]) -> ClientSession:
-    """shapes -> layouts (and embedding tables) -> keys made here, public context sent."""
+def open_client(
+    channel: Channel, inputs: tuple[torch.Tensor, ...], extra: dict[str, Any] | None = None
+) -> ClientSession:
+    """shapes (with the fields of `extra`: a generation's new tokens) -> layouts (and
+    embedding tables) -> keys made here, public context sent."""
     channel.send_json(
         {
             "kind": "shapes",
             "shapes": [list(t.shape) for t in inputs],
             "dtypes": ["float" if t.is_floating_point() else "int" for t in inputs],
+            **(extra or {}),
         }
     )
     plan = expect_kind(channel, "layouts")
@@ -144,7 +149,7 @@ def open_client(channel: Channel, inputs: tuple[torch.Tensor, ...]) -> ClientSes
             RefreshPlan.from_dict(plan["refresh"]),
             lambda values: _plausible(values, bound, "a refresh"),
         )
-    return ClientSession(channel, codec, specs, tables, bound, context_bytes, refresh)
+    return ClientSession(channel, codec, specs, tables, bound, context_bytes, refresh, layouts=plan)
 
 
 FOREIGN = 1e15

@@ -144,6 +144,9 @@ class RotationPlan:
     refreshes: int
     refreshed_ciphertexts: int = 0
     first_moves: dict[int, Layout] = field(default_factory=dict)
+    later_moves: list[tuple[dict[str, Any], Layout]] = field(default_factory=list)
+    """As `first_moves`, for the tensors `follow` sent (by their specs): a generation's
+    token, encrypted directly in the layout its embedding product moves it to."""
 
 
 class _DrySeeder:
@@ -166,6 +169,7 @@ def rotation_plan(
     reserve: int = 0,
     *,
     policy: str | None = "auto",
+    follow: Any = None,
 ) -> RotationPlan:
     """The rotations of the encrypted run, found by running it: the executor runs `graph`
     with the `he` kernels on stand-in ciphertexts (`protocols.he.dry.DryEngine`) in the
@@ -180,7 +184,10 @@ def rotation_plan(
     one holding `keys` checks that they suffice, `protocols.he.tensor.RotationKeyError`
     inside an `execute.ExecutionError` naming the op otherwise). `policy`: the run's packing
     policy (`protocols.he.relayout.POLICIES`; None: refresh is off, no re-layout), so that
-    the dry run makes the real run's packing choices and rotates as it does."""
+    the dry run makes the real run's packing choices and rotates as it does. `follow`
+    (result, tensor) continues the run on the same engine, where `tensor(layout)` makes a
+    stand-in ciphertext: a generation's steps on the prefill's caches; it returns the
+    (spec, tensor) pairs of the inputs it sent, whose first moves `later_moves` lists."""
     from protocols.he.dry import DryEngine, DryRefresher, dry_grid
     from protocols.he.galois import keys_for_steps
     from protocols.he.tensor import HeTensor
@@ -224,13 +231,25 @@ def rotation_plan(
         for value in values.values():
             (value * np.ones(logits.shape[0])).sum(0).masked()
         attribute("the private evaluation's losses summed over the rows")
+    later: dict[tuple[int, ...], dict[str, Any]] = {}
+    if follow is not None:
+        for spec, value in follow(result, tensor):
+            later.setdefault(tuple(map(id, value.grid.flat)), spec)
+        attribute("the generation's steps")
     first_moves: dict[int, Layout] = {}
+    later_moves: dict[int, tuple[dict[str, Any], Layout]] = {}
     for ids, source, target in refresher.moves:
         position = sent.pop(ids, None)
         if position is not None and source != target:
             first_moves[position] = target
+        spec = later.pop(ids, None)
+        if spec is not None and source != target:
+            later_moves.setdefault(id(spec), (spec, target))
     keys = keys_for_steps(first, params.slots)
-    return RotationPlan(first, keys, refresher.refreshes, refresher.ciphertexts, first_moves)
+    return RotationPlan(
+        first, keys, refresher.refreshes, refresher.ciphertexts, first_moves,
+        list(later_moves.values()),
+    )  # fmt: skip
 
 
 def plan_inputs(
@@ -242,17 +261,20 @@ def plan_inputs(
     reserve: int = 0,
     *,
     policy: str | None = "auto",
+    follow: Any = None,
 ) -> RotationPlan:
     """`rotation_plan`, after sending each encrypted input in the layout its first use
     re-lays it out to (`RotationPlan.first_moves`: the client encrypts it there directly,
     one round trip and the feature-major ciphertexts saved), planned again on those
     layouts. Updates `specs`' layouts in place."""
-    again = {"reserve": reserve, "policy": policy}
+    again = {"reserve": reserve, "policy": policy, "follow": follow}
     rotations = rotation_plan(graph, plan, specs, params, evaluation, **again)
-    if not rotations.first_moves:
+    if not (rotations.first_moves or rotations.later_moves):
         return rotations
     for position, target in rotations.first_moves.items():
         specs[position]["layout"] = target.to_dict()
+    for spec, target in rotations.later_moves:
+        spec["layout"] = target.to_dict()
     return rotation_plan(graph, plan, specs, params, evaluation, **again)
 
 

@@ -18,6 +18,7 @@ import time
 from enum import Enum
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from protocols.net import free_port
@@ -58,15 +59,43 @@ def run_local_he(
     `options.flood_bits` and packs each layer by `options.packing`."""
     with processes.stopping_on_signals(), processes.private_directory("secinfer-he-") as root:
         out = party_dirs(root, list(HeRole))
-        server = [] if options.refresh else ["--no-refresh"]
+        server = _server_options(options)
         if options.public_embedding:
             server.append("--public-embedding")
-        server += ["--flood-bits", str(options.flood_bits)]
-        if options.packing != "auto":
-            server += ["--packing", options.packing.replace("_", "-")]
         client = ["--input", str(save_inputs(inputs, out[HeRole.CLIENT]))]
         seconds = _run_he(model, options, out, server, client, root)
         return read_run(out[HeRole.CLIENT] / "output.npy", *_records(out), seconds)
+
+
+def run_local_he_generation(
+    model: Path,
+    prompt: torch.Tensor,
+    max_new_tokens: int,
+    stop_token: int | None,
+    options: RunOptions,
+) -> PartyRun:
+    """Greedy generation by the server and the client as processes (`secinfer he-party
+    --generate`, `secinfer.backends.he.generation`): `output` holds the client's token ids;
+    each token's progress line is echoed on stderr as it comes."""
+    with processes.stopping_on_signals(), processes.private_directory("secinfer-he-gen-") as root:
+        out = party_dirs(root, list(HeRole))
+        ids = out[HeRole.CLIENT] / "prompt.npy"
+        np.save(ids, prompt.numpy().astype(np.int64), allow_pickle=False)
+        server = ["--generate", *_server_options(options)]
+        client = ["--generate", "--input", str(ids), "--max-new-tokens", str(max_new_tokens)]
+        if stop_token is not None:
+            client += ["--stop-token", str(stop_token)]
+        seconds = _run_he(model, options, out, server, client, root)
+        return read_run(out[HeRole.CLIENT] / "tokens.npy", *_records(out), seconds)
+
+
+def _server_options(options: RunOptions) -> list[str]:
+    """The server's arguments for `options`' refresh, flooding and packing."""
+    server = [] if options.refresh else ["--no-refresh"]
+    server += ["--flood-bits", str(options.flood_bits)]
+    if options.packing != "auto":
+        server += ["--packing", options.packing.replace("_", "-")]
+    return server
 
 
 def run_local_he_evaluation(

@@ -63,8 +63,11 @@ def server_main(
     flood_bits: int = 0,
     network: str = "lan",
     packing: str = "auto",
+    generate: bool = False,
 ) -> None:
-    """With `evaluation` (an `evaluate.Evaluation`) the session is a private evaluation.
+    """With `evaluation` (an `evaluate.Evaluation`) the session is a private evaluation;
+    with `generate`, greedy generation from the decoder directory `model`
+    (`secinfer.backends.he.generation`: planned once the client's lengths are known).
     `link` (`he_link`) secures the connection (`Link(None)`: the opt-in plain socket).
     The CKKS parameters are chosen here, before listening (`choice.choose_parameters`, for
     `hiding_bits` of refresh hiding and the `network`'s costs): a model no 128-bit set can
@@ -78,6 +81,12 @@ def server_main(
         raise UserError("--role server needs --model FILE")
     if not out_dir.is_dir():
         raise UserError(f"--out {out_dir}: no such directory")
+    if generate:
+        if evaluation is not None:
+            raise UserError("give --generate or --loss (an evaluation), not both")
+        settings = (config_path, refresh, hiding_bits, network, packing, flood_bits)
+        _serve_generation(model, settings, host, port, out_dir, timeout, link)
+        return
     loaded = load.load_model(model, trust_model=trust_model)
     if loaded.program is None:
         raise UserError(
@@ -101,11 +110,7 @@ def server_main(
         graph, plan, loaded, samples, refresh, public_embedding, hiding_bits, network,
         he_evaluation, packing,
     )  # fmt: skip
-    try:
-        listener = socket.create_server((host, port))
-    except OSError as exc:
-        raise UserError(f"--port {port}: cannot listen on {host} ({exc.strerror})") from None
-    with listener:
+    with _listen(host, port) as listener:
         _guard(
             "server",
             lambda: serve(
@@ -126,6 +131,37 @@ def server_main(
         )
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        return socket.create_server((host, port))
+    except OSError as exc:
+        raise UserError(f"--port {port}: cannot listen on {host} ({exc.strerror})") from None
+
+
+def _serve_generation(
+    model: Path,
+    settings: tuple[Any, ...],
+    host: str,
+    port: int,
+    out_dir: Path,
+    timeout: float,
+    link: tls.Link,
+) -> None:
+    """The server of a generation: the decoder loaded (and refused) before listening."""
+    from secinfer.backends.he.generation import GenerationSettings, serve_generation
+    from secinfer.load.decoder import load_decoder
+
+    decoder = load_decoder(model)
+    chosen = GenerationSettings(*settings)
+    with _listen(host, port) as listener:
+        _guard(
+            "server",
+            lambda: serve_generation(
+                decoder, listener, out_dir, chosen, timeout=timeout, link=link
+            ),
+        )
+
+
 def client_main(
     *,
     connect: str,
@@ -136,9 +172,13 @@ def client_main(
     eval_data: Path | None = None,
     batch_size: int = 64,
     link: tls.Link,
+    generate: bool = False,
+    max_new_tokens: int = 16,
+    stop_token: int | None = None,
 ) -> None:
-    """A query on --input, or with `evaluation` a private evaluation on --eval-data, over
-    `link` (`he_link`; `Link(None)`: the opt-in plain socket)."""
+    """A query on --input, with `evaluation` a private evaluation on --eval-data, or with
+    `generate` greedy generation after the prompt ids in --input, over `link` (`he_link`;
+    `Link(None)`: the opt-in plain socket)."""
     from secinfer import load
     from secinfer.backends.he.limits import he_limit
     from secinfer.backends.he.session import query
@@ -147,6 +187,10 @@ def client_main(
     host, _, port = connect.rpartition(":")
     if not host or not port.isdigit():
         raise UserError(f"--connect {connect}: give HOST:PORT")
+    if generate:
+        _generate_client((host, int(port)), input_paths, out_dir, timeout, link,
+                         max_new_tokens, stop_token)  # fmt: skip
+        return
     if evaluation is not None:
         from secinfer.backends.he.evaluation import evaluate
         from secinfer.load.dataset import open_dataset
@@ -181,6 +225,34 @@ def client_main(
     _guard(
         "client",
         lambda: query((host, int(port)), read_inputs, out_dir, timeout=timeout, link=link),
+    )
+
+
+def _generate_client(
+    address: tuple[str, int],
+    input_paths: tuple[Path, ...],
+    out_dir: Path,
+    timeout: float,
+    link: tls.Link,
+    max_new_tokens: int,
+    stop_token: int | None,
+) -> None:
+    """The client of a generation: the prompt ids read and checked before connecting."""
+    from secinfer.backends.he.generation import generate
+    from secinfer.load.decoder import read_prompt_ids
+
+    if len(input_paths) != 1:
+        raise UserError("--role client --generate needs one --input IDS.npy (the prompt)")
+    if max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens {max_new_tokens}: give at least 1")
+    if not out_dir.is_dir():
+        raise UserError(f"--out {out_dir}: no such directory")
+    prompt = read_prompt_ids(input_paths[0])
+    _guard(
+        "client",
+        lambda: generate(
+            address, prompt, max_new_tokens, stop_token, out_dir, timeout=timeout, link=link
+        ),
     )
 
 

@@ -90,7 +90,9 @@ class ServerSession:
         self.channel.send_json({"kind": kind, "layout": tensor.layout.to_dict(), **fields})
         self.channel.send_cts(list(tensor.grid.flat))
 
-    def run(self, inputs: tuple[Any, ...]) -> RunResult:
+    def run(self, inputs: tuple[Any, ...], given: dict[str, Any] | None = None) -> RunResult:
+        """The graph on `inputs` (and the user inputs in `given`, by name: a generation
+        step's caches, as the previous run left them)."""
         refresher, engine = self.refresher, self.engine
 
         def meter() -> _Counts:
@@ -103,7 +105,8 @@ class ServerSession:
             )
 
         executor = Executor(self.graph, "he", self.plan, seeder=_ServerSeeder(), meter=meter)
-        return executor.run(inputs, hook=_NodeStatus(self.graph, self.channel, self.step))
+        hook = _NodeStatus(self.graph, self.channel, self.step)
+        return executor.run(inputs, hook=hook, given=given)
 
 
 def open_server(
@@ -124,22 +127,44 @@ def open_server(
     feature-major."""
     if isinstance(choice, CkksParams):
         choice = default_choice(choice, allow_refresh)
-    params = choice.params
-    refresh = choice.refresh if allow_refresh else None
-    reserve = refresh.reserve if refresh else 0
-    policy = runnable_policy(refresh, packing)
     specs = input_specs(graph, public_embedding)
     hello: dict[str, Any] = {"kind": "hello", "inputs": specs, "timeout": channel.timeout}
     if evaluation is not None:
         hello["evaluation"] = evaluation.announce()
     channel.send_json(hello)
-    _check_shapes(specs, channel.recv_json(), check_inputs)
+    check_shapes(specs, channel.recv_json(), check_inputs)
+    return establish(graph, plan, channel, specs, choice, allow_refresh, evaluation, packing)
+
+
+def establish(
+    graph: Graph,
+    plan: Plan,
+    channel: Channel,
+    specs: list[dict[str, Any]],
+    choice: ParameterChoice,
+    allow_refresh: bool,
+    evaluation: Announced | None = None,
+    packing: str = "auto",
+    *,
+    follow: Any = None,
+    announce: Callable[[CkksParams], dict[str, Any]] | None = None,
+) -> ServerSession:
+    """The set-up after the client's shapes (in `specs`): layouts (and embedding tables),
+    the Galois keys of a dry run (`inputs.plan_inputs`; `follow` continues it, as a
+    generation's steps do), the public context and handshake. `announce(params)` adds
+    fields to the layouts message."""
+    params = choice.params
+    refresh = choice.refresh if allow_refresh else None
+    reserve = refresh.reserve if refresh else 0
+    policy = runnable_policy(refresh, packing)
     tables = {
         s["name"]: embedding_table(graph, s["name"]) for s in specs if s["mode"] == "embedded"
     }
     dim = next((int(t.shape[1]) for t in tables.values() if t is not None), None)
     layouts_for(graph, specs, dim, params.slots)
-    rotations = plan_inputs(graph, plan, specs, params, evaluation, reserve, policy=policy)
+    rotations = plan_inputs(
+        graph, plan, specs, params, evaluation, reserve, policy=policy, follow=follow
+    )
     mask_bits = choice.mask_bits
     channel.send_json(
         {
@@ -149,6 +174,7 @@ def open_server(
             "mask_bits": mask_bits,
             "refresh": refresh.to_dict() if refresh else None,
             "galois_steps": rotations.keys,
+            **(announce(params) if announce else {}),
         }
     )
     for name, table in tables.items():
@@ -198,7 +224,7 @@ def packing_record(session: ServerSession) -> dict[str, Any]:
     return record
 
 
-def _check_shapes(
+def check_shapes(
     specs: list[dict[str, Any]],
     message: dict[str, Any],
     check_inputs: Callable[[tuple[torch.Tensor, ...]], None] | None,
@@ -300,6 +326,8 @@ __all__ = [
     "DEFAULT_PARAMS",
     "Announced",
     "ServerSession",
+    "check_shapes",
+    "establish",
     "open_server",
     "packing_record",
     "server_record",

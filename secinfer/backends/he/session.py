@@ -205,6 +205,11 @@ def _query(
             "the server runs a private evaluation, this client sent a query: start the "
             "client with --eval-data (and the same --loss and --reveal-to)"
         )
+    if "generation" in hello:
+        raise UserError(
+            "the server generates text, this client sent a query: start the client with "
+            "--generate and the prompt's ids as --input"
+        )
     inputs = read_inputs([spec["name"] for spec in hello["inputs"]])
     client = open_client(channel, inputs)
     channel.set_status("encrypting the inputs")
