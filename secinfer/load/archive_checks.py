@@ -370,10 +370,27 @@ class _Guard(_Grammar):
             if not (isinstance(node.slice, ast.Constant) and type(node.slice.value) is int):
                 raise self.refuse(node, "an index that is not an integer")
             return
+        if isinstance(node, ast.Call) and self._is_extremum(node):
+            for arg in node.args:  # min(8 + 8 * L['c'].size()[2], ...): a bound on a size
+                self.check(arg)
+            return
         if isinstance(node, ast.Call):
             self._check_method(node)  # L['x'].storage_offset()
             return
         self._check_source(node)
+
+    @staticmethod
+    def _is_extremum(node: ast.Call) -> bool:
+        """min(...) or max(...) of two or more positional arguments (the builtins: a guard
+        string cannot rebind them), as export writes for a size's two bounds."""
+        func = node.func
+        return (
+            isinstance(func, ast.Name)
+            and func.id in ("min", "max")
+            and len(node.args) >= 2
+            and not node.keywords
+            and not any(isinstance(a, ast.Starred) for a in node.args)
+        )
 
     def _check_method(self, node: ast.Call) -> None:
         func = node.func

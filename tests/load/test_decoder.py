@@ -115,3 +115,52 @@ def test_lengths_beyond_the_positions_are_refused(family: tuple) -> None:
     with pytest.raises(UserError, match=r"need 65 positions; .* has 64"):
         decoder.check_length(60, 5)
     decoder.check_length(59, 5)
+
+
+def test_a_saved_decoder_loads_back_and_generates_the_same(family: tuple, tmp_path: Path) -> None:
+    """`save_decoder` writes the two programs and decoder.json; `load_decoder` reads them
+    back without running code from the files (`safe_archive.load_untrusted`)."""
+    from secinfer.load.decoder import save_decoder
+
+    _, model, decoder = family
+    save_decoder(decoder, tmp_path / "saved")
+    loaded = load_decoder(tmp_path / "saved")
+    assert (loaded.layers, loaded.vocab, loaded.max_positions) == (
+        decoder.layers, decoder.vocab, decoder.max_positions,
+    )  # fmt: skip
+    assert generate_local(loaded, PROMPT, 6, "plain").tokens == decoders.greedy(model, PROMPT, 6)
+
+
+def test_a_damaged_saved_decoder_is_refused_with_one_line(family: tuple, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from secinfer.load.decoder import save_decoder
+
+    _, _, decoder = family
+    good = tmp_path / "good"
+    save_decoder(decoder, good)
+    description = json.loads((good / "decoder.json").read_text())
+
+    def variant(name: str, change: dict | None = None, remove: str | None = None) -> Path:
+        path = tmp_path / name
+        shutil.copytree(good, path)
+        if change is not None:
+            (path / "decoder.json").write_text(json.dumps({**description, **change}))
+        if remove is not None:
+            (path / remove).unlink()
+        return path
+
+    cases = [
+        (variant("format", {"format": "other"}), "not a secinfer-decoder/1"),
+        (variant("layers", {"layers": "two"}), "layers is 'two'"),
+        (variant("more", {"layers": decoder.layers + 1}), "takes"),
+        (variant("missing", remove="step.pt2"), "step.pt2 is missing"),
+    ]
+    broken = variant("json")
+    (broken / "decoder.json").write_text("{")
+    cases.append((broken, "not readable JSON"))
+    for path, message in cases:
+        with pytest.raises(UserError, match=message) as caught:
+            load_decoder(path)
+        assert "\n" not in str(caught.value)

@@ -438,6 +438,8 @@ def test_guard_grammar() -> None:
         "((L['m'].size()[0]*L['m'].size()[1]) % L['i'].size()[0]) == 0",
         "1 + ((L['x'].size()[1]*L['x'].size()[0]) // 2) <= L['x'].size()[1]*L['x'].size()[0]",
         "L['x'].stride()[0] == 4 and not L['x'].storage_offset() != 0",
+        # a LLaMA step's cache length, bounded twice (torch.export writes min of the two)
+        "min(8 + 8 * L['cache'][0].size()[2], 16 + 16 * L['cache'][0].size()[2]) >= 0",
     ):
         check_guard(guard, "test")
     for guard in (
@@ -447,6 +449,11 @@ def test_guard_grammar() -> None:
         "L['x\"+print(1)+\"'].size()[0] == 1",
         "G['x'].size()[0] == 1",
         "(lambda: 1)() == 1",
+        "min(__import__('os').getpid(), 1) == 1",
+        "min(L['x'].size()[0]) == 1",
+        "max(L['x'].size()[0], 2, key=print) == 2",
+        "max(*L['x'].size()) == 2",
+        "len(L['x'].size(), 2) == 2",
     ):
         with pytest.raises(Refused):
             check_guard(guard, "test")

@@ -1,0 +1,95 @@
+"""`secinfer generate --backend he`: greedy generation by the real server and client (two
+processes over loopback TLS, real TenSEAL CKKS), the key/value cache as ciphertexts.
+
+The model is a small GPT-2 at trained scale (`helpers.decoders`) converted for HE by
+`approximations.convert` (power-softmax attention, polynomial GELU, LayerNorm by
+polynomial inverse square root) and written by `save_decoder`. Its greedy tokens under
+`he` equal transformers' own greedy decoding of the converted model: 3 tokens in the
+default suite (about a minute on two cores), 16 in the slow suite, where a second prompt
+of the same length also checks that the server's view (what it received, per step) does
+not depend on the prompt or the tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from helpers import decoders
+
+import approximations
+from secinfer.cli import main
+from secinfer.load.decoder import decoder_from_model, save_decoder
+
+PROMPT = [5, 17, 33, 2]
+OTHER = [71, 8, 60, 29]
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("he-decoder")
+    model = decoders.decoder("gpt2", layers=1)
+    generator = torch.Generator().manual_seed(5)
+    samples = [torch.randint(0, 100, (1, 12), generator=generator) for _ in range(8)]
+    model, _ = approximations.convert(model, target="he", samples=samples)
+    save_decoder(decoder_from_model(model, root / "model"), root / "model")
+    paths: dict = {"model": root / "model"}
+    for name, prompt in (("prompt", PROMPT), ("other", OTHER)):
+        np.save(root / f"{name}.npy", np.array(prompt))
+        paths[name] = root / f"{name}.npy"
+        paths[f"{name}-tokens"] = decoders.greedy(model, torch.tensor([prompt]), 16)
+    return paths
+
+
+def generate(converted: dict, prompt: str, tokens: int, out: Path) -> tuple[dict, str, str]:
+    result = CliRunner().invoke(
+        main,
+        [
+            "generate", str(converted["model"]), "--input", str(converted[prompt]),
+            "--max-new-tokens", str(tokens), "--backend", "he",
+            "--output", str(out / "ids.npy"), "--report", str(out / "r.json"),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    return json.loads((out / "r.json").read_text()), result.stdout, result.stderr
+
+
+def test_three_tokens_under_he_equal_plaintext_greedy(converted: dict, tmp_path: Path) -> None:
+    report, out, err = generate(converted, "prompt", 3, tmp_path)
+    expected = converted["prompt-tokens"][:3]
+    assert np.load(tmp_path / "ids.npy").tolist() == expected
+    assert report["tokens"] == expected and report["plaintext"]["equal"]
+    assert "tokens equal to plaintext greedy: 3/3" in out
+    assert len(re.findall(r"client progress: token \d/3: \d+ \(", err)) == 3  # as they came
+    steps = report["steps"]
+    assert [s["context"] for s in steps] == [4, 5, 6]
+    assert steps[0]["bytes_sent"] == 0  # the first token is the client's argmax alone
+    assert all(s["bytes_sent"] > 0 for s in steps[1:])
+    server = report["parties"]["model_owner"]
+    assert "tokens" not in server and server["generation"]["steps_run"] == 2
+    assert server["generation"]["max_new_tokens"] == 3
+    assert report["parties"]["data_owner"]["tokens"] == expected
+
+
+@pytest.mark.slow
+def test_sixteen_tokens_and_a_view_independent_of_the_prompt(
+    converted: dict, tmp_path: Path
+) -> None:
+    views = []
+    for prompt in ("prompt", "other"):
+        out = tmp_path / prompt
+        out.mkdir()
+        report, _, _ = generate(converted, prompt, 16, out)
+        assert report["tokens"] == converted[f"{prompt}-tokens"]
+        server = report["parties"]["model_owner"]["generation"]
+        views.append(
+            [(s["refreshes"], s["rotations"]) for s in [server["prefill"], *server["steps"]]]
+        )
+    # what the server asks of the client and computes per step depends on the lengths
+    # alone (the ciphertexts it receives are CKKS encryptions under the client's key)
+    assert views[0] == views[1]
