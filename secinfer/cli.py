@@ -721,7 +721,8 @@ def generate(
     precision_bits: int,
     timeout: float,
 ) -> None:
-    """Generate text greedily with MODEL (a Hugging Face causal-LM directory) after a prompt.
+    """Generate text greedily with MODEL after a prompt: a Hugging Face causal-LM directory,
+    or (for -b he, a converted model) a directory `save_decoder` wrote.
 
     The prompt runs once; then each new token runs one row through the model with the
     key/value cache of the tokens before it. Each token is printed on stderr as it comes
@@ -875,6 +876,8 @@ def he_party(role: str, **options: Any) -> None:
                --host 0.0.0.0 --port 29600
     host B:  secinfer he-party --role client --connect A:29600 --identity keys-B --input x.npy
     private evaluation: add --loss ce,square to both, --eval-data test.npz to the client
+    generation: add --generate to both (the server's --model a decoder directory), the
+             prompt's ids as the client's --input, and --max-new-tokens N to the client
     """
     from secinfer.backends.he.main import client_main, he_link, server_main
 

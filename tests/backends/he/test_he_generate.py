@@ -93,3 +93,39 @@ def test_sixteen_tokens_and_a_view_independent_of_the_prompt(
     # what the server asks of the client and computes per step depends on the lengths
     # alone (the ciphertexts it receives are CKKS encryptions under the client's key)
     assert views[0] == views[1]
+
+
+def test_bad_input_stops_before_the_parties_with_one_line(converted: dict, tmp_path: Path) -> None:
+    long = tmp_path / "long.npy"
+    np.save(long, np.arange(60) % 100)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "decoder.json").write_text('{"format": "secinfer-decoder/1", "layers": -1}')
+    prompt = str(converted["prompt"])
+    cases = [
+        (converted["model"], ["--input", str(long), "--max-new-tokens", "8"], "need 68 positions"),
+        (converted["model"], ["--input", prompt, "--stop-token", "100"], "--stop-token 100"),
+        (converted["model"], ["--input", prompt, "--max-new-tokens", "0"], "give at least 1"),
+        (broken, ["--input", prompt], "layers is -1"),
+    ]
+    for model, args, message in cases:
+        result = CliRunner().invoke(main, ["generate", str(model), "-b", "he", *args])
+        assert result.exit_code == 2 and message in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1 and "progress" not in result.stderr
+
+
+def test_he_party_client_checks_its_own_arguments(tmp_path: Path) -> None:
+    """The client's own mistakes stop it before it connects: one line, exit 2."""
+    ids = tmp_path / "ids.npy"
+    np.save(ids, np.array([[1.5, 2.0]]))
+    base = ["he-party", "--role", "client", "--connect", "127.0.0.1:9", "--generate"]
+    base += ["--insecure-channel", "--out", str(tmp_path)]
+    cases = [
+        ([], "needs one --input IDS.npy"),
+        (["--input", str(ids)], "integer token ids"),
+        (["--input", str(ids), "--max-new-tokens", "0"], "give at least 1"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(main, [*base, *args])
+        assert result.exit_code == 2 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
