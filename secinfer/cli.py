@@ -115,6 +115,41 @@ def _hiding_option(who: str) -> Any:
     )
 
 
+def _sampling_options(who: str) -> Any:
+    """--temperature, --top-k and --seed: how the next token is picked
+    (`secinfer.core.sampling`), for `generate` and the data owner of a party."""
+
+    def add(fn: Any) -> Any:
+        fn = click.option(
+            "--seed",
+            type=int,
+            help=f"{who}sampling's seed (default: a fresh one, recorded in the report).",
+        )(fn)
+        fn = click.option(
+            "--top-k",
+            type=int,
+            help=f"{who}sample from the K largest logits only (he, plain, approx).",
+        )(fn)
+        return click.option(
+            "--temperature",
+            type=float,
+            default=0.0,
+            show_default=True,
+            help=f"{who}sample at this temperature (0: greedy), by the Gumbel-max rule with "
+            "noise the data owner draws.",
+        )(fn)
+
+    return add
+
+
+def _sampling(options: dict[str, Any]) -> Any:
+    """The sampling options, popped from a command's options and checked."""
+    from secinfer.core.sampling import Sampling
+
+    keys = ("temperature", "top_k", "seed")
+    return Sampling.from_options(*(options.pop(k) for k in keys))
+
+
 def _server_run_options(who: str) -> Any:
     """--hiding-bits, --flood-bits and --packing of an HE query, for `run` (`who`: "he")
     and `he-party` ("Server")."""
@@ -481,6 +516,7 @@ def inspect(model: Path, trust_model: bool, input_path: Path | None, as_json: bo
     help="Data owner, --generate: how many tokens at most.",
 )
 @click.option("--stop-token", type=int, help="Data owner, --generate: stop after this token id.")
+@_sampling_options("Data owner, --generate: ")
 @_mpc_options
 @_evaluation_options("Data owner")
 def party(role: str, **options: Any) -> None:
@@ -503,7 +539,8 @@ def party(role: str, **options: Any) -> None:
     code = 0
     try:
         evaluation = _evaluation_settings(options)
-        main_for_role(role, evaluation=evaluation, **options)
+        sampling = _sampling(options)
+        main_for_role(role, evaluation=evaluation, sampling=sampling, **options)
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)
         code = 2
@@ -685,6 +722,7 @@ def eval_(
     help="Where to run: exact torch, approximations in float64, or a secure backend.",
 )
 @click.option("--stop-token", type=int, help="Stop after this token id is generated.")
+@_sampling_options("")
 @click.option(
     "--output",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -720,8 +758,11 @@ def generate(
     provider: str,
     precision_bits: int,
     timeout: float,
+    temperature: float,
+    top_k: int | None,
+    seed: int | None,
 ) -> None:
-    """Generate text greedily with MODEL after a prompt: a Hugging Face causal-LM directory,
+    """Generate text with MODEL after a prompt: a Hugging Face causal-LM directory,
     or (for -b he, a converted model) a directory `save_decoder` wrote.
 
     The prompt runs once; then each new token runs one row through the model with the
@@ -732,6 +773,14 @@ def generate(
     _check_suffix(report_path, ".json", "--report")
     if max_new_tokens < 1:
         raise UserError(f"--max-new-tokens {max_new_tokens}: give at least 1")
+    from secinfer.core.sampling import Sampling
+
+    sampling = Sampling.from_options(temperature, top_k, seed)
+    if backend == "mpc" and sampling.top_k is not None:
+        raise UserError(
+            f"--top-k {top_k} under mpc would need the k-th largest logit on shares (k "
+            "tournaments over the vocabulary); use --temperature alone, or -b he"
+        )
     from secinfer.backends.base import RunOptions
     from secinfer.launch.generate import generate_local, generate_secure
     from secinfer.load.decoder import load_decoder, read_prompt
@@ -762,10 +811,11 @@ def generate(
             precision_bits=precision_bits,
         )
         generation, parties = generate_secure(
-            backend, model, ids, max_new_tokens, options, stop_token=stop_token
-        )
+            backend, model, ids, max_new_tokens, options, stop_token=stop_token,
+            sampling=sampling,
+        )  # fmt: skip
         count = len(generation.tokens)
-        reference = generate_local(decoder, ids, count, "plain").tokens
+        reference = generate_local(decoder, ids, count, "plain", sampling=sampling).tokens
     else:
         generation = generate_local(
             decoder,
@@ -773,6 +823,7 @@ def generate(
             max_new_tokens,
             backend,
             stop_token=stop_token,
+            sampling=sampling,
             config_path=config_path,
             target=target,
             on_token=show,
@@ -865,6 +916,7 @@ def generate(
     help="Client, --generate: how many tokens at most.",
 )
 @click.option("--stop-token", type=int, help="Client, --generate: stop after this token id.")
+@_sampling_options("Client, --generate: ")
 @_evaluation_options("Client")
 def he_party(role: str, **options: Any) -> None:
     """Run one side of an HE run (for two hosts; `run --backend he` starts both).
@@ -884,6 +936,7 @@ def he_party(role: str, **options: Any) -> None:
     code = 0
     try:
         evaluation = _evaluation_settings(options)
+        sampling = _sampling(options)
         if role == "server" and options["eval_data"] is not None:
             raise UserError("--eval-data is the client's option (the data owner's labelled data)")
         if role == "client" and evaluation is not None and options["input_paths"]:
@@ -928,6 +981,7 @@ def he_party(role: str, **options: Any) -> None:
                 generate=options["generate"],
                 max_new_tokens=options["max_new_tokens"],
                 stop_token=options["stop_token"],
+                sampling=sampling,
             )
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)

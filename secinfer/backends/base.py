@@ -38,6 +38,7 @@ from secinfer.core.execute import RunResult
 from secinfer.core.graph import Graph
 from secinfer.core.plan import Plan
 from secinfer.core.registry import RangeStats
+from secinfer.core.sampling import GREEDY, Sampling
 from secinfer.load.values import ValueLimit
 
 RUN_TIMEOUT = 3600.0
@@ -116,9 +117,12 @@ class SecureBackend(Backend, Protocol):
         max_new_tokens: int,
         stop_token: int | None,
         options: RunOptions,
+        *,
+        sampling: Sampling = GREEDY,
     ) -> PartyRun:
-        """Greedy generation by the parties as local processes: `output` holds the token
-        ids, the records each party's cost of the prefill and of every token."""
+        """Generation by the parties as local processes, each token picked by `sampling`
+        (`secinfer.core.sampling`): `output` holds the token ids, the records each party's
+        cost of the prefill and of every token."""
         ...
 
     def evaluate_parties(

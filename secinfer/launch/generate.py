@@ -11,6 +11,7 @@ the approximations change the text.
 
 from __future__ import annotations
 
+import functools
 import time
 import weakref
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from secinfer.backends.base import RunOptions
 from secinfer.core.execute import Executor
 from secinfer.core.graph import Graph, build_graph
 from secinfer.core.prepare import prepare_graph
+from secinfer.core.sampling import GREEDY, Sampling
 from secinfer.load.decoder import Decoder
 
 OnToken = Callable[[int, dict[str, Any]], None]
@@ -43,6 +45,7 @@ class Generation:
     steps: list[dict[str, Any]] = field(default_factory=list)
     stopped_by: str = "max_new_tokens"
     plan_for: str | None = None
+    sampling: Sampling = GREEDY
 
 
 _GRAPHS: weakref.WeakKeyDictionary[Any, Graph] = weakref.WeakKeyDictionary()
@@ -71,9 +74,12 @@ def generate_local(
     config_path: str | Path | None = None,
     target: str | None = None,
     on_token: OnToken | None = None,
+    sampling: Sampling = GREEDY,
 ) -> Generation:
-    """Greedy generation of up to `max_new_tokens` after `prompt` ((1, P) ids) on `backend`
-    ("plain" or "approx"), stopping after `stop_token` when it comes (module docstring)."""
+    """Generation of up to `max_new_tokens` after `prompt` ((1, P) ids) on `backend`
+    ("plain" or "approx"), stopping after `stop_token` when it comes (module docstring);
+    each token picked by `sampling` (greedy by default; plain's token in lockstep by the
+    same rule and noise)."""
     backends.load(backend)
     prompt_tokens = int(prompt.shape[1])
     decoder.check_length(prompt_tokens, max_new_tokens)
@@ -84,7 +90,7 @@ def generate_local(
     prefill_graph, prefill_plan = prepare_graph(
         graph_of(decoder.prefill), backend, first, config_path, target
     )
-    result = Generation(backend, prompt[0].tolist())
+    result = Generation(backend, prompt[0].tolist(), sampling=sampling)
     if backend != "plain":
         result.plan_for = prefill_plan.target
     runs = {"prefill": [Executor(prefill_graph, backend, prefill_plan)]}
@@ -98,16 +104,17 @@ def generate_local(
         if backend != "plain":
             runs["step"].append(Executor(step_graph, "plain"))
     caches: list[list[Any]] = [[] for _ in runs["prefill"]]
-    record = _lockstep(runs["prefill"], [(prompt,)], caches)
+    record = _lockstep(runs["prefill"], [(prompt,)], caches, lambda x: sampling.pick(x, 0))
     logits = record.pop("logits")
     result.prefill = {key: record.pop(key) for key in ("seconds", "out_of_range")}
     for index in range(max_new_tokens):
         if index > 0:
             token_ids = torch.tensor([[result.tokens[-1]]])
-            record = _lockstep(runs["step"], [(token_ids,)], caches)
+            pick = functools.partial(sampling.pick, step=index)
+            record = _lockstep(runs["step"], [(token_ids,)], caches, pick)
             logits = record.pop("logits")
         began = time.perf_counter()
-        token = greedy(logits)
+        token = sampling.pick(logits, index)
         record["seconds"] = record.get("seconds", 0.0) + time.perf_counter() - began
         record["token"] = token
         result.tokens.append(token)
@@ -128,14 +135,17 @@ def generate_secure(
     options: RunOptions,
     *,
     stop_token: int | None = None,
+    sampling: Sampling = GREEDY,
 ) -> tuple[Generation, dict[str, Any]]:
     """Greedy generation by a secure backend's parties as local processes (each token's
     progress line is echoed as it comes); the generation as the data owner recorded it,
     and both parties' records (their traffic: offline, prefill and every token)."""
     chosen = backends.get(backend)
-    run = chosen.generate_parties(model, prompt, max_new_tokens, stop_token, options)
+    run = chosen.generate_parties(
+        model, prompt, max_new_tokens, stop_token, options, sampling=sampling
+    )
     record = run.data_owner
-    result = Generation(backend, prompt[0].tolist(), plan_for=backend)
+    result = Generation(backend, prompt[0].tolist(), plan_for=backend, sampling=sampling)
     result.tokens = [int(t) for t in run.output.reshape(-1)]
     result.prefill = dict(record.get("prefill", {}))
     result.steps = [dict(step) for step in record.get("steps", [])]
@@ -146,7 +156,10 @@ def generate_secure(
 
 
 def _lockstep(
-    executors: list[Executor], inputs: list[tuple[torch.Tensor, ...]], caches: list[list[Any]]
+    executors: list[Executor],
+    inputs: list[tuple[torch.Tensor, ...]],
+    caches: list[list[Any]],
+    pick: Callable[[torch.Tensor], int],
 ) -> dict[str, Any]:
     """One prefill or step on each executor (the backend's first, then plain's), each with
     its own cache (`caches`, one list per executor, replaced by the new ones); the
@@ -168,7 +181,7 @@ def _lockstep(
     if len(outputs) > 1:
         ours, plain = outputs[0].double(), outputs[1].double()
         record["max_abs_error"] = float((ours - plain).abs().max())
-        record["plain_token"] = greedy(plain)
+        record["plain_token"] = pick(plain)
     return record
 
 

@@ -33,6 +33,7 @@ def generation_report(
     }
     if generation.plan_for is not None:
         report["plan_for"] = generation.plan_for
+    report["sampling"] = generation.sampling.to_dict()
     if reference is not None:
         agree = 0
         for ours, theirs in zip(tokens, reference, strict=False):
@@ -65,13 +66,21 @@ def generation_summary(report: dict[str, Any]) -> str:
         f"{report['stopped_by'].replace('_', ' ')}"
     ]
     plain = report.get("plaintext")
+    sampling = report.get("sampling", {"method": "greedy"})
+    rule = "greedy"
+    if sampling["method"] == "sample":
+        rule = f"sampling at T={sampling['temperature']:g}, seed {sampling['seed']}"
+        if sampling.get("top_k") is not None:
+            rule += f", top-k {sampling['top_k']}"
+        lines.append(f"sampled: {rule} (Gumbel noise drawn by the data owner)")
+        rule = "sampling (same noise)"
     if plain is not None and backend != "plain":
         total = report["new_tokens"]
         if plain["equal"]:
-            lines.append(f"tokens equal to plaintext greedy: {total}/{total}")
+            lines.append(f"tokens equal to plaintext {rule}: {total}/{total}")
         else:
             lines.append(
-                f"tokens equal to plaintext greedy: the first {plain['equal_prefix']} of "
+                f"tokens equal to plaintext {rule}: the first {plain['equal_prefix']} of "
                 f"{total} (then plaintext picks {plain['tokens'][plain['equal_prefix']]})"
             )
     if "logits_max_abs_error" in report:

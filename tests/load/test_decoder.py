@@ -164,3 +164,22 @@ def test_a_damaged_saved_decoder_is_refused_with_one_line(family: tuple, tmp_pat
         with pytest.raises(UserError, match=message) as caught:
             load_decoder(path)
         assert "\n" not in str(caught.value)
+
+
+def test_sampled_generation_with_the_cache_equals_sampling_without_it(family: tuple) -> None:
+    """Sampling (temperature and top-k, `core.sampling`) through the cached programs picks
+    what the same rule picks on transformers' logits of the whole prefix, step by step."""
+    from secinfer.core.sampling import Sampling
+
+    _, model, decoder = family
+    rule = Sampling(1.0, 5, seed=2)
+    ids = PROMPT.clone()
+    expected = []
+    with torch.no_grad():
+        for step in range(8):
+            token = rule.pick(model(ids).logits[0, -1], step)
+            expected.append(token)
+            ids = torch.cat([ids, torch.tensor([[token]])], 1)
+    generation = generate_local(decoder, PROMPT, 8, "plain", sampling=rule)
+    assert generation.tokens == expected
+    assert expected != decoders.greedy(model, PROMPT, 8)  # the noise changed the text

@@ -15,6 +15,7 @@ from secinfer.core.execute import RunResult
 from secinfer.core.graph import Graph
 from secinfer.core.plan import Plan
 from secinfer.core.registry import RangeStats
+from secinfer.core.sampling import GREEDY, Sampling
 from secinfer.load.values import ValueLimit
 
 
@@ -60,10 +61,12 @@ class HeBackend:
         max_new_tokens: int,
         stop_token: int | None,
         options: RunOptions,
+        *,
+        sampling: Sampling = GREEDY,
     ) -> PartyRun:
         from secinfer.backends.he.local import run_local_he_generation
 
-        return run_local_he_generation(model, prompt, max_new_tokens, stop_token, options)
+        return run_local_he_generation(model, prompt, max_new_tokens, stop_token, options, sampling)
 
     def evaluate_parties(
         self, model: Path, data: Path, evaluation: Evaluation, batch_size: int, options: RunOptions

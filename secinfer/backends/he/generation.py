@@ -61,6 +61,7 @@ from secinfer.backends.he.session import flood_record, flooded
 from secinfer.core.execute import Executor, RunResult
 from secinfer.core.graph import Graph, build_graph
 from secinfer.core.plan import Plan
+from secinfer.core.sampling import GREEDY, Sampling
 from secinfer.errors import UserError
 from secinfer.load.decoder import Decoder
 from secinfer.report.files import write_json, write_npy
@@ -320,12 +321,16 @@ def generate(
     *,
     timeout: float,
     link: Link,
+    sampling: Sampling | None = None,
 ) -> list[int]:
-    """The client's side (module docstring): `prompt` (1, P) ids; writes tokens.npy and
-    client.json, and a progress line per token on stderr; returns the tokens."""
+    """The client's side (module docstring): `prompt` (1, P) ids, each token picked by
+    `sampling` from the decrypted logits (None: greedy); writes tokens.npy and client.json,
+    and a progress line per token on stderr; returns the tokens."""
     channel = connect(address, timeout, link)
+    rule = sampling or GREEDY
     return guarded(
-        channel, lambda: _generate_client(channel, prompt, max_new_tokens, stop_token, out_dir)
+        channel,
+        lambda: _generate_client(channel, prompt, max_new_tokens, stop_token, out_dir, rule),
     )
 
 
@@ -335,6 +340,7 @@ def _generate_client(
     max_new_tokens: int,
     stop_token: int | None,
     out_dir: Path,
+    sampling: Sampling,
 ) -> list[int]:
     began = time.perf_counter()
     hello = expect_hello(channel)
@@ -365,7 +371,7 @@ def _generate_client(
     for index in range(max_new_tokens):
         message = client.await_message("logits")
         logits = client.receive_values(message, "the logits").reshape(-1)
-        token = int(np.argmax(logits))
+        token = sampling.pick(torch.from_numpy(logits), index)
         tokens.append(token)
         if index == 0:  # the prefill's traffic; the first token is a local argmax
             prefill = mark.take()

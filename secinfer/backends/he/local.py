@@ -34,6 +34,7 @@ from secinfer.backends.parties import (
     save_inputs,
 )
 from secinfer.core.evaluation import Evaluation
+from secinfer.core.sampling import GREEDY, Sampling
 
 
 class HeRole(Enum):
@@ -73,10 +74,12 @@ def run_local_he_generation(
     max_new_tokens: int,
     stop_token: int | None,
     options: RunOptions,
+    sampling: Sampling = GREEDY,
 ) -> PartyRun:
-    """Greedy generation by the server and the client as processes (`secinfer he-party
-    --generate`, `secinfer.backends.he.generation`): `output` holds the client's token ids;
-    each token's progress line is echoed on stderr as it comes."""
+    """Generation (each token picked by `sampling`) by the server and the client as
+    processes (`secinfer he-party --generate`, `secinfer.backends.he.generation`): `output`
+    holds the client's token ids; each token's progress line is echoed on stderr as it
+    comes."""
     with processes.stopping_on_signals(), processes.private_directory("secinfer-he-gen-") as root:
         out = party_dirs(root, list(HeRole))
         ids = out[HeRole.CLIENT] / "prompt.npy"
@@ -85,6 +88,7 @@ def run_local_he_generation(
         client = ["--generate", "--input", str(ids), "--max-new-tokens", str(max_new_tokens)]
         if stop_token is not None:
             client += ["--stop-token", str(stop_token)]
+        client += sampling.arguments()
         seconds = _run_he(model, options, out, server, client, root)
         return read_run(out[HeRole.CLIENT] / "tokens.npy", *_records(out), seconds)
 

@@ -175,6 +175,7 @@ def client_main(
     generate: bool = False,
     max_new_tokens: int = 16,
     stop_token: int | None = None,
+    sampling: Any = None,
 ) -> None:
     """A query on --input, with `evaluation` a private evaluation on --eval-data, or with
     `generate` greedy generation after the prompt ids in --input, over `link` (`he_link`;
@@ -189,7 +190,7 @@ def client_main(
         raise UserError(f"--connect {connect}: give HOST:PORT")
     if generate:
         _generate_client((host, int(port)), input_paths, out_dir, timeout, link,
-                         max_new_tokens, stop_token)  # fmt: skip
+                         max_new_tokens, stop_token, sampling)  # fmt: skip
         return
     if evaluation is not None:
         from secinfer.backends.he.evaluation import evaluate
@@ -236,8 +237,10 @@ def _generate_client(
     link: tls.Link,
     max_new_tokens: int,
     stop_token: int | None,
+    sampling: Any,
 ) -> None:
-    """The client of a generation: the prompt ids read and checked before connecting."""
+    """The client of a generation: the prompt ids read and checked before connecting; each
+    token picked by `sampling` (None: greedy)."""
     from secinfer.backends.he.generation import generate
     from secinfer.load.decoder import read_prompt_ids
 
@@ -251,7 +254,14 @@ def _generate_client(
     _guard(
         "client",
         lambda: generate(
-            address, prompt, max_new_tokens, stop_token, out_dir, timeout=timeout, link=link
+            address,
+            prompt,
+            max_new_tokens,
+            stop_token,
+            out_dir,
+            timeout=timeout,
+            link=link,
+            sampling=sampling,
         ),
     )
 

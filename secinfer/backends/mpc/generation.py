@@ -53,6 +53,7 @@ from secinfer.core.execute import Executor
 from secinfer.core.graph import Graph, build_graph
 from secinfer.core.plan import Plan
 from secinfer.core.prepare import prepare_graph
+from secinfer.core.sampling import GREEDY, Sampling
 from secinfer.core.token_ids import token_id_inputs
 from secinfer.errors import UserError
 from secinfer.load.checks import input_specs
@@ -125,9 +126,11 @@ def data_owner(
     max_new_tokens: int,
     stop_token: int | None,
     out: Path,
+    sampling: Sampling | None = None,
 ) -> None:
-    """The data owner's side (module docstring): `prompt` (1, P) ids; writes tokens.npy and
-    data-owner.json, and a progress line per token on stderr."""
+    """The data owner's side (module docstring): `prompt` (1, P) ids, each token picked by
+    `sampling` (None: greedy); writes tokens.npy and data-owner.json, and a progress line
+    per token on stderr."""
     start_party(Role.DATA_OWNER, settings)
     meter = Meter().install()
     try:
@@ -161,7 +164,8 @@ def data_owner(
         session = _offline(
             graphs, plans, int(prompt.shape[1]), max_new_tokens, Role.DATA_OWNER, meter
         )
-        record = _generate(session, Role.DATA_OWNER, meter, (prompt, stop_token))
+        mine = (prompt, stop_token, sampling or GREEDY)
+        record = _generate(session, Role.DATA_OWNER, meter, mine)
         record["setup"] = setup
     finally:
         meter.remove()
@@ -226,10 +230,13 @@ def _generate(
     session: Session,
     role: Role,
     meter: Meter,
-    mine: tuple[torch.Tensor, int | None] | None,
+    mine: tuple[torch.Tensor, int | None, Sampling] | None,
 ) -> dict[str, Any]:
     """The prefill, then a token at a time until the data owner stops (both parties run
-    this; `mine` is the data owner's prompt and stop token, None on the model owner)."""
+    this; `mine` is the data owner's prompt, stop token and sampling, None on the model
+    owner). Before each argmax the data owner shares its Gumbel noise (`Sampling.noise`:
+    zeros when greedy, so the model owner cannot tell which): a sharing from its side,
+    no traffic, added to the shared logits."""
     from protocols.mpc.argmax import argmax_one_hot, index_of
 
     prefill, step = (
@@ -261,7 +268,7 @@ def _generate(
                 nodes = nodes + node_costs(run)
         else:
             before, began = meter.snapshot(), time.perf_counter()  # the argmax of the prefill's
-        hot = argmax_one_hot(logits)
+        hot = argmax_one_hot(logits + _noise(mine, index, tuple(logits.size())))
         token = reveal_to(index_of(hot), int(Role.DATA_OWNER))
         traffic: Traffic = meter.snapshot() - before
         record = {
@@ -293,6 +300,16 @@ def _generate(
         "seconds": prefill_record["seconds"] + sum(r["seconds"] for r in records),
         "nodes": nodes,
     }
+
+
+def _noise(mine: tuple[Any, ...] | None, index: int, shape: tuple[int, ...]) -> Any:
+    """The data owner's noise for token `index`, shared from its side (zeros from the model
+    owner's: it contributes no value, only its pseudo-random share)."""
+    from protocols.mpc.crypten_setup import import_crypten
+
+    vocab = shape[-1]
+    noise = mine[2].noise(index, vocab).float() if mine else torch.zeros(vocab)
+    return import_crypten().cryptensor(noise.reshape(shape), src=int(Role.DATA_OWNER))
 
 
 def _progress(count: int, total: int, token: int, record: dict[str, Any]) -> None:

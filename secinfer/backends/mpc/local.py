@@ -35,6 +35,7 @@ from secinfer.backends.parties import (
     save_inputs,
 )
 from secinfer.core.evaluation import Evaluation
+from secinfer.core.sampling import GREEDY, Sampling
 
 
 def run_local_parties(
@@ -96,10 +97,11 @@ def run_local_generation(
     max_new_tokens: int,
     stop_token: int | None,
     options: RunOptions,
+    sampling: Sampling = GREEDY,
 ) -> PartyRun:
-    """Greedy generation by the three parties as processes (`secinfer party --generate`,
-    `secinfer.backends.mpc.generation`): `output` holds the data owner's token ids; each
-    token's progress line is echoed on stderr as it comes."""
+    """Generation (each token picked by `sampling`) by the three parties as processes
+    (`secinfer party --generate`, `secinfer.backends.mpc.generation`): `output` holds the
+    data owner's token ids; each token's progress line is echoed on stderr as it comes."""
     roles = [Role.MODEL_OWNER, Role.DATA_OWNER, Role.DEALER]
     options = replace(options, provider="dealer")
     with processes.stopping_on_signals(), processes.private_directory("secinfer-gen-") as root:
@@ -109,6 +111,7 @@ def run_local_generation(
         data_owner = ["--generate", "--input", str(ids), "--max-new-tokens", str(max_new_tokens)]
         if stop_token is not None:
             data_owner += ["--stop-token", str(stop_token)]
+        data_owner += sampling.arguments()
         job = {Role.MODEL_OWNER: ["--generate"], Role.DATA_OWNER: data_owner}
         with echoing_progress(root, [Role.MODEL_OWNER.label, Role.DATA_OWNER.label]):
             seconds = _launch(model, options, out, job, root, False)

@@ -89,6 +89,7 @@ def main_for_role(
     generate: bool = False,
     max_new_tokens: int = 16,
     stop_token: int | None = None,
+    sampling: Any = None,
 ) -> None:
     """Run one party; with `evaluation` (an `eval_party.Evaluation`) a private evaluation
     on the data owner's labelled `eval_data` instead of queries; with `generate`, greedy
@@ -124,6 +125,7 @@ def main_for_role(
                 out_dir,
                 max_new_tokens,
                 stop_token,
+                sampling,
             )
         elif evaluation is not None and party is Role.MODEL_OWNER:
             _eval_model_owner(settings, model, trust_model, config_path, evaluation, out_dir)
@@ -183,8 +185,10 @@ def _generation(
     out_dir: Path,
     max_new_tokens: int,
     stop_token: int | None,
+    sampling: Any,
 ) -> None:
-    """One computing party of a generation (`secinfer.backends.mpc.generation`)."""
+    """One computing party of a generation (`secinfer.backends.mpc.generation`); the data
+    owner picks each token by `sampling` (None: greedy)."""
     from protocols.mpc.runtime import Role
     from secinfer.backends.mpc import generation
 
@@ -200,7 +204,7 @@ def _generation(
     from secinfer.load.decoder import read_prompt_ids
 
     prompt = read_prompt_ids(input_paths[0])
-    generation.data_owner(settings, prompt, max_new_tokens, stop_token, out_dir)
+    generation.data_owner(settings, prompt, max_new_tokens, stop_token, out_dir, sampling)
 
 
 def _loaded_for_mpc(model: Path | None, trust_model: bool) -> Any:

@@ -3,11 +3,12 @@ processes over loopback TLS, real TenSEAL CKKS), the key/value cache as cipherte
 
 The model is a small GPT-2 at trained scale (`helpers.decoders`) converted for HE by
 `approximations.convert` (power-softmax attention, polynomial GELU, LayerNorm by
-polynomial inverse square root) and written by `save_decoder`. Its greedy tokens under
-`he` equal transformers' own greedy decoding of the converted model: 3 tokens in the
-default suite (about a minute on two cores), 16 in the slow suite, where a second prompt
-of the same length also checks that the server's view (what it received, per step) does
-not depend on the prompt or the tokens.
+polynomial inverse square root) and written by `save_decoder`. In the default suite 3
+tokens sampled with top-k equal plaintext sampling with the same noise (about a minute on
+two cores); in the slow suite 16 greedy tokens equal transformers' own greedy decoding of
+the converted model, and a second prompt of the same length checks that the server's
+view (what it asks of the client and computes, per step) does not depend on the prompt
+or the tokens.
 """
 
 from __future__ import annotations
@@ -46,25 +47,35 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return paths
 
 
-def generate(converted: dict, prompt: str, tokens: int, out: Path) -> tuple[dict, str, str]:
+def generate(
+    converted: dict, prompt: str, tokens: int, out: Path, *extra: str
+) -> tuple[dict, str, str]:
     result = CliRunner().invoke(
         main,
         [
             "generate", str(converted["model"]), "--input", str(converted[prompt]),
             "--max-new-tokens", str(tokens), "--backend", "he",
-            "--output", str(out / "ids.npy"), "--report", str(out / "r.json"),
+            "--output", str(out / "ids.npy"), "--report", str(out / "r.json"), *extra,
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     return json.loads((out / "r.json").read_text()), result.stdout, result.stderr
 
 
-def test_three_tokens_under_he_equal_plaintext_greedy(converted: dict, tmp_path: Path) -> None:
-    report, out, err = generate(converted, "prompt", 3, tmp_path)
-    expected = converted["prompt-tokens"][:3]
-    assert np.load(tmp_path / "ids.npy").tolist() == expected
-    assert report["tokens"] == expected and report["plaintext"]["equal"]
-    assert "tokens equal to plaintext greedy: 3/3" in out
+def test_three_sampled_tokens_under_he_equal_plaintext_sampling(
+    converted: dict, tmp_path: Path
+) -> None:
+    """Sampling with top-k: the client picks from the logits it decrypts, by the rule and
+    noise plaintext uses (`core.sampling`); greedy against transformers is the slow test's."""
+    sampling = ["--temperature", "1", "--top-k", "5", "--seed", "3"]
+    report, out, err = generate(converted, "prompt", 3, tmp_path, *sampling)
+    expected = report["plaintext"]["tokens"]
+    assert np.load(tmp_path / "ids.npy").tolist() == expected == report["tokens"]
+    assert "tokens equal to plaintext sampling (same noise): 3/3" in out
+    assert report["sampling"] == {
+        "method": "sample", "temperature": 1.0, "top_k": 5, "seed": 3,
+        "rule": report["sampling"]["rule"],
+    }  # fmt: skip
     assert len(re.findall(r"client progress: token \d/3: \d+ \(", err)) == 3  # as they came
     steps = report["steps"]
     assert [s["context"] for s in steps] == [4, 5, 6]
@@ -74,6 +85,7 @@ def test_three_tokens_under_he_equal_plaintext_greedy(converted: dict, tmp_path:
     assert "tokens" not in server and server["generation"]["steps_run"] == 2
     assert server["generation"]["max_new_tokens"] == 3
     assert report["parties"]["data_owner"]["tokens"] == expected
+    assert expected != converted["prompt-tokens"][:3]  # the noise changed the text
 
 
 @pytest.mark.slow

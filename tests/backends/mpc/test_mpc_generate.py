@@ -85,8 +85,30 @@ def test_bad_input_stops_before_the_parties_with_one_line(
         (["--input", str(long), "--max-new-tokens", "8"], "need 68 positions"),
         (["--input", str(directories["prompt"]), "--stop-token", "100"], "--stop-token 100"),
         (["--input", str(directories["prompt"]), "--max-new-tokens", "0"], "give at least 1"),
-    ]
+        (["--input", str(directories["prompt"]), "--temperature", "1", "--top-k", "3"],
+         "--top-k 3 under mpc"),
+        (["--input", str(directories["prompt"]), "--top-k", "3"], "--temperature T > 0"),
+    ]  # fmt: skip
     for args, message in cases:
         code, _, err = run_cli("generate", str(directories["gpt2"]), "-b", "mpc", *args)
         assert code == 2 and message in err, err
         assert err.count("\n") == 1 and "progress" not in err
+
+
+def test_sampling_under_mpc_equals_plaintext_sampling_with_the_same_noise(
+    directories: dict, tmp_path: Path
+) -> None:
+    """--temperature: the data owner shares its Gumbel noise, the argmax runs on shares;
+    with the same seed the tokens equal plaintext sampling (the CLI's reference) and
+    differ from greedy decoding. The model owner's record holds no token."""
+    code, out, err = run_cli(
+        "generate", str(directories["llama"]), "--input", str(directories["prompt"]),
+        "--max-new-tokens", "6", "--backend", "mpc", "--temperature", "1.5", "--seed", "4",
+        "--report", str(tmp_path / "r.json"),
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert "tokens equal to plaintext sampling (same noise): 6/6" in out
+    assert report["sampling"]["seed"] == 4 and report["plaintext"]["equal"]
+    assert report["tokens"] != directories["llama-tokens"][:6]
+    assert report["parties"]["model_owner"]["tokens"] == []
