@@ -517,6 +517,12 @@ def inspect(model: Path, trust_model: bool, input_path: Path | None, as_json: bo
 )
 @click.option("--stop-token", type=int, help="Data owner, --generate: stop after this token id.")
 @_sampling_options("Data owner, --generate: ")
+@click.option(
+    "--tokenizer",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Data owner, --generate: a directory with the model's tokenizer files, to print "
+    "each token's text.",
+)
 @_mpc_options
 @_evaluation_options("Data owner")
 def party(role: str, **options: Any) -> None:
@@ -917,6 +923,12 @@ def generate(
 )
 @click.option("--stop-token", type=int, help="Client, --generate: stop after this token id.")
 @_sampling_options("Client, --generate: ")
+@click.option(
+    "--tokenizer",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Client, --generate: a directory with the model's tokenizer files, to print each "
+    "token's text.",
+)
 @_evaluation_options("Client")
 def he_party(role: str, **options: Any) -> None:
     """Run one side of an HE run (for two hosts; `run --backend he` starts both).
@@ -982,6 +994,7 @@ def he_party(role: str, **options: Any) -> None:
                 max_new_tokens=options["max_new_tokens"],
                 stop_token=options["stop_token"],
                 sampling=sampling,
+                tokenizer=options["tokenizer"],
             )
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)

@@ -112,6 +112,24 @@ class Decoder:
             raise UserError(f"{what} {token}: not a token id of {self.path} (0..{self.vocab - 1})")
 
 
+def token_text(tokenizer: Any, token: int) -> str:
+    """ " 'piece'" for a progress line: the token decoded by `tokenizer` (none: "")."""
+    if tokenizer is None:
+        return ""
+    return f" {tokenizer.decode([token])!r}"
+
+
+def open_tokenizer(path: Path | None) -> Any:
+    """The tokenizer in the directory `path` (a data owner's --tokenizer), for its progress
+    lines; None without a path; UserError when it does not load."""
+    if path is None:
+        return None
+    tokenizer, problem = read_tokenizer(Path(path))
+    if tokenizer is None:
+        raise UserError(f"--tokenizer {path}: {problem}; give a directory with tokenizer files")
+    return tokenizer
+
+
 def read_prompt(decoder: Decoder, text: str | None, path: Path | None) -> torch.Tensor:
     """The prompt as (1, P) int64 ids: `text` through the directory's tokenizer, or the ids
     in the .npy file `path` (`read_prompt_ids`, then checked against the vocabulary);
@@ -379,7 +397,9 @@ __all__ = [
     "Decoder",
     "decoder_from_model",
     "load_decoder",
+    "open_tokenizer",
     "read_prompt",
     "read_prompt_ids",
     "save_decoder",
+    "token_text",
 ]

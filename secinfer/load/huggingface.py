@@ -244,6 +244,17 @@ def _hf_dynamic_shapes(count: int, max_len: int | None) -> list[tuple[dict[int, 
     return [named, tuple({0: auto, 1: auto} for _ in range(count))]
 
 
+def has_tokenizer(path: Path) -> bool:
+    """Whether the directory holds tokenizer files (`read_tokenizer` may load them)."""
+    return Path(path).is_dir() and any((Path(path) / n).is_file() for n in _TOKENIZER_FILES)
+
+
+def tokenizer_arguments(model: Path) -> list[str]:
+    """A local run's `--tokenizer DIR` for the data owner's process, when the model's
+    directory holds tokenizer files (its progress lines then show each token's text)."""
+    return ["--tokenizer", str(Path(model).resolve())] if has_tokenizer(model) else []
+
+
 def read_tokenizer(path: Path) -> tuple[Any, str | None]:
     """The directory's tokenizer (offline, never its own code), or None and the reason."""
     if not any((path / name).is_file() for name in _TOKENIZER_FILES):

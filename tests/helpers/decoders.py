@@ -103,3 +103,16 @@ def greedy(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> lis
     with torch.no_grad():
         out = model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
     return out[0, prompt.shape[1] :].tolist()
+
+
+def save_tokenizer(directory: Path, vocab: int = 100) -> Path:
+    """A word-level tokenizer of `vocab` words "w0", "w1", ... (id i is "wi") saved into
+    `directory` as transformers' fast tokenizer files."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {f"w{i}": i for i in range(vocab)}
+    tokenizer = Tokenizer(models.WordLevel(words, unk_token="w0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="w0").save_pretrained(directory)
+    return directory

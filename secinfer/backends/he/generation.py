@@ -63,7 +63,7 @@ from secinfer.core.graph import Graph, build_graph
 from secinfer.core.plan import Plan
 from secinfer.core.sampling import GREEDY, Sampling
 from secinfer.errors import UserError
-from secinfer.load.decoder import Decoder
+from secinfer.load.decoder import Decoder, token_text
 from secinfer.report.files import write_json, write_npy
 
 
@@ -322,15 +322,19 @@ def generate(
     timeout: float,
     link: Link,
     sampling: Sampling | None = None,
+    tokenizer: Any = None,
 ) -> list[int]:
     """The client's side (module docstring): `prompt` (1, P) ids, each token picked by
     `sampling` from the decrypted logits (None: greedy); writes tokens.npy and client.json,
-    and a progress line per token on stderr; returns the tokens."""
+    and a progress line per token on stderr (with its text when a `tokenizer` is given);
+    returns the tokens."""
     channel = connect(address, timeout, link)
     rule = sampling or GREEDY
     return guarded(
         channel,
-        lambda: _generate_client(channel, prompt, max_new_tokens, stop_token, out_dir, rule),
+        lambda: _generate_client(
+            channel, prompt, max_new_tokens, stop_token, out_dir, rule, tokenizer
+        ),
     )
 
 
@@ -341,6 +345,7 @@ def _generate_client(
     stop_token: int | None,
     out_dir: Path,
     sampling: Sampling,
+    tokenizer: Any,
 ) -> list[int]:
     began = time.perf_counter()
     hello = expect_hello(channel)
@@ -380,7 +385,7 @@ def _generate_client(
             costs = mark.take()
         record = {**costs, "token": token, "context": int(prompt.shape[1]) + index}
         records.append(record)
-        _progress(index + 1, max_new_tokens, token, record if index else prefill)
+        _progress(index + 1, max_new_tokens, token, record if index else prefill, tokenizer)
         if (stop_token is not None and token == stop_token) or index + 1 == max_new_tokens:
             channel.send_json({"kind": "stop"})
             break
@@ -424,9 +429,10 @@ class _ClientMark:
         return {k: v if k == "seconds" else int(v) for k, v in delta.items()}
 
 
-def _progress(count: int, total: int, token: int, record: dict[str, Any]) -> None:
+def _progress(count: int, total: int, token: int, record: dict[str, Any], tokenizer: Any) -> None:
     print(
-        f"client progress: token {count}/{total}: {token} ({record['seconds']:.2f} s, "
+        f"client progress: token {count}/{total}: {token}{token_text(tokenizer, token)} "
+        f"({record['seconds']:.2f} s, "
         f"{record['bytes_sent'] / 1e6:.2f} MB sent, {record['bytes_received'] / 1e6:.2f} MB "
         f"received, {record['refreshes']} refreshes)",
         file=sys.stderr,

@@ -35,6 +35,7 @@ from secinfer.backends.parties import (
 )
 from secinfer.core.evaluation import Evaluation
 from secinfer.core.sampling import GREEDY, Sampling
+from secinfer.load.huggingface import tokenizer_arguments
 
 
 class HeRole(Enum):
@@ -88,7 +89,7 @@ def run_local_he_generation(
         client = ["--generate", "--input", str(ids), "--max-new-tokens", str(max_new_tokens)]
         if stop_token is not None:
             client += ["--stop-token", str(stop_token)]
-        client += sampling.arguments()
+        client += sampling.arguments() + tokenizer_arguments(model)
         seconds = _run_he(model, options, out, server, client, root)
         return read_run(out[HeRole.CLIENT] / "tokens.npy", *_records(out), seconds)
 

@@ -176,6 +176,7 @@ def client_main(
     max_new_tokens: int = 16,
     stop_token: int | None = None,
     sampling: Any = None,
+    tokenizer: Path | None = None,
 ) -> None:
     """A query on --input, with `evaluation` a private evaluation on --eval-data, or with
     `generate` greedy generation after the prompt ids in --input, over `link` (`he_link`;
@@ -190,7 +191,7 @@ def client_main(
         raise UserError(f"--connect {connect}: give HOST:PORT")
     if generate:
         _generate_client((host, int(port)), input_paths, out_dir, timeout, link,
-                         max_new_tokens, stop_token, sampling)  # fmt: skip
+                         max_new_tokens, stop_token, sampling, tokenizer)  # fmt: skip
         return
     if evaluation is not None:
         from secinfer.backends.he.evaluation import evaluate
@@ -238,11 +239,12 @@ def _generate_client(
     max_new_tokens: int,
     stop_token: int | None,
     sampling: Any,
+    tokenizer: Path | None,
 ) -> None:
     """The client of a generation: the prompt ids read and checked before connecting; each
     token picked by `sampling` (None: greedy)."""
     from secinfer.backends.he.generation import generate
-    from secinfer.load.decoder import read_prompt_ids
+    from secinfer.load.decoder import open_tokenizer, read_prompt_ids
 
     if len(input_paths) != 1:
         raise UserError("--role client --generate needs one --input IDS.npy (the prompt)")
@@ -251,6 +253,7 @@ def _generate_client(
     if not out_dir.is_dir():
         raise UserError(f"--out {out_dir}: no such directory")
     prompt = read_prompt_ids(input_paths[0])
+    text = open_tokenizer(tokenizer)
     _guard(
         "client",
         lambda: generate(
@@ -262,6 +265,7 @@ def _generate_client(
             timeout=timeout,
             link=link,
             sampling=sampling,
+            tokenizer=text,
         ),
     )
 

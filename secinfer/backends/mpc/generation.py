@@ -127,10 +127,11 @@ def data_owner(
     stop_token: int | None,
     out: Path,
     sampling: Sampling | None = None,
+    tokenizer: Any = None,
 ) -> None:
     """The data owner's side (module docstring): `prompt` (1, P) ids, each token picked by
     `sampling` (None: greedy); writes tokens.npy and data-owner.json, and a progress line
-    per token on stderr."""
+    per token on stderr (with its text when a `tokenizer` is given)."""
     start_party(Role.DATA_OWNER, settings)
     meter = Meter().install()
     try:
@@ -164,7 +165,7 @@ def data_owner(
         session = _offline(
             graphs, plans, int(prompt.shape[1]), max_new_tokens, Role.DATA_OWNER, meter
         )
-        mine = (prompt, stop_token, sampling or GREEDY)
+        mine = (prompt, stop_token, sampling or GREEDY, tokenizer)
         record = _generate(session, Role.DATA_OWNER, meter, mine)
         record["setup"] = setup
     finally:
@@ -230,11 +231,11 @@ def _generate(
     session: Session,
     role: Role,
     meter: Meter,
-    mine: tuple[torch.Tensor, int | None, Sampling] | None,
+    mine: tuple[torch.Tensor, int | None, Sampling, Any] | None,
 ) -> dict[str, Any]:
     """The prefill, then a token at a time until the data owner stops (both parties run
-    this; `mine` is the data owner's prompt, stop token and sampling, None on the model
-    owner). Before each argmax the data owner shares its Gumbel noise (`Sampling.noise`:
+    this; `mine` is the data owner's prompt, stop token, sampling and tokenizer, None on
+    the model owner). Before each argmax the data owner shares its Gumbel noise (`Sampling.noise`:
     zeros when greedy, so the model owner cannot tell which): a sharing from its side,
     no traffic, added to the shared logits."""
     from protocols.mpc.argmax import argmax_one_hot, index_of
@@ -281,7 +282,7 @@ def _generate(
             value = round(float(token.reshape(-1)[0]))
             tokens.append(value)
             record["token"] = value
-            _progress(index + 1, session.max_new_tokens, value, record)
+            _progress(index + 1, session.max_new_tokens, value, record, mine[3])
             stop = mine[1] is not None and value == mine[1]
             last = stop or index + 1 == session.max_new_tokens
             wire.send_json({"next": not last}, src=Role.DATA_OWNER)
@@ -312,9 +313,12 @@ def _noise(mine: tuple[Any, ...] | None, index: int, shape: tuple[int, ...]) -> 
     return import_crypten().cryptensor(noise.reshape(shape), src=int(Role.DATA_OWNER))
 
 
-def _progress(count: int, total: int, token: int, record: dict[str, Any]) -> None:
+def _progress(count: int, total: int, token: int, record: dict[str, Any], tokenizer: Any) -> None:
+    from secinfer.load.decoder import token_text
+
     print(
-        f"data-owner progress: token {count}/{total}: {token} ({record['seconds']:.2f} s, "
+        f"data-owner progress: token {count}/{total}: {token}{token_text(tokenizer, token)} "
+        f"({record['seconds']:.2f} s, "
         f"{record['bytes_sent'] / 1e6:.2f} MB sent, {record['rounds']} rounds)",
         file=sys.stderr,
         flush=True,

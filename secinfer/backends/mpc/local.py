@@ -36,6 +36,7 @@ from secinfer.backends.parties import (
 )
 from secinfer.core.evaluation import Evaluation
 from secinfer.core.sampling import GREEDY, Sampling
+from secinfer.load.huggingface import tokenizer_arguments
 
 
 def run_local_parties(
@@ -111,7 +112,7 @@ def run_local_generation(
         data_owner = ["--generate", "--input", str(ids), "--max-new-tokens", str(max_new_tokens)]
         if stop_token is not None:
             data_owner += ["--stop-token", str(stop_token)]
-        data_owner += sampling.arguments()
+        data_owner += sampling.arguments() + tokenizer_arguments(model)
         job = {Role.MODEL_OWNER: ["--generate"], Role.DATA_OWNER: data_owner}
         with echoing_progress(root, [Role.MODEL_OWNER.label, Role.DATA_OWNER.label]):
             seconds = _launch(model, options, out, job, root, False)

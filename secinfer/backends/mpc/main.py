@@ -90,6 +90,7 @@ def main_for_role(
     max_new_tokens: int = 16,
     stop_token: int | None = None,
     sampling: Any = None,
+    tokenizer: Path | None = None,
 ) -> None:
     """Run one party; with `evaluation` (an `eval_party.Evaluation`) a private evaluation
     on the data owner's labelled `eval_data` instead of queries; with `generate`, greedy
@@ -126,6 +127,7 @@ def main_for_role(
                 max_new_tokens,
                 stop_token,
                 sampling,
+                tokenizer,
             )
         elif evaluation is not None and party is Role.MODEL_OWNER:
             _eval_model_owner(settings, model, trust_model, config_path, evaluation, out_dir)
@@ -186,6 +188,7 @@ def _generation(
     max_new_tokens: int,
     stop_token: int | None,
     sampling: Any,
+    tokenizer: Path | None,
 ) -> None:
     """One computing party of a generation (`secinfer.backends.mpc.generation`); the data
     owner picks each token by `sampling` (None: greedy)."""
@@ -201,10 +204,11 @@ def _generation(
         raise UserError("--role data-owner --generate needs one --input IDS.npy (the prompt)")
     if max_new_tokens < 1:
         raise UserError(f"--max-new-tokens {max_new_tokens}: give at least 1")
-    from secinfer.load.decoder import read_prompt_ids
+    from secinfer.load.decoder import open_tokenizer, read_prompt_ids
 
     prompt = read_prompt_ids(input_paths[0])
-    generation.data_owner(settings, prompt, max_new_tokens, stop_token, out_dir, sampling)
+    text = open_tokenizer(tokenizer)
+    generation.data_owner(settings, prompt, max_new_tokens, stop_token, out_dir, sampling, text)
 
 
 def _loaded_for_mpc(model: Path | None, trust_model: bool) -> Any:

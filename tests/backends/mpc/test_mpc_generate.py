@@ -33,6 +33,8 @@ def directories(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for family in ("gpt2", "llama"):
         model = decoders.decoder(family, kv_heads=2 if family == "llama" else None)
         paths[family] = decoders.save(model, root / family)
+        if family == "llama":
+            decoders.save_tokenizer(paths[family])
         paths[f"{family}-tokens"] = decoders.greedy(model, torch.tensor([PROMPT]), 16)
     return paths
 
@@ -112,3 +114,7 @@ def test_sampling_under_mpc_equals_plaintext_sampling_with_the_same_noise(
     assert report["sampling"]["seed"] == 4 and report["plaintext"]["equal"]
     assert report["tokens"] != directories["llama-tokens"][:6]
     assert report["parties"]["model_owner"]["tokens"] == []
+    # the directory has a tokenizer: the data owner's progress lines show each token's text
+    first = report["tokens"][0]
+    assert f"data-owner progress: token 1/6: {first} 'w{first}'" in err
+    assert report["text"] == " ".join(f"w{t}" for t in report["tokens"])
