@@ -4,7 +4,7 @@ re-running the growing prefix, in one run.
 Model: one GPT-2-small-size block as a causal LM (hidden 768, 12 heads, FFN 3072, GPT-2's
 vocabulary of 50257 and 1024 positions; `n_layer` 1, so a 12-layer model's per-token
 cost is about 12 times the block's part of it), weights at trained scale
-(`tests.helpers.decoders.trained_scale`'s recipe: projections N(0, g^2 / fan_in),
+(`secinfer.zoo.scale.trained_scale`: projections N(0, g^2 / fan_in),
 embeddings N(0, 1)), saved as a Hugging Face directory. The prompt has PROMPT tokens, so
 the first new token attends over 127 and the second over 128 (the issue's context).
 
@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from secinfer.zoo.scale import trained_scale
+
 FULL = {"hidden": 768, "heads": 12, "vocab": 50257, "positions": 1024, "tokens": 16}
 QUICK = {"hidden": 32, "heads": 4, "vocab": 100, "positions": 64, "tokens": 4}
 PROMPT = 127
@@ -64,18 +66,7 @@ def build(shape: dict[str, int], directory: Path) -> Path:
     )
     torch.manual_seed(SEED)
     model = transformers.GPT2LMHeadModel(config).eval()
-    generator = torch.Generator().manual_seed(SEED)
-    gains = {"c_attn": 2.0, "c_fc": 3.0, "c_proj": 3.0}
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            leaf = name.rsplit(".", 2)[-2] if name.count(".") >= 2 else name
-            if parameter.dim() == 2 and ("wte" in name or "wpe" in name):
-                parameter.normal_(0.0, 1.0, generator=generator)
-            elif parameter.dim() == 2:  # Conv1D: (in, out)
-                gain = gains.get(leaf, 1.0)
-                parameter.normal_(0.0, gain / parameter.shape[0] ** 0.5, generator=generator)
-            elif name.endswith("bias"):
-                parameter.normal_(0.0, 0.02, generator=generator)
+    trained_scale(model, SEED)
     path = directory / "gpt2-block"
     model.save_pretrained(path)
     return path

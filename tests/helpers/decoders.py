@@ -1,11 +1,9 @@
 """Small causal language models (GPT-2 and LLaMA-style) with weights at trained scale,
 saved as Hugging Face directories for `secinfer generate`.
 
-Random initialisation (std 0.02) leaves every logit near zero and greedy decoding
-repeating one token; here every projection is N(0, g^2 / fan_in), embeddings N(0, 1), so
-the hidden states stay O(1) through the layers as in a trained model, and the gains g
-widen what the approximations see: attention scores to about +-15, FFN inputs to +-10,
-logits spread over several units.
+Weights at trained scale by `secinfer.zoo.scale.trained_scale` (projections
+N(0, g^2 / fan_in), embeddings N(0, 1)): the logits spread over several units, so greedy
+decoding does not repeat one token.
 """
 
 from __future__ import annotations
@@ -15,17 +13,7 @@ from pathlib import Path
 import torch
 import transformers as T
 
-GAINS = {
-    "c_attn": 2.0,  # GPT-2's fused q, k, v
-    "q_proj": 2.0,
-    "k_proj": 2.0,
-    "c_fc": 3.0,
-    "gate_proj": 3.0,
-    "up_proj": 3.0,
-    "lm_head": 3.0,
-    "c_proj": 3.0,  # GPT-2's attention and FFN outputs: the blocks, not the input token's
-    # (tied) embedding, dominate the last hidden state, or greedy decoding repeats the token
-}
+from secinfer.zoo.scale import trained_scale
 
 
 def decoder(
@@ -72,23 +60,6 @@ def decoder(
         raise ValueError(family)
     trained_scale(model, seed)
     return model.eval()
-
-
-def trained_scale(model: torch.nn.Module, seed: int) -> None:
-    """The module docstring's weights, in place."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            leaf = name.rsplit(".", 2)[-2] if "." in name else name
-            if parameter.dim() == 2 and ("wte" in name or "wpe" in name or "embed" in name):
-                parameter.normal_(0.0, 1.0, generator=generator)
-            elif parameter.dim() == 2:
-                # GPT-2's Conv1D stores (in, out), nn.Linear (out, in)
-                fan_in = parameter.shape[0] if "transformer.h." in name else parameter.shape[1]
-                gain = GAINS.get(leaf, 1.0)
-                parameter.normal_(0.0, gain / fan_in**0.5, generator=generator)
-            elif name.endswith("bias"):
-                parameter.normal_(0.0, 0.02, generator=generator)
 
 
 def save(model: torch.nn.Module, directory: Path) -> Path:
