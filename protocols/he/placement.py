@@ -18,7 +18,7 @@ builds the result:
      the operand's ciphertext rotated by shift = P - T (T: the entry's slot in the result).
      A group is multiplied by its 0/1 slot mask (one plain product, 1 level) only when
      something else shares its ciphertext (another group or a public value) and the
-     operand's junk or its other entries could land on the others' slots; public values
+     operand's junk, replicas or other entries could land on the others' slots; public values
      are added as a slot vector (no level).
 
 So a selection along ciphertext axes is a grid selection (no ciphertext operation); a
@@ -243,6 +243,8 @@ def _plan_rows(
     terms = np.bincount(columns[0][first], minlength=int(tg.max(initial=0)) + 1)
     public_targets = set(tg[flat_part < 0].tolist())
     positions = [t.layout.positions().reshape(-1) for t in tensors]
+    # replicas sit beyond `positions` (its first copies): for the masks they are junk
+    pure = [t.clean and t.layout.replicas is None for t in tensors]
     landings: dict[tuple[int, int], np.ndarray] = {}
     occupied: dict[int, np.ndarray] = {}
     rows = []
@@ -263,7 +265,7 @@ def _plan_rows(
                 used[ts[by_grid[starts[g] : starts[g + 1]]]] = True
                 occupied[g] = used
             spills = int(occupied[g][landing].sum()) > mine.size
-            masked = spills or not tensors[k].clean
-        clean = masked or (tensors[k].clean and whole)
+            masked = spills or not pure[k]
+        clean = masked or (pure[k] and whole)
         rows.append(_Row(g, k, source, s, mine, masked, clean))
     return rows

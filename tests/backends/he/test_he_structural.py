@@ -197,6 +197,20 @@ def test_cat_of_encrypted_and_public_tensors(codec, engine, dim: int, with_plain
     assert_close(decrypt(codec, out), torch.cat(want, dim), ONE_LEVEL)
 
 
+def test_cat_of_a_replicated_cache_and_a_new_row(codec, engine) -> None:
+    """A value cache as the diagonal attention leaves it (tokens in slots with replicas of
+    span 8: token j also at j + 4) joined with one new token's row, as a generation step
+    does: the replicas are not junk-free zeros, so terms that share a ciphertext are
+    masked (they landed on the new row's slots and corrupted it)."""
+    cache = values((1, 2, 4, 3))
+    row = values((1, 2, 1, 3), seed=1)
+    replicated = Layout((1, 2, 4, 3), (None, 8, 1, None), 0, (), (2, 8))
+    a = encrypt(codec, engine, cache, replicated)
+    b = encrypt(codec, engine, row, Layout((1, 2, 1, 3), (None, 8, 1, None), 0))
+    out = S.join([a, b], 2)
+    assert_close(decrypt(codec, out), torch.cat([cache, row], 2), ONE_LEVEL)
+
+
 def test_stack_split_chunk_unbind_getitem(codec, engine) -> None:
     layout = Layout.rows(SHAPE, 2)
     x, y = values(SHAPE), values(SHAPE, seed=1)
