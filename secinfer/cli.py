@@ -818,7 +818,7 @@ def generate(
         )
         generation, parties = generate_secure(
             backend, model, ids, max_new_tokens, options, stop_token=stop_token,
-            sampling=sampling,
+            sampling=sampling, decoder=decoder,
         )  # fmt: skip
         count = len(generation.tokens)
         reference = generate_local(decoder, ids, count, "plain", sampling=sampling).tokens

@@ -75,6 +75,7 @@ class PartyRun:
     model_owner: dict[str, Any]
     data_owner: dict[str, Any]
     seconds: float
+    logits: np.ndarray | None = None  # a generation under he: the client's, one row a token
 
 
 @dataclass

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from secinfer import backends
@@ -136,8 +137,11 @@ def generate_secure(
     *,
     stop_token: int | None = None,
     sampling: Sampling = GREEDY,
+    decoder: Decoder | None = None,
 ) -> tuple[Generation, dict[str, Any]]:
-    """Greedy generation by a secure backend's parties as local processes (each token's
+    """With `decoder`, where the parties return the logits the data owner decrypted (`he`),
+    each step's record gets their max abs error against plaintext on the same tokens.
+    Greedy generation by a secure backend's parties as local processes (each token's
     progress line is echoed as it comes); the generation as the data owner recorded it,
     and both parties' records (their traffic: offline, prefill and every token)."""
     chosen = backends.get(backend)
@@ -149,10 +153,27 @@ def generate_secure(
     result.tokens = [int(t) for t in run.output.reshape(-1)]
     result.prefill = dict(record.get("prefill", {}))
     result.steps = [dict(step) for step in record.get("steps", [])]
+    if decoder is not None and run.logits is not None:
+        reference = plain_logits(decoder, prompt, result.tokens)
+        for step, ours, theirs in zip(result.steps, run.logits, reference, strict=True):
+            step["max_abs_error"] = float(np.abs(ours - theirs.numpy()).max())
     if stop_token is not None and result.tokens and result.tokens[-1] == stop_token:
         result.stopped_by = "stop_token"
     parties = {"model_owner": run.model_owner, "data_owner": run.data_owner, "seconds": run.seconds}
     return result, parties
+
+
+def plain_logits(decoder: Decoder, prompt: torch.Tensor, tokens: list[int]) -> list[torch.Tensor]:
+    """The plaintext logits (float64, flat) before each of `tokens`, the prompt and the
+    tokens before it given: what a secure run's logits are compared with."""
+    prefill = Executor(graph_of(decoder.prefill), "plain")
+    step = Executor(graph_of(decoder.step), "plain")
+    logits, *cache = prefill.run((prompt,)).outputs
+    out = [logits.double().reshape(-1)]
+    for token in tokens[:-1]:
+        logits, *cache = step.run((torch.tensor([[token]]), *cache)).outputs
+        out.append(logits.double().reshape(-1))
+    return out
 
 
 def _lockstep(
@@ -185,4 +206,4 @@ def _lockstep(
     return record
 
 
-__all__ = ["Generation", "OnToken", "generate_local", "generate_secure", "greedy"]
+__all__ = ["Generation", "OnToken", "generate_local", "generate_secure", "greedy", "plain_logits"]

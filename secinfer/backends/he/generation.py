@@ -31,7 +31,8 @@ cache), so its cost grows linearly with the context.
 
 Records: the server writes `server.json` (a query's record for the prefill, and the
 generation: prefill and per-token seconds, bytes and refreshes), the client `client.json`
-(the same per token from its side) and `tokens.npy`.
+(the same per token from its side), `tokens.npy` and `logits.npy` (what it decrypted, one
+row a token: a local run compares them with plaintext on the same tokens).
 """
 
 from __future__ import annotations
@@ -371,12 +372,14 @@ def _generate_client(
     channel.set_status("encrypting the prompt")
     client.send_inputs((prompt,))
     tokens: list[int] = []
+    decrypted: list[np.ndarray] = []  # the client's own: it picks each token from them
     records: list[dict[str, Any]] = []
     prefill: dict[str, Any] = {}
     for index in range(max_new_tokens):
         message = client.await_message("logits")
         logits = client.receive_values(message, "the logits").reshape(-1)
         token = sampling.pick(torch.from_numpy(logits), index)
+        decrypted.append(logits)
         tokens.append(token)
         if index == 0:  # the prefill's traffic; the first token is a local argmax
             prefill = mark.take()
@@ -395,6 +398,7 @@ def _generate_client(
         channel.set_status(f"token {index + 2}: encrypting the last token")
         client.send_values(one_hot, step_layout)
     write_npy(out_dir / "tokens.npy", np.asarray(tokens, dtype=np.int64))
+    write_npy(out_dir / "logits.npy", np.stack(decrypted))
     record = {
         **client.record(began),
         "prompt_tokens": int(prompt.shape[1]),

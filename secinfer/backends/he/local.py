@@ -91,7 +91,9 @@ def run_local_he_generation(
             client += ["--stop-token", str(stop_token)]
         client += sampling.arguments() + tokenizer_arguments(model)
         seconds = _run_he(model, options, out, server, client, root)
-        return read_run(out[HeRole.CLIENT] / "tokens.npy", *_records(out), seconds)
+        run = read_run(out[HeRole.CLIENT] / "tokens.npy", *_records(out), seconds)
+        run.logits = np.load(out[HeRole.CLIENT] / "logits.npy", allow_pickle=False)
+        return run
 
 
 def _server_options(options: RunOptions) -> list[str]:

@@ -72,6 +72,10 @@ def test_three_sampled_tokens_under_he_equal_plaintext_sampling(
     expected = report["plaintext"]["tokens"]
     assert np.load(tmp_path / "ids.npy").tolist() == expected == report["tokens"]
     assert "tokens equal to plaintext sampling (same noise): 3/3" in out
+    # the logits the client decrypted, against plaintext on the same tokens: CKKS noise
+    # and the conversion's own plan (approx's error), not a wrong layout (a replicated
+    # cache once put them 4.7 off while the argmax still agreed)
+    assert report["logits_max_abs_error"] < 1e-2, report["logits_max_abs_error"]
     assert report["sampling"] == {
         "method": "sample", "temperature": 1.0, "top_k": 5, "seed": 3,
         "rule": report["sampling"]["rule"],
@@ -98,6 +102,7 @@ def test_sixteen_tokens_and_a_view_independent_of_the_prompt(
         out.mkdir()
         report, _, _ = generate(converted, prompt, 16, out)
         assert report["tokens"] == converted[f"{prompt}-tokens"]
+        assert report["logits_max_abs_error"] < 1e-2
         server = report["parties"]["model_owner"]["generation"]
         views.append(
             [(s["refreshes"], s["rotations"]) for s in [server["prefill"], *server["steps"]]]
