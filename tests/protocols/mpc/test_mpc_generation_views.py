@@ -29,14 +29,18 @@ TOKENS = 3
 PROMPTS = {1: [5, 17, 33, 2], 2: [40, 8, 21, 60]}
 
 
-def generate(role: Role, directory: str, prompt: list[int]) -> list[int] | None:
+def generate(
+    role: Role, directory: str, prompt: list[int], temperature: float = 0.0
+) -> list[int] | None:
     """Both computing parties: plan the decoder's programs (identically on both sides,
     from the same directory and lengths), share the weights (the data owner's are zeros),
-    generate TOKENS tokens. The data owner returns them."""
+    generate TOKENS tokens, sampled at `temperature` (the data owner's choice alone: it
+    shares its noise, zeros when greedy). The data owner returns them."""
     from protocols.mpc.meter import Meter
     from secinfer.backends.mpc.generation import PROGRAMS, _generate, _offline
     from secinfer.core.graph import build_graph
     from secinfer.core.prepare import prepare_graph
+    from secinfer.core.sampling import Sampling
     from secinfer.load.decoder import load_decoder
 
     decoder = load_decoder(Path(directory))
@@ -45,7 +49,8 @@ def generate(role: Role, directory: str, prompt: list[int]) -> list[int] | None:
     plans = {name: prepare_graph(graphs[name], "mpc", samples[name])[1] for name in PROGRAMS}
     meter = Meter().install()
     session = _offline(graphs, plans, len(prompt), TOKENS, role, meter)
-    mine = (torch.tensor([prompt]), None) if role is Role.DATA_OWNER else None
+    sampling = Sampling(temperature, None, seed=6)
+    mine = (torch.tensor([prompt]), None, sampling, None) if role is Role.DATA_OWNER else None
     record = _generate(session, role, meter, mine)
     meter.remove()
     return record["tokens"] if role is Role.DATA_OWNER else None
@@ -62,7 +67,7 @@ def protocol_views(views: list[np.ndarray]) -> list[np.ndarray]:
     return kept
 
 
-pytestmark = pytest.mark.slow  # three sessions of three processes: about two minutes
+pytestmark = pytest.mark.slow  # four sessions of three processes: about three minutes
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +78,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
         model = decoders.decoder("gpt2", hidden=16, heads=2, layers=1, vocab=64, seed=seed)
         paths[seed] = str(decoders.save(model, root / f"w{seed}"))
     out = {}
-    for prompt, weights in [(1, 1), (2, 1), (1, 2)]:
-        results = run_local(generate, paths[weights], PROMPTS[prompt], keep_views=True)
-        out[(prompt, weights)] = {
+    for prompt, weights, temperature in [(1, 1, 0.0), (2, 1, 0.0), (1, 2, 0.0), (2, 1, 2.0)]:
+        results = run_local(generate, paths[weights], PROMPTS[prompt], temperature, keep_views=True)
+        key = (prompt, weights) if not temperature else "sampled"
+        out[key] = {
             "views": {
                 r: protocol_views(results[r].views) for r in (Role.MODEL_OWNER, Role.DATA_OWNER)
             },
@@ -106,3 +112,16 @@ def test_the_loop_generated_what_plaintext_greedy_does(runs, tmp_path: Path) -> 
     for prompt in (1, 2):
         expected = decoders.greedy(model, torch.tensor([PROMPTS[prompt]]), TOKENS)
         assert runs[(prompt, 1)]["tokens"] == expected
+
+
+def test_sampling_leaves_the_model_owners_view_as_greedy_leaves_it(runs) -> None:
+    """The data owner's Gumbel noise is shared from its side, as greedy's zeros are: the
+    model owner's view has the same shapes, stays uniform and encodes no token, while
+    the sampled tokens differ from greedy's."""
+    greedy, sampled = runs[(2, 1)], runs["sampled"]
+    assert sampled["tokens"] != greedy["tokens"]
+    views = sampled["views"][Role.MODEL_OWNER]
+    assert [v.shape for v in views] == [v.shape for v in greedy["views"][Role.MODEL_OWNER]]
+    assert_uniform(views)
+    ids = torch.tensor(PROMPTS[2] + sampled["tokens"], dtype=torch.float64)
+    assert not (set(words(views).tolist()) & encodings(ids))
