@@ -142,6 +142,34 @@ def _sampling_options(who: str) -> Any:
     return add
 
 
+def _party_generation_options(data_side: str, models: str) -> Any:
+    """--generate and the data side's generation options (new tokens, stop token,
+    sampling, tokenizer) for `party` (`data_side` "Data owner") and `he-party` ("Client");
+    `models` says what each side's --model and --input are."""
+    who = f"{data_side}, --generate: "
+
+    def add(fn: Any) -> Any:
+        fn = click.option(
+            "--tokenizer",
+            type=click.Path(path_type=Path, file_okay=False),
+            help=f"{who}a directory with the model's tokenizer files, to print each token's text.",
+        )(fn)
+        fn = _sampling_options(who)(fn)
+        fn = click.option("--stop-token", type=int, help=f"{who}stop after this token id.")(fn)
+        fn = click.option(
+            "--max-new-tokens",
+            type=int,
+            default=16,
+            show_default=True,
+            help=f"{who}how many tokens at most.",
+        )(fn)
+        return click.option(
+            "--generate", is_flag=True, help=f"Generate text (`secinfer generate`): {models}."
+        )(fn)
+
+    return add
+
+
 def _sampling(options: dict[str, Any]) -> Any:
     """The sampling options, popped from a command's options and checked."""
     from secinfer.core.sampling import Sampling
@@ -502,26 +530,10 @@ def inspect(model: Path, trust_model: bool, input_path: Path | None, as_json: bo
     is_flag=True,
     help="gloo sockets in clear: no authentication, no encryption (experiments only).",
 )
-@click.option(
-    "--generate",
-    is_flag=True,
-    help="Generate text (`secinfer generate`): the model owner's --model is a causal-LM "
-    "directory, the data owner's one --input the prompt's token ids (.npy).",
-)
-@click.option(
-    "--max-new-tokens",
-    type=int,
-    default=16,
-    show_default=True,
-    help="Data owner, --generate: how many tokens at most.",
-)
-@click.option("--stop-token", type=int, help="Data owner, --generate: stop after this token id.")
-@_sampling_options("Data owner, --generate: ")
-@click.option(
-    "--tokenizer",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Data owner, --generate: a directory with the model's tokenizer files, to print "
-    "each token's text.",
+@_party_generation_options(
+    "Data owner",
+    "the model owner's --model is a causal-LM directory, the data owner's one --input the "
+    "prompt's token ids (.npy)",
 )
 @_mpc_options
 @_evaluation_options("Data owner")
@@ -907,27 +919,10 @@ def generate(
     is_flag=True,
     help="A plain socket: no authentication, no encryption (experiments only).",
 )
-@click.option(
-    "--generate",
-    is_flag=True,
-    help="Generate text (`secinfer generate`): the server's --model is a decoder directory "
-    "(Hugging Face causal LM, or one save_decoder wrote), the client's one --input the "
-    "prompt's token ids (.npy).",
-)
-@click.option(
-    "--max-new-tokens",
-    type=int,
-    default=16,
-    show_default=True,
-    help="Client, --generate: how many tokens at most.",
-)
-@click.option("--stop-token", type=int, help="Client, --generate: stop after this token id.")
-@_sampling_options("Client, --generate: ")
-@click.option(
-    "--tokenizer",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Client, --generate: a directory with the model's tokenizer files, to print each "
-    "token's text.",
+@_party_generation_options(
+    "Client",
+    "the server's --model is a decoder directory (Hugging Face causal LM, or one "
+    "save_decoder wrote), the client's one --input the prompt's token ids (.npy)",
 )
 @_evaluation_options("Client")
 def he_party(role: str, **options: Any) -> None:
