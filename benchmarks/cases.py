@@ -44,7 +44,7 @@ OP_CASES = (
     OpCase(
         "softmax",
         (12, 128, 128),
-        ("softmax.product", "softmax.order1", "softmax.crypten"),
+        ("softmax.product", "softmax.order1", "softmax.2quad", "softmax.crypten"),
         "softmax.crypten",
     ),
     OpCase(

@@ -48,6 +48,8 @@ def run(quick: bool = False, seed: int = 0) -> dict[str, Any]:
     began = time.perf_counter()
     ops = op_section(quick=quick, seed=seed)
     layers = layer_section((TINY_LAYER,) if quick else LAYER_SIZES, seed=seed)
+    from benchmarks.two_quad import model_accuracy
+
     return {
         "quick": quick,
         "setting": {
@@ -57,6 +59,7 @@ def run(quick: bool = False, seed: int = 0) -> dict[str, Any]:
             "mb": "10^6 bytes",
         },
         "ops": ops,
+        "two_quad_model": model_accuracy(),
         "layers": layers,
         "published_elsewhere": list(PUBLISHED),
         "code": code_state(),

@@ -218,6 +218,20 @@ def _published_table(published: list[dict[str, Any]], layers: list[dict[str, Any
     return lines
 
 
+def _two_quad_note(measured: dict[str, Any] | None) -> list[str]:
+    """The 2Quad row's model-level figure (`benchmarks.two_quad`)."""
+    if not measured:
+        return []
+    return [
+        "",
+        f"2Quad without fine-tuning, on {measured['model']} ({measured['examples']} examples, "
+        f"float64): accuracy {measured['accuracy_2quad']:.1%} against "
+        f"{measured['accuracy_softmax']:.1%} with its softmax, logits moved by up to "
+        f"{measured['logits_max_abs_change']:.2f}; MPCFormer distils a model into 2Quad, "
+        "which this toolkit does not do.",
+    ]
+
+
 def markdown(record: dict[str, Any]) -> str:
     """The whole MPC section's markdown (what `records.write` saves as mpc.md)."""
     ops, layers = record["ops"], record["layers"]
@@ -228,7 +242,8 @@ def markdown(record: dict[str, Any]) -> str:
             "benchmark's figures._",
             "",
         ]
-    lines += [*_ops_table(ops), "", *_layer_table(layers), *_notes(ops, layers)]
+    lines += [*_ops_table(ops), *_two_quad_note(record.get("two_quad_model")), ""]
+    lines += [*_layer_table(layers), *_notes(ops, layers)]
     for layer in layers:
         if "error" not in layer:
             lines += _layer_costs(layer)

@@ -110,6 +110,13 @@ def _product_kernel(x: Any, params: dict) -> Any:
     return spec.kernels["mpc"](Call(target, args, {}, choice))
 
 
+def _two_quad(x: Any, params: dict) -> Any:
+    """The mpc backend's kernel for a softmax node planned as MPCFormer's 2Quad, on the
+    same calibrated interval as the plan's default."""
+    quad = {**params["choice"], "method": "2quad", "options": {}}
+    return _product_kernel(x, {**params, "choice": quad})
+
+
 def _softmax_order1(x: Any, params: dict) -> Any:
     """PUMA's base 1 + u with one more squaring than the default's order-2 base: same cost."""
     from protocols.mpc.softmax import softmax
@@ -132,6 +139,10 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, dict], Any]]] = {
     "softmax.order1": (
         "ours: the same with PUMA's order-1 base and one more squaring (same cost)",
         _softmax_order1,
+    ),
+    "softmax.2quad": (
+        "MPCFormer's 2Quad: (x + 5)^2 normalised (not softmax: needs distillation)",
+        _two_quad,
     ),
     "softmax.crypten": ("CrypTen: x.softmax(-1)", lambda x, p: x.softmax(-1)),
     "layer_norm.product": ("ours: the plan's default", _product_kernel),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from approximations.functions import check_power_softmax_args
@@ -128,3 +130,51 @@ def power_softmax(
 
 
 __all__ = ["MASK_FLOOR", "power_softmax", "softmax"]
+
+
+ROW_SUM_FLOOR = 1.0
+"""2Quad's row sum is taken to be at least this when the calibrated scores reach -c (the
+sum is 0 only when every score of a row sits at -c; below 1 every score is within
+1 / sqrt(n) of it): the reciprocal's interval starts here, so that 2^10 / sum keeps ten
+more bits than 1 / sum would (`two_quad_softmax`)."""
+
+
+def two_quad_softmax(
+    x: Secret,
+    dim: int = -1,
+    c: float = 5.0,
+    *,
+    interval: tuple[float, float] | None = None,
+) -> Secret:
+    """MPCFormer's 2Quad (Li et al. 2023): w_i = (x_i + c)^2 / sum_j (x_j + c)^2, as
+    `approximations.softmax(x, dim, "2quad", c=c)`. Not an approximation of softmax (a
+    model needs distillation to use it): no max, no exp, no comparison per entry.
+
+    `interval` is the calibrated [lo, hi] of x: the row sum s then lies in [n d^2, n m^2],
+    d the distance from -c to [lo, hi] and m = max(|lo + c|, |hi + c|); where -c lies
+    inside, the low end is ROW_SUM_FLOOR (below it the reciprocal extrapolates). Without
+    `interval`, [ROW_SUM_FLOOR, 2^20]. 1 / s is far below one (1e-4 for a row of 128
+    scores near 5): as 16-bit fixed point it would keep a few bits, so the kernel takes
+    r = 2^k / s (the reciprocal's `shift`, k = log2(low end) + 10, within its headroom)
+    and w = ((x + c)^2 r) 2^-k, the last a public scaling.
+
+    Error against the plaintext 2Quad: about 2^-16 on each weight (the final scaling's
+    rounding) plus w times r's relative error (1e-4, and 2^-16 / r: 1e-3 where s reaches
+    n m^2). Rounds: 1 (square) + the reciprocal's 13 + 1 (product) + 1 (scaling): 16.
+    Bytes per entry and party: 8 (square) + 16 (product) + 8 (scaling), plus per row the
+    reciprocal's 216 per octave of its interval.
+    """
+    n = x.size(dim)
+    shifted = x + c
+    powered = shifted * shifted
+    total = powered.sum(dim, keepdim=True)
+    if interval is None:
+        lo, hi = ROW_SUM_FLOOR, 2.0**20
+    else:
+        a, b = float(interval[0]) + c, float(interval[1]) + c
+        nearest = 0.0 if a <= 0.0 <= b else min(abs(a), abs(b))
+        farthest = max(abs(a), abs(b))
+        lo = max(ROW_SUM_FLOOR, n * nearest**2)
+        hi = max(n * farthest**2, 2.0 * lo)
+    shift = math.floor(math.log2(lo)) + 10
+    return (powered * reciprocal(total, (lo, hi), shift=shift)) * 2.0**-shift

@@ -184,6 +184,7 @@ def kernels(role: Role, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
     measure("softmax.no_cutoff", lambda: softmax.softmax(scores, -1, mask=mask, cutoff=None))
     measure("softmax.crypten", lambda: (scores + mask.clamp(min=-200.0)).softmax(-1))
     measure("softmax.crypten_1e4", lambda: (scores[:1] + mask[:1].clamp(min=-1e4)).softmax(-1))
+    measure("softmax.2quad", lambda: softmax.two_quad_softmax(scores, -1, 5.0, interval=(-8, 22)))
     keep = (mask[POWER_HEADS] == 0).to(torch.long)
     for normalizer in ("sum", "mean"):
         measure(
@@ -420,6 +421,20 @@ def test_power_softmax_matches_the_plaintext_form(run) -> None:
         bound = 1e-3 + spread * ULP / (total + 1e-3 * eps_weight)
         assert np.all(np.abs(got - want) <= bound), normalizer
         assert _max_abs(got, want) <= 2e-2
+
+
+def test_two_quad_softmax_matches_mpcformer_s_form_at_a_fraction_of_the_cost(run) -> None:
+    """MPCFormer's 2Quad on shares against `approximations.softmax(..., "2quad")` (exact
+    reciprocal): within 1e-3 (fixed point and the reciprocal's 1e-4 relative); no max and
+    no exp, so fewer rounds and bytes than our softmax on the same scores. Its distance
+    from the real softmax is the model's business (distillation), not the kernel's."""
+    from approximations.functions import softmax as plain_softmax
+
+    scores = _t(run["inputs"]["scores"])
+    want = plain_softmax(scores, -1, "2quad", c=5.0, reciprocal="exact").numpy()
+    assert _max_abs(run["values"]["softmax.2quad"], want) <= 1e-3
+    ours, quad = run["traffic"]["softmax"], run["traffic"]["softmax.2quad"]
+    assert quad["rounds"] < ours["rounds"] and quad["bytes_sent"] < ours["bytes_sent"]
 
 
 # --- LayerNorm ----------------------------------------------------------------------------

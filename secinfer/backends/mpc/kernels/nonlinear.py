@@ -37,7 +37,13 @@ from approximations.piecewise import Piecewise, Segment
 from approximations.polynomial import Polynomial
 from secinfer.backends.mpc.kernels.precision import at_precision
 from secinfer.backends.mpc.kernels.values import is_secret
-from secinfer.core.options import ExpSquaring, SoftmaxExpLimit, SoftmaxPower, options_for
+from secinfer.core.options import (
+    ExpSquaring,
+    SoftmaxExpLimit,
+    SoftmaxPower,
+    SoftmaxTwoQuad,
+    options_for,
+)
 from secinfer.core.registry import Call, register, register_functions
 
 MPC_WIDEN = 16.0
@@ -130,6 +136,10 @@ def softmax(call: Call) -> Any:
         return secure.power_softmax(
             x, dim, p=options.p, normalizer=options.normalizer, eps=options.eps
         )
+    if call.choice.method == "2quad":
+        quad = options_for(call.choice, SoftmaxTwoQuad)
+        interval = tuple(call.choice.interval) if call.choice.interval else None
+        return secure.two_quad_softmax(x, dim, quad.c, interval=interval)  # type: ignore[arg-type]
     raise NotImplementedError(f"softmax method {call.choice.method!r} has no mpc kernel")
 
 
