@@ -12,6 +12,13 @@ N examples; p = softmax(logits) over the classes.
              deviation of the C logits; (1/a) log(1 + exp(a (b - z_y))), a > 0
     gce      generalised cross-entropy (Mao, Mohri, Zhong 2023)  (1 - p_y^q) / q, 0 < q <= 1
     mae      mean absolute error      1 - p_y  (gce at q = 1)
+    compsum  the comp-sum family (Mao, Mohri and Zhong 2023), parameter tau >= 0:
+             Phi_tau(u) with u = sum_{k != y} exp(o_k - o_y) = 1 / p_y - 1,
+             Phi_tau(u) = ((1 + u)^(1 - tau) - 1) / (1 - tau) = (p_y^(tau - 1) - 1) / (1 - tau),
+             Phi_1(u) = log(1 + u): tau = 0 sum-exponential, 1 cross-entropy, 1 < tau < 2
+             generalised cross-entropy with q = tau - 1, 2 mean absolute error. Secure
+             backends take tau >= 1 (`SECURE_COMPSUM`): below 1, p_y^(tau - 1) grows as
+             exp((1 - tau)(lse - o_y)), beyond fixed point and CKKS for any real spread.
     accuracy fraction of examples whose argmax equals the label (ties: torch's argmax)
 
 The Z-loss here is the spherical-family loss of the seeds, not PaLM's auxiliary z-loss
@@ -99,6 +106,31 @@ def mean_absolute_error(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return (1 - p_y).mean()
 
 
+def comp_sum(logits: torch.Tensor, labels: torch.Tensor, tau: float = 1.5) -> torch.Tensor:
+    """The comp-sum loss of parameter `tau` (module docstring), computed from log p_y."""
+    _check(logits, labels)
+    check_compsum_tau(tau)
+    log_p = logits.log_softmax(-1).gather(-1, labels[:, None]).squeeze(-1)
+    if tau == 1.0:
+        return (-log_p).mean()
+    return ((torch.exp((tau - 1.0) * log_p) - 1.0) / (1.0 - tau)).mean()
+
+
+SECURE_COMPSUM = (1.0, math.inf)
+"""The comp-sum parameters a secure backend evaluates (module docstring)."""
+
+
+def check_compsum_tau(tau: float, secure: bool = False) -> None:
+    """ApproximationError unless tau >= 0 (and, for a secure backend, tau >= 1)."""
+    if not (math.isfinite(tau) and tau >= 0.0):
+        raise ApproximationError(f"compsum tau={tau}: expected a finite tau >= 0")
+    if secure and tau < SECURE_COMPSUM[0]:
+        raise ApproximationError(
+            f"compsum tau={tau}: secure backends take tau >= 1 (below 1 the loss grows as "
+            "exp of the logit gap); use plain or approx, or tau >= 1"
+        )
+
+
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     _check(logits, labels)
     return (logits.argmax(-1) == labels).to(logits.dtype).mean()
@@ -107,11 +139,12 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class LossOptions:
     """Hyper-parameters, with their defaults (the one source): Z-loss a, b; generalised
-    cross-entropy q."""
+    cross-entropy q; the comp-sum family's tau."""
 
     zloss_a: float = 1.0
     zloss_b: float = 1.0
     gce_q: float = 0.7
+    compsum_tau: float = 1.5
 
 
 DEFAULT_OPTIONS = LossOptions()
@@ -205,9 +238,24 @@ LOSSES: dict[str, Loss] = {
             lambda k, x, t, terms, o: 1.0 - k.label_probability_power(terms, 1.0),
             uses_log_sum_exp=True,
         ),
+        Loss(
+            "compsum",
+            lambda x, y, o: comp_sum(x, y, o.compsum_tau),
+            lambda k, x, t, terms, o: _secure_comp_sum(k, terms, o.compsum_tau),
+            uses_log_sum_exp=True,
+        ),
     )
 }
 LOSS_NAMES = tuple(LOSSES)
+
+
+def _secure_comp_sum(kernels: Any, terms: SharedTerms[Any], tau: float) -> Any:
+    """Comp-sum on a backend's terms: lse - o_y at tau = 1, else (1 - p_y^(tau - 1)) /
+    (tau - 1) with p_y^q = exp(q (o_y - lse)), the generalised cross-entropy's kernel."""
+    check_compsum_tau(tau, secure=True)
+    if tau == 1.0:
+        return terms.log_sum_exp - terms.label_logit
+    return (1.0 - kernels.label_probability_power(terms, tau - 1.0)) * (1.0 / (tau - 1.0))
 
 
 def _loss(name: str) -> Loss:

@@ -233,6 +233,7 @@ def _evaluation_options(data_side: str) -> Any:
             click.option("--zloss-a", type=float, default=1.0, show_default=True),
             click.option("--zloss-b", type=float, default=1.0, show_default=True),
             click.option("--gce-q", type=float, default=0.7, show_default=True),
+            click.option("--compsum-tau", type=float, default=1.5, show_default=True),
             click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True),
         ]
         for option in reversed(options):
@@ -576,7 +577,8 @@ def party(role: str, **options: Any) -> None:
 def _evaluation_settings(options: dict[str, Any]) -> Any:
     """`--loss` and its hyper-parameters, popped from a party's options: an
     `evaluate.Evaluation`, or None for queries."""
-    names, a, b, q = (options.pop(k) for k in ("eval_losses", "zloss_a", "zloss_b", "gce_q"))
+    keys = ("eval_losses", "zloss_a", "zloss_b", "gce_q", "compsum_tau")
+    names, a, b, q, tau = (options.pop(k) for k in keys)
     reveal = options.pop("reveal_to")
     if names is None:
         if options.get("eval_data") is not None:
@@ -584,8 +586,9 @@ def _evaluation_settings(options: dict[str, Any]) -> Any:
         return None
     from secinfer.core.evaluation import Evaluation, check_hyper_parameters, parse_losses
 
-    check_hyper_parameters(a, q)
-    return Evaluation(tuple(parse_losses(names)), reveal, a, b, q)
+    losses = tuple(parse_losses(names))
+    check_hyper_parameters(a, q, tau, secure=True, losses=losses)
+    return Evaluation(losses, reveal, a, b, q, tau)
 
 
 @main.command("eval")
@@ -641,6 +644,14 @@ def _evaluation_settings(options: dict[str, Any]) -> Any:
 @click.option(
     "--gce-q", type=float, default=0.7, show_default=True, help="Generalised cross-entropy q."
 )
+@click.option(
+    "--compsum-tau",
+    type=float,
+    default=1.5,
+    show_default=True,
+    help="The comp-sum loss's tau >= 0 (0 sum-exponential, 1 cross-entropy, 2 MAE; secure "
+    "backends take tau >= 1).",
+)
 @_hiding_option("he")
 def eval_(
     model: Path,
@@ -656,6 +667,7 @@ def eval_(
     zloss_a: float,
     zloss_b: float,
     gce_q: float,
+    compsum_tau: float,
     hiding_bits: int,
 ) -> None:
     """Evaluate MODEL's losses and accuracy on labelled DATA, against plaintext.
@@ -683,8 +695,8 @@ def eval_(
 
     _check_suffix(report_path, ".json", "--report")
     names = parse_losses(loss_names)
-    check_hyper_parameters(zloss_a, gce_q)
     chosen = backends.get(backend)
+    check_hyper_parameters(zloss_a, gce_q, compsum_tau, secure=chosen.secure, losses=names)
     run_options = RunOptions(
         trust_model=trust_model, config=config_path, target=target, hiding_bits=hiding_bits
     )
@@ -700,7 +712,7 @@ def eval_(
         loaded, batch_size, explicit=given is not click.core.ParameterSource.DEFAULT
     )
     graph, plan = prepare(loaded.program, backend, samples, config_path, target)
-    options = LossOptions(zloss_a, zloss_b, gce_q)
+    options = LossOptions(zloss_a, zloss_b, gce_q, compsum_tau)
     chosen.check(graph, plan, run_options)
     if chosen.secure:
         report = evaluate_secure(

@@ -73,6 +73,7 @@ class HeLossPlan:
     zloss_a: float = DEFAULT_OPTIONS.zloss_a
     zloss_b: float = DEFAULT_OPTIONS.zloss_b
     gce_q: float = DEFAULT_OPTIONS.gce_q
+    compsum_tau: float = DEFAULT_OPTIONS.compsum_tau
 
     @classmethod
     def calibrated(cls, logits: torch.Tensor, **settings: Any) -> HeLossPlan:
@@ -92,7 +93,7 @@ class HeLossPlan:
     @property
     def options(self) -> LossOptions:
         """The losses' hyper-parameters this plan was made for."""
-        return LossOptions(self.zloss_a, self.zloss_b, self.gce_q)
+        return LossOptions(self.zloss_a, self.zloss_b, self.gce_q, self.compsum_tau)
 
     # --- the approximations --------------------------------------------------------------
     @cached_property

@@ -31,6 +31,7 @@ sums over 64 examples within 1e-4 relative.
 from __future__ import annotations
 
 from approximations.losses import (
+    DEFAULT_OPTIONS,
     LossOptions,
     SharedTerms,
     secure_per_example,
@@ -127,10 +128,11 @@ def per_example(
     a: float,
     b: float,
     q: float,
+    tau: float = DEFAULT_OPTIONS.compsum_tau,
     accuracy: bool = True,
 ) -> dict[str, Secret]:
     """Each requested loss per example, plus "hit" (accuracy) unless `accuracy` is False,
     sharing the common terms (o_y, the maximum, log-sum-exp)
     (`approximations.losses.secure_per_example` on `KERNELS`)."""
-    options = LossOptions(zloss_a=a, zloss_b=b, gce_q=q)
+    options = LossOptions(zloss_a=a, zloss_b=b, gce_q=q, compsum_tau=tau)
     return secure_per_example(KERNELS, logits, onehot, names, options, accuracy=accuracy)

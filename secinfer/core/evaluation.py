@@ -22,6 +22,7 @@ class Evaluation:
     zloss_a: float = DEFAULT_OPTIONS.zloss_a
     zloss_b: float = DEFAULT_OPTIONS.zloss_b
     gce_q: float = DEFAULT_OPTIONS.gce_q
+    compsum_tau: float = DEFAULT_OPTIONS.compsum_tau
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "losses": list(self.losses)}
@@ -31,7 +32,7 @@ class Evaluation:
         return [
             "--loss", ",".join(self.losses), "--reveal-to", self.reveal_to,
             "--zloss-a", repr(self.zloss_a), "--zloss-b", repr(self.zloss_b),
-            "--gce-q", repr(self.gce_q),
+            "--gce-q", repr(self.gce_q), "--compsum-tau", repr(self.compsum_tau),
         ]  # fmt: skip
 
 
@@ -65,9 +66,25 @@ class Totals:
         return {name: total / self.count for name, total in self.sums.items()}
 
 
-def check_hyper_parameters(zloss_a: float, gce_q: float) -> None:
+def check_hyper_parameters(
+    zloss_a: float,
+    gce_q: float,
+    compsum_tau: float = DEFAULT_OPTIONS.compsum_tau,
+    *,
+    secure: bool = False,
+    losses: tuple[str, ...] | list[str] = (),
+) -> None:
+    """UserError for a hyper-parameter out of its range; --compsum-tau below 1 only when
+    `compsum` is among the `losses` of a `secure` backend (its kernels need tau >= 1)."""
+    from approximations.errors import ApproximationError
+    from approximations.losses import check_compsum_tau
+
     if zloss_a <= 0 or not 0 < gce_q <= 1:
         raise UserError(f"--zloss-a {zloss_a} / --gce-q {gce_q}: need a > 0 and 0 < q <= 1")
+    try:
+        check_compsum_tau(compsum_tau, secure=secure and "compsum" in losses)
+    except ApproximationError as exc:
+        raise UserError(f"--compsum-tau {compsum_tau}: {str(exc).split(': ', 1)[1]}") from None
 
 
 def parse_losses(text: str) -> list[str]:

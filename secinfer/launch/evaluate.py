@@ -105,7 +105,12 @@ def evaluate_secure(
     chosen = backends.get(backend)
     shape = model_batches(loaded, batch_size)
     evaluation = Evaluation(
-        tuple(names), reveal_to, options.zloss_a, options.zloss_b, options.gce_q
+        tuple(names),
+        reveal_to,
+        options.zloss_a,
+        options.zloss_b,
+        options.gce_q,
+        options.compsum_tau,
     )
     evaluated = chosen.evaluate_parties(model_path, data_path, evaluation, shape.size, run_options)
     aggregate_ = evaluated.aggregate

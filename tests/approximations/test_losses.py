@@ -75,3 +75,28 @@ def test_reference_by_name_and_unknown_names() -> None:
         assert torch.isfinite(L.reference(name)(LOGITS, LABELS))
     with pytest.raises(ApproximationError, match="unknown loss 'hinge'"):
         L.reference("hinge")
+
+
+def test_comp_sum_is_the_family_of_its_paper() -> None:
+    """Against an independent float64 form, Phi_tau(u) with u = sum_{k != y} exp(o_k - o_y):
+    tau = 0 the sum-exponential u, 1 log(1 + u), 2 u / (1 + u); and equal to the losses it
+    generalises (ce at 1, gce with q = tau - 1 between 1 and 2, mae at 2)."""
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(40, 7, generator=generator, dtype=torch.float64) * 3
+    labels = torch.randint(0, 7, (40,), generator=generator)
+    label = logits.gather(-1, labels[:, None])
+    others = torch.ones_like(logits).scatter(-1, labels[:, None], 0.0)
+    u = ((logits - label).exp() * others).sum(-1)
+    for tau in (0.0, 0.5, 1.0, 1.3, 2.0, 3.0):
+        phi = torch.log1p(u) if tau == 1 else ((1 + u) ** (1 - tau) - 1) / (1 - tau)
+        assert torch.allclose(L.comp_sum(logits, labels, tau), phi.mean(), rtol=1e-12)
+    assert torch.allclose(L.comp_sum(logits, labels, 0.0), u.mean())
+    assert torch.allclose(L.comp_sum(logits, labels, 1.0), L.cross_entropy(logits, labels))
+    gce = L.generalized_cross_entropy(logits, labels, 0.3)
+    assert torch.allclose(L.comp_sum(logits, labels, 1.3), gce)
+    assert torch.allclose(L.comp_sum(logits, labels, 2.0), L.mean_absolute_error(logits, labels))
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ApproximationError, match="compsum tau"):
+            L.comp_sum(logits, labels, bad)
+    with pytest.raises(ApproximationError, match="secure backends take tau >= 1"):
+        L.check_compsum_tau(0.5, secure=True)

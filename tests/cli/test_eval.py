@@ -215,6 +215,24 @@ def test_a_label_out_of_range_is_one_line(tmp_path: Path, backend: str) -> None:
     assert_user_error(done, "label 4 at row 5")
 
 
+@pytest.mark.parametrize(
+    ("backend", "tau", "needle"),
+    [
+        ("plain", "-1", "--compsum-tau -1.0: expected a finite tau >= 0"),
+        ("mpc", "0.5", "--compsum-tau 0.5: secure backends take tau >= 1"),
+        ("he", "0.5", "--compsum-tau 0.5: secure backends take tau >= 1"),
+    ],
+)
+def test_a_compsum_tau_outside_its_range_is_one_line(
+    split: Path, backend: str, tau: str, needle: str
+) -> None:
+    """Refused before any party starts; tau below 1 is the plaintext backends' alone."""
+    model = BACKENDS[backend].model
+    done = secinfer_here("eval", str(model), str(split), "-b", backend, "--loss", "compsum",
+                         "--compsum-tau", tau)  # fmt: skip
+    assert_user_error(done, needle)
+
+
 def test_inputs_of_the_wrong_width_are_one_line(tmp_path: Path) -> None:
     wrong_inputs = tmp_path / "inputs.npz"
     np.savez(wrong_inputs, inputs=np.zeros((3, 63), np.float32), labels=np.array([1, 2, 0]))

@@ -15,7 +15,7 @@ DIGITS = ROOT / "secinfer" / "data" / "digits.pt2"
 """The bundled digits classifier (the mpc tests' model)."""
 DIGITS_HE = ROOT / "secinfer" / "data" / "digits_he.pt2"
 """The bundled HE-friendly digits classifier (runs on every backend)."""
-LOSSES = ("ce", "square", "zloss", "gce", "mae")
+LOSSES = ("ce", "square", "zloss", "gce", "mae", "compsum")
 """Every loss `secinfer eval` offers."""
 
 

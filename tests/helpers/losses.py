@@ -25,8 +25,8 @@ import torch
 from approximations import losses
 from protocols.mpc.runtime import Role
 
-NAMES = ("ce", "square", "zloss", "gce", "mae")
-MPC_OPTIONS = losses.LossOptions(zloss_a=0.5, zloss_b=2.0, gce_q=0.7)
+NAMES = ("ce", "square", "zloss", "gce", "mae", "compsum")
+MPC_OPTIONS = losses.LossOptions(zloss_a=0.5, zloss_b=2.0, gce_q=0.7, compsum_tau=1.4)
 """The hyper-parameters of the mpc run (the he run takes the defaults)."""
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,7 +86,9 @@ def mpc_parties(role: Role, logits: np.ndarray, labels: np.ndarray) -> dict[str,
         onehot if mine else torch.zeros_like(onehot), src=int(Role.DATA_OWNER)
     )
     o = MPC_OPTIONS
-    values = mpc.per_example(shared, target, list(NAMES), a=o.zloss_a, b=o.zloss_b, q=o.gce_q)
+    values = mpc.per_example(
+        shared, target, list(NAMES), a=o.zloss_a, b=o.zloss_b, q=o.gce_q, tau=o.compsum_tau
+    )
     out = {name: reveal_to(v, int(Role.DATA_OWNER)) for name, v in values.items()}
     return {k: v.numpy() for k, v in out.items()} if mine else None
 

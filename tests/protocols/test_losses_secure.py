@@ -49,6 +49,7 @@ BOUNDS = {
             "ce": (2e-3, 0),
             "gce": (2e-3, 0),
             "mae": (2e-3, 0),
+            "compsum": (2e-3, 0),
             "zloss": (3e-3, 0),
             "square": (5e-5, 0),
         },

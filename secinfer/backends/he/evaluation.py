@@ -99,7 +99,11 @@ def loss_plan(
             "(or has no calibration samples)"
         )
     return HeLossPlan.calibrated(
-        torch.cat(outputs), zloss_a=settings.zloss_a, zloss_b=settings.zloss_b, gce_q=settings.gce_q
+        torch.cat(outputs),
+        zloss_a=settings.zloss_a,
+        zloss_b=settings.zloss_b,
+        gce_q=settings.gce_q,
+        compsum_tau=settings.compsum_tau,
     )
 
 

@@ -86,6 +86,7 @@ def _batch_totals(
         a=evaluation.zloss_a,
         b=evaluation.zloss_b,
         q=evaluation.gce_q,
+        tau=evaluation.compsum_tau,
     )
     order = [*evaluation.losses, "hit"]
     sums = crypten.stack([values[name].sum() for name in order])
