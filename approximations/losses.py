@@ -19,7 +19,18 @@ N examples; p = softmax(logits) over the classes.
              generalised cross-entropy with q = tau - 1, 2 mean absolute error. Secure
              backends take tau >= 1 (`SECURE_COMPSUM`): below 1, p_y^(tau - 1) grows as
              exp((1 - tau)(lse - o_y)), beyond fixed point and CKKS for any real spread.
+    sparsemax  the sparsemax loss (Martins and Astudillo 2016), a Fenchel-Young loss
+             (Blondel, Martins and Niculae 2020) with Omega(p) = ||p||^2 / 2:
+             -o_y + (1/2) sum_{j in S} (o_j^2 - t^2) + 1/2, t the sparsemax threshold and
+             S its support (sum_{j in S} (o_j - t) = 1)
+    entmax15 the Tsallis 1.5-entmax Fenchel-Young loss (Peters, Niculae and Martins 2019):
+             <o, p> - Omega(p) - o_y with p = entmax15(o) = [(o/2 - t)_+]^2 (sum 1) and
+             Omega(p) = (4/3) sum_j (p_j^(3/2) - p_j)
     accuracy fraction of examples whose argmax equals the label (ties: torch's argmax)
+
+The two Fenchel-Young losses have plaintext references only (`PLAINTEXT_ONLY`): their
+thresholds need a sort or a bisection on comparisons under MPC, and no secure kernel
+exists yet; the secure backends refuse them by name.
 
 The Z-loss here is the spherical-family loss of the seeds, not PaLM's auxiliary z-loss
 (alpha log^2 Z), which shares the name. Its cost is independent of C beyond the two sums
@@ -129,6 +140,48 @@ def check_compsum_tau(tau: float, secure: bool = False) -> None:
             f"compsum tau={tau}: secure backends take tau >= 1 (below 1 the loss grows as "
             "exp of the logit gap); use plain or approx, or tau >= 1"
         )
+
+
+def sparsemax_threshold(logits: torch.Tensor) -> torch.Tensor:
+    """t per row (N, 1) with sum_j (o_j - t)_+ = 1: the exact sort-based rule (the
+    largest k with 1 + k o_(k) > sum_{i <= k} o_(i))."""
+    ordered = logits.sort(-1, descending=True).values
+    ranks = torch.arange(1, logits.shape[-1] + 1, dtype=logits.dtype)
+    partial = ordered.cumsum(-1)
+    support = (1 + ranks * ordered > partial).sum(-1, keepdim=True)
+    return (partial.gather(-1, support - 1) - 1) / support.to(logits.dtype)
+
+
+def sparsemax_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    _check(logits, labels)
+    t = sparsemax_threshold(logits)
+    inside = logits > t
+    squares = torch.where(inside, logits**2 - t**2, torch.zeros_like(logits)).sum(-1)
+    o_y = logits.gather(-1, labels[:, None]).squeeze(-1)
+    return (-o_y + 0.5 * squares + 0.5).mean()
+
+
+def entmax15(logits: torch.Tensor) -> torch.Tensor:
+    """1.5-entmax along the last axis: [(o/2 - t)_+]^2 summing to 1, t by the exact
+    sort-based rule of Peters, Niculae and Martins (2019)."""
+    x = logits / 2
+    ordered = x.sort(-1, descending=True).values
+    ranks = torch.arange(1, x.shape[-1] + 1, dtype=x.dtype)
+    mean = ordered.cumsum(-1) / ranks
+    mean_square = (ordered**2).cumsum(-1) / ranks
+    spread = ranks * (mean_square - mean**2)
+    candidates = mean - torch.sqrt(((1 - spread) / ranks).clamp_min(0))
+    support = (candidates <= ordered).sum(-1, keepdim=True)
+    t = candidates.gather(-1, support - 1)
+    return (x - t).clamp_min(0) ** 2
+
+
+def entmax15_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    _check(logits, labels)
+    p = entmax15(logits)
+    omega = (4.0 / 3.0) * (p**1.5 - p).sum(-1)  # the negative Tsallis entropy
+    o_y = logits.gather(-1, labels[:, None]).squeeze(-1)
+    return ((logits * p).sum(-1) - omega - o_y).mean()
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -248,6 +301,14 @@ LOSSES: dict[str, Loss] = {
 }
 LOSS_NAMES = tuple(LOSSES)
 
+PLAINTEXT_ONLY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "sparsemax": sparsemax_loss,
+    "entmax15": entmax15_loss,
+}
+"""Losses with a plaintext reference and no secure kernel yet (module docstring): the
+`plain` and `approx` backends compute them, `mpc` and `he` refuse them by name."""
+ALL_LOSS_NAMES = (*LOSS_NAMES, *PLAINTEXT_ONLY)
+
 
 def _secure_comp_sum(kernels: Any, terms: SharedTerms[Any], tau: float) -> Any:
     """Comp-sum on a backend's terms: lse - o_y at tau = 1, else (1 - p_y^(tau - 1)) /
@@ -258,9 +319,21 @@ def _secure_comp_sum(kernels: Any, terms: SharedTerms[Any], tau: float) -> Any:
     return (1.0 - kernels.label_probability_power(terms, tau - 1.0)) * (1.0 / (tau - 1.0))
 
 
+def _plaintext_loss(name: str) -> Loss:
+    """A `PLAINTEXT_ONLY` loss as a `Loss` whose secure formula refuses to run."""
+    fn = PLAINTEXT_ONLY[name]
+
+    def refuse(*_: Any) -> Any:
+        raise ApproximationError(f"loss {name!r} has no secure kernel (plaintext only)")
+
+    return Loss(name, lambda x, y, o: fn(x, y), refuse)
+
+
 def _loss(name: str) -> Loss:
+    if name in PLAINTEXT_ONLY:
+        return _plaintext_loss(name)
     if name not in LOSSES:
-        raise ApproximationError(f"unknown loss {name!r}; choose from {', '.join(LOSS_NAMES)}")
+        raise ApproximationError(f"unknown loss {name!r}; choose from {', '.join(ALL_LOSS_NAMES)}")
     return LOSSES[name]
 
 

@@ -7,6 +7,7 @@ Tolerance 1e-12 in float64 (the same arithmetic, reordered); checked on realisti
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -100,3 +101,48 @@ def test_comp_sum_is_the_family_of_its_paper() -> None:
             L.comp_sum(logits, labels, bad)
     with pytest.raises(ApproximationError, match="secure backends take tau >= 1"):
         L.check_compsum_tau(0.5, secure=True)
+
+
+def _threshold_by_bisection(
+    z: torch.Tensor, mass: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """t per row with mass(z - t) summed to 1 (mass increasing in its argument), by 200
+    bisection steps in float64: an independent route to the sort-based thresholds."""
+    lo = z.max(-1, keepdim=True).values - z.shape[-1] - 2.0
+    hi = z.max(-1, keepdim=True).values
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        over = mass(z - mid).sum(-1, keepdim=True) > 1
+        lo, hi = torch.where(over, mid, lo), torch.where(over, hi, mid)
+    return (lo + hi) / 2
+
+
+def test_fenchel_young_losses_against_their_definitions() -> None:
+    """sparsemax and entmax15 against the Fenchel-Young form Omega*(o) + Omega(e_y) - o_y,
+    Omega*(o) = <o, p> - Omega(p), with p from a bisection on the threshold (not the sort
+    rule the references use); both are >= 0 and vanish on a margin of 1 (sparsemax) or
+    2 (entmax15) for the label."""
+    generator = torch.Generator().manual_seed(5)
+    z = torch.randn(64, 9, generator=generator, dtype=torch.float64) * 2.5
+    y = torch.randint(0, 9, (64,), generator=generator)
+    z_y = z.gather(-1, y[:, None]).squeeze(-1)
+    t = _threshold_by_bisection(z, lambda d: d.clamp_min(0))
+    p = (z - t).clamp_min(0)
+    sparse = ((z * p).sum(-1) - 0.5 * (p**2).sum(-1) + 0.5 - z_y).mean()
+    assert torch.allclose(L.sparsemax_loss(z, y), sparse, atol=1e-10)
+    assert torch.allclose(L.sparsemax_threshold(z), t, atol=1e-10)
+    half = z / 2
+    t15 = _threshold_by_bisection(half, lambda d: d.clamp_min(0) ** 2)
+    p15 = (half - t15).clamp_min(0) ** 2
+    assert torch.allclose(L.entmax15(z), p15, atol=1e-10)
+    omega = (4 / 3) * (p15**1.5 - p15).sum(-1)  # minus Tsallis' entropy, alpha = 1.5
+    entmax = ((z * p15).sum(-1) - omega - z_y).mean()
+    assert torch.allclose(L.entmax15_loss(z, y), entmax, atol=1e-10)
+    for fn in (L.sparsemax_loss, L.entmax15_loss):
+        rows = [float(fn(z[i : i + 1], y[i : i + 1])) for i in range(64)]
+        assert min(rows) >= -1e-12
+    sure = torch.zeros(3, 9, dtype=torch.float64)
+    sure[torch.arange(3), torch.tensor([0, 4, 8])] = 2.0  # a margin of 2 on the label
+    labels = torch.tensor([0, 4, 8])
+    assert float(L.sparsemax_loss(sure, labels)) == pytest.approx(0.0, abs=1e-12)
+    assert float(L.entmax15_loss(sure, labels)) == pytest.approx(0.0, abs=1e-12)

@@ -233,6 +233,22 @@ def test_a_compsum_tau_outside_its_range_is_one_line(
     assert_user_error(done, needle)
 
 
+@pytest.mark.parametrize("backend", ["mpc", "he"])
+def test_a_loss_without_a_secure_kernel_is_one_line(split: Path, backend: str) -> None:
+    """sparsemax and entmax15 have plaintext references only: a secure backend refuses
+    them before any party starts."""
+    model = BACKENDS[backend].model
+    done = secinfer_here("eval", str(model), str(split), "-b", backend, "--loss", "ce,entmax15")
+    assert_user_error(done, "--loss entmax15: no secure kernel yet")
+
+
+def test_fenchel_young_losses_run_in_plaintext(split: Path) -> None:
+    done = secinfer_here("eval", str(DIGITS), str(split), "-b", "plain", "--loss",
+                         "sparsemax,entmax15")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "sparsemax" in done.stdout and "entmax15" in done.stdout
+
+
 def test_inputs_of_the_wrong_width_are_one_line(tmp_path: Path) -> None:
     wrong_inputs = tmp_path / "inputs.npz"
     np.savez(wrong_inputs, inputs=np.zeros((3, 63), np.float32), labels=np.array([1, 2, 0]))
