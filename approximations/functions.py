@@ -226,6 +226,31 @@ def softmax(
     return weights * _reciprocal(weights.sum(dim=dim, keepdim=True), reciprocal)
 
 
+def exp_pairs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """exp(x) as the pair (m, n) with exp(x) = m 2^n: n = round(x / ln 2), an integer, and
+    m = exp(x - n ln 2) in [2^-1/2, 2^1/2] (Dukhan and Ablavatski's representation: no
+    overflow for any finite x, and m's range is fixed whatever x is)."""
+    n = torch.round(x / math.log(2.0))
+    return torch.exp(x - n * math.log(2.0)), n
+
+
+def two_pass_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softmax in two passes over x (Dukhan and Ablavatski 2020), the plaintext reference.
+
+    Pass 1 reads each x_i once as its pair (m_i, n_i) (`exp_pairs`) and accumulates the
+    row sum as a pair too, (M, N) with N = max_i n_i and M = sum_i m_i 2^(n_i - N): the
+    maximum is over the integer exponents, taken on the fly, so no pass over x finds
+    max x first. Pass 2 writes w_i = (m_i / M) 2^(n_i - N). Exact in real arithmetic (it is
+    softmax); in float64 within a few ulps, and finite for inputs where exp overflows.
+    Under MPC the exponents' maximum is still a comparison tournament, over small
+    integers instead of fixed-point scores: the pair changes what is compared, not
+    whether (issue 17, part 1, measures what that is worth)."""
+    m, n = exp_pairs(x)
+    top = n.amax(dim=dim, keepdim=True)
+    scaled = m * torch.exp2(n - top)
+    return scaled / scaled.sum(dim=dim, keepdim=True)
+
+
 @lru_cache(maxsize=32)
 def _exp_by_squaring(squarings: int, cutoff: float, order: int = 1) -> ExpBySquaring:
     return ExpBySquaring(squarings=squarings, interval=(-cutoff, 0.0), cutoff=cutoff, order=order)
