@@ -21,7 +21,12 @@ from helpers.privacy import assert_uniform, encodings, words
 from protocols.mpc.local import run_local
 from protocols.mpc.runtime import Role
 
-A, B, Q = MPC_OPTIONS.zloss_a, MPC_OPTIONS.zloss_b, MPC_OPTIONS.gce_q
+A, B, Q, TAU = (
+    MPC_OPTIONS.zloss_a,
+    MPC_OPTIONS.zloss_b,
+    MPC_OPTIONS.gce_q,
+    MPC_OPTIONS.compsum_tau,
+)
 
 
 def _reference(name: str, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -45,7 +50,7 @@ def aggregate_to_model_owner(role: Role, seed: int) -> list[float] | None:
     mine = role is Role.DATA_OWNER
     shared = crypten.cryptensor(logits if mine else torch.zeros_like(logits), src=1)
     target = crypten.cryptensor(onehot if mine else torch.zeros_like(onehot), src=1)
-    values = losses.per_example(shared, target, list(NAMES), a=A, b=B, q=Q)
+    values = losses.per_example(shared, target, list(NAMES), a=A, b=B, q=Q, tau=TAU)
     totals = crypten.stack([values[n].sum() for n in [*NAMES, "hit"]])
     opened = reveal_to(totals, int(Role.MODEL_OWNER))
     return None if opened is None else opened.tolist()
