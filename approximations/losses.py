@@ -28,9 +28,25 @@ N examples; p = softmax(logits) over the classes.
              Omega(p) = (4/3) sum_j (p_j^(3/2) - p_j)
     accuracy fraction of examples whose argmax equals the label (ties: torch's argmax)
 
-The two Fenchel-Young losses have plaintext references only (`PLAINTEXT_ONLY`): their
-thresholds need a sort or a bisection on comparisons under MPC, and no secure kernel
-exists yet; the secure backends refuse them by name.
+The two Fenchel-Young losses run on a backend's values through their duals, which need
+only the threshold t and positive parts (Blondel et al., Prop. 3: the loss is
+Omega*(o) + Omega(e_y) - o_y, and Omega* is the minimum over t of a convex function whose
+stationary point is the threshold):
+
+    sparsemax   Omega*(o) = min_t  1/2 sum_j (o_j - t)_+^2 + t,           Omega(e_y) = 1/2
+    entmax15    Omega*(o) = min_t  2/3 sum_j (o_j/2 - t)_+^3 + 2 t + 4/3,  Omega(e_y) = 0
+
+Both functions are stationary at the exact t (their derivatives are 1 - sum (o_j - t)_+
+and 2 - 2 sum (o_j/2 - t)_+^2), so a threshold off by delta changes the loss by at most
+C delta^2 / 2 (sparsemax: the second derivative is the support's size) or
+2 (sqrt(C) + C delta) delta^2 (entmax15: it is 4 sum_j (o_j/2 - t)_+ <= 4 sqrt(|S|) at
+t, growing by at most 4 C delta within delta): second order. The threshold lies in
+[m - 1, m - 1/C] (sparsemax, m the largest logit) or [m/2 - 1, m/2 - 1/sqrt(C)]
+(entmax15), and `bisection_threshold` halves that interval FY_STEPS times on comparisons
+of sum_j (z_j - mid)_+^k with 1: with 7 steps and 10 classes, delta <= 3.5e-3 (sparsemax)
+or 2.7e-3 (entmax15) and the loss within 6.2e-5 or 4.6e-5 of exact, usually far less
+(|S| = 1 for a confident classifier). Under MPC the sparsemax threshold can instead come
+exactly from a sort network (`protocols.mpc.sorting`).
 
 The Z-loss here is the spherical-family loss of the seeds, not PaLM's auxiliary z-loss
 (alpha log^2 Z), which shares the name. Its cost is independent of C beyond the two sums
@@ -211,7 +227,8 @@ class SharedTerms(Generic[Value]):
     """The terms several losses share, computed once per batch by a backend.
 
     `label_logit` o_y; `log_sum_exp` when a requested loss needs it (else None);
-    `maximum` the largest logit per example, when the backend's hit count uses it."""
+    `maximum` the largest logit per example, when the backend's hit count or a
+    Fenchel-Young loss uses it."""
 
     label_logit: Value
     log_sum_exp: Value | None = None
@@ -221,12 +238,19 @@ class SharedTerms(Generic[Value]):
 class SecureLossKernels(Protocol[Value]):
     """A backend's building blocks of the losses, on its own values (logits (N, C) and the
     label's one-hot (N, C); each result is (N,)). Every loss of `LOSSES` is a formula over
-    these, so a backend implements these five and no loss by name."""
+    these, so a backend implements these eight and no loss by name."""
 
     def shared(
-        self, logits: Value, onehot: Value, *, needs_log_sum_exp: bool, accuracy: bool
+        self,
+        logits: Value,
+        onehot: Value,
+        *,
+        needs_log_sum_exp: bool,
+        needs_maximum: bool,
+        accuracy: bool,
     ) -> SharedTerms[Value]:
-        """o_y, then log-sum-exp if `needs_log_sum_exp`, and what `hit` needs if `accuracy`."""
+        """o_y, then log-sum-exp if `needs_log_sum_exp`, the maximum if `needs_maximum`,
+        and what `hit` needs if `accuracy`."""
         ...
 
     def square(self, logits: Value, onehot: Value) -> Value:
@@ -245,6 +269,20 @@ class SecureLossKernels(Protocol[Value]):
         """1 where the label's logit is the largest, else 0."""
         ...
 
+    def positive_part(self, x: Value) -> Value:
+        """max(x, 0) of a difference between a (halved) logit and a threshold."""
+        ...
+
+    def step_of_excess(self, excess: Value, power: int) -> Value:
+        """[e >= 0] as 0 or 1 for e = sum_j (z_j - mid)_+^power - 1 of a bisection step
+        (e in [-1, C (1 + slack)^power])."""
+        ...
+
+    def threshold(self, z: Value, maximum: Value, power: int) -> Value:
+        """t per row with sum_j (z_j - t)_+^power = 1, `maximum` the largest z per row
+        (power 1: sparsemax on z = o; power 2: 1.5-entmax on z = o / 2)."""
+        ...
+
 
 # --- the losses, declared once -----------------------------------------------------------------
 PlainFormula = Callable[[torch.Tensor, torch.Tensor, LossOptions], torch.Tensor]
@@ -260,7 +298,11 @@ class Loss:
     plain: PlainFormula
     secure: SecureFormula
     uses_log_sum_exp: bool = False
+    uses_maximum: bool = False
+    kernels: tuple[str, ...] = ()  # the `SecureLossKernels` methods its formula calls
 
+
+FY_KERNELS = ("positive_part", "step_of_excess", "threshold")
 
 LOSSES: dict[str, Loss] = {
     loss.name: loss
@@ -297,17 +339,27 @@ LOSSES: dict[str, Loss] = {
             lambda k, x, t, terms, o: _secure_comp_sum(k, terms, o.compsum_tau),
             uses_log_sum_exp=True,
         ),
+        Loss(
+            "sparsemax",
+            lambda x, y, o: sparsemax_loss(x, y),
+            lambda k, x, t, terms, o: _secure_sparsemax(k, x, terms),
+            uses_maximum=True,
+            kernels=FY_KERNELS,
+        ),
+        Loss(
+            "entmax15",
+            lambda x, y, o: entmax15_loss(x, y),
+            lambda k, x, t, terms, o: _secure_entmax15(k, x, terms),
+            uses_maximum=True,
+            kernels=FY_KERNELS,
+        ),
     )
 }
 LOSS_NAMES = tuple(LOSSES)
 
-PLAINTEXT_ONLY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "sparsemax": sparsemax_loss,
-    "entmax15": entmax15_loss,
-}
-"""Losses with a plaintext reference and no secure kernel yet (module docstring): the
-`plain` and `approx` backends compute them, `mpc` and `he` refuse them by name."""
-ALL_LOSS_NAMES = (*LOSS_NAMES, *PLAINTEXT_ONLY)
+FENCHEL_YOUNG = ("sparsemax", "entmax15")
+FY_STEPS = 7
+"""Bisection steps of a Fenchel-Young threshold (module docstring): delta <= 2^-8."""
 
 
 def _secure_comp_sum(kernels: Any, terms: SharedTerms[Any], tau: float) -> Any:
@@ -319,21 +371,45 @@ def _secure_comp_sum(kernels: Any, terms: SharedTerms[Any], tau: float) -> Any:
     return (1.0 - kernels.label_probability_power(terms, tau - 1.0)) * (1.0 / (tau - 1.0))
 
 
-def _plaintext_loss(name: str) -> Loss:
-    """A `PLAINTEXT_ONLY` loss as a `Loss` whose secure formula refuses to run."""
-    fn = PLAINTEXT_ONLY[name]
+def bisection_threshold(
+    kernels: Any, z: Any, maximum: Any, power: int, steps: int = FY_STEPS, slack: float = 0.0
+) -> Any:
+    """t per row with sum_j (z_j - t)_+^power = 1 (power 1 or 2), by `steps` halvings of
+    [maximum - 1 - slack, maximum - C^(-1/power)] (`slack`: how far below the true
+    maximum the backend's `maximum` may lie). The excess sum_j (z_j - mid)_+^power - 1
+    decreases in mid; each step keeps the half holding its root: lo += [excess >= 0] w.
+    Returns the final interval's midpoint, within w_final / 2 = (1 + slack - C^(-1/power))
+    2^-(steps + 1) of t when every comparison is exact. Per step: one positive part of
+    the (N, C) row, one comparison of the (N,) excess."""
+    classes = z.shape[-1]
+    width = 1.0 + slack - classes ** (-1.0 / power)
+    low = maximum + (-1.0 - slack)
+    for _ in range(steps):
+        width /= 2.0
+        r = kernels.positive_part(z - (low + width).unsqueeze(-1))
+        excess = (r if power == 1 else r * r).sum(-1) - 1.0
+        low = low + kernels.step_of_excess(excess, power) * width
+    return low + width / 2.0
 
-    def refuse(*_: Any) -> Any:
-        raise ApproximationError(f"loss {name!r} has no secure kernel (plaintext only)")
 
-    return Loss(name, lambda x, y, o: fn(x, y), refuse)
+def _secure_sparsemax(kernels: Any, o: Any, terms: SharedTerms[Any]) -> Any:
+    """1/2 sum_j (o_j - t)_+^2 + t - o_y + 1/2 (module docstring)."""
+    t = kernels.threshold(o, terms.maximum, 1)
+    r = kernels.positive_part(o - t.unsqueeze(-1))
+    return (r * r).sum(-1) * 0.5 + t - terms.label_logit + 0.5
+
+
+def _secure_entmax15(kernels: Any, o: Any, terms: SharedTerms[Any]) -> Any:
+    """2/3 sum_j (o_j/2 - t)_+^3 + 2 t + 4/3 - o_y (module docstring)."""
+    z = o * 0.5
+    t = kernels.threshold(z, terms.maximum * 0.5, 2)
+    r = kernels.positive_part(z - t.unsqueeze(-1))
+    return (r * r * r).sum(-1) * (2.0 / 3.0) + t * 2.0 - terms.label_logit + 4.0 / 3.0
 
 
 def _loss(name: str) -> Loss:
-    if name in PLAINTEXT_ONLY:
-        return _plaintext_loss(name)
     if name not in LOSSES:
-        raise ApproximationError(f"unknown loss {name!r}; choose from {', '.join(ALL_LOSS_NAMES)}")
+        raise ApproximationError(f"unknown loss {name!r}; choose from {', '.join(LOSS_NAMES)}")
     return LOSSES[name]
 
 
@@ -354,13 +430,21 @@ def secure_per_example(
 ) -> dict[str, Value]:
     """Each requested loss per example on `kernels`' values, plus "hit" (accuracy) unless
     `accuracy` is False. The shared terms are computed first, once; then the losses in the
-    order of `names`; then the hits. ApproximationError for an unknown name, before any
-    computation."""
+    order of `names`; then the hits. ApproximationError for an unknown name, or for a loss
+    whose kernels `kernels` lacks, before any computation."""
     losses = [_loss(name) for name in names]
+    for loss in losses:
+        missing = [m for m in loss.kernels if not callable(getattr(kernels, m, None))]
+        if missing:
+            raise ApproximationError(
+                f"loss {loss.name!r} needs the kernel {missing[0]!r}, which "
+                f"{type(kernels).__name__} does not provide; choose another loss or backend"
+            )
     terms = kernels.shared(
         logits,
         onehot,
         needs_log_sum_exp=any(loss.uses_log_sum_exp for loss in losses),
+        needs_maximum=any(loss.uses_maximum for loss in losses),
         accuracy=accuracy,
     )
     out = {loss.name: loss.secure(kernels, logits, onehot, terms, options) for loss in losses}

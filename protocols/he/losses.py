@@ -19,6 +19,13 @@ polynomial (`approximations.composite_sign`) on an interval the model owner cali
               [1, C e^max_slack] where the log polynomial holds; exp by squaring (order 2)
     ce      = lse - o_y
     gce     = (1 - p_y^q) / q,  p_y^q = exp(q (o_y - lse));   mae = 1 - p_y
+    sparsemax, entmax15 through their duals (`approximations.losses`): the threshold by
+              FY_STEPS bisection steps from the tournament's maximum (its slack widens
+              the interval), each a positive part x (1 + F(x)) / 2 of the (N, C) row on
+              `fy_sign` (bound spread + 1 + slack, resolution FY_RESOLUTION) and a step of
+              the excess on `excess_sign`; a misjudged comparison within the resolutions
+              moves t by about C * FY_RESOLUTION at most, which the duals turn into a
+              loss error of second order
     hit     = [no class beats the label]: c = sum_k step(o_k - o_y), where the label's own
               term is step(0) = 1/2 exactly (the sign polynomial is odd), so c is
               1/2 + (number of classes above the label); hit = step(1 - c)
@@ -45,6 +52,7 @@ from approximations.losses import (
     DEFAULT_OPTIONS,
     LossOptions,
     SharedTerms,
+    bisection_threshold,
     secure_per_example,
     softmax_log_polynomial,
     zloss_softplus_polynomial,
@@ -60,6 +68,9 @@ MAX_RESOLUTION = 0.1
 SIGN_ERROR = 1e-3
 RSQRT_STEPS = 16
 COUNT_ERROR = 1e-7
+FY_RESOLUTION = 2e-3
+"""Fenchel-Young thresholds: comparisons closer to 0 than this may be misjudged."""
+FY_ERROR = 1e-5
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,19 @@ class HeLossPlan:
         """Its errors add up over the C classes before the count's step (resolution 0.4):
         kept to C * error / 2 <= 0.025 however many classes."""
         return CompositeSign(self.spread, self.tie, min(SIGN_ERROR, 0.05 / self.classes))
+
+    @cached_property
+    def fy_sign(self) -> CompositeSign:
+        """Positive parts of z - t for the Fenchel-Young losses: |z - t| <= spread + 1 +
+        slack (z = o or o / 2)."""
+        return CompositeSign(self.spread + 1.0 + self.max_slack, FY_RESOLUTION, FY_ERROR)
+
+    @cached_property
+    def excess_sign(self) -> CompositeSign:
+        """Steps of a bisection's excess sum_j (z_j - mid)_+^k - 1, at most C (1 + slack)^2
+        (k <= 2, every positive part below 1 + slack)."""
+        bound = self.classes * (1.0 + self.max_slack) ** 2
+        return CompositeSign(bound, FY_RESOLUTION, FY_ERROR)
 
     @cached_property
     def count_sign(self) -> CompositeSign:
@@ -158,6 +182,8 @@ class HeLossPlan:
             "max_sign": self.max_sign.to_dict(),
             "hit_sign": self.hit_sign.to_dict(),
             "count_sign": self.count_sign.to_dict(),
+            "fy_sign": self.fy_sign.to_dict(),
+            "excess_sign": self.excess_sign.to_dict(),
             "log_interval": list(self.log.interval),
             "rsqrt": self.rsqrt.to_dict(),
         }
@@ -185,8 +211,9 @@ def maximum(o: Any, sign: CompositeSign) -> Any:
     return o.squeeze(-1)
 
 
-def log_sum_exp(o: Any, plan: HeLossPlan) -> Any:
-    m = maximum(o, plan.max_sign)
+def log_sum_exp(o: Any, plan: HeLossPlan, m: Any = None) -> Any:
+    """m + log sum_k exp(o_k - m), m the tournament's maximum unless given."""
+    m = maximum(o, plan.max_sign) if m is None else m
     e = plan.exp(plan.spread + plan.max_slack)(o - m.unsqueeze(-1))
     return m + evaluate_approximation(e.sum(-1), plan.log)
 
@@ -220,11 +247,14 @@ class HeLossKernels:
     plan: HeLossPlan
 
     def shared(
-        self, o: Any, t: Any, *, needs_log_sum_exp: bool, accuracy: bool
+        self, o: Any, t: Any, *, needs_log_sum_exp: bool, needs_maximum: bool, accuracy: bool
     ) -> SharedTerms[Any]:
-        """o_y, then log-sum-exp if a loss needs it (the hits need nothing more)."""
+        """o_y, then the tournament's maximum if a loss needs it or log-sum-exp, and
+        log-sum-exp if a loss needs it (the hits need nothing more)."""
         o_y = label_logit(o, t)
-        return SharedTerms(o_y, log_sum_exp(o, self.plan) if needs_log_sum_exp else None)
+        m = maximum(o, self.plan.max_sign) if needs_maximum or needs_log_sum_exp else None
+        lse = log_sum_exp(o, self.plan, m) if needs_log_sum_exp else None
+        return SharedTerms(o_y, lse, m if needs_maximum else None)
 
     square = staticmethod(square)
 
@@ -236,6 +266,17 @@ class HeLossKernels:
 
     def hit(self, o: Any, terms: SharedTerms[Any]) -> Any:
         return hits(o, terms.label_logit, self.plan)
+
+    def positive_part(self, x: Any) -> Any:
+        """x (1 + F(x)) / 2 on `fy_sign`: within |x| FY_ERROR / 2 of max(x, 0) beyond the
+        resolution, between 0 and x inside it."""
+        return x * self.plan.fy_sign.step(x, evaluate_approximation)
+
+    def step_of_excess(self, excess: Any, power: int) -> Any:
+        return self.plan.excess_sign.step(excess, evaluate_approximation)
+
+    def threshold(self, z: Any, maximum: Any, power: int) -> Any:
+        return bisection_threshold(self, z, maximum, power, slack=self.plan.max_slack)
 
 
 def per_example(

@@ -18,6 +18,11 @@ caller reveals. Definitions as `approximations.losses` (the plaintext references
     mae      = 1 - p_y,          p_y   = exp(o_y - lse)
     hit      = [o_y >= m]: the label's logit is the largest (ties count as hits, where
                torch's argmax takes the first maximum)
+    sparsemax, entmax15 through their duals (`approximations.losses`): positive parts
+               (x [x >= 0], one comparison and one product) and the threshold: by
+               bisection (FY_STEPS steps, each C + 1 comparisons in 2 comparison rounds),
+               or for sparsemax exactly by a sort network when FY_SORT_SPARSEMAX
+               (`protocols.mpc.sorting`); `make bench` measures both
 
 Errors: fixed point (2^-16) plus each approximation's: the log polynomial on [1, C]
 (`approximations.losses.softmax_log_polynomial`, certified), exp by squaring (order 2, 6 squarings:
@@ -30,24 +35,31 @@ sums over 64 examples within 1e-4 relative.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from approximations.losses import (
     DEFAULT_OPTIONS,
     LossOptions,
     SharedTerms,
+    bisection_threshold,
     secure_per_example,
     softmax_log_polynomial,
     zloss_softplus_polynomial,
 )
 from approximations.polynomial import Polynomial
-from protocols.mpc.compare import maximum, nonnegative
+from protocols.mpc.compare import linear_combination, maximum, nonnegative
 from protocols.mpc.exp import exp_by_squaring
 from protocols.mpc.inverse import inv_sqrt
 from protocols.mpc.polynomial import Secret, chebyshev_terms, combine, unit_variable
+from protocols.mpc.sorting import sparsemax_threshold_sorted
 
 SQUARINGS = 6
 CUTOFF = 14.0
 VARIANCE_INTERVAL = (1e-4, 1e6)
 """Where the variance of one example's logits may lie (1/sigma's comparisons cover it)."""
+FY_SORT_SPARSEMAX = True
+"""The sparsemax threshold by the sort network (exact) rather than by bisection: fewer
+comparisons and rounds for the few classes of a classifier (bench/mpc.md)."""
 
 
 def _evaluate(x: Secret, poly: Polynomial) -> Secret:
@@ -89,22 +101,54 @@ def label_probability_power(o_y: Secret, lse: Secret, q: float) -> Secret:
     return exp_by_squaring((o_y - lse) * q, SQUARINGS, CUTOFF, order=2)
 
 
+def positive_part(x: Secret) -> Secret:
+    """x [x >= 0]: exact (the indicator is an integer sharing), 8 + 1 rounds."""
+    return x * nonnegative(x)
+
+
+def step(x: Secret) -> Secret:
+    """[x >= 0] as a fixed-point 0 or 1 (like x's), exact: one comparison, then local."""
+    return linear_combination(nonnegative(x).unsqueeze(0), [1.0], 0.0, like=x)
+
+
+@dataclass(frozen=True)
 class MpcLossKernels:
     """The losses' building blocks on CrypTen sharings
-    (`approximations.losses.SecureLossKernels`)."""
+    (`approximations.losses.SecureLossKernels`); `sort_sparsemax`: the sparsemax
+    threshold by the sort network instead of bisection."""
+
+    sort_sparsemax: bool = FY_SORT_SPARSEMAX
 
     square = staticmethod(square)
     z_loss = staticmethod(z_loss)
+    positive_part = staticmethod(positive_part)
 
     def shared(
-        self, logits: Secret, onehot: Secret, *, needs_log_sum_exp: bool, accuracy: bool
+        self,
+        logits: Secret,
+        onehot: Secret,
+        *,
+        needs_log_sum_exp: bool,
+        needs_maximum: bool,
+        accuracy: bool,
     ) -> SharedTerms[Secret]:
-        """o_y; then (lse, m) if a loss needs log-sum-exp, else m alone if `accuracy`."""
+        """o_y; then (lse, m) if a loss needs log-sum-exp, else m alone if `accuracy` or
+        a loss needs it."""
         o_y = label_logit(logits, onehot)
         if needs_log_sum_exp:
             lse, m = log_sum_exp(logits)
             return SharedTerms(o_y, lse, m)
-        return SharedTerms(o_y, None, maximum(logits, -1) if accuracy else None)
+        wanted = accuracy or needs_maximum
+        return SharedTerms(o_y, None, maximum(logits, -1) if wanted else None)
+
+    def step_of_excess(self, excess: Secret, power: int) -> Secret:
+        return step(excess)
+
+    def threshold(self, z: Secret, maximum: Secret, power: int) -> Secret:
+        """The sort network's exact threshold (power 1, `sort_sparsemax`), else bisection."""
+        if power == 1 and self.sort_sparsemax:
+            return sparsemax_threshold_sorted(z)
+        return bisection_threshold(self, z, maximum, power)
 
     def label_probability_power(self, terms: SharedTerms[Secret], q: float) -> Secret:
         return label_probability_power(terms.label_logit, terms.log_sum_exp, q)
@@ -130,9 +174,10 @@ def per_example(
     q: float,
     tau: float = DEFAULT_OPTIONS.compsum_tau,
     accuracy: bool = True,
+    kernels: MpcLossKernels = KERNELS,
 ) -> dict[str, Secret]:
     """Each requested loss per example, plus "hit" (accuracy) unless `accuracy` is False,
     sharing the common terms (o_y, the maximum, log-sum-exp)
     (`approximations.losses.secure_per_example` on `KERNELS`)."""
     options = LossOptions(zloss_a=a, zloss_b=b, gce_q=q, compsum_tau=tau)
-    return secure_per_example(KERNELS, logits, onehot, names, options, accuracy=accuracy)
+    return secure_per_example(kernels, logits, onehot, names, options, accuracy=accuracy)

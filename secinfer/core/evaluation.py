@@ -10,9 +10,8 @@ from typing import Any
 import torch
 
 from approximations.losses import (
-    ALL_LOSS_NAMES,
     DEFAULT_OPTIONS,
-    PLAINTEXT_ONLY,
+    LOSS_NAMES,
     LossOptions,
     reference,
 )
@@ -81,19 +80,12 @@ def check_hyper_parameters(
     losses: tuple[str, ...] | list[str] = (),
 ) -> None:
     """UserError for a hyper-parameter out of its range (--compsum-tau below 1 only when
-    `compsum` is among the `losses` of a `secure` backend: its kernels need tau >= 1), or
-    for a loss of `losses` that has no secure kernel on a `secure` backend."""
+    `compsum` is among the `losses` of a `secure` backend: its kernels need tau >= 1)."""
     from approximations.errors import ApproximationError
     from approximations.losses import check_compsum_tau
 
     if zloss_a <= 0 or not 0 < gce_q <= 1:
         raise UserError(f"--zloss-a {zloss_a} / --gce-q {gce_q}: need a > 0 and 0 < q <= 1")
-    plaintext = [name for name in losses if name in PLAINTEXT_ONLY] if secure else []
-    if plaintext:
-        raise UserError(
-            f"--loss {plaintext[0]}: no secure kernel yet (a plaintext reference only: its "
-            "threshold needs a sort or a bisection on comparisons); use -b plain or approx"
-        )
     try:
         check_compsum_tau(compsum_tau, secure=secure and "compsum" in losses)
     except ApproximationError as exc:
@@ -103,11 +95,11 @@ def check_hyper_parameters(
 def parse_losses(text: str) -> list[str]:
     """`--loss ce,square`: known names, in the order given, without repeats."""
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ALL_LOSS_NAMES]
+    unknown = [n for n in names if n not in LOSS_NAMES]
     if unknown or not names:
         raise UserError(
             f"--loss {text}: unknown loss {', '.join(map(repr, unknown)) or '(none given)'}; "
-            f"choose from {', '.join(ALL_LOSS_NAMES)}"
+            f"choose from {', '.join(LOSS_NAMES)}"
         )
     return list(dict.fromkeys(names))
 

@@ -12,6 +12,8 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from approximations import losses as L
 from approximations.errors import ApproximationError
@@ -146,3 +148,64 @@ def test_fenchel_young_losses_against_their_definitions() -> None:
     labels = torch.tensor([0, 4, 8])
     assert float(L.sparsemax_loss(sure, labels)) == pytest.approx(0.0, abs=1e-12)
     assert float(L.entmax15_loss(sure, labels)) == pytest.approx(0.0, abs=1e-12)
+
+
+class ExactKernels:
+    """The Fenchel-Young losses' kernels in float64 with exact comparisons: what the
+    secure formulas compute when no backend approximates anything."""
+
+    def __init__(self, steps: int = L.FY_STEPS) -> None:
+        self.steps = steps
+
+    def shared(self, o, t, *, needs_log_sum_exp, needs_maximum, accuracy):
+        return L.SharedTerms((o * t).sum(-1), None, o.max(-1).values)
+
+    def positive_part(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp_min(0)
+
+    def step_of_excess(self, excess: torch.Tensor, power: int) -> torch.Tensor:
+        return (excess >= 0).to(excess.dtype)
+
+    def threshold(self, z: torch.Tensor, maximum: torch.Tensor, power: int) -> torch.Tensor:
+        return L.bisection_threshold(self, z, maximum, power, self.steps)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(1, 12),
+    classes=st.integers(2, 40),
+    spread=st.sampled_from([0.05, 1.0, 4.0, 40.0]),
+    steps=st.integers(3, 10),
+    seed=st.integers(0, 2**16),
+)
+def test_fenchel_young_duals_with_a_bisected_threshold(
+    rows: int, classes: int, spread: float, steps: int, seed: int
+) -> None:
+    """The secure formulas (duals at a threshold found by `bisection_threshold`) against
+    the references, within the second-order bound of the module docstring: a threshold off
+    by delta <= w 2^-(steps + 1), w = 1 - C^(-1/k), moves sparsemax by at most
+    C delta^2 / 2 and entmax15 by at most 2 (sqrt(C) + C delta) delta^2."""
+    generator = torch.Generator().manual_seed(seed)
+    o = torch.randn(rows, classes, generator=generator, dtype=torch.float64) * spread
+    y = torch.randint(0, classes, (rows,), generator=generator)
+    onehot = F.one_hot(y, classes).double()
+    got = L.secure_per_example(
+        ExactKernels(steps), o, onehot, ["sparsemax", "entmax15"], L.DEFAULT_OPTIONS,
+        accuracy=False,
+    )  # fmt: skip
+    for name, power in (("sparsemax", 1), ("entmax15", 2)):
+        delta = (1 - classes ** (-1 / power)) * 2.0 ** -(steps + 1)
+        factor = 0.5 * classes if power == 1 else 2 * (classes**0.5 + classes * delta)
+        want = torch.stack([L.reference(name)(o[i : i + 1], y[i : i + 1]) for i in range(rows)])
+        assert (got[name] - want).abs().max() <= factor * delta**2 + 1e-12, name
+
+
+def test_a_fenchel_young_loss_on_kernels_without_a_threshold_is_refused() -> None:
+    """A backend whose kernels lack what a loss needs is named before any computation."""
+
+    class NoThreshold(ExactKernels):
+        threshold = None  # type: ignore[assignment]
+
+    onehot = F.one_hot(LABELS, LOGITS.shape[1]).double()
+    with pytest.raises(ApproximationError, match="'entmax15' needs the kernel 'threshold'"):
+        L.secure_per_example(NoThreshold(), LOGITS, onehot, ["entmax15"], L.DEFAULT_OPTIONS)

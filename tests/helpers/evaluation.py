@@ -15,8 +15,11 @@ DIGITS = ROOT / "secinfer" / "data" / "digits.pt2"
 """The bundled digits classifier (the mpc tests' model)."""
 DIGITS_HE = ROOT / "secinfer" / "data" / "digits_he.pt2"
 """The bundled HE-friendly digits classifier (runs on every backend)."""
-LOSSES = ("ce", "square", "zloss", "gce", "mae", "compsum")
+LOSSES = ("ce", "square", "zloss", "gce", "mae", "compsum", "sparsemax", "entmax15")
 """Every loss `secinfer eval` offers."""
+QUICK_LOSSES = LOSSES[:-2]
+"""All but the Fenchel-Young losses, whose thresholds cost about a minute of refreshes per
+batch under he: what the default suite's he evaluations compute."""
 
 
 def digits_split(path: Path, rows: int | None = None) -> Path:

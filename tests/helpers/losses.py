@@ -5,7 +5,8 @@ mpc (`mpc_losses`): one run of the three real CrypTen parties. The data owner sh
 rows of logits shaped like a trained 10-class classifier's (about +-15, a margin on the
 label for most rows, a few misclassified rows, a tie for the maximum) and the one-hot
 labels; every loss is revealed per example to the data owner for the test (a real
-evaluation reveals only the sums).
+evaluation reveals only the sums), and sparsemax a second time with its threshold by
+bisection instead of the sort network ("sparsemax_bisection").
 
 he (`he_losses`): real TenSEAL (the caller's CKKS context), refreshes through the masking
 refresher with an in-process client. 24 rows of the bundled HE-friendly digits model's
@@ -25,7 +26,10 @@ import torch
 from approximations import losses
 from protocols.mpc.runtime import Role
 
-NAMES = ("ce", "square", "zloss", "gce", "mae", "compsum")
+NAMES = ("ce", "square", "zloss", "gce", "mae", "compsum", "sparsemax", "entmax15")
+FENCHEL_YOUNG = ("sparsemax", "entmax15")
+"""Their thresholds cost about a minute of ciphertext arithmetic: the he run computes them
+on request (the slow suite), the mpc run always."""
 MPC_OPTIONS = losses.LossOptions(zloss_a=0.5, zloss_b=2.0, gce_q=0.7, compsum_tau=1.4)
 """The hyper-parameters of the mpc run (the he run takes the defaults)."""
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +93,10 @@ def mpc_parties(role: Role, logits: np.ndarray, labels: np.ndarray) -> dict[str,
     values = mpc.per_example(
         shared, target, list(NAMES), a=o.zloss_a, b=o.zloss_b, q=o.gce_q, tau=o.compsum_tau
     )
+    values["sparsemax_bisection"] = mpc.per_example(
+        shared, target, ["sparsemax"], a=o.zloss_a, b=o.zloss_b, q=o.gce_q, accuracy=False,
+        kernels=mpc.MpcLossKernels(sort_sparsemax=False),
+    )["sparsemax"]  # fmt: skip
     out = {name: reveal_to(v, int(Role.DATA_OWNER)) for name, v in values.items()}
     return {k: v.numpy() for k, v in out.items()} if mine else None
 
@@ -127,9 +135,9 @@ def he_loss_plan(logits: torch.Tensor) -> Any:
     return HeLossPlan.calibrated(logits)
 
 
-def he_losses(ctx: Any) -> SecureLosses:
-    """The digits and wide rows encrypted under `ctx`, their per-example losses computed
-    on ciphertexts and decrypted (module docstring)."""
+def he_losses(ctx: Any, names: tuple[str, ...]) -> SecureLosses:
+    """The digits and wide rows encrypted under `ctx`, their per-example losses `names`
+    (and the hits) computed on ciphertexts and decrypted (module docstring)."""
     from helpers.he import client_refresh
     from protocols.he.codec import Codec
     from protocols.he.engine import Engine
@@ -154,8 +162,8 @@ def he_losses(ctx: Any) -> SecureLosses:
         grid = codec.encrypt(values.numpy(), layout)
         return HeTensor(engine, layout, grid, clean=True, refresher=refresher)
 
-    out = per_example(encrypt(logits), encrypt(onehot), list(NAMES), plan)
-    simulated = per_example(logits, onehot, list(NAMES), plan)
+    out = per_example(encrypt(logits), encrypt(onehot), list(names), plan)
+    simulated = per_example(logits, onehot, list(names), plan)
     return SecureLosses(
         values={k: codec.decrypt(v.grid, v.layout) for k, v in out.items()},
         logits=logits,
