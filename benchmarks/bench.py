@@ -121,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run the private generation bench only (part of the MPC section)",
     )
+    which.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="run the private-evaluation tables only (each loss under MPC and under HE)",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -145,7 +150,22 @@ def main(argv: list[str] | None = None) -> int:
         args.no_mpc = True
     if args.channels_only:
         args.no_he = True
-    only = args.mpc_only or args.he_only or args.channels_only or args.generation_only
+    only = (
+        args.mpc_only or args.he_only or args.channels_only or args.generation_only
+        or args.eval_only
+    )  # fmt: skip
+    if args.eval_only:
+        from benchmarks import he_loss_costs, loss_costs
+
+        evaluation = loss_costs.run(quick=args.quick)
+        sections.append(
+            ("bench-eval", _write_record(evaluation, loss_costs.markdown, meta, args, "eval"))
+        )
+        he_eval = he_loss_costs.run(quick=args.quick)
+        sections.append(
+            ("bench-eval-he", _write_record(he_eval, he_loss_costs.markdown, meta, args, "eval_he"))
+        )
+        args.no_mpc = args.no_he = args.no_channels = True
     if not only:
         catalog_table = catalog.markdown()
         accuracy = accuracy_section()

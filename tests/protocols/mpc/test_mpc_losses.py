@@ -87,7 +87,7 @@ def test_the_loss_cost_bench_runs_and_its_sums_are_right() -> None:
 
     record = loss_costs.run(quick=True)
     rows = {r["loss"]: r for r in record["losses"]}
-    assert set(rows) == {*NAMES, "accuracy"}
+    assert set(rows) == {*NAMES, "accuracy", *loss_costs.VARIANTS}
     for r in rows.values():
         assert r["relative_error_of_sum"] < 1e-3 and r["rounds"] > 0
     assert rows["square"]["rounds"] < rows["ce"]["rounds"]  # products only vs max + exp + log
