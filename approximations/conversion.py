@@ -12,6 +12,12 @@
   `ALL_ATTENTION_FUNCTIONS.get_interface`) get a `PowerSoftmax` submodule and the model is
   switched to the attention implementation "secinfer_power_softmax" registered here.
 - LayerNorm: `nn.LayerNorm` becomes `PolyLayerNorm` with the chosen inverse square root.
+- attention (`attention="soft"`): self-attention written out with `q`, `k`, `v`, `out`
+  linear projections and `n_heads` (`secinfer.zoo.digits.SelfAttention`) becomes
+  `SoftAttention` (`approximations.soft_attention`: softmax-free, its keys sharing the
+  queries' projection), which needs fine-tuning. `attention_options`: `landmarks`
+  (default 4), `iterations` (Newton-Schulz, default NS_ITERATIONS), `normalise` (default
+  True). Given alone (no target), it converts the attention only.
 
 Targets. `target=None` keeps the defaults below (PUMA's GELU, power-softmax, LayerNorm
 kept). `target="mpc"` is the same. `target="he"` picks what CKKS evaluates with additions and
@@ -54,6 +60,7 @@ from approximations.attention import (
 )
 from approximations.errors import ApproximationError, ConversionError
 from approximations.modules import PolyGELU, PolyLayerNorm, PowerSoftmax
+from approximations.soft_attention import NS_ITERATIONS, SoftAttention
 from approximations.surgery import Site, check_convertible, original_sites, replace_sites
 
 __all__ = [
@@ -124,7 +131,7 @@ class Replacement:
     """
 
     path: str  # module path in the converted model, e.g. "encoder.layer.0.output.LayerNorm"
-    kind: str  # "gelu" | "softmax" | "layernorm"
+    kind: str  # "gelu" | "softmax" | "layernorm" | "attention"
     old: str  # what was there, e.g. "GELUActivation" or "sdpa attention softmax"
     new: str  # repr of the replacement, e.g. "PolyGELU(method='puma')"
     observed: tuple[float, float] | None = None
@@ -166,6 +173,8 @@ def convert(
     softmax: str | None = DEFAULT,
     layernorm: str | None = DEFAULT,
     *,
+    attention: str | None = None,
+    attention_options: dict[str, Any] | None = None,
     target: str | None = None,
     samples: Any = None,
     calibration: Mapping[str, Mapping[str, Any]] | None = None,
@@ -185,6 +194,9 @@ def convert(
                LayerNorms (default None; "poly" under target "he"); "poly" needs the
                range of var + eps: `samples` (per LayerNorm) or `layernorm_interval` (one
                for all, it wins over samples).
+    attention  "soft" to rebuild explicit self-attention as `SoftAttention` with
+               `attention_options` (module docstring); then softmax is not converted, and
+               without a target the other kinds are kept unless named.
     target     None or "mpc" (the defaults above) or "he" (see the module docstring).
     samples    inputs to calibrate on: a tensor, a tuple of positional inputs, a dict of
                keyword inputs, or a list / iterable of those (batches).
@@ -196,6 +208,13 @@ def convert(
     ConversionError on a bad argument, on attention whose softmax cannot be swapped, and
     when nothing of the requested kinds is found.
     """
+    soft = soft_attention_options(attention, attention_options, softmax)
+    if soft is not None:
+        softmax = None
+        if target is None:
+            gelu, layernorm = (None if m is DEFAULT else m for m in (gelu, layernorm))
+        if gelu is None and layernorm is None:
+            return _convert_attention(model if inplace else copy.deepcopy(model), soft)
     settings = _settings(
         target, gelu, softmax, layernorm, softmax_options, layernorm_interval, samples, calibration
     )
@@ -212,7 +231,96 @@ def convert(
     sites = replace_sites(model, _FinalBuilders(settings, values), settings.kinds)
     if not sites:
         raise ConversionError(_nothing_found_message(model, settings))
-    return model, [_describe(model, site, values.get(site.path)) for site in sites]
+    replaced = [_describe(model, site, values.get(site.path)) for site in sites]
+    if soft is not None:
+        model, attention_sites = _convert_attention(model, soft)
+        replaced += attention_sites
+    return model, replaced
+
+
+SOFT_OPTIONS: dict[str, Any] = {"landmarks": 4, "iterations": NS_ITERATIONS, "normalise": True}
+"""`attention_options` of attention="soft" and their defaults."""
+
+
+def soft_attention_options(
+    attention: str | None, options: dict[str, Any] | None, softmax: Any
+) -> dict[str, Any] | None:
+    """The SOFT settings (defaults filled in), None without attention="soft";
+    ConversionError for another attention, an unknown option, an option without a value
+    or of the wrong type, and a softmax method named beside it."""
+    if attention is None:
+        if options:
+            raise ConversionError(
+                "convert(attention_options=...): given without attention='soft'; name the "
+                "attention to convert"
+            )
+        return None
+    if attention != "soft":
+        raise ConversionError(f"convert(attention={attention!r}): choose 'soft' or None")
+    if softmax is not DEFAULT and softmax is not None:
+        raise ConversionError(
+            f"convert(attention='soft', softmax={softmax!r}): SOFT attention has no softmax "
+            "to replace; leave softmax out"
+        )
+    given = dict(options or {})
+    unknown = sorted(set(given) - set(SOFT_OPTIONS))
+    if unknown:
+        raise ConversionError(
+            f"convert(attention_options={{{unknown[0]!r}: ...}}): unknown SOFT option; "
+            f"choose from {', '.join(SOFT_OPTIONS)}"
+        )
+    for key, value in given.items():
+        if value is None:
+            raise ConversionError(
+                f"convert(attention_options={{{key!r}: None}}): the SOFT option {key!r} needs "
+                "a value"
+            )
+        wanted = bool if key == "normalise" else int
+        if type(value) is not wanted or (wanted is int and value < 1):
+            raise ConversionError(
+                f"convert(attention_options={{{key!r}: {value!r}}}): expected "
+                f"{'True or False' if wanted is bool else 'an integer >= 1'}"
+            )
+    return {**SOFT_OPTIONS, **given}
+
+
+def _is_explicit_attention(module: nn.Module) -> bool:
+    return isinstance(getattr(module, "n_heads", None), int) and all(
+        isinstance(getattr(module, name, None), nn.Linear) for name in ("q", "k", "v", "out")
+    )
+
+
+def _convert_attention(
+    model: nn.Module, soft: dict[str, Any]
+) -> tuple[nn.Module, list[Replacement]]:
+    """Every explicit self-attention of `model` (in place) as `SoftAttention`."""
+    found = [
+        (path, module)
+        for path, module in model.named_modules()
+        if path and _is_explicit_attention(module)
+    ]
+    if not found:
+        raise ConversionError(
+            f"convert(attention='soft'): found no self-attention written out with q, k, v, "
+            f"out projections and n_heads in {type(model).__name__} (as "
+            "secinfer.zoo.digits.SelfAttention)"
+        )
+    replaced = []
+    for path, module in found:
+        new = SoftAttention.from_attention(module, soft["landmarks"], soft["iterations"])
+        new.normalise = soft["normalise"]
+        parent, _, name = path.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, name, new)
+        replaced.append(
+            Replacement(
+                path,
+                "attention",
+                type(module).__name__,
+                f"SoftAttention(landmarks={soft['landmarks']}, "
+                f"iterations={soft['iterations']}, normalise={soft['normalise']})",
+            )
+        )
+    return model, replaced
 
 
 def calibration_record(replacements: list[Replacement]) -> dict[str, dict[str, Any]]:

@@ -180,18 +180,8 @@ class ExpSoftmax:
         return m
 
     def exponential(self, z: Any, apply: Apply = direct) -> Any:
-        """exp(z) by squaring, the base as one degree-2 polynomial of z (depth k + 2)."""
-        e = apply(z, self.base)
-        for _ in range(self.exp.squarings):
-            e = e * e
-        return e
-
-    @cached_property
-    def base(self) -> Polynomial:
-        k = self.exp.squarings
-        return Polynomial.from_coefficients(
-            [1.0, 2.0**-k, 2.0 ** (-2 * k - 1)], self.exp.interval, reference="exp base"
-        )
+        """exp(z) by squaring (`squared_exponential`)."""
+        return squared_exponential(z, self.exp, apply)
 
     def __call__(self, x: Any, dim: int = -1, apply: Apply = direct) -> Any:
         if x.shape[dim] != self.length:
@@ -220,6 +210,19 @@ class ExpSoftmax:
         }
 
 
+def squared_exponential(z: Any, exp: ExpBySquaring, apply: Apply = direct) -> Any:
+    """exp(z) by `exp`'s squarings (order 2), the base 1 + u + u^2/2 (u = z / 2^k) as one
+    degree-2 polynomial of z: depth k + 2, whatever evaluates `apply`."""
+    k = exp.squarings
+    base = Polynomial.from_coefficients(
+        [1.0, 2.0**-k, 2.0 ** (-2 * k - 1)], exp.interval, reference="exp base"
+    )
+    e = apply(z, base)
+    for _ in range(k):
+        e = e * e
+    return e
+
+
 # --- construction -------------------------------------------------------------------------
 def _exp_estimate(form: ExpBySquaring) -> float:
     """The exp's absolute error on a 4,001-point grid of its interval (the search's
@@ -229,7 +232,7 @@ def _exp_estimate(form: ExpBySquaring) -> float:
     return float((form(z) - torch.exp(z)).abs().max())
 
 
-def _exp_for(low: float, high: float, budget: float) -> tuple[ExpBySquaring, float]:
+def exp_for(low: float, high: float, budget: float) -> tuple[ExpBySquaring, float]:
     """The fewest squarings (order 2) whose estimated error on [low, high] is <= budget,
     and that estimate."""
     for k in range(1, MAX_SQUARINGS + 1):
@@ -296,7 +299,7 @@ def _candidate(
         floor = math.exp(-spread)
         if n * NOISE / floor > target / 10:
             return None
-        exp, error = _exp_for(-spread, 0.0, target * floor / (2.5 * (1 + n)))
+        exp, error = exp_for(-spread, 0.0, target * floor / (2.5 * (1 + n)))
         den = (max(floor - 2 * error, floor / 2), n * (1 + 2 * error))
     else:
         if mode == "sign" and rounds:
@@ -311,7 +314,7 @@ def _candidate(
             slack = 0.0  # rows of one entry: m = x
         if slack > MAX_SLACK:
             return None
-        exp, error = _exp_for(-spread, max(slack, 1e-9), target / (2.5 * (1 + n)))
+        exp, error = exp_for(-spread, max(slack, 1e-9), target / (2.5 * (1 + n)))
         den = (1.0 - 2 * error, n * (math.exp(slack) + 2 * error))
     reciprocal = goldschmidt_for(
         den[0] / DENOMINATOR_MARGIN, den[1] * DENOMINATOR_MARGIN, target / 2

@@ -21,7 +21,6 @@ adds `--update-bundled`; without it, an --out inside that folder is refused.
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import time
 from pathlib import Path
@@ -29,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from approximations.calibration import Range, layer_norm_input
@@ -46,8 +44,7 @@ from secinfer.zoo.digits import (
     predict,
     save_model,
 )
-
-Batch = tuple[torch.Tensor, torch.Tensor]
+from secinfer.zoo.training import ce_loss, distill_loss, fit
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -137,63 +134,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
-
-
-def batches(x: torch.Tensor, y: torch.Tensor, size: int, gen: torch.Generator) -> list[Batch]:
-    """One epoch of shuffled mini-batches (order drawn from `gen`)."""
-    perm = torch.randperm(len(x), generator=gen)
-    return [(x[perm[i : i + size]], y[perm[i : i + size]]) for i in range(0, len(x), size)]
-
-
-def fit(
-    model: nn.Module,
-    data: Batch,
-    epochs: int,
-    lr: float,
-    seed: int,
-    loss_fn: Any,
-    batch_size: int = 64,
-) -> None:
-    """AdamW with a one-cycle schedule; `loss_fn(model, x, y)` returns the batch loss."""
-    x, y = data
-    steps_per_epoch = math.ceil(len(x) / batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.1
-    )
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        for bx, by in batches(x, y, batch_size, gen):
-            loss = loss_fn(model, bx, by)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
-
-
-def ce_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy with light label smoothing (the plain model's loss)."""
-    return F.cross_entropy(model(x), y, label_smoothing=0.05)
-
-
-def distill_loss(teacher: nn.Module, temperature: float, alpha: float) -> Any:
-    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels)."""
-
-    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            t_logits = teacher(x)
-        s_logits = model(x)
-        kl = F.kl_div(
-            F.log_softmax(s_logits / temperature, dim=-1),
-            F.log_softmax(t_logits / temperature, dim=-1),
-            log_target=True,
-            reduction="batchmean",
-        )
-        return alpha * temperature**2 * kl + (1 - alpha) * F.cross_entropy(s_logits, y)
-
-    return loss
 
 
 def convert_for_he(

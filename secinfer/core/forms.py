@@ -9,6 +9,7 @@ same object, certificate included.
                                                        length is the op's, known at run time;
                                                        the interval reaches MASK_LIMIT lower)
     layer_norm                       "minimax_newton"  approximations.folded_layer_norm
+    exp                              "calibrated"      approximations.shifted_exp
 
 Softmax's interval is the calibrated one with its lower end MASK_LIMIT further down:
 calibration leaves out the masks' sentinels (torch.finfo.min), which reach a secure
@@ -28,10 +29,12 @@ from typing import Any
 from approximations.exp_softmax import ExpSoftmax
 from approximations.folded_layer_norm import FoldedLayerNorm
 from approximations.piecewise_gelu import PiecewiseGelu
+from approximations.shifted_exp import ShiftedExp
 from approximations.target_fit import fit_function
 from secinfer.core.masks import MASK_LIMIT
 from secinfer.core.options import (
     ChebyshevFit,
+    ExpCalibrated,
     GeluPiecewise,
     LayerNormMinimaxNewton,
     SoftmaxExpMax,
@@ -47,6 +50,7 @@ INTERVAL_METHODS: dict[str, tuple[str, ...]] = {
     "silu": ("chebyshev",),
     "softmax": ("exp_max",),
     "layer_norm": ("minimax_newton",),
+    "exp": ("calibrated",),
 }
 """function -> the methods `form_for` builds."""
 
@@ -88,6 +92,8 @@ def form_for(choice: Any, length: int | None = None) -> Any:
     if function == "layer_norm" and method == "minimax_newton":
         target = options_for(choice, LayerNormMinimaxNewton).target
         return FoldedLayerNorm.for_interval(interval, target)
+    if function == "exp" and method == "calibrated":
+        return ShiftedExp.for_interval(interval, options_for(choice, ExpCalibrated).target)
     if function == "gelu" and method == "piecewise":
         return PiecewiseGelu.for_interval(interval, options_for(choice, GeluPiecewise).target)
     if method == "chebyshev" and function in INTERVAL_METHODS:

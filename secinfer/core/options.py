@@ -186,6 +186,14 @@ class GeluPiecewise(MethodOptions):
     target: float = setting(1e-4, _TARGET_DOC + " (absolute)", above=0.0, high=0.1)
 
 
+@dataclass(frozen=True)
+class ExpCalibrated(MethodOptions):
+    """exp "calibrated" (he): e^s exp(x - s) by squaring on the calibrated interval, s its
+    upper end (`approximations.shifted_exp.ShiftedExp`)."""
+
+    target: float = setting(1e-4, _TARGET_DOC + " (absolute)", above=0.0, high=0.1)
+
+
 OPTIONS: dict[tuple[str, str], type[MethodOptions]] = {
     ("softmax", "exp_limit"): SoftmaxExpLimit,
     ("softmax", "power"): SoftmaxPower,
@@ -193,6 +201,7 @@ OPTIONS: dict[tuple[str, str], type[MethodOptions]] = {
     ("softmax", "exp_max"): SoftmaxExpMax,
     ("log_softmax", "exp_limit"): ExpSquaring,
     ("exp", "squaring"): ExpSquaring,
+    ("exp", "calibrated"): ExpCalibrated,
     ("layer_norm", "minimax_newton"): LayerNormMinimaxNewton,
     ("gelu", "piecewise"): GeluPiecewise,
     **{(f, "chebyshev"): ChebyshevFit for f in ("gelu", "tanh", "sigmoid", "erf", "silu")},
@@ -356,6 +365,7 @@ __all__ = [
     "OPTIONS",
     "Allowed",
     "ChebyshevFit",
+    "ExpCalibrated",
     "ExpSquaring",
     "GeluPiecewise",
     "LayerNormMinimaxNewton",

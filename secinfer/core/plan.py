@@ -69,7 +69,7 @@ METHODS: dict[str, tuple[str, ...]] = {
     "sigmoid": ("exact", "saturated", "chebyshev"),
     "erf": ("exact", "saturated", "chebyshev"),
     "silu": ("exact", "saturated", "chebyshev"),
-    "exp": ("exact", "squaring"),
+    "exp": ("exact", "squaring", "calibrated"),
     "log": ("exact", "normalised"),
     "rsqrt": ("exact", "newton", "poly"),
     "sqrt": ("exact", "newton", "poly"),
@@ -96,7 +96,9 @@ METHODS: dict[str, tuple[str, ...]] = {
 #   with minimax coefficients on the calibrated variance interval. A reciprocal or
 #   inverse square root has no normalisation: a polynomial guess and Newton / Goldschmidt
 #   steps on the calibrated interval (approximations.iterative.he_reciprocal,
-#   InverseSqrt.polynomial_only). log_softmax, exp and log have no CKKS kernel.
+#   InverseSqrt.polynomial_only). exp "calibrated": e^s exp(x - s) by squaring, s the
+#   calibrated upper end (approximations.shifted_exp). log_softmax and log have no CKKS
+#   kernel.
 _MPC_METHODS: dict[str, str] = {
     "gelu": "auto",
     "softmax": "exp_limit",
@@ -126,6 +128,7 @@ DEFAULT_METHODS: dict[str, dict[str, str]] = {
         "rsqrt": "poly",
         "sqrt": "poly",
         "reciprocal": "polynomial",
+        "exp": "calibrated",
     },
 }
 DEFAULTS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {

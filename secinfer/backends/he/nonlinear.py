@@ -15,6 +15,7 @@ state; products that find no level refresh their operand (`HeTensor.ensure_level
                                                        additions
     layer_norm                       "minimax_newton"  over ciphertext axes: sums are
                                                        additions, no rotation
+    exp                              "calibrated"      elementwise
 
 A reduction axis held in slots (not what the feature-major packing gives, but another
 packing may) is first moved into ciphertexts (`HeTensor.replicate`: one mask product,
@@ -48,7 +49,8 @@ def in_ciphertexts(x: HeTensor, dims: tuple[int, ...]) -> HeTensor:
 
 
 def elementwise(call: Call) -> Any:
-    """GELU, tanh, sigmoid, erf, silu by their form: one polynomial, or the piecewise GELU."""
+    """GELU, tanh, sigmoid, erf, silu and exp by their form: one polynomial, the piecewise
+    GELU, or exp by squaring."""
     form = form_for(call.choice)
     x = call.args[0]
     if hasattr(form, "chebyshev"):  # an approximations.Polynomial
@@ -118,6 +120,7 @@ KERNELS: dict[str, Kernel] = {
     "silu": elementwise,
     "softmax": softmax,
     "layer_norm": layer_norm,
+    "exp": elementwise,
 }
 
 

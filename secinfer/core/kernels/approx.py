@@ -194,10 +194,13 @@ def saturated(call: Call) -> torch.Tensor:
 
 def exp(call: Call) -> torch.Tensor:
     """exp(x) = exp(x - c) e^c with c the calibrated maximum (public), so that the
-    repeated-squaring form sees inputs <= 0; inputs above c are counted."""
+    repeated-squaring form sees inputs <= 0; inputs above c are counted. The he target's
+    "calibrated" form is the he kernel's own object (`secinfer.core.forms`)."""
     x = call.args[0]
     if call.choice.method == "exact":
         return torch.exp(x)
+    if sized_by_interval(call.choice):
+        return _elementwise_form(call, x)
     interval = _interval(call.choice)
     shift = max(0.0, math.ceil(interval[1])) if interval else 0.0
     call.stats.record(x, (-math.inf, shift))

@@ -1,0 +1,76 @@
+"""exp on a calibrated interval with additions and products only (the he target's `exp`).
+
+On [lo, hi] with s = max(hi, 0) (a public shift):
+
+    exp(x) = e^s exp(x - s),   x - s in [lo - s, 0]
+
+and exp(z) for z <= 0 by squaring (`ExpBySquaring`, order 2: the base 1 + u + u^2/2 with
+u = z / 2^k, squared k times), k the fewest squarings whose error on [lo - s, 0] meets
+`target` / e^s (`approximations.exp_softmax.exp_for`). Depth k + 2 plus one level for the
+factor e^s when s > 0. Certificate: the absolute error on a dense grid of [lo, hi]
+(100,001 points; the error is smooth in x), `max_error`.
+
+Used where a model computes exp itself, with inputs bounded above: SOFT attention's
+Gaussian kernel (`approximations.soft_attention`: exponents <= 0). An input beyond the
+calibrated interval is outside the certificate (below lo the base leaves [0, 1] once
+lo - s < -2^(k + 1)); the `approx` backend counts such inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import torch
+
+from approximations.certify import check_interval
+from approximations.exp_softmax import exp_for, squared_exponential
+from approximations.iterative import ExpBySquaring
+from approximations.polynomial import Apply, direct
+
+GRID = 100_001
+
+
+@dataclass(frozen=True, eq=False)
+class ShiftedExp:
+    """exp on `interval` (module docstring)."""
+
+    interval: tuple[float, float]
+    shift: float
+    exp: ExpBySquaring
+    target: float
+
+    @classmethod
+    def for_interval(cls, interval: tuple[float, float], target: float = 1e-4) -> ShiftedExp:
+        lo, hi = check_interval(interval)
+        shift = max(float(math.ceil(hi)), 0.0)
+        exp, _ = exp_for(lo - shift, 0.0, target * math.exp(-shift))
+        return cls((lo, hi), shift, exp, target)
+
+    @property
+    def depth(self) -> int:
+        return self.exp.squarings + 2 + int(self.shift > 0)
+
+    def __call__(self, x: Any, apply: Apply = direct) -> Any:
+        e = squared_exponential(x - self.shift, self.exp, apply)
+        return e * math.exp(self.shift) if self.shift > 0 else e
+
+    @cached_property
+    def max_error(self) -> float:
+        x = torch.linspace(*self.interval, GRID, dtype=torch.float64)
+        return float((self(x) - torch.exp(x)).abs().max())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": "ShiftedExp",
+            "interval": list(self.interval),
+            "shift": self.shift,
+            "squarings": self.exp.squarings,
+            "depth": self.depth,
+            "max_error": self.max_error,
+        }
+
+
+__all__ = ["ShiftedExp"]
