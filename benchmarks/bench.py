@@ -122,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         help="run the private generation bench only (part of the MPC section)",
     )
     which.add_argument(
+        "--soft-only",
+        action="store_true",
+        help="run the SOFT attention table only (digits, under MPC and HE)",
+    )
+    which.add_argument(
         "--eval-only",
         action="store_true",
         help="run the private-evaluation tables only (each loss under MPC and under HE)",
@@ -152,8 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         args.no_he = True
     only = (
         args.mpc_only or args.he_only or args.channels_only or args.generation_only
-        or args.eval_only
+        or args.eval_only or args.soft_only
     )  # fmt: skip
+    if args.soft_only:
+        args.no_mpc = args.no_he = args.no_channels = True
     if args.eval_only:
         from benchmarks import he_loss_costs, loss_costs
 
@@ -205,7 +212,12 @@ def main(argv: list[str] | None = None) -> int:
         eval_table = _write_record(evaluation, loss_costs.markdown, meta, args, "eval")
         sections.append(("bench-eval", eval_table))
         sections.append(("bench-generation", _generation(meta, args)))
-    elif not args.generation_only and sections and (Path(args.mpc_out) / "mpc.json").is_file():
+    elif (
+        not args.generation_only
+        and sections
+        and sections[0][0] == "bench"
+        and (Path(args.mpc_out) / "mpc.json").is_file()
+    ):
         # keep the README's MPC table: the last full run's, saying when it was measured
         previous = json.loads((Path(args.mpc_out) / "mpc.json").read_text())
         date = previous.get("meta", {}).get("date", "an earlier run")
@@ -239,6 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(("bench-eval-he", he_eval_table))
     if not args.no_channels and not args.mpc_only and not args.he_only:
         sections.append(("bench-tls", _channels(meta, args)))
+    if args.soft_only or not only:
+        from benchmarks import soft_attention
+
+        soft = soft_attention.run(quick=args.quick)
+        sections.append(
+            ("bench-soft", _write_record(soft, soft_attention.markdown, meta, args, "soft"))
+        )
     if not args.no_readme:
         readme = Path(args.readme)
         for section, text in sections:
@@ -251,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bench-eval-he",
                 "bench-generation",
                 "bench-tls",
+                "bench-soft",
             ):
                 print(
                     f"{readme} has no <!-- {section}:start/end --> section to update",

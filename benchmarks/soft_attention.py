@@ -170,7 +170,7 @@ def markdown(record: dict[str, Any]) -> str:
                 "",
                 "| he: attention | accuracy | refreshes | MB sent (both ways) | seconds | ratio | "
                 "max logit error |",
-                "|---|---|---|---|---|---|---|---|",
+                "|---|---|---|---|---|---|---|",
             ]
             for r in rows:
                 if "refused" in r:
