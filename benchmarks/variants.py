@@ -117,6 +117,14 @@ def _two_quad(x: Any, params: dict) -> Any:
     return _product_kernel(x, {**params, "choice": quad})
 
 
+def _two_pass(x: Any, params: dict) -> Any:
+    """Dukhan and Ablavatski's pairs: exp as m 2^n, the exponents' maximum by the
+    tournament, 2^(n - N) from one stacked comparison (`protocols.mpc.softmax`)."""
+    from protocols.mpc.softmax import two_pass_softmax
+
+    return two_pass_softmax(x, -1)
+
+
 def _softmax_order1(x: Any, params: dict) -> Any:
     """PUMA's base 1 + u with one more squaring than the default's order-2 base: same cost."""
     from protocols.mpc.softmax import softmax
@@ -143,6 +151,10 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, dict], Any]]] = {
     "softmax.2quad": (
         "MPCFormer's 2Quad: (x + 5)^2 normalised (not softmax: needs distillation)",
         _two_quad,
+    ),
+    "softmax.two_pass": (
+        "Two-Pass (Dukhan-Ablavatski): exp as m 2^n, max over the exponents n",
+        _two_pass,
     ),
     "softmax.crypten": ("CrypTen: x.softmax(-1)", lambda x, p: x.softmax(-1)),
     "layer_norm.product": ("ours: the plan's default", _product_kernel),

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 
+from approximations.fitting import fit
 from approximations.functions import check_power_softmax_args
-from protocols.mpc.compare import maximum, times_public_integers
+from approximations.polynomial import Polynomial
+from protocols.mpc.compare import (
+    linear_combination,
+    maximum,
+    stacked_indicators,
+    times_public_integers,
+)
 from protocols.mpc.exp import exp_by_squaring
 from protocols.mpc.inverse import reciprocal
-from protocols.mpc.polynomial import Secret, power
+from protocols.mpc.polynomial import Secret, evaluate_polynomial, power
 
 MASK_FLOOR = -1.0e4
 """Additive mask values are clamped to this (the ring holds +-2^47, but torch.finfo.min
@@ -178,3 +186,58 @@ def two_quad_softmax(
         hi = max(n * farthest**2, 2.0 * lo)
     shift = math.floor(math.log2(lo)) + 10
     return (powered * reciprocal(total, (lo, hi), shift=shift)) * 2.0**-shift
+
+
+TWO_PASS_UNDERFLOW = 16
+"""Exponent gaps below -this give a weight of 0: 2^-17 is below the 2^-16 grid."""
+MANTISSA_DEGREE = 5
+"""2^f on [0, 2] by a Remez polynomial of this degree: 1.1e-5 absolute, 2.8e-6 relative."""
+
+
+def floor_locally(x: Secret) -> Secret:
+    """An integer n with n in {floor(x) - 1, floor(x)}, as a sharing at x's scale, with no
+    communication: each party clears the fractional bits of its own share. The shares'
+    remainders r_0 + r_1 equal (x 2^b mod 2^b) plus 0 or 2^b (a carry), so their sum minus
+    both remainders is 2^b (floor(x) - carry), exactly, ring wrap-around included (nothing
+    is divided, unlike SecureML's local truncation)."""
+    out = x.clone()
+    unit = 2 ** int(x.encoder._precision_bits)
+    out.share = out.share - torch.remainder(out.share, unit)
+    return out
+
+
+@lru_cache(maxsize=1)
+def _mantissa_polynomial() -> Polynomial:
+    return fit(torch.exp2, (-0.02, 2.02), MANTISSA_DEGREE, "remez", name="exp2")
+
+
+def two_pass_softmax(x: Secret, dim: int = -1) -> Secret:
+    """Softmax by Dukhan and Ablavatski's pairs (`approximations.functions.two_pass_softmax`):
+    exp(x_i) = m_i 2^(n_i), the row sum as (M, N) with N the largest exponent.
+
+        t = x log2(e),  n = `floor_locally`(t)            local (n may be floor(t) - 1)
+        m = 2^(t - n) in [1, 4)                            a degree-5 polynomial: 3 rounds
+        N = max_i n_i                                      the tournament: ceil(log2 n) (8 + 1)
+        2^(n_i - N) = sum_k [n_i - N >= -k] w_k            ONE stacked comparison against
+                      (k = 0 .. 16, w_k = 2^-k - 2^-(k+1), w_16 = 2^-16; exact on the grid)
+        w_i = m_i 2^(n_i - N) / sum_j m_j 2^(n_j - N)      the reciprocal on [1, 4 n]
+
+    What the pair changes under MPC: the exponent needs no squarings (2^d of an integer
+    d <= 0 is a sum of indicator weights), but the row maximum is still a tournament, now
+    over the integer exponents (the same comparisons: CrypTen compares 64-bit ring
+    elements whatever they hold), and 2^d costs 17 comparisons per entry in one round, where
+    exp by squaring costs squarings and at most one comparison. A public bound in place of
+    N would drop the tournament, but a row whose maximum lies far below the bound then
+    underflows the 2^-16 grid. Error: the mantissa's 2.8e-6 relative, fixed point, and
+    weights below 2^-16 of the row's largest are dropped (exp's cut-off at -11.1)."""
+    n_entries = x.size(dim)
+    t = x * (1.0 / math.log(2.0))
+    n = floor_locally(t)
+    mantissa = _mantissa_polynomial()
+    m = evaluate_polynomial(t - n, mantissa.coefficients, mantissa.interval)
+    gap = n - maximum(n, dim, keepdim=True)
+    ks = range(TWO_PASS_UNDERFLOW + 1)
+    weights = [2.0**-k - (2.0 ** -(k + 1) if k < TWO_PASS_UNDERFLOW else 0.0) for k in ks]
+    below = stacked_indicators(gap, [-k - 0.5 for k in ks])
+    scaled = m * linear_combination(below, weights, 0.0, like=x)
+    return scaled * reciprocal(scaled.sum(dim, keepdim=True), (1.0, 4.0 * n_entries))

@@ -185,6 +185,7 @@ def kernels(role: Role, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
     measure("softmax.crypten", lambda: (scores + mask.clamp(min=-200.0)).softmax(-1))
     measure("softmax.crypten_1e4", lambda: (scores[:1] + mask[:1].clamp(min=-1e4)).softmax(-1))
     measure("softmax.2quad", lambda: softmax.two_quad_softmax(scores, -1, 5.0, interval=(-8, 22)))
+    measure("softmax.two_pass", lambda: softmax.two_pass_softmax(scores, -1))
     keep = (mask[POWER_HEADS] == 0).to(torch.long)
     for normalizer in ("sum", "mean"):
         measure(
@@ -435,6 +436,21 @@ def test_two_quad_softmax_matches_mpcformer_s_form_at_a_fraction_of_the_cost(run
     assert _max_abs(run["values"]["softmax.2quad"], want) <= 1e-3
     ours, quad = run["traffic"]["softmax"], run["traffic"]["softmax.2quad"]
     assert quad["rounds"] < ours["rounds"] and quad["bytes_sent"] < ours["bytes_sent"]
+
+
+def test_two_pass_softmax_is_softmax_and_keeps_the_tournament(run) -> None:
+    """Dukhan and Ablavatski's pairs on shares (unmasked scores) against the exact softmax:
+    within 1e-3 (the mantissa's 2.8e-6 relative, fixed point, the reciprocal's 1e-4, weights
+    below 2^-16 of the row's largest dropped). The verdict the README states: the pair
+    representation keeps the row maximum's tournament (at least its rounds) and spends
+    more bytes than our exp by squaring (17 comparisons per entry for 2^(n - N))."""
+    scores = _t(run["inputs"]["scores"])
+    want = torch.softmax(scores, -1).numpy()
+    assert _max_abs(run["values"]["softmax.two_pass"], want) <= 1e-3
+    ours, pairs = run["traffic"]["softmax"], run["traffic"]["softmax.two_pass"]
+    tournament = math.ceil(math.log2(scores.shape[-1])) * 9
+    assert pairs["rounds"] >= tournament
+    assert pairs["bytes_sent"] > ours["bytes_sent"]
 
 
 # --- LayerNorm ----------------------------------------------------------------------------
