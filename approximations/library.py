@@ -24,6 +24,7 @@ from approximations.iterative import ExpBySquaring, InverseSqrt, Log, Reciprocal
 from approximations.minimax_newton import MinimaxNewtonInverseSqrt
 from approximations.piecewise import Piecewise
 from approximations.polynomial import Polynomial
+from approximations.shifted_exp import ShiftedExp
 from approximations.target_fit import fit_function
 
 # PUMA's GeLU segments (Dong et al., PUMA 2023), power-basis coefficients, lowest first.
@@ -116,7 +117,7 @@ class Entry:
     @property
     def iterations(self) -> int | None:
         a = self.approximation
-        iterative = (ExpBySquaring, Reciprocal, InverseSqrt, MinimaxNewtonInverseSqrt)
+        iterative = (ExpBySquaring, Reciprocal, InverseSqrt, MinimaxNewtonInverseSqrt, ShiftedExp)
         return a.iterations if isinstance(a, iterative) else None
 
     @property
@@ -404,6 +405,22 @@ def _entries() -> list[Entry]:
             "(1 + x/2^6)^(2^6), 0 below -14",
             "PUMA (small t)",
             lambda: ExpBySquaring(squarings=6, interval=(-14.0, 0.0), cutoff=14.0),
+            torch.exp,
+        ),
+        Entry(
+            "exp2.two_pass_mantissa",
+            "2^x",
+            "Remez, the Two-Pass softmax's mantissa 2^(t - floor t)",
+            "Dukhan & Ablavatski 2020",
+            _remez(torch.exp2, (-0.02, 2.02), 5, "exp2"),
+            torch.exp2,
+        ),
+        Entry(
+            "exp.shifted_he",
+            "exp",
+            "e^s exp(x - s) by squaring, sized to 1e-4 on the interval",
+            "HE exp (ours)",
+            lambda: ShiftedExp.for_interval((-40.0, 0.0), 1e-4),
             torch.exp,
         ),
         Entry(

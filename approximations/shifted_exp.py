@@ -41,6 +41,8 @@ class ShiftedExp:
     shift: float
     exp: ExpBySquaring
     target: float
+    error_kind = "absolute"
+    he_compatible = True
 
     @classmethod
     def for_interval(cls, interval: tuple[float, float], target: float = 1e-4) -> ShiftedExp:
@@ -48,6 +50,11 @@ class ShiftedExp:
         shift = max(float(math.ceil(hi)), 0.0)
         exp, _ = exp_for(lo - shift, 0.0, target * math.exp(-shift))
         return cls((lo, hi), shift, exp, target)
+
+    @property
+    def iterations(self) -> int:
+        """The squarings."""
+        return self.exp.squarings
 
     @property
     def depth(self) -> int:

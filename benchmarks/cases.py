@@ -44,7 +44,13 @@ OP_CASES = (
     OpCase(
         "softmax",
         (12, 128, 128),
-        ("softmax.product", "softmax.order1", "softmax.2quad", "softmax.crypten"),
+        (
+            "softmax.product",
+            "softmax.order1",
+            "softmax.2quad",
+            "softmax.two_pass",
+            "softmax.crypten",
+        ),
         "softmax.crypten",
     ),
     OpCase(

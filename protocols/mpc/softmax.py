@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import torch
 
-from approximations.fitting import fit
 from approximations.functions import check_power_softmax_args
-from approximations.polynomial import Polynomial
+from approximations.library import catalog
 from protocols.mpc.compare import (
     linear_combination,
     maximum,
@@ -190,8 +188,8 @@ def two_quad_softmax(
 
 TWO_PASS_UNDERFLOW = 16
 """Exponent gaps below -this give a weight of 0: 2^-17 is below the 2^-16 grid."""
-MANTISSA_DEGREE = 5
-"""2^f on [0, 2] by a Remez polynomial of this degree: 1.1e-5 absolute, 2.8e-6 relative."""
+MANTISSA = "exp2.two_pass_mantissa"
+"""2^f on [0, 2] (the catalog's entry: degree 5, 1.1e-5 absolute, 2.8e-6 relative)."""
 
 
 def floor_locally(x: Secret) -> Secret:
@@ -204,11 +202,6 @@ def floor_locally(x: Secret) -> Secret:
     unit = 2 ** int(x.encoder._precision_bits)
     out.share = out.share - torch.remainder(out.share, unit)
     return out
-
-
-@lru_cache(maxsize=1)
-def _mantissa_polynomial() -> Polynomial:
-    return fit(torch.exp2, (-0.02, 2.02), MANTISSA_DEGREE, "remez", name="exp2")
 
 
 def two_pass_softmax(x: Secret, dim: int = -1) -> Secret:
@@ -233,7 +226,7 @@ def two_pass_softmax(x: Secret, dim: int = -1) -> Secret:
     n_entries = x.size(dim)
     t = x * (1.0 / math.log(2.0))
     n = floor_locally(t)
-    mantissa = _mantissa_polynomial()
+    mantissa = catalog[MANTISSA].approximation
     m = evaluate_polynomial(t - n, mantissa.coefficients, mantissa.interval)
     gap = n - maximum(n, dim, keepdim=True)
     ks = range(TWO_PASS_UNDERFLOW + 1)
