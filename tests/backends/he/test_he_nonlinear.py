@@ -8,7 +8,8 @@ evaluates) plus CKKS noise of 1e-4 x max(1, max|want|), as the conformance suite
 (`conformance.bounds`). Shapes: softmax rows of 1, 3 and 8 keys (a ciphertext axis: the
 tournament slices the grid) and along a slot axis (moved into ciphertexts first);
 LayerNorm over widths 8 and 32 with variances 1e-3 .. 1e3, and over two axes one of which
-sits in slots; GELU, tanh, sigmoid, erf, silu on inputs to +-17. The op-by-op sweep of
+sits in slots; GELU, tanh, sigmoid, erf, silu on inputs to +-17; MPCFormer's 2Quad by its
+decomposition (products and one reciprocal). The op-by-op sweep of
 every claimed op on both ranges is `tests/conformance` (`-k he`).
 """
 
@@ -210,3 +211,23 @@ def test_reciprocal_on_a_small_interval(runner: HeRunner) -> None:
     assert choice.method == "polynomial"
     rel = np.abs(got / want - 1.0)
     assert (rel <= 5e-2).all(), rel.max()
+
+
+@pytest.mark.parametrize(("keys", "spread"), [(8, 2.0), (3, 6.0)])
+def test_two_quad_softmax_runs_by_its_decomposition(
+    runner: HeRunner, keys: int, spread: float
+) -> None:
+    """MPCFormer's 2Quad (`approximations.softmax(..., "2quad")`: (x + 5)^2 over its row sum)
+    exports as products, a sum and one `aten.reciprocal`, which the he plan sizes on the
+    calibrated row-sum interval ("polynomial"): no kernel of its own is needed. Within 1e-3
+    of the plaintext 2Quad (not of softmax: a model is distilled into it)."""
+    from approximations.functions import softmax
+
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 4, keys, generator=gen) * spread
+    module = Op(lambda s, v: softmax(v, -1, "2quad", c=5.0)).eval()
+    graph, plan = prepare(torch.export.export(module, (x,)), "he", [(x.flip(0),), (x,)], None)
+    methods = {(c.function, c.method) for c in plan.choices.values()}
+    assert ("reciprocal", "polynomial") in methods and not any(f == "softmax" for f, _ in methods)
+    got = runner.run(graph, plan, (x,))
+    assert np.abs(got - module(x.double()).numpy()).max() <= 1e-3
