@@ -10,13 +10,14 @@ Two families, each the same model but for its attention:
          bundled), exp softmax and SOFT (converted from it and fine-tuned)
 
 Fine-tuning: `EPOCHS` epochs of distillation from the bundled softmax model
-(`secinfer.zoo.training`, seed fixed, one thread: deterministic). SOFT:
-`approximations.convert(model, attention="soft")` with its defaults (4 landmarks, 8
-Newton-Schulz iterations, symmetric normalisation). Accuracy: the 360 test images in
-float32. Cost: each variant saved in the zoo's format and run by the secure backend's
-parties as local processes (`secinfer.launch.run.run_secure`, what `secinfer run` does) on
-the first `IMAGES` test images: bytes sent per party and rounds (mpc), seconds, refreshes
-and bytes (he), the largest logit error against plaintext. Absolute seconds on a 2-core
+(`secinfer.zoo.soft.distilled`, seed fixed, one thread: deterministic). SOFT:
+`secinfer.zoo.soft.soft_digits`, `approximations.convert(model, attention="soft")` with
+its defaults (4 landmarks, 8 Newton-Schulz iterations, symmetric normalisation).
+Accuracy: the 360 test images in float32. Cost: each variant saved in the zoo's format
+and run by the secure backend's parties as local processes
+(`secinfer.launch.run.run_secure`, what `secinfer run` does) on the first `IMAGES` test
+images: bytes sent per party and rounds (mpc), seconds, refreshes and bytes (he), the
+largest logit error against plaintext. Absolute seconds on a 2-core
 machine are noise; bytes, rounds and refreshes are exact.
 """
 
@@ -36,7 +37,7 @@ from approximations.conversion import convert
 from approximations.modules import PowerSoftmax
 
 DATA = Path(secinfer.__file__).resolve().parent / "data"
-EPOCHS, LR, SEED = 30, 3e-3, 1
+EPOCHS = 30
 IMAGES, QUICK_IMAGES = 32, 2
 FAMILIES = {
     "mpc": ("digits", ("softmax", "power-softmax", "SOFT")),
@@ -44,19 +45,11 @@ FAMILIES = {
 }
 
 
-def _fine_tuned(model: nn.Module, teacher: nn.Module, epochs: int) -> nn.Module:
-    from secinfer.zoo.digits import load_split
-    from secinfer.zoo.training import distill_loss, fit
-
-    train_x, train_y, _, _ = load_split(0)
-    fit(model, (train_x, train_y), epochs, LR, SEED, distill_loss(teacher, 2.0, 0.5))
-    return model
-
-
 def variant(family: str, attention: str, epochs: int = EPOCHS) -> tuple[nn.Module, dict]:
     """The model of `family` with `attention`, and the conversion record that rebuilds it
     (`secinfer.zoo.digits.save_model`)."""
     from secinfer.zoo.digits import load_model, read_metadata
+    from secinfer.zoo.soft import distilled, soft_digits
 
     base_name = FAMILIES[family][0]
     base = load_model(DATA / f"{base_name}.safetensors").eval()
@@ -66,9 +59,9 @@ def variant(family: str, attention: str, epochs: int = EPOCHS) -> tuple[nn.Modul
     teacher = load_model(DATA / "digits.safetensors").eval()
     kept = {k: conversion.get(k) for k in ("gelu", "layernorm", "layernorm_interval")}
     if attention == "SOFT":  # the base's own conversion stays; its attention changes
-        model, _ = convert(base, attention="soft")
-        record = {**kept, "attention": "soft"}
-    elif attention == "power-softmax":
+        teacher_path = DATA / "digits.safetensors"
+        return soft_digits(DATA / f"{base_name}.safetensors", teacher_path, epochs=epochs)
+    if attention == "power-softmax":
         model, _ = convert(base, gelu=None, softmax="power", layernorm=None)
         record = {"gelu": None, "softmax": "power", "layernorm": None}
     else:  # exp softmax in place of the he model's power-softmax
@@ -78,7 +71,7 @@ def variant(family: str, attention: str, epochs: int = EPOCHS) -> tuple[nn.Modul
                 if isinstance(child, PowerSoftmax):
                     setattr(module, name, nn.Softmax(dim=-1))
         record = {**kept, "softmax": None}
-    return _fine_tuned(model, teacher, epochs), record
+    return distilled(model, teacher, epochs), record
 
 
 def _secure_cost(backend: str, path: Path, images: int) -> dict[str, Any]:

@@ -152,3 +152,40 @@ def test_bundled_rsqrt_configuration_is_what_the_code_picks() -> None:
     assert picked.initial_degree == recorded["initial_degree"], "retrain: rsqrt search changed"
     assert picked.iterations == recorded["iterations"], "retrain: rsqrt search changed"
     assert picked.max_error <= 1e-3
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--landmarks"], "--landmarks: expected one argument"),
+        (["--landmarks", "3"], "--landmarks 3: must divide"),
+        (["--iterations", "0"], "--iterations and --epochs must be at least 1"),
+    ],
+)
+def test_the_soft_example_refuses_bad_options_in_one_line(tmp_path, extra, needle) -> None:
+    """examples/train_soft_attention.py: a SOFT option without its value, or one the model
+    cannot take, is one `error:` line and exit 2, before any training."""
+    from helpers.cli import assert_user_error
+
+    done = subprocess.run(
+        [sys.executable, "examples/train_soft_attention.py", "--out", str(tmp_path), *extra],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert_user_error(done, needle)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_the_soft_example_fine_tunes_within_two_points_and_saves(tmp_path) -> None:
+    """SOFT on the digits model (30 epochs of distillation): within 2 points of softmax
+    attention, saved in the zoo's format, reloaded to the same accuracy."""
+    done = subprocess.run(
+        [sys.executable, "examples/train_soft_attention.py", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    test = load_split(0)[2:]
+    soft = accuracy(load_model(tmp_path / "digits_soft.safetensors"), *test)
+    softmax = accuracy(load_model(Path("secinfer/data/digits.safetensors")), *test)
+    assert soft >= softmax - 0.02
+    assert f"SOFT {soft:.4f}" in done.stdout
