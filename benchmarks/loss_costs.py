@@ -141,9 +141,9 @@ def markdown(record: dict[str, Any]) -> str:
         )
     note = (
         "sparsemax and entmax15 (Fenchel-Young) run through their duals; sparsemax's "
-        "threshold by Batcher's sort network, exact (the default), or by bisection, as "
-        "entmax15's (`approximations.losses`). A model's forward pass comes on top (the "
-        "digits model: `secinfer eval -b mpc`). Under `he`: the HE table below "
+        "threshold by Batcher's sort network, exact (the default up to 16 classes), or by "
+        "bisection, as entmax15's (`approximations.losses`). A model's forward pass comes "
+        "on top (the digits model: `secinfer eval -b mpc`). Under `he`: the HE table below "
         "(`bench/eval_he.md`)."
     )
     return "\n".join([head, "", *rows, "", note])

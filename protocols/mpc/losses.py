@@ -21,8 +21,8 @@ caller reveals. Definitions as `approximations.losses` (the plaintext references
     sparsemax, entmax15 through their duals (`approximations.losses`): positive parts
                (x [x >= 0], one comparison and one product) and the threshold: by
                bisection (FY_STEPS steps, each C + 1 comparisons in 2 comparison rounds),
-               or for sparsemax exactly by a sort network when FY_SORT_SPARSEMAX
-               (`protocols.mpc.sorting`); `make bench` measures both
+               or for sparsemax exactly by a sort network up to FY_SORT_MAX_CLASSES
+               classes (`protocols.mpc.sorting`); `make bench` measures both
 
 Errors: fixed point (2^-16) plus each approximation's: the log polynomial on [1, C]
 (`approximations.losses.softmax_log_polynomial`, certified), exp by squaring (order 2, 6 squarings:
@@ -57,9 +57,13 @@ SQUARINGS = 6
 CUTOFF = 14.0
 VARIANCE_INTERVAL = (1e-4, 1e6)
 """Where the variance of one example's logits may lie (1/sigma's comparisons cover it)."""
-FY_SORT_SPARSEMAX = True
-"""The sparsemax threshold by the sort network (exact) rather than by bisection: fewer
-comparisons and rounds for the few classes of a classifier (bench/mpc.md)."""
+FY_SORT_MAX_CLASSES = 16
+"""Up to this many classes the sparsemax threshold comes from the sort network (exact),
+beyond them by bisection. Measured on 100 rows (sparsemax alone; sort / bisection):
+10 classes 1.45 / 2.25 MB and 146 / 166 rounds, 24 classes 4.79 / 5.22 MB but 200 / 175
+rounds, 40 classes 9.96 / 8.61 MB and 263 / 184, 100 classes 32.9 / 21.3 MB and 335 / 193:
+the network's 10 layers up to 16 entries beat 7 bisection steps; its layers then grow as
+log2(C)^2 / 2 and its comparisons as C log2(C)^2 / 4, bisection's as 8 C."""
 
 
 def _evaluate(x: Secret, poly: Polynomial) -> Secret:
@@ -115,9 +119,10 @@ def step(x: Secret) -> Secret:
 class MpcLossKernels:
     """The losses' building blocks on CrypTen sharings
     (`approximations.losses.SecureLossKernels`); `sort_sparsemax`: the sparsemax
-    threshold by the sort network instead of bisection."""
+    threshold by the sort network (True), by bisection (False), or by the network up to
+    FY_SORT_MAX_CLASSES classes (None)."""
 
-    sort_sparsemax: bool = FY_SORT_SPARSEMAX
+    sort_sparsemax: bool | None = None
 
     square = staticmethod(square)
     z_loss = staticmethod(z_loss)
@@ -146,7 +151,10 @@ class MpcLossKernels:
 
     def threshold(self, z: Secret, maximum: Secret, power: int) -> Secret:
         """The sort network's exact threshold (power 1, `sort_sparsemax`), else bisection."""
-        if power == 1 and self.sort_sparsemax:
+        sort = self.sort_sparsemax
+        if sort is None:
+            sort = z.size(-1) <= FY_SORT_MAX_CLASSES
+        if power == 1 and sort:
             return sparsemax_threshold_sorted(z)
         return bisection_threshold(self, z, maximum, power)
 

@@ -114,7 +114,7 @@ def test_each_loss_per_example_matches_the_reference(computed, backend: str, nam
 
 
 def test_mpc_sparsemax_by_bisection_matches_the_sort_network(computed) -> None:
-    """The two thresholds of sparsemax under MPC (`protocols.mpc.losses.FY_SORT_SPARSEMAX`):
+    """The two thresholds of sparsemax under MPC (`protocols.mpc.losses.FY_SORT_MAX_CLASSES`):
     the sort network's is exact, bisection's within its second-order bound (6.2e-5 for 10
     classes, `approximations.losses`) plus fixed point."""
     losses = computed("mpc")
