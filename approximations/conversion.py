@@ -17,7 +17,8 @@
   `SoftAttention` (`approximations.soft_attention`: softmax-free, its keys sharing the
   queries' projection), which needs fine-tuning. `attention_options`: `landmarks`
   (default 4), `iterations` (Newton-Schulz, default NS_ITERATIONS), `normalise` (default
-  True). Given alone (no target), it converts the attention only.
+  True), `order` ("linear", or "kernel" for the he engine). Given alone (no target), it
+  converts the attention only.
 
 Targets. `target=None` keeps the defaults below (PUMA's GELU, power-softmax, LayerNorm
 kept). `target="mpc"` is the same. `target="he"` picks what CKKS evaluates with additions and
@@ -60,7 +61,7 @@ from approximations.attention import (
 )
 from approximations.errors import ApproximationError, ConversionError
 from approximations.modules import PolyGELU, PolyLayerNorm, PowerSoftmax
-from approximations.soft_attention import NS_ITERATIONS, SoftAttention
+from approximations.soft_attention import NS_ITERATIONS, ORDERS, SoftAttention
 from approximations.surgery import Site, check_convertible, original_sites, replace_sites
 
 __all__ = [
@@ -196,7 +197,8 @@ def convert(
                for all, it wins over samples).
     attention  "soft" to rebuild explicit self-attention as `SoftAttention` with
                `attention_options` (module docstring); then softmax is not converted, and
-               without a target the other kinds are kept unless named.
+               without a target the other kinds are kept unless named (target "he": the
+               "kernel" order unless given).
     target     None or "mpc" (the defaults above) or "he" (see the module docstring).
     samples    inputs to calibrate on: a tensor, a tuple of positional inputs, a dict of
                keyword inputs, or a list / iterable of those (batches).
@@ -211,6 +213,8 @@ def convert(
     soft = soft_attention_options(attention, attention_options, softmax)
     if soft is not None:
         softmax = None
+        if target == "he" and "order" not in (attention_options or {}):
+            soft["order"] = "kernel"  # the he engine packs ordinary attention's products
         if target is None:
             gelu, layernorm = (None if m is DEFAULT else m for m in (gelu, layernorm))
         if gelu is None and layernorm is None:
@@ -238,7 +242,12 @@ def convert(
     return model, replaced
 
 
-SOFT_OPTIONS: dict[str, Any] = {"landmarks": 4, "iterations": NS_ITERATIONS, "normalise": True}
+SOFT_OPTIONS: dict[str, Any] = {
+    "landmarks": 4,
+    "iterations": NS_ITERATIONS,
+    "normalise": True,
+    "order": "linear",
+}
 """`attention_options` of attention="soft" and their defaults."""
 
 
@@ -275,6 +284,13 @@ def soft_attention_options(
                 f"convert(attention_options={{{key!r}: None}}): the SOFT option {key!r} needs "
                 "a value"
             )
+        if key == "order":
+            if value not in ORDERS:
+                raise ConversionError(
+                    f"convert(attention_options={{'order': {value!r}}}): choose from "
+                    f"{', '.join(ORDERS)}"
+                )
+            continue
         wanted = bool if key == "normalise" else int
         if type(value) is not wanted or (wanted is int and value < 1):
             raise ConversionError(
@@ -307,7 +323,9 @@ def _convert_attention(
         )
     replaced = []
     for path, module in found:
-        new = SoftAttention.from_attention(module, soft["landmarks"], soft["iterations"])
+        new = SoftAttention.from_attention(
+            module, soft["landmarks"], soft["iterations"], order=soft["order"]
+        )
         new.normalise = soft["normalise"]
         parent, _, name = path.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, name, new)
@@ -317,7 +335,8 @@ def _convert_attention(
                 "attention",
                 type(module).__name__,
                 f"SoftAttention(landmarks={soft['landmarks']}, "
-                f"iterations={soft['iterations']}, normalise={soft['normalise']})",
+                f"iterations={soft['iterations']}, normalise={soft['normalise']}, "
+                f"order={soft['order']!r})",
             )
         )
     return model, replaced

@@ -347,8 +347,8 @@ def matmul(a: HeTensor, b: HeTensor | Plain) -> HeTensor:
     if not spread:
         raise LayoutError("matmul: b has no slot axis where a's rows sit")
     ensure_levels([a, b], [1, 2])
-    bp = b.replicate(spread[0])
     n_i = a.layout.shape[-2]
+    bp = b.replicate(spread[0], extent=n_i)  # over all of a's rows, however few b has
     # b' seen with an explicit row axis i in slots: (..., i, c, j)
     b_shape = (*bp.layout.shape[:-2], n_i, *bp.layout.shape[-2:])
     b_layout = Layout(b_shape, (*bp.layout.strides[:-2], t_i, None, None), bp.layout.offset)

@@ -453,20 +453,30 @@ class HeTensor:
         layout = Layout(self.layout.shape, tuple(strides_new), self.layout.offset)
         return self._new(layout, out.reshape(layout.grid_shape), True)
 
-    def replicate(self, dim: int) -> HeTensor:
+    def replicate(self, dim: int, extent: int | None = None) -> HeTensor:
         """Slot axis `dim` (size n, stride t) becomes a ciphertext axis; ciphertext j holds
-        entry j broadcast over all n' = next_power_of_two(n) slots of the axis (positions
-        offset + i t, i < n'), so it can meet a tensor whose slot axis sits there.
+        entry j broadcast over all n' = next_power_of_two(max(n, extent)) slots of the axis
+        (positions offset + i t, i < n'), so it can meet a tensor whose slot axis of
+        `extent` entries sits there (a longer one than this axis: every one of its slots
+        must see the entry). LayoutError when those slots would reach another entry's.
         Per entry: one mask product (1 L), one rotation to the front, log2(n') rotations."""
         if not self.layout.simple:
-            return self.standardized().replicate(dim)
+            return self.standardized().replicate(dim, extent)
         n, stride = self.layout.shape[dim], self.layout.strides[dim]
         if stride is None:
             return self
-        steps = int(math.log2(next_power_of_two(n)))
-        self.ensure_level(1)
+        span = next_power_of_two(max(n, extent or 0))
+        steps = int(math.log2(span))
         positions = self.layout.positions()
         slot_axis = self.layout.slot_axes.index(dim)
+        starts = np.take(positions, 0, axis=slot_axis).reshape(-1)
+        reach = (starts[:, None] + stride * np.arange(span)[None, :]).reshape(-1)
+        if np.unique(reach).size != reach.size or reach.max(initial=0) >= self.engine.slots:
+            raise LayoutError(
+                f"replicating slot axis {dim} (stride {stride}) over {span} slots would reach "
+                "other entries' slots"
+            )
+        self.ensure_level(1)
         masks = []
         for j in range(n):
             mask = np.zeros(self.engine.slots)

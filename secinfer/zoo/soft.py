@@ -40,11 +40,13 @@ def soft_digits(
     seed: int = 1,
 ) -> tuple[DigitsTransformer, dict[str, Any]]:
     """(the model, its conversion record): `base` (a digits model file) with SOFT attention
-    of `options` (`approximations.conversion.SOFT_OPTIONS`), fine-tuned `epochs` epochs of
-    distillation from `teacher` (`distilled`)."""
-    chosen = {**SOFT_OPTIONS, **(options or {})}
-    model, _ = convert(load_model(base).eval(), attention="soft", attention_options=chosen)
+    of `options` (`approximations.conversion.SOFT_OPTIONS`; an HE-converted base, one
+    with a polynomial LayerNorm, takes the "kernel" order unless told), fine-tuned
+    `epochs` epochs of distillation from `teacher` (`distilled`)."""
     conversion = read_metadata(base).get("conversion") or {}
+    he_base = {"order": "kernel"} if conversion.get("layernorm") == "poly" else {}
+    chosen = {**SOFT_OPTIONS, **he_base, **(options or {})}
+    model, _ = convert(load_model(base).eval(), attention="soft", attention_options=chosen)
     record = {**{k: conversion.get(k) for k in KEPT}, "attention": "soft",
               "attention_options": chosen}  # fmt: skip
     return distilled(model, load_model(teacher).eval(), epochs, seed), record

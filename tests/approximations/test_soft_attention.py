@@ -69,12 +69,14 @@ def test_eight_iterations_invert_well_separated_landmarks() -> None:
     assert (a @ v - torch.eye(4, dtype=torch.float64)).abs().max() < 7e-8
 
 
+@pytest.mark.parametrize("order", ["linear", "kernel"])
 @pytest.mark.parametrize(("heads", "n", "normalise"), [(1, 6, True), (2, 8, True), (2, 8, False)])
 def test_with_every_token_a_landmark_the_module_is_exact_soft(
-    heads: int, n: int, normalise: bool
+    heads: int, n: int, normalise: bool, order: str
 ) -> None:
     torch.manual_seed(3)
-    module = SoftAttention(8, heads, landmarks=n, iterations=40, normalise=normalise).double()
+    module = SoftAttention(8, heads, landmarks=n, iterations=40, normalise=normalise,
+                           order=order).double()  # fmt: skip
     x = torch.randn(2, n, 8, dtype=torch.float64)
     d = 8 // heads
     q = module.q(x).reshape(2, n, heads, d).transpose(1, 2)
@@ -87,6 +89,26 @@ def test_with_every_token_a_landmark_the_module_is_exact_soft(
         ctx = s @ v / n
     want = module.out(ctx.transpose(1, 2).reshape(2, n, 8))
     assert torch.allclose(module(x), want, atol=1e-6)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    landmarks=st.sampled_from([1, 2, 4, 8]),
+    heads=st.sampled_from([1, 2, 4]),
+    batch=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_the_two_orders_compute_the_same_function(
+    landmarks: int, heads: int, batch: int, seed: int
+) -> None:
+    """ "linear" (P (A+ (P^T V))) and "kernel" (((P A+) P^T) V) at a sweep of landmark
+    counts, heads and batches over 16 tokens: equal within float64 rounding."""
+    torch.manual_seed(seed)
+    linear = SoftAttention(16, heads, landmarks).double()
+    kernel = SoftAttention(16, heads, landmarks, order="kernel").double()
+    kernel.load_state_dict(linear.state_dict())
+    x = torch.randn(batch, 16, 16, dtype=torch.float64)
+    assert torch.allclose(linear(x), kernel(x), atol=1e-9, rtol=1e-9)
 
 
 def digits() -> DigitsTransformer:
@@ -116,6 +138,7 @@ def test_convert_with_a_target_converts_the_rest_too() -> None:
                                   layernorm_interval=(1e-3, 10.0))  # fmt: skip
     assert {r.kind for r in replaced} == {"gelu", "layernorm", "attention"}
     assert isinstance(converted.blocks[0].attn, SoftAttention)
+    assert converted.blocks[0].attn.order == "kernel"  # what the he engine packs
 
 
 @pytest.mark.parametrize(
@@ -127,6 +150,7 @@ def test_convert_with_a_target_converts_the_rest_too() -> None:
         ({"attention": "soft", "softmax": "power"}, "has no softmax to replace"),
         ({"attention": "linear"}, "choose 'soft' or None"),
         ({"attention_options": {"landmarks": 4}}, "without attention='soft'"),
+        ({"attention": "soft", "attention_options": {"order": "quadratic"}}, "choose from"),
     ],
 )
 def test_bad_soft_arguments_are_one_error_each(kwargs: dict, match: str) -> None:

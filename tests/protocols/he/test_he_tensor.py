@@ -747,3 +747,27 @@ def test_numpy_array_on_the_left(kit: Kit) -> None:
 def test_tensor_minus_itself(kit: Kit) -> None:
     t = kit.enc(_uniform(74, SHAPE), LAYOUT)
     _close(kit.dec(t - t), np.zeros(SHAPE), ATOL_FRESH)
+
+
+def test_matmul_against_fewer_columns_than_rows(kit: Kit) -> None:
+    """a (batch, heads, 16 rows in slots, c) @ b (batch, heads, c, 4 columns in slots at the
+    rows' stride), SOFT attention's queries against its landmarks: every one of a's 16 rows
+    must see each column. The column axis was replicated over 4 slots only, so rows 4 to 15
+    came out 0 with no error (found on SOFT under he; fixed: `replicate`'s extent)."""
+    batch, heads, rows, c, cols = 2, 2, 16, 2, 4
+    na = _uniform(80, (batch, heads, rows, c))
+    nb = _uniform(81, (batch, heads, c, cols))
+    a = kit.enc(na, Layout(na.shape, (rows, None, 1, None), 0))
+    b = kit.enc(nb, Layout(nb.shape, (rows, None, None, 1), 0))
+    _close(kit.dec(matmul(a, b)), na @ nb)
+
+
+@pytest.mark.xfail(strict=True, reason="known defect: a size-1 slot axis is taken as broadcast")
+def test_an_outer_sum_of_two_slot_vectors(kit: Kit) -> None:
+    """(16, 1) + (1, 4) with both long axes in slots at stride 1 (SOFT's squared norms of
+    queries and landmarks): the engine returns a (16, 4) tensor whose values are wrong,
+    instead of spreading one operand or refusing. Recorded for the SOFT-under-he work."""
+    na, nb = _uniform(82, (2, 16, 1)), _uniform(83, (2, 1, 4))
+    a = kit.enc(na, Layout(na.shape, (16, 1, None), 0))
+    b = kit.enc(nb, Layout(nb.shape, (16, None, 1), 0))
+    _close(kit.dec(a + b), na + nb)
