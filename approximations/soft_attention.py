@@ -6,8 +6,7 @@ kernel of the (head-wise) queries, scaled so that the exponent is that of the pa
     S_ij = exp(-||q_i - q_j||^2 / (2 sqrt(d))),   d the head width
 
 S is symmetric positive semi-definite, so it has a Nystrom approximation from m landmarks
-l_1..l_m (here the means of n / m tokens' queries taken m apart: l_a averages tokens a,
-a + m, a + 2m, ...):
+l_1..l_m (here the means of m groups of n / m consecutive tokens' queries):
 
     S ~ P A^+ P^T,   P_ia = exp(-||q_i - l_a||^2 / (2 sqrt(d)))   (n x m),
                      A_ab = exp(-||l_a - l_b||^2 / (2 sqrt(d)))   (m x m)
@@ -20,9 +19,8 @@ A is symmetric with entries in (0, 1] and a unit diagonal, so its eigenvalues li
 [0, m] and V_0 = A / m^2 starts inside the iteration's basin (||I - A V_0|| < 1 on A's
 range); an eigenvalue lambda's error falls as (1 - lambda^2 / m^2)^(2^k): with m = 4 and
 lambda >= 1, below 7e-8 after 8 iterations. Small eigenvalues (near-duplicate landmarks)
-converge last, which acts as a truncated pseudo-inverse. Each squared distance is one
-inner product of augmented vectors, ||a - b||^2 = [a, ||a||^2, 1] . [-2 b, 1, ||b||^2]:
-one matrix product, no outer sum (which the he engine cannot broadcast across slots).
+converge last, which acts as a truncated pseudo-inverse. The squared distances are
+expanded, ||a||^2 + ||b||^2 - 2 a.b, into sums and one matrix product.
 
 Symmetric normalisation (SOFT's follow-up, Lu et al., IJCV 2024): with D = diag(S~ 1),
 
@@ -30,8 +28,9 @@ Symmetric normalisation (SOFT's follow-up, Lu et al., IJCV 2024): with D = diag(
 
 in one of two orders (`order`): "linear" right to left in O(n m d), never an n x n matrix
 (training, mpc); "kernel" forms S~ = (P A^+) P^T and then S~ V, O(n^2 m), the
-products of ordinary attention, which the he engine packs (its packing has no form yet for
-the linear order's (m x m) by (m x 1) products). Both compute the same function. 1 / sqrt
+products of ordinary attention, which the he engine packs (its packing has no form for the
+linear order's (m x m) by (m x 1) products). Both compute the same function. (Under he the
+whole module does not run yet: see `secinfer/zoo/soft.py`.) 1 / sqrt
 of the row sums is the only nonlinear step besides the exponentials (both have MPC and HE
 kernels: exp by squaring on the calibrated interval, whose exponents are <= 0 here; rsqrt
 by Newton). No softmax, no maximum, no comparison.
@@ -53,13 +52,12 @@ ORDERS = ("linear", "kernel")
 
 
 def gaussian_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """exp(-||a_i - b_j||^2 / 2) over the last two axes (rows of a against rows of b), each
-    squared distance the inner product [a, ||a||^2, 1] . [-2 b, 1, ||b||^2]."""
+    """exp(-||a_i - b_j||^2 / 2) over the last two axes (rows of a against rows of b), the
+    distance expanded into sums and one product."""
     squares_a = (a * a).sum(-1, keepdim=True)
-    squares_b = (b * b).sum(-1, keepdim=True)
-    left = torch.cat([a, squares_a, squares_a * 0.0 + 1.0], -1)
-    right = torch.cat([-2.0 * b, squares_b * 0.0 + 1.0, squares_b], -1)
-    return torch.exp(-0.5 * (left @ right.transpose(-2, -1)))
+    squares_b = (b * b).sum(-1, keepdim=True).transpose(-2, -1)
+    distances = squares_a + squares_b - 2.0 * (a @ b.transpose(-2, -1))
+    return torch.exp(-0.5 * distances)
 
 
 def newton_schulz_pseudo_inverse(a: torch.Tensor, iterations: int) -> torch.Tensor:
@@ -137,7 +135,7 @@ class SoftAttention(nn.Module):
         q = self._split(self.q(x)) * (1.0 / math.sqrt(math.sqrt(self.d_head)))
         v = self._split(self.v(x))
         group = n // self.landmarks
-        marks = q.reshape(b, self.n_heads, group, self.landmarks, self.d_head).mean(-3)
+        marks = q.reshape(b, self.n_heads, self.landmarks, group, self.d_head).mean(-2)
         p = gaussian_kernel(q, marks)  # (B, H, n, m)
         inverse = newton_schulz_pseudo_inverse(gaussian_kernel(marks, marks), self.iterations)
         pt = p.transpose(-2, -1)
