@@ -368,7 +368,9 @@ class HeTensor:
             if source.shape[k] == 1 and like.shape[k] > 1 and like.strides[k] is not None
             and not like.composite(k)
         ]  # fmt: skip
-        if not axes:
+        if not axes or any(
+            source.shape[k] != like.shape[k] for k in range(nd) if k not in axes
+        ):  # only size-1 axes grow: an axis `like` lacks (an outer sum) is not dropped
             return None
         parts = source._parts()
         expanded = Layout(

@@ -762,12 +762,14 @@ def test_matmul_against_fewer_columns_than_rows(kit: Kit) -> None:
     _close(kit.dec(matmul(a, b)), na @ nb)
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: a size-1 slot axis is taken as broadcast")
-def test_an_outer_sum_of_two_slot_vectors(kit: Kit) -> None:
+def test_an_outer_sum_of_two_slot_vectors_is_refused_not_wrong(kit: Kit) -> None:
     """(16, 1) + (1, 4) with both long axes in slots at stride 1 (SOFT's squared norms of
-    queries and landmarks): the engine returns a (16, 4) tensor whose values are wrong,
-    instead of spreading one operand or refusing. Recorded for the SOFT-under-he work."""
+    queries and landmarks): `spread` grew the first operand's size-1 axis and silently
+    dropped its axis of 4, so the sum came out (16, 1) and wrong with no error (found on
+    SOFT under he). Now refused: neither operand spreads into the other's layout."""
     na, nb = _uniform(82, (2, 16, 1)), _uniform(83, (2, 1, 4))
     a = kit.enc(na, Layout(na.shape, (16, 1, None), 0))
     b = kit.enc(nb, Layout(nb.shape, (16, None, 1), 0))
-    _close(kit.dec(a + b), na + nb)
+    assert b.spread(a.layout) is None and a.spread(b.layout) is None
+    with pytest.raises(LayoutError, match="in slots in one encrypted operand"):
+        a + b
