@@ -158,8 +158,15 @@ def attention_ms(a: Layout, b: Layout) -> float | None:
             return None
         outputs = rows * b.shape[-1]
         return outputs * c * (CT_MULT_MS + u["add"]) + outputs * u["key_switch"]
-    spread = [d for d in (-2, -1) if b.strides[d] == t_i]
     batch_a, batch_b = a.strides[:-2], b.strides[:-2]
+    if b.strides[-2:] == (None, None):  # each entry of b spread over a's rows
+        if len(batch_a) != len(batch_b) or batch_a != batch_b or a.offset != b.offset:
+            return None
+        steps = math.ceil(math.log2(a.shape[-2])) if a.shape[-2] > 1 else 0
+        outputs = rows * b.shape[-1]
+        spread_ms = math.prod(b.grid_shape) * steps * (u["key_switch"] + u["add"])
+        return spread_ms + outputs * (c * (CT_MULT_MS + u["add"]) + u["key_switch"])
+    spread = [d for d in (-2, -1) if b.strides[d] == t_i]
     if (
         len(spread) != 1
         or b.strides[-1 - (spread[0] == -1)] is not None

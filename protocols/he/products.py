@@ -186,7 +186,8 @@ def _attention_targets(a: HeTensor, b: HeTensor) -> tuple[Layout, Layout] | None
     layouts: a in `Layout.standard` (batch axes and rows in slots, c in ciphertexts); b
     with a's batch strides, the axis of its last two whose size is a's row count (the last
     one when both are) in slots at a's row stride, the other in ciphertexts. None when b
-    has no axis of a's row count (no such form)."""
+    has no axis of a's row count, its last two axes both in ciphertexts (each entry is
+    then spread over a's rows)."""
     slots = a.engine.slots
     a_target = Layout.standard(a.layout.shape, slots)
     if a.dim() != b.dim():
@@ -203,8 +204,8 @@ def _attention_targets(a: HeTensor, b: HeTensor) -> tuple[Layout, Layout] | None
         tail: tuple[int | None, ...] = (None, t_i)
     elif b.layout.shape[-2] == rows:
         tail = (t_i, None)
-    else:
-        return None
+    else:  # (n, m) @ (m, k), m and k not n: every entry of b its own ciphertext, spread
+        tail = (None, None)
     return a_target, Layout(b.layout.shape, (*strides, *tail), a_target.offset)
 
 
@@ -343,16 +344,32 @@ def matmul(a: HeTensor, b: HeTensor | Plain) -> HeTensor:
             f"matmul: expected a (..., i, c) with i in slots and c in ciphertexts, got strides "
             f"{a.layout.strides}"
         )
-    spread = [d for d in (b.dim() - 2, b.dim() - 1) if b.layout.strides[d] == t_i]
-    if not spread:
-        raise LayoutError("matmul: b has no slot axis where a's rows sit")
-    ensure_levels([a, b], [1, 2])
+    last_two = (b.dim() - 2, b.dim() - 1)
+    spread = [d for d in last_two if b.layout.strides[d] == t_i]
+    along = None
+    if not spread and b.layout.strides[-2:] != (None, None):
+        # b's one slot axis sits elsewhere (landmarks pooled from a's rows)
+        spread = [d for d in last_two if b.layout.strides[d] is not None]
+        if len(spread) != 1 or not b.layout.simple:
+            raise LayoutError("matmul: b has no slot axis where a's rows sit")
+        along = t_i
     n_i = a.layout.shape[-2]
-    bp = b.replicate(spread[0], extent=n_i)  # over all of a's rows, however few b has
-    # b' seen with an explicit row axis i in slots: (..., i, c, j)
-    b_shape = (*bp.layout.shape[:-2], n_i, *bp.layout.shape[-2:])
-    b_layout = Layout(b_shape, (*bp.layout.strides[:-2], t_i, None, None), bp.layout.offset)
-    b4 = a._new(b_layout, bp.grid.reshape(b_layout.grid_shape), False)
+    if spread:
+        ensure_levels([a, b], [1, 2])
+        bp = b.replicate(spread[0], extent=n_i, along=along)  # over all of a's rows
+        # b' seen with an explicit row axis i in slots: (..., i, c, j)
+        b_shape = (*bp.layout.shape[:-2], n_i, *bp.layout.shape[-2:])
+        b_layout = Layout(b_shape, (*bp.layout.strides[:-2], t_i, None, None), bp.layout.offset)
+        b4 = a._new(b_layout, bp.grid.reshape(b_layout.grid_shape), False)
+    else:  # b's last two in ciphertexts: each spread over a's rows (log2 n_i' rotations)
+        ensure_levels([a, b], [1, 1 + (not b.clean)])
+        rows = b.unsqueeze(-3)
+        b_shape = (*rows.layout.shape[:-3], n_i, *rows.layout.shape[-2:])
+        b4 = rows.spread(Layout(b_shape, (*rows.layout.strides[:-3], t_i, None, None),
+                                rows.layout.offset))  # fmt: skip
+        if b4 is None:
+            raise LayoutError("matmul: b's entries have no room to spread over a's rows")
+        b_layout = b4.layout
     a4 = a.unsqueeze(-1)  # (..., i, c, 1)
     out4 = result_layout(a4.layout, b_shape, b_layout)
     ga, gb = grid_view(a4, out4), grid_view(b4, out4)

@@ -455,56 +455,79 @@ class HeTensor:
         layout = Layout(self.layout.shape, tuple(strides_new), self.layout.offset)
         return self._new(layout, out.reshape(layout.grid_shape), True)
 
-    def replicate(self, dim: int, extent: int | None = None) -> HeTensor:
+    def split_slots(self, dim: int) -> HeTensor:
+        """Slot axis `dim` (size n, stride t) becomes a ciphertext axis: ciphertext j holds
+        entry j alone at the axis's first slot (offset + 0 t, the other slot axes as
+        before), every other slot zero, so the result is clean. Per entry one mask product
+        (1 L) and one rotation by j t. A size-1 axis (a ciphertext axis already) is
+        returned as it is."""
+        if not self.layout.simple:
+            return self.standardized().split_slots(dim)
+        n, stride = self.layout.shape[dim], self.layout.strides[dim]
+        if stride is None:
+            return self
+        self.ensure_level(1)
+        positions = self.layout.positions()
+        slot_axis = self.layout.slot_axes.index(dim)
+        masks = []
+        for j in range(n):
+            mask = np.zeros(self.engine.slots)
+            mask[np.take(positions, j, axis=slot_axis).reshape(-1)] = 1.0
+            masks.append(mask)
+        what = f"moving slot axis {dim} (stride {stride}) of a {tuple(self.shape)} tensor"
+
+        def pick(ct: Ciphertext, j: int) -> Ciphertext:
+            picked = self.engine.mul_plain(ct, masks[j])
+            return checked_rotate(self.engine, picked, j * stride, what) if j else picked
+
+        grid = np.empty((*self.grid.shape, n), dtype=object)
+        for index in np.ndindex(self.grid.shape):
+            for j in range(n):
+                grid[(*index, j)] = pick(self.grid[index], j)
+        strides = list(self.layout.strides)
+        strides[dim] = None
+        shape = list(self.layout.shape)
+        layout = Layout(tuple(shape), tuple(strides), self.layout.offset)
+        grid = np.moveaxis(grid, -1, layout.ct_axes.index(dim))
+        return self._new(layout, grid, True)
+
+    def replicate(self, dim: int, extent: int | None = None, along: int | None = None) -> HeTensor:
         """Slot axis `dim` (size n, stride t) becomes a ciphertext axis; ciphertext j holds
         entry j broadcast over all n' = next_power_of_two(max(n, extent)) slots of the axis
         (positions offset + i t, i < n'), so it can meet a tensor whose slot axis of
         `extent` entries sits there (a longer one than this axis: every one of its slots
-        must see the entry). LayoutError when those slots would reach another entry's.
-        Per entry: one mask product (1 L), one rotation to the front, log2(n') rotations."""
+        must see the entry). With `along` (a slot stride), the entry is broadcast over the
+        n' slots offset + i along instead, n' = next_power_of_two(extent or n): where another
+        tensor's slot axis sits that this axis does not share a stride with (a query's rows
+        against landmarks pooled from them). LayoutError when those slots would reach
+        another entry's. Per entry: `split_slots` (one mask product, 1 L, one rotation to
+        the front), then log2(n') rotations with additions."""
         if not self.layout.simple:
-            return self.standardized().replicate(dim, extent)
-        n, stride = self.layout.shape[dim], self.layout.strides[dim]
-        if stride is None:
+            return self.standardized().replicate(dim, extent, along)
+        n, own = self.layout.shape[dim], self.layout.strides[dim]
+        if own is None:
             return self
-        span = next_power_of_two(max(n, extent or 0))
-        steps = int(math.log2(span))
+        stride = own if along is None else along
+        span = next_power_of_two(max(n, extent or 0) if along is None else (extent or n))
         positions = self.layout.positions()
         slot_axis = self.layout.slot_axes.index(dim)
         starts = np.take(positions, 0, axis=slot_axis).reshape(-1)
         reach = (starts[:, None] + stride * np.arange(span)[None, :]).reshape(-1)
         if np.unique(reach).size != reach.size or reach.max(initial=0) >= self.engine.slots:
             raise LayoutError(
-                f"replicating slot axis {dim} (stride {stride}) over {span} slots would reach "
-                "other entries' slots"
+                f"replicating slot axis {dim} (stride {own}) over {span} slots of stride {stride} "
+                "would reach other entries' slots"
             )
-        self.ensure_level(1)
-        masks = []
-        for j in range(n):
-            mask = np.zeros(self.engine.slots)
-            mask[np.take(positions, j, axis=slot_axis).reshape(-1)] = 1.0
-            masks.append(mask)
+        split = self.split_slots(dim)
+        what = f"replicating slot axis {dim} (stride {own}) of a {tuple(self.shape)} tensor"
+        steps = [-stride * (1 << k) for k in range(int(math.log2(span)))]
 
-        what = f"replicating slot axis {dim} (stride {stride}) of a {tuple(self.shape)} tensor"
+        def fill(ct: Ciphertext) -> Ciphertext:
+            for step in steps:
+                ct = self.engine.add(ct, checked_rotate(self.engine, ct, step, what))
+            return ct
 
-        def spread(ct: Ciphertext, j: int) -> Ciphertext:
-            picked = self.engine.mul_plain(ct, masks[j])
-            if j:
-                picked = checked_rotate(self.engine, picked, j * stride, what)
-            for k in range(steps):
-                rotated = checked_rotate(self.engine, picked, -stride * (1 << k), what)
-                picked = self.engine.add(picked, rotated)
-            return picked
-
-        grid = np.empty((*self.grid.shape, n), dtype=object)
-        for index in np.ndindex(self.grid.shape):
-            for j in range(n):
-                grid[(*index, j)] = spread(self.grid[index], j)
-        strides = list(self.layout.strides)
-        strides[dim] = None
-        layout = Layout(self.layout.shape, tuple(strides), self.layout.offset)
-        grid = np.moveaxis(grid, -1, layout.ct_axes.index(dim))
-        return self._new(layout, grid, False)
+        return split._map(fill, False)
 
 
 class DepthExhausted(ValueError):
@@ -630,8 +653,11 @@ def _binary(a: HeTensor, b: Any, op: str) -> HeTensor:
                 if spread_b is None and a.layout.shape != b.layout.shape
                 else None
             )
+            outer = None if spread_b or spread_a else _outer_operands(a, b)
             if spread_b is not None or spread_a is not None:
                 a, b = spread_a or a, spread_b or b
+            elif outer is not None:
+                a, b = outer
             elif not standardize([a, b]):
                 raise
             out = result_layout(a.layout, tuple(b.layout.shape), b.layout)
@@ -688,6 +714,48 @@ def _binary(a: HeTensor, b: Any, op: str) -> HeTensor:
         fn = engine.add_plain if op == "add" else engine.mul_plain
         grid[index] = fn(ga[index], factor)
     return a._new(out, grid, clean)
+
+
+def _outer_operands(a: HeTensor, b: HeTensor) -> tuple[HeTensor, HeTensor] | None:
+    """(a, b) made to meet slot for slot when each has a slot axis where the other has size
+    1 (an outer sum, (n, 1) + (1, m)): the operand with fewer such entries moves those slot
+    axes into ciphertexts (`HeTensor.split_slots`: 1 L, one rotation per entry) and is then
+    spread along the other's slot axes (`HeTensor.spread`: log2 n rotations per
+    ciphertext); the other operand is untouched. None when neither way fits (the slot
+    axes they share sit differently, or the spread has no room)."""
+    nd = max(a.dim(), b.dim())
+    views = [t.reshape([1] * (nd - t.dim()) + list(t.shape)) for t in (a, b)]
+
+    def lone_slot_axes(t: HeTensor, other: HeTensor) -> list[int]:
+        return [k for k in range(nd)
+                if t.layout.strides[k] is not None and other.layout.shape[k] == 1]  # fmt: skip
+
+    ways = []
+    for i in (0, 1):
+        small, big = views[i], views[1 - i]
+        axes = lone_slot_axes(small, big)
+        if axes and lone_slot_axes(big, small):
+            entries = math.prod(small.layout.shape[k] for k in axes)
+            ways.append((entries * math.prod(small.layout.grid_shape), i, axes))
+    for _, i, axes in sorted(ways):
+        small, big = views[i], views[1 - i]
+        if not (small.layout.simple and big.layout.simple):
+            return None
+        moved = small
+        for k in axes:
+            moved = moved.split_slots(k)
+        grow = [k for k in range(nd) if moved.layout.shape[k] == 1 and big.layout.shape[k] > 1
+                and big.layout.strides[k] is not None]  # fmt: skip
+        source = [big.layout if k in grow else moved.layout for k in range(nd)]
+        like = Layout(
+            tuple(source[k].shape[k] for k in range(nd)),
+            tuple(source[k].strides[k] for k in range(nd)),
+            moved.layout.offset,
+        )
+        spread = moved.spread(like)
+        if spread is not None:
+            return (big, spread) if i else (spread, big)
+    return None
 
 
 def _common_packing(a: HeTensor, b: HeTensor) -> Layout | None:

@@ -37,6 +37,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 ts = pytest.importorskip("tenseal")
 
@@ -762,14 +764,88 @@ def test_matmul_against_fewer_columns_than_rows(kit: Kit) -> None:
     _close(kit.dec(matmul(a, b)), na @ nb)
 
 
-def test_an_outer_sum_of_two_slot_vectors_is_refused_not_wrong(kit: Kit) -> None:
+def test_an_outer_sum_of_two_slot_vectors(kit: Kit) -> None:
     """(16, 1) + (1, 4) with both long axes in slots at stride 1 (SOFT's squared norms of
     queries and landmarks): `spread` grew the first operand's size-1 axis and silently
     dropped its axis of 4, so the sum came out (16, 1) and wrong with no error (found on
-    SOFT under he). Now refused: neither operand spreads into the other's layout."""
+    SOFT under he; then refused: neither operand spreads into the other's layout). Now
+    the shorter axis moves into ciphertexts (`split_slots`) and spreads over the longer."""
     na, nb = _uniform(82, (2, 16, 1)), _uniform(83, (2, 1, 4))
     a = kit.enc(na, Layout(na.shape, (16, 1, None), 0))
     b = kit.enc(nb, Layout(nb.shape, (16, None, 1), 0))
     assert b.spread(a.layout) is None and a.spread(b.layout) is None
-    with pytest.raises(LayoutError, match="in slots in one encrypted operand"):
-        a + b
+    before = kit.rotations
+    total = a + b
+    # b's 4 entries: 3 rotations to the front, then log2(16) spreading rotations each
+    assert kit.rotations - before == 3 + 4 * 4
+    assert total.layout == Layout((2, 16, 4), (16, 1, None), 0)
+    _close(kit.dec(total), na + nb)
+
+
+@st.composite
+def outer_cases(draw: st.DrawFn) -> tuple:
+    """An outer (op) of (batch, n, 1) and (batch, 1, m), each long axis in slots: n at
+    stride 1, m at stride `m_stride` (landmarks pooled from groups of tokens sit at the
+    group's stride), the batch far enough apart for both; either operand first."""
+    batch, n, m = draw(st.integers(1, 2)), draw(st.integers(2, 16)), draw(st.integers(2, 8))
+    m_stride = draw(st.sampled_from([1, 2, 4]))
+    op = draw(st.sampled_from(["add", "sub", "mul"]))
+    swap = draw(st.booleans())
+    return batch, n, m, m_stride, op, swap
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=outer_cases(), seed=st.integers(0, 2**16))
+def test_outer_products_of_slot_axes_sweep(
+    ctx: ts.Context, codec: Codec, case: tuple, seed: int
+) -> None:
+    batch, n, m, m_stride, op, swap = case
+    kit = Kit(ctx, codec)
+    room = next_power_of_two(max(n, m * m_stride))
+    na, nb = _uniform(seed, (batch, n, 1)), _uniform(seed + 1, (batch, 1, m))
+    a = kit.enc(na, Layout(na.shape, (room, 1, None), 0))
+    b = kit.enc(nb, Layout(nb.shape, (room, None, m_stride), 0))
+    x, y, nx, ny = (b, a, nb, na) if swap else (a, b, na, nb)
+    got = {"add": lambda: x + y, "sub": lambda: x - y, "mul": lambda: x * y}[op]()
+    want = {"add": nx + ny, "sub": nx - ny, "mul": nx * ny}[op]
+    _close(kit.dec(got), want)
+
+
+@pytest.mark.parametrize("form", ["columns-elsewhere", "columns-in-ciphertexts"])
+def test_matmul_of_queries_against_landmarks(kit: Kit, form: str) -> None:
+    """a (batch, heads, 16 rows at stride 1, c) @ b (batch, heads, c, 4): SOFT's queries
+    against its landmarks, whose columns sit where the mean over groups of 4 tokens left
+    them (stride 4, not the rows' stride: each column is replicated over a's rows at
+    their stride, `replicate(along=)`), or in ciphertexts (each entry spread over a's
+    rows). Both were refused ("b has no slot axis where a's rows sit")."""
+    batch, heads, rows, c, cols = 2, 2, 16, 3, 4
+    na = _uniform(84, (batch, heads, rows, c))
+    nb = _uniform(85, (batch, heads, c, cols))
+    a = kit.enc(na, Layout(na.shape, (rows, None, 1, None), 0))
+    tail = (None, 4) if form == "columns-elsewhere" else (None, None)
+    b = kit.enc(nb, Layout(nb.shape, (rows, None, *tail), 0))
+    _close(kit.dec(matmul(a, b)), na @ nb)
+
+
+@st.composite
+def product_cases(draw: st.DrawFn) -> tuple:
+    """(batch, n, c) @ (batch, c, k), n rows at stride 1; b's columns at the rows' stride,
+    at another stride, or in ciphertexts, its contracted axis in ciphertexts."""
+    batch, n, c, k = (draw(st.integers(1, 2)), draw(st.integers(1, 12)),
+                      draw(st.integers(1, 3)), draw(st.integers(1, 6)))  # fmt: skip
+    form = draw(st.sampled_from(["rows-stride", "other-stride", "ciphertexts"]))
+    stride = draw(st.sampled_from([2, 4])) if form == "other-stride" else 1
+    return batch, n, c, k, form, stride
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=product_cases(), seed=st.integers(0, 2**16))
+def test_encrypted_products_sweep(ctx: ts.Context, codec: Codec, case: tuple, seed: int) -> None:
+    batch, n, c, k, form, stride = case
+    kit = Kit(ctx, codec)
+    room = next_power_of_two(max(n, k * stride))
+    na, nb = _uniform(seed, (batch, n, c)), _uniform(seed + 1, (batch, c, k))
+    a = kit.enc(na, Layout(na.shape, (room, 1, None), 0))
+    tail = (None, None) if form == "ciphertexts" else (None, stride)
+    b = kit.enc(nb, Layout(nb.shape, (room, *tail), 0))
+    _close(kit.dec(matmul(a, b)), na @ nb)
