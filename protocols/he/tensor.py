@@ -463,33 +463,8 @@ class HeTensor:
         returned as it is."""
         if not self.layout.simple:
             return self.standardized().split_slots(dim)
-        n, stride = self.layout.shape[dim], self.layout.strides[dim]
-        if stride is None:
-            return self
-        self.ensure_level(1)
-        positions = self.layout.positions()
-        slot_axis = self.layout.slot_axes.index(dim)
-        masks = []
-        for j in range(n):
-            mask = np.zeros(self.engine.slots)
-            mask[np.take(positions, j, axis=slot_axis).reshape(-1)] = 1.0
-            masks.append(mask)
-        what = f"moving slot axis {dim} (stride {stride}) of a {tuple(self.shape)} tensor"
-
-        def pick(ct: Ciphertext, j: int) -> Ciphertext:
-            picked = self.engine.mul_plain(ct, masks[j])
-            return checked_rotate(self.engine, picked, j * stride, what) if j else picked
-
-        grid = np.empty((*self.grid.shape, n), dtype=object)
-        for index in np.ndindex(self.grid.shape):
-            for j in range(n):
-                grid[(*index, j)] = pick(self.grid[index], j)
-        strides = list(self.layout.strides)
-        strides[dim] = None
-        shape = list(self.layout.shape)
-        layout = Layout(tuple(shape), tuple(strides), self.layout.offset)
-        grid = np.moveaxis(grid, -1, layout.ct_axes.index(dim))
-        return self._new(layout, grid, True)
+        what = f"moving slot axis {dim} of a {tuple(self.shape)} tensor into ciphertexts"
+        return self._slots_to_ciphertexts(dim, [], what)
 
     def replicate(self, dim: int, extent: int | None = None, along: int | None = None) -> HeTensor:
         """Slot axis `dim` (size n, stride t) becomes a ciphertext axis; ciphertext j holds
@@ -500,8 +475,8 @@ class HeTensor:
         n' slots offset + i along instead, n' = next_power_of_two(extent or n): where another
         tensor's slot axis sits that this axis does not share a stride with (a query's rows
         against landmarks pooled from them). LayoutError when those slots would reach
-        another entry's. Per entry: `split_slots` (one mask product, 1 L, one rotation to
-        the front), then log2(n') rotations with additions."""
+        another entry's. Per entry: as `split_slots` (one mask product, 1 L, one rotation
+        to the front), then log2(n') rotations with additions."""
         if not self.layout.simple:
             return self.standardized().replicate(dim, extent, along)
         n, own = self.layout.shape[dim], self.layout.strides[dim]
@@ -518,16 +493,43 @@ class HeTensor:
                 f"replicating slot axis {dim} (stride {own}) over {span} slots of stride {stride} "
                 "would reach other entries' slots"
             )
-        split = self.split_slots(dim)
         what = f"replicating slot axis {dim} (stride {own}) of a {tuple(self.shape)} tensor"
         steps = [-stride * (1 << k) for k in range(int(math.log2(span)))]
+        return self._slots_to_ciphertexts(dim, steps, what)
 
-        def fill(ct: Ciphertext) -> Ciphertext:
+    def _slots_to_ciphertexts(self, dim: int, steps: list[int], what: str) -> HeTensor:
+        """Slot axis `dim` of a simple layout into a ciphertext axis: per entry j, the
+        entry's slots masked (1 L) and rotated by j t to the axis's first slot, then for
+        every step s of `steps` the ciphertext plus itself rotated by s (`replicate`'s
+        broadcast; clean only without steps)."""
+        n, stride = self.layout.shape[dim], self.layout.strides[dim]
+        assert stride is not None
+        self.ensure_level(1)
+        positions = self.layout.positions()
+        slot_axis = self.layout.slot_axes.index(dim)
+        masks = []
+        for j in range(n):
+            mask = np.zeros(self.engine.slots)
+            mask[np.take(positions, j, axis=slot_axis).reshape(-1)] = 1.0
+            masks.append(mask)
+
+        def pick(ct: Ciphertext, j: int) -> Ciphertext:
+            picked = self.engine.mul_plain(ct, masks[j])
+            if j:
+                picked = checked_rotate(self.engine, picked, j * stride, what)
             for step in steps:
-                ct = self.engine.add(ct, checked_rotate(self.engine, ct, step, what))
-            return ct
+                picked = self.engine.add(picked, checked_rotate(self.engine, picked, step, what))
+            return picked
 
-        return split._map(fill, False)
+        grid = np.empty((*self.grid.shape, n), dtype=object)
+        for index in np.ndindex(self.grid.shape):
+            for j in range(n):
+                grid[(*index, j)] = pick(self.grid[index], j)
+        strides = list(self.layout.strides)
+        strides[dim] = None
+        layout = Layout(self.layout.shape, tuple(strides), self.layout.offset)
+        grid = np.moveaxis(grid, -1, layout.ct_axes.index(dim))
+        return self._new(layout, grid, not steps)
 
 
 class DepthExhausted(ValueError):
