@@ -12,7 +12,8 @@ Two families, each the same model but for its attention:
 Fine-tuning: `EPOCHS` epochs of distillation from the bundled softmax model
 (`secinfer.zoo.soft.distilled`, seed fixed, one thread: deterministic). SOFT:
 `secinfer.zoo.soft.soft_digits`, `approximations.convert(model, attention="soft")` with
-its defaults (4 landmarks, 8 Newton-Schulz iterations, symmetric normalisation).
+its defaults (4 landmarks, 8 Newton-Schulz iterations, symmetric normalisation; the
+"kernel" order for he).
 Accuracy: the 360 test images in float32. Cost: each variant saved in the zoo's format
 and run by the secure backend's parties as local processes
 (`secinfer.launch.run.run_secure`, what `secinfer run` does) on the first `IMAGES` test
@@ -37,6 +38,7 @@ from approximations.conversion import convert
 from approximations.modules import PowerSoftmax
 
 DATA = Path(secinfer.__file__).resolve().parent / "data"
+TEACHER = DATA / "digits.safetensors"
 EPOCHS = 30
 IMAGES, QUICK_IMAGES = 32, 2
 FAMILIES = {
@@ -49,18 +51,15 @@ def variant(family: str, attention: str, epochs: int = EPOCHS) -> tuple[nn.Modul
     """The model of `family` with `attention`, and the conversion record that rebuilds it
     (`secinfer.zoo.digits.save_model`)."""
     from secinfer.zoo.digits import load_model, read_metadata
-    from secinfer.zoo.soft import distilled, soft_digits
+    from secinfer.zoo.soft import KEPT, distilled, soft_digits
 
-    base_name = FAMILIES[family][0]
-    base = load_model(DATA / f"{base_name}.safetensors").eval()
-    conversion = read_metadata(DATA / f"{base_name}.safetensors").get("conversion") or {}
+    base_path, teacher_path = DATA / f"{FAMILIES[family][0]}.safetensors", TEACHER
+    if attention == "SOFT":  # the base's own conversion stays; its attention changes
+        return soft_digits(base_path, teacher_path, target=family, epochs=epochs)
+    base = load_model(base_path).eval()
+    conversion = read_metadata(base_path).get("conversion") or {}
     if attention == ("softmax" if family == "mpc" else "power-softmax"):
         return base, conversion
-    teacher = load_model(DATA / "digits.safetensors").eval()
-    kept = {k: conversion.get(k) for k in ("gelu", "layernorm", "layernorm_interval")}
-    if attention == "SOFT":  # the base's own conversion stays; its attention changes
-        teacher_path = DATA / "digits.safetensors"
-        return soft_digits(DATA / f"{base_name}.safetensors", teacher_path, epochs=epochs)
     if attention == "power-softmax":
         model, _ = convert(base, gelu=None, softmax="power", layernorm=None)
         record = {"gelu": None, "softmax": "power", "layernorm": None}
@@ -70,8 +69,8 @@ def variant(family: str, attention: str, epochs: int = EPOCHS) -> tuple[nn.Modul
             for name, child in list(module.named_children()):
                 if isinstance(child, PowerSoftmax):
                     setattr(module, name, nn.Softmax(dim=-1))
-        record = {**kept, "softmax": None}
-    return distilled(model, teacher, epochs), record
+        record = {**{k: conversion.get(k) for k in KEPT}, "softmax": None}
+    return distilled(model, load_model(teacher_path).eval(), epochs), record
 
 
 def _secure_cost(backend: str, path: Path, images: int) -> dict[str, Any]:
@@ -131,50 +130,48 @@ def run(quick: bool = False) -> dict[str, Any]:
             "seconds": time.perf_counter() - began}  # fmt: skip
 
 
+COLUMNS = {
+    "mpc": (
+        ("MB sent per party", "mb_per_party", ".2f", True),
+        ("rounds", "rounds", "d", True),
+        ("seconds", "seconds", ".1f", False),
+    ),
+    "he": (
+        ("refreshes", "refreshes", "d", True),
+        ("MB sent (both ways)", "mb_sent", ".1f", True),
+        ("seconds", "seconds", ".1f", True),
+    ),
+}
+"""Per backend: (header, row key, format, with a ratio to the backend's first row)."""
+
+
 def markdown(record: dict[str, Any]) -> str:
     head = (
         f"**SOFT attention on the digits model** (360 test images; SOFT and the converted "
         f"attentions fine-tuned {record['epochs']} epochs by distillation; costs on "
         f"{record['images']} images, the ratios against the first row of each backend):"
     )
-    lines = [head, ""]
-    for backend in FAMILIES:
+    lines = [head]
+    for backend, columns in COLUMNS.items():
         rows = [r for r in record["rows"] if r["backend"] == backend]
         base = rows[0]
-        if backend == "mpc":
-            lines += [
-                "| mpc: attention | accuracy | MB sent per party | ratio | rounds | ratio | "
-                "seconds | max logit error |",
-                "|---|---|---|---|---|---|---|---|",
-            ]
-            for r in rows:
-                if "refused" in r:
-                    lines.append(f"| {r['attention']} | {r['accuracy']:.4f} | refused: "
-                                 f"{r['refused']} | | | | | |")  # fmt: skip
-                    continue
-                lines.append(
-                    f"| {r['attention']} | {r['accuracy']:.4f} | {r['mb_per_party']:.2f} | "
-                    f"{r['mb_per_party'] / base['mb_per_party']:.2f} | {r['rounds']} | "
-                    f"{r['rounds'] / base['rounds']:.2f} | {r['seconds']:.1f} | "
-                    f"{r['max_abs_error']:.1e} |"
-                )
-        else:
-            lines += [
-                "",
-                "| he: attention | accuracy | refreshes | MB sent (both ways) | seconds | ratio | "
-                "max logit error |",
-                "|---|---|---|---|---|---|---|",
-            ]
-            for r in rows:
-                if "refused" in r:
-                    lines.append(f"| {r['attention']} | {r['accuracy']:.4f} | refused: "
-                                 f"{r['refused']} | | | | |")  # fmt: skip
-                    continue
-                lines.append(
-                    f"| {r['attention']} | {r['accuracy']:.4f} | {r['refreshes']} | "
-                    f"{r['mb_sent']:.1f} | {r['seconds']:.1f} | "
-                    f"{r['seconds'] / base['seconds']:.2f} | {r['max_abs_error']:.1e} |"
-                )
+        headers = [f"{backend}: attention", "accuracy"]
+        for header, _, _, ratio in columns:
+            headers += [header, "ratio"] if ratio else [header]
+        headers.append("max logit error")
+        lines += ["", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        for r in rows:
+            cells = [r["attention"], f"{r['accuracy']:.4f}"]
+            if "refused" in r:
+                cells += [f"refused: {r['refused']}"] + [""] * (len(headers) - 3)
+                lines.append("| " + " | ".join(cells) + " |")
+                continue
+            for _, key, spec, ratio in columns:
+                cells.append(format(r[key], spec))
+                if ratio:
+                    cells.append(f"{r[key] / base[key]:.2f}" if "refused" not in base else "")
+            cells.append(f"{r['max_abs_error']:.1e}")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -1,7 +1,8 @@
 """Fine-tune the bundled digits model with SOFT, softmax-free attention, and save it.
 
 Loads a bundled digits model (`--base digits`: exact GELU and LayerNorm, for `-b mpc`;
-`--base digits_he`: quad GELU and polynomial LayerNorm), rebuilds its attention with
+`--base digits_he`: quad GELU and polynomial LayerNorm, for `-b he`, with SOFT's "kernel"
+order, which the he engine runs cheaper), rebuilds its attention with
 `approximations.convert(model, attention="soft", attention_options=...)`, fine-tunes it by
 distillation from the softmax model (`secinfer.zoo.soft.soft_digits`), prints the test
 accuracy of both and saves the result into --out as `<name>.safetensors` (weights,
@@ -9,6 +10,8 @@ architecture and conversion), `<name>.json` and `<name>.pt2`:
 
     python examples/train_soft_attention.py --out my-soft/ --landmarks 4 --iterations 8
     secinfer run my-soft/digits_soft.safetensors -b mpc
+    python examples/train_soft_attention.py --out my-soft/ --base digits_he
+    secinfer run my-soft/digits_he_soft.safetensors -b he
 
 A user mistake (an option without its value, a landmark count that does not divide the
 16 tokens) is one `error:` line and exit 2.
@@ -60,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     base = DATA / f"{args.base}.safetensors"
     options = {"landmarks": args.landmarks, "iterations": args.iterations}
     try:
+        target = "he" if args.base == "digits_he" else "mpc"
         model, record = soft_digits(base, DATA / "digits.safetensors", options=options,
-                                    epochs=args.epochs)  # fmt: skip
+                                    target=target, epochs=args.epochs)  # fmt: skip
     except ApproximationError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
