@@ -1,0 +1,79 @@
+"""The length-doubling PRG of the FSS keys: fixed-key AES in Matyas-Meyer-Oseas mode, over
+whole arrays of seeds at once.
+
+A seed is 128 bits, held as two uint64 words (low, high) in a numpy array of shape
+(..., 2). With one public AES-128 key k (fixed: `KEY`), the j-th output block of seed s is
+
+    B_j(s) = AES_k(s xor j) xor (s xor j),   j = 0, 1, 2
+
+(Matyas-Meyer-Oseas with a tweak; fixed-key AES used this way is the correlation-robust
+hash of Guo et al., "Efficient and Secure Multiparty Computation from Fixed-Key Block
+Ciphers", S&P 2020, as in the FSS implementations of SIGMA and LibFSS). `expand` reads
+
+    B_0 -> (s_L, t_L)   the left child's seed (low bit cleared) and control bit (that bit)
+    B_1 -> (s_R, t_R)   the same for the right child
+    B_2 -> (v_L, v_R)   two 64-bit group elements (its low and high words)
+
+so a seed's low bit is always 0 and tweaks 0..2 never collide. One AES call of 3 N blocks
+per level of N seeds (OpenSSL's AES-NI through the `cryptography` package).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+KEY = hashlib.sha256(b"secinfer fss prg, fixed-key AES-128 (Matyas-Meyer-Oseas), v1").digest()[:16]
+"""The PRG's public AES key: fixed, known to everyone (its security rests on AES as a
+random permutation, not on this key being secret)."""
+SEED_WORDS = 2
+"""A 128-bit seed as (low, high) uint64 words."""
+
+_LOW_BIT = np.uint64(1)
+_CLEAR = np.uint64(0xFFFFFFFFFFFFFFFE)
+
+
+def _encryptor() -> Any:  # the context type of `cryptography` is private
+    return Cipher(algorithms.AES(KEY), modes.ECB()).encryptor()
+
+
+def random_seeds(count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` seeds (count, 2) uint64 from `rng`, their low bit cleared (see `expand`)."""
+    seeds = rng.integers(0, 1 << 64, size=(count, SEED_WORDS), dtype=np.uint64)
+    seeds[:, 0] &= _CLEAR
+    return seeds
+
+
+def blocks(seeds: np.ndarray, count: int) -> np.ndarray:
+    """B_0 .. B_(count-1) of every seed: (N, count, 2) uint64 (module docstring)."""
+    seeds = np.ascontiguousarray(seeds, dtype=np.uint64).reshape(-1, SEED_WORDS)
+    tweaked = np.repeat(seeds[:, None, :], count, axis=1)
+    tweaked[:, :, 0] ^= np.arange(count, dtype=np.uint64)[None, :]
+    raw = _encryptor().update(tweaked.tobytes())
+    return np.frombuffer(raw, dtype=np.uint64).reshape(tweaked.shape) ^ tweaked
+
+
+def expand(
+    seeds: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """G(s) for every seed of `seeds` (N, 2): (s_L, t_L, v_L, s_R, t_R, v_R) with seeds
+    (N, 2) uint64, control bits (N,) uint8 and group elements (N,) uint64."""
+    b = blocks(seeds, 3)
+    s_left, s_right = b[:, 0].copy(), b[:, 1].copy()
+    t_left = (s_left[:, 0] & _LOW_BIT).astype(np.uint8)
+    t_right = (s_right[:, 0] & _LOW_BIT).astype(np.uint8)
+    s_left[:, 0] &= _CLEAR
+    s_right[:, 0] &= _CLEAR
+    return s_left, t_left, b[:, 2, 0].copy(), s_right, t_right, b[:, 2, 1].copy()
+
+
+def convert(seeds: np.ndarray) -> np.ndarray:
+    """A seed as an element of Z_(2^64): its high word (all 64 bits pseudorandom; the low
+    word's bit 0 is the cleared control bit)."""
+    return np.ascontiguousarray(seeds[..., 1])
+
+
+__all__ = ["KEY", "SEED_WORDS", "blocks", "convert", "expand", "random_seeds"]
