@@ -1,0 +1,128 @@
+"""The FSS comparison and select gates (`protocols.mpc.fss.gates`) on additive shares in
+Z_(2^64), both parties' steps run here on the real keys (the dealer's draw, the openings
+as the sum of what each party sends):
+
+- [x < c] for several thresholds from ONE opening of x + r and one key, at widths 2 to 64,
+  x and c anywhere with |x - c| < 2^(n-1), including x = c and x = c - 1 (hypothesis).
+- ReLU = select([x >= 0], x), and select of an arbitrary shared bit, exactly.
+- Beyond its width the comparison is wrong (the stated condition is needed, not slack).
+- What a party sends is x + r (uniform whatever x) and one bit b xor r_b.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocols.mpc.fss import gates
+
+ONE = np.uint64(1)
+
+
+def _split(values: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    first = rng.integers(0, 1 << 64, size=values.shape, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        return first, values.astype(np.int64).astype(np.uint64) - first
+
+
+def _open(keys, shares) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return gates.masked_share(keys[0], shares[0]) + gates.masked_share(keys[1], shares[1])
+
+
+def _less(keys, opened, c) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return gates.less_than(keys[0], opened, c) + gates.less_than(keys[1], opened, c)
+
+
+@st.composite
+def comparison_cases(draw: st.DrawFn) -> tuple[int, list[int], list[int]]:
+    bits = draw(st.integers(2, 64))
+    half = 1 << (bits - 1)
+    thresholds = draw(st.lists(st.integers(-(1 << 62), (1 << 62)), min_size=1, max_size=3))
+    c0 = thresholds[0]
+    xs = []
+    for _ in range(draw(st.integers(1, 6))):
+        kind = draw(st.sampled_from(["equal", "below", "edge-low", "edge-high", "any"]))
+        offset = {"equal": 0, "below": -1, "edge-low": -half, "edge-high": half - 1,
+                  "any": draw(st.integers(-half, half - 1))}[kind]  # fmt: skip
+        xs.append(c0 + offset)
+    # the other thresholds within the width of every x
+    others = [c0 + draw(st.integers(-(half // 4), half // 4)) for _ in thresholds[1:]]
+    xs = [min(max(x, -(1 << 63)), (1 << 63) - 1) for x in xs]
+    return bits, [c0, *others], xs
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=comparison_cases(), seed=st.integers(0, 2**32))
+def test_comparisons_from_one_opening(case, seed: int) -> None:
+    bits, thresholds, xs = case
+    rng = np.random.default_rng(seed)
+    x = np.array(xs, dtype=np.int64)
+    keys, _ = gates.sign_keys(x.size, bits, rng)
+    opened = _open(keys, _split(x, rng))
+    half = 1 << (bits - 1)
+    for c in thresholds:
+        fits = np.array([-half <= v - c < half for v in xs])
+        got = _less(keys, opened, c)
+        want = (x < c).astype(np.uint64)
+        np.testing.assert_array_equal(got[fits], want[fits])
+
+
+def test_beyond_the_width_the_sign_wraps() -> None:
+    rng = np.random.default_rng(1)
+    x = np.array([1 << 12, -(1 << 12) - 1], dtype=np.int64)  # 2^(n-1) and -(2^(n-1)) - 1
+    keys, _ = gates.sign_keys(2, 13, rng)
+    got = _less(keys, _open(keys, _split(x, rng)), 0)
+    np.testing.assert_array_equal(got, [1, 0])  # the wrong way round: the width matters
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 2**32), bits=st.integers(2, 40))
+def test_relu_and_select_are_exact(seed: int, bits: int) -> None:
+    rng = np.random.default_rng(seed)
+    half = 1 << (bits - 1)
+    x = rng.integers(-half, half, size=64).astype(np.int64)
+    keys, r = gates.sign_keys(x.size, bits, rng)
+    opened = _open(keys, _split(x, rng))
+    with np.errstate(over="ignore"):
+        negative = [gates.less_than(k, opened, 0) for k in keys]
+        positive = [ONE - negative[0], np.uint64(0) - negative[1]]
+    for bit_shares, want in (
+        (positive, np.maximum(x, 0)),
+        (_split(rng.integers(0, 2, size=x.size), rng), None),
+    ):
+        select = gates.select_keys(r, rng)
+        sent = [gates.bit_share(select[b], bit_shares[b]) for b in (0, 1)]
+        opened_bit = sent[0] ^ sent[1]
+        with np.errstate(over="ignore"):
+            out = sum(gates.select(select[b], keys[b], opened_bit, opened) for b in (0, 1))
+            bit = bit_shares[0] + bit_shares[1]
+        expected = want if want is not None else bit.astype(np.int64) * x
+        np.testing.assert_array_equal(out.astype(np.int64), expected)
+
+
+def test_what_a_party_sends_hides_its_input() -> None:
+    """x + r over 20,000 draws: the top bit as often 1 as 0 for x = 0 and x = 2^62, and the
+    opened bit b xor r_b as often 1 for b = 1 as for b = 0."""
+    n = 20_000
+    sigma = 0.5 / np.sqrt(n)
+    for value in (0, 1 << 62):
+        rng = np.random.default_rng(value % 997)
+        x = np.full(n, value, dtype=np.int64)
+        keys, r = gates.sign_keys(n, 8, rng)
+        opened = _open(keys, _split(x, rng))
+        assert abs(np.mean(opened >> np.uint64(63)) - 0.5) < 5 * sigma
+        select = gates.select_keys(r, rng)
+        bit = _split(np.full(n, value > 0, dtype=np.int64), rng)
+        opened_bit = gates.bit_share(select[0], bit[0]) ^ gates.bit_share(select[1], bit[1])
+        assert abs(np.mean(opened_bit) - 0.5) < 5 * sigma
+
+
+def test_widths_outside_the_ring_are_refused() -> None:
+    with pytest.raises(ValueError, match="2 to 64"):
+        gates.sign_keys(1, 1, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="2 to 64"):
+        gates.sign_keys(1, 65, np.random.default_rng(0))
