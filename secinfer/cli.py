@@ -607,7 +607,8 @@ def _evaluation_settings(options: dict[str, Any]) -> Any:
     "loss_names",
     default="ce",
     show_default=True,
-    help="Comma-separated: ce, square, zloss, gce, mae (accuracy is always reported).",
+    help="Comma-separated: ce, square, zloss, gce, mae, compsum, sparsemax, entmax15 "
+    "(accuracy is always reported).",
 )
 @click.option(
     "--reveal-to",

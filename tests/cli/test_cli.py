@@ -26,6 +26,19 @@ def test_help_lists_commands() -> None:
     assert "catalog" in done.stdout
 
 
+def test_eval_help_names_every_loss() -> None:
+    """--loss's help is written out (the CLI does not import torch to print help); it must
+    name every loss `approximations.losses` has (it missed the Fenchel-Young losses and
+    comp-sum once)."""
+    from approximations.losses import LOSS_NAMES
+
+    done = run("eval", "--help")
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    listed = text.split("Comma-separated:")[1].split("(accuracy")[0]
+    assert [name.strip() for name in listed.split(",")] == list(LOSS_NAMES)
+
+
 def test_catalog_json_rows() -> None:
     import json
 
