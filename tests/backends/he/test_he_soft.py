@@ -6,8 +6,9 @@ The model under he (`secinfer.zoo.soft`): its outer sums (||q_i||^2 + ||l_a||^2)
 queries against landmarks pooled from them (the landmarks' axis sits at the pooled group's
 stride, not the rows'), and the (n, m) @ (m, m) products of the Newton-Schulz inverse were
 refused by the engine before; the whole digits model is one case, in both orders (the
-"linear" one in the slow suite). The module alone is swept over sequence lengths, landmarks, heads and head widths (hypothesis),
-since a packing bug shows at one shape and not another.
+"linear" one in the slow suite). The module alone is swept over sequence lengths,
+landmarks, heads and head widths (hypothesis), since a packing bug shows at one shape and
+not another.
 
 Bound: 1e-2 x max(1, max |plaintext|). The kernels' certificates (exp on the calibrated
 interval, rsqrt by Newton) are below 1e-4 relative here, CKKS noise about 1e-6 per
