@@ -84,14 +84,26 @@ def _signed(values: np.ndarray, negate: np.ndarray) -> np.ndarray:
 
 
 def generate(
-    alpha: np.ndarray, beta: np.ndarray, bits: int, rng: np.random.Generator
+    alpha: np.ndarray,
+    beta: np.ndarray,
+    bits: int,
+    rng: np.random.Generator | None = None,
+    *,
+    seeds: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[DcfKey, DcfKey]:
     """The two parties' keys of f_i(x) = beta_i [x < alpha_i] for every i (alpha: N values
-    below 2^bits; beta: N elements of Z_(2^64), or one for all), seeds from `rng`."""
+    below 2^bits; beta: N elements of Z_(2^64), or one for all), the root seeds from `rng`
+    or given (`seeds`, each (N, 2) uint64 with bit 0 clear: drawn by each party from the
+    generator it shares with the dealer, so that they need not be sent)."""
     alpha = _check(alpha, bits, "alpha")
     n = alpha.size
     beta = np.broadcast_to(np.asarray(beta, dtype=np.uint64).reshape(-1), (n,)).copy()
-    seeds = [random_seeds(n, rng), random_seeds(n, rng)]
+    if seeds is None:
+        if rng is None:
+            raise ValueError("DCF keys need an rng or both root seeds")
+        seeds = (random_seeds(n, rng), random_seeds(n, rng))
+    if any(seed.shape != (n, 2) or (seed[:, 0] & np.uint64(1)).any() for seed in seeds):
+        raise ValueError(f"DCF root seeds: expected ({n}, 2) uint64 with bit 0 clear")
     s = [seeds[0].copy(), seeds[1].copy()]
     t = [np.zeros(n, np.uint8), np.ones(n, np.uint8)]
     total = np.zeros(n, np.uint64)  # A: the contributions so far on alpha's path
@@ -123,7 +135,7 @@ def generate(
             cw_bits[level, :, 0], cw_bits[level, :, 1] = t_cw_left, t_cw_right
         final = _signed(convert(s[1]) - convert(s[0]) - total, t[1])
     return tuple(  # type: ignore[return-value]
-        DcfKey(b, bits, seeds[b], cw_seeds, cw_values, cw_bits, final) for b in (0, 1)
+        DcfKey(b, bits, seeds[b].copy(), cw_seeds, cw_values, cw_bits, final) for b in (0, 1)
     )
 
 

@@ -126,3 +126,49 @@ def test_widths_outside_the_ring_are_refused() -> None:
         gates.sign_keys(1, 1, np.random.default_rng(0))
     with pytest.raises(ValueError, match="2 to 64"):
         gates.sign_keys(1, 65, np.random.default_rng(0))
+
+
+def _draws(seed: int):
+    generator = np.random.default_rng(seed)
+    return lambda n: generator.integers(0, 1 << 64, size=n, dtype=np.uint64)
+
+
+@pytest.mark.parametrize(("bits", "selects"), [(2, 0), (13, 1), (24, 2), (64, 1)])
+def test_keys_dealt_through_the_generators_and_one_payload(bits: int, selects: int) -> None:
+    """`dealing.deal` on the dealer, `dealing.receive` on each party (party 1 from the
+    forwarded common part only), with the same draws: comparisons and ReLU exact."""
+    from protocols.mpc.fss import dealing
+
+    n = 300
+    payload = dealing.deal(n, bits, selects, (_draws(1), _draws(2)), np.random.default_rng(3))
+    assert payload.size == dealing.payload_words(n, bits, selects)
+    common = payload[: dealing.common_words(n, bits)]
+    k0, s0 = dealing.receive(0, n, bits, selects, _draws(1), payload)
+    k1, s1 = dealing.receive(1, n, bits, selects, _draws(2), common)
+    rng = np.random.default_rng(4)
+    half = 1 << (bits - 1)
+    x = rng.integers(-half, half, size=n, dtype=np.int64) if bits < 64 else (
+        rng.integers(-(1 << 62), 1 << 62, size=n, dtype=np.int64))  # fmt: skip
+    keys = (k0, k1)
+    opened = _open(keys, _split(x, rng))
+    np.testing.assert_array_equal(_less(keys, opened, 0), (x < 0).astype(np.uint64))
+    for i in range(selects):
+        with np.errstate(over="ignore"):
+            positive = [ONE - gates.less_than(k0, opened, 0), -gates.less_than(k1, opened, 0)]
+        pair = (s0[i], s1[i])
+        opened_bit = gates.bit_share(pair[0], positive[0]) ^ gates.bit_share(pair[1], positive[1])
+        with np.errstate(over="ignore"):
+            relu = sum(gates.select(pair[b], keys[b], opened_bit, opened) for b in (0, 1))
+        np.testing.assert_array_equal(relu.astype(np.int64), np.maximum(x, 0))
+
+
+def test_keys_for_another_shape_are_refused() -> None:
+    from protocols.mpc.fss import dealing
+
+    payload = dealing.deal(10, 16, 1, (_draws(1), _draws(2)), np.random.default_rng(3))
+    with pytest.raises(ValueError, match="keys for another shape"):
+        dealing.receive(0, 11, 16, 1, _draws(1), payload)
+    with pytest.raises(ValueError, match="keys for another shape"):
+        dealing.receive(1, 10, 16, 1, _draws(2), payload)  # the whole payload, not common
+    with pytest.raises(ValueError, match="keys for another shape"):
+        dealing.receive(0, 10, 16, 1, _draws(1), payload[:-1])  # a stream cut short

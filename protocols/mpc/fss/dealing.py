@@ -1,0 +1,138 @@
+"""How the dealer's comparison and select keys (`protocols.mpc.fss.gates`) reach the two
+parties, with as little sent as the keys allow.
+
+Each party shares a generator with the dealer (CrypTen's TTP seeds them). Whatever a
+party's key holds that may be uniformly random is drawn from that generator by both the
+party and the dealer, in the same order, and never sent:
+
+    both parties   the DCF root seed s_b (N x 2 words, bit 0 cleared) and the mask share
+                   r_b (N words): r = r_0 + r_1, so the dealer knows r and neither party does
+    party 1        its shares of r_(n-1), and per select of r_b and of r_b r (N words each)
+
+What cannot be drawn is sent: the DCF's correction words, common to both keys (`common`:
+per comparison 3 (n - 1) + 1 words and 2 (n - 1) packed control bits), and party 0's
+shares (the value minus party 1's draw: N words for r_(n-1), 2 N per select). The dealer
+sends party 0 `common` followed by its shares (`payload_words`); party 0 forwards
+`common` to party 1. Both transfers are offline traffic: they depend on no input.
+A select's random bit r_b comes from the dealer's own generator (no party may know it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from protocols.mpc.fss import dcf, gates
+
+Draw = Callable[[int], np.ndarray]
+"""n uniform uint64 words from the generator a party shares with the dealer."""
+
+_CLEAR = np.uint64(0xFFFFFFFFFFFFFFFE)
+
+
+def _bit_words(levels: int, count: int) -> int:
+    return (((2 * levels * count + 7) // 8) + 7) // 8
+
+
+def common_words(count: int, bits: int) -> int:
+    """Words (int64) of the correction words of `count` comparisons on `bits`-bit values."""
+    levels = bits - 1
+    return 3 * levels * count + count + _bit_words(levels, count)
+
+
+def payload_words(count: int, bits: int, selects: int) -> int:
+    """Words the dealer sends party 0: `common_words`, then its shares."""
+    return common_words(count, bits) + count * (1 + 2 * selects)
+
+
+def _draw_seeds(draw: Draw, count: int) -> np.ndarray:
+    seeds = draw(2 * count).reshape(count, 2).copy()
+    seeds[:, 0] &= _CLEAR
+    return seeds
+
+
+def _pack(key: dcf.DcfKey) -> np.ndarray:
+    levels, count = key.bits, key.count
+    packed = np.packbits(key.cw_bits.reshape(-1))
+    padded = np.zeros(_bit_words(levels, count) * 8, dtype=np.uint8)
+    padded[: packed.size] = packed
+    return np.concatenate(
+        [key.cw_seeds.reshape(-1), key.cw_values.reshape(-1), key.cw_final, padded.view(np.uint64)]
+    )
+
+
+def _unpack(party: int, bits: int, count: int, seeds: np.ndarray, words: np.ndarray) -> dcf.DcfKey:
+    levels = bits - 1
+    if words.size != common_words(count, bits):
+        raise ValueError(
+            f"FSS keys: {words.size} words of correction for {count} comparisons of {bits} "
+            f"bits, expected {common_words(count, bits)} (keys for another shape?)"
+        )
+    at = 0
+
+    def take(n: int) -> np.ndarray:
+        nonlocal at
+        part, at = words[at : at + n], at + n
+        return part
+
+    cw_seeds = take(2 * levels * count).reshape(levels, count, 2)
+    cw_values = take(levels * count).reshape(levels, count)
+    cw_final = take(count)
+    raw = take(_bit_words(levels, count)).view(np.uint8)
+    cw_bits = np.unpackbits(raw)[: 2 * levels * count].reshape(levels, count, 2)
+    return dcf.DcfKey(party, levels, seeds, cw_seeds, cw_values, cw_bits, cw_final)
+
+
+def deal(
+    count: int, bits: int, selects: int, draws: tuple[Draw, Draw], rng: np.random.Generator
+) -> np.ndarray:
+    """The dealer: party 0's payload (uint64 words: the common correction words, then its
+    shares of r_(n-1) and of each select's r_b and r_b r) for `count` comparisons of
+    `bits`-bit differences and `selects` selects against the same mask, drawing what the
+    parties draw (module docstring) from `draws` (party 0's, party 1's)."""
+    if not 2 <= bits <= gates.RING_BITS:
+        raise ValueError(f"comparisons on {bits}-bit differences: expected 2 to 64")
+    seeds = (_draw_seeds(draws[0], count), _draw_seeds(draws[1], count))
+    with np.errstate(over="ignore"):
+        r = draws[0](count) + draws[1](count)
+        low = bits - 1
+        top = (r >> np.uint64(low)) & np.uint64(1)
+        key = dcf.generate(r & np.uint64((1 << low) - 1), np.uint64(1) - np.uint64(2) * top,
+                           low, seeds=seeds)[0]  # fmt: skip
+        shares = [top - draws[1](count)]
+        for _ in range(selects):
+            bit = rng.integers(0, 2, size=count, dtype=np.uint64)
+            shares.append(bit - draws[1](count))
+            shares.append(bit * r - draws[1](count))
+    return np.concatenate([_pack(key), *shares])
+
+
+def receive(
+    party: int, count: int, bits: int, selects: int, draw: Draw, words: np.ndarray
+) -> tuple[gates.SignKey, list[gates.SelectKey]]:
+    """A party's keys from its draws (in the dealer's order) and `words`: party 0's whole
+    payload, party 1's the common part forwarded by party 0. ValueError when `words` has
+    another length than these shapes need."""
+    words = np.ascontiguousarray(words).view(np.uint64).reshape(-1)
+    seeds = _draw_seeds(draw, count)
+    mask = draw(count)
+    common = common_words(count, bits)
+    expected = payload_words(count, bits, selects) if party == 0 else common
+    if words.size != expected:
+        raise ValueError(
+            f"FSS keys: {words.size} words for {count} comparisons of {bits} bits with "
+            f"{selects} selects, expected {expected} (keys for another shape?)"
+        )
+    key = _unpack(party, bits, count, seeds, words[:common])
+    if party == 0:
+        rest = words[common:].reshape(1 + 2 * selects, count)
+        top, pairs = rest[0], [(rest[1 + 2 * i], rest[2 + 2 * i]) for i in range(selects)]
+    else:
+        top = draw(count)
+        pairs = [(draw(count), draw(count)) for _ in range(selects)]
+    sign = gates.SignKey(party, bits, mask, top, key)
+    return sign, [gates.SelectKey(party, bit, product) for bit, product in pairs]
+
+
+__all__ = ["Draw", "common_words", "deal", "payload_words", "receive"]
