@@ -31,11 +31,14 @@ Guarantees:
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Callable
 from contextlib import suppress
+from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 
 from protocols.mpc.crypten_setup import import_crypten
@@ -57,6 +60,7 @@ from protocols.mpc.dealer_requests import (
     reply_shape,
     show,
 )
+from protocols.mpc.fss import dealing
 
 MAX_KEPT_ELEMENTS = 1 << 30
 """All masks the dealer keeps for a session together (8 GiB of int64)."""
@@ -176,6 +180,10 @@ class DealerClient:
             )
         )
 
+    def fss_sign(self, size: Shape, bits: int, selects: int) -> torch.Tensor:
+        """Party 0's payload of FSS comparison keys (`protocols.mpc.fss.dealing`)."""
+        return self.request(Request("fss_sign", sizes=(tuple(size),), bits=bits, selects=selects))
+
     def ttp_request(self, function: str, device: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         """CrypTen's `TTPClient.ttp_request(func_name, device, *args, **kwargs)`, carried
         as a checked header (CrypTen's TrustedThirdParty provider calls this)."""
@@ -247,6 +255,7 @@ class Dealer:
         self.generators = generators
         self.kept: dict[str, torch.Tensor] = {}
         self.held = 0  # elements in `kept`
+        self.private = np.random.default_rng(secrets.randbits(128))  # no party knows it
 
     def _ring(self, size: Shape, generators: list[torch.Generator]) -> torch.Tensor:
         from crypten.common.rng import generate_random_ring_element
@@ -296,6 +305,11 @@ class Dealer:
             return self._party_0_share(self._bits(request.sizes[0], every, bitlength=1))
         if function == "reuse_products":
             return self._reuse_products(request)
+        if function == "fss_sign":
+            draws = tuple(partial(draw_words, generator=g) for g in every[:2])
+            payload = dealing.deal(math.prod(request.sizes[0]), request.bits, request.selects,
+                                   draws, self.private)  # type: ignore[arg-type]  # fmt: skip
+            return torch.from_numpy(payload.view(np.int64))
         raise refused("function", f"{show(function)} has no answer")
 
     def _mask(self, key: str | None, size: Shape, where: str) -> torch.Tensor:
@@ -325,6 +339,15 @@ class Dealer:
             released = self.kept.pop(key, None)
             self.held -= 0 if released is None else released.numel()
         return torch.cat(shares) if shares else torch.empty(0, dtype=torch.long)
+
+
+def draw_words(count: int, generator: torch.Generator) -> np.ndarray:
+    """`count` uniform 64-bit words (uint64) from a generator a party shares with the
+    dealer: CrypTen's ring draw, so that party and dealer draw alike
+    (`protocols.mpc.fss.dealing.Draw`)."""
+    from crypten.common.rng import generate_random_ring_element
+
+    return generate_random_ring_element((count,), generator=generator).numpy().view(np.uint64)
 
 
 def _seed_parties(group: Any, parties: int) -> list[torch.Generator]:

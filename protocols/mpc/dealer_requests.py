@@ -7,12 +7,16 @@ Requests (the model owner, rank 0 -> the dealer), every field required, no other
     {"version": 1, "function": "binary", "sizes": [S0, S1]}
     {"version": 1, "function": "reuse_products", "operands": [[KEY|null, S], ..],
      "products": [[OP, i, j], ..], "release": [KEY, ..]}
+    {"version": 1, "function": "fss_sign", "size": S, "bits": N, "selects": K}
     {"version": 1, "function": "terminate", "outcome": "ok" | "failed"}
 
 OP is a name of `ADDITIVE_OPS` (`REUSE_OPS` in products), options are those `OPTIONS`
 lists for the op, a shape S is a list of at most MAX_DIMS ints in 0..MAX_ELEMENTS with at
 most MAX_ELEMENTS elements, a KEY a string of 1..MAX_KEY_CHARS characters; lists hold at
-most MAX_ITEMS items, and the result of every product must fit MAX_ELEMENTS too.
+most MAX_ITEMS items, and the result of every product must fit MAX_ELEMENTS too. fss_sign
+asks for the keys of comparisons of S's elements on N-bit differences (2 <= N <= 64) with K
+selects (0 <= K <= MAX_SELECTS) against the same mask (`protocols.mpc.fss.dealing`); its
+reply, party 0's payload, must fit MAX_ELEMENTS words.
 
 Replies (dealer -> rank 0): {"version": 1, "tensor": {"dtype": "int64", "shape": S}}
 (followed by the tensor's raw bytes, see `protocols.mpc.dealer`), or
@@ -34,6 +38,8 @@ from typing import Any
 
 import torch
 
+from protocols.mpc.fss.dealing import payload_words
+
 VERSION = 1
 MAX_HEADER_BYTES = 1 << 20
 MAX_DIMS = 8
@@ -42,6 +48,7 @@ MAX_ITEMS = 4096  # operands, products or released keys in one request
 MAX_KEY_CHARS = 512
 MAX_OPTION = 1 << 16
 MAX_REASON_CHARS = 400
+MAX_SELECTS = 8  # selects against one comparison mask, in one fss_sign request
 
 ADDITIVE_OPS: dict[str, Callable[..., torch.Tensor]] = {
     "mul": torch.mul,
@@ -73,6 +80,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "B2A": ("size",),
     "binary": ("sizes",),
     "reuse_products": ("operands", "products", "release"),
+    "fss_sign": ("size", "bits", "selects"),
     "terminate": ("outcome",),
 }
 """The dealer's allow-list: each function and the fields its request carries."""
@@ -104,6 +112,8 @@ class Request:
     products: tuple[tuple[str, int, int], ...] = ()
     release: tuple[str, ...] = ()
     outcome: str = "ok"
+    bits: int = 0
+    selects: int = 0
 
     def to_header(self) -> dict[str, Any]:
         """The JSON header of this request (the form `parse_request` reads back)."""
@@ -118,6 +128,8 @@ class Request:
             header["operands"] = [[key, list(size)] for key, size in self.operands]
             header["products"] = [list(p) for p in self.products]
             header["release"] = list(self.release)
+        elif self.function == "fss_sign":
+            header.update(size=list(self.sizes[0]), bits=self.bits, selects=self.selects)
         elif self.function == "terminate":
             header["outcome"] = self.outcome
         return header
@@ -284,6 +296,16 @@ def parse_request(header: dict[str, Any]) -> Request:
         return Request(function, outcome=_name(header["outcome"], "outcome", OUTCOMES))
     if function in ("square", "wraps", "B2A"):
         return Request(function, sizes=(_shape(header["size"], "size"),))
+    if function == "fss_sign":
+        size = _shape(header["size"], "size")
+        bits = _int(header["bits"], "bits", 2, 64)
+        selects = _int(header["selects"], "selects", 0, MAX_SELECTS)
+        request = Request(function, sizes=(size,), bits=bits, selects=selects)
+        if reply_shape(request)[0] > MAX_ELEMENTS:
+            raise refused(
+                "size", f"keys for {math.prod(size)} comparisons exceed {MAX_ELEMENTS} words"
+            )
+        return request
     if function in ("additive", "binary"):
         sizes = _list(header["sizes"], "sizes", 2)
         if len(sizes) != 2:
@@ -335,6 +357,9 @@ def reply_shape(request: Request) -> Shape:
         return output_shape(request.op, *request.sizes, request.options)
     if request.function == "binary":
         return _broadcast(*request.sizes)
+    if request.function == "fss_sign":
+        count = math.prod(request.sizes[0])
+        return (payload_words(count, request.bits, request.selects),)
     if request.function == "reuse_products":
         return (
             sum(

@@ -15,7 +15,9 @@ per call, the bytes this party actually puts on the wire and takes off it:
 A **round** is a call in which this party waits for data from another (it receives):
 the sequential latency a network adds. Traffic with the dealer (requests to it, the
 correlated randomness it returns) is counted apart from the traffic between the two
-computing parties; the seeds it sends once at set-up are not counted.
+computing parties; the seeds it sends once at set-up are not counted. Traffic between
+the parties inside `offline_traffic()` (FSS keys the model owner forwards) is counted
+apart too, as offline.
 
 The counts are the protocol's payload, the same over gloo and over the TLS mesh
 (`protocols.mpc.tls_communicator`, `--identity`); there, the frames' 8-byte headers, the
@@ -31,6 +33,8 @@ tests inspect it.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +54,8 @@ class Traffic:
     dealer_bytes_sent: int = 0  # to the dealer (triple requests)
     dealer_bytes_received: int = 0  # from the dealer (triples, seeds)
     dealer_rounds: int = 0
+    offline_bytes_sent: int = 0  # between the parties, before any input (forwarded keys)
+    offline_bytes_received: int = 0
 
     def copy(self) -> Traffic:
         return Traffic(**self.__dict__)
@@ -70,6 +76,21 @@ def _nbytes(value: Any) -> int:
     if isinstance(value, list | tuple):
         return sum(_nbytes(v) for v in value)
     return 0
+
+
+_offline = 0
+
+
+@contextmanager
+def offline_traffic() -> Iterator[None]:
+    """Count the traffic between the parties inside this block as offline (keys forwarded
+    from one party to the other before the input exists), apart from the online figures."""
+    global _offline
+    _offline += 1
+    try:
+        yield
+    finally:
+        _offline -= 1
 
 
 @dataclass
@@ -122,7 +143,10 @@ class Meter:
 
     def _count(self, sent: int, received: int, dealer: bool) -> None:
         t = self.traffic
-        if dealer:
+        if _offline and not dealer:
+            t.offline_bytes_sent += sent
+            t.offline_bytes_received += received
+        elif dealer:
             t.dealer_bytes_sent += sent
             t.dealer_bytes_received += received
             t.dealer_rounds += received > 0

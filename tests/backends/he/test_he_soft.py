@@ -5,10 +5,10 @@ policy "auto", re-layouts by the client), against the plaintext run of the same 
 The model under he (`secinfer.zoo.soft`): its outer sums (||q_i||^2 + ||l_a||^2), its
 queries against landmarks pooled from them (the landmarks' axis sits at the pooled group's
 stride, not the rows'), and the (n, m) @ (m, m) products of the Newton-Schulz inverse were
-refused by the engine before; the whole digits model is one case, in both orders (the
-"linear" one in the slow suite). The module alone is swept over sequence lengths,
-landmarks, heads and head widths (hypothesis), since a packing bug shows at one shape and
-not another.
+refused by the engine before; the whole digits model is one case, in both orders (slow
+suite; the default suite runs its attention module at the model's shape). The module
+alone is swept over sequence lengths, landmarks, heads and head widths (hypothesis),
+since a packing bug shows at one shape and not another.
 
 Bound: 1e-2 x max(1, max |plaintext|). The kernels' certificates (exp on the calibrated
 interval, rsqrt by Newton) are below 1e-4 relative here, CKKS noise about 1e-6 per
@@ -41,7 +41,20 @@ def _within(got, want) -> None:
     assert abs(got - want).max() <= bound, (abs(got - want).max(), bound)
 
 
-@pytest.mark.parametrize("order", ["kernel", pytest.param("linear", marks=pytest.mark.slow)])
+def test_the_digits_model_s_soft_attention_under_he() -> None:
+    """The digits shape (16 tokens, 4 landmarks, 2 heads of 16) in the kernel order: the
+    default suite's case (the whole model is slow)."""
+    torch.manual_seed(3)
+    module = SoftAttention(32, 2, 4, order="kernel").eval()
+    x = torch.randn(2, 16, 32)
+    program = torch.export.export(module, (x,))
+    graph, plan = prepare(program, "he", [(torch.randn(2, 16, 32),), (x,)], None)
+    got, want, _ = encrypted_run(graph, plan, (x,), timeout=300)
+    _within(got, want)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("order", ["kernel", "linear"])
 def test_the_soft_digits_model_under_he(order: str) -> None:
     """The bundled HE digits model with SOFT attention (4 landmarks over 16 tokens, 8
     Newton-Schulz iterations, symmetric normalisation), not fine-tuned (the function is

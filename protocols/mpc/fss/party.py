@@ -1,0 +1,106 @@
+"""FSS comparisons and ReLU on CrypTen sharings, with the dealer's keys (`gates`,
+`dealing`): what the two computing parties run.
+
+    less_than(x, thresholds, bits)   [x < t] for each public t: integer (scale-1) sharings
+    relu(x, bits)                    max(x, 0) at x's scale
+
+Keys: the model owner asks the dealer (`fss_sign`, one request) and forwards the common
+correction words to the data owner (offline traffic: `meter.offline_traffic`); each party
+draws the rest from the generator it shares with the dealer. Online, per element and
+party: `less_than` opens x + r once (8 bytes, one round) for all its thresholds; `relu`
+then opens one bit more (1/8 byte, packed, one round). `bits` must bound every
+difference x - t (and x itself for `relu`) in the ring: |X - T| < 2^(bits - 1) with X, T
+the fixed-point integers (values times 2^f); callers derive it from the calibrated
+interval. Beyond it the comparison is wrong (the sign wraps), as stated in `gates`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from protocols.mpc import dealer
+from protocols.mpc.crypten_setup import communicator, import_crypten
+from protocols.mpc.fss import dealing, gates
+from protocols.mpc.meter import offline_traffic
+from protocols.mpc.polynomial import Secret
+
+
+def _draw(count: int) -> np.ndarray:
+    from crypten.mpc.provider.ttp_provider import TTPClient
+
+    return dealer.draw_words(count, TTPClient.get().get_generator())
+
+
+def keys(count: int, bits: int, selects: int) -> tuple[gates.SignKey, list[gates.SelectKey]]:
+    """This party's keys for `count` comparisons of `bits`-bit differences and `selects`
+    selects against their mask (module docstring)."""
+    comm = communicator()
+    rank = comm.get_rank()
+    common = dealing.common_words(count, bits)
+    if rank == 0:
+        words = dealer.client().fss_sign((count,), bits, selects).numpy().view(np.uint64)
+        with offline_traffic():
+            comm.send(torch.from_numpy(words[:common].view(np.int64).copy()), 1)
+    else:
+        with offline_traffic():  # CrypTen's recv returns what came (its argument is a template)
+            received = comm.recv(torch.empty(common, dtype=torch.int64), 0)
+        words = received.numpy().view(np.uint64)
+    return dealing.receive(rank, count, bits, selects, _draw, words)
+
+
+def _ring(x: Secret) -> np.ndarray:
+    return x._tensor.share.reshape(-1).numpy().view(np.uint64)
+
+
+def _as_secret(like: Secret, share: np.ndarray, precision_bits: int) -> Secret:
+    crypten = import_crypten()
+    out = like.clone()
+    out._tensor.share = torch.from_numpy(share.view(np.int64).copy()).reshape(like.share.shape)
+    out._tensor.encoder = crypten.encoder.FixedPointEncoder(precision_bits=precision_bits)
+    return out
+
+
+def _open(x: Secret, key: gates.SignKey) -> np.ndarray:
+    masked = torch.from_numpy(gates.masked_share(key, _ring(x)).view(np.int64))
+    return communicator().all_reduce(masked).numpy().view(np.uint64)
+
+
+def _ring_thresholds(x: Secret, thresholds: Sequence[float]) -> list[int]:
+    """x < t exactly when X < ceil(t 2^f), X the fixed-point integer of x."""
+    scale = 2 ** int(x.encoder._precision_bits)
+    return [math.ceil(float(t) * scale) for t in thresholds]
+
+
+def less_than(x: Secret, thresholds: Sequence[float], bits: int) -> list[Secret]:
+    """[x < t] for each public t, integer (scale-1) sharings of x's shape, from one
+    opening of x + r (8 bytes per element and party, one round)."""
+    if not thresholds:
+        raise ValueError("less_than: need at least one threshold")
+    key, _ = keys(x.numel(), bits, 0)
+    opened = _open(x, key)
+    return [
+        _as_secret(x, gates.less_than(key, opened, t), 0) for t in _ring_thresholds(x, thresholds)
+    ]
+
+
+def relu(x: Secret, bits: int) -> Secret:
+    """max(x, 0) at x's scale: [x >= 0] from one opening of x + r, then the select of x by
+    it from one opened bit (packed: 1/8 byte per element), two rounds in all."""
+    key, (select,) = keys(x.numel(), bits, 1)
+    opened = _open(x, key)
+    negative = gates.less_than(key, opened, 0)
+    with np.errstate(over="ignore"):
+        positive = (np.uint64(1) - negative) if key.party == 0 else (np.uint64(0) - negative)
+    sent = np.packbits(gates.bit_share(select, positive))
+    total = communicator().all_reduce(torch.from_numpy(sent), op=dist.ReduceOp.BXOR)
+    opened_bit = np.unpackbits(total.numpy())[: x.numel()]
+    share = gates.select(select, key, opened_bit, opened)
+    return _as_secret(x, share, int(x.encoder._precision_bits))
+
+
+__all__ = ["keys", "less_than", "relu"]

@@ -1,0 +1,122 @@
+"""FSS comparisons and ReLU (`protocols.mpc.fss.party`) on the three real CrypTen parties
+(model owner, data owner, dealer processes over sockets), against plaintext and against
+CrypTen's own comparison in the same run.
+
+Inputs: 4096 values on [-12, 12] plus outliers to +-1000 (a GELU input of a trained model
+goes beyond +-10), on the 2^-16 grid; widths from the range: |X| <= 1000 2^16 < 2^26, so
+bits = 28 bounds every difference to the thresholds used. Checked:
+- [x < t] for t in {-1000.5, -0.25, 0, 3, 999} exactly equal to plaintext (a comparison of
+  grid values is exact), and ReLU exactly max(x, 0);
+- online bytes per element and party: 8 for the comparisons (all thresholds, one round),
+  8 + 1/8 for ReLU (two rounds), against CrypTen's `ge` in the same run (over 100);
+- the keys' traffic counted apart from the online figures: the model owner's from the
+  dealer (its payload) and the common part it forwards (offline), the data owner's
+  offline receipt of the same;
+- the data owner's view: what it received online is x + r (uniform) and one packed bit
+  vector; nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from protocols.mpc.local import run_local
+from protocols.mpc.runtime import Role
+
+SCALE = 2.0**16
+BITS = 28
+THRESHOLDS = (-1000.5, -0.25, 0.0, 3.0, 999.0)
+
+
+def _inputs() -> np.ndarray:
+    rng = np.random.default_rng(7)
+    x = np.concatenate([rng.uniform(-12, 12, 4000), rng.uniform(-1000, 1000, 90),
+                        [0.0, -1000.0, 1000.0, 3.0, -0.25, 999.0]])  # fmt: skip
+    return np.round(x * SCALE) / SCALE
+
+
+def program(role: Role, x: np.ndarray) -> dict[str, Any]:
+    from protocols.mpc.crypten_setup import import_crypten
+    from protocols.mpc.fss import party
+    from protocols.mpc.meter import Meter
+    from protocols.mpc.reveal import reveal_to
+
+    crypten = import_crypten()
+    mine = role is Role.DATA_OWNER
+    value = torch.as_tensor(x)
+    owner = int(Role.DATA_OWNER)
+    secret = crypten.cryptensor(value if mine else torch.zeros_like(value), src=owner)
+    out: dict[str, Any] = {}
+    for name, fn in (
+        ("less_than", lambda: crypten.stack(party.less_than(secret, THRESHOLDS, BITS))),
+        ("relu", lambda: party.relu(secret, BITS)),
+        ("crypten_ge", lambda: secret.ge(0)),
+    ):
+        meter = Meter(keep_views=True).install()
+        result = fn()
+        meter.remove()
+        plain = reveal_to(result, int(Role.DATA_OWNER))
+        views = [v.numpy().copy() for v in meter.views]
+        out[name] = (plain.numpy() if mine else None, meter.traffic.to_dict(), views)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run() -> dict[str, Any]:
+    x = _inputs()
+    parties = run_local(program, x, timeout=600.0)
+    return {"x": x, "mo": parties[Role.MODEL_OWNER].value, "do": parties[Role.DATA_OWNER].value}
+
+
+def test_comparisons_are_exact_from_one_opening(run) -> None:
+    x, (values, traffic, _) = run["x"], run["do"]["less_than"]
+    want = np.stack([(x < t).astype(np.float64) for t in THRESHOLDS])
+    np.testing.assert_array_equal(values, want)
+    assert traffic["bytes_sent"] == 8 * x.size and traffic["rounds"] == 1
+
+
+def test_relu_is_exact_in_two_rounds(run) -> None:
+    x, (values, traffic, _) = run["x"], run["do"]["relu"]
+    np.testing.assert_array_equal(values, np.maximum(x, 0.0))
+    assert traffic["bytes_sent"] == 8 * x.size + (x.size + 7) // 8
+    assert traffic["rounds"] == 2
+
+
+def test_fss_sends_a_fraction_of_crypten_s_comparison(run) -> None:
+    ours = run["do"]["relu"][1]["bytes_sent"]
+    crypten = run["do"]["crypten_ge"][1]["bytes_sent"]
+    assert crypten > 100 * run["x"].size  # CrypTen's 64-bit circuit
+    assert ours < crypten / 10
+
+
+def test_keys_are_offline_traffic(run) -> None:
+    from protocols.mpc.fss import dealing
+
+    n = run["x"].size
+    mo, do = run["mo"]["relu"][1], run["do"]["relu"][1]
+    common = 8 * dealing.common_words(n, BITS)
+    assert mo["dealer_bytes_received"] >= 8 * dealing.payload_words(n, BITS, 1)
+    assert mo["offline_bytes_sent"] == common and do["offline_bytes_received"] == common
+    assert do["dealer_bytes_received"] == 0 and mo["bytes_sent"] == do["bytes_sent"]
+
+
+def test_the_data_owner_sees_masked_values_only(run) -> None:
+    """The data owner's whole view of a ReLU: the forwarded correction words (offline),
+    the model owner's contribution to x + r (64-bit words) and its packed bit of b xor
+    r_b; the words' top bits are fair coins, and the opened bits agree with [x >= 0] half
+    the time (they are masked by r_b), so neither tells the sign of x."""
+    from protocols.mpc.fss import dealing
+
+    _, _, views = run["do"]["relu"]
+    x, n = run["x"], run["x"].size
+    assert sorted(v.size for v in views) == sorted([dealing.common_words(n, BITS), n, (n + 7) // 8])
+    sigma = 0.5 / np.sqrt(n)
+    words = next(v for v in views if v.size == n)
+    assert abs((words.view(np.uint64) >> np.uint64(63)).mean() - 0.5) < 5 * sigma
+    packed = next(v for v in views if v.size == (n + 7) // 8)
+    bits = np.unpackbits(packed.view(np.uint8))[:n]
+    assert abs(np.mean(bits == (x >= 0)) - 0.5) < 5 * sigma
