@@ -38,6 +38,7 @@ from protocols.mpc.dealer_requests import (
     parse_request,
     reply_shape,
 )
+from protocols.mpc.fss import dealing
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -62,6 +63,7 @@ REQUESTS = [
         products=(("matmul", 1, 0), ("mul", 2, 2)),
         release=("x#2", "never-kept"),
     ),
+    Request("fss_sign", sizes=((3, 4),), bits=22, selects=1),
     Request("terminate", outcome="failed"),
 ]
 
@@ -75,7 +77,9 @@ def test_the_header_codec_round_trips(request_: Request) -> None:
 
 def test_reply_shapes() -> None:
     shapes = [reply_shape(r) for r in REQUESTS[:-1]]
-    assert shapes == [(4, 5, 3), (2, 4, 5), (1, 3, 5, 5), (3, 0), (), (7,), (3, 4), (3 * 5 + 12,)]
+    fss = (dealing.payload_words(12, 22, 1),)
+    assert shapes == [(4, 5, 3), (2, 4, 5), (1, 3, 5, 5), (3, 0), (), (7,), (3, 4), (3 * 5 + 12,),
+                      fss]  # fmt: skip
 
 
 class _Marker:
@@ -91,6 +95,12 @@ class _Marker:
 def _additive(**change: object) -> dict:
     header = {"version": 1, "function": "additive", "op": "mul", "sizes": [[2], [2]]}
     header["options"] = {}
+    header.update(change)
+    return header
+
+
+def _fss(**change: object) -> dict:
+    header = {"version": 1, "function": "fss_sign", "size": [4], "bits": 22, "selects": 0}
     header.update(change)
     return header
 
@@ -171,6 +181,12 @@ REFUSED: dict[str, tuple[object, str]] = {
         "field operands[0][0]: 600 characters",
     ),
     "bad outcome": ({"version": 1, "function": "terminate", "outcome": "maybe"}, "field outcome"),
+    "fss width": (_fss(bits=65), "field bits: 65 is outside 2..64"),
+    "fss width of one": (_fss(bits=1), "field bits: 1 is outside 2..64"),
+    "fss selects": (_fss(selects=9), "field selects: 9 is outside 0..8"),
+    "fss width a string": (_fss(bits="22"), "field bits: '22' is not an integer"),
+    "fss keys beyond a reply": (_fss(size=[1 << 24]), "field size: keys for 16777216"),
+    "fss extra field": (_fss(alpha=[1]), "field 'alpha': not a field of fss_sign"),
 }
 
 
