@@ -350,6 +350,14 @@ def draw_words(count: int, generator: torch.Generator) -> np.ndarray:
     return generate_random_ring_element((count,), generator=generator).numpy().view(np.uint64)
 
 
+def party_generator() -> torch.Generator:
+    """On a computing party: the generator it shares with the dealer (CrypTen's TTP
+    client's), which `draw_words` draws from."""
+    from crypten.mpc.provider.ttp_provider import TTPClient
+
+    return TTPClient.get().get_generator()
+
+
 def _seed_parties(group: Any, parties: int) -> list[torch.Generator]:
     """Send each party its generator seed (a uniform 64-bit value from the OS) as CrypTen's
     TTPClient expects it: an int64 scalar on the TTP group, then a barrier."""

@@ -1,4 +1,4 @@
-"""FSS comparisons and ReLU (`protocols.mpc.fss.party`) on the three real CrypTen parties
+"""FSS comparisons and ReLU (`protocols.mpc.fss_compare`) on the three real CrypTen parties
 (model owner, data owner, dealer processes over sockets), against plaintext and against
 CrypTen's own comparison in the same run.
 
@@ -40,8 +40,8 @@ def _inputs() -> np.ndarray:
 
 
 def program(role: Role, x: np.ndarray) -> dict[str, Any]:
+    from protocols.mpc import fss_compare as party
     from protocols.mpc.crypten_setup import import_crypten
-    from protocols.mpc.fss import party
     from protocols.mpc.meter import Meter
     from protocols.mpc.reveal import reveal_to
 

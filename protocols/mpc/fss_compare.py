@@ -1,5 +1,6 @@
-"""FSS comparisons and ReLU on CrypTen sharings, with the dealer's keys (`gates`,
-`dealing`): what the two computing parties run.
+"""FSS comparisons and ReLU on CrypTen sharings, with the dealer's keys
+(`protocols.mpc.fss.gates`, `protocols.mpc.fss.dealing`): what the two computing parties
+run. (Outside the `fss` package, which is numpy only: the dealer imports it.)
 
     less_than(x, thresholds, bits)   [x < t] for each public t: integer (scale-1) sharings
     relu(x, bits)                    max(x, 0) at x's scale
@@ -31,9 +32,7 @@ from protocols.mpc.polynomial import Secret
 
 
 def _draw(count: int) -> np.ndarray:
-    from crypten.mpc.provider.ttp_provider import TTPClient
-
-    return dealer.draw_words(count, TTPClient.get().get_generator())
+    return dealer.draw_words(count, dealer.party_generator())
 
 
 def keys(count: int, bits: int, selects: int) -> tuple[gates.SignKey, list[gates.SelectKey]]:
