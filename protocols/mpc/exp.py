@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from protocols.mpc import fss_compare
 from protocols.mpc.compare import stacked_indicators
 from protocols.mpc.polynomial import Secret
 
 
 def exp_by_squaring(
-    x: Secret, squarings: int = 8, cutoff: float | None = 14.0, *, order: int = 1
+    x: Secret,
+    squarings: int = 8,
+    cutoff: float | None = 14.0,
+    *,
+    order: int = 1,
+    fss_bits: int | None = None,
 ) -> Secret:
     """exp(x) ~ b(x/2^n)^(2^n) for x <= 0, n = `squarings`; exactly 0 where x < -cutoff.
 
@@ -32,7 +38,8 @@ def exp_by_squaring(
 
     Rounds: n squarings (+1 for order 2), plus one comparison (8) and one product with a
     cutoff: 17 for the defaults. Bytes per element and party: 8 per squaring, plus 216 +
-    16 with a cutoff.
+    16 with a cutoff. With `fss_bits` (|X + T| < 2^(fss_bits - 1) in the ring) the cutoff's
+    indicator comes from the dealer's FSS keys (`fss_compare.at_least`: 8 bytes, 1 round).
     """
     if isinstance(squarings, bool) or not isinstance(squarings, int) or squarings < 0:
         raise ValueError(f"squarings={squarings!r}: expected an integer >= 0")
@@ -51,7 +58,10 @@ def exp_by_squaring(
         y = y.square()
     if cutoff is None:
         return y
-    keep = stacked_indicators(x, [-float(cutoff)])[0]
+    if fss_bits is not None:
+        keep = fss_compare.at_least(x, [-float(cutoff)], fss_bits)[0]
+    else:
+        keep = stacked_indicators(x, [-float(cutoff)])[0]
     return y * keep
 
 

@@ -3,6 +3,7 @@
 run. (Outside the `fss` package, which is numpy only: the dealer imports it.)
 
     less_than(x, thresholds, bits)   [x < t] for each public t: integer (scale-1) sharings
+    at_least(x, thresholds, bits)    [x >= t], the same way
     relu(x, bits)                    max(x, 0) at x's scale
 
 Keys: the model owner asks the dealer (`fss_sign`, one request) and forwards the common
@@ -87,6 +88,22 @@ def less_than(x: Secret, thresholds: Sequence[float], bits: int) -> list[Secret]
     ]
 
 
+def at_least(x: Secret, thresholds: Sequence[float], bits: int) -> list[Secret]:
+    """[x >= t] = 1 - [x < t] for each public t (integer sharings), as `less_than`: one
+    opening for all."""
+    if not thresholds:
+        raise ValueError("at_least: need at least one threshold")
+    key, _ = keys(x.numel(), bits, 0)
+    opened = _open(x, key)
+    out = []
+    for t in _ring_thresholds(x, thresholds):
+        below = gates.less_than(key, opened, t)
+        with np.errstate(over="ignore"):
+            share = (np.uint64(1) - below) if key.party == 0 else (np.uint64(0) - below)
+        out.append(_as_secret(x, share, 0))
+    return out
+
+
 def relu(x: Secret, bits: int) -> Secret:
     """max(x, 0) at x's scale: [x >= 0] from one opening of x + r, then the select of x by
     it from one opened bit (packed: 1/8 byte per element), two rounds in all."""
@@ -102,4 +119,4 @@ def relu(x: Secret, bits: int) -> Secret:
     return _as_secret(x, share, int(x.encoder._precision_bits))
 
 
-__all__ = ["keys", "less_than", "relu"]
+__all__ = ["at_least", "keys", "less_than", "relu"]

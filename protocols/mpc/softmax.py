@@ -34,6 +34,7 @@ def softmax(
     cutoff: float | None = 14.0,
     mask: torch.Tensor | None = None,
     order: int = 1,
+    fss_bits: int | None = None,
 ) -> Secret:
     """softmax(x) along `dim`: PUMA's form with exp by squaring and one reciprocal per row.
 
@@ -59,6 +60,10 @@ def softmax(
     cutoff, 13 for the reciprocal, 1 final product: 94 for n = 128 with the defaults.
     Bytes per entry and party: about 230 (max) + 8 per squaring + 232 (cutoff) + 8, plus
     the per-row reciprocal (216 per power of two in [1, n]): 545 for n = 128.
+
+    With `fss_bits` (every score difference, masked ones included, within 2^(fss_bits - 1)
+    in the ring: 32 covers |x| <= 1e4 at 16 fractional bits) the maximum's comparisons and
+    the cutoff's come from the dealer's FSS keys (`compare.maximum`, `exp_by_squaring`).
     """
     n = x.size(dim)
     keep = None
@@ -66,8 +71,8 @@ def softmax(
         additive = torch.as_tensor(mask, dtype=torch.float64).clamp(min=MASK_FLOOR)
         x = x + additive
         keep = (additive > MASK_FLOOR).to(torch.long)
-    z = x - maximum(x, dim, keepdim=True)
-    e = exp_by_squaring(z, squarings, cutoff, order=order)
+    z = x - maximum(x, dim, keepdim=True, fss_bits=fss_bits)
+    e = exp_by_squaring(z, squarings, cutoff, order=order, fss_bits=fss_bits)
     if keep is not None:
         e = times_public_integers(e, keep)
     return e * reciprocal(e.sum(dim, keepdim=True), (1.0, float(max(n, 2))))
