@@ -34,6 +34,7 @@ OP_CASES = (
         (128, 1536),
         (
             "gelu.product",
+            "gelu.sign_exp_fss",
             "gelu.puma_refit",
             "gelu.bolt",
             "gelu.crypten_sigmoid",
@@ -46,6 +47,7 @@ OP_CASES = (
         (12, 128, 128),
         (
             "softmax.product",
+            "softmax.fss",
             "softmax.order1",
             "softmax.2quad",
             "softmax.two_pass",

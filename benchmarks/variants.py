@@ -4,6 +4,7 @@ and the plan's choice for an op, calibrated as for a node of a real model."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from benchmarks.cases import EPS
+from benchmarks.cases import EPS, PRECISION_BITS
 from benchmarks.crypten_baselines import (
     crypten_gelu,
     crypten_gelu_erf,
@@ -125,6 +126,36 @@ def _two_pass(x: Any, params: dict) -> Any:
     return two_pass_softmax(x, -1)
 
 
+def fss_width(bound: float) -> int:
+    """The FSS comparison width for fixed-point values |x| <= bound, with one bit of room:
+    |X| = |x| 2^16 < 2^(bits - 1)."""
+    return max(2, math.ceil(math.log2(max(bound, 2.0**-16) * 2.0**PRECISION_BITS)) + 2)
+
+
+def _gelu_sign_exp_fss(x: Any, params: dict) -> Any:
+    """sign_exp GELU on the plan's calibrated bound with its relu from the dealer's FSS
+    keys (`protocols.mpc.gelu.sign_exp_gelu(..., fss_bits)`)."""
+    from approximations.sign_exp_gelu import SignExpGELU
+    from protocols.mpc.gelu import sign_exp_gelu
+    from secinfer.core.plan import Choice
+
+    lo, hi = Choice(**params["choice"]).interval
+    bound = max(abs(lo), abs(hi))
+    return sign_exp_gelu(x, SignExpGELU.for_bound(bound), fss_bits=fss_width(bound))
+
+
+def _softmax_fss(x: Any, params: dict) -> Any:
+    """The default's exp settings with the row maximum and the cutoff from FSS keys, wide
+    enough for the scores' calibrated spread."""
+    from protocols.mpc.softmax import softmax
+    from secinfer.core.plan import Choice
+
+    lo, hi = Choice(**params["choice"]).interval
+    squarings, cutoff, order = params["product_exp"]
+    width = fss_width(2 * max(abs(lo), abs(hi)) + (cutoff or 0.0))
+    return softmax(x, -1, squarings=squarings, cutoff=cutoff, order=order, fss_bits=width)
+
+
 def _softmax_order1(x: Any, params: dict) -> Any:
     """PUMA's base 1 + u with one more squaring than the default's order-2 base: same cost."""
     from protocols.mpc.softmax import softmax
@@ -138,6 +169,10 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, dict], Any]]] = {
     "gelu.product": ("ours: the plan's default", _product_kernel),
     "gelu.puma_refit": ("ours: piecewise puma_refit", _gelu_ours("puma_refit")),
     "gelu.bolt": ("ours: piecewise bolt", _gelu_ours("bolt")),
+    "gelu.sign_exp_fss": (
+        "ours: sign_exp with relu from FSS keys (dealer's DCF, issue 18)",
+        _gelu_sign_exp_fss,
+    ),
     "gelu.crypten_sigmoid": ("CrypTen: x * (1.702x).sigmoid()", lambda x, p: crypten_gelu(x)),
     "gelu.crypten_erf": (
         "CrypTen: 0.5x (1 + (x/sqrt2).erf())",
@@ -155,6 +190,10 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, dict], Any]]] = {
     "softmax.two_pass": (
         "Two-Pass (Dukhan-Ablavatski): exp as m 2^n, max over the exponents n",
         _two_pass,
+    ),
+    "softmax.fss": (
+        "ours: the default with the max and cut-off from FSS keys (issue 18)",
+        _softmax_fss,
     ),
     "softmax.crypten": ("CrypTen: x.softmax(-1)", lambda x, p: x.softmax(-1)),
     "layer_norm.product": ("ours: the plan's default", _product_kernel),

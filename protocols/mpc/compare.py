@@ -99,9 +99,7 @@ def linear_combination(
     return out + on_grid(constant, bits)
 
 
-def maximum(
-    x: Secret, dim: int = -1, keepdim: bool = False, fss_bits: int | None = None
-) -> Secret:
+def maximum(x: Secret, dim: int = -1, keepdim: bool = False, fss_bits: int | None = None) -> Secret:
     """max of x along `dim` by a tournament: ceil(log2 n) levels for n entries.
 
     Each level splits the remaining entries into halves a, b (an odd one waits) and keeps
