@@ -8,7 +8,8 @@ run. (Outside the `fss` package, which is numpy only: the dealer imports it.)
 
 Keys: the model owner asks the dealer (`fss_sign`, one request) and forwards the common
 correction words to the data owner (offline traffic: `meter.offline_traffic`); each party
-draws the rest from the generator it shares with the dealer. Online, per element and
+draws the rest from the generator it shares with the dealer, and refuses keys whose check
+word is not its own next draw (`dealing.StaleKeys`: another session's keys). Online, per element and
 party: `less_than` opens x + r once (8 bytes, one round) for all its thresholds; `relu`
 then opens one bit more (1/8 byte, packed, one round). `bits` must bound every
 difference x - t (and x itself for `relu`) in the ring: |X - T| < 2^(bits - 1) with X, T
@@ -41,14 +42,15 @@ def keys(count: int, bits: int, selects: int) -> tuple[gates.SignKey, list[gates
     selects against their mask (module docstring)."""
     comm = communicator()
     rank = comm.get_rank()
-    common = dealing.common_words(count, bits)
     if rank == 0:
         words = dealer.client().fss_sign((count,), bits, selects).numpy().view(np.uint64)
+        sent = dealing.forwarded(words, count, bits)
         with offline_traffic():
-            comm.send(torch.from_numpy(words[:common].view(np.int64).copy()), 1)
+            comm.send(torch.from_numpy(sent.view(np.int64).copy()), 1)
     else:
+        size = dealing.forwarded_words(count, bits)
         with offline_traffic():  # CrypTen's recv returns what came (its argument is a template)
-            received = comm.recv(torch.empty(common, dtype=torch.int64), 0)
+            received = comm.recv(torch.empty(size, dtype=torch.int64), 0)
         words = received.numpy().view(np.uint64)
     return dealing.receive(rank, count, bits, selects, _draw, words)
 

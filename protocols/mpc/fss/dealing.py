@@ -12,9 +12,16 @@ party and the dealer, in the same order, and never sent:
 What cannot be drawn is sent: the DCF's correction words, common to both keys (`common`:
 per comparison 3 (n - 1) + 1 words and 2 (n - 1) packed control bits), and party 0's
 shares (the value minus party 1's draw: N words for r_(n-1), 2 N per select). The dealer
-sends party 0 `common` followed by its shares (`payload_words`); party 0 forwards
-`common` to party 1. Both transfers are offline traffic: they depend on no input.
-A select's random bit r_b comes from the dealer's own generator (no party may know it).
+sends party 0 its check word, party 1's check word, `common` and its shares
+(`payload_words`); party 0 forwards party 1's check word and `common` (`forwarded`).
+Both transfers are offline traffic: they depend on no input. A select's random bit r_b
+comes from the dealer's own generator (no party may know it).
+
+Session binding: every deal starts with one check word drawn from each party's
+generator; a party compares the word it is sent with its own next draw and refuses keys
+whose word differs (`StaleKeys`): keys dealt in another session (other generator seeds)
+or out of step with this party's draws, which would otherwise compute garbage silently.
+A wrong word passes by chance with probability 2^-64.
 """
 
 from __future__ import annotations
@@ -41,9 +48,23 @@ def common_words(count: int, bits: int) -> int:
     return 3 * levels * count + count + _bit_words(levels, count)
 
 
+def forwarded_words(count: int, bits: int) -> int:
+    """Words party 0 forwards to party 1: its check word and `common_words`."""
+    return 1 + common_words(count, bits)
+
+
 def payload_words(count: int, bits: int, selects: int) -> int:
-    """Words the dealer sends party 0: `common_words`, then its shares."""
-    return common_words(count, bits) + count * (1 + 2 * selects)
+    """Words the dealer sends party 0: its check word, `forwarded_words`, its shares."""
+    return 1 + forwarded_words(count, bits) + count * (1 + 2 * selects)
+
+
+def forwarded(payload: np.ndarray, count: int, bits: int) -> np.ndarray:
+    """The part of party 0's payload that it forwards to party 1."""
+    return payload[1 : 1 + forwarded_words(count, bits)]
+
+
+class StaleKeys(ValueError):
+    """Keys whose check word is not this party's next draw (module docstring)."""
 
 
 def _draw_seeds(draw: Draw, count: int) -> np.ndarray:
@@ -93,6 +114,7 @@ def deal(
     parties draw (module docstring) from `draws` (party 0's, party 1's)."""
     if not 2 <= bits <= gates.RING_BITS:
         raise ValueError(f"comparisons on {bits}-bit differences: expected 2 to 64")
+    checks = [draws[0](1), draws[1](1)]
     seeds = (_draw_seeds(draws[0], count), _draw_seeds(draws[1], count))
     with np.errstate(over="ignore"):
         r = draws[0](count) + draws[1](count)
@@ -105,25 +127,31 @@ def deal(
             bit = rng.integers(0, 2, size=count, dtype=np.uint64)
             shares.append(bit - draws[1](count))
             shares.append(bit * r - draws[1](count))
-    return np.concatenate([_pack(key), *shares])
+    return np.concatenate([*checks, _pack(key), *shares])
 
 
 def receive(
     party: int, count: int, bits: int, selects: int, draw: Draw, words: np.ndarray
 ) -> tuple[gates.SignKey, list[gates.SelectKey]]:
     """A party's keys from its draws (in the dealer's order) and `words`: party 0's whole
-    payload, party 1's the common part forwarded by party 0. ValueError when `words` has
-    another length than these shapes need."""
+    payload, party 1's the part party 0 forwards (`forwarded`). ValueError when `words`
+    has another length than these shapes need, `StaleKeys` when its check word is not
+    this party's next draw."""
     words = np.ascontiguousarray(words).view(np.uint64).reshape(-1)
-    seeds = _draw_seeds(draw, count)
-    mask = draw(count)
     common = common_words(count, bits)
-    expected = payload_words(count, bits, selects) if party == 0 else common
+    expected = payload_words(count, bits, selects) if party == 0 else forwarded_words(count, bits)
     if words.size != expected:
         raise ValueError(
             f"FSS keys: {words.size} words for {count} comparisons of {bits} bits with "
             f"{selects} selects, expected {expected} (keys for another shape?)"
         )
+    if words[0] != draw(1)[0]:
+        raise StaleKeys(
+            "FSS keys from another session, or out of step with this party's draws: refusing them"
+        )
+    words = words[2:] if party == 0 else words[1:]  # party 0 skips party 1's check word
+    seeds = _draw_seeds(draw, count)
+    mask = draw(count)
     key = _unpack(party, bits, count, seeds, words[:common])
     if party == 0:
         rest = words[common:].reshape(1 + 2 * selects, count)
@@ -135,4 +163,13 @@ def receive(
     return sign, [gates.SelectKey(party, bit, product) for bit, product in pairs]
 
 
-__all__ = ["Draw", "common_words", "deal", "payload_words", "receive"]
+__all__ = [
+    "Draw",
+    "StaleKeys",
+    "common_words",
+    "deal",
+    "forwarded",
+    "forwarded_words",
+    "payload_words",
+    "receive",
+]

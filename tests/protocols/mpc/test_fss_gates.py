@@ -142,7 +142,7 @@ def test_keys_dealt_through_the_generators_and_one_payload(bits: int, selects: i
     n = 300
     payload = dealing.deal(n, bits, selects, (_draws(1), _draws(2)), np.random.default_rng(3))
     assert payload.size == dealing.payload_words(n, bits, selects)
-    common = payload[: dealing.common_words(n, bits)]
+    common = dealing.forwarded(payload, n, bits)
     k0, s0 = dealing.receive(0, n, bits, selects, _draws(1), payload)
     k1, s1 = dealing.receive(1, n, bits, selects, _draws(2), common)
     rng = np.random.default_rng(4)
@@ -169,6 +169,24 @@ def test_keys_for_another_shape_are_refused() -> None:
     with pytest.raises(ValueError, match="keys for another shape"):
         dealing.receive(0, 11, 16, 1, _draws(1), payload)
     with pytest.raises(ValueError, match="keys for another shape"):
-        dealing.receive(1, 10, 16, 1, _draws(2), payload)  # the whole payload, not common
+        dealing.receive(1, 10, 16, 1, _draws(2), payload)  # the whole payload, not its part
     with pytest.raises(ValueError, match="keys for another shape"):
         dealing.receive(0, 10, 16, 1, _draws(1), payload[:-1])  # a stream cut short
+
+
+def test_keys_from_another_session_are_refused() -> None:
+    """Keys dealt with other generators (another session's seeds), or received by a party
+    whose draws are one step ahead, fail the check word: refused in one line, not used."""
+    from protocols.mpc.fss import dealing
+
+    payload = dealing.deal(10, 16, 0, (_draws(1), _draws(2)), np.random.default_rng(3))
+    part = dealing.forwarded(payload, 10, 16)
+    dealing.receive(0, 10, 16, 0, _draws(1), payload)  # this session's: accepted
+    dealing.receive(1, 10, 16, 0, _draws(2), part)
+    for party, words, draws in ((0, payload, _draws(7)), (1, part, _draws(8))):
+        with pytest.raises(dealing.StaleKeys, match="another session"):
+            dealing.receive(party, 10, 16, 0, draws, words)
+    ahead = _draws(1)
+    ahead(1)  # a party whose generator is one word further than the dealer's
+    with pytest.raises(dealing.StaleKeys, match="out of step"):
+        dealing.receive(0, 10, 16, 0, ahead, payload)

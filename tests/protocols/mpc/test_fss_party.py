@@ -142,7 +142,7 @@ def test_keys_are_offline_traffic(run) -> None:
 
     n = run["x"].size
     mo, do = run["mo"]["relu"][1], run["do"]["relu"][1]
-    common = 8 * dealing.common_words(n, BITS)
+    common = 8 * dealing.forwarded_words(n, BITS)
     assert mo["dealer_bytes_received"] >= 8 * dealing.payload_words(n, BITS, 1)
     assert mo["offline_bytes_sent"] == common and do["offline_bytes_received"] == common
     assert do["dealer_bytes_received"] == 0 and mo["bytes_sent"] == do["bytes_sent"]
@@ -157,7 +157,8 @@ def test_the_data_owner_sees_masked_values_only(run) -> None:
 
     _, _, views = run["do"]["relu"]
     x, n = run["x"], run["x"].size
-    assert sorted(v.size for v in views) == sorted([dealing.common_words(n, BITS), n, (n + 7) // 8])
+    expected = [dealing.forwarded_words(n, BITS), n, (n + 7) // 8]
+    assert sorted(v.size for v in views) == sorted(expected)
     sigma = 0.5 / np.sqrt(n)
     words = next(v for v in views if v.size == n)
     assert abs((words.view(np.uint64) >> np.uint64(63)).mean() - 0.5) < 5 * sigma
