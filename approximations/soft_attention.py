@@ -27,13 +27,12 @@ Symmetric normalisation (SOFT's follow-up, Lu et al., IJCV 2024): with D = diag(
     out = D^(-1/2) S~ D^(-1/2) V,    S~ 1 = P (A^+ (P^T 1))
 
 in one of two orders (`order`): "linear" right to left in O(n m d), never an n x n matrix
-(training, mpc); "kernel" forms S~ = (P A^+) P^T and then S~ V, O(n^2 m), the
-products of ordinary attention, which the he engine packs (its packing has no form for the
-linear order's (m x m) by (m x 1) products). Both compute the same function. (Under he the
-whole module does not run yet: see `secinfer/zoo/soft.py`.) 1 / sqrt
-of the row sums is the only nonlinear step besides the exponentials (both have MPC and HE
-kernels: exp by squaring on the calibrated interval, whose exponents are <= 0 here; rsqrt
-by Newton). No softmax, no maximum, no comparison.
+(training, mpc); "kernel" forms S~ = (P A^+) P^T and then S~ V, O(n^2 m), the products of
+ordinary attention. Both compute the same function and both run under he; the kernel
+order sends less there (`secinfer/zoo/soft.py`), the default of a target "he"
+conversion. 1 / sqrt of the row sums is the only nonlinear step besides the exponentials
+(both have MPC and HE kernels: exp by squaring on the calibrated interval, whose
+exponents are <= 0 here; rsqrt by Newton). No softmax, no maximum, no comparison.
 """
 
 from __future__ import annotations

@@ -160,7 +160,7 @@ def attention_ms(a: Layout, b: Layout) -> float | None:
         return outputs * c * (CT_MULT_MS + u["add"]) + outputs * u["key_switch"]
     batch_a, batch_b = a.strides[:-2], b.strides[:-2]
     if b.strides[-2:] == (None, None):  # each entry of b spread over a's rows
-        if len(batch_a) != len(batch_b) or batch_a != batch_b or a.offset != b.offset:
+        if batch_a != batch_b or a.offset != b.offset:
             return None
         steps = math.ceil(math.log2(a.shape[-2])) if a.shape[-2] > 1 else 0
         outputs = rows * b.shape[-1]

@@ -655,10 +655,9 @@ def _binary(a: HeTensor, b: Any, op: str) -> HeTensor:
                 if spread_b is None and a.layout.shape != b.layout.shape
                 else None
             )
-            outer = None if spread_b or spread_a else _outer_operands(a, b)
             if spread_b is not None or spread_a is not None:
                 a, b = spread_a or a, spread_b or b
-            elif outer is not None:
+            elif (outer := _outer_operands(a, b)) is not None:
                 a, b = outer
             elif not standardize([a, b]):
                 raise
