@@ -57,14 +57,27 @@ def nonnegative(d: Secret) -> Secret:
     return view.ge(0)
 
 
-def indicators(x: Secret, thresholds: Sequence[float]) -> list[Secret]:
+def indicators(x: Secret, thresholds: Sequence[float], fss_bits: int | None = None) -> list[Secret]:
     """[x >= t] for each public threshold t, from ONE stacked comparison.
 
     Same cost and exactness as `stacked_indicators`; returns one integer (scale-1)
-    sharing of x's shape per threshold.
+    sharing of x's shape per threshold. With `fss_bits` (every x - t within
+    2^(fss_bits - 1) in the ring), from the dealer's FSS keys instead
+    (`fss_compare.at_least`: one opening of 8 bytes per element, one round).
     """
+    if fss_bits is not None:
+        return fss_compare.at_least(x, thresholds, fss_bits)
     stacked = stacked_indicators(x, thresholds)
     return [stacked[i] for i in range(len(thresholds))]
+
+
+def relu(x: Secret, fss_bits: int | None = None) -> Secret:
+    """max(x, 0) = x [x >= 0]: one comparison and one exact product (the indicator is an
+    integer sharing), or with `fss_bits` (|X| < 2^(fss_bits - 1)) from the dealer's FSS
+    keys (`fss_compare.relu`: 8 + 1/8 bytes per element, 2 rounds)."""
+    if fss_bits is not None:
+        return fss_compare.relu(x, fss_bits)
+    return x * nonnegative(x)
 
 
 def times_public_integers(x: Secret, factors: torch.Tensor) -> Secret:
@@ -110,8 +123,8 @@ def maximum(x: Secret, dim: int = -1, keepdim: bool = False, fss_bits: int | Non
     rows of 128: 670 against 232 bytes per element and party).
 
     With `fss_bits` (every difference a - b within 2^(fss_bits - 1) in the ring), each
-    level keeps b + relu(a - b) from the dealer's FSS keys (`fss_compare.relu`: 8 + 1/8
-    bytes per pair, 2 rounds) instead of a comparison and a product.
+    level keeps b + relu(a - b) from the dealer's FSS keys (`relu`: 8 + 1/8 bytes per
+    pair, 2 rounds) instead of a comparison and a product.
     """
     crypten = import_crypten()
     dim = dim % x.dim()
@@ -120,11 +133,7 @@ def maximum(x: Secret, dim: int = -1, keepdim: bool = False, fss_bits: int | Non
         n = current.size(dim)
         half = n // 2
         a, b, rest = current.split([half, half, n - 2 * half], dim=dim)
-        diff = a - b
-        if fss_bits is not None:
-            winner = b + fss_compare.relu(diff, fss_bits)
-        else:
-            winner = b + diff * nonnegative(diff)
+        winner = b + relu(a - b, fss_bits)
         current = winner if n == 2 * half else crypten.cat([winner, rest], dim=dim)
     return current if keepdim else current.squeeze(dim)
 
@@ -134,6 +143,7 @@ __all__ = [
     "linear_combination",
     "maximum",
     "nonnegative",
+    "relu",
     "stacked_indicators",
     "times_public_integers",
 ]

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from protocols.mpc import fss_compare
-from protocols.mpc.compare import stacked_indicators
+from protocols.mpc.compare import indicators
 from protocols.mpc.polynomial import Secret
 
 
@@ -39,7 +38,7 @@ def exp_by_squaring(
     Rounds: n squarings (+1 for order 2), plus one comparison (8) and one product with a
     cutoff: 17 for the defaults. Bytes per element and party: 8 per squaring, plus 216 +
     16 with a cutoff. With `fss_bits` (|X + T| < 2^(fss_bits - 1) in the ring) the cutoff's
-    indicator comes from the dealer's FSS keys (`fss_compare.at_least`: 8 bytes, 1 round).
+    indicator comes from the dealer's FSS keys (`compare.indicators`: 8 bytes, 1 round).
     """
     if isinstance(squarings, bool) or not isinstance(squarings, int) or squarings < 0:
         raise ValueError(f"squarings={squarings!r}: expected an integer >= 0")
@@ -58,10 +57,7 @@ def exp_by_squaring(
         y = y.square()
     if cutoff is None:
         return y
-    if fss_bits is not None:
-        keep = fss_compare.at_least(x, [-float(cutoff)], fss_bits)[0]
-    else:
-        keep = stacked_indicators(x, [-float(cutoff)])[0]
+    keep = indicators(x, [-float(cutoff)], fss_bits)[0]
     return y * keep
 
 

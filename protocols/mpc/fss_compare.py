@@ -78,32 +78,29 @@ def _ring_thresholds(x: Secret, thresholds: Sequence[float]) -> list[int]:
     return [math.ceil(float(t) * scale) for t in thresholds]
 
 
+def _below(
+    x: Secret, thresholds: Sequence[float], bits: int, what: str
+) -> tuple[gates.SignKey, list[np.ndarray]]:
+    """The key and this party's ring shares of [x < t] for each t, from one opening."""
+    if not thresholds:
+        raise ValueError(f"{what}: need at least one threshold")
+    key, _ = keys(x.numel(), bits, 0)
+    opened = _open(x, key)
+    return key, [gates.less_than(key, opened, t) for t in _ring_thresholds(x, thresholds)]
+
+
 def less_than(x: Secret, thresholds: Sequence[float], bits: int) -> list[Secret]:
     """[x < t] for each public t, integer (scale-1) sharings of x's shape, from one
     opening of x + r (8 bytes per element and party, one round)."""
-    if not thresholds:
-        raise ValueError("less_than: need at least one threshold")
-    key, _ = keys(x.numel(), bits, 0)
-    opened = _open(x, key)
-    return [
-        _as_secret(x, gates.less_than(key, opened, t), 0) for t in _ring_thresholds(x, thresholds)
-    ]
+    _, shares = _below(x, thresholds, bits, "less_than")
+    return [_as_secret(x, share, 0) for share in shares]
 
 
 def at_least(x: Secret, thresholds: Sequence[float], bits: int) -> list[Secret]:
     """[x >= t] = 1 - [x < t] for each public t (integer sharings), as `less_than`: one
     opening for all."""
-    if not thresholds:
-        raise ValueError("at_least: need at least one threshold")
-    key, _ = keys(x.numel(), bits, 0)
-    opened = _open(x, key)
-    out = []
-    for t in _ring_thresholds(x, thresholds):
-        below = gates.less_than(key, opened, t)
-        with np.errstate(over="ignore"):
-            share = (np.uint64(1) - below) if key.party == 0 else (np.uint64(0) - below)
-        out.append(_as_secret(x, share, 0))
-    return out
+    key, shares = _below(x, thresholds, bits, "at_least")
+    return [_as_secret(x, gates.complement(key.party, share), 0) for share in shares]
 
 
 def relu(x: Secret, bits: int) -> Secret:
@@ -111,9 +108,7 @@ def relu(x: Secret, bits: int) -> Secret:
     it from one opened bit (packed: 1/8 byte per element), two rounds in all."""
     key, (select,) = keys(x.numel(), bits, 1)
     opened = _open(x, key)
-    negative = gates.less_than(key, opened, 0)
-    with np.errstate(over="ignore"):
-        positive = (np.uint64(1) - negative) if key.party == 0 else (np.uint64(0) - negative)
+    positive = gates.complement(key.party, gates.less_than(key, opened, 0))
     sent = np.packbits(gates.bit_share(select, positive))
     total = communicator().all_reduce(torch.from_numpy(sent), op=dist.ReduceOp.BXOR)
     opened_bit = np.unpackbits(total.numpy())[: x.numel()]

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from approximations.polynomial import Polynomial
 from approximations.sign_exp_gelu import SignExpGELU
-from protocols.mpc import fss_compare, reuse
-from protocols.mpc.compare import stacked_indicators
+from protocols.mpc import reuse
+from protocols.mpc.compare import relu
 from protocols.mpc.polynomial import Secret, chebyshev_terms, combine, degree_of, unit_variable
 
 
@@ -42,15 +42,12 @@ def sign_exp_gelu(x: Secret, form: SignExpGELU, fss_bits: int | None = None) -> 
     then opens only e; 328 with CrypTen's own products).
 
     With `fss_bits` (|X| < 2^(fss_bits - 1) for x's fixed-point integers X, from the
-    calibrated bound), relu comes from the dealer's FSS keys (`fss_compare.relu`: 8 + 1/8
+    calibrated bound), relu comes from the dealer's FSS keys (`compare.relu`: 8 + 1/8
     bytes, 2 rounds) instead of the comparison and its product: about 96 bytes and 14
     rounds for n = 9.
     """
-    if fss_bits is not None:
-        relu = fss_compare.relu(x, fss_bits)
-    else:
-        relu = x * stacked_indicators(x, [0.0])[0]
-    t = relu * 2 - x
+    rectified = relu(x, fss_bits)
+    t = rectified * 2 - x
     c0, c1, c2 = form.u
     scale = 2.0**-form.squarings
     key = reuse.new_key("gelu.t")
@@ -59,7 +56,7 @@ def sign_exp_gelu(x: Secret, form: SignExpGELU, fss_bits: int | None = None) -> 
     for _ in range(form.squarings):
         e = e.square()
     te = reuse.product(t, e, x_key=key, release=(key,))
-    return relu - te * 0.5
+    return rectified - te * 0.5
 
 
 __all__ = ["even_gelu", "sign_exp_gelu"]

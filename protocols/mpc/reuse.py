@@ -196,10 +196,8 @@ def _exchange(
     (one flat tensor); party 1 draws its own from the generator after the masks, as in
     CrypTen's TTP provider. Keyed fresh operands are kept afterwards."""
     from crypten.common.rng import generate_random_ring_element
-    from crypten.mpc.provider.ttp_provider import TTPClient
 
-    client = TTPClient.get()
-    generator = client.get_generator()
+    generator = dealer.party_generator()
     masks: list[torch.Tensor | None] = []
     for operand in operands:
         if is_kept(operand.key):

@@ -31,11 +31,10 @@ from collections.abc import Callable
 import numpy as np
 
 from protocols.mpc.fss import dcf, gates
+from protocols.mpc.fss.prg import as_seeds
 
 Draw = Callable[[int], np.ndarray]
 """n uniform uint64 words from the generator a party shares with the dealer."""
-
-_CLEAR = np.uint64(0xFFFFFFFFFFFFFFFE)
 
 
 def _bit_words(levels: int, count: int) -> int:
@@ -68,9 +67,7 @@ class StaleKeys(ValueError):
 
 
 def _draw_seeds(draw: Draw, count: int) -> np.ndarray:
-    seeds = draw(2 * count).reshape(count, 2).copy()
-    seeds[:, 0] &= _CLEAR
-    return seeds
+    return as_seeds(draw(2 * count))
 
 
 def _pack(key: dcf.DcfKey) -> np.ndarray:

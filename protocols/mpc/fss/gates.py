@@ -33,7 +33,9 @@ linear in the shares of r, r_b and r_b r. ReLU(x) = select([x >= 0], x): one 64-
 one 1-bit opening, two rounds, where CrypTen's comparison decomposes 64 bits (about 6
 rounds and 216 bytes per element in our measurements).
 
-Keys are per element and per use: a select key (r_b, r_b r) must not be used twice.
+Keys are per element and per use: a select key (r_b, r_b r) must not be used twice. The
+dealer makes them (`protocols.mpc.fss.dealing.deal`); the parties read theirs
+(`dealing.receive`).
 """
 
 from __future__ import annotations
@@ -46,13 +48,6 @@ from protocols.mpc.fss import dcf
 
 RING_BITS = 64
 _ONE = np.uint64(1)
-
-
-def _shares(values: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Additive shares mod 2^64 of `values` (uint64): (uniform, values - uniform)."""
-    first = rng.integers(0, 1 << 64, size=values.shape, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        return first, values - first
 
 
 @dataclass(frozen=True)
@@ -84,33 +79,6 @@ class SelectKey:
         return int(self.bit.nbytes + self.product.nbytes)
 
 
-def sign_keys(
-    count: int, bits: int, rng: np.random.Generator
-) -> tuple[tuple[SignKey, SignKey], np.ndarray]:
-    """The two parties' `SignKey`s for `count` elements, and the mask r (the dealer's,
-    for `select_keys`)."""
-    if not 2 <= bits <= RING_BITS:
-        raise ValueError(f"comparisons on {bits}-bit differences: expected 2 to {RING_BITS}")
-    r = rng.integers(0, 1 << 64, size=count, dtype=np.uint64)
-    low_bits = bits - 1
-    alpha = r & np.uint64((1 << low_bits) - 1)
-    top = (r >> np.uint64(low_bits)) & _ONE
-    with np.errstate(over="ignore"):
-        beta = _ONE - np.uint64(2) * top
-    keys = dcf.generate(alpha, beta, low_bits, rng)
-    masks, tops = _shares(r, rng), _shares(top, rng)
-    pair = tuple(SignKey(b, bits, masks[b], tops[b], keys[b]) for b in (0, 1))
-    return pair, r  # type: ignore[return-value]
-
-
-def select_keys(r: np.ndarray, rng: np.random.Generator) -> tuple[SelectKey, SelectKey]:
-    """Keys for one select against the mask `r` (of `sign_keys`)."""
-    bit = rng.integers(0, 2, size=r.shape, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        bits, products = _shares(bit, rng), _shares(bit * r, rng)
-    return SelectKey(0, bits[0], products[0]), SelectKey(1, bits[1], products[1])
-
-
 def masked_share(key: SignKey, x_share: np.ndarray) -> np.ndarray:
     """What a party sends to open x^ = x + r: its share of x plus its share of r."""
     with np.errstate(over="ignore"):
@@ -130,6 +98,12 @@ def less_than(key: SignKey, opened: np.ndarray, threshold: int | np.ndarray) -> 
         d = key.top + dcf.evaluate(key.dcf, np.broadcast_to(low, key.mask.shape))
         share = d * (_ONE - np.uint64(2) * top)
         return share + top if key.party == 0 else share
+
+
+def complement(party: int, share: np.ndarray) -> np.ndarray:
+    """This party's share of 1 - b from its share of a bit b (party 0 adds the 1)."""
+    with np.errstate(over="ignore"):
+        return (_ONE - share) if party == 0 else (np.uint64(0) - share)
 
 
 def bit_share(key: SelectKey, b_share: np.ndarray) -> np.ndarray:
@@ -154,9 +128,8 @@ __all__ = [
     "SelectKey",
     "SignKey",
     "bit_share",
+    "complement",
     "less_than",
     "masked_share",
     "select",
-    "select_keys",
-    "sign_keys",
 ]

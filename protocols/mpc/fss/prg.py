@@ -41,11 +41,16 @@ def _encryptor() -> Any:  # the context type of `cryptography` is private
     return Cipher(algorithms.AES(KEY), modes.ECB()).encryptor()
 
 
-def random_seeds(count: int, rng: np.random.Generator) -> np.ndarray:
-    """`count` seeds (count, 2) uint64 from `rng`, their low bit cleared (see `expand`)."""
-    seeds = rng.integers(0, 1 << 64, size=(count, SEED_WORDS), dtype=np.uint64)
+def as_seeds(words: np.ndarray) -> np.ndarray:
+    """2 N uniform uint64 words as N seeds (N, 2), their low bit cleared (see `expand`)."""
+    seeds = np.array(words, dtype=np.uint64).reshape(-1, SEED_WORDS)
     seeds[:, 0] &= _CLEAR
     return seeds
+
+
+def random_seeds(count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` seeds (count, 2) uint64 from `rng` (`as_seeds`)."""
+    return as_seeds(rng.integers(0, 1 << 64, size=SEED_WORDS * count, dtype=np.uint64))
 
 
 def blocks(seeds: np.ndarray, count: int) -> np.ndarray:
@@ -84,4 +89,4 @@ def convert(seeds: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(seeds[..., 1])
 
 
-__all__ = ["KEY", "SEED_WORDS", "blocks", "convert", "expand", "random_seeds"]
+__all__ = ["KEY", "SEED_WORDS", "as_seeds", "blocks", "convert", "expand", "random_seeds"]

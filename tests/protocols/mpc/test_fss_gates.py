@@ -16,9 +16,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols.mpc.fss import gates
+from protocols.mpc.fss import dealing, gates
 
 ONE = np.uint64(1)
+
+
+def _draws(seed: int):
+    generator = np.random.default_rng(seed)
+    return lambda n: generator.integers(0, 1 << 64, size=n, dtype=np.uint64)
+
+
+def _deal(n: int, bits: int, selects: int, seed: int) -> tuple[tuple, list[tuple]]:
+    """Both parties' keys as the dealer deals them (`dealing.deal` / `receive`, generators
+    seeded from `seed`): the sign keys' pair and one pair per select."""
+    payload = dealing.deal(n, bits, selects, (_draws(seed), _draws(seed + 1)),
+                           np.random.default_rng(seed + 2))  # fmt: skip
+    k0, s0 = dealing.receive(0, n, bits, selects, _draws(seed), payload)
+    k1, s1 = dealing.receive(1, n, bits, selects, _draws(seed + 1),
+                             dealing.forwarded(payload, n, bits))  # fmt: skip
+    return (k0, k1), list(zip(s0, s1, strict=True))
 
 
 def _split(values: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +77,7 @@ def test_comparisons_from_one_opening(case, seed: int) -> None:
     bits, thresholds, xs = case
     rng = np.random.default_rng(seed)
     x = np.array(xs, dtype=np.int64)
-    keys, _ = gates.sign_keys(x.size, bits, rng)
+    keys, _ = _deal(x.size, bits, 0, seed)
     opened = _open(keys, _split(x, rng))
     half = 1 << (bits - 1)
     for c in thresholds:
@@ -74,7 +90,7 @@ def test_comparisons_from_one_opening(case, seed: int) -> None:
 def test_beyond_the_width_the_sign_wraps() -> None:
     rng = np.random.default_rng(1)
     x = np.array([1 << 12, -(1 << 12) - 1], dtype=np.int64)  # 2^(n-1) and -(2^(n-1)) - 1
-    keys, _ = gates.sign_keys(2, 13, rng)
+    keys, _ = _deal(2, 13, 0, 1)
     got = _less(keys, _open(keys, _split(x, rng)), 0)
     np.testing.assert_array_equal(got, [1, 0])  # the wrong way round: the width matters
 
@@ -85,16 +101,16 @@ def test_relu_and_select_are_exact(seed: int, bits: int) -> None:
     rng = np.random.default_rng(seed)
     half = 1 << (bits - 1)
     x = rng.integers(-half, half, size=64).astype(np.int64)
-    keys, r = gates.sign_keys(x.size, bits, rng)
+    keys, selects = _deal(x.size, bits, 2, seed)
     opened = _open(keys, _split(x, rng))
     with np.errstate(over="ignore"):
         negative = [gates.less_than(k, opened, 0) for k in keys]
         positive = [ONE - negative[0], np.uint64(0) - negative[1]]
-    for bit_shares, want in (
-        (positive, np.maximum(x, 0)),
-        (_split(rng.integers(0, 2, size=x.size), rng), None),
+    for select, (bit_shares, want) in zip(
+        selects,
+        ((positive, np.maximum(x, 0)), (_split(rng.integers(0, 2, size=x.size), rng), None)),
+        strict=True,
     ):
-        select = gates.select_keys(r, rng)
         sent = [gates.bit_share(select[b], bit_shares[b]) for b in (0, 1)]
         opened_bit = sent[0] ^ sent[1]
         with np.errstate(over="ignore"):
@@ -112,10 +128,9 @@ def test_what_a_party_sends_hides_its_input() -> None:
     for value in (0, 1 << 62):
         rng = np.random.default_rng(value % 997)
         x = np.full(n, value, dtype=np.int64)
-        keys, r = gates.sign_keys(n, 8, rng)
+        keys, (select,) = _deal(n, 8, 1, value % 997)
         opened = _open(keys, _split(x, rng))
         assert abs(np.mean(opened >> np.uint64(63)) - 0.5) < 5 * sigma
-        select = gates.select_keys(r, rng)
         bit = _split(np.full(n, value > 0, dtype=np.int64), rng)
         opened_bit = gates.bit_share(select[0], bit[0]) ^ gates.bit_share(select[1], bit[1])
         assert abs(np.mean(opened_bit) - 0.5) < 5 * sigma
@@ -123,22 +138,15 @@ def test_what_a_party_sends_hides_its_input() -> None:
 
 def test_widths_outside_the_ring_are_refused() -> None:
     with pytest.raises(ValueError, match="2 to 64"):
-        gates.sign_keys(1, 1, np.random.default_rng(0))
+        _deal(1, 1, 0, 0)
     with pytest.raises(ValueError, match="2 to 64"):
-        gates.sign_keys(1, 65, np.random.default_rng(0))
-
-
-def _draws(seed: int):
-    generator = np.random.default_rng(seed)
-    return lambda n: generator.integers(0, 1 << 64, size=n, dtype=np.uint64)
+        _deal(1, 65, 0, 0)
 
 
 @pytest.mark.parametrize(("bits", "selects"), [(2, 0), (13, 1), (24, 2), (64, 1)])
 def test_keys_dealt_through_the_generators_and_one_payload(bits: int, selects: int) -> None:
     """`dealing.deal` on the dealer, `dealing.receive` on each party (party 1 from the
     forwarded common part only), with the same draws: comparisons and ReLU exact."""
-    from protocols.mpc.fss import dealing
-
     n = 300
     payload = dealing.deal(n, bits, selects, (_draws(1), _draws(2)), np.random.default_rng(3))
     assert payload.size == dealing.payload_words(n, bits, selects)
@@ -163,8 +171,6 @@ def test_keys_dealt_through_the_generators_and_one_payload(bits: int, selects: i
 
 
 def test_keys_for_another_shape_are_refused() -> None:
-    from protocols.mpc.fss import dealing
-
     payload = dealing.deal(10, 16, 1, (_draws(1), _draws(2)), np.random.default_rng(3))
     with pytest.raises(ValueError, match="keys for another shape"):
         dealing.receive(0, 11, 16, 1, _draws(1), payload)
@@ -177,8 +183,6 @@ def test_keys_for_another_shape_are_refused() -> None:
 def test_keys_from_another_session_are_refused() -> None:
     """Keys dealt with other generators (another session's seeds), or received by a party
     whose draws are one step ahead, fail the check word: refused in one line, not used."""
-    from protocols.mpc.fss import dealing
-
     payload = dealing.deal(10, 16, 0, (_draws(1), _draws(2)), np.random.default_rng(3))
     part = dealing.forwarded(payload, 10, 16)
     dealing.receive(0, 10, 16, 0, _draws(1), payload)  # this session's: accepted
