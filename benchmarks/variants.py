@@ -4,7 +4,6 @@ and the plan's choice for an op, calibrated as for a node of a real model."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -127,9 +126,11 @@ def _two_pass(x: Any, params: dict) -> Any:
 
 
 def fss_width(bound: float) -> int:
-    """The FSS comparison width for fixed-point values |x| <= bound, with one bit of room:
-    |X| = |x| 2^16 < 2^(bits - 1)."""
-    return max(2, math.ceil(math.log2(max(bound, 2.0**-16) * 2.0**PRECISION_BITS)) + 2)
+    """The FSS comparison width for fixed-point values |x| <= bound
+    (`protocols.mpc.fss_compare.width`)."""
+    from protocols.mpc.fss_compare import width
+
+    return width(bound, PRECISION_BITS)
 
 
 def _gelu_sign_exp_fss(x: Any, params: dict) -> Any:

@@ -5,6 +5,7 @@ run. (Outside the `fss` package, which is numpy only: the dealer imports it.)
     less_than(x, thresholds, bits)   [x < t] for each public t: integer (scale-1) sharings
     at_least(x, thresholds, bits)    [x >= t], the same way
     relu(x, bits)                    max(x, 0) at x's scale
+    relu_and_clipped_abs(x, c, bits) max(x, 0) and min(|x|, c), from the same opening
 
 Keys: the model owner asks the dealer (`fss_sign`, one request) and forwards the common
 correction words to the data owner (offline traffic: `meter.offline_traffic`); each party
@@ -31,6 +32,20 @@ from protocols.mpc.crypten_setup import communicator, import_crypten
 from protocols.mpc.fss import dealing, gates
 from protocols.mpc.meter import offline_traffic
 from protocols.mpc.polynomial import Secret
+
+RING_BITS = gates.RING_BITS
+
+
+def width(reach: float, precision_bits: int) -> int:
+    """The key width for comparing values whose differences to the thresholds are at most
+    `reach` in magnitude, at 2^precision_bits: |X| < 2^(bits - 2) (one bit of room), at
+    most the ring's 64 (then every comparison of ring elements is exact)."""
+    if not reach >= 0:
+        raise ValueError(f"reach={reach!r}: expected a number >= 0")
+    if not math.isfinite(reach):
+        return RING_BITS
+    scaled = max(reach * 2.0**precision_bits, 1.0)
+    return min(RING_BITS, max(2, math.ceil(math.log2(scaled)) + 2))
 
 
 def _draw(count: int) -> np.ndarray:
@@ -103,17 +118,64 @@ def at_least(x: Secret, thresholds: Sequence[float], bits: int) -> list[Secret]:
     return [_as_secret(x, gates.complement(key.party, share), 0) for share in shares]
 
 
+def _select(
+    key: gates.SignKey,
+    selects: list[gates.SelectKey],
+    bits: list[np.ndarray],
+    opened: np.ndarray,
+) -> list[np.ndarray]:
+    """This party's shares of b_i x for each shared bit b_i (ring shares of 0/1), x opened
+    as `opened` against `key`'s mask: all the bits opened in one packed xor (len(bits)/8
+    byte per element and party, one round)."""
+    count = opened.size
+    shares = [gates.bit_share(s, b) for s, b in zip(selects, bits, strict=True)]
+    sent = np.packbits(np.concatenate(shares))
+    total = communicator().all_reduce(torch.from_numpy(sent), op=dist.ReduceOp.BXOR)
+    opened_bits = np.unpackbits(total.numpy())[: count * len(bits)].reshape(len(bits), count)
+    return [gates.select(s, key, b, opened) for s, b in zip(selects, opened_bits, strict=True)]
+
+
 def relu(x: Secret, bits: int) -> Secret:
     """max(x, 0) at x's scale: [x >= 0] from one opening of x + r, then the select of x by
     it from one opened bit (packed: 1/8 byte per element), two rounds in all."""
-    key, (select,) = keys(x.numel(), bits, 1)
+    key, selects = keys(x.numel(), bits, 1)
     opened = _open(x, key)
     positive = gates.complement(key.party, gates.less_than(key, opened, 0))
-    sent = np.packbits(gates.bit_share(select, positive))
-    total = communicator().all_reduce(torch.from_numpy(sent), op=dist.ReduceOp.BXOR)
-    opened_bit = np.unpackbits(total.numpy())[: x.numel()]
-    share = gates.select(select, key, opened_bit, opened)
+    (share,) = _select(key, selects, [positive], opened)
     return _as_secret(x, share, int(x.encoder._precision_bits))
 
 
-__all__ = ["at_least", "keys", "less_than", "relu"]
+def relu_and_clipped_abs(x: Secret, clip: float, bits: int) -> tuple[Secret, Secret]:
+    """(max(x, 0), min(|x|, clip)) at x's scale, from one opening of x + r (the three
+    comparisons with -clip, 0 and clip) and three selects of x in one packed opening
+    (3/8 byte per element): 8 + 3/8 bytes and two rounds. min(|x|, clip) = ([0 <= x < c]
+    - [-c <= x < 0]) x + c ([x >= c] + [x < -c]), c = clip on x's fixed-point grid.
+    `bits` must bound x + c and x - c (|X| + C < 2^(bits - 1))."""
+    if not clip > 0:
+        raise ValueError(f"clip={clip!r}: must be positive")
+    key, selects = keys(x.numel(), bits, 3)
+    opened = _open(x, key)
+    low, high = _ring_thresholds(x, [-clip, clip])
+    below_low, below_zero, below_high = (gates.less_than(key, opened, t) for t in (low, 0, high))
+    with np.errstate(over="ignore"):
+        inside_positive = below_high - below_zero
+        inside_negative = below_zero - below_low
+        outside = gates.complement(key.party, below_high) + below_low
+        positive = gates.complement(key.party, below_zero)
+        rectified, plus, minus = _select(
+            key, selects, [positive, inside_positive, inside_negative], opened
+        )
+        clipped = plus - minus + outside * np.uint64(high)
+    precision = int(x.encoder._precision_bits)
+    return _as_secret(x, rectified, precision), _as_secret(x, clipped, precision)
+
+
+__all__ = [
+    "RING_BITS",
+    "at_least",
+    "keys",
+    "less_than",
+    "relu",
+    "relu_and_clipped_abs",
+    "width",
+]

@@ -5,7 +5,7 @@ is the type (`int`, `float`, `str`, `bool`, or one of those `| None`), the field
 is THE default (no other module holds one: the kernels read a choice's options only
 through `options_for`), and `setting(...)` states the allowed range or choices. OPTIONS
 maps (function, method) to its class; a method not listed takes the common options only
-(`MethodOptions`: `precision_bits`).
+(`MethodOptions`: `precision_bits`, `comparisons`).
 
 Guarantees: `check` accepts exactly the declared names, with values of the declared type
 inside the declared range (an int is accepted for a float and stored as a float), and
@@ -36,6 +36,10 @@ MAX_COUNT = 64
 """Largest count an option may set (squarings, powers)."""
 MAX_NUMBER = 1e12
 """Largest magnitude of a real-valued option."""
+COMPARISONS = ("fss", "crypten")
+"""Who computes an mpc node's comparisons (the common option `comparisons`)."""
+MPC_COMPARISONS = "crypten"
+"""The default of `comparisons` (bench/mpc.md measures both)."""
 
 
 T = TypeVar("T", bound="MethodOptions")
@@ -74,6 +78,13 @@ class MethodOptions:
         "secinfer.core.precision",
         low=MIN_BITS,
         high=MAX_BITS,
+    )
+    comparisons: str | None = setting(
+        None,
+        "mpc: who computes the node's comparisons: 'fss' (the dealer's function-secret-"
+        "sharing keys, one opening of x + r) or 'crypten' (CrypTen's 64-bit bit "
+        "decomposition); unset: MPC_COMPARISONS",
+        choices=COMPARISONS,
     )
 
     def as_dict(self) -> dict[str, Any]:
@@ -250,6 +261,13 @@ def complete(function: str, method: str, values: Any) -> dict[str, Any]:
     return check(function, method, values).as_dict()
 
 
+def comparisons_of(choice: Any) -> str:
+    """Who computes the comparisons of `choice`'s mpc kernel: its `comparisons` option,
+    else MPC_COMPARISONS."""
+    chosen = options_for(choice).comparisons if choice is not None else None
+    return chosen or MPC_COMPARISONS
+
+
 def options_for(choice: Any, kind: type[T] = MethodOptions) -> T:  # type: ignore[assignment]
     """A plan choice's typed options (`choice.function`, `.method`, `.options`): how a
     kernel reads them, `kind` being the class the kernel expects. OptionError for options
@@ -360,8 +378,10 @@ def _short(value: Any) -> str:
 
 
 __all__ = [
+    "COMPARISONS",
     "MAX_COUNT",
     "MAX_NUMBER",
+    "MPC_COMPARISONS",
     "OPTIONS",
     "Allowed",
     "ChebyshevFit",
@@ -377,6 +397,7 @@ __all__ = [
     "SoftmaxTwoQuad",
     "Spec",
     "check",
+    "comparisons_of",
     "complete",
     "defaults",
     "names",

@@ -59,6 +59,7 @@ METHODS: dict[str, tuple[str, ...]] = {
         "quad",
         "auto",
         "sign_exp",
+        "tail",
         "chebyshev",
         "piecewise",
     ),

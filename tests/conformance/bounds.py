@@ -238,11 +238,13 @@ def _nonlinear(
         return _interval_form(function, choice, x, want, inputs, noise)
     if function == "gelu":
         extra: np.ndarray | float = MPC_POLYNOMIAL if mpc else noise
-        if choice.method in ("auto", "sign_exp"):
+        if choice.method in ("auto", "sign_exp", "tail"):
             from approximations.even_gelu import secure_gelu_form
             from approximations.sign_exp_gelu import SignExpGELU
+            from secinfer.core.options import comparisons_of
 
-            form = secure_gelu_form(choice.method, _interval(choice))
+            fss = comparisons_of(choice) == "fss"
+            form = secure_gelu_form(choice.method, _interval(choice), fss)
             cert = float(form.max_error)
             if mpc and isinstance(form, SignExpGELU):
                 term = np.abs(np.maximum(x, 0.0) - want)  # the exponential term's size

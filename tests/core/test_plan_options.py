@@ -40,8 +40,8 @@ from secinfer.core.plan import (
 from secinfer.errors import UserError
 
 DATA = Path(__file__).parents[2] / "secinfer" / "data"
-EXP_LIMIT = "options: squarings, order, cutoff, reciprocal, precision_bits"
-EXP_MAX = "options: target, maximum, precision_bits"
+EXP_LIMIT = "options: squarings, order, cutoff, reciprocal, precision_bits, comparisons"
+EXP_MAX = "options: target, maximum, precision_bits, comparisons"
 BAD_CONFIGS = {
     "misspelt": (
         {"defaults": {"softmax": {"options": {"squaring": 6}}}},
@@ -124,7 +124,7 @@ NODE_MISTAKES = {
     ),
     "defaults:\n  softmax: {method: power}\nnodes:\n  softmax: {options: {squarings: 6}}\n": (
         "--config: node softmax: softmax option 'squarings' is not an option of method "
-        "power; options: p, normalizer, eps, scale, reciprocal, precision_bits"
+        "power; options: p, normalizer, eps, scale, reciprocal, precision_bits, comparisons"
     ),
     "defaults:\n  gelu: {option: {}}\n": (
         "--config: gelu: 'option' is not a setting; settings: method, options, interval"

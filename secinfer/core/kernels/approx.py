@@ -24,9 +24,10 @@ from approximations.even_gelu import even_gelu, secure_gelu_form
 from approximations.functions import rsqrt_approximation
 from approximations.iterative import he_reciprocal
 from approximations.sign_exp_gelu import SignExpGELU
+from approximations.tail_gelu import TailGELU
 from secinfer.core.forms import form_for, sized_by_interval
 from secinfer.core.masks import MASK_LIMIT, SENTINEL
-from secinfer.core.options import ExpSquaring, SoftmaxExpLimit, options_for
+from secinfer.core.options import ExpSquaring, SoftmaxExpLimit, comparisons_of, options_for
 from secinfer.core.registry import Call, register, register_all, register_functions
 
 aten = torch.ops.aten
@@ -59,11 +60,17 @@ def generic(call: Call) -> Any:
 
 # --- GELU -----------------------------------------------------------------------------------
 @lru_cache(maxsize=64)
-def gelu_approximation(method: str, interval: tuple[float, float] | None) -> tuple[Any, tuple]:
+def gelu_approximation(
+    method: str, interval: tuple[float, float] | None, fss: bool = False
+) -> tuple[Any, tuple]:
     """(callable, interval where it holds). A single polynomial ("minimax") is refit on
-    the calibrated interval when one is given, so that calibration widens it."""
-    if method in ("auto", "sign_exp"):
-        form = secure_gelu_form(method, interval)
+    the calibrated interval when one is given, so that calibration widens it. `fss`: the
+    mpc kernel's comparisons come from FSS keys (the plan's `comparisons`), which decides
+    what "auto" is (`approximations.even_gelu.secure_gelu_form`)."""
+    if method in ("auto", "sign_exp", "tail"):
+        form = secure_gelu_form(method, interval, fss)
+        if isinstance(form, TailGELU):
+            return form, UNBOUNDED
         if isinstance(form, SignExpGELU):
             return form, (-form.bound, form.bound)
         bound = math.sqrt(form.interval[1])
@@ -83,7 +90,8 @@ def gelu(call: Call) -> torch.Tensor:
     x = call.args[0]
     if sized_by_interval(call.choice):
         return _elementwise_form(call, x)
-    fn, interval = gelu_approximation(call.choice.method, _interval(call.choice))
+    fss = comparisons_of(call.choice) == "fss"
+    fn, interval = gelu_approximation(call.choice.method, _interval(call.choice), fss)
     if interval != UNBOUNDED:
         call.stats.record(x, interval)
     return fn(x)

@@ -37,11 +37,13 @@ from approximations.piecewise import Piecewise, Segment
 from approximations.polynomial import Polynomial
 from secinfer.backends.mpc.kernels.precision import at_precision
 from secinfer.backends.mpc.kernels.values import is_secret
+from secinfer.core.masks import MASK_LIMIT
 from secinfer.core.options import (
     ExpSquaring,
     SoftmaxExpLimit,
     SoftmaxPower,
     SoftmaxTwoQuad,
+    comparisons_of,
     options_for,
 )
 from secinfer.core.registry import Call, register, register_functions
@@ -54,7 +56,11 @@ LAYER_NORM_WIDEN = 2.0**8
 fixed-point range [2^-16, 2^30]."""
 DEFAULT_POSITIVE = (1e-4, 1e4)
 """Interval of an uncalibrated positive input (variance, denominator)."""
-GELU_METHODS = ("auto", "sign_exp", "puma", "puma_refit", "bolt", "quad")
+GELU_METHODS = ("auto", "sign_exp", "tail", "puma", "puma_refit", "bolt", "quad")
+FSS_MARGIN = 16.0
+"""FSS comparisons are exact while the compared differences stay within the key's width:
+it covers FSS_MARGIN times the calibrated reach (4 bits, about 100 bytes of keys per
+element); beyond, a comparison is wrong. Without a calibrated interval: the whole ring."""
 
 
 def _positive_interval(choice: Any, widen: float = MPC_WIDEN) -> tuple[float, float]:
@@ -80,34 +86,64 @@ def kernel_interval(choice: Any) -> tuple[float, float] | None:
         return _positive_interval(choice, LAYER_NORM_WIDEN)
     if choice.function in ("rsqrt", "sqrt", "reciprocal"):
         return _positive_interval(choice)
-    if choice.function == "gelu" and choice.method in ("auto", "sign_exp"):
+    if choice.function == "gelu" and choice.method in ("auto", "sign_exp", "tail"):
         form = gelu_form(choice)
-        bound = form.bound if hasattr(form, "bound") else math.sqrt(form.interval[1])
+        if comparisons_of(choice) == "fss" and choice.interval:
+            bound = FSS_MARGIN * _reach(choice)  # the keys' width (`fss_bits`)
+            if hasattr(form, "bound"):
+                bound = min(bound, form.bound)
+        elif hasattr(form, "clip"):
+            return None  # the tail form holds on every input
+        else:
+            bound = form.bound if hasattr(form, "bound") else math.sqrt(form.interval[1])
         return (-bound, bound)
     if choice.function == "exp" and choice.interval:
         return (-math.inf, max(0.0, math.ceil(choice.interval[1])))
     return None
 
 
+def fss_bits(choice: Any, x: Any, reach: float, extra: float = 0.0) -> int | None:
+    """The FSS key width for this node's comparisons, or None when the plan says CrypTen
+    (`comparisons_of`): compared differences up to FSS_MARGIN `reach` + `extra` (the
+    calibrated reach; the whole ring without calibration) at x's fixed-point scale."""
+    from protocols.mpc.fss_compare import RING_BITS, width
+
+    if comparisons_of(choice) != "fss":
+        return None
+    if not choice.interval:
+        return RING_BITS
+    return width(FSS_MARGIN * reach + extra, int(x.encoder._precision_bits))
+
+
+def _reach(choice: Any) -> float:
+    lo, hi = choice.interval or (0.0, 0.0)
+    return max(abs(float(lo)), abs(float(hi)))
+
+
 def gelu_form(choice: Any) -> Any:
-    """The even polynomial or the SignExpGELU behind an "auto" / "sign_exp" choice."""
+    """The even polynomial, SignExpGELU or TailGELU behind an "auto", "sign_exp" or
+    "tail" choice ("auto" with FSS comparisons: the tail form)."""
     from approximations.even_gelu import secure_gelu_form
 
-    return secure_gelu_form(choice.method, tuple(choice.interval) if choice.interval else None)
+    interval = tuple(choice.interval) if choice.interval else None
+    return secure_gelu_form(choice.method, interval, comparisons_of(choice) == "fss")
 
 
 def gelu(call: Call) -> Any:
     from protocols.mpc.piecewise import gelu as secure_gelu
 
     method = call.choice.method
-    if method in ("auto", "sign_exp"):
+    if method in ("auto", "sign_exp", "tail"):
         from approximations.sign_exp_gelu import SignExpGELU
-        from protocols.mpc.gelu import even_gelu, sign_exp_gelu
+        from approximations.tail_gelu import TailGELU
+        from protocols.mpc.gelu import even_gelu, sign_exp_gelu, tail_gelu
 
-        form = gelu_form(call.choice)
+        x, form = call.args[0], gelu_form(call.choice)
+        if isinstance(form, TailGELU):
+            return tail_gelu(x, form, fss_bits(call.choice, x, _reach(call.choice), form.clip))
         if isinstance(form, SignExpGELU):
-            return sign_exp_gelu(call.args[0], form)
-        return even_gelu(call.args[0], form)
+            return sign_exp_gelu(x, form, fss_bits(call.choice, x, _reach(call.choice)))
+        return even_gelu(x, form)
     if method not in GELU_METHODS:
         raise NotImplementedError(
             f"gelu method {method!r} has no mpc kernel; choose one of {', '.join(GELU_METHODS)}"
@@ -130,7 +166,13 @@ def softmax(call: Call) -> Any:
     x, dim = call.args[0], call.args[1]
     if call.choice.method == "exp_limit":
         squarings, cutoff, order = softmax_exp_settings(call.choice)
-        return secure.softmax(x, dim, squarings=squarings, cutoff=cutoff, order=order)
+        # the tournament's differences a - b and the cut-off's x - max + cutoff
+        lo, hi = call.choice.interval or (0.0, 0.0)
+        reach = max(float(hi) - float(lo), float(hi) + MASK_LIMIT)
+        width = fss_bits(call.choice, x, reach, cutoff or 0.0)
+        return secure.softmax(
+            x, dim, squarings=squarings, cutoff=cutoff, order=order, fss_bits=width
+        )
     if call.choice.method == "power":
         options = options_for(call.choice, SoftmaxPower)
         return secure.power_softmax(
