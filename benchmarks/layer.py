@@ -51,13 +51,14 @@ def _summarise(
     """One implementation's row over its repeats: the largest error and the smallest
     cosine of any repeat, the fastest repeat's seconds (the slower party's), and traffic
     (the same in every repeat; checked). Also returns the fastest repeat's index."""
-    errors, cosines, seconds, decode_errors = [], [], [], []
+    errors, cosines, seconds, decode_errors, key_seconds = [], [], [], [], []
     for mo, do in zip(runs_mo, runs_do, strict=True):
         got = torch.from_numpy(do["y"]["values"])
         decode_errors.append(crypten_decode_errors(got, do["y"]["scale"]))
         errors.append((got - reference).abs().max().item())
         cosines.append(F.cosine_similarity(got.flatten(), reference.flatten(), dim=0).item())
         seconds.append(max(mo["seconds"], do["seconds"]))
+        key_seconds.append(max(mo.get("key_seconds", 0.0), do.get("key_seconds", 0.0)))
     traffic = [
         combine(mo["traffic"], do["traffic"]) for mo, do in zip(runs_mo, runs_do, strict=True)
     ]
@@ -67,11 +68,21 @@ def _summarise(
         "cosine": min(cosines),
         "seconds": seconds[fastest],
         "seconds_each_repeat": seconds,
+        "key_seconds": key_seconds[fastest],
         "max_abs_error_each_repeat": errors,
         "traffic_same_every_repeat": all(t == traffic[0] for t in traffic),
         "crypten_decode_errors_each_repeat": decode_errors,
         **traffic[0],
     }, fastest
+
+
+FSS_CONFIG = {
+    "defaults": {
+        "gelu": {"options": {"comparisons": "fss"}},
+        "softmax": {"options": {"comparisons": "fss"}},
+    }
+}
+"""The FSS row's --config: the plan's defaults with FSS comparisons where they are used."""
 
 
 def layer_run(size: LayerSize, seed: int = 0, repeats: int = 2) -> dict[str, Any]:
@@ -108,6 +119,9 @@ def layer_run(size: LayerSize, seed: int = 0, repeats: int = 2) -> dict[str, Any
         full, public = Path(tmp) / "layer.pt2", Path(tmp) / "public.json"
         torch.export.save(program, full)
         public.write_text(json.dumps(public_architecture))
+        config = Path(tmp) / "fss.json"
+        config.write_text(json.dumps(FSS_CONFIG))
+        _, fss_plan = prepare(program, "mpc", [(sample,)], str(config))
         began = time.perf_counter()
         try:
             parties = run_local(
@@ -115,6 +129,7 @@ def layer_run(size: LayerSize, seed: int = 0, repeats: int = 2) -> dict[str, Any
                 str(full),
                 str(public),
                 plan.to_dict(),
+                fss_plan.to_dict(),
                 x.numpy(),
                 weights,
                 size.heads,
@@ -132,6 +147,7 @@ def layer_run(size: LayerSize, seed: int = 0, repeats: int = 2) -> dict[str, Any
     record["peak_rss_mb"] = {"model_owner": mo["peak_rss_mb"], "data_owner": do["peak_rss_mb"]}
     ours, i = _summarise(mo["ours"], do["ours"], reference)
     crypten, j = _summarise(mo["crypten"], do["crypten"], reference)
+    fss, k = _summarise(mo["ours_fss"], do["ours_fss"], reference)
     offline = combine(mo["ours_offline"]["traffic"], do["ours_offline"]["traffic"])
     ours["offline"] = {
         **offline,
@@ -143,6 +159,13 @@ def layer_run(size: LayerSize, seed: int = 0, repeats: int = 2) -> dict[str, Any
     )
     record["ours"] = {**ours, "implementation": "ours: secinfer executor, mpc backend"}
     record["crypten"] = {**crypten, "implementation": "CrypTen built-ins by hand"}
+    record["ours_fss"] = {
+        **fss,
+        "implementation": "ours: the same with FSS comparisons (--config comparisons fss: "
+        "GELU's tail form, softmax's max and cut-off; keys generated during the query)",
+    }
+    record["ratio_ours_fss_over_crypten"] = ratios(fss, crypten)
+    record["ours_fss_by_op"] = by_category(mo["ours_fss"][k]["nodes"], do["ours_fss"][k]["nodes"])
     record["spu"] = spu_row(weights, x, size.heads, module.eps, reference)
     record["ratio_ours_over_crypten"] = ratios(ours, crypten)
     record["ours_by_op"] = by_category(mo["ours"][i]["nodes"], do["ours"][i]["nodes"])

@@ -27,13 +27,14 @@ def _ours_layer(
     role: Role, graph: Any, plan: Any, x: np.ndarray, meter: Any, seeder: Any
 ) -> dict[str, Any]:
     """The product path, online: the executor on the mpc backend with the prepared Seeder."""
+    from protocols.mpc.fss_compare import key_seconds
     from secinfer import backends
     from secinfer.core.execute import Executor
 
     backends.load("mpc")  # in a party process: the mpc kernels register on import
     inputs = (torch.from_numpy(x) if role is Role.DATA_OWNER else torch.zeros(x.shape),)
     executor = Executor(graph, "mpc", plan, seeder=seeder, meter=meter.snapshot)
-    before = meter.snapshot()
+    before, keys_before = meter.snapshot(), key_seconds()
     began = time.perf_counter()
     result = executor.run(inputs)
     seconds = time.perf_counter() - began
@@ -46,6 +47,7 @@ def _ours_layer(
     ]
     return {
         "seconds": seconds,
+        "key_seconds": key_seconds() - keys_before,
         "traffic": cost.to_dict(),
         "nodes": nodes,
         "y": y,
@@ -89,14 +91,16 @@ def layer_party(
     full_archive: str,
     public_architecture: str,
     plan: dict[str, Any],
+    fss_plan: dict[str, Any],
     x: np.ndarray,
     weights: dict[str, np.ndarray],
     heads: int,
     eps: float,
     repeats: int = 2,
 ) -> dict[str, Any]:
-    """Ours (the product's executor) and CrypTen's hand-written layer on the same inputs,
-    `repeats` times each in the order A B B A A B ... (neither always goes first). Ours
+    """Ours (the product's executor, with the default plan and with FSS comparisons) and
+    CrypTen's hand-written layer on the same inputs, `repeats` times each in the order
+    A B C C B A A B C ... (none always goes first). Ours
     runs its offline phase (the weights, `Seeder.prepare`) once before: every repeat is a
     query on the same model. CrypTen's layer shares and opens its weights in every run."""
     from protocols.mpc.meter import Meter
@@ -115,18 +119,19 @@ def layer_party(
         for node in graph.nodes:
             if node.name in graph.owned and node.target_name in state:
                 graph.owned[node.name] = state[node.target_name].detach()
-    executor_plan = Plan.from_dict(plan)
+    plans = {"ours": Plan.from_dict(plan), "ours_fss": Plan.from_dict(fss_plan)}
     meter = Meter().install()
-    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "crypten": []}
+    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "ours_fss": [], "crypten": []}
     try:
         warm_up_protocol()
         offline = offline_phase(graph, role, meter)  # the product's, once per model
         seeder = offline.seeder
         for i in range(repeats):
-            order = ("ours", "crypten") if i % 2 == 0 else ("crypten", "ours")
-            for which in order:
-                if which == "ours":
-                    runs["ours"].append(_ours_layer(role, graph, executor_plan, x, meter, seeder))
+            order = ("ours", "ours_fss", "crypten")
+            for which in order if i % 2 == 0 else order[::-1]:
+                if which in plans:
+                    run = _ours_layer(role, graph, plans[which], x, meter, seeder)
+                    runs[which].append(run)
                 else:
                     runs["crypten"].append(_crypten_layer(role, x, weights, heads, eps, meter))
     finally:

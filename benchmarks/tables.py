@@ -85,8 +85,11 @@ def _layer_table(layers: list[dict[str, Any]]) -> list[str]:
             lines.append(f"| {name} | {layer['error']} |" + " |" * 11)
             continue
         q = layer["ratio_ours_over_crypten"]
-        for key, ratio in (("ours", q), ("crypten", None)):
-            r = layer[key]
+        rows = [("ours", q), ("ours_fss", layer.get("ratio_ours_fss_over_crypten"))]
+        for key, ratio in [*rows, ("crypten", None)]:
+            r = layer.get(key)
+            if r is None:
+                continue
             lines.append(
                 f"| {name} | {r['implementation']} | {_fmt(r['max_abs_error'])} "
                 f"| {r['cosine']:.5f} | {r['rounds']} | {_fmt(r['mb_sent_per_party'])} "
@@ -102,6 +105,14 @@ def _layer_table(layers: list[dict[str, Any]]) -> list[str]:
                 f"| {name} | {spu['implementation']} | {_fmt(spu['max_abs_error'])} "
                 f"| {spu['cosine']:.5f} | {spu['send_actions']} messages "
                 f"| {_fmt(spu['mb_sent_per_party'])} | - | {_fmt(spu['seconds'])} |" + " - |" * 5
+            )
+        fss = layer.get("ours_fss")
+        if fss:
+            lines.append(
+                f"| {name} | ours with FSS: its keys (MB: forwarded by the model owner to the "
+                "data owner, offline traffic; seconds: obtaining them, inside the row's "
+                f"seconds) | - | - | - | {_fmt(fss['offline_mb_sent_per_party'])} "
+                f"| {_fmt(fss['dealer_mb'])} | {_fmt(fss['key_seconds'])} |" + " - |" * 5
             )
         off = layer["ours"].get("offline")
         if off:
@@ -168,17 +179,19 @@ def _layer_costs(layer: dict[str, Any]) -> list[str]:
         f"{i['attention_scores']['max_row_spread']:.1f}), LayerNorm variances "
         f"[{lo:.2g}, {hi:.2g}]; peak memory per party "
         f"{max(layer['peak_rss_mb'].values()):.0f} MB. Cost by op (rounds / MB sent per "
-        "party / seconds), ours | CrypTen:",
+        "party / seconds), ours | ours with FSS comparisons | CrypTen:",
         "",
-        "| op | ours rounds | ours MB | ours s | CrypTen rounds | CrypTen MB | CrypTen s |",
-        "|---|---|---|---|---|---|---|",
+        "| op | ours rounds | ours MB | ours s | FSS rounds | FSS MB | FSS s "
+        "| CrypTen rounds | CrypTen MB | CrypTen s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    fss = layer.get("ours_fss_by_op", {})
     for op in ("matmul", "softmax", "layer_norm", "gelu", "other", "sharing"):
-        a, b = ours.get(op), theirs.get(op)
+        a, f, b = ours.get(op), fss.get(op), theirs.get(op)
         if a is None and b is None:
             continue
         cells = []
-        for entry in (a, b):
+        for entry in (a, f, b):
             if entry is None:
                 cells += ["-", "-", "-"]
             else:

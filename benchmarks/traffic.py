@@ -39,6 +39,11 @@ def combine(model_owner: dict[str, int], data_owner: dict[str, int]) -> dict[str
         )
         / MB,
         "dealer_rounds": max(model_owner["dealer_rounds"], data_owner["dealer_rounds"]),
+        # FSS keys the model owner forwards to the data owner before they are used
+        "offline_mb_sent_per_party": max(
+            t.get("offline_bytes_sent", 0) for t in (model_owner, data_owner)
+        )
+        / MB,
         # CrypTen's own `comm_bytes` counts an all-reduce of n bytes as 2n (sent plus
         # received): this is the figure in that convention
         "mb_sent_plus_received_per_party": max(

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from benchmarks.cases import EPS, PRECISION_BITS
+from benchmarks.cases import EPS
 from benchmarks.crypten_baselines import (
     crypten_gelu,
     crypten_gelu_erf,
@@ -57,14 +57,20 @@ def plan_choice(op: str, sample: torch.Tensor) -> dict[str, Any]:
 def describe_choice(choice: dict[str, Any]) -> str:
     """What the plan's default resolves to (for the table's label)."""
     from secinfer.backends.mpc.kernels import nonlinear as mpc_nonlinear
+    from secinfer.core.options import comparisons_of
     from secinfer.core.plan import Choice
 
     c = Choice(**choice)
     lo, hi = c.interval
-    where = f"calibrated [{lo:.3g}, {hi:.3g}]"
+    where = f"calibrated [{lo:.3g}, {hi:.3g}]; {comparisons_of(c)} comparisons"
     if c.function == "gelu" and c.method in ("auto", "sign_exp"):
         form = mpc_nonlinear.gelu_form(c)
-        if hasattr(form, "squarings"):
+        if hasattr(form, "clip"):
+            shape = (
+                f"tail: relu(x) - p(min(|x|, {form.clip:g})), 3 comparisons, degree "
+                f"{form.poly.degree}"
+            )
+        elif hasattr(form, "squarings"):
             shape = (
                 f"sign_exp: 1 comparison, exp by {form.squarings} squarings, "
                 f"abs(x) <= {form.bound:g}"
@@ -125,36 +131,17 @@ def _two_pass(x: Any, params: dict) -> Any:
     return two_pass_softmax(x, -1)
 
 
-def fss_width(bound: float) -> int:
-    """The FSS comparison width for fixed-point values |x| <= bound
-    (`protocols.mpc.fss_compare.width`)."""
-    from protocols.mpc.fss_compare import width
+def _comparisons(which: str) -> Callable[[Any, dict], Any]:
+    """The product's kernel with the node's comparisons set to `which` (the plan option
+    `comparisons`, as `--config` sets it): "fss" (the dealer's FSS keys; GELU "auto" is
+    then the tail form) or "crypten"."""
 
-    return width(bound, PRECISION_BITS)
+    def run(x: Any, params: dict) -> Any:
+        choice = params["choice"]
+        options = {**choice.get("options", {}), "comparisons": which}
+        return _product_kernel(x, {**params, "choice": {**choice, "options": options}})
 
-
-def _gelu_sign_exp_fss(x: Any, params: dict) -> Any:
-    """sign_exp GELU on the plan's calibrated bound with its relu from the dealer's FSS
-    keys (`protocols.mpc.gelu.sign_exp_gelu(..., fss_bits)`)."""
-    from approximations.sign_exp_gelu import SignExpGELU
-    from protocols.mpc.gelu import sign_exp_gelu
-    from secinfer.core.plan import Choice
-
-    lo, hi = Choice(**params["choice"]).interval
-    bound = max(abs(lo), abs(hi))
-    return sign_exp_gelu(x, SignExpGELU.for_bound(bound), fss_bits=fss_width(bound))
-
-
-def _softmax_fss(x: Any, params: dict) -> Any:
-    """The default's exp settings with the row maximum and the cutoff from FSS keys, wide
-    enough for the scores' calibrated spread."""
-    from protocols.mpc.softmax import softmax
-    from secinfer.core.plan import Choice
-
-    lo, hi = Choice(**params["choice"]).interval
-    squarings, cutoff, order = params["product_exp"]
-    width = fss_width(2 * max(abs(lo), abs(hi)) + (cutoff or 0.0))
-    return softmax(x, -1, squarings=squarings, cutoff=cutoff, order=order, fss_bits=width)
+    return run
 
 
 def _softmax_order1(x: Any, params: dict) -> Any:
@@ -170,9 +157,14 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, dict], Any]]] = {
     "gelu.product": ("ours: the plan's default", _product_kernel),
     "gelu.puma_refit": ("ours: piecewise puma_refit", _gelu_ours("puma_refit")),
     "gelu.bolt": ("ours: piecewise bolt", _gelu_ours("bolt")),
-    "gelu.sign_exp_fss": (
-        "ours: sign_exp with relu from FSS keys (dealer's DCF, issue 18)",
-        _gelu_sign_exp_fss,
+    "gelu.fss": (
+        "ours: the plan with FSS comparisons (auto -> tail: relu(x) - p(min(|x|, 4)), 3 "
+        "comparisons from one opening, degree 8; keys generated in the call)",
+        _comparisons("fss"),
+    ),
+    "gelu.crypten_comparisons": (
+        "ours: the plan with CrypTen's comparisons",
+        _comparisons("crypten"),
     ),
     "gelu.crypten_sigmoid": ("CrypTen: x * (1.702x).sigmoid()", lambda x, p: crypten_gelu(x)),
     "gelu.crypten_erf": (
@@ -193,8 +185,13 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, dict], Any]]] = {
         _two_pass,
     ),
     "softmax.fss": (
-        "ours: the default with the max and cut-off from FSS keys (issue 18)",
-        _softmax_fss,
+        "ours: the plan with FSS comparisons (the row maximum and the cut-off; keys "
+        "generated in the call)",
+        _comparisons("fss"),
+    ),
+    "softmax.crypten_comparisons": (
+        "ours: the plan with CrypTen's comparisons",
+        _comparisons("crypten"),
     ),
     "softmax.crypten": ("CrypTen: x.softmax(-1)", lambda x, p: x.softmax(-1)),
     "layer_norm.product": ("ours: the plan's default", _product_kernel),

@@ -21,6 +21,7 @@ interval. Beyond it the comparison is wrong (the sign wraps), as stated in `gate
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -52,9 +53,26 @@ def _draw(count: int) -> np.ndarray:
     return dealer.draw_words(count, dealer.party_generator())
 
 
+_KEY_SECONDS = [0.0]
+
+
+def key_seconds() -> float:
+    """Seconds this process has spent obtaining FSS keys (`keys`: the dealer's generation
+    as the model owner waits for it, the forwarding, each party's own draws)."""
+    return _KEY_SECONDS[0]
+
+
 def keys(count: int, bits: int, selects: int) -> tuple[gates.SignKey, list[gates.SelectKey]]:
     """This party's keys for `count` comparisons of `bits`-bit differences and `selects`
     selects against their mask (module docstring)."""
+    began = time.perf_counter()
+    try:
+        return _keys(count, bits, selects)
+    finally:
+        _KEY_SECONDS[0] += time.perf_counter() - began
+
+
+def _keys(count: int, bits: int, selects: int) -> tuple[gates.SignKey, list[gates.SelectKey]]:
     comm = communicator()
     rank = comm.get_rank()
     if rank == 0:
@@ -173,6 +191,7 @@ def relu_and_clipped_abs(x: Secret, clip: float, bits: int) -> tuple[Secret, Sec
 __all__ = [
     "RING_BITS",
     "at_least",
+    "key_seconds",
     "keys",
     "less_than",
     "relu",

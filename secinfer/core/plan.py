@@ -80,9 +80,13 @@ METHODS: dict[str, tuple[str, ...]] = {
 # THE default methods: target -> function -> method. A method's default options are its
 # options class's (`secinfer.core.options`, the one source of option defaults); every kernel
 # reads its settings from the plan's choice, which `make_plan` fills from there.
-# mpc: a comparison costs ~25x a product's bytes, so GELU is x/2 + q(x^2) on the calibrated
-#   interval when that reaches 5e-3 ("auto", approximations.even_gelu), the one-comparison
-#   sign_exp form otherwise; rsqrt / reciprocal are range-normalised (a stacked comparison);
+# mpc: comparisons come from the dealer's FSS keys (option `comparisons`, default
+#   options.MPC_COMPARISONS): one opening of x + r for any number of thresholds, so GELU
+#   "auto" is the tail form relu(x) - p(min(|x|, 4)) (approximations.tail_gelu, 2.4e-4 on
+#   every input). With CrypTen's comparisons (~25x a product's bytes) "auto" is x/2 +
+#   q(x^2) on the calibrated interval when that reaches 5e-3 (approximations.even_gelu),
+#   the one-comparison sign_exp form otherwise; rsqrt / reciprocal are range-normalised
+#   (a stacked comparison);
 #   softmax exp_limit: the base 1 + u + u^2/2 raised by 7 squarings, zero below -14,
 #   Goldschmidt reciprocal of the row sum (`options.SoftmaxExpLimit`), then the plan drops
 #   the cut-off when enough squarings cover the calibrated spread (`mpc_softmax_exp`).

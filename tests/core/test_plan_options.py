@@ -278,3 +278,20 @@ def test_one_source_for_every_default() -> None:
         *SOFTMAX_OPTIONS,
         "precision_bits",
     ]
+
+
+def test_comparisons_is_a_common_option_with_a_default() -> None:
+    """`comparisons` (fss | crypten) is accepted by every method, left out until set, and
+    read through `comparisons_of` (unset: MPC_COMPARISONS); another value is one line."""
+    from secinfer.core.plan import Choice
+
+    choice = Choice("g", "aten.gelu", "", "gelu", "auto")
+    assert O.comparisons_of(choice) == O.MPC_COMPARISONS
+    assert O.comparisons_of(None) == O.MPC_COMPARISONS
+    for value in O.COMPARISONS:
+        choice.options = {"comparisons": value}
+        assert O.comparisons_of(choice) == value
+        assert O.complete("softmax", "exp_limit", {"comparisons": value})["comparisons"] == value
+    with pytest.raises(O.OptionError, match="comparisons") as info:
+        O.check("gelu", "auto", {"comparisons": "gpu"})
+    assert "\n" not in str(info.value) and "fss" in str(info.value)
