@@ -157,13 +157,8 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, dict], Any]]] = {
     "gelu.product": ("ours: the plan's default", _product_kernel),
     "gelu.puma_refit": ("ours: piecewise puma_refit", _gelu_ours("puma_refit")),
     "gelu.bolt": ("ours: piecewise bolt", _gelu_ours("bolt")),
-    "gelu.fss": (
-        "ours: the plan with FSS comparisons (auto -> tail: relu(x) - p(min(|x|, 4)), 3 "
-        "comparisons from one opening, degree 8; keys generated in the call)",
-        _comparisons("fss"),
-    ),
     "gelu.crypten_comparisons": (
-        "ours: the plan with CrypTen's comparisons",
+        "ours: the plan with CrypTen's comparisons (--config comparisons crypten)",
         _comparisons("crypten"),
     ),
     "gelu.crypten_sigmoid": ("CrypTen: x * (1.702x).sigmoid()", lambda x, p: crypten_gelu(x)),
@@ -184,13 +179,8 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, dict], Any]]] = {
         "Two-Pass (Dukhan-Ablavatski): exp as m 2^n, max over the exponents n",
         _two_pass,
     ),
-    "softmax.fss": (
-        "ours: the plan with FSS comparisons (the row maximum and the cut-off; keys "
-        "generated in the call)",
-        _comparisons("fss"),
-    ),
     "softmax.crypten_comparisons": (
-        "ours: the plan with CrypTen's comparisons",
+        "ours: the plan with CrypTen's comparisons (--config comparisons crypten)",
         _comparisons("crypten"),
     ),
     "softmax.crypten": ("CrypTen: x.softmax(-1)", lambda x, p: x.softmax(-1)),
