@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +25,25 @@ from protocols.mpc.runtime import Role
 
 
 def _ours_layer(
-    role: Role, graph: Any, plan: Any, x: np.ndarray, meter: Any, seeder: Any
+    role: Role, graph: Any, plan: Any, x: np.ndarray, meter: Any, offline: Any
 ) -> dict[str, Any]:
-    """The product path, online: the executor on the mpc backend with the prepared Seeder."""
+    """The product path, one query: its FSS keys dealt ahead when the session has seen
+    its shapes (`party.keys_ahead`, as the product's parties do), then the executor on the
+    mpc backend with the prepared Seeder, online."""
     from protocols.mpc.fss_compare import key_seconds
     from secinfer import backends
+    from secinfer.backends.mpc.party import input_shapes, keys_ahead
     from secinfer.core.execute import Executor
 
     backends.load("mpc")  # in a party process: the mpc kernels register on import
     inputs = (torch.from_numpy(x) if role is Role.DATA_OWNER else torch.zeros(x.shape),)
-    executor = Executor(graph, "mpc", plan, seeder=seeder, meter=meter.snapshot)
+    shapes = input_shapes(inputs)
+    keys, ahead_seconds = keys_ahead(offline, shapes, meter)
+    executor = Executor(graph, "mpc", plan, seeder=offline.seeder, meter=meter.snapshot)
     before, keys_before = meter.snapshot(), key_seconds()
     began = time.perf_counter()
-    result = executor.run(inputs)
+    with offline.keys.during(shapes):
+        result = executor.run(inputs)
     seconds = time.perf_counter() - began
     cost = meter.snapshot() - before
     y = open_output(result.outputs[0])
@@ -47,7 +54,8 @@ def _ours_layer(
     ]
     return {
         "seconds": seconds,
-        "key_seconds": key_seconds() - keys_before,
+        "key_seconds": key_seconds() - keys_before,  # keys dealt during the query
+        "keys_ahead": {**keys.to_dict(), "seconds": ahead_seconds},
         "traffic": cost.to_dict(),
         "nodes": nodes,
         "y": y,
@@ -91,18 +99,20 @@ def layer_party(
     full_archive: str,
     public_architecture: str,
     plan: dict[str, Any],
-    fss_plan: dict[str, Any],
+    crypten_comparisons_plan: dict[str, Any],
     x: np.ndarray,
     weights: dict[str, np.ndarray],
     heads: int,
     eps: float,
     repeats: int = 2,
 ) -> dict[str, Any]:
-    """Ours (the product's executor, with the default plan and with FSS comparisons) and
-    CrypTen's hand-written layer on the same inputs, `repeats` times each in the order
-    A B C C B A A B C ... (none always goes first). Ours
-    runs its offline phase (the weights, `Seeder.prepare`) once before: every repeat is a
-    query on the same model. CrypTen's layer shares and opens its weights in every run."""
+    """Ours (the product's executor, with the default plan and with CrypTen's comparisons)
+    and CrypTen's hand-written layer on the same inputs, `repeats` times each in the order
+    A B C C B A A B C ... (none always goes first). Ours runs its offline phase (the
+    weights, `Seeder.prepare`) once before: every repeat is a query on the same model,
+    in one session per plan (its first query gets its FSS keys as it asks, the later ones
+    before their input). CrypTen's layer shares and opens its weights in every run."""
+    from protocols.mpc.fss_compare import KeySchedule
     from protocols.mpc.meter import Meter
     from secinfer.backends.mpc.party import offline_phase
     from secinfer.core.architecture import rebuild
@@ -119,18 +129,21 @@ def layer_party(
         for node in graph.nodes:
             if node.name in graph.owned and node.target_name in state:
                 graph.owned[node.name] = state[node.target_name].detach()
-    plans = {"ours": Plan.from_dict(plan), "ours_fss": Plan.from_dict(fss_plan)}
+    plans = {
+        "ours": Plan.from_dict(plan),
+        "ours_crypten_comparisons": Plan.from_dict(crypten_comparisons_plan),
+    }
     meter = Meter().install()
-    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "ours_fss": [], "crypten": []}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in (*plans, "crypten")}
     try:
         warm_up_protocol()
         offline = offline_phase(graph, role, meter)  # the product's, once per model
-        seeder = offline.seeder
+        sessions = {name: replace(offline, keys=KeySchedule()) for name in plans}
         for i in range(repeats):
-            order = ("ours", "ours_fss", "crypten")
+            order = (*plans, "crypten")
             for which in order if i % 2 == 0 else order[::-1]:
                 if which in plans:
-                    run = _ours_layer(role, graph, plans[which], x, meter, seeder)
+                    run = _ours_layer(role, graph, plans[which], x, meter, sessions[which])
                     runs[which].append(run)
                 else:
                     runs["crypten"].append(_crypten_layer(role, x, weights, heads, eps, meter))

@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Hashable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -53,23 +56,94 @@ def _draw(count: int) -> np.ndarray:
     return dealer.draw_words(count, dealer.party_generator())
 
 
-_KEY_SECONDS = [0.0]
+Request = tuple[int, int, int]
+"""What one `keys` call asks for: (count, bits, selects)."""
+KEYS_AHEAD_MB = 1024.0
+"""At most this many MB of keys (the model owner's payload) are dealt ahead of a query
+(`KeySchedule`); the rest of its requests are dealt when they come."""
+
+
+@dataclass
+class _State:
+    """This process's FSS key state: time spent, the keys dealt ahead (in request order),
+    and the list the current query's requests are recorded into."""
+
+    seconds: float = 0.0
+    prepared: deque[tuple[Request, tuple[gates.SignKey, list[gates.SelectKey]]]] = field(
+        default_factory=deque
+    )
+    recording: list[Request] | None = None
+
+
+_STATE = _State()
 
 
 def key_seconds() -> float:
-    """Seconds this process has spent obtaining FSS keys (`keys`: the dealer's generation
-    as the model owner waits for it, the forwarding, each party's own draws)."""
-    return _KEY_SECONDS[0]
+    """Seconds this process has spent obtaining FSS keys (the dealer's generation as the
+    model owner waits for it, the forwarding, each party's own draws), ahead or not."""
+    return _STATE.seconds
 
 
 def keys(count: int, bits: int, selects: int) -> tuple[gates.SignKey, list[gates.SelectKey]]:
     """This party's keys for `count` comparisons of `bits`-bit differences and `selects`
-    selects against their mask (module docstring)."""
+    selects against their mask (module docstring): the next keys dealt ahead when they
+    were dealt for this request, else dealt now. Both parties make the same requests in
+    the same order, so they take the same branch."""
+    request = (count, bits, selects)
+    if _STATE.recording is not None:
+        _STATE.recording.append(request)
+    if _STATE.prepared:
+        head, dealt = _STATE.prepared.popleft()
+        if head == request:
+            return dealt
+        _STATE.prepared.clear()  # dealt for another schedule: deal from here on
+    return _timed_keys(request)
+
+
+def _timed_keys(request: Request) -> tuple[gates.SignKey, list[gates.SelectKey]]:
     began = time.perf_counter()
     try:
-        return _keys(count, bits, selects)
+        return _keys(*request)
     finally:
-        _KEY_SECONDS[0] += time.perf_counter() - began
+        _STATE.seconds += time.perf_counter() - began
+
+
+class KeySchedule:
+    """A session's FSS key requests by query shapes: the keys of a query whose input
+    shapes the session has seen are dealt BEFORE its input is shared (`before`: offline
+    traffic, apart from the online figures), from the requests the earlier query of those
+    shapes made (`during` records them; the requests depend on the plan and the shapes
+    only, never on values). Both parties call `before` and `during` at the same points.
+    A first query of new shapes gets its keys as it asks. Memory: the keys of up to
+    KEYS_AHEAD_MB of requests are held at once (a BERT-base layer's, about 500 MB per
+    party; they grow with elements x key bits)."""
+
+    def __init__(self) -> None:
+        self._requests: dict[Hashable, list[Request]] = {}
+
+    def before(self, shapes: Hashable) -> float:
+        """Deal this query's keys ahead when its shapes were seen; the seconds it took."""
+        began = time.perf_counter()
+        budget = KEYS_AHEAD_MB * 1e6
+        for request in self._requests.get(shapes, []):
+            budget -= 8 * dealing.payload_words(request[0], request[1], request[2])
+            if budget < 0:
+                break
+            _STATE.prepared.append((request, _timed_keys(request)))
+        return time.perf_counter() - began
+
+    @contextmanager
+    def during(self, shapes: Hashable) -> Iterator[None]:
+        """Run a query of these shapes: record its requests; keys dealt ahead and left
+        unused (a query that failed) are dropped at its end."""
+        requests: list[Request] = []
+        _STATE.recording = requests
+        try:
+            yield
+            self._requests.setdefault(shapes, requests)
+        finally:
+            _STATE.recording = None
+            _STATE.prepared.clear()
 
 
 def _keys(count: int, bits: int, selects: int) -> tuple[gates.SignKey, list[gates.SelectKey]]:
@@ -77,14 +151,14 @@ def _keys(count: int, bits: int, selects: int) -> tuple[gates.SignKey, list[gate
     rank = comm.get_rank()
     if rank == 0:
         words = dealer.client().fss_sign((count,), bits, selects).numpy().view(np.uint64)
-        sent = dealing.forwarded(words, count, bits)
+        sent = dealing.frame(dealing.forwarded(words, count, bits), count, bits, selects)
         with offline_traffic():
             comm.send(torch.from_numpy(sent.view(np.int64).copy()), 1)
     else:
-        size = dealing.forwarded_words(count, bits)
+        size = dealing.frame_words(count, bits)
         with offline_traffic():  # CrypTen's recv returns what came (its argument is a template)
-            received = comm.recv(torch.empty(size, dtype=torch.int64), 0)
-        words = received.numpy().view(np.uint64)
+            received = comm.recv(torch.zeros(size, dtype=torch.int64), 0)
+        words = dealing.unframe(received.numpy(), count, bits, selects)
     return dealing.receive(rank, count, bits, selects, _draw, words)
 
 
@@ -189,7 +263,10 @@ def relu_and_clipped_abs(x: Secret, clip: float, bits: int) -> tuple[Secret, Sec
 
 
 __all__ = [
+    "KEYS_AHEAD_MB",
     "RING_BITS",
+    "KeySchedule",
+    "Request",
     "at_least",
     "key_seconds",
     "keys",

@@ -22,6 +22,11 @@ generator; a party compares the word it is sent with its own next draw and refus
 whose word differs (`StaleKeys`): keys dealt in another session (other generator seeds)
 or out of step with this party's draws, which would otherwise compute garbage silently.
 A wrong word passes by chance with probability 2^-64.
+
+Framing: party 0 forwards its message with a header (count, bits, selects, words) and an
+end mark (`frame` / `unframe`), so that party 1 refuses keys for another request, or a
+stream cut short, in one line (`KeyStreamError`) rather than reading a partly filled
+buffer.
 """
 
 from __future__ import annotations
@@ -64,6 +69,53 @@ def forwarded(payload: np.ndarray, count: int, bits: int) -> np.ndarray:
 
 class StaleKeys(ValueError):
     """Keys whose check word is not this party's next draw (module docstring)."""
+
+
+class KeyStreamError(ValueError):
+    """A forwarded key message this party cannot use: keys for another shape, or a
+    stream cut short (`unframe`); the message is one line."""
+
+
+HEADER_WORDS = 4
+STREAM_END = np.uint64(0x5345_4349_4E46_4552)
+"""The word that ends every forwarded key message ("SECINFER")."""
+
+
+def frame_words(count: int, bits: int) -> int:
+    """Words of the message party 0 sends party 1 (`frame`)."""
+    return HEADER_WORDS + forwarded_words(count, bits) + 1
+
+
+def frame(words: np.ndarray, count: int, bits: int, selects: int) -> np.ndarray:
+    """What party 0 sends party 1: the header (count, bits, selects, len(words)), the
+    forwarded words, and STREAM_END. Party 1 receives into a zeroed buffer of
+    `frame_words`: a transport that delivers fewer words (gloo fills what came and leaves
+    the rest) leaves a 0 where the end mark should be."""
+    header = np.array([count, bits, selects, words.size], dtype=np.uint64)
+    return np.concatenate([header, np.asarray(words, dtype=np.uint64), [STREAM_END]])
+
+
+def unframe(message: np.ndarray, count: int, bits: int, selects: int) -> np.ndarray:
+    """The forwarded words of `message` (`frame`), or KeyStreamError (one line) when its
+    header is for another request or its end mark is missing."""
+    message = np.ascontiguousarray(message).view(np.uint64).reshape(-1)
+    expected = forwarded_words(count, bits)
+    header = tuple(int(v) for v in message[:HEADER_WORDS])
+    cut = (
+        f"FSS key stream cut short: {expected} words of keys expected from the model owner, "
+        "fewer came (did it stop?)"
+    )
+    if message.size < HEADER_WORDS or not any(header):
+        raise KeyStreamError(cut)
+    if header != (count, bits, selects, expected):
+        raise KeyStreamError(
+            f"FSS keys for another shape: the model owner forwarded keys for {header[0]} "
+            f"comparisons of {header[1]} bits with {header[2]} selects ({header[3]} words), "
+            f"this party needs {count} of {bits} bits with {selects} ({expected} words)"
+        )
+    if message.size != frame_words(count, bits) or message[-1] != STREAM_END:
+        raise KeyStreamError(cut)
+    return message[HEADER_WORDS:-1]
 
 
 def _draw_seeds(draw: Draw, count: int) -> np.ndarray:
@@ -161,12 +213,17 @@ def receive(
 
 
 __all__ = [
+    "HEADER_WORDS",
+    "STREAM_END",
     "Draw",
+    "KeyStreamError",
     "StaleKeys",
     "common_words",
     "deal",
     "forwarded",
     "forwarded_words",
+    "frame",
+    "frame_words",
     "payload_words",
     "receive",
 ]

@@ -33,6 +33,8 @@ from secinfer.backends.mpc.party import (
     Query,
     announce_model,
     announced_queries,
+    input_shapes,
+    keys_ahead,
     node_costs,
     party_record,
     placeholders,
@@ -66,10 +68,13 @@ def _batch_totals(
     from protocols.mpc.crypten_setup import import_crypten
 
     crypten = import_crypten()
+    shapes = input_shapes(inputs)
+    keys, key_seconds = keys_ahead(offline, shapes, meter)
     before = meter.snapshot()
     began = time.perf_counter()
     executor = Executor(graph, "mpc", plan, seeder=offline.seeder, meter=meter.snapshot)
-    result = executor.run(inputs)
+    with offline.keys.during(shapes):
+        result = executor.run(inputs)
     logits = result.outputs[0]
     onehot = torch.nn.functional.one_hot(labels.long().clamp(0, classes - 1), classes).float()
     mine = role is Role.DATA_OWNER
@@ -90,7 +95,8 @@ def _batch_totals(
     )
     order = [*evaluation.losses, "hit"]
     sums = crypten.stack([values[name].sum() for name in order])
-    query = Query(meter.snapshot() - before, time.perf_counter() - began, node_costs(result))
+    seconds = time.perf_counter() - began
+    query = Query(meter.snapshot() - before, seconds, node_costs(result), keys, key_seconds)
     return sums, query
 
 

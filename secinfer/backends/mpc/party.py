@@ -23,7 +23,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from protocols.mpc.fss_compare import KeySchedule
 from protocols.mpc.meter import Meter, Traffic
 from protocols.mpc.reveal import reveal_to
 from protocols.mpc.runtime import PartySettings, Role, start_party, stop_party
@@ -142,12 +143,14 @@ def node_costs(result: RunResult) -> list[dict[str, Any]]:
 
 @dataclass
 class Offline:
-    """What the offline phase left: the seeder holding the shared weights, its traffic."""
+    """What the offline phase left: the seeder holding the shared weights, its traffic,
+    and the session's FSS key schedule (`protocols.mpc.fss_compare.KeySchedule`)."""
 
     seeder: Seeder
     traffic: Traffic
     seconds: float
     weights_opened: int
+    keys: KeySchedule = field(default_factory=KeySchedule)
 
 
 def offline_phase(graph: Graph, role: Role, meter: Meter) -> Offline:
@@ -162,11 +165,27 @@ def offline_phase(graph: Graph, role: Role, meter: Meter) -> Offline:
 
 @dataclass
 class Query:
-    """One query's online phase on this party: its traffic, seconds and per-node costs."""
+    """One query's online phase on this party: its traffic, seconds and per-node costs;
+    and what dealing its FSS keys ahead, before its input was shared, cost."""
 
     traffic: Traffic
     seconds: float
     nodes: list[dict[str, Any]]
+    keys: Traffic = field(default_factory=Traffic)
+    key_seconds: float = 0.0
+
+
+def keys_ahead(offline: Offline, shapes: Hashable, meter: Meter) -> tuple[Traffic, float]:
+    """Deal a query's FSS keys before its input is shared, when the session has seen its
+    shapes (`KeySchedule.before`): (the traffic, the seconds)."""
+    before = meter.snapshot()
+    seconds = offline.keys.before(shapes)
+    return meter.snapshot() - before, seconds
+
+
+def input_shapes(inputs: tuple[torch.Tensor, ...]) -> tuple[tuple[int, ...], ...]:
+    """The public shapes a query's FSS key requests depend on."""
+    return tuple(tuple(int(n) for n in t.shape) for t in inputs)
 
 
 def _run_query(
@@ -176,14 +195,19 @@ def _run_query(
     meter: Meter,
     offline: Offline,
 ) -> tuple[Query, torch.Tensor | None]:
-    """Run the graph on shares once (an online phase); (its costs, the output on the data
-    owner, None on the model owner)."""
+    """Run the graph on shares once (an online phase, its FSS keys dealt ahead when the
+    session knows its shapes); (its costs, the output on the data owner, None on the
+    model owner)."""
+    shapes = input_shapes(inputs)
+    keys, key_seconds = keys_ahead(offline, shapes, meter)
     before = meter.snapshot()
     began = time.perf_counter()
     executor = Executor(graph, "mpc", plan, seeder=offline.seeder, meter=meter.snapshot)
-    result = executor.run(inputs)
+    with offline.keys.during(shapes):
+        result = executor.run(inputs)
     revealed = reveal_to(result.outputs[0], int(Role.DATA_OWNER))
-    query = Query(meter.snapshot() - before, time.perf_counter() - began, node_costs(result))
+    seconds = time.perf_counter() - began
+    query = Query(meter.snapshot() - before, seconds, node_costs(result), keys, key_seconds)
     return query, revealed
 
 
@@ -348,21 +372,27 @@ def party_record(
     role: Role, meter: Meter, offline: Offline, queries: list[Query]
 ) -> dict[str, Any]:
     """setup: agreeing on architecture, plan and shapes; offline: the weights, before any
-    input existed, once per session; run: the online phases of all queries together;
-    queries: each one's online traffic and seconds; nodes: the first query's per-node
-    costs (every query of the same shape costs the same)."""
+    input existed, once per session; keys_ahead: FSS keys dealt before a query's input
+    was shared (queries whose shapes the session had seen); run: the online phases of all
+    queries together; queries: each one's online traffic and seconds; nodes: the first
+    query's per-node costs (every query of the same shape costs the same)."""
     online = sum((q.traffic for q in queries), Traffic())
+    keys = sum((q.keys for q in queries), Traffic())
     return {
         "role": role.label,
         "seconds": sum(q.seconds for q in queries),
-        "setup": (meter.snapshot() - offline.traffic - online).to_dict(),
+        "setup": (meter.snapshot() - offline.traffic - online - keys).to_dict(),
         "offline": {
             **offline.traffic.to_dict(),
             "seconds": offline.seconds,
             "weights_opened": offline.weights_opened,
         },
+        "keys_ahead": {**keys.to_dict(), "seconds": sum(q.key_seconds for q in queries)},
         "run": online.to_dict(),
-        "queries": [{"seconds": q.seconds, **q.traffic.to_dict()} for q in queries],
+        "queries": [
+            {"seconds": q.seconds, "key_seconds_ahead": q.key_seconds, **q.traffic.to_dict()}
+            for q in queries
+        ],
         "nodes": queries[0].nodes if queries else [],
     }
 
@@ -374,6 +404,8 @@ __all__ = [
     "Seeder",
     "announce_model",
     "await_agreement",
+    "input_shapes",
+    "keys_ahead",
     "offline_phase",
     "receive_model",
     "run_data_owner",
