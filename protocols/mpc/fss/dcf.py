@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protocols.mpc.fss.prg import convert, expand, random_seeds
+from protocols.mpc.fss.prg import convert, expand, expand_chosen, random_seeds
 
 MAX_BITS = 64
 """Inputs are at most 64-bit (CrypTen's ring)."""
@@ -150,18 +150,13 @@ def evaluate(key: DcfKey, x: np.ndarray) -> np.ndarray:
     out = np.zeros(key.count, np.uint64)
     with np.errstate(over="ignore"):
         for level in range(key.bits):
-            sl, tl, vl, sr, tr, vr = expand(s)
             right = _bit(x, key.bits, level).astype(bool)
-            correct = t.astype(bool)[:, None]
-            s_cw = key.cw_seeds[level]
-            sl = np.where(correct, sl ^ s_cw, sl)
-            sr = np.where(correct, sr ^ s_cw, sr)
-            tl = tl ^ (t & key.cw_bits[level, :, 0])
-            tr = tr ^ (t & key.cw_bits[level, :, 1])
-            v = np.where(right, vr, vl) + key.cw_values[level] * t.astype(np.uint64)
-            out = out + v
-            s = np.where(right[:, None], sr, sl)
-            t = np.where(right, tr, tl)
+            child, t_child, v = expand_chosen(s, right)  # only the path's half of G(s)
+            t_word = t.astype(np.uint64)
+            out += v + key.cw_values[level] * t_word
+            s = child ^ (key.cw_seeds[level] * t_word[:, None])
+            t_cw = np.where(right, key.cw_bits[level, :, 1], key.cw_bits[level, :, 0])
+            t = t_child ^ (t & t_cw)
         out = out + convert(s) + key.cw_final * t.astype(np.uint64)
     return _signed(out, np.full(key.count, key.party, np.uint8))
 

@@ -100,20 +100,19 @@ def unframe(message: np.ndarray, count: int, bits: int, selects: int) -> np.ndar
     header is for another request or its end mark is missing."""
     message = np.ascontiguousarray(message).view(np.uint64).reshape(-1)
     expected = forwarded_words(count, bits)
-    header = tuple(int(v) for v in message[:HEADER_WORDS])
+    header = (tuple(int(v) for v in message[:HEADER_WORDS]) + (0,) * HEADER_WORDS)[:4]
     cut = (
         f"FSS key stream cut short: {expected} words of keys expected from the model owner, "
         "fewer came (did it stop?)"
     )
-    if message.size < HEADER_WORDS or not any(header):
-        raise KeyStreamError(cut)
-    if header != (count, bits, selects, expected):
+    whole = header[0] > 0 and header[1] > 0 and header[3] > 0  # a header that came whole
+    if whole and header != (count, bits, selects, expected):
         raise KeyStreamError(
             f"FSS keys for another shape: the model owner forwarded keys for {header[0]} "
             f"comparisons of {header[1]} bits with {header[2]} selects ({header[3]} words), "
             f"this party needs {count} of {bits} bits with {selects} ({expected} words)"
         )
-    if message.size != frame_words(count, bits) or message[-1] != STREAM_END:
+    if not whole or message.size != frame_words(count, bits) or message[-1] != STREAM_END:
         raise KeyStreamError(cut)
     return message[HEADER_WORDS:-1]
 

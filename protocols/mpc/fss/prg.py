@@ -83,10 +83,42 @@ def expand(
     return s_left, t_left, b[:, 2, 0].copy(), s_right, t_right, b[:, 2, 1].copy()
 
 
+def expand_chosen(
+    seeds: np.ndarray, right: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The half of G(s) that an evaluation on a known path needs: (s_R, t_R, v_R) where
+    `right`, else (s_L, t_L, v_L), for every seed of `seeds` (N, 2). The same values as
+    `expand` from two AES blocks per seed instead of three."""
+    seeds = np.ascontiguousarray(seeds, dtype=np.uint64).reshape(-1, SEED_WORDS)
+    side = np.asarray(right, dtype=bool)
+    tweaked = np.empty((seeds.shape[0], 2, SEED_WORDS), dtype=np.uint64)
+    tweaked[:] = seeds[:, None, :]
+    tweaked[:, 0, 0] ^= side.astype(np.uint64)
+    tweaked[:, 1, 0] ^= np.uint64(2)
+    size = tweaked.nbytes
+    out = np.empty(size + _BLOCK - 1, dtype=np.uint8)
+    _encryptor().update_into(memoryview(tweaked).cast("B"), out)
+    result = out[:size].view(np.uint64).reshape(tweaked.shape)
+    result ^= tweaked
+    child = result[:, 0].copy()
+    t = (child[:, 0] & _LOW_BIT).astype(np.uint8)
+    child[:, 0] &= _CLEAR
+    return child, t, np.where(side, result[:, 1, 1], result[:, 1, 0])
+
+
 def convert(seeds: np.ndarray) -> np.ndarray:
     """A seed as an element of Z_(2^64): its high word (all 64 bits pseudorandom; the low
     word's bit 0 is the cleared control bit)."""
     return np.ascontiguousarray(seeds[..., 1])
 
 
-__all__ = ["KEY", "SEED_WORDS", "as_seeds", "blocks", "convert", "expand", "random_seeds"]
+__all__ = [
+    "KEY",
+    "SEED_WORDS",
+    "as_seeds",
+    "blocks",
+    "convert",
+    "expand",
+    "expand_chosen",
+    "random_seeds",
+]

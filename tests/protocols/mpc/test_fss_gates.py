@@ -194,3 +194,23 @@ def test_keys_from_another_session_are_refused() -> None:
     ahead(1)  # a party whose generator is one word further than the dealer's
     with pytest.raises(dealing.StaleKeys, match="out of step"):
         dealing.receive(0, 10, 16, 0, ahead, payload)
+
+
+def test_a_framed_message_is_refused_cut_short_or_for_another_request() -> None:
+    """What party 0 forwards is framed (`dealing.frame`): party 1 takes its words back only
+    for the request it makes; a message for another request, or one that a transport
+    delivered short into the zeroed buffer (its end mark missing), is one line."""
+    payload = dealing.deal(10, 16, 1, (_draws(1), _draws(2)), np.random.default_rng(4))
+    words = dealing.forwarded(payload, 10, 16)
+    message = dealing.frame(words, 10, 16, 1)
+    assert message.size == dealing.frame_words(10, 16)
+    np.testing.assert_array_equal(dealing.unframe(message, 10, 16, 1), words)
+    for request in ((11, 16, 1), (10, 17, 1), (10, 16, 2)):
+        with pytest.raises(dealing.KeyStreamError, match="another shape") as info:
+            dealing.unframe(message, *request)
+        assert "\n" not in str(info.value)
+    for delivered in (message.size - 1, dealing.HEADER_WORDS + 3, 2, 0):
+        buffer = np.zeros(message.size, dtype=np.uint64)  # what the receiver posted
+        buffer[:delivered] = message[:delivered]
+        with pytest.raises(dealing.KeyStreamError, match="cut short"):
+            dealing.unframe(buffer, 10, 16, 1)

@@ -145,14 +145,15 @@ def test_keys_are_offline_traffic(run) -> None:
 
     n = run["x"].size
     mo, do = run["mo"]["relu"][1], run["do"]["relu"][1]
-    common = 8 * dealing.forwarded_words(n, BITS)
+    common = 8 * dealing.frame_words(n, BITS)  # the forwarded words, framed
     assert mo["dealer_bytes_received"] >= 8 * dealing.payload_words(n, BITS, 1)
     assert mo["offline_bytes_sent"] == common and do["offline_bytes_received"] == common
     assert do["dealer_bytes_received"] == 0 and mo["bytes_sent"] == do["bytes_sent"]
 
 
 def test_the_data_owner_sees_masked_values_only(run) -> None:
-    """The data owner's whole view of a ReLU: the forwarded correction words (offline),
+    """The data owner's whole view of a ReLU: the forwarded correction words (offline,
+    framed by their request's header and an end mark),
     the model owner's contribution to x + r (64-bit words) and its packed bit of b xor
     r_b; the words' top bits are fair coins, and the opened bits agree with [x >= 0] half
     the time (they are masked by r_b), so neither tells the sign of x."""
@@ -160,7 +161,7 @@ def test_the_data_owner_sees_masked_values_only(run) -> None:
 
     _, _, views = run["do"]["relu"]
     x, n = run["x"], run["x"].size
-    expected = [dealing.forwarded_words(n, BITS), n, (n + 7) // 8]
+    expected = [dealing.frame_words(n, BITS), n, (n + 7) // 8]
     assert sorted(v.size for v in views) == sorted(expected)
     sigma = 0.5 / np.sqrt(n)
     words = next(v for v in views if v.size == n)
