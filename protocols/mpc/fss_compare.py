@@ -122,7 +122,10 @@ class KeySchedule:
         self._requests: dict[Hashable, list[Request]] = {}
 
     def before(self, shapes: Hashable) -> float:
-        """Deal this query's keys ahead when its shapes were seen; the seconds it took."""
+        """Deal this query's keys ahead when its shapes were seen; the seconds it took
+        (0 when they were not)."""
+        if shapes not in self._requests:
+            return 0.0
         began = time.perf_counter()
         budget = KEYS_AHEAD_MB * 1e6
         for request in self._requests.get(shapes, []):

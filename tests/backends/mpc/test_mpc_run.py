@@ -275,7 +275,7 @@ def test_per_node_precision_from_the_config_runs_end_to_end(
 def test_several_queries_share_one_offline_phase(tmp_path: Path) -> None:
     """`secinfer party` with two --input files: one session, the weights' masks opened
     once before the first query; each query's output agrees with plain, and both queries
-    cost the same online."""
+    cost the same online; the second's FSS keys are dealt before its input."""
     from protocols.net import free_port
     from secinfer.zoo.digits import load_split
 
@@ -321,3 +321,9 @@ def test_several_queries_share_one_offline_phase(tmp_path: Path) -> None:
         first, second = record["queries"]
         assert first["bytes_sent"] == second["bytes_sent"] > 0
         assert record["run"]["bytes_sent"] == first["bytes_sent"] + second["bytes_sent"]
+        # the second query's FSS keys were dealt before its input, apart from the online
+        # figures; the first's as it asked (inside its query, offline traffic)
+        assert first["key_seconds_ahead"] == 0 < second["key_seconds_ahead"]
+        ahead = record["keys_ahead"]
+        assert ahead["offline_bytes_sent"] + ahead["offline_bytes_received"] > 0
+        assert second["offline_bytes_sent"] + second["offline_bytes_received"] == 0
