@@ -48,7 +48,10 @@ def run(quick: bool = False, seed: int = 0) -> dict[str, Any]:
     began = time.perf_counter()
     ops = op_section(quick=quick, seed=seed)
     layers = layer_section((TINY_LAYER,) if quick else LAYER_SIZES, seed=seed)
+    from benchmarks.mpc_model import model_section
     from benchmarks.two_quad import model_accuracy
+
+    model = model_section(quick=quick, seed=seed)
 
     return {
         "quick": quick,
@@ -61,6 +64,7 @@ def run(quick: bool = False, seed: int = 0) -> dict[str, Any]:
         "ops": ops,
         "two_quad_model": model_accuracy(),
         "layers": layers,
+        "model": model,
         "published_elsewhere": list(PUBLISHED),
         "code": code_state(),
         "seconds": time.perf_counter() - began,

@@ -268,6 +268,10 @@ def markdown(record: dict[str, Any]) -> str:
     for layer in layers:
         if "error" not in layer:
             lines += _layer_costs(layer)
+    if record.get("model"):
+        from benchmarks.mpc_model import markdown as model_markdown
+
+        lines += model_markdown(record["model"])
     lines += _published_table(record["published_elsewhere"], layers)
     code = record.get("code") or {}
     if code.get("commit"):

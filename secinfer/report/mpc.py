@@ -141,12 +141,26 @@ def build_secure_report(
             },
             "model_owner": mo_run,
             "data_owner": do_run,
+            "fss_keys": fss_keys(model_owner, data_owner),
         },
         "compute_seconds": compute,
         "estimates": estimate(compute, rounds, busiest),
         "layers": layers,
     }
     return report
+
+
+def fss_keys(model_owner: dict[str, Any], data_owner: dict[str, Any]) -> dict[str, float]:
+    """What the FSS comparisons' keys cost: the MB the model owner forwarded to the data
+    owner (offline traffic, counted apart from the online bytes; the dealer's own bytes
+    are in its total), and the seconds the slower party spent obtaining them."""
+    forwarded = sum(
+        record.get(part, {}).get("offline_bytes_sent", 0)
+        for record in (model_owner,)
+        for part in ("run", "keys_ahead")
+    )
+    seconds = max(r.get("fss_key_seconds", 0.0) for r in (model_owner, data_owner))
+    return {"forwarded_mb": forwarded / 1e6, "seconds": seconds}
 
 
 def comm_summary(report: dict[str, Any]) -> str:
@@ -160,6 +174,13 @@ def comm_summary(report: dict[str, Any]) -> str:
         f"{_offline_line(report['comm']['offline'])})",
         estimate_line(est),
     ]
+    keys = report["comm"].get("fss_keys", {})
+    if keys.get("forwarded_mb"):
+        lines.insert(
+            1,
+            f"FSS keys: {keys['forwarded_mb']:.2f} MB forwarded by the model owner (offline, "
+            f"not in the online MB above), {keys['seconds']:.2f} s obtaining them",
+        )
     total = sum(sum(layer["bytes_sent"].values()) for layer in report["layers"])
     costly = sorted(report["layers"], key=lambda la: -sum(la["bytes_sent"].values()))[:3]
     if total > 0:
@@ -183,4 +204,11 @@ def _offline_line(offline: dict[str, Any]) -> str:
     )
 
 
-__all__ = ["NETWORKS", "build_secure_report", "comm_summary", "estimate", "estimate_line"]
+__all__ = [
+    "NETWORKS",
+    "build_secure_report",
+    "comm_summary",
+    "estimate",
+    "estimate_line",
+    "fss_keys",
+]

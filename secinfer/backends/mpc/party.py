@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from protocols.mpc.fss_compare import KeySchedule
+from protocols.mpc.fss_compare import KeySchedule, key_seconds
 from protocols.mpc.meter import Meter, Traffic
 from protocols.mpc.reveal import reveal_to
 from protocols.mpc.runtime import PartySettings, Role, start_party, stop_party
@@ -388,6 +388,7 @@ def party_record(
             "weights_opened": offline.weights_opened,
         },
         "keys_ahead": {**keys.to_dict(), "seconds": sum(q.key_seconds for q in queries)},
+        "fss_key_seconds": key_seconds(),
         "run": online.to_dict(),
         "queries": [
             {"seconds": q.seconds, "key_seconds_ahead": q.key_seconds, **q.traffic.to_dict()}
