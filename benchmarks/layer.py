@@ -84,6 +84,8 @@ def _summarise(
         ahead = [combine(m["keys_ahead"], d["keys_ahead"]) for m, d in pairs]
         for entry, (m, d) in zip(ahead, pairs, strict=True):
             entry["seconds"] = max(m["keys_ahead"]["seconds"], d["keys_ahead"]["seconds"])
+            held = max(m["keys_ahead"]["held_bytes"], d["keys_ahead"]["held_bytes"])
+            entry["held_mb_per_party"] = held / 1e6
         row["keys_ahead_each_repeat"] = ahead
     return row, fastest
 

@@ -55,7 +55,11 @@ def _ours_layer(
     return {
         "seconds": seconds,
         "key_seconds": key_seconds() - keys_before,  # keys dealt during the query
-        "keys_ahead": {**keys.to_dict(), "seconds": ahead_seconds},
+        "keys_ahead": {
+            **keys.to_dict(),
+            "seconds": ahead_seconds,
+            "held_bytes": offline.keys.held_bytes,  # this party's keys, held until used
+        },
         "traffic": cost.to_dict(),
         "nodes": nodes,
         "y": y,

@@ -113,7 +113,8 @@ def _layer_table(layers: list[dict[str, Any]]) -> list[str]:
             ahead = ours["keys_ahead_each_repeat"][i]
             lines.append(
                 f"| {name} | ours, its FSS keys dealt before the query's input (MB: forwarded "
-                "by the model owner, offline) | - | - | - "
+                "by the model owner, offline; held until used: "
+                f"{_fmt(ahead['held_mb_per_party'])} MB per party) | - | - | - "
                 f"| {_fmt(ahead['offline_mb_sent_per_party'])} | {_fmt(ahead['dealer_mb'])} "
                 f"| {_fmt(ahead['seconds'])} |" + " - |" * 5
             )

@@ -120,10 +120,13 @@ class KeySchedule:
 
     def __init__(self) -> None:
         self._requests: dict[Hashable, list[Request]] = {}
+        self.held_bytes = 0
+        """Bytes of this party's keys that the last `before` dealt (held until used)."""
 
     def before(self, shapes: Hashable) -> float:
         """Deal this query's keys ahead when its shapes were seen; the seconds it took
         (0 when they were not)."""
+        self.held_bytes = 0
         if shapes not in self._requests:
             return 0.0
         began = time.perf_counter()
@@ -132,7 +135,9 @@ class KeySchedule:
             budget -= 8 * dealing.payload_words(request[0], request[1], request[2])
             if budget < 0:
                 break
-            _STATE.prepared.append((request, _timed_keys(request)))
+            sign, selects = _timed_keys(request)
+            self.held_bytes += sign.nbytes() + sum(select.nbytes() for select in selects)
+            _STATE.prepared.append((request, (sign, selects)))
         return time.perf_counter() - began
 
     @contextmanager

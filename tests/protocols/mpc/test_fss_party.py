@@ -218,3 +218,39 @@ def test_tail_gelu_with_fss_at_a_fifth_of_the_bytes(run) -> None:
     assert fss[1]["bytes_sent"] == 8 * n + (3 * n + 7) // 8 + 4 * 8 * n
     assert fss[1]["bytes_sent"] <= today[1]["bytes_sent"] / 5
     assert fss[1]["rounds"] == 5
+
+
+def test_each_party_s_view_of_the_tail_gelu_is_masked(run) -> None:
+    """Both parties' whole views of the tail GELU (FSS comparisons, selects, then the
+    polynomial's Beaver openings): every opened word vector has fair top bits (x + r and
+    the products' x - a are uniform), the three opened select bits agree with their
+    predicates ([x >= 0], [0 <= x < 4], [-4 <= x < 0]) half the time (each masked by its
+    own r_b), and the data owner's forwarded keys are the public header, correction
+    words with fair top bits, and the end mark: nothing depends on the other's secret."""
+    from protocols.mpc.fss import dealing
+
+    x = gelu_inputs()
+    n = x.size
+    predicates = [x >= 0, (x >= 0) & (x < 4), (x >= -4) & (x < 0)]
+    sigma = 0.5 / np.sqrt(n)
+    for party in ("mo", "do"):
+        views = run[party]["tail_fss"][2]
+        frames = [v for v in views if v.size == dealing.frame_words(n, GELU_BITS)]
+        assert len(frames) == (1 if party == "do" else 0)
+        packed = [v for v in views if v.dtype == np.uint8]
+        assert [v.size for v in packed] == [(3 * n + 7) // 8]
+        bits = np.unpackbits(packed[0])[: 3 * n].reshape(3, n)
+        for row, predicate in zip(bits, predicates, strict=True):
+            assert abs(np.mean(row == predicate) - 0.5) < 5 * sigma
+        words = [v.view(np.uint64).reshape(-1) for v in views if v.dtype != np.uint8]
+        openings = [w for w in words if w.size != dealing.frame_words(n, GELU_BITS)]
+        assert openings and all(w.size % n == 0 for w in openings)
+        for w in openings:
+            assert abs((w >> np.uint64(63)).mean() - 0.5) < 5 * 0.5 / np.sqrt(w.size)
+        for frame in frames:
+            frame = frame.view(np.uint64)
+            head = dealing.HEADER_WORDS
+            assert frame[:head].tolist() == [n, GELU_BITS, 3, dealing.forwarded_words(n, GELU_BITS)]
+            assert frame[-1] == dealing.STREAM_END
+            body = frame[head + 1 : -1]  # after party 1's check word
+            assert abs((body >> np.uint64(63)).mean() - 0.5) < 5 * 0.5 / np.sqrt(body.size)
