@@ -23,8 +23,14 @@ from protocols.mpc.crypten_setup import import_crypten
 from protocols.mpc.polynomial import Secret, on_grid
 
 
-def stacked_indicators(x: Secret, thresholds: Sequence[float]) -> Secret:
+def stacked_indicators(
+    x: Secret, thresholds: Sequence[float], fss_bits: int | None = None
+) -> Secret:
     """[x >= t_i] for public thresholds t_i, stacked along a new dimension 0.
+
+    With `fss_bits` (every x - t_i within 2^(fss_bits - 1) in the ring): from the
+    dealer's FSS keys (`fss_compare.at_least`: one opening of x + r, 8 bytes per element
+    and one round, for all the thresholds), the same exact values.
 
     Thresholds are rounded UP to the 2^-16 grid: for every value on the grid (every value
     a fixed-point x can hold) x >= t and x >= ceil(t 2^16) 2^-16 agree, so the result is
@@ -36,6 +42,8 @@ def stacked_indicators(x: Secret, thresholds: Sequence[float]) -> Secret:
     if len(thresholds) == 0:
         raise ValueError("thresholds=(): need at least one threshold")
     crypten = import_crypten()
+    if fss_bits is not None:
+        return crypten.stack(fss_compare.at_least(x, thresholds, fss_bits))
     bits = int(x.encoder._precision_bits)
     diffs = crypten.stack([x - math.ceil(float(t) * 2**bits) / 2**bits for t in thresholds])
     return nonnegative(diffs)

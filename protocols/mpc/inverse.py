@@ -121,7 +121,7 @@ def _check(degree: int, newton: int) -> None:
 
 
 def _normalise(
-    x: Secret, octaves: Octaves, out_exponent: float, shift: int
+    x: Secret, octaves: Octaves, out_exponent: float, shift: int, fss_bits: int | None
 ) -> tuple[Secret, Secret]:
     """(m, scale): m = x B^-k on the octave, scale = 2^(shift + out_exponent k)."""
     # The normaliser B^-k shifted up so that its smallest value is on the grid.
@@ -130,7 +130,7 @@ def _normalise(
         k = octaves.k_lo
         m = x * 2.0 ** (-octaves.step * k)
         return m, m * 0.0 + 2.0 ** (shift + out_exponent * k)
-    c = stacked_indicators(x, octaves.thresholds)
+    c = stacked_indicators(x, octaves.thresholds, fss_bits)
     weights, constant = octaves.scale(-octaves.step, spare)
     normaliser = linear_combination(c, weights, constant, like=x)
     weights, constant = octaves.scale(out_exponent, shift)
@@ -148,6 +148,7 @@ def reciprocal(
     degree: int = 2,
     newton: int = 1,
     shift: int = 0,
+    fss_bits: int | None = None,
 ) -> Secret:
     """2^shift / x for secret x in the public interval [lo, hi] (module docstring).
 
@@ -166,14 +167,16 @@ def reciprocal(
     2^shift / lo within about 2^10 (v <= 43). With shift = 10 on [1e-3, 1e3] (results up
     to 2^20) it failed about once in 6 runs of 2,001 elements.
 
-    Rounds: 8 (comparison, none when [lo, hi] lies in one octave) + 1 + ceil(log2 degree)
-    + 2 per Newton step + 1: 13 with the defaults. Bytes per element and party: 216 per
-    threshold (about log2(hi/lo)) + 16 (normalise) + 8 (degree 2) + 24 per step + 16.
+    Rounds: 8 (comparison, none when [lo, hi] lies in one octave; 1 with `fss_bits`, the
+    octave indicators then from the dealer's FSS keys, `stacked_indicators`) + 1 +
+    ceil(log2 degree) + 2 per Newton step + 1: 13 with the defaults. Bytes per element and
+    party: 216 per threshold (about log2(hi/lo); 8 for all with `fss_bits`) + 16
+    (normalise) + 8 (degree 2) + 24 per step + 16.
     """
     _check(degree, newton)
     octaves = Octaves.covering(interval, step=1)
     coefficients, _ = initial_guess("reciprocal", degree)
-    m, scale = _normalise(x, octaves, -1.0, shift)
+    m, scale = _normalise(x, octaves, -1.0, shift, fss_bits)
     y = evaluate_polynomial(m, coefficients, interval=(0.5, 1.0))
     for _ in range(newton):
         y = y * 2 - m * y.square()
@@ -188,6 +191,7 @@ def inv_sqrt(
     newton: int = 1,
     shift: int = 0,
     step: int = 2,
+    fss_bits: int | None = None,
 ) -> Secret:
     """2^shift / sqrt(x) for secret x in the public interval [lo, hi] (module docstring).
 
@@ -206,9 +210,10 @@ def inv_sqrt(
     Fixed point adds about 2 units of 2^-16 to 2^shift / sqrt(x) (measured on [1e-3, 1e3]:
     within 5e-5 relative + 4 units).
 
-    Rounds: 8 (comparison, none within one octave) + 1 + ceil(log2 degree) + 2 per Newton
-    step + 1: 14 with the defaults. Bytes per element and party: 216 per threshold (about
-    log4(hi/lo)) + 16 (normalise) + 40 (degree 4) + 40 per step + 16.
+    Rounds: 8 (comparison, none within one octave; 1 with `fss_bits`, as `reciprocal`) +
+    1 + ceil(log2 degree) + 2 per Newton step + 1: 14 with the defaults. Bytes per
+    element and party: 216 per threshold (about log4(hi/lo); 8 for all with `fss_bits`)
+    + 16 (normalise) + 40 (degree 4) + 40 per step + 16.
     """
     _check(degree, newton)
     if step not in (2, 4):
@@ -216,7 +221,9 @@ def inv_sqrt(
     low = 2.0**-step
     octaves = Octaves.covering(interval, step=step)
     coefficients, _ = initial_guess("rsqrt", degree, low)
-    m, scale = _normalise(x, octaves, -step / 2, shift)  # 1/sqrt(2^(step k)) = 2^(-step k/2)
+    m, scale = _normalise(
+        x, octaves, -step / 2, shift, fss_bits
+    )  # 1/sqrt(2^(step k)) = 2^(-step k/2)
     y = evaluate_polynomial(m, coefficients, interval=(low, 1.0))
     for _ in range(newton):
         y = y * 1.5 - _m_y_cubed(m, y) * 0.5

@@ -193,7 +193,10 @@ def layer_norm(call: Call) -> Any:
     bias = call.args[3] if len(call.args) > 3 else call.kwargs.get("bias")
     eps = call.args[4] if len(call.args) > 4 else call.kwargs.get("eps", 1e-5)
     interval = _positive_interval(call.choice, LAYER_NORM_WIDEN)
-    return secure(x, shape, weight, bias, eps, variance_interval=interval)
+    n = math.prod([shape] if isinstance(shape, int) else shape)
+    # the octave comparison is on S = n (variance + eps), up to n (hi + eps)
+    width = fss_bits(call.choice, x, n * (interval[1] + eps))
+    return secure(x, shape, weight, bias, eps, variance_interval=interval, fss_bits=width)
 
 
 @lru_cache(maxsize=8)
@@ -232,13 +235,15 @@ def exp(call: Call) -> Any:
 def _inv_sqrt(call: Call, x: Any) -> Any:
     from protocols.mpc.inverse import inv_sqrt
 
-    return inv_sqrt(x, _positive_interval(call.choice))
+    interval = _positive_interval(call.choice)
+    return inv_sqrt(x, interval, fss_bits=fss_bits(call.choice, x, interval[1]))
 
 
 def _reciprocal(call: Call, x: Any) -> Any:
     from protocols.mpc.inverse import reciprocal
 
-    return reciprocal(x, _positive_interval(call.choice))
+    interval = _positive_interval(call.choice)
+    return reciprocal(x, interval, fss_bits=fss_bits(call.choice, x, interval[1]))
 
 
 def rsqrt(call: Call) -> Any:
