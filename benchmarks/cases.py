@@ -34,7 +34,7 @@ OP_CASES = (
         (128, 1536),
         (
             "gelu.product",
-            "gelu.crypten_comparisons",
+            "gelu.comparisons_crypten",
             "gelu.puma_refit",
             "gelu.bolt",
             "gelu.crypten_sigmoid",
@@ -47,7 +47,7 @@ OP_CASES = (
         (12, 128, 128),
         (
             "softmax.product",
-            "softmax.crypten_comparisons",
+            "softmax.comparisons_crypten",
             "softmax.order1",
             "softmax.2quad",
             "softmax.two_pass",

@@ -30,8 +30,15 @@ from protocols.mpc.runtime import Role
 
 ROWS, CLASSES = 1000, 10
 NAMES = LOSS_NAMES
-VARIANTS = {"sparsemax (bisection)": ("sparsemax", {"sort_sparsemax": False})}
-"""Rows beyond the defaults: label -> (loss, `MpcLossKernels` settings)."""
+VARIANTS = {
+    "sparsemax (bisection)": ("sparsemax", {"sort_sparsemax": False}),
+    "ce (FSS comparisons)": ("ce", {"fss_bits": 64}),
+    "mae (FSS comparisons)": ("mae", {"fss_bits": 64}),
+    "accuracy (FSS comparisons)": ("accuracy", {"fss_bits": 64}),
+}
+"""Rows beyond the kernels' own defaults (CrypTen's comparisons): label -> (loss,
+`MpcLossKernels` settings); `fss_bits` 64 is what `secinfer eval -b mpc` uses by default
+(`secinfer.backends.mpc.evaluation.loss_kernels`)."""
 BASELINE = "ce"
 """What the table's ratios divide by."""
 OPTIONS = LossOptions(zloss_a=1.0, zloss_b=1.0, gce_q=0.7)

@@ -62,7 +62,9 @@ def describe_choice(choice: dict[str, Any]) -> str:
 
     c = Choice(**choice)
     lo, hi = c.interval
-    where = f"calibrated [{lo:.3g}, {hi:.3g}]; {comparisons_of(c)} comparisons"
+    fss = comparisons_of(c) == "fss"
+    how = "FSS comparisons, keys dealt in the call" if fss else "CrypTen's comparisons"
+    where = f"calibrated [{lo:.3g}, {hi:.3g}]; {how}"
     if c.function == "gelu" and c.method in ("auto", "sign_exp"):
         form = mpc_nonlinear.gelu_form(c)
         if hasattr(form, "clip"):
@@ -157,7 +159,7 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, dict], Any]]] = {
     "gelu.product": ("ours: the plan's default", _product_kernel),
     "gelu.puma_refit": ("ours: piecewise puma_refit", _gelu_ours("puma_refit")),
     "gelu.bolt": ("ours: piecewise bolt", _gelu_ours("bolt")),
-    "gelu.crypten_comparisons": (
+    "gelu.comparisons_crypten": (
         "ours: the plan with CrypTen's comparisons (--config comparisons crypten)",
         _comparisons("crypten"),
     ),
@@ -179,7 +181,7 @@ VARIANTS: dict[str, tuple[str, Callable[[Any, dict], Any]]] = {
         "Two-Pass (Dukhan-Ablavatski): exp as m 2^n, max over the exponents n",
         _two_pass,
     ),
-    "softmax.crypten_comparisons": (
+    "softmax.comparisons_crypten": (
         "ours: the plan with CrypTen's comparisons (--config comparisons crypten)",
         _comparisons("crypten"),
     ),

@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from protocols.mpc.compare import nonnegative, times_public_integers
+from protocols.mpc.compare import indicators, times_public_integers
 from protocols.mpc.crypten_setup import import_crypten
 from protocols.mpc.polynomial import Secret
 
@@ -38,9 +38,12 @@ PAD = -(2.0**24)
 (|x| < 2^24 leaves room in the 64-bit ring), so a padding entry never wins."""
 
 
-def argmax_one_hot(x: Secret) -> Secret:
+def argmax_one_hot(x: Secret, fss_bits: int | None = None) -> Secret:
     """One-hot (a fixed-point sharing of 0s and a single 1) of the first largest entry of
-    x along its last dimension, same shape as x (module docstring)."""
+    x along its last dimension, same shape as x (module docstring). With `fss_bits`
+    (every difference of two entries, padding included, within 2^(fss_bits - 1) in the
+    ring) each level's comparisons come from the dealer's FSS keys: one opening of 8
+    bytes and one round instead of CrypTen's 216 bytes and 8 rounds."""
     crypten = import_crypten()
     n = x.size(-1)
     width = 1 << max(0, math.ceil(math.log2(n)))
@@ -52,7 +55,7 @@ def argmax_one_hot(x: Secret) -> Secret:
     while current.size(-1) > 1:
         a, b = current[..., 0::2], current[..., 1::2]
         diff = a - b
-        chosen = nonnegative(diff)  # c: an integer (scale-1) sharing of 0 or 1
+        (chosen,) = indicators(diff, [0.0], fss_bits)  # c: an integer sharing of 0 or 1
         if hot is None:
             winner = b + diff * chosen
             fixed = _fixed(chosen, x)

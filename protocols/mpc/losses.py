@@ -47,7 +47,7 @@ from approximations.losses import (
     zloss_softplus_polynomial,
 )
 from approximations.polynomial import Polynomial
-from protocols.mpc.compare import linear_combination, maximum, nonnegative
+from protocols.mpc.compare import indicators, linear_combination, maximum, relu
 from protocols.mpc.exp import exp_by_squaring
 from protocols.mpc.inverse import inv_sqrt
 from protocols.mpc.polynomial import Secret, chebyshev_terms, combine, unit_variable
@@ -77,10 +77,10 @@ def label_logit(logits: Secret, onehot: Secret) -> Secret:
     return (logits * onehot).sum(-1)
 
 
-def log_sum_exp(logits: Secret) -> tuple[Secret, Secret]:
+def log_sum_exp(logits: Secret, fss_bits: int | None = None) -> tuple[Secret, Secret]:
     """(lse, m) per example: m the largest logit, lse = m + log sum exp(o - m)."""
-    m = maximum(logits, -1, keepdim=True)
-    e = exp_by_squaring(logits - m, SQUARINGS, CUTOFF, order=2)
+    m = maximum(logits, -1, keepdim=True, fss_bits=fss_bits)
+    e = exp_by_squaring(logits - m, SQUARINGS, CUTOFF, order=2, fss_bits=fss_bits)
     s = e.sum(-1)
     m = m.squeeze(-1)
     return m + _evaluate(s, softmax_log_polynomial(logits.size(-1))), m
@@ -105,14 +105,15 @@ def label_probability_power(o_y: Secret, lse: Secret, q: float) -> Secret:
     return exp_by_squaring((o_y - lse) * q, SQUARINGS, CUTOFF, order=2)
 
 
-def positive_part(x: Secret) -> Secret:
-    """x [x >= 0]: exact (the indicator is an integer sharing), 8 + 1 rounds."""
-    return x * nonnegative(x)
+def positive_part(x: Secret, fss_bits: int | None = None) -> Secret:
+    """x [x >= 0]: exact (`compare.relu`: 8 + 1 rounds, or 2 with `fss_bits`)."""
+    return relu(x, fss_bits)
 
 
-def step(x: Secret) -> Secret:
+def step(x: Secret, fss_bits: int | None = None) -> Secret:
     """[x >= 0] as a fixed-point 0 or 1 (like x's), exact: one comparison, then local."""
-    return linear_combination(nonnegative(x).unsqueeze(0), [1.0], 0.0, like=x)
+    (positive,) = indicators(x, [0.0], fss_bits)
+    return linear_combination(positive.unsqueeze(0), [1.0], 0.0, like=x)
 
 
 @dataclass(frozen=True)
@@ -120,13 +121,19 @@ class MpcLossKernels:
     """The losses' building blocks on CrypTen sharings
     (`approximations.losses.SecureLossKernels`); `sort_sparsemax`: the sparsemax
     threshold by the sort network (True), by bisection (False), or by the network up to
-    FY_SORT_MAX_CLASSES classes (None)."""
+    FY_SORT_MAX_CLASSES classes (None); `fss_bits`: the comparisons (maximum, cut-off,
+    positive part, step, hit) from the dealer's FSS keys of that width (the logits'
+    differences must fit: `fss_compare.RING_BITS` holds any), else CrypTen's. The sort
+    network keeps CrypTen's comparisons."""
 
     sort_sparsemax: bool | None = None
+    fss_bits: int | None = None
 
     square = staticmethod(square)
     z_loss = staticmethod(z_loss)
-    positive_part = staticmethod(positive_part)
+
+    def positive_part(self, x: Secret) -> Secret:
+        return positive_part(x, self.fss_bits)
 
     def shared(
         self,
@@ -141,13 +148,14 @@ class MpcLossKernels:
         a loss needs it."""
         o_y = label_logit(logits, onehot)
         if needs_log_sum_exp:
-            lse, m = log_sum_exp(logits)
+            lse, m = log_sum_exp(logits, self.fss_bits)
             return SharedTerms(o_y, lse, m)
         wanted = accuracy or needs_maximum
-        return SharedTerms(o_y, None, maximum(logits, -1) if wanted else None)
+        m = maximum(logits, -1, fss_bits=self.fss_bits) if wanted else None
+        return SharedTerms(o_y, None, m)
 
     def step_of_excess(self, excess: Secret, power: int) -> Secret:
-        return step(excess)
+        return step(excess, self.fss_bits)
 
     def threshold(self, z: Secret, maximum: Secret, power: int) -> Secret:
         """The sort network's exact threshold (power 1, `sort_sparsemax`), else bisection."""
@@ -166,7 +174,8 @@ class MpcLossKernels:
         standard-scale sharing of ones brings it to the scale of the losses, so that all
         can be summed and stacked together (one product round)."""
         o_y = terms.label_logit
-        return (o_y * 0.0 + 1.0) * nonnegative(o_y - terms.maximum)
+        (hit,) = indicators(o_y - terms.maximum, [0.0], self.fss_bits)
+        return (o_y * 0.0 + 1.0) * hit
 
 
 KERNELS = MpcLossKernels()

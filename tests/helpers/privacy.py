@@ -5,6 +5,7 @@ uniformly random and contain no fixed-point encoding of a secret.
 64-bit words within 6 standard deviations, at most 3 + 10 n 2^-15 of the n words are below
 2^48 in magnitude (encodings of real values are; a uniform word with probability 2^-15),
 and opened single bits (comparisons) are 1 half of the time within 6 standard deviations.
+FSS views: packed select bits count as single bits, forwarded keys by their key words.
 """
 
 from __future__ import annotations
@@ -20,10 +21,38 @@ def words(views: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.asarray(v).astype(np.int64).reshape(-1) for v in views])
 
 
+def key_words(view: np.ndarray) -> np.ndarray | None:
+    """The key words of a forwarded FSS key message (`dealing.frame`: a public header
+    naming the request, the words, an end mark), None for any other view."""
+    from protocols.mpc.fss import dealing
+
+    words = np.asarray(view)
+    if words.dtype not in (np.int64, np.uint64) or words.size <= dealing.HEADER_WORDS + 1:
+        return None
+    unsigned = words.reshape(-1).view(np.uint64)
+    framed = unsigned[-1] == dealing.STREAM_END
+    if not framed or int(unsigned[3]) != unsigned.size - dealing.HEADER_WORDS - 1:
+        return None
+    return unsigned[dealing.HEADER_WORDS : -1].view(np.int64)
+
+
 def split(views: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(64-bit words, single bits): comparisons open single bits masked by random bits."""
-    bits = [v for v in views if np.isin(np.asarray(v), (0, 1)).all()]
-    wide = [v for v in views if not np.isin(np.asarray(v), (0, 1)).all()]
+    """(64-bit words, single bits): comparisons open single bits masked by random bits
+    (CrypTen's as 0/1 words, FSS selects' packed 8 to a byte); forwarded FSS keys count
+    by their key words (their header is public: the request's shape)."""
+    bits: list[np.ndarray] = []
+    wide: list[np.ndarray] = []
+    for view in views:
+        value = np.asarray(view)
+        keys = key_words(value)
+        if value.dtype == np.uint8:
+            bits.append(np.unpackbits(value))
+        elif keys is not None:
+            wide.append(keys)
+        elif np.isin(value, (0, 1)).all():
+            bits.append(value)
+        else:
+            wide.append(value)
     return words(wide), words(bits) if bits else np.zeros(0, dtype=np.int64)
 
 

@@ -44,6 +44,7 @@ from secinfer.core.architecture import Architecture
 from secinfer.core.evaluation import Evaluation, aggregate
 from secinfer.core.execute import Executor
 from secinfer.core.graph import Graph, build_graph
+from secinfer.core.options import MPC_COMPARISONS
 from secinfer.core.plan import Plan
 from secinfer.errors import UserError
 from secinfer.load.dataset import check_labels
@@ -92,12 +93,24 @@ def _batch_totals(
         b=evaluation.zloss_b,
         q=evaluation.gce_q,
         tau=evaluation.compsum_tau,
+        kernels=loss_kernels(),
     )
     order = [*evaluation.losses, "hit"]
     sums = crypten.stack([values[name].sum() for name in order])
     seconds = time.perf_counter() - began
     query = Query(meter.snapshot() - before, seconds, node_costs(result), keys, key_seconds)
     return sums, query
+
+
+def loss_kernels() -> Any:
+    """The losses' kernels with the default comparisons (`options.MPC_COMPARISONS`): FSS
+    keys over the whole ring, since logits have no calibrated interval (about 1.5 kB of
+    keys per compared logit), or CrypTen's."""
+    from protocols.mpc import losses
+    from protocols.mpc.fss_compare import RING_BITS
+
+    fss = MPC_COMPARISONS == "fss"
+    return losses.MpcLossKernels(fss_bits=RING_BITS if fss else None)
 
 
 def eval_model_owner(

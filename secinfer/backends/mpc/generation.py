@@ -51,6 +51,7 @@ from secinfer.backends.mpc.party import (
 from secinfer.core import architecture
 from secinfer.core.execute import Executor
 from secinfer.core.graph import Graph, build_graph
+from secinfer.core.options import MPC_COMPARISONS
 from secinfer.core.plan import Plan
 from secinfer.core.prepare import prepare_graph
 from secinfer.core.sampling import GREEDY, Sampling
@@ -269,7 +270,7 @@ def _generate(
                 nodes = nodes + node_costs(run)
         else:
             before, began = meter.snapshot(), time.perf_counter()  # the argmax of the prefill's
-        hot = argmax_one_hot(logits + _noise(mine, index, tuple(logits.size())))
+        hot = argmax_one_hot(logits + _noise(mine, index, tuple(logits.size())), argmax_bits())
         token = reveal_to(index_of(hot), int(Role.DATA_OWNER))
         traffic: Traffic = meter.snapshot() - before
         record = {
@@ -301,6 +302,15 @@ def _generate(
         "seconds": prefill_record["seconds"] + sum(r["seconds"] for r in records),
         "nodes": nodes,
     }
+
+
+def argmax_bits() -> int | None:
+    """The argmax's comparisons: FSS keys over the whole ring when the default comparisons
+    are FSS (`options.MPC_COMPARISONS`; logits and their sampling noise have no calibrated
+    bound), else None (CrypTen's)."""
+    from protocols.mpc.fss_compare import RING_BITS
+
+    return RING_BITS if MPC_COMPARISONS == "fss" else None
 
 
 def _noise(mine: tuple[Any, ...] | None, index: int, shape: tuple[int, ...]) -> Any:

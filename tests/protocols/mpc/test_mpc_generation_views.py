@@ -60,10 +60,13 @@ def protocol_views(views: list[np.ndarray]) -> list[np.ndarray]:
     """The views without the data owner's plain messages (a length word, then bytes)."""
     kept: list[np.ndarray] = []
     for view in views:
-        if np.asarray(view).dtype == np.uint8:
+        value = np.asarray(view)
+        previous = np.asarray(kept[-1]) if kept else None
+        announced = previous is not None and previous.size == 1 and int(previous) == value.size
+        if value.dtype == np.uint8 and announced:
             kept.pop()  # its length, broadcast just before it
             continue
-        kept.append(view)
+        kept.append(view)  # packed FSS select bits are uint8 too, not announced
     return kept
 
 

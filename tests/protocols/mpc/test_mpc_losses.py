@@ -35,9 +35,10 @@ def _reference(name: str, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     )
 
 
-def aggregate_to_model_owner(role: Role, seed: int) -> list[float] | None:
+def aggregate_to_model_owner(role: Role, seed: int, fss: bool) -> list[float] | None:
     """The real evaluation's pattern: per-example losses summed on shares, the totals (and
-    only them) opened to the model owner."""
+    only them) opened to the model owner; the comparisons from FSS keys over the whole
+    ring (what `secinfer eval -b mpc` uses by default) or CrypTen's."""
     from protocols.mpc import losses
     from protocols.mpc.crypten_setup import import_crypten
     from protocols.mpc.reveal import reveal_to
@@ -50,14 +51,18 @@ def aggregate_to_model_owner(role: Role, seed: int) -> list[float] | None:
     mine = role is Role.DATA_OWNER
     shared = crypten.cryptensor(logits if mine else torch.zeros_like(logits), src=1)
     target = crypten.cryptensor(onehot if mine else torch.zeros_like(onehot), src=1)
-    values = losses.per_example(shared, target, list(NAMES), a=A, b=B, q=Q, tau=TAU)
+    kernels = losses.MpcLossKernels(fss_bits=64 if fss else None)
+    values = losses.per_example(
+        shared, target, list(NAMES), a=A, b=B, q=Q, tau=TAU, kernels=kernels
+    )
     totals = crypten.stack([values[n].sum() for n in [*NAMES, "hit"]])
     opened = reveal_to(totals, int(Role.MODEL_OWNER))
     return None if opened is None else opened.tolist()
 
 
-def test_the_model_owner_learns_the_aggregate_and_no_per_example_value() -> None:
-    runs = {s: run_local(aggregate_to_model_owner, s, keep_views=True) for s in (1, 2)}
+@pytest.mark.parametrize("fss", [False, True], ids=["crypten", "fss"])
+def test_the_model_owner_learns_the_aggregate_and_no_per_example_value(fss: bool) -> None:
+    runs = {s: run_local(aggregate_to_model_owner, s, fss, keep_views=True) for s in (1, 2)}
     views = {s: r[Role.MODEL_OWNER].views for s, r in runs.items()}
     assert [v.shape for v in views[1]] == [v.shape for v in views[2]]
     for s in (1, 2):
