@@ -17,8 +17,13 @@ SCALE = 2**16  # CrypTen's default fixed-point scale
 
 
 def words(views: list[np.ndarray]) -> np.ndarray:
-    """Every received value, flattened into one array of 64-bit words."""
-    return np.concatenate([np.asarray(v).astype(np.int64).reshape(-1) for v in views])
+    """Every received value, flattened into one array of 64-bit words (packed FSS select
+    bits, uint8, as their single bits: they are not values)."""
+    return np.concatenate([_values(np.asarray(v)).reshape(-1) for v in views])
+
+
+def _values(view: np.ndarray) -> np.ndarray:
+    return np.unpackbits(view).astype(np.int64) if view.dtype == np.uint8 else view.astype(np.int64)
 
 
 def key_words(view: np.ndarray) -> np.ndarray | None:
@@ -46,7 +51,7 @@ def split(views: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         value = np.asarray(view)
         keys = key_words(value)
         if value.dtype == np.uint8:
-            bits.append(np.unpackbits(value))
+            bits.append(np.unpackbits(value).astype(np.int64))
         elif keys is not None:
             wide.append(keys)
         elif np.isin(value, (0, 1)).all():
