@@ -8,10 +8,13 @@ run. (Outside the `fss` package, which is numpy only: the dealer imports it.)
     relu_and_clipped_abs(x, c, bits) max(x, 0) and min(|x|, c), from the same opening
 
 Keys: the model owner asks the dealer (`fss_sign`, one request) and forwards the common
-correction words to the data owner (offline traffic: `meter.offline_traffic`); each party
-draws the rest from the generator it shares with the dealer, and refuses keys whose check
-word is not its own next draw (`dealing.StaleKeys`: another session's keys). Online, per element and
-party: `less_than` opens x + r once (8 bytes, one round) for all its thresholds; `relu`
+correction words to the data owner, framed by their request (`dealing.frame`; offline
+traffic: `meter.offline_traffic`); each party draws the rest from the generator it
+shares with the dealer, and refuses keys whose check word is not its own next draw
+(`dealing.StaleKeys`: another session's keys) or whose frame is for another request or
+cut short (`dealing.KeyStreamError`). `KeySchedule` deals a query's keys before its
+input when the session has seen its shapes; `keys` then takes them. Online, per element
+and party: `less_than` opens x + r once (8 bytes, one round) for all its thresholds; `relu`
 then opens one bit more (1/8 byte, packed, one round). `bits` must bound every
 difference x - t (and x itself for `relu`) in the ring: |X - T| < 2^(bits - 1) with X, T
 the fixed-point integers (values times 2^f); callers derive it from the calibrated
