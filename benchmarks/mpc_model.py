@@ -13,7 +13,7 @@ import json
 import subprocess
 import sys
 import tempfile
-from dataclasses import replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,7 @@ def model_section(quick: bool = False, seed: int = 0) -> dict[str, Any]:
                 root / "model", root / "in.pt", root / "b.json", config
             ),
         }
-    return {"size": {**vars(replace(size)), "layers": layers}, **runs}
+    return {"size": {**asdict(size), "layers": layers}, **runs}
 
 
 def markdown(section: dict[str, Any]) -> list[str]:

@@ -118,8 +118,9 @@ class KeySchedule:
     shapes made (`during` records them; the requests depend on the plan and the shapes
     only, never on values). Both parties call `before` and `during` at the same points.
     A first query of new shapes gets its keys as it asks. Memory: the keys of up to
-    KEYS_AHEAD_MB of requests are held at once (a BERT-base layer's, about 500 MB per
-    party; they grow with elements x key bits)."""
+    KEYS_AHEAD_MB of requests are held at once (a BERT-base layer's: 421 MB per party in
+    bench/mpc.md; about 24 bytes per key bit per comparison, so they grow with the
+    compared elements times the key width)."""
 
     def __init__(self) -> None:
         self._requests: dict[Hashable, list[Request]] = {}
@@ -167,7 +168,9 @@ def _keys(count: int, bits: int, selects: int) -> tuple[gates.SignKey, list[gate
             comm.send(torch.from_numpy(sent.view(np.int64).copy()), 1)
     else:
         size = dealing.frame_words(count, bits)
-        with offline_traffic():  # CrypTen's recv returns what came (its argument is a template)
+        # CrypTen's recv fills a copy of its template with what came: a shorter message
+        # leaves the zeros, which `unframe` refuses (no end mark)
+        with offline_traffic():
             received = comm.recv(torch.zeros(size, dtype=torch.int64), 0)
         words = dealing.unframe(received.numpy(), count, bits, selects)
     return dealing.receive(rank, count, bits, selects, _draw, words)

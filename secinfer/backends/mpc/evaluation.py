@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -49,6 +49,9 @@ from secinfer.core.plan import Plan
 from secinfer.errors import UserError
 from secinfer.load.dataset import check_labels
 from secinfer.report.files import write_json
+
+if TYPE_CHECKING:
+    from protocols.mpc.losses import MpcLossKernels
 
 Batches = Iterable[tuple[tuple[torch.Tensor, ...], torch.Tensor]]
 
@@ -102,7 +105,7 @@ def _batch_totals(
     return sums, query
 
 
-def loss_kernels() -> Any:
+def loss_kernels() -> MpcLossKernels:
     """The losses' kernels with the default comparisons (`options.MPC_COMPARISONS`): FSS
     keys over the whole ring, since logits have no calibrated interval (about 1.5 kB of
     keys per compared logit), or CrypTen's."""
