@@ -1,8 +1,10 @@
 """Nonlinear graph ops on the `mpc` backend: the plan's choice mapped to `protocols.mpc`.
 
-  gelu        "auto" (default): x/2 + q(x^2) on the calibrated interval, no comparison,
-              when that reaches 5e-3; else "sign_exp": relu(x) - (|x|/2) exp(-u(|x|)),
-              one comparison, 7.8e-4 on |x| <= 34. Also PUMA's piecewise polynomials
+  gelu        "auto" (default): with FSS comparisons (the default) "tail", relu(x) -
+              p(min(|x|, 4)), 2.4e-4 on every input, about 40 bytes per element; with
+              CrypTen's, x/2 + q(x^2) on the calibrated interval, no comparison, when
+              that reaches 5e-3; else "sign_exp": relu(x) - (|x|/2) exp(-u(|x|)), one
+              comparison, 7.8e-4 on |x| <= 34. Also PUMA's piecewise polynomials
               ("puma_refit", "puma"), "bolt", and "quad" for models trained with it
   softmax     max subtraction, exp by repeated squaring with a cut-off, one reciprocal
               per row ("exp_limit"); x^p normalised ("power") for power-softmax models
@@ -14,6 +16,11 @@
   exp         exp(x - c) e^c with c the calibrated maximum, by repeated squaring
   rsqrt, sqrt, reciprocal, division by a secret
               range-normalised inverse square root / reciprocal on the calibrated interval
+
+Comparisons (GELU's, the softmax's maximum and cut-off, the octave comparisons of
+LayerNorm, rsqrt and reciprocal) come from the dealer's FSS keys when the choice's
+`comparisons` is "fss" (the default, `options.MPC_COMPARISONS`), with key widths from the
+calibrated interval (`fss_bits`), else from CrypTen's bit decomposition.
 
 Options (squarings, cut-offs, powers) come from the plan's choice, read through
 `secinfer.core.options.options_for` (the one place that holds their defaults; the
