@@ -7,7 +7,7 @@ CrypTen parties; he on 24 digits rows and 8 wide synthetic rows, real TenSEAL CK
 is held to its bounds in one table, `BOUNDS`:
 
             per example, |got - want| <=             sum (rel.)  hit       own schedule
-    mpc     3e-3 + 1e-3 |want| (every loss)          1e-3        < 0.5     -
+    mpc     3e-3 + 1e-3 |want| (compsum 6e-3)        1e-3        < 0.5     -
     he      ce, gce, mae 2e-3; zloss 3e-3;           -           < 1e-3    1e-4
             square 5e-5 (values up to 80)
     he      sparsemax, entmax15 2e-3 (slow suite:    -           -         1e-4
@@ -55,7 +55,15 @@ class Bounds:
 
 HE_FAST = tuple(n for n in NAMES if n not in FENCHEL_YOUNG)
 BOUNDS = {
-    "mpc": Bounds({name: (3e-3, 1e-3) for name in NAMES}, sum=1e-3, hit=0.5, schedule=None),
+    "mpc": Bounds(
+        # compsum's largest per-example error measured 1.9e-3 to 4.8e-3 over 7 runs (its
+        # exponentials by squaring amplify CrypTen's random truncations): 3e-3 failed
+        # about one run in seven
+        {name: (6e-3 if name == "compsum" else 3e-3, 1e-3) for name in NAMES},
+        sum=1e-3,
+        hit=0.5,
+        schedule=None,
+    ),
     "he": Bounds(
         {
             "ce": (2e-3, 0),
